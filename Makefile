@@ -1,0 +1,41 @@
+# twinjax: two-command quickstart (`make demo`, `make test`) from nothing but python3.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed-test
+
+.PHONY: demo test test-fast lint typecheck check bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml
+	$(PIP) install -e .
+	touch $@
+
+$(STAMP): $(VENV)/bin/python pyproject.toml
+	$(PIP) install -e ".[test,dev]"
+	touch $(VENV)/.installed $@
+
+demo: $(VENV)/.installed
+	$(PY) -m twinjax.demo --out demo_output
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check twinjax tests benchmarks calibration
+	$(VENV)/bin/ruff format --check twinjax tests benchmarks calibration
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy twinjax
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

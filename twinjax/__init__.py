@@ -1,0 +1,21 @@
+"""twinjax: a GPU-accelerated, differentiable digital-twin engine.
+
+Organ models are JAX ODE systems; a virtual cohort is a batch of parameter sets
+simulated in one compiled run; a twin is one parameter set fitted to one patient.
+"""
+
+from . import models as models
+from .dosing import Dose as Dose
+from .dosing import Regimen as Regimen
+from .dosing import Reset as Reset
+from .model import Link as Link
+from .model import Model as Model
+from .model import Param as Param
+from .model import State as State
+from .model import couple as couple
+from .solve import Result as Result
+from .solve import Status as Status
+from .solve import simulate as simulate
+from .solve import solvers as solvers
+
+__version__ = "0.1.0"

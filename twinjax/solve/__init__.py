@@ -1,0 +1,7 @@
+"""Solve layer: the event engine and its integrator families."""
+
+from . import solvers as solvers
+from ._base import AbstractSolver as AbstractSolver
+from ._result import Result as Result
+from ._simulate import simulate as simulate
+from ._status import Status as Status

@@ -1,0 +1,47 @@
+"""The interface shared by the integrator families."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+
+
+class AbstractSolver(eqx.Module):
+    """An integrator family behind :func:`twinjax.simulate`.
+
+    The event engine calls :meth:`integrate` once per segment between events, for
+    the whole batch of patients at once.
+    """
+
+    @abc.abstractmethod
+    def integrate(
+        self,
+        f: Callable,
+        t0: jax.Array,
+        t1: jax.Array,
+        y0: jax.Array,
+        ts: jax.Array | None,
+        args,
+        model,
+        *,
+        forward: bool = False,
+    ) -> tuple[jax.Array | None, jax.Array, jax.Array]:
+        """Integrate ``dy/dt = f(t, y, args)`` for a batch of patients.
+
+        Arguments:
+            f: the batched vector field: ``f(t, y, args)`` with ``t`` of shape ``(N,)``
+                or ``()``, ``y`` of shape ``(N, S)`` or ``(S,)``; it broadcasts.
+            t0, t1: ``(N,)`` start and end of the segment (``t1 >= t0``).
+            y0: ``(N, S)`` state at ``t0``.
+            ts: ``(N, T)`` save times inside ``[t0, t1]`` (clipped), or None.
+            args: a pytree with leading patient axis ``N``.
+            model: the model (for solver choice).
+            forward: the result must support forward-mode differentiation.
+
+        Returns:
+            ``(ys, y1, status)``: ``(N, T, S)`` states at ``ts`` (None if ``ts`` is
+            None), ``(N, S)`` state at ``t1``, ``(N,)`` int32 status codes.
+        """

@@ -1,0 +1,128 @@
+"""``simulate``: one model, one regimen (or one per patient), a batch of parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..dosing._regimen import EventTable, Regimen, compile_regimens
+from ..model._model import Model, _default_float
+from ._base import AbstractSolver
+from ._diffrax import Diffrax
+from ._engine import run
+from ._result import Result
+
+
+def _concrete(x):
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_times(times, dtype) -> jax.Array:
+    ts = jnp.asarray(times, dtype)
+    if ts.ndim not in (1, 2) or ts.shape[-1] == 0:
+        raise ValueError(f"times must be a non-empty (T,) or (N, T) array, got shape {ts.shape}")
+    if _concrete(ts):
+        a = np.asarray(ts)
+        if not np.all(np.isfinite(a)):
+            raise ValueError("times must be finite")
+        if np.any(a < 0):
+            raise ValueError(f"times must be >= 0 (the simulation starts at 0); min is {a.min()}")
+        if np.any(np.diff(a, axis=-1) < 0):
+            i = int(np.argwhere(np.diff(a, axis=-1) < 0)[0][-1])
+            raise ValueError(f"times must be non-decreasing; times[{i + 1}] < times[{i}]")
+    return ts
+
+
+def prepare(model, params, regimen, times, dtype, check=True):
+    """Validate inputs and build the (N,)-batched arrays the engine runs on."""
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a twinjax Model, got {type(model).__name__}")
+    p, n = model.complete(params, dtype=dtype, check=check)
+    ts = check_times(times, dtype)
+    if isinstance(regimen, EventTable):
+        ev = regimen
+        n_reg = ev.time.shape[0] if ev.time.ndim == 2 else None
+    elif regimen is None or isinstance(regimen, Regimen):
+        ev = compile_regimens([regimen], model, dtype=dtype)
+        n_reg = None
+    elif isinstance(regimen, Sequence):
+        ev = compile_regimens(list(regimen), model, dtype=dtype)
+        n_reg = len(regimen)
+    else:
+        raise TypeError(
+            f"regimen must be a Regimen, a list of Regimens (one per patient) or None; got "
+            f"{type(regimen).__name__}"
+        )
+    if ev.time.ndim == 1:
+        ev = jax.tree.map(lambda a: a[None], ev)
+    n_ts = ts.shape[0] if ts.ndim == 2 else None
+    sizes = {k: v for k, v in dict(params=n, regimens=n_reg, times=n_ts).items() if v is not None}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"inconsistent numbers of patients: {sizes}")
+    N = next(iter(sizes.values())) if sizes else None
+    nb = N or 1
+    p = {k: jnp.broadcast_to(v, (nb,)) for k, v in p.items()}
+    ev = jax.tree.map(lambda a: jnp.broadcast_to(a, (nb,) + a.shape[1:]), ev)
+    ts2 = jnp.broadcast_to(ts, (nb, ts.shape[-1]))
+    return p, ev, ts, ts2, N
+
+
+@eqx.filter_jit
+def _simulate_core(model, solver, p, ev, ts2):
+    ys, status = run(model, solver, p, ev, ts2)
+    names = model.state_names
+    states = {s: ys[..., i] for i, s in enumerate(names)}
+    pe = {k: v[:, None] for k, v in p.items()}
+    outputs = model.observe(ts2, states, pe)
+    outputs = {k: jnp.broadcast_to(v, ts2.shape) for k, v in outputs.items()}
+    return states, outputs, status
+
+
+def simulate(
+    model: Model,
+    params: Mapping | None = None,
+    regimen=None,
+    times=None,
+    *,
+    solver: AbstractSolver | None = None,
+    dtype=None,
+    check: bool = True,
+) -> Result:
+    """Simulate a model for one patient or a batch.
+
+    Arguments:
+        model: a :class:`~twinjax.Model`.
+        params: ``{name: value}``; missing entries take their defaults. A scalar is
+            one patient; ``(N,)`` arrays make a batch of ``N`` patients.
+        regimen: a :class:`~twinjax.Regimen` for everyone, a list of ``N`` regimens
+            (one per patient), a compiled ``EventTable``, or None (no doses).
+        times: ``(T,)`` save times (or ``(N, T)``), non-decreasing, >= 0. The
+            simulation starts at time 0 from ``model.init(params)``.
+        solver: ``solvers.Diffrax()`` (default) or ``solvers.Ensemble()``.
+        dtype: floating dtype (default float64 when x64 is on, else float32).
+        check: validate parameters against their bounds (skipped for traced values).
+
+    Returns:
+        A :class:`Result` with a status code per patient. A failing patient never
+        raises: it is flagged and the rest of the batch is intact.
+
+    Raises:
+        ValueError: before any compilation, for unknown parameters, values outside
+            their bounds, doses to unknown compartments, or malformed times.
+    """
+    if times is None:
+        raise ValueError("simulate needs save times, e.g. times=jnp.linspace(0, 24, 97)")
+    dtype = dtype or _default_float()
+    solver = solver if solver is not None else Diffrax()
+    p, ev, ts, ts2, N = prepare(model, params, regimen, times, dtype, check)
+    states, outputs, status = _simulate_core(model, solver, p, ev, ts2)
+    if N is None:
+        states = {k: v[0] for k, v in states.items()}
+        outputs = {k: v[0] for k, v in outputs.items()}
+        status = status[0]
+        p = {k: v[0] for k, v in p.items()}
+    return Result(ts, states, outputs, status, p)
