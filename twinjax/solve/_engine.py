@@ -88,7 +88,7 @@ def _apply(kind, rec, Y, active, amt, cmt_onehot, Y_init, Y_ss, dyn):
     reset = (kind == E_RESET)[:, None]
     Y = jnp.where(reset, Y_init, Y)
     if Y_ss is not None:
-        Y = jnp.where((kind == E_SS)[:, None] & dyn, Y_ss, Y)
+        Y = jnp.where((kind == E_SS)[:, None] & dyn[None, :], Y_ss, Y)
     active = jnp.where(reset | (kind == E_SS)[:, None], False, active)
     return Y, active
 
@@ -122,7 +122,7 @@ def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
 
     def newton_matrix(J):  # J - I on dynamic states, -I on cumulative ones
         eye = jnp.eye(S, dtype=dtype)
-        return jnp.where(dyn2, J - eye, -eye)
+        return jnp.where(dyn2[None], J - eye[None], -eye[None])
 
     # Every array is passed explicitly (no closure over traced values), as
     # custom_jvp requires under jit and reverse-mode differentiation.
@@ -160,7 +160,7 @@ def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
     @jax.custom_jvp
     def ss(theta, aux):
         def body(Y, _):
-            r = jnp.where(dyn, phi(Y, theta, aux)[0] - Y, 0.0)
+            r = jnp.where(dyn[None, :], phi(Y, theta, aux)[0] - Y, 0.0)
             A = newton_matrix(jac_y(Y, theta, aux))
             return Y - jnp.linalg.solve(A, r[..., None])[..., 0], None
 
@@ -180,7 +180,7 @@ def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
             )[1]
 
         Jt = jnp.moveaxis(jax.vmap(col)(jnp.eye(P, dtype=dtype)), 0, -1)  # (N, S, P)
-        rhs = jnp.where(dyn, jnp.einsum("nsp,np->ns", Jt, dtheta), 0.0)
+        rhs = jnp.where(dyn[None, :], jnp.einsum("nsp,np->ns", Jt, dtheta), 0.0)
         A = newton_matrix(jac_y(Y, theta, aux))
         return Y, -jnp.linalg.solve(A, rhs[..., None])[..., 0]
 

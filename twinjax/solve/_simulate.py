@@ -73,7 +73,11 @@ def prepare(model, params, regimen, times, dtype, check=True):
 
 @eqx.filter_jit
 def _simulate_core(model, solver, p, ev, ts2):
-    ys, status = run(model, solver, p, ev, ts2)
+    if model.state_names:
+        ys, status = run(model, solver, p, ev, ts2)
+    else:  # algebraic model (e.g. a direct-effect PD model): nothing to integrate
+        ys = jnp.zeros(ts2.shape + (0,), ts2.dtype)
+        status = jnp.zeros(ts2.shape[:1], jnp.int32)
     names = model.state_names
     states = {s: ys[..., i] for i, s in enumerate(names)}
     pe = {k: v[:, None] for k, v in p.items()}

@@ -1,0 +1,209 @@
+"""Linear PK against closed-form solutions, superposition, steady state, mass balance."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+import twinjax as tj
+from twinjax.models import pk
+
+import pk_analytic as ref
+
+TIGHT = tj.solvers.Diffrax(rtol=1e-10, atol=1e-12)
+P1 = dict(CL=4.0, V=30.0)
+P2 = dict(CL=4.0, V=30.0, Q=8.0, V2=60.0)
+P3 = dict(CL=4.0, V=30.0, Q=8.0, V2=60.0, Q3=1.5, V3=150.0)
+PARAMS = {1: P1, 2: P2, 3: P3}
+TIMES = np.concatenate([np.linspace(0.0, 48.0, 97), [60.0, 72.0]])
+
+
+def _maxrel(a, b, floor=1e-6):
+    a, b = np.asarray(a), np.asarray(b)
+    scale = np.maximum(np.abs(b), floor * np.max(np.abs(b)))
+    return float(np.max(np.abs(a - b) / scale))
+
+
+def _expected(n, route, doses, p, ka=1.3, F=1.0, tlag=0.0):
+    a, l = ref.macro_constants(**p)
+    c = np.zeros_like(TIMES)
+    for t0, amt, dur in doses:
+        if route == "bolus":
+            c += ref.bolus(TIMES, amt, a, l, t0)
+        elif route == "infusion":
+            c += ref.infusion(TIMES, amt, dur, a, l, t0)
+        else:
+            c += ref.oral(TIMES, amt, ka, a, l, F=F, t0=t0 + tlag)
+    return c
+
+
+CASES = [
+    (n, route, multiple)
+    for n in (1, 2, 3)
+    for route in ("bolus", "infusion", "oral")
+    for multiple in (False, True)
+]
+
+
+@pytest.mark.parametrize("n,route,multiple", CASES)
+def test_closed_form_float64(n, route, multiple):
+    absorption = "first_order" if route == "oral" else "iv"
+    model = pk.Compartmental(n_cmt=n, absorption=absorption)
+    p = dict(PARAMS[n])
+    cmt = "depot" if route == "oral" else "central"
+    if route == "oral":
+        p.update(KA=1.3, F=0.7, TLAG=0.25)
+    dur = 2.5 if route == "infusion" else 0.0
+    doses = [(0.0, 100.0, dur)] + ([(12.0, 50.0, dur), (24.0, 80.0, dur)] if multiple else [])
+    reg = tj.Regimen([tj.Dose(amt, cmt, t0, dur=dur) for t0, amt, dur in doses])
+    r = tj.simulate(model, p, reg, TIMES, solver=tj.solvers.Diffrax(rtol=1e-8, atol=1e-10))
+    assert int(r.status) == 0
+    want = _expected(n, route, doses, PARAMS[n], ka=1.3, F=0.7, tlag=0.25)
+    assert _maxrel(r.outputs["C"], want) < 1e-6
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_closed_form_float32(n):
+    model = pk.Compartmental(n_cmt=n, absorption="first_order")
+    p = dict(PARAMS[n], KA=1.3, F=0.7)
+    doses = [(0.0, 100.0, 0.0), (12.0, 100.0, 0.0)]
+    reg = tj.Regimen([tj.Dose(a, "depot", t) for t, a, _ in doses])
+    r = tj.simulate(model, p, reg, TIMES, dtype=jnp.float32,
+                    solver=tj.solvers.Diffrax(rtol=1e-6, atol=1e-6))
+    assert r.outputs["C"].dtype == jnp.float32
+    want = _expected(n, "oral", doses, PARAMS[n], ka=1.3, F=0.7)
+    assert _maxrel(r.outputs["C"], want, floor=1e-3) < 1e-3
+
+
+def test_macro_constants_agree_with_matrix_exponential():
+    """The two independent references agree (checks the reference itself)."""
+    model = pk.three_compartment()
+    doses = [(0.0, 100.0, 0, 0.0), (6.0, 40.0, 0, 3.0)]
+    i_c = model.state_names.index("central")
+    doses = [(t, a, i_c, d) for t, a, _, d in doses]
+    y = ref.linear_system(model, P3, doses, TIMES)
+    a, l = ref.macro_constants(**P3)
+    c = ref.bolus(TIMES, 100.0, a, l) + ref.infusion(TIMES, 40.0, 3.0, a, l, 6.0)
+    assert _maxrel(y[:, i_c] / P3["V"], c) < 1e-9
+
+
+def test_transit_compartments_against_matrix_exponential():
+    model = pk.one_compartment("transit", n_transit=3)
+    p = dict(P1, KA=0.9, MTT=3.0, F=0.8)
+    reg = tj.Regimen([tj.Dose(100.0, "depot", 0.0), tj.Dose(100.0, "depot", 10.0)])
+    r = tj.simulate(model, p, reg, TIMES, solver=tj.solvers.Diffrax(rtol=1e-8, atol=1e-10))
+    i_d = model.state_names.index("depot")
+    y = ref.linear_system(model, p, [(0.0, 80.0, i_d, 0.0), (10.0, 80.0, i_d, 0.0)], TIMES)
+    for i, s in enumerate(model.state_names):
+        assert _maxrel(r.states[s], y[:, i], floor=1e-4) < 1e-6, s
+
+
+def test_michaelis_menten_against_scipy_radau():
+    model = pk.one_compartment(elimination="michaelis_menten")
+    p = dict(V=30.0, VMAX=40.0, KM=2.0)
+    r = tj.simulate(model, p, tj.Regimen([tj.Dose(300.0, "central")]), TIMES, solver=TIGHT)
+
+    def f(t, y):
+        c = y[0] / p["V"]
+        return [-p["VMAX"] * c / (p["KM"] + c)]
+
+    sol = solve_ivp(f, (0, TIMES[-1]), [300.0], method="Radau", t_eval=TIMES, rtol=1e-12,
+                    atol=1e-12)
+    assert _maxrel(r.states["central"], sol.y[0], floor=1e-6) < 1e-6
+
+
+@pytest.mark.parametrize("absorption,cmt", [("iv", "central"), ("first_order", "depot")])
+def test_superposition(absorption, cmt):
+    model = pk.two_compartment(absorption)
+    times = jnp.linspace(0.0, 72.0, 145)
+    multi = tj.simulate(model, P2, tj.Regimen.repeat(100.0, cmt, every=12.0, n=5), times,
+                        solver=TIGHT)
+    total = np.zeros(times.shape)
+    for k in range(5):
+        single = tj.simulate(model, P2, tj.Regimen([tj.Dose(100.0, cmt, 12.0 * k)]), times,
+                             solver=TIGHT)
+        total += np.asarray(single.outputs["C"])
+    assert _maxrel(multi.outputs["C"], total) < 1e-8
+
+
+@pytest.mark.parametrize("kind", ["bolus", "oral", "infusion"])
+def test_steady_state_equals_limit_of_repeated_doses(kind):
+    absorption = "first_order" if kind == "oral" else "iv"
+    model = pk.two_compartment(absorption)
+    cmt = "depot" if kind == "oral" else "central"
+    dur = 2.0 if kind == "infusion" else 0.0
+    p = dict(P2, KA=1.0) if kind == "oral" else P2
+    tau, n = 12.0, 60  # 60 doses = 720 h >> the terminal half-life (~16 h)
+    t_last = tau * (n - 1)
+    times = t_last + jnp.linspace(0.0, tau, 25)
+    many = tj.simulate(model, p, tj.Regimen.repeat(100.0, cmt, every=tau, n=n, dur=dur), times,
+                       solver=TIGHT)
+    ss = tj.simulate(model, p, tj.Regimen([tj.Dose(100.0, cmt, t_last, dur=dur, ii=tau, ss=1)]),
+                     times, solver=TIGHT)
+    assert _maxrel(ss.outputs["C"], many.outputs["C"]) < 1e-7
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        pk.one_compartment(),
+        pk.two_compartment("first_order"),
+        pk.three_compartment("transit", n_transit=2),
+        pk.one_compartment(elimination="michaelis_menten"),
+    ],
+    ids=["1cmt", "2cmt-oral", "3cmt-transit", "mm"],
+)
+def test_mass_balance(model):
+    cmt = "depot" if "depot" in model.state_names else "central"
+    reg = tj.Regimen([tj.Dose(100.0, cmt, 0.0), tj.Dose(50.0, cmt, 5.0, dur=4.0),
+                      tj.Dose(70.0, cmt, 30.0, ii=8.0, addl=2)])
+    r = tj.simulate(model, {}, reg, TIMES, solver=TIGHT)
+    F = 1.0
+    dosed = np.where(TIMES >= 46.0, 360.0, np.where(TIMES >= 38.0, 290.0, np.where(
+        TIMES >= 30.0, 220.0, np.where(TIMES >= 5.0, 100.0 + 50.0 * np.clip((TIMES - 5) / 4, 0, 1),
+                                       100.0))))
+    body = sum(np.asarray(r.states[s]) for s in model.state_names)
+    np.testing.assert_allclose(body, F * dosed, rtol=1e-10, atol=1e-9)
+
+
+def test_reset_evid3_and_evid4():
+    model = pk.one_compartment()
+    times = jnp.array([0.0, 5.0, 10.0, 10.0001, 15.0, 20.0])
+    reg = tj.Regimen([tj.Dose(100.0, "central", 0.0), tj.Reset(10.0),
+                      tj.Dose(50.0, "central", 15.0, evid=4)])
+    r = tj.simulate(model, P1, reg, times, solver=TIGHT)
+    c = np.asarray(r.outputs["C"])
+    a, l = ref.macro_constants(**P1)
+    assert c[1] == pytest.approx(ref.bolus(5.0, 100.0, a, l), rel=1e-8)
+    assert c[2] == 0.0 and c[3] == 0.0  # reset at t=10 (right-continuous)
+    assert c[4] == pytest.approx(50.0 / 30.0, rel=1e-10)
+    assert c[5] == pytest.approx(ref.bolus(20.0, 50.0, a, l, 15.0), rel=1e-8)
+
+
+def test_infusion_by_rate_uses_bioavailability_for_duration():
+    """NONMEM: with RATE given, duration = F * AMT / RATE."""
+    model = pk.one_compartment("first_order")
+    p = dict(P1, KA=1.0, F=0.5)
+    r = tj.simulate(model, p, tj.Regimen([tj.Dose(100.0, "depot", rate=10.0)]),
+                    jnp.array([4.0, 5.0, 6.0, 48.0]), solver=TIGHT)
+    dep = np.asarray(r.states["depot"])
+    assert dep[-1] < 1e-6
+    tot = float(sum(np.asarray(r.states[s])[-1] for s in model.state_names))
+    assert tot == pytest.approx(50.0, rel=1e-9)
+
+
+def test_gradient_through_steady_state_matches_finite_differences():
+    model = pk.two_compartment("first_order")
+    times = jnp.linspace(0.0, 12.0, 7)
+
+    def out(cl, amt):
+        reg = tj.Regimen([tj.Dose(amt, "depot", 0.0, ii=12.0, ss=1)])
+        return tj.simulate(model, dict(P2, CL=cl), reg, times, solver=TIGHT).outputs["C"][3]
+
+    g = jax.grad(out, argnums=(0, 1))(4.0, 100.0)
+    h = 1e-4
+    fd_cl = (out(4.0 + h, 100.0) - out(4.0 - h, 100.0)) / (2 * h)
+    fd_a = (out(4.0, 100.0 + h) - out(4.0, 100.0 - h)) / (2 * h)
+    assert float(g[0]) == pytest.approx(float(fd_cl), rel=1e-5)
+    assert float(g[1]) == pytest.approx(float(fd_a), rel=1e-5)
