@@ -18,6 +18,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -53,15 +54,39 @@ def patient_keys(key, n: int, start: int = 0):
         A batch of ``n`` keys; patient ``start + i`` always gets the same key.
 
     Raises:
-        ValueError: if ``n`` or ``start`` is negative.
+        ValueError: if ``n`` or ``start`` is negative, or an index reaches ``2**32``.
     """
+    return _padded_keys(key, n, start)[: int(n)]
+
+
+def _bucket(n: int) -> int:
+    """A padded batch size: at least 16, at most 25 % above ``n``, few distinct values.
+
+    Sampling pads every batch to a bucket so that chunks of many different sizes reuse
+    a handful of compiled programs.
+    """
+    if n <= 16:
+        return 16
+    step = 2 ** (int(n - 1).bit_length() - 3)
+    return -(-n // step) * step
+
+
+def _padded_keys(key, n: int, start: int = 0):
+    """:func:`patient_keys` padded to ``_bucket(n)`` keys (extra keys are patients after
+    the last one and are discarded by the callers)."""
     n, start = int(n), int(start)
     if n < 0 or start < 0:
         raise ValueError(f"n and start must be non-negative, got n={n}, start={start}")
-    if start + n > 2**32:
-        raise ValueError("patient indices must be below 2**32")
-    idx = np.arange(start, start + n, dtype=np.uint64).astype(np.uint32)
-    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.asarray(idx))
+    n_pad = _bucket(n)
+    if start + n_pad > 2**32:
+        raise ValueError("patient indices must stay below 2**32")
+    return _fold_keys(key, jnp.asarray(start, jnp.uint32), n_pad)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _fold_keys(key, start, n: int):
+    idx = start + jnp.arange(n, dtype=jnp.uint32)
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, idx)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +229,7 @@ class Demographics:
     weight_range: tuple[float, float] = (35.0, 250.0)
     height_range: tuple[float, float] = (130.0, 215.0)
     scr_range: tuple[float, float] = (0.3, 4.0)
-    max_tries: int = 32
+    max_tries: int = 16
 
     source: str = dataclasses.field(default=_NHANES, compare=False)
 
@@ -256,7 +281,8 @@ class Demographics:
             A pandas DataFrame with columns :data:`COLUMNS` (``SEX`` is 0 for male, 1
             for female) indexed by the global patient index (named ``ID``).
         """
-        return self.sample_keys(patient_keys(key, n, start), index=np.arange(start, start + n))
+        n = int(n)
+        return self._table(_padded_keys(key, n, start), n, np.arange(start, start + n))
 
     def sample_keys(self, keys, index=None):
         """Draw one patient per key (see :func:`patient_keys`).
@@ -268,41 +294,33 @@ class Demographics:
         Returns:
             The demographics table, as in :meth:`sample`.
         """
-        n = int(keys.shape[0])
-        K = int(self.max_tries)
-        if n == 0:
-            u = np.zeros((0,))
-            z = np.zeros((0, K, 4))
-        else:
-            u, z = _draw(keys, K)
-            u, z = np.asarray(u, np.float64), np.asarray(z, np.float64)
-        female = u < self.female_fraction
+        return self._table(keys, int(keys.shape[0]), index)
 
-        x = np.empty((n, K, 4))
-        for flag, g in ((False, self.male), (True, self.female)):
-            sel = female == flag
-            chol = np.linalg.cholesky(g.covariance)
-            xs = g.mean[None, None, :] + np.einsum("ij,nkj->nki", chol, z[sel][..., :3])
-            log_scr = (
-                math.log(g.scr_median)
-                + g.scr_age_slope * (xs[..., 0] - g.scr_age_ref)
-                + g.scr_log_sd * z[sel][..., 3]
-            )
-            x[sel] = np.concatenate([xs, log_scr[..., None]], axis=-1)
-
+    def _table(self, keys, n: int, index=None):
+        """The table of the first ``n`` of ``keys`` (the rest is padding)."""
+        groups = (self.male, self.female)
+        mu = np.stack([np.append(g.mean, math.log(g.scr_median)) for g in groups])
+        chol = np.stack([np.linalg.cholesky(g.covariance) for g in groups])
+        scr = np.array([[g.scr_age_slope, g.scr_age_ref, g.scr_log_sd] for g in groups])
         lo = np.array([self.age_range[0], math.log(self.weight_range[0]), self.height_range[0],
                        math.log(self.scr_range[0])])
         hi = np.array([self.age_range[1], math.log(self.weight_range[1]), self.height_range[1],
                        math.log(self.scr_range[1])])
-        ok = np.all((x >= lo) & (x <= hi), axis=-1)  # (n, K)
-        first = np.where(ok.any(axis=1), ok.argmax(axis=1), K - 1)
-        chosen = np.clip(x[np.arange(n), first], lo, hi)
+        if n == 0:
+            sex, chosen = np.zeros((0,), np.int64), np.zeros((0, 4))
+        else:
+            f = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+            sex, chosen = _draw(
+                keys, int(self.max_tries), jnp.asarray(self.female_fraction, f),
+                *(jnp.asarray(v, f) for v in (mu, chol, scr, lo, hi)),
+            )
+            sex = np.asarray(sex, np.int64)[:n]
+            chosen = np.asarray(chosen, np.float64)[:n]
 
         age = chosen[:, 0]
         wt = np.exp(chosen[:, 1])
         ht = chosen[:, 2]
         scr = np.exp(chosen[:, 3])
-        sex = female.astype(np.int64)
         import pandas as pd
 
         df = pd.DataFrame(
@@ -321,22 +339,27 @@ class Demographics:
         return df
 
 
-@jax.jit
-def _draw_jit(keys, K_dummy):
-    return _draw_impl(keys, K_dummy.shape[0])
+@functools.partial(jax.jit, static_argnums=1)
+def _draw(keys, K: int, female_fraction, mu, chol, scr, lo, hi):
+    """Per patient: sex, then the first of ``K`` candidates inside ``[lo, hi]``.
 
+    ``mu`` (2, 4), ``chol`` (2, 3, 3) and ``scr`` (2, 3: slope, reference age, log SD)
+    are indexed by sex; a candidate is ``(AGE, log WT, HT, log SCR)``.
+    """
 
-def _draw_impl(keys, K):
     def one(k):
-        u = jax.random.uniform(jax.random.fold_in(k, 0))
-        z = jax.random.normal(jax.random.fold_in(k, 1), (K, 4))
-        return u, z
+        u = jax.random.uniform(jax.random.fold_in(k, 0), dtype=mu.dtype)
+        s = (u < female_fraction).astype(jnp.int32)
+        z = jax.random.normal(jax.random.fold_in(k, 1), (K, 4), mu.dtype)
+        m, c, (slope, ref, sd) = mu[s], chol[s], scr[s]
+        xs = m[None, :3] + z[:, :3] @ c.T
+        log_scr = m[3] + slope * (xs[:, 0] - ref) + sd * z[:, 3]
+        x = jnp.concatenate([xs, log_scr[:, None]], axis=1)
+        ok = jnp.all((x >= lo[None, :]) & (x <= hi[None, :]), axis=1)
+        first = jnp.where(jnp.any(ok), jnp.argmax(ok), K - 1)
+        return s, jnp.clip(x[first], lo, hi)
 
     return jax.vmap(one)(keys)
-
-
-def _draw(keys, K):
-    return _draw_jit(keys, jnp.zeros((K,)))
 
 
 def body_surface_area(weight, height):

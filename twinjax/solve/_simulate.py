@@ -71,8 +71,12 @@ def prepare(model, params, regimen, times, dtype, check=True):
     return p, ev, ts, ts2, N
 
 
+TRACES = {"simulate": 0}  # incremented at trace time: used by recompilation guards
+
+
 @eqx.filter_jit
 def _simulate_core(model, solver, p, ev, ts2):
+    TRACES["simulate"] += 1
     if model.state_names:
         ys, status = run(model, solver, p, ev, ts2)
     else:  # algebraic model (e.g. a direct-effect PD model): nothing to integrate

@@ -1,0 +1,109 @@
+"""Model-generic tests over the catalogue of every shipped model."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import twinjax as tj
+from twinjax.solve._simulate import TRACES
+
+from catalogue import CATALOGUE, IDS
+
+TIGHT = tj.solvers.Diffrax(rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("e", CATALOGUE, ids=IDS)
+def test_parameter_table(e):
+    m = e.model
+    assert m.params, "a model has parameters"
+    for q in m.params:
+        assert q.unit and q.lower <= q.value <= q.upper
+        assert q.source or q.name.startswith("link") or "." in q.name or q.doc
+    for s in m.states:
+        assert s.unit
+    table = m.param_table()
+    assert list(table.index) == list(m.param_names)
+    assert set(m.output_names) >= {e.output}
+
+
+@pytest.mark.parametrize("e", CATALOGUE, ids=IDS)
+def test_unconstrained_round_trip(e):
+    p, _ = e.model.complete(e.params)
+    z = e.model.pack(p)
+    back = e.model.unpack(z)
+    for k in e.model.param_names:
+        np.testing.assert_allclose(back[k], p[k], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("e", CATALOGUE, ids=IDS)
+def test_out_of_bounds_parameter_raises_before_compiling(e):
+    q = next(q for q in e.model.params if q.lower == 0.0 and q.transform == "log")
+    before = TRACES["simulate"]
+    with pytest.raises(ValueError, match=rf"{q.name}.*bounds"):
+        tj.simulate(e.model, {**e.params, q.name: -1.0}, e.regimen(), e.times)
+    assert TRACES["simulate"] == before
+
+
+@pytest.mark.parametrize("e", CATALOGUE, ids=IDS)
+def test_float32_and_float64_agree(e):
+    r64 = tj.simulate(e.model, e.params, e.regimen(), e.times, solver=TIGHT)
+    r32 = tj.simulate(e.model, e.params, e.regimen(), e.times, dtype=jnp.float32,
+                      solver=tj.solvers.Diffrax(rtol=1e-6, atol=1e-6))
+    assert int(r64.status) == 0 and int(r32.status) == 0
+    assert r32.outputs[e.output].dtype == jnp.float32
+    a, b = np.asarray(r32.outputs[e.output]), np.asarray(r64.outputs[e.output])
+    scale = np.max(np.abs(b))
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("e", CATALOGUE, ids=IDS)
+def test_batch_equals_single_and_no_recompile(e):
+    names = [q.name for q in e.model.params if q.transform == "log"][:2]
+    base, _ = e.model.complete(e.params)
+    scales = jnp.array([1.0, 0.8, 1.25])
+    batch = {k: base[k] * scales for k in names}
+    pb = {**e.params, **batch}
+    rb = tj.simulate(e.model, pb, e.regimen(), e.times)
+    for i in range(3):
+        ri = tj.simulate(e.model, {**e.params, **{k: v[i] for k, v in batch.items()}},
+                         e.regimen(), e.times)
+        np.testing.assert_allclose(rb.outputs[e.output][i], ri.outputs[e.output], rtol=1e-9,
+                                   atol=1e-12)
+    n0 = TRACES["simulate"]
+    tj.simulate(e.model, {**e.params, **{k: v * 1.1 for k, v in batch.items()}}, e.regimen(),
+                e.times)
+    assert TRACES["simulate"] == n0, "a second batch of the same size must not recompile"
+
+
+@pytest.mark.parametrize("e", CATALOGUE, ids=IDS)
+def test_gradients_match_finite_differences(e):
+    """d(sum of output)/d(every parameter, dose amount, dose time) vs central FD."""
+    p0, _ = e.model.complete(e.params)
+    p0 = {k: float(v) for k, v in p0.items()}
+    dosing = e.dose_cmt is not None
+
+    def objective(p, amt, time):
+        reg = e.regimen(amt, time) if dosing else None
+        r = tj.simulate(e.model, p, reg, e.times, solver=TIGHT)
+        return jnp.sum(r.outputs[e.output])
+
+    g_p, g_a, g_t = jax.grad(objective, argnums=(0, 1, 2))(p0, e.dose_amt, e.dose_time)
+
+    def fd(fn, x, lower=-np.inf):
+        h = 1e-5 * max(abs(x), 1e-2)
+        if x - h < lower:  # second-order one-sided difference at a bound
+            return (-3 * fn(x) + 4 * fn(x + h) - fn(x + 2 * h)) / (2 * h)
+        return (fn(x + h) - fn(x - h)) / (2 * h)
+
+    scale = max(abs(float(v)) for v in jax.tree.leaves(g_p)) + 1e-30
+    for k in p0:
+        lower = e.model.param(k).lower
+        want = fd(lambda x: objective({**p0, k: x}, e.dose_amt, e.dose_time), p0[k], lower)
+        got = float(g_p[k])
+        assert got == pytest.approx(float(want), rel=1e-5, abs=1e-7 * scale * max(1, abs(p0[k]))), k
+    if dosing:
+        want_a = fd(lambda x: objective(p0, x, e.dose_time), e.dose_amt)
+        want_t = fd(lambda x: objective(p0, e.dose_amt, x), e.dose_time)
+        assert float(g_a) == pytest.approx(float(want_a), rel=1e-5, abs=1e-9)
+        assert float(g_t) == pytest.approx(float(want_t), rel=1e-5, abs=1e-9)

@@ -1,0 +1,438 @@
+"""``Dataset``: a validated NONMEM dataset, per subject, ready for simulation and fitting."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from ..dosing import Dose, Regimen, Reset
+from ._nonmem import (
+    FRAME_CONVENTION,
+    LINE_CONVENTION,
+    DatasetError,
+    Problem,
+    format_frame,
+    normalize,
+    resolve_compartments,
+)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Subject:
+    """One subject's records.
+
+    Attributes:
+        id: the subject's ID.
+        times: times of its observation records (EVID 0), in file order, shape ``(T,)``.
+        dv: their DV values (NaN where missing), shape ``(T,)``.
+        mdv: their MDV flags (0: a real observation; 1: no observation, e.g. a
+            prediction-only record), shape ``(T,)``.
+        regimen: its doses and resets as a :class:`twinjax.Regimen`, or None when the
+            dataset's compartments are unnamed (see :func:`read_nonmem`).
+        covariates: baseline covariates (the values on its first record).
+        lines: file line numbers of its records (all of them, in order).
+    """
+
+    id: Any
+    times: np.ndarray
+    dv: np.ndarray
+    mdv: np.ndarray
+    regimen: Regimen | None
+    covariates: dict[str, Any]
+    lines: np.ndarray
+
+
+def _scalar(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+class Padded(NamedTuple):
+    """Observations of every subject padded to a common length (see :meth:`Dataset.padded`).
+
+    Attributes:
+        ids: subject IDs, length ``N``.
+        times: ``(N, T)`` observation times; padding repeats the subject's last time so
+            each row stays non-decreasing.
+        dv: ``(N, T)`` observed values; 0 where ``mask`` is False (never NaN).
+        mask: ``(N, T)`` bool, True for real observations (EVID 0, MDV 0).
+        regimens: one :class:`twinjax.Regimen` per subject.
+    """
+
+    ids: list
+    times: np.ndarray
+    dv: np.ndarray
+    mask: np.ndarray
+    regimens: list[Regimen]
+
+
+class Dataset:
+    """A validated NONMEM-format dataset.
+
+    Build one with :func:`twinjax.data.read_nonmem` (from a file or buffer) or directly
+    from a pandas DataFrame: ``Dataset(frame, compartments={1: "depot"})``. The input is
+    copied, never modified. Every record is validated; all problems are reported at
+    once as a :class:`DatasetError` naming line and column.
+
+    Arguments:
+        data: the records, one row per record, with NONMEM columns (see
+            :func:`read_nonmem`). Row ``i`` is reported as line ``i + 2``.
+        compartments: CMT number -> compartment name mapping, list of names, or a Model
+            (see :func:`read_nonmem`).
+        covariates: covariate columns (default: every non-standard column).
+        units: optional units per column, for display (``{"TIME": "h", ...}``).
+        name: a name for messages and ``repr``.
+
+    Raises:
+        DatasetError: the data is not a valid NONMEM dataset.
+        TypeError: ``data`` is not a DataFrame.
+
+    Attributes:
+        ids: subject IDs in file order.
+        data: a copy of the normalised records: columns ``ID, TIME, DV, AMT, EVID, CMT,
+            RATE, DUR, II, ADDL, SS, MDV`` (defaults filled in) then the other columns.
+        covariates: baseline covariates per subject (a DataFrame indexed by ``ID``).
+        regimens: one :class:`twinjax.Regimen` per subject.
+        units: the column units given, if any.
+        source: where the data came from.
+    """
+
+    def __init__(
+        self,
+        data: pd.DataFrame,
+        compartments=None,
+        covariates: Sequence[str] | None = None,
+        *,
+        units: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ):
+        if not isinstance(data, pd.DataFrame):
+            raise TypeError(
+                f"Dataset expects a pandas DataFrame; got {type(data).__name__} (use "
+                "read_nonmem for files)"
+            )
+        table = data.copy().reset_index(drop=True)
+        lines = np.arange(len(table), dtype=np.int64) + 2
+        self._setup(
+            table,
+            lines,
+            compartments,
+            covariates,
+            source=name or "<DataFrame>",
+            problems=[],
+            header_line=1,
+            units=units,
+            convention=FRAME_CONVENTION,
+        )
+
+    @classmethod
+    def _from_table(
+        cls,
+        table: pd.DataFrame,
+        lines: np.ndarray,
+        compartments,
+        covariates,
+        *,
+        source: str,
+        problems: list[Problem],
+        header_line: int,
+        units: Mapping[str, str] | None,
+    ) -> Dataset:
+        self = cls.__new__(cls)
+        self._setup(
+            table,
+            lines,
+            compartments,
+            covariates,
+            source=source,
+            problems=problems,
+            header_line=header_line,
+            units=units,
+            convention=LINE_CONVENTION,
+        )
+        return self
+
+    def _setup(
+        self,
+        table,
+        lines,
+        compartments,
+        covariates,
+        *,
+        source,
+        problems,
+        header_line,
+        units,
+        convention,
+    ) -> None:
+        comp = resolve_compartments(compartments)
+        norm = normalize(
+            table,
+            lines,
+            comp,
+            covariates,
+            source,
+            problems=problems,
+            header_line=header_line,
+            convention=convention,
+        )
+        self.source = source
+        self.units = dict(units or {})
+        self._comp = comp
+        self._frame = norm.frame
+        self._lines = np.asarray(lines, dtype=np.int64)
+        self._cov_names = list(norm.covariates)
+        self._unresolved = norm.unresolved
+        self._cmt_names = norm.cmt_names
+        self._index()
+        self._regimens = self._build_regimens(convention)
+
+    def _index(self) -> None:
+        ids = self._frame["ID"].to_numpy()
+        if len(ids) == 0:
+            self._ids, self._slices = [], {}
+            return
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+        stops = np.r_[starts[1:], len(ids)]
+        self._ids = [ids[s].item() for s in starts]
+        self._slices = {
+            k: (int(a), int(b)) for k, a, b in zip(self._ids, starts, stops, strict=True)
+        }
+
+    def _build_regimens(self, convention: str) -> list[Regimen] | None:
+        if self._cmt_names is None:
+            return None
+        f = self._frame
+        cols = {
+            c: f[c].to_numpy() for c in ("TIME", "AMT", "EVID", "RATE", "DUR", "II", "ADDL", "SS")
+        }
+        problems, regimens = [], []
+        for sid in self._ids:
+            a, b = self._slices[sid]
+            items: list[Dose | Reset] = []
+            for i in range(a, b):
+                e = int(cols["EVID"][i])
+                try:
+                    if e == 3:
+                        items.append(Reset(float(cols["TIME"][i])))
+                    elif e in (1, 4):
+                        items.append(
+                            Dose(
+                                amt=float(cols["AMT"][i]),
+                                cmt=self._cmt_names[i],
+                                time=float(cols["TIME"][i]),
+                                rate=float(cols["RATE"][i]),
+                                dur=float(cols["DUR"][i]),
+                                ii=float(cols["II"][i]),
+                                addl=int(cols["ADDL"][i]),
+                                ss=int(cols["SS"][i]),
+                                evid=e,
+                            )
+                        )
+                except ValueError as err:
+                    problems.append(Problem(int(self._lines[i]), "AMT", str(err)))
+            regimens.append(Regimen(items))
+        if problems:
+            raise DatasetError.from_problems(problems, self.source, convention)
+        return regimens
+
+    # ------------------------------------------------------------------ accessors
+
+    @property
+    def ids(self) -> list:
+        """Subject IDs, in file order."""
+        return list(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def data(self) -> pd.DataFrame:
+        """A copy of the normalised records (NONMEM columns with defaults filled in)."""
+        return self._frame.copy()
+
+    @property
+    def lines(self) -> np.ndarray:
+        """The source line number of every record (header = line 1)."""
+        return self._lines.copy()
+
+    @property
+    def compartments(self):
+        """The ``compartments`` mapping (number -> name) or list given, or None."""
+        return self._comp.given
+
+    @property
+    def covariate_names(self) -> list[str]:
+        """The covariate columns."""
+        return list(self._cov_names)
+
+    @property
+    def covariates(self) -> pd.DataFrame:
+        """Baseline covariates: each subject's values on its first record, indexed by ID."""
+        first = [self._slices[k][0] for k in self._ids]
+        out = self._frame.iloc[first][["ID", *self._cov_names]].set_index("ID")
+        return out.copy()
+
+    @property
+    def observations(self) -> pd.DataFrame:
+        """A copy of the observation records with a DV (EVID 0, MDV 0)."""
+        f = self._frame
+        return f[(f["EVID"] == 0) & (f["MDV"] == 0)].copy()
+
+    @property
+    def regimens(self) -> list[Regimen]:
+        """One :class:`twinjax.Regimen` per subject (doses EVID 1/4, resets EVID 3).
+
+        Raises:
+            DatasetError: the compartments are CMT numbers and no names were given.
+        """
+        if self._regimens is None:
+            raise DatasetError(f"{self.source}: regimens unavailable: {self._unresolved}")
+        return list(self._regimens)
+
+    def _pos(self, sid) -> int:
+        if sid not in self._slices:
+            raise KeyError(f"no subject with ID {sid!r}; IDs are {self._ids}")
+        return self._ids.index(sid)
+
+    def subject(self, sid) -> Subject:
+        """The records of subject ``sid`` (observations, regimen, baseline covariates).
+
+        Raises:
+            KeyError: no such subject.
+        """
+        k = self._pos(sid)
+        a, b = self._slices[sid]
+        rec = self._frame.iloc[a:b]
+        obs = rec[rec["EVID"].to_numpy() == 0]
+        return Subject(
+            id=sid,
+            times=obs["TIME"].to_numpy(dtype=float),
+            dv=obs["DV"].to_numpy(dtype=float),
+            mdv=obs["MDV"].to_numpy(dtype=np.int64),
+            regimen=None if self._regimens is None else self._regimens[k],
+            covariates={c: _scalar(rec[c].iat[0]) for c in self._cov_names},
+            lines=self._lines[a:b].copy(),
+        )
+
+    def padded(self, max_obs: int | None = None) -> Padded:
+        """Observations of all subjects as ``(N, T)`` arrays for batched work.
+
+        Every observation record (EVID 0) is a column, in file order; ``mask`` marks
+        those with a DV (MDV 0). Rows are padded to ``T = max_obs`` (default: the largest
+        number of observation records of a subject) by repeating the subject's last
+        time (0 for a subject without observations), with ``dv`` 0 and ``mask`` False.
+
+        Arguments:
+            max_obs: the padded length ``T``; at least the largest per-subject count.
+
+        Returns:
+            A :class:`Padded` (numpy float64 / bool arrays, and the regimens).
+
+        Raises:
+            ValueError: ``max_obs`` is smaller than a subject's number of observations.
+            DatasetError: regimens unavailable (unnamed compartments).
+        """
+        regimens = self.regimens
+        subs = [self.subject(k) for k in self._ids]
+        counts = [len(s.times) for s in subs]
+        longest = max(counts, default=0)
+        T = longest if max_obs is None else int(max_obs)
+        if T < longest:
+            k = int(np.argmax(counts))
+            raise ValueError(
+                f"max_obs={max_obs} is smaller than the {longest} observation records of "
+                f"subject ID {self._ids[k]!r}"
+            )
+        N = len(subs)
+        times = np.zeros((N, T))
+        dv = np.zeros((N, T))
+        mask = np.zeros((N, T), dtype=bool)
+        for j, s in enumerate(subs):
+            m = len(s.times)
+            if m:
+                times[j, :m] = s.times
+                times[j, m:] = s.times[-1]
+                real = s.mdv == 0
+                mask[j, :m] = real
+                dv[j, :m] = np.where(real, np.nan_to_num(s.dv), 0.0)
+        return Padded(list(self._ids), times, dv, mask, regimens)
+
+    # ------------------------------------------------------------------ derived datasets
+
+    def subset(self, ids: Iterable) -> Dataset:
+        """A new dataset with the subjects ``ids``, in the order given.
+
+        Raises:
+            KeyError: an ID is not in the dataset.
+            ValueError: an ID is repeated.
+        """
+        ids = list(ids)
+        unknown = [k for k in ids if k not in self._slices]
+        if unknown:
+            raise KeyError(f"no subjects with IDs {unknown}; IDs are {self._ids}")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"subset: repeated IDs in {ids}")
+        rows = np.concatenate(
+            [np.arange(*self._slices[k]) for k in ids] or [np.zeros(0, dtype=np.int64)]
+        ).astype(np.int64)
+        new = Dataset.__new__(Dataset)
+        new.source = self.source
+        new.units = dict(self.units)
+        new._comp = self._comp
+        new._frame = self._frame.iloc[rows].reset_index(drop=True)
+        new._lines = self._lines[rows]
+        new._cov_names = list(self._cov_names)
+        new._unresolved = self._unresolved
+        new._cmt_names = None if self._cmt_names is None else self._cmt_names[rows]
+        new._index()
+        new._regimens = (
+            None if self._regimens is None else [self._regimens[self._ids.index(k)] for k in ids]
+        )
+        return new
+
+    # ------------------------------------------------------------------ output
+
+    def to_csv(self, path=None) -> str | None:
+        """Write the dataset as a NONMEM CSV (all standard columns, ``.`` for missing).
+
+        Reading the file back with the same ``compartments`` gives an equal dataset.
+
+        Arguments:
+            path: a file path, a writable text buffer, or None.
+
+        Returns:
+            The CSV text when ``path`` is None, else None.
+        """
+        text = format_frame(self._frame)
+        if path is None:
+            return text
+        if hasattr(path, "write"):
+            path.write(text)
+        else:
+            Path(path).write_text(text, encoding="utf-8")
+        return None
+
+    def equals(self, other: Dataset) -> bool:
+        """True when both datasets hold the same records (line numbers not compared)."""
+        return isinstance(other, Dataset) and self._frame.equals(other._frame)
+
+    def __repr__(self) -> str:
+        f = self._frame
+        n_obs = int(((f["EVID"] == 0) & (f["MDV"] == 0)).sum())
+        n_dose = int(f["EVID"].isin([1, 4]).sum())
+        parts = [
+            f"{len(self)} subjects",
+            f"{len(f)} records ({n_obs} observations, {n_dose} doses)",
+        ]
+        if self._cov_names:
+            parts.append(f"covariates {self._cov_names}")
+        if self._comp.by_number or self._comp.names:
+            parts.append(f"compartments {self._comp.describe()}")
+        if self.units:
+            parts.append("units " + ", ".join(f"{k} {v}" for k, v in self.units.items()))
+        return f"Dataset({self.source!r}: " + "; ".join(parts) + ")"

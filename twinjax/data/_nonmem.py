@@ -1,0 +1,860 @@
+"""NONMEM-format datasets: parse, validate, normalise and write.
+
+A NONMEM dataset is a table with one record (row) per event: observations
+(``EVID 0``), doses (``EVID 1``), other events (``EVID 2``), resets (``EVID 3``) and
+reset-and-dose records (``EVID 4``). The standard columns, and their values when
+the column is absent or the value missing (``.``):
+
+- ``ID``: subject identifier (numeric). Required.
+- ``TIME``: time of the record (h for twinjax PK models). Required.
+- ``DV``: dependent variable (the observed value). Required column; ``.`` = missing.
+- ``AMT``: dose amount. Default 0.
+- ``EVID``: event identifier 0-4. Default 1 if ``AMT > 0``, else 0.
+- ``CMT``: compartment, a number or a name. Default 0 (a dose then goes to
+  compartment 1).
+- ``RATE``, ``DUR``: infusion rate or duration. Default 0 (a bolus).
+- ``II``, ``ADDL``: interdose interval, number of additional doses. Default 0.
+- ``SS``: steady-state flag, 0 or 1. Default 0.
+- ``MDV``: missing dependent variable, 0 or 1. Default 0 on observation records (EVID
+  0) with a DV, else 1.
+
+Any other column is a covariate (or an extra column kept as is).
+
+Line numbers: every problem is reported with the 1-based line of the file it
+was found on, counting the header as line 1 (so the first data record of a file
+without comment lines is line 2). For a pandas DataFrame given instead of a
+file, row ``i`` (0-based position) is reported as line ``i + 2``: the line it
+would have in a CSV file written with a header.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+STANDARD = ("ID", "TIME", "DV", "AMT", "EVID", "CMT", "RATE", "DUR", "II", "ADDL", "SS", "MDV")
+REQUIRED = ("ID", "TIME", "DV")
+INT_COLUMNS = ("EVID", "ADDL", "SS", "MDV")
+#: Tokens read as a missing value (NONMEM writes ``.``).
+MISSING_TOKENS = frozenset({"", ".", "NA", "NaN", "nan"})
+#: How many problems a :class:`DatasetError` message lists.
+MAX_SHOWN = 25
+
+LINE_CONVENTION = "line numbers count the header as line 1"
+FRAME_CONVENTION = "DataFrame row i (0-based) is reported as line i + 2, as in a CSV with a header"
+
+
+class Problem(NamedTuple):
+    """One problem found in a dataset: where (``line``, ``column``) and what."""
+
+    line: int
+    column: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}, column {self.column}: {self.message}"
+
+
+class DatasetError(ValueError):
+    """A NONMEM dataset that cannot be used, with every problem found.
+
+    Arguments:
+        message: the error message.
+        problems: the individual :class:`Problem` s (line, column, message), if any.
+
+    The message lists the first problems (at most ``MAX_SHOWN``); all of them are in
+    :attr:`problems`.
+    """
+
+    def __init__(self, message: str, problems: Sequence[Problem] = ()):
+        super().__init__(message)
+        self.problems: list[Problem] = list(problems)
+
+    @classmethod
+    def from_problems(
+        cls, problems: Sequence[Problem], source: str, convention: str = LINE_CONVENTION
+    ) -> DatasetError:
+        """Build the error for ``problems`` found in ``source``."""
+        order = {c: i for i, c in enumerate(STANDARD)}
+        problems = sorted(problems, key=lambda p: (p.line, order.get(p.column, len(order))))
+        n = len(problems)
+        head = f"{source}: {n} problem{'s' if n != 1 else ''} in the NONMEM dataset ({convention}):"
+        lines = [f"  {p}" for p in problems[:MAX_SHOWN]]
+        if n > MAX_SHOWN:
+            lines.append(f"  ... and {n - MAX_SHOWN} more (all are in DatasetError.problems)")
+        return cls("\n".join([head, *lines]), problems)
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def read_source(source) -> tuple[str, str]:
+    """The text of ``source`` (a path or a readable text/binary buffer) and a display name."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"NONMEM dataset {str(path)!r} does not exist")
+        return path.read_text(encoding="utf-8-sig"), str(path)
+    if hasattr(source, "read"):
+        text = source.read()
+        if isinstance(text, bytes):
+            text = text.decode("utf-8-sig")
+        name = getattr(source, "name", None)
+        return text, str(name) if isinstance(name, (str, os.PathLike)) else "<buffer>"
+    raise TypeError(
+        "read_nonmem expects a path, a readable buffer or a pandas DataFrame; got "
+        f"{type(source).__name__}"
+    )
+
+
+def _is_skipped(fields: list[str]) -> bool:
+    return all(not f.strip() for f in fields) or fields[0].lstrip().startswith("#")
+
+
+def parse_text(text: str, source: str) -> tuple[pd.DataFrame, np.ndarray, int, list[Problem]]:
+    """Split CSV (or whitespace-separated) text into a table of strings.
+
+    Blank lines and lines whose first field starts with ``#`` are skipped. The
+    header is the first other line; it is comma-separated CSV if it contains a
+    comma, else whitespace-separated.
+
+    Returns:
+        ``(table, lines, header_line, problems)``: the fields as an object DataFrame
+        with the header's column names, the 1-based file line of every row, the line of
+        the header, and the rows whose number of fields differs from the header's
+        (padded or cut to fit).
+
+    Raises:
+        DatasetError: no header, an empty or duplicated column name.
+    """
+    raw_lines = text.splitlines()
+    header_idx = next(
+        (i for i, ln in enumerate(raw_lines) if ln.strip() and not ln.lstrip().startswith("#")),
+        None,
+    )
+    if header_idx is None:
+        raise DatasetError(f"{source}: the NONMEM dataset is empty (no header line)")
+    comma = "," in raw_lines[header_idx]
+    if comma:
+        reader = csv.reader(io.StringIO(text))
+        records = ((reader.line_num, [f.strip() for f in row]) for row in reader)
+    else:
+        records = (
+            (i + 1, [f for f in re.split(r"[\s,]+", ln.strip()) if f])
+            for i, ln in enumerate(raw_lines)
+        )
+    header: list[str] | None = None
+    header_line = 0
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    problems: list[Problem] = []
+    for line_no, fields in records:
+        if not fields or _is_skipped(fields):
+            continue
+        if header is None:
+            header, header_line = fields, line_no
+            continue
+        if len(fields) != len(header):
+            col = header[len(fields)] if len(fields) < len(header) else "(extra)"
+            problems.append(
+                Problem(
+                    line_no,
+                    col,
+                    f"the record has {len(fields)} fields but the header (line {header_line}) "
+                    f"has {len(header)}",
+                )
+            )
+            fields = (fields + [""] * len(header))[: len(header)]
+        rows.append(fields)
+        lines.append(line_no)
+    assert header is not None
+    check_header(header, source, header_line)
+    table = (
+        pd.DataFrame(rows, columns=header, dtype=object)
+        if rows
+        else pd.DataFrame({h: pd.Series([], dtype=object) for h in header})
+    )
+    return table, np.asarray(lines, dtype=np.int64), header_line, problems
+
+
+def check_header(columns: Sequence[Any], source: str, header_line: int = 1) -> None:
+    """Raise :class:`DatasetError` for empty or duplicated column names."""
+    problems = []
+    seen: dict[str, str] = {}
+    for c in columns:
+        name = str(c).strip()
+        if not name:
+            problems.append(Problem(header_line, "(unnamed)", "empty column name in the header"))
+            continue
+        key = name.upper() if name.upper() in STANDARD else name
+        if key in seen:
+            problems.append(
+                Problem(header_line, name, f"column {name!r} appears twice (also {seen[key]!r})")
+            )
+        seen[key] = name
+    if problems:
+        raise DatasetError.from_problems(problems, source)
+
+
+# ------------------------------------------------------------------------ value parsing
+
+
+def _missing_mask(s: pd.Series) -> np.ndarray:
+    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+        return s.isna().to_numpy()
+    return np.array(
+        [
+            v is None
+            or (isinstance(v, float) and np.isnan(v))
+            or v is pd.NA
+            or (isinstance(v, str) and v.strip() in MISSING_TOKENS)
+            for v in s.astype(object)
+        ],
+        dtype=bool,
+    )
+
+
+def parse_numeric(s: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parse a column of numbers.
+
+    Returns:
+        ``(values, missing, bad)``: float64 values (NaN where missing or bad), the
+        missing mask (``.``, empty, NA) and the mask of values that are not finite numbers.
+    """
+    missing = _missing_mask(s)
+    if pd.api.types.is_bool_dtype(s.dtype):
+        vals = s.astype(float).to_numpy()
+    elif pd.api.types.is_numeric_dtype(s.dtype):
+        vals = s.to_numpy(dtype=float, na_value=np.nan)
+    else:
+        obj = s.astype(object).to_numpy()
+        cleaned = [
+            np.nan if m else (v.strip() if isinstance(v, str) else v)
+            for v, m in zip(obj, missing, strict=True)
+        ]
+        vals = pd.to_numeric(pd.Series(cleaned, dtype=object), errors="coerce").to_numpy(
+            dtype=float, na_value=np.nan
+        )
+    bad = ~missing & ~np.isfinite(vals)
+    vals = np.where(missing | bad, np.nan, vals)
+    return vals, missing, bad
+
+
+def _show(v) -> str:
+    return repr(v.strip()) if isinstance(v, str) else repr(v)
+
+
+def fmt_num(x) -> str:
+    """A number as NONMEM writes it: shortest round-trip decimal, no trailing ``.0``."""
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    x = float(x)
+    if np.isnan(x):
+        return "."
+    return np.format_float_positional(x, trim="-")
+
+
+# ------------------------------------------------------------------------ compartments
+
+
+class Compartments(NamedTuple):
+    """The resolved ``compartments`` argument: CMT number -> name, and the valid names."""
+
+    by_number: dict[int, str] | None
+    names: list[str] | None
+    given: Any
+
+    def describe(self) -> str:
+        if self.by_number:
+            return ", ".join(f"{k} ({v})" for k, v in sorted(self.by_number.items()))
+        return ", ".join(repr(n) for n in self.names or [])
+
+
+def resolve_compartments(compartments) -> Compartments:
+    """Normalise ``compartments`` (None, a mapping number -> name, a list of names, a Model).
+
+    Raises:
+        TypeError, ValueError: for a malformed argument.
+    """
+    if compartments is None:
+        return Compartments(None, None, None)
+    if hasattr(compartments, "state_names"):
+        names = [str(n) for n in compartments.state_names]
+        return Compartments({i + 1: n for i, n in enumerate(names)}, names, names)
+    if isinstance(compartments, Mapping):
+        by_number = {}
+        for k, v in compartments.items():
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+                raise TypeError(f"compartments keys must be CMT numbers (integers >= 1); got {k!r}")
+            if not isinstance(v, str) or not v:
+                raise TypeError(f"compartments[{k}] must be a compartment name; got {v!r}")
+            by_number[int(k)] = v
+        if not by_number:
+            raise ValueError("compartments is empty")
+        return Compartments(by_number, list(dict.fromkeys(by_number.values())), dict(by_number))
+    if isinstance(compartments, Sequence) and not isinstance(compartments, str):
+        names = list(compartments)
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise TypeError(f"compartments must be a non-empty list of names; got {compartments!r}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"compartments has repeated names: {names}")
+        return Compartments({i + 1: n for i, n in enumerate(names)}, names, list(names))
+    raise TypeError(
+        "compartments must be a mapping {CMT number: name}, a list of names or a Model; got "
+        f"{type(compartments).__name__}"
+    )
+
+
+# ------------------------------------------------------------------------ normalisation
+
+
+class Normalized(NamedTuple):
+    """The result of :func:`normalize`."""
+
+    frame: pd.DataFrame
+    cmt_names: np.ndarray | None  # per record: the dosed compartment name (or None)
+    covariates: list[str]
+    unresolved: str | None  # why dose compartments could not be named, if so
+
+
+def normalize(
+    table: pd.DataFrame,
+    lines: np.ndarray,
+    compartments: Compartments,
+    covariates: Sequence[str] | None,
+    source: str,
+    *,
+    problems: list[Problem] | None = None,
+    header_line: int = 1,
+    convention: str = LINE_CONVENTION,
+) -> Normalized:
+    """Validate a raw table and give it the standard columns, types and defaults.
+
+    Arguments:
+        table: the records; values may be strings (as read from a file) or numbers.
+        lines: the 1-based file line of every record (for messages).
+        compartments: the resolved compartment map.
+        covariates: the covariate columns (None: every non-standard column).
+        source: the dataset's name, for messages.
+        problems: problems already found (e.g. by the parser); added to.
+        header_line: the line of the header (for problems with columns).
+        convention: how line numbers are counted, for the message.
+
+    Returns:
+        A :class:`Normalized` with a new DataFrame (the input is not modified) with the
+        columns ``STANDARD`` then the other columns, in order.
+
+    Raises:
+        DatasetError: listing every problem found, each with its line and column.
+    """
+    problems = list(problems or [])
+    n = len(table)
+    lines = np.asarray(lines, dtype=np.int64)
+
+    def fail(mask, column, message) -> None:
+        for i in np.flatnonzero(mask):
+            problems.append(Problem(int(lines[i]), column, message(i)))
+
+    # -- columns
+    check_header(list(table.columns), source, header_line)
+    rename, extra = {}, []
+    for c in table.columns:
+        name = str(c).strip()
+        if name.upper() in STANDARD:
+            rename[c] = name.upper()
+        else:
+            rename[c] = name
+            extra.append(name)
+    raw = table.rename(columns=rename)
+    missing_cols = [c for c in REQUIRED if c not in raw.columns]
+    if missing_cols:
+        for c in missing_cols:
+            problems.append(
+                Problem(
+                    header_line,
+                    c,
+                    f"required column {c} is missing from the header; columns are "
+                    f"{list(raw.columns)}",
+                )
+            )
+        raise DatasetError.from_problems(problems, source, convention)
+    if covariates is None:
+        cov_names = list(extra)
+    else:
+        if isinstance(covariates, str):
+            covariates = [covariates]
+        cov_names = []
+        for c in covariates:
+            if c in STANDARD:
+                problems.append(
+                    Problem(header_line, c, f"{c} is a standard NONMEM column, not a covariate")
+                )
+            elif c not in raw.columns:
+                problems.append(
+                    Problem(
+                        header_line,
+                        c,
+                        f"covariate column {c!r} is not in the header; other columns are {extra}",
+                    )
+                )
+            else:
+                cov_names.append(c)
+
+    def col(name):
+        return raw[name] if name in raw.columns else None
+
+    def numeric(name, default=None):
+        s = col(name)
+        if s is None:
+            return np.full(n, np.nan if default is None else default, float), np.ones(n, bool)
+        vals, miss, bad = parse_numeric(s)
+        obj = s.astype(object).to_numpy()
+        fail(bad, name, lambda i: f"{_show(obj[i])} is not a number")
+        if default is not None:
+            vals = np.where(miss, default, vals)
+        return vals, miss
+
+    ids, id_miss = numeric("ID")
+    fail(id_miss, "ID", lambda i: "ID is missing")
+    time, time_miss = numeric("TIME")
+    fail(time_miss, "TIME", lambda i: "TIME is missing")
+    fail(time < 0, "TIME", lambda i: f"TIME {fmt_num(time[i])} is negative")
+    dv, dv_miss = numeric("DV")
+    amt, _ = numeric("AMT", 0.0)
+    fail(amt < 0, "AMT", lambda i: f"negative dose amount AMT {fmt_num(amt[i])}")
+    rate, _ = numeric("RATE", 0.0)
+    dur, _ = numeric("DUR", 0.0)
+    ii, _ = numeric("II", 0.0)
+    addl, _ = numeric("ADDL", 0.0)
+    ss, _ = numeric("SS", 0.0)
+    evid, evid_miss = numeric("EVID")
+    mdv, mdv_miss = numeric("MDV")
+    has_mdv = col("MDV") is not None
+
+    # EVID: given, or inferred from AMT (a record with AMT > 0 is a dose)
+    evid = np.where(evid_miss, np.where(amt > 0, 1.0, 0.0), evid)
+    bad_evid = np.isfinite(evid) & ~np.isin(evid, [0, 1, 2, 3, 4])
+    fail(bad_evid, "EVID", lambda i: f"EVID {fmt_num(evid[i])} is not one of 0, 1, 2, 3, 4")
+    evid = np.where(bad_evid, np.nan, evid)
+    is_obs = evid == 0
+    is_dose = np.isin(evid, [1, 4])
+
+    # MDV: given, or 1 unless an observation record with a DV
+    mdv = np.where(mdv_miss, np.where(is_obs & ~dv_miss, 0.0, 1.0), mdv)
+    bad_mdv = np.isfinite(mdv) & ~np.isin(mdv, [0, 1])
+    fail(bad_mdv, "MDV", lambda i: f"MDV {fmt_num(mdv[i])} is not 0 or 1")
+    mdv = np.where(bad_mdv, np.nan, mdv)
+    if has_mdv:
+        fail(
+            (mdv == 0) & np.isfinite(evid) & ~is_obs,
+            "MDV",
+            lambda i: (
+                f"MDV 0 on a record with EVID {int(evid[i])}; only observation records "
+                "(EVID 0) may have MDV 0"
+            ),
+        )
+    fail(
+        is_obs & (mdv == 0) & dv_miss,
+        "DV",
+        lambda i: "an observation record (EVID 0, MDV 0) has no DV; give the value or set MDV 1",
+    )
+    fail(
+        (mdv == 1) & np.isfinite(dv) & (dv != 0),
+        "DV",
+        lambda i: (
+            f"MDV is 1 but DV is {fmt_num(dv[i])}; a record without an observation must "
+            "have DV '.' (missing) or 0"
+        ),
+    )
+    fail(
+        (amt > 0) & np.isin(evid, [0, 2, 3]),
+        "AMT",
+        lambda i: (
+            f"AMT {fmt_num(amt[i])} on a record with EVID {int(evid[i])}; doses need "
+            "EVID 1 (or 4 to reset and dose)"
+        ),
+    )
+
+    # infusions
+    fail(
+        np.isin(rate, [-1, -2]),
+        "RATE",
+        lambda i: (
+            f"RATE {int(rate[i])} (infusion rate or duration estimated in the model) is "
+            "not supported; give a positive RATE or DUR in the dataset"
+        ),
+    )
+    fail(
+        (rate < 0) & ~np.isin(rate, [-1, -2]),
+        "RATE",
+        lambda i: f"negative RATE {fmt_num(rate[i])}",
+    )
+    fail(dur < 0, "DUR", lambda i: f"negative DUR {fmt_num(dur[i])}")
+    fail(
+        (rate > 0) & (dur > 0),
+        "DUR",
+        lambda i: (
+            f"both RATE ({fmt_num(rate[i])}) and DUR ({fmt_num(dur[i])}) are given; an "
+            "infusion takes one of them"
+        ),
+    )
+    # repeats and steady state
+    fail(ii < 0, "II", lambda i: f"negative II {fmt_num(ii[i])}")
+    bad_addl = np.isfinite(addl) & ((addl < 0) | (addl != np.round(addl)))
+    fail(bad_addl, "ADDL", lambda i: f"ADDL {fmt_num(addl[i])} is not a whole number >= 0")
+    addl = np.where(bad_addl, np.nan, addl)
+    fail(
+        (addl > 0) & ~(ii > 0),
+        "II",
+        lambda i: (
+            f"ADDL is {int(addl[i])} but II is {fmt_num(ii[i])}; additional doses need "
+            "an interdose interval II > 0"
+        ),
+    )
+    fail(
+        ss == 2,
+        "SS",
+        lambda i: "SS 2 (steady state added to the current state) is not supported; use 0 or 1",
+    )
+    bad_ss = np.isfinite(ss) & ~np.isin(ss, [0, 1, 2])
+    fail(bad_ss, "SS", lambda i: f"SS {fmt_num(ss[i])} is not 0 or 1")
+    ss = np.where(bad_ss | (ss == 2), np.nan, ss)
+    fail(
+        (ss == 1) & ~(ii > 0),
+        "II",
+        lambda i: f"SS is 1 but II is {fmt_num(ii[i])}; a steady-state dose needs II > 0",
+    )
+    fail(
+        (ss == 1) & (ii > 0) & (dur > ii),
+        "DUR",
+        lambda i: (
+            f"steady-state infusion with DUR {fmt_num(dur[i])} longer than II {fmt_num(ii[i])}"
+        ),
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inf_len = np.where(rate > 0, amt / np.where(rate > 0, rate, 1.0), 0.0)
+    fail(
+        (ss == 1) & (ii > 0) & (rate > 0) & (inf_len > ii),
+        "RATE",
+        lambda i: (
+            f"steady-state infusion lasting AMT/RATE = {fmt_num(inf_len[i])} longer than "
+            f"II {fmt_num(ii[i])}"
+        ),
+    )
+
+    # compartments
+    cmt_col = col("CMT")
+    cmt_vals: list[Any] = [0] * n
+    cmt_names: list[str | None] = [None] * n
+    unresolved = None
+    if cmt_col is not None:
+        obj = cmt_col.astype(object).to_numpy()
+        nums, miss, bad = parse_numeric(cmt_col)
+        for i in range(n):
+            if miss[i]:
+                continue
+            if not bad[i]:
+                v = nums[i]
+                if v != round(v):
+                    problems.append(
+                        Problem(int(lines[i]), "CMT", f"CMT {fmt_num(v)} is not a whole number")
+                    )
+                    continue
+                cmt_vals[i] = int(v)
+            elif isinstance(obj[i], str) and obj[i].strip() and not _looks_numeric(obj[i]):
+                cmt_vals[i] = obj[i].strip()
+            else:
+                problems.append(Problem(int(lines[i]), "CMT", f"{_show(obj[i])} is not a number"))
+    for i in range(n):
+        v = cmt_vals[i]
+        record_needs = is_dose[i] or (is_obs[i] and v != 0)
+        if not record_needs:
+            continue
+        where = "dose" if is_dose[i] else "observation"
+        if isinstance(v, str):
+            if compartments.names is not None and v not in compartments.names:
+                problems.append(
+                    Problem(
+                        int(lines[i]),
+                        "CMT",
+                        f"{where} in unknown compartment {v!r}; valid compartments are "
+                        f"{compartments.describe()}",
+                    )
+                )
+            cmt_names[i] = v
+        elif v < 0:
+            problems.append(
+                Problem(
+                    int(lines[i]),
+                    "CMT",
+                    f"CMT {v} (a negative CMT turns a compartment off) is not supported",
+                )
+            )
+        elif compartments.by_number is None:
+            unresolved = (
+                "the dataset gives compartments as CMT numbers (or not at all); pass "
+                "compartments={1: 'depot', 2: 'central'} (or a list of names, or the Model) to "
+                "read_nonmem to name them"
+            )
+        else:
+            key = v if v != 0 else 1
+            name = compartments.by_number.get(key)
+            if name is None:
+                what = (
+                    f"{where} in unknown compartment CMT {v}"
+                    if v != 0
+                    else f"{where} without CMT and there is no compartment 1 to default to"
+                )
+                problems.append(
+                    Problem(
+                        int(lines[i]),
+                        "CMT",
+                        f"{what}; valid compartments are {compartments.describe()}",
+                    )
+                )
+            cmt_names[i] = name
+
+    # per-subject structure: contiguity, time order, duplicates, one SS record
+    first_line: dict[float, int] = {}
+    prev_id = None
+    prev_i = None
+    ss_seen: dict[float, int] = {}
+    for i in range(n):
+        sid = ids[i]
+        if not np.isfinite(sid):
+            prev_i = None
+            continue
+        if sid != prev_id:
+            if sid in first_line:
+                problems.append(
+                    Problem(
+                        int(lines[i]),
+                        "ID",
+                        f"ID {fmt_num(sid)} appears again after other subjects (its records "
+                        f"start at line {first_line[sid]}); the records of a subject must be "
+                        "contiguous",
+                    )
+                )
+            else:
+                first_line[sid] = int(lines[i])
+            prev_id, prev_i = sid, None
+        if np.isfinite(time[i]):
+            if prev_i is not None and time[i] < time[prev_i]:
+                problems.append(
+                    Problem(
+                        int(lines[i]),
+                        "TIME",
+                        f"time goes backwards for ID {fmt_num(sid)}: TIME {fmt_num(time[i])} "
+                        f"after {fmt_num(time[prev_i])} (line {lines[prev_i]}); times must be "
+                        "non-decreasing within a subject",
+                    )
+                )
+            else:
+                prev_i = i
+        if ss[i] == 1 and is_dose[i]:
+            if sid in ss_seen:
+                problems.append(
+                    Problem(
+                        int(lines[i]),
+                        "SS",
+                        f"a second steady-state record for ID {fmt_num(sid)} (the first is on "
+                        f"line {ss_seen[sid]}); at most one SS 1 record per subject is "
+                        "supported",
+                    )
+                )
+            else:
+                ss_seen[sid] = int(lines[i])
+
+    # extra columns: numbers when every value is one, else text
+    extras: dict[str, pd.Series] = {}
+    for c in extra:
+        s = raw[c]
+        vals, miss, bad = parse_numeric(s)
+        if bad.any():
+            obj = s.astype(object).to_numpy()
+            extras[c] = pd.Series(
+                [
+                    np.nan if m else (v.strip() if isinstance(v, str) else v)
+                    for v, m in zip(obj, miss, strict=True)
+                ],
+                dtype=object,
+            )
+        else:
+            extras[c] = pd.Series(vals, dtype=float)
+
+    # duplicated records (identical in every column)
+    columns_now = {
+        "ID": ids,
+        "TIME": time,
+        "DV": dv,
+        "AMT": amt,
+        "EVID": evid,
+        "CMT": cmt_vals,
+        "RATE": rate,
+        "DUR": dur,
+        "II": ii,
+        "ADDL": addl,
+        "SS": ss,
+        "MDV": mdv,
+    }
+    seen_rows: dict[tuple, int] = {}
+    for i in range(n):
+        key = tuple(_key(columns_now[c][i]) for c in STANDARD) + tuple(
+            _key(extras[c].iat[i]) for c in extra
+        )
+        if key in seen_rows:
+            problems.append(
+                Problem(
+                    int(lines[i]),
+                    "ID/TIME",
+                    f"duplicated record: identical in every column to line {seen_rows[key]} "
+                    f"(ID {fmt_num(ids[i])}, TIME {fmt_num(time[i])})",
+                )
+            )
+        else:
+            seen_rows[key] = int(lines[i])
+
+    if problems:
+        raise DatasetError.from_problems(problems, source, convention)
+
+    frame = pd.DataFrame(
+        {
+            "ID": _as_int_if_whole(ids),
+            "TIME": time,
+            "DV": dv,
+            "AMT": amt,
+            "EVID": evid.astype(np.int64),
+            "CMT": _cmt_series(cmt_vals),
+            "RATE": rate,
+            "DUR": dur,
+            "II": ii,
+            "ADDL": addl.astype(np.int64),
+            "SS": ss.astype(np.int64),
+            "MDV": mdv.astype(np.int64),
+            **{c: extras[c].to_numpy() for c in extra},
+        }
+    )
+    names = None if unresolved else np.array(cmt_names, dtype=object)
+    return Normalized(frame, names, cov_names, unresolved)
+
+
+def _looks_numeric(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _key(v):
+    if isinstance(v, (float, np.floating)) and np.isnan(v):
+        return ("nan",)
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return float(v)
+    return v
+
+
+def _as_int_if_whole(x: np.ndarray) -> np.ndarray:
+    if len(x) and np.all(x == np.round(x)) and np.all(np.abs(x) < 2**53):
+        return x.astype(np.int64)
+    return x if len(x) else x.astype(np.int64)
+
+
+def _cmt_series(vals: list) -> pd.Series:
+    if all(isinstance(v, int) for v in vals):
+        return pd.Series(vals, dtype=np.int64)
+    return pd.Series(vals, dtype=object)
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def format_frame(frame: pd.DataFrame) -> str:
+    """A normalised dataset as NONMEM CSV text (missing values as ``.``)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([str(c) for c in frame.columns])
+    cols = []
+    for c in frame.columns:
+        s = frame[c]
+        if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+            cols.append([fmt_num(v) for v in s.to_numpy()])
+        else:
+            cols.append(
+                [
+                    "."
+                    if v is None or (isinstance(v, float) and np.isnan(v))
+                    else fmt_num(v)
+                    if isinstance(v, (int, float, np.integer, np.floating))
+                    else str(v)
+                    for v in s.astype(object).to_numpy()
+                ]
+            )
+    writer.writerows(zip(*cols, strict=True))
+    return out.getvalue()
+
+
+def read_nonmem(
+    path_or_buffer,
+    compartments=None,
+    covariates: Sequence[str] | None = None,
+    *,
+    units: Mapping[str, str] | None = None,
+):
+    """Read and validate a NONMEM-format dataset.
+
+    Arguments:
+        path_or_buffer: a path to a CSV file (comma- or whitespace-separated), a
+            readable text buffer (e.g. ``io.StringIO``), or a pandas DataFrame (which is
+            copied, never modified). Columns ``ID, TIME, DV`` are required;
+            ``AMT, EVID, CMT, RATE, DUR, II, ADDL, SS, MDV`` are optional and take NONMEM's
+            defaults (see :mod:`twinjax.data`); names of standard columns are matched
+            case-insensitively. Missing values are written ``.`` (empty and ``NA`` also
+            read as missing). Blank lines and lines starting with ``#`` are skipped.
+        compartments: names for the CMT column, e.g. ``{1: "depot", 2: "central"}``; or a
+            list of names (CMT may then hold the names themselves, or numbers k meaning
+            the k-th name); or a :class:`twinjax.Model` (its ``state_names`` in order,
+            numbered from 1 as NONMEM numbers compartments). A dose record without CMT
+            (or CMT 0) goes to compartment 1. Without ``compartments`` the file's CMT
+            names are used as given, and numeric CMTs leave the regimens unavailable.
+        covariates: the covariate columns; default: every non-standard column.
+        units: optional units of the columns, e.g. ``{"TIME": "h", "AMT": "mg"}``,
+            stored on the dataset for display.
+
+    Returns:
+        A :class:`twinjax.data.Dataset`.
+
+    Raises:
+        DatasetError: listing every problem found, each with its line number (the
+            header being line 1) and column: missing required columns, values that are
+            not numbers, time going backwards within a subject, doses to unknown
+            compartments, negative amounts, MDV 1 with a DV (other than ``.`` or 0),
+            duplicated records, EVID outside 0-4, both RATE and DUR, ADDL without II,
+            and unsupported NONMEM features (RATE -1/-2, SS 2, negative CMT).
+        FileNotFoundError: the path does not exist.
+        TypeError: ``path_or_buffer`` or ``compartments`` is of the wrong kind.
+    """
+    from ._dataset import Dataset
+
+    if isinstance(path_or_buffer, pd.DataFrame):
+        return Dataset(path_or_buffer, compartments, covariates, units=units)
+    text, source = read_source(path_or_buffer)
+    table, lines, header_line, problems = parse_text(text, source)
+    return Dataset._from_table(
+        table,
+        lines,
+        compartments,
+        covariates,
+        source=source,
+        problems=problems,
+        header_line=header_line,
+        units=units,
+    )
