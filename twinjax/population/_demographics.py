@@ -31,6 +31,7 @@ __all__ = [
     "SexGroup",
     "body_surface_area",
     "cockcroft_gault",
+    "key_blocks",
     "patient_keys",
 ]
 
@@ -56,31 +57,38 @@ def patient_keys(key, n: int, start: int = 0):
     Raises:
         ValueError: if ``n`` or ``start`` is negative, or an index reaches ``2**32``.
     """
-    return _padded_keys(key, n, start)[: int(n)]
+    n, start = _check_range(n, start)
+    return _fold_keys(key, jnp.asarray(start, jnp.uint32), n)
 
 
-def _bucket(n: int) -> int:
-    """A padded batch size: at least 16, at most 25 % above ``n``, few distinct values.
-
-    Sampling pads every batch to a bucket so that chunks of many different sizes reuse
-    a handful of compiled programs.
-    """
-    if n <= 16:
-        return 16
-    step = 2 ** (int(n - 1).bit_length() - 3)
-    return -(-n // step) * step
+BLOCK = 8192
+"""Patients per compiled block: larger batches are drawn block by block."""
 
 
-def _padded_keys(key, n: int, start: int = 0):
-    """:func:`patient_keys` padded to ``_bucket(n)`` keys (extra keys are patients after
-    the last one and are discarded by the callers)."""
+def _check_range(n, start) -> tuple[int, int]:
     n, start = int(n), int(start)
     if n < 0 or start < 0:
         raise ValueError(f"n and start must be non-negative, got n={n}, start={start}")
-    n_pad = _bucket(n)
-    if start + n_pad > 2**32:
-        raise ValueError("patient indices must stay below 2**32")
-    return _fold_keys(key, jnp.asarray(start, jnp.uint32), n_pad)
+    if start + n + BLOCK > 2**32:
+        raise ValueError("patient indices must stay below 2**32 - BLOCK")
+    return n, start
+
+
+def key_blocks(key, n: int, start: int = 0):
+    """Per-patient keys in padded blocks: a list of ``(keys, m)``.
+
+    ``keys`` holds ``fold_in(key, i)`` for consecutive patients; only its first ``m``
+    entries are wanted, the rest pads the block to a power of two (at least 16, at most
+    :data:`BLOCK`) so that batches of any size reuse a handful of compiled programs.
+    """
+    n, start = _check_range(n, start)
+    if n <= BLOCK:
+        size = max(16, 1 << max(n - 1, 0).bit_length())
+        return [(_fold_keys(key, jnp.asarray(start, jnp.uint32), size), n)]
+    return [
+        (_fold_keys(key, jnp.asarray(start + b, jnp.uint32), BLOCK), min(BLOCK, n - b))
+        for b in range(0, n, BLOCK)
+    ]
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -281,8 +289,9 @@ class Demographics:
             A pandas DataFrame with columns :data:`COLUMNS` (``SEX`` is 0 for male, 1
             for female) indexed by the global patient index (named ``ID``).
         """
-        n = int(n)
-        return self._table(_padded_keys(key, n, start), n, np.arange(start, start + n))
+        n, start = int(n), int(start)
+        cols = [self._columns(k, m) for k, m in key_blocks(key, n, start)]
+        return self._frame(_concat(cols), np.arange(start, start + n))
 
     def sample_keys(self, keys, index=None):
         """Draw one patient per key (see :func:`patient_keys`).
@@ -294,10 +303,11 @@ class Demographics:
         Returns:
             The demographics table, as in :meth:`sample`.
         """
-        return self._table(keys, int(keys.shape[0]), index)
+        n = int(keys.shape[0])
+        return self._frame(self._columns(keys, n), np.arange(n) if index is None else index)
 
-    def _table(self, keys, n: int, index=None):
-        """The table of the first ``n`` of ``keys`` (the rest is padding)."""
+    def _columns(self, keys, n: int) -> dict:
+        """Numpy columns for the first ``n`` of ``keys`` (the rest is padding)."""
         groups = (self.male, self.female)
         mu = np.stack([np.append(g.mean, math.log(g.scr_median)) for g in groups])
         chol = np.stack([np.linalg.cholesky(g.covariance) for g in groups])
@@ -321,22 +331,29 @@ class Demographics:
         wt = np.exp(chosen[:, 1])
         ht = chosen[:, 2]
         scr = np.exp(chosen[:, 3])
+        return {
+            "AGE": age,
+            "SEX": sex,
+            "WT": wt,
+            "HT": ht,
+            "BMI": wt / (ht / 100.0) ** 2,
+            "BSA": body_surface_area(wt, ht),
+            "SCR": scr,
+            "CRCL": cockcroft_gault(age, wt, scr, sex),
+        }
+
+    @staticmethod
+    def _frame(cols: dict, index):
         import pandas as pd
 
-        df = pd.DataFrame(
-            {
-                "AGE": age,
-                "SEX": sex,
-                "WT": wt,
-                "HT": ht,
-                "BMI": wt / (ht / 100.0) ** 2,
-                "BSA": body_surface_area(wt, ht),
-                "SCR": scr,
-                "CRCL": cockcroft_gault(age, wt, scr, sex),
-            },
-            index=pd.Index(np.arange(n) if index is None else np.asarray(index), name="ID"),
-        )
-        return df
+        return pd.DataFrame(cols, index=pd.Index(np.asarray(index), name="ID"))
+
+
+def _concat(parts: list[dict]) -> dict:
+    """Concatenate lists of ``{column: array}`` blocks."""
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..model import Model
-from ._demographics import Demographics, _padded_keys
+from ._demographics import Demographics, _concat, key_blocks
 
 __all__ = [
     "Categorical",
@@ -527,9 +527,11 @@ class Population:
         Returns:
             ``(n, n_iiv)`` etas ``~ N(0, Omega)``, identical to ``sample(key, ...).etas``.
         """
-        n = int(n)
-        _, k_eta = _subkeys(_padded_keys(key, n, start))
-        return jnp.asarray(np.asarray(self._etas(k_eta))[:n])
+        parts = []
+        for keys, m in key_blocks(key, n, start):
+            _, k_eta = _subkeys(keys)
+            parts.append(np.asarray(self._etas(k_eta))[:m])
+        return jnp.asarray(np.concatenate(parts))
 
     def _etas(self, keys):
         dtype = _float()
@@ -564,9 +566,7 @@ class Population:
         import pandas as pd
 
         n, start = int(n), int(start)
-        keys = _padded_keys(key, n, start)
-        n_pad = int(keys.shape[0])
-        k_demo, k_eta = _subkeys(keys)
+        blocks = [(*_subkeys(keys), m) for keys, m in key_blocks(key, n, start)]
         index = np.arange(start, start + n)
         if covariates is not None:
             cov = pd.DataFrame(covariates).copy()
@@ -574,7 +574,8 @@ class Population:
                 raise ValueError(f"covariate table has {len(cov)} rows but n = {n}")
             cov.index = pd.Index(index, name="ID")
         elif self.demographics is not None:
-            cov = self.demographics._table(k_demo, n, index)
+            d = self.demographics
+            cov = d._frame(_concat([d._columns(k, m) for k, _, m in blocks]), index)
         elif self.covariates:
             raise ValueError(
                 "Population.sample: the covariate effects "
@@ -593,14 +594,24 @@ class Population:
                     f"Population: covariate {c.covariate!r} (used by {c.describe()}) is not "
                     f"in the covariate table; available: {list(cov.columns)}"
                 )
-            x = np.asarray(cov[c.covariate], np.float64)
-            cols[c.covariate] = np.pad(x, (0, n_pad - n), mode="edge") if n else np.ones(n_pad)
-        tv, params, etas = self._core(cols, k_eta)
-        cut = lambda d: {k: jnp.asarray(np.asarray(v)[:n]) for k, v in d.items()}
-        tv, params = cut(tv), cut(params)
-        etas = jnp.asarray(np.asarray(etas)[:n])
+            cols[c.covariate] = np.asarray(cov[c.covariate], np.float64)
+
+        out = []
+        at = 0
+        for _, k_eta, m in blocks:
+            size = int(k_eta.shape[0])
+            block = {}
+            for name, x in cols.items():
+                x = x[at : at + m]
+                block[name] = np.pad(x, (0, size - m), mode="edge") if m else np.ones(size)
+            tv, params, etas = self._core(block, k_eta)
+            out.append(jax.tree.map(lambda v, m=m: np.asarray(v)[:m], (tv, params, etas)))
+            at += m
+        tv = {k: jnp.asarray(np.concatenate([o[0][k] for o in out])) for k in out[0][0]}
+        params = {k: jnp.asarray(np.concatenate([o[1][k] for o in out]))
+                  for k in self.model.param_names}
+        etas = jnp.asarray(np.concatenate([o[2] for o in out]))
         self._check_typical(tv, index)
-        params = {k: params[k] for k in self.model.param_names}
         return Cohort(params=params, covariates=cov, etas=etas, iiv=self.iiv, typical=tv,
                       index=index)
 

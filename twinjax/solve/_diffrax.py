@@ -74,7 +74,10 @@ class Diffrax(AbstractSolver):
         def one(t0, t1, y0, ts, args):
             # diffrax returns y0 unchanged, with zero steps, on a zero-length segment
             # (several events at one time, or events after the last save time).
-            saveat = dfx.SaveAt(t1=True) if ts is None else dfx.SaveAt(ts=ts, t1=True)
+            if ts is None:
+                saveat = dfx.SaveAt(t1=True)
+            else:  # diffrax saves inside [t0, t1]; the engine keeps the segment's own
+                saveat = dfx.SaveAt(ts=jnp.clip(ts, t0, t1), t1=True)
             sol = dfx.diffeqsolve(
                 term,
                 solver,

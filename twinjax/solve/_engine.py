@@ -250,8 +250,7 @@ def run(model, solver, p, ev: EventTable, ts):
         j, b0, b1, kind, rec = x
         Y, active = _apply(kind, rec, Y, active, amt, cmt1h, Y_init, Y_ss, dyn)
         rates = jnp.einsum("nk,nks->ns", active.astype(dtype), rate_by_rec)
-        ts_c = jnp.clip(ts, b0[:, None], b1[:, None])
-        ys, Y1, st = solver.integrate(f, b0, b1, Y, ts_c, (p, rates), model)
+        ys, Y1, st = solver.integrate(f, b0, b1, Y, ts, (p, rates), model)
         mask = (seg_of_save == j)[..., None]
         out = jnp.where(mask, ys, out)
         status = jnp.maximum(status, st)

@@ -8,3 +8,4 @@
 
 from ._base import AbstractSolver as AbstractSolver
 from ._diffrax import Diffrax as Diffrax
+from ._ensemble import Ensemble as Ensemble
