@@ -79,8 +79,9 @@ def test_demographics_columns_and_derived(big_demo):
     assert cockcroft_gault(40.0, 72.0, 1.0, 0) == pytest.approx(100.0)
     assert cockcroft_gault(40.0, 72.0, 1.0, 1) == pytest.approx(85.0)
     np.testing.assert_allclose(
-        df["CRCL"], cockcroft_gault(df["AGE"].values, df["WT"].values, df["SCR"].values,
-                                    df["SEX"].values), rtol=1e-12
+        df["CRCL"],
+        cockcroft_gault(df["AGE"].values, df["WT"].values, df["SCR"].values, df["SEX"].values),
+        rtol=1e-12,
     )
 
 
@@ -136,8 +137,17 @@ def test_demographics_validation():
     with pytest.raises(ValueError, match="age_range"):
         Demographics(age_range=(60.0, 30.0))
     with pytest.raises(ValueError, match="positive definite"):
-        SexGroup(40, 10, 70, 10, 170, 7, corr_age_weight=0.9, corr_age_height=0.9,
-                 corr_weight_height=-0.9)
+        SexGroup(
+            40,
+            10,
+            70,
+            10,
+            170,
+            7,
+            corr_age_weight=0.9,
+            corr_age_height=0.9,
+            corr_weight_height=-0.9,
+        )
     with pytest.raises(ValueError, match="truncation"):
         Demographics(age_range=(100.0, 110.0))
 
@@ -361,8 +371,10 @@ def test_select_vpop_matches_target_normals():
         assert res.ks[k] < 0.5 * res.ks_plausible[k]  # the selection improves the fit
         assert res.pvalues[k] > 0.01  # and matches the target
         x = out[k][res.indices]
-        assert x.mean() == pytest.approx(target[k].mean(), abs=3 * target[k].std()
-                                         / math.sqrt(res.n_selected) + 0.05 * target[k].std())
+        assert x.mean() == pytest.approx(
+            target[k].mean(),
+            abs=3 * target[k].std() / math.sqrt(res.n_selected) + 0.05 * target[k].std(),
+        )
     assert res.scale > 0 and res.probability.shape == mask.shape
     assert np.all(res.probability[~mask] == 0) and np.all(res.probability <= 1)
     assert list(res.summary().columns) == ["ks", "pvalue", "ks_plausible"]
@@ -379,8 +391,14 @@ def test_select_vpop_fixed_size_empirical_and_joint_targets():
         columns=["AUC", "THALF"],
     )
     # empirical marginals (KDE target density, two-sample KS)
-    res = select_vpop(jax.random.key(4), out, {k: obs[k].values for k in obs}, n_select=300,
-                      mask=mask, density="normal")
+    res = select_vpop(
+        jax.random.key(4),
+        out,
+        {k: obs[k].values for k in obs},
+        n_select=300,
+        mask=mask,
+        density="normal",
+    )
     assert res.n_selected == 300
     for k in obs:
         assert res.ks[k] < res.ks_plausible[k]

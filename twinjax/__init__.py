@@ -4,7 +4,12 @@ Organ models are JAX ODE systems; a virtual cohort is a batch of parameter sets
 simulated in one compiled run; a twin is one parameter set fitted to one patient.
 """
 
+from . import data as data
 from . import models as models
+from . import population as population
+from .data import Dataset as Dataset
+from .data import DatasetError as DatasetError
+from .data import read_nonmem as read_nonmem
 from .dosing import Dose as Dose
 from .dosing import Regimen as Regimen
 from .dosing import Reset as Reset
@@ -13,6 +18,8 @@ from .model import Model as Model
 from .model import Param as Param
 from .model import State as State
 from .model import couple as couple
+from .population import Cohort as Cohort
+from .population import Population as Population
 from .solve import Result as Result
 from .solve import Status as Status
 from .solve import simulate as simulate

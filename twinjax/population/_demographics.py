@@ -140,8 +140,15 @@ class SexGroup:
     scr_age_ref: float = 50.0
 
     def __post_init__(self):
-        for f in ("age_sd", "weight_mean", "weight_sd", "height_mean", "height_sd",
-                  "scr_median", "scr_log_sd"):
+        for f in (
+            "age_sd",
+            "weight_mean",
+            "weight_sd",
+            "height_mean",
+            "height_sd",
+            "scr_median",
+            "scr_log_sd",
+        ):
             v = getattr(self, f)
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"SexGroup.{f} must be a positive finite number, got {v}")
@@ -187,18 +194,34 @@ class SexGroup:
 # 0.75 mg/dL women, log-SD about 0.22, rising slowly with age) approximate NHANES
 # laboratory data. These approximate values are marked as such, not quoted.
 NHANES_MALE = SexGroup(
-    age_mean=47.0, age_sd=17.0,
-    weight_mean=90.6, weight_sd=21.0,
-    height_mean=175.3, height_sd=7.6,
-    corr_age_weight=0.05, corr_age_height=-0.15, corr_weight_height=0.45,
-    scr_median=0.95, scr_log_sd=0.22, scr_age_slope=0.003, scr_age_ref=47.0,
+    age_mean=47.0,
+    age_sd=17.0,
+    weight_mean=90.6,
+    weight_sd=21.0,
+    height_mean=175.3,
+    height_sd=7.6,
+    corr_age_weight=0.05,
+    corr_age_height=-0.15,
+    corr_weight_height=0.45,
+    scr_median=0.95,
+    scr_log_sd=0.22,
+    scr_age_slope=0.003,
+    scr_age_ref=47.0,
 )
 NHANES_FEMALE = SexGroup(
-    age_mean=48.0, age_sd=17.5,
-    weight_mean=77.5, weight_sd=21.5,
-    height_mean=161.3, height_sd=7.0,
-    corr_age_weight=0.05, corr_age_height=-0.20, corr_weight_height=0.30,
-    scr_median=0.75, scr_log_sd=0.22, scr_age_slope=0.003, scr_age_ref=48.0,
+    age_mean=48.0,
+    age_sd=17.5,
+    weight_mean=77.5,
+    weight_sd=21.5,
+    height_mean=161.3,
+    height_sd=7.0,
+    corr_age_weight=0.05,
+    corr_age_height=-0.20,
+    corr_weight_height=0.30,
+    scr_median=0.75,
+    scr_log_sd=0.22,
+    scr_age_slope=0.003,
+    scr_age_ref=48.0,
 )
 
 
@@ -312,16 +335,30 @@ class Demographics:
         mu = np.stack([np.append(g.mean, math.log(g.scr_median)) for g in groups])
         chol = np.stack([np.linalg.cholesky(g.covariance) for g in groups])
         scr = np.array([[g.scr_age_slope, g.scr_age_ref, g.scr_log_sd] for g in groups])
-        lo = np.array([self.age_range[0], math.log(self.weight_range[0]), self.height_range[0],
-                       math.log(self.scr_range[0])])
-        hi = np.array([self.age_range[1], math.log(self.weight_range[1]), self.height_range[1],
-                       math.log(self.scr_range[1])])
+        lo = np.array(
+            [
+                self.age_range[0],
+                math.log(self.weight_range[0]),
+                self.height_range[0],
+                math.log(self.scr_range[0]),
+            ]
+        )
+        hi = np.array(
+            [
+                self.age_range[1],
+                math.log(self.weight_range[1]),
+                self.height_range[1],
+                math.log(self.scr_range[1]),
+            ]
+        )
         if n == 0:
             sex, chosen = np.zeros((0,), np.int64), np.zeros((0, 4))
         else:
             f = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
             sex, chosen = _draw(
-                keys, int(self.max_tries), jnp.asarray(self.female_fraction, f),
+                keys,
+                int(self.max_tries),
+                jnp.asarray(self.female_fraction, f),
                 *(jnp.asarray(v, f) for v in (mu, chol, scr, lo, hi)),
             )
             sex = np.asarray(sex, np.int64)[:n]
@@ -369,7 +406,13 @@ def _draw(keys, K: int, female_fraction, mu, chol, scr, lo, hi):
         s = (u < female_fraction).astype(jnp.int32)
         z = jax.random.normal(jax.random.fold_in(k, 1), (K, 4), mu.dtype)
         m, c, (slope, ref, sd) = mu[s], chol[s], scr[s]
-        xs = m[None, :3] + z[:, :3] @ c.T
+        # L z as explicit sums (not a matmul): identical rounding for any batch size
+        xs = (
+            m[None, :3]
+            + z[:, 0:1] * c[None, :, 0]
+            + z[:, 1:2] * c[None, :, 1]
+            + z[:, 2:3] * c[None, :, 2]
+        )
         log_scr = m[3] + slope * (xs[:, 0] - ref) + sd * z[:, 3]
         x = jnp.concatenate([xs, log_scr[:, None]], axis=1)
         ok = jnp.all((x >= lo[None, :]) & (x <= hi[None, :]), axis=1)

@@ -257,13 +257,13 @@ class Cohort:
                 if pos.size and (pos.min() < -self.n or pos.max() >= self.n):
                     raise IndexError(f"cohort positions out of range for {self.n} patients")
                 pos = np.where(pos < 0, pos + self.n, pos)
-        j = jnp.asarray(pos)
+        take = lambda v: jnp.asarray(np.asarray(v)[pos])  # host gather: no recompilation
         return Cohort(
-            params={k: v[j] for k, v in self.params.items()},
+            params={k: take(v) for k, v in self.params.items()},
             covariates=self.covariates.iloc[pos],
-            etas=self.etas[j],
+            etas=take(self.etas),
             iiv=self.iiv,
-            typical={k: v[j] for k, v in self.typical.items()},
+            typical={k: take(v) for k, v in self.typical.items()},
             index=self.index[pos],
         )
 
@@ -608,12 +608,14 @@ class Population:
             out.append(jax.tree.map(lambda v, m=m: np.asarray(v)[:m], (tv, params, etas)))
             at += m
         tv = {k: jnp.asarray(np.concatenate([o[0][k] for o in out])) for k in out[0][0]}
-        params = {k: jnp.asarray(np.concatenate([o[1][k] for o in out]))
-                  for k in self.model.param_names}
+        params = {
+            k: jnp.asarray(np.concatenate([o[1][k] for o in out])) for k in self.model.param_names
+        }
         etas = jnp.asarray(np.concatenate([o[2] for o in out]))
         self._check_typical(tv, index)
-        return Cohort(params=params, covariates=cov, etas=etas, iiv=self.iiv, typical=tv,
-                      index=index)
+        return Cohort(
+            params=params, covariates=cov, etas=etas, iiv=self.iiv, typical=tv, index=index
+        )
 
     @property
     def _core(self):
@@ -653,15 +655,22 @@ def _float():
 @jax.jit
 def _subkeys(keys):
     """Per-patient keys for the demographics (``fold_in(k, 0)``) and the etas (1)."""
-    return (jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys),
-            jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys))
+    return (
+        jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys),
+        jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys),
+    )
 
 
 @jax.jit
 def _etas(keys, factor):
     """``eta_i = L z_i`` with ``z_i ~ N(0, I)`` drawn from patient ``i``'s key."""
-    z = jax.vmap(lambda k: jax.random.normal(k, (factor.shape[0],), factor.dtype))(keys)
-    return z @ factor.T
+    m = factor.shape[0]
+    z = jax.vmap(lambda k: jax.random.normal(k, (m,), factor.dtype))(keys)
+    # explicit elementwise sum (not a matmul): the same rounding whatever the batch size
+    eta = z[:, 0:1] * factor[None, :, 0]
+    for j in range(1, m):
+        eta = eta + z[:, j : j + 1] * factor[None, :, j]
+    return eta
 
 
 def _parse_omega(omega, iiv, names) -> tuple[tuple[str, ...], np.ndarray]:
@@ -717,8 +726,9 @@ def _check_names(order, names):
         raise ValueError("Population: iiv is empty; use omega=None for no IIV")
     unknown = [k for k in order if k not in names]
     if unknown:
-        raise ValueError(f"Population: iiv names unknown parameter(s) {unknown}; valid: "
-                         f"{list(names)}")
+        raise ValueError(
+            f"Population: iiv names unknown parameter(s) {unknown}; valid: {list(names)}"
+        )
     dup = sorted({k for k in order if order.count(k) > 1})
     if dup:
         raise ValueError(f"Population: iiv repeats {dup}")

@@ -249,6 +249,8 @@ def select_vpop(
     import pandas as pd
     from scipy import stats
 
+    if density not in ("kde", "normal"):
+        raise ValueError(f"select_vpop: density must be 'kde' or 'normal', got {density!r}")
     joint = isinstance(target, pd.DataFrame)
     names = list(target.columns) if joint else list(target)
     if not names:
@@ -295,8 +297,9 @@ def select_vpop(
         data = target[names].to_numpy(np.float64)
         if data.shape[0] < d + 2 or not np.all(np.isfinite(data)):
             raise ValueError("select_vpop: joint target needs > n_outputs + 1 finite rows")
-        mvn = stats.multivariate_normal(data.mean(axis=0), np.cov(data, rowvar=False),
-                                        allow_singular=True)
+        mvn = stats.multivariate_normal(
+            data.mean(axis=0), np.cov(data, rowvar=False), allow_singular=True
+        )
         log_t = np.atleast_1d(mvn.logpdf(X))
         marg = [_Target(k, data[:, j]) for j, k in enumerate(names)]
     else:
@@ -313,12 +316,11 @@ def select_vpop(
         else:
             fit = X
         log_p = np.asarray(stats.gaussian_kde(fit.T).logpdf(X.T), np.float64)
-    elif density == "normal":
-        mvn_p = stats.multivariate_normal(X.mean(axis=0), np.cov(X, rowvar=False),
-                                          allow_singular=True)
-        log_p = np.atleast_1d(mvn_p.logpdf(X))
     else:
-        raise ValueError(f"select_vpop: density must be 'kde' or 'normal', got {density!r}")
+        mvn_p = stats.multivariate_normal(
+            X.mean(axis=0), np.cov(X, rowvar=False), allow_singular=True
+        )
+        log_p = np.atleast_1d(mvn_p.logpdf(X))
 
     # ---- thresholds: i is selected at scale sf iff sf >= t_i = u_i * f_p / f_t
     u = np.asarray(jax.random.uniform(k_u, (n_all,)))[pos]

@@ -1,0 +1,99 @@
+"""solvers.Ensemble: agreement with Diffrax over the catalogue, order, forward mode, failures."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import twinjax as tj
+from twinjax.models import pk
+
+from catalogue import CATALOGUE, IDS
+
+REF = tj.solvers.Diffrax(rtol=1e-11, atol=1e-12)
+
+
+def _rel(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-300))
+
+
+@pytest.mark.parametrize("e", CATALOGUE, ids=IDS)
+def test_ensemble_agrees_with_diffrax(e):
+    names = [q.name for q in e.model.params if q.transform == "log"][:2]
+    base, _ = e.model.complete(e.params)
+    batch = {**e.params, **{k: base[k] * jnp.array([1.0, 0.7, 1.4]) for k in names}}
+    ref = tj.simulate(e.model, batch, e.regimen(), e.times, solver=REF)
+    for method in ("dopri5", "tsit5"):
+        got = tj.simulate(e.model, batch, e.regimen(), e.times,
+                          solver=tj.solvers.Ensemble(method, rtol=1e-9, atol=1e-11))
+        assert np.all(np.asarray(got.status) == 0)
+        for k in ref.outputs:
+            assert _rel(got.outputs[k], ref.outputs[k]) < 1e-6, (method, k)
+    rk4 = tj.simulate(e.model, batch, e.regimen(), e.times,
+                      solver=tj.solvers.Ensemble("rk4", dt=0.01))
+    assert _rel(rk4.outputs[e.output], ref.outputs[e.output]) < 1e-6
+
+
+@pytest.mark.parametrize("method,order", [("dopri5", 5), ("tsit5", 5), ("rk4", 4)])
+def test_convergence_order(method, order):
+    """Global error of fixed steps on y' = -y + sin(4t) falls as h^order."""
+    solver = tj.solvers.Ensemble(method, dt=0.1)
+    w = 4.0
+
+    def f(t, y, args):
+        return -y + jnp.sin(w * t)[:, None]
+
+    def exact(t):
+        c = 1 + w / (1 + w**2)
+        return c * np.exp(-t) + (np.sin(w * t) - w * np.cos(w * t)) / (1 + w**2)
+
+    errs = []
+    steps = [16, 32, 64, 128]
+    for n in steps:
+        h = 2.0 / n
+        t = jnp.zeros(1)
+        y = jnp.ones((1, 1))
+        k = f(t, y, None)
+        for _ in range(n):
+            y1, k_end, _, _ = solver._step(f, t, y, k, jnp.full(1, h), None)
+            t = t + h
+            y, k = y1, (k_end if k_end is not None else f(t, y1, None))
+        errs.append(abs(float(y[0, 0]) - exact(2.0)))
+    slopes = -np.diff(np.log(errs)) / np.log(2)
+    assert slopes[-1] == pytest.approx(order, abs=0.15), slopes
+    assert np.all(np.diff(slopes) > 0)  # approaching the order from below
+
+
+def test_forward_mode_matches_reverse_mode_of_diffrax():
+    model = pk.two_compartment("first_order")
+    reg = tj.Regimen.repeat(100.0, "depot", every=12.0, n=3)
+    times = jnp.linspace(0.0, 36.0, 37)
+
+    def out(solver):
+        def fn(cl, v):
+            return tj.simulate(model, {"CL": cl, "V": v}, reg, times, solver=solver)["C"]
+        return fn
+
+    jf = jax.jacfwd(out(tj.solvers.Ensemble(rtol=1e-10, atol=1e-12)), argnums=(0, 1))(4.0, 40.0)
+    jr = jax.jacrev(out(REF), argnums=(0, 1))(4.0, 40.0)
+    for a, b in zip(jf, jr):
+        assert _rel(a, b) < 1e-6
+
+
+def test_failing_patient_flagged_and_others_bitwise_intact():
+    model = pk.one_compartment()
+    reg = tj.Regimen([tj.Dose(100.0, "central")])
+    times = jnp.linspace(0.0, 10.0, 11)
+    solver = tj.solvers.Ensemble(max_steps=200)
+    good = tj.simulate(model, {"CL": jnp.array([2.0, 3.0])}, reg, times, solver=solver)
+    mixed = tj.simulate(model, {"CL": jnp.array([2.0, 1e4, 3.0]),
+                                "V": jnp.array([50.0, 1e-4, 50.0])}, reg, times, solver=solver)
+    st = np.asarray(mixed.status)
+    assert st[0] == 0 and st[2] == 0 and st[1] != 0
+    np.testing.assert_array_equal(np.asarray(mixed["C"])[[0, 2]], np.asarray(good["C"]))
+
+
+def test_rk4_requires_dt():
+    with pytest.raises(ValueError, match="dt"):
+        tj.solvers.Ensemble("rk4")
