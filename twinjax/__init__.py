@@ -23,6 +23,7 @@ from .population import Population as Population
 from .solve import Result as Result
 from .solve import Status as Status
 from .solve import simulate as simulate
+from .solve import simulate_cohort as simulate_cohort
 from .solve import solvers as solvers
 
 __version__ = "0.1.0"
