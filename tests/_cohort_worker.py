@@ -14,8 +14,10 @@ from twinjax.models import pk  # noqa: E402
 def setup(n=600):
     model = pk.two_compartment("first_order")
     rng = np.random.default_rng(7)
-    params = {"CL": 5 * np.exp(0.3 * rng.standard_normal(n)),
-              "V": 50 * np.exp(0.2 * rng.standard_normal(n))}
+    params = {
+        "CL": 5 * np.exp(0.3 * rng.standard_normal(n)),
+        "V": 50 * np.exp(0.2 * rng.standard_normal(n)),
+    }
     regimen = tj.Regimen.repeat(100.0, "depot", every=12.0, n=6)
     times = np.linspace(0.0, 72.0, 73)
     return model, params, regimen, times
@@ -23,9 +25,17 @@ def setup(n=600):
 
 def run(store=None, chunk_size=50, devices=None, progress=False):
     model, params, regimen, times = setup()
-    return tj.simulate_cohort(model, params, regimen, times, solver=tj.solvers.Ensemble(),
-                              store=store, chunk_size=chunk_size, progress=progress,
-                              devices=devices)
+    return tj.simulate_cohort(
+        model,
+        params,
+        regimen,
+        times,
+        solver=tj.solvers.Ensemble(),
+        store=store,
+        chunk_size=chunk_size,
+        progress=progress,
+        devices=devices,
+    )
 
 
 if __name__ == "__main__":

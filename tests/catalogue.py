@@ -30,10 +30,16 @@ class Entry:
     def regimen(self, amt=None, time=None):
         if self.dose_cmt is None:
             return None
-        return tj.Regimen([
-            tj.Dose(self.dose_amt if amt is None else amt, self.dose_cmt,
-                    self.dose_time if time is None else time, dur=self.dose_dur)
-        ])
+        return tj.Regimen(
+            [
+                tj.Dose(
+                    self.dose_amt if amt is None else amt,
+                    self.dose_cmt,
+                    self.dose_time if time is None else time,
+                    dur=self.dose_dur,
+                )
+            ]
+        )
 
 
 _ORAL = dict(F=0.8, TLAG=0.3, KA=1.1)
@@ -54,16 +60,20 @@ CATALOGUE = [
     Entry("pd-turnover", pd.PrecursorTurnover(), None, dict(C=1.0), output="R"),
     Entry(
         "pkpd-idr3",
-        tj.couple({"pk": pk.one_compartment("first_order"), "pd": pd.IndirectResponse(3)},
-                  [tj.Link("pk.C", "pd.C")]),
+        tj.couple(
+            {"pk": pk.one_compartment("first_order"), "pd": pd.IndirectResponse(3)},
+            [tj.Link("pk.C", "pd.C")],
+        ),
         "pk.depot",
         {"pk.F": 0.8, "pk.TLAG": 0.3},
         output="pd.R",
     ),
     Entry(
         "pk-link-turnover",
-        tj.couple({"pk": pk.one_compartment(), "pd": pd.PrecursorTurnover()},
-                  [tj.Link("pk.C", "pd.KP", "sigmoid", {"Emax": 1.5, "EC50": 1.0, "gamma": 2.0})]),
+        tj.couple(
+            {"pk": pk.one_compartment(), "pd": pd.PrecursorTurnover()},
+            [tj.Link("pk.C", "pd.KP", "sigmoid", {"Emax": 1.5, "EC50": 1.0, "gamma": 2.0})],
+        ),
         "pk.central",
         output="pd.R",
     ),

@@ -4,11 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from catalogue import CATALOGUE, IDS
 
 import twinjax as tj
 from twinjax.solve._simulate import TRACES
-
-from catalogue import CATALOGUE, IDS
 
 TIGHT = tj.solvers.Diffrax(rtol=1e-11, atol=1e-12)
 
@@ -48,8 +47,14 @@ def test_out_of_bounds_parameter_raises_before_compiling(e):
 @pytest.mark.parametrize("e", CATALOGUE, ids=IDS)
 def test_float32_and_float64_agree(e):
     r64 = tj.simulate(e.model, e.params, e.regimen(), e.times, solver=TIGHT)
-    r32 = tj.simulate(e.model, e.params, e.regimen(), e.times, dtype=jnp.float32,
-                      solver=tj.solvers.Diffrax(rtol=1e-6, atol=1e-6))
+    r32 = tj.simulate(
+        e.model,
+        e.params,
+        e.regimen(),
+        e.times,
+        dtype=jnp.float32,
+        solver=tj.solvers.Diffrax(rtol=1e-6, atol=1e-6),
+    )
     assert int(r64.status) == 0 and int(r32.status) == 0
     assert r32.outputs[e.output].dtype == jnp.float32
     a, b = np.asarray(r32.outputs[e.output]), np.asarray(r64.outputs[e.output])
@@ -66,13 +71,16 @@ def test_batch_equals_single_and_no_recompile(e):
     pb = {**e.params, **batch}
     rb = tj.simulate(e.model, pb, e.regimen(), e.times)
     for i in range(3):
-        ri = tj.simulate(e.model, {**e.params, **{k: v[i] for k, v in batch.items()}},
-                         e.regimen(), e.times)
-        np.testing.assert_allclose(rb.outputs[e.output][i], ri.outputs[e.output], rtol=1e-9,
-                                   atol=1e-12)
+        ri = tj.simulate(
+            e.model, {**e.params, **{k: v[i] for k, v in batch.items()}}, e.regimen(), e.times
+        )
+        np.testing.assert_allclose(
+            rb.outputs[e.output][i], ri.outputs[e.output], rtol=1e-9, atol=1e-12
+        )
     n0 = TRACES["simulate"]
-    tj.simulate(e.model, {**e.params, **{k: v * 1.1 for k, v in batch.items()}}, e.regimen(),
-                e.times)
+    tj.simulate(
+        e.model, {**e.params, **{k: v * 1.1 for k, v in batch.items()}}, e.regimen(), e.times
+    )
     assert TRACES["simulate"] == n0, "a second batch of the same size must not recompile"
 
 

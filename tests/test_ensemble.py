@@ -4,11 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from catalogue import CATALOGUE, IDS
 
 import twinjax as tj
 from twinjax.models import pk
-
-from catalogue import CATALOGUE, IDS
 
 REF = tj.solvers.Diffrax(rtol=1e-11, atol=1e-12)
 
@@ -25,13 +24,19 @@ def test_ensemble_agrees_with_diffrax(e):
     batch = {**e.params, **{k: base[k] * jnp.array([1.0, 0.7, 1.4]) for k in names}}
     ref = tj.simulate(e.model, batch, e.regimen(), e.times, solver=REF)
     for method in ("dopri5", "tsit5"):
-        got = tj.simulate(e.model, batch, e.regimen(), e.times,
-                          solver=tj.solvers.Ensemble(method, rtol=1e-9, atol=1e-11))
+        got = tj.simulate(
+            e.model,
+            batch,
+            e.regimen(),
+            e.times,
+            solver=tj.solvers.Ensemble(method, rtol=1e-9, atol=1e-11),
+        )
         assert np.all(np.asarray(got.status) == 0)
         for k in ref.outputs:
             assert _rel(got.outputs[k], ref.outputs[k]) < 1e-6, (method, k)
-    rk4 = tj.simulate(e.model, batch, e.regimen(), e.times,
-                      solver=tj.solvers.Ensemble("rk4", dt=0.01))
+    rk4 = tj.simulate(
+        e.model, batch, e.regimen(), e.times, solver=tj.solvers.Ensemble("rk4", dt=0.01)
+    )
     assert _rel(rk4.outputs[e.output], ref.outputs[e.output]) < 1e-6
 
 
@@ -73,6 +78,7 @@ def test_forward_mode_matches_reverse_mode_of_diffrax():
     def out(solver):
         def fn(cl, v):
             return tj.simulate(model, {"CL": cl, "V": v}, reg, times, solver=solver)["C"]
+
         return fn
 
     jf = jax.jacfwd(out(tj.solvers.Ensemble(rtol=1e-10, atol=1e-12)), argnums=(0, 1))(4.0, 40.0)
@@ -87,8 +93,13 @@ def test_failing_patient_flagged_and_others_bitwise_intact():
     times = jnp.linspace(0.0, 10.0, 11)
     solver = tj.solvers.Ensemble(max_steps=200)
     good = tj.simulate(model, {"CL": jnp.array([2.0, 3.0])}, reg, times, solver=solver)
-    mixed = tj.simulate(model, {"CL": jnp.array([2.0, 1e4, 3.0]),
-                                "V": jnp.array([50.0, 1e-4, 50.0])}, reg, times, solver=solver)
+    mixed = tj.simulate(
+        model,
+        {"CL": jnp.array([2.0, 1e4, 3.0]), "V": jnp.array([50.0, 1e-4, 50.0])},
+        reg,
+        times,
+        solver=solver,
+    )
     st = np.asarray(mixed.status)
     assert st[0] == 0 and st[2] == 0 and st[1] != 0
     np.testing.assert_array_equal(np.asarray(mixed["C"])[[0, 2]], np.asarray(good["C"]))

@@ -3,13 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pk_analytic as ref
 import pytest
 from scipy.integrate import solve_ivp
 
 import twinjax as tj
 from twinjax.models import pk
-
-import pk_analytic as ref
 
 TIGHT = tj.solvers.Diffrax(rtol=1e-10, atol=1e-12)
 P1 = dict(CL=4.0, V=30.0)
@@ -69,8 +68,9 @@ def test_closed_form_float32(n):
     p = dict(PARAMS[n], KA=1.3, F=0.7)
     doses = [(0.0, 100.0, 0.0), (12.0, 100.0, 0.0)]
     reg = tj.Regimen([tj.Dose(a, "depot", t) for t, a, _ in doses])
-    r = tj.simulate(model, p, reg, TIMES, dtype=jnp.float32,
-                    solver=tj.solvers.Diffrax(rtol=1e-6, atol=1e-6))
+    r = tj.simulate(
+        model, p, reg, TIMES, dtype=jnp.float32, solver=tj.solvers.Diffrax(rtol=1e-6, atol=1e-6)
+    )
     assert r.outputs["C"].dtype == jnp.float32
     want = _expected(n, "oral", doses, PARAMS[n], ka=1.3, F=0.7)
     assert _maxrel(r.outputs["C"], want, floor=1e-3) < 1e-3
@@ -108,8 +108,9 @@ def test_michaelis_menten_against_scipy_radau():
         c = y[0] / p["V"]
         return [-p["VMAX"] * c / (p["KM"] + c)]
 
-    sol = solve_ivp(f, (0, TIMES[-1]), [300.0], method="Radau", t_eval=TIMES, rtol=1e-12,
-                    atol=1e-12)
+    sol = solve_ivp(
+        f, (0, TIMES[-1]), [300.0], method="Radau", t_eval=TIMES, rtol=1e-12, atol=1e-12
+    )
     assert _maxrel(r.states["central"], sol.y[0], floor=1e-6) < 1e-6
 
 
@@ -117,12 +118,14 @@ def test_michaelis_menten_against_scipy_radau():
 def test_superposition(absorption, cmt):
     model = pk.two_compartment(absorption)
     times = jnp.linspace(0.0, 72.0, 145)
-    multi = tj.simulate(model, P2, tj.Regimen.repeat(100.0, cmt, every=12.0, n=5), times,
-                        solver=TIGHT)
+    multi = tj.simulate(
+        model, P2, tj.Regimen.repeat(100.0, cmt, every=12.0, n=5), times, solver=TIGHT
+    )
     total = np.zeros(times.shape)
     for k in range(5):
-        single = tj.simulate(model, P2, tj.Regimen([tj.Dose(100.0, cmt, 12.0 * k)]), times,
-                             solver=TIGHT)
+        single = tj.simulate(
+            model, P2, tj.Regimen([tj.Dose(100.0, cmt, 12.0 * k)]), times, solver=TIGHT
+        )
         total += np.asarray(single.outputs["C"])
     assert _maxrel(multi.outputs["C"], total) < 1e-8
 
@@ -137,10 +140,16 @@ def test_steady_state_equals_limit_of_repeated_doses(kind):
     tau, n = 12.0, 60  # 60 doses = 720 h >> the terminal half-life (~16 h)
     t_last = tau * (n - 1)
     times = t_last + jnp.linspace(0.0, tau, 25)
-    many = tj.simulate(model, p, tj.Regimen.repeat(100.0, cmt, every=tau, n=n, dur=dur), times,
-                       solver=TIGHT)
-    ss = tj.simulate(model, p, tj.Regimen([tj.Dose(100.0, cmt, t_last, dur=dur, ii=tau, ss=1)]),
-                     times, solver=TIGHT)
+    many = tj.simulate(
+        model, p, tj.Regimen.repeat(100.0, cmt, every=tau, n=n, dur=dur), times, solver=TIGHT
+    )
+    ss = tj.simulate(
+        model,
+        p,
+        tj.Regimen([tj.Dose(100.0, cmt, t_last, dur=dur, ii=tau, ss=1)]),
+        times,
+        solver=TIGHT,
+    )
     assert _maxrel(ss.outputs["C"], many.outputs["C"]) < 1e-7
 
 
@@ -156,13 +165,28 @@ def test_steady_state_equals_limit_of_repeated_doses(kind):
 )
 def test_mass_balance(model):
     cmt = "depot" if "depot" in model.state_names else "central"
-    reg = tj.Regimen([tj.Dose(100.0, cmt, 0.0), tj.Dose(50.0, cmt, 5.0, dur=4.0),
-                      tj.Dose(70.0, cmt, 30.0, ii=8.0, addl=2)])
+    reg = tj.Regimen(
+        [
+            tj.Dose(100.0, cmt, 0.0),
+            tj.Dose(50.0, cmt, 5.0, dur=4.0),
+            tj.Dose(70.0, cmt, 30.0, ii=8.0, addl=2),
+        ]
+    )
     r = tj.simulate(model, {}, reg, TIMES, solver=TIGHT)
     F = 1.0
-    dosed = np.where(TIMES >= 46.0, 360.0, np.where(TIMES >= 38.0, 290.0, np.where(
-        TIMES >= 30.0, 220.0, np.where(TIMES >= 5.0, 100.0 + 50.0 * np.clip((TIMES - 5) / 4, 0, 1),
-                                       100.0))))
+    dosed = np.where(
+        TIMES >= 46.0,
+        360.0,
+        np.where(
+            TIMES >= 38.0,
+            290.0,
+            np.where(
+                TIMES >= 30.0,
+                220.0,
+                np.where(TIMES >= 5.0, 100.0 + 50.0 * np.clip((TIMES - 5) / 4, 0, 1), 100.0),
+            ),
+        ),
+    )
     body = sum(np.asarray(r.states[s]) for s in model.state_names)
     np.testing.assert_allclose(body, F * dosed, rtol=1e-10, atol=1e-9)
 
@@ -170,8 +194,9 @@ def test_mass_balance(model):
 def test_reset_evid3_and_evid4():
     model = pk.one_compartment()
     times = jnp.array([0.0, 5.0, 10.0, 10.0001, 15.0, 20.0])
-    reg = tj.Regimen([tj.Dose(100.0, "central", 0.0), tj.Reset(10.0),
-                      tj.Dose(50.0, "central", 15.0, evid=4)])
+    reg = tj.Regimen(
+        [tj.Dose(100.0, "central", 0.0), tj.Reset(10.0), tj.Dose(50.0, "central", 15.0, evid=4)]
+    )
     r = tj.simulate(model, P1, reg, times, solver=TIGHT)
     c = np.asarray(r.outputs["C"])
     a, l = ref.macro_constants(**P1)
@@ -185,8 +210,13 @@ def test_infusion_by_rate_uses_bioavailability_for_duration():
     """NONMEM: with RATE given, duration = F * AMT / RATE."""
     model = pk.one_compartment("first_order")
     p = dict(P1, KA=1.0, F=0.5)
-    r = tj.simulate(model, p, tj.Regimen([tj.Dose(100.0, "depot", rate=10.0)]),
-                    jnp.array([4.0, 5.0, 6.0, 48.0]), solver=TIGHT)
+    r = tj.simulate(
+        model,
+        p,
+        tj.Regimen([tj.Dose(100.0, "depot", rate=10.0)]),
+        jnp.array([4.0, 5.0, 6.0, 48.0]),
+        solver=TIGHT,
+    )
     dep = np.asarray(r.states["depot"])
     assert dep[-1] < 1e-6
     tot = float(sum(np.asarray(r.states[s])[-1] for s in model.state_names))

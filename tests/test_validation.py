@@ -21,7 +21,10 @@ def _no_trace(fn, match):
 
 def test_negative_volume_names_parameter_and_bounds():
     m = pk.one_compartment()
-    _no_trace(lambda: tj.simulate(m, {"V": -3.0}, None, T), r"'V' = -3.0 .*bounds \[0.0, 100000.0\] L: it must be positive")
+    _no_trace(
+        lambda: tj.simulate(m, {"V": -3.0}, None, T),
+        r"'V' = -3.0 .*bounds \[0.0, 100000.0\] L: it must be positive",
+    )
 
 
 def test_bioavailability_above_one():
@@ -31,8 +34,10 @@ def test_bioavailability_above_one():
 
 def test_bad_patient_in_batch_is_named():
     m = pk.one_compartment()
-    _no_trace(lambda: tj.simulate(m, {"CL": jnp.array([1.0, 2.0, -1.0])}, None, T),
-              r"'CL' = -1.0 \(patient 2\)")
+    _no_trace(
+        lambda: tj.simulate(m, {"CL": jnp.array([1.0, 2.0, -1.0])}, None, T),
+        r"'CL' = -1.0 \(patient 2\)",
+    )
 
 
 def test_unknown_parameter():
@@ -70,8 +75,10 @@ def test_times_must_be_sorted_and_nonnegative():
 
 def test_inconsistent_batch_sizes():
     m = pk.one_compartment()
-    _no_trace(lambda: tj.simulate(m, {"CL": jnp.ones(3), "V": jnp.ones(2)}, None, T),
-              "2 patients but another parameter has 3")
+    _no_trace(
+        lambda: tj.simulate(m, {"CL": jnp.ones(3), "V": jnp.ones(2)}, None, T),
+        "2 patients but another parameter has 3",
+    )
 
 
 def test_param_table_validates_itself():
@@ -85,19 +92,28 @@ def test_param_table_validates_itself():
 
 def test_link_errors_name_the_problem():
     with pytest.raises(ValueError, match="no output 'Cp'"):
-        tj.couple({"pk": pk.one_compartment(), "pd": pd.IndirectResponse(1)},
-                  [tj.Link("pk.Cp", "pd.C")])
+        tj.couple(
+            {"pk": pk.one_compartment(), "pd": pd.IndirectResponse(1)}, [tj.Link("pk.Cp", "pd.C")]
+        )
     with pytest.raises(ValueError, match="no parameter 'EC5'"):
-        tj.couple({"pk": pk.one_compartment(), "pd": pd.IndirectResponse(3)},
-                  [tj.Link("pk.C", "pd.EC5")])
+        tj.couple(
+            {"pk": pk.one_compartment(), "pd": pd.IndirectResponse(3)}, [tj.Link("pk.C", "pd.EC5")]
+        )
     with pytest.raises(ValueError, match="unknown parameter"):
-        tj.couple({"pk": pk.one_compartment(), "pd": pd.IndirectResponse(3)},
-                  [tj.Link("pk.C", "pd.KOUT", "emax", {"EC": 1.0})])
+        tj.couple(
+            {"pk": pk.one_compartment(), "pd": pd.IndirectResponse(3)},
+            [tj.Link("pk.C", "pd.KOUT", "emax", {"EC": 1.0})],
+        )
 
 
 def test_coupled_namespaces_and_user_link():
-    link = tj.Link("pk.C", "pd.KOUT", "user", {"slope": tj.Param("slope", 0.1, "L/mg", 0, 1)},
-                   fn=lambda c, base, q: base * (1 + q["slope"] * c))
+    link = tj.Link(
+        "pk.C",
+        "pd.KOUT",
+        "user",
+        {"slope": tj.Param("slope", 0.1, "L/mg", 0, 1)},
+        fn=lambda c, base, q: base * (1 + q["slope"] * c),
+    )
     m = tj.couple({"pk": pk.one_compartment(), "pd": pd.IndirectResponse(4)}, [link])
     assert "link0.slope" in m.param_names and "pk.central" in m.state_names
     r = tj.simulate(m, {"pd.C": 1.0}, tj.Regimen([tj.Dose(100.0, "pk.central")]), T)
@@ -111,7 +127,12 @@ def test_failing_patient_is_flagged_and_others_intact():
     reg = tj.Regimen([tj.Dose(100.0, "central")])
     solver = tj.solvers.Diffrax(max_steps=50)
     good = tj.simulate(m, {"CL": jnp.array([2.0, 3.0])}, reg, T, solver=solver)
-    mixed = tj.simulate(m, {"CL": jnp.array([2.0, 1e4, 3.0]), "V": jnp.array([50.0, 1e-3, 50.0])},
-                        reg, T, solver=solver)
+    mixed = tj.simulate(
+        m,
+        {"CL": jnp.array([2.0, 1e4, 3.0]), "V": jnp.array([50.0, 1e-3, 50.0])},
+        reg,
+        T,
+        solver=solver,
+    )
     assert list(map(int, mixed.status)) == [0, int(tj.Status.MAX_STEPS), 0]
     assert jnp.allclose(mixed["C"][jnp.array([0, 2])], good["C"])

@@ -105,8 +105,13 @@ class Dose:
         """This record and its ADDL repeats as single doses."""
         n = int(self.addl)
         return [
-            dataclasses.replace(self, time=self.time + i * self.ii, addl=0, ss=self.ss if i == 0 else 0,
-                                evid=self.evid if i == 0 else 1)
+            dataclasses.replace(
+                self,
+                time=self.time + i * self.ii,
+                addl=0,
+                ss=self.ss if i == 0 else 0,
+                evid=self.evid if i == 0 else 1,
+            )
             for i in range(n + 1)
         ]
 
@@ -293,9 +298,7 @@ def compile_regimens(
             d, kind = ss
             vals = (1, d.time, d.amt, d.rate, d.dur, d.ii, names.index(d.cmt), kind)
         for c, v in zip(ss_cols, vals):
-            ss_cols[c].append(
-                jnp.asarray(v, jnp.int32 if c in ("on", "cmt", "kind") else dtype)
-            )
+            ss_cols[c].append(jnp.asarray(v, jnp.int32 if c in ("on", "cmt", "kind") else dtype))
 
     def stack(v):
         s = jnp.stack(v)
@@ -319,4 +322,3 @@ def compile_regimens(
         has_infusion=bool(has_inf),
         has_ss=bool(has_ss),
     )
-

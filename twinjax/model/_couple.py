@@ -15,19 +15,56 @@ LINK_KINDS = ("direct", "linear", "emax", "sigmoid", "user")
 
 _LINK_PARAMS: dict[str, tuple[Param, ...]] = {
     "direct": (),
-    "linear": (Param("slope", 0.0, "1/conc", -math.inf, math.inf, "identity",
-                     doc="fractional change of the target per unit of the source"),),
+    "linear": (
+        Param(
+            "slope",
+            0.0,
+            "1/conc",
+            -math.inf,
+            math.inf,
+            "identity",
+            doc="fractional change of the target per unit of the source",
+        ),
+    ),
     "emax": (
-        Param("Emax", 0.0, "1", -1.0, math.inf, "identity",
-              doc="maximal fractional change of the target (negative: inhibition)"),
-        Param("EC50", 1.0, "conc", 0.0, math.inf, "log",
-              doc="source value giving half the maximal change"),
+        Param(
+            "Emax",
+            0.0,
+            "1",
+            -1.0,
+            math.inf,
+            "identity",
+            doc="maximal fractional change of the target (negative: inhibition)",
+        ),
+        Param(
+            "EC50",
+            1.0,
+            "conc",
+            0.0,
+            math.inf,
+            "log",
+            doc="source value giving half the maximal change",
+        ),
     ),
     "sigmoid": (
-        Param("Emax", 0.0, "1", -1.0, math.inf, "identity",
-              doc="maximal fractional change of the target (negative: inhibition)"),
-        Param("EC50", 1.0, "conc", 0.0, math.inf, "log",
-              doc="source value giving half the maximal change"),
+        Param(
+            "Emax",
+            0.0,
+            "1",
+            -1.0,
+            math.inf,
+            "identity",
+            doc="maximal fractional change of the target (negative: inhibition)",
+        ),
+        Param(
+            "EC50",
+            1.0,
+            "conc",
+            0.0,
+            math.inf,
+            "log",
+            doc="source value giving half the maximal change",
+        ),
         Param("gamma", 1.0, "1", 0.0, 100.0, "log", doc="Hill coefficient"),
     ),
 }
@@ -139,7 +176,9 @@ class Coupled(Model):
             named.append(ln if ln.name else dataclasses.replace(ln, name=f"link{i}"))
         self.links = tuple(named)
         self._states = tuple(
-            State(f"{n}.{s.name}", s.unit, s.doc, s.cumulative) for n, m in self.models for s in m.states
+            State(f"{n}.{s.name}", s.unit, s.doc, s.cumulative)
+            for n, m in self.models
+            for s in m.states
         )
         ps = [q.replace(name=f"{n}.{q.name}") for n, m in self.models for q in m.params]
         for ln in self.links:
@@ -194,7 +233,7 @@ class Coupled(Model):
     # -- helpers ---------------------------------------------------------------
     def _split(self, d: Mapping, name: str) -> dict:
         pre = name + "."
-        return {k[len(pre):]: v for k, v in d.items() if k.startswith(pre)}
+        return {k[len(pre) :]: v for k, v in d.items() if k.startswith(pre)}
 
     def _effective(self, t, y: Mapping, p: Mapping):
         """Sub-model parameter dicts after applying every link in order."""

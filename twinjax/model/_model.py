@@ -147,7 +147,9 @@ class Model(eqx.Module):
             raise ValueError(f"{type(self).__name__}: duplicated parameter names {pnames}")
         for cmt, (f, lag) in self.dose_parameters().items():
             if cmt not in names:
-                raise ValueError(f"{type(self).__name__}: dose_parameters names unknown state {cmt!r}")
+                raise ValueError(
+                    f"{type(self).__name__}: dose_parameters names unknown state {cmt!r}"
+                )
             for q in (f, lag):
                 if q is not None and q not in pnames:
                     raise ValueError(
@@ -260,4 +262,3 @@ def _inverse(q: Param, z):
 
 def _default_float():
     return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-

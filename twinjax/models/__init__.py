@@ -2,4 +2,3 @@
 
 from . import pd as pd
 from . import pk as pk
-

@@ -57,12 +57,10 @@ class DirectEmax(Model):
             _conc(),
             real("E0", 0.0, "effect", doc="baseline effect", source=_ILL),
             real("EMAX", 100.0, "effect", doc="maximal drug effect", source=_ILL),
-            positive("EC50", 1.0, "mg/L", upper=1e6, doc="concentration at half EMAX",
-                     source=_ILL),
+            positive("EC50", 1.0, "mg/L", upper=1e6, doc="concentration at half EMAX", source=_ILL),
         ]
         if self.sigmoid:
-            q.append(positive("GAMMA", 1.0, "1", upper=50.0, doc="Hill coefficient",
-                              source=_ILL))
+            q.append(positive("GAMMA", 1.0, "1", upper=50.0, doc="Hill coefficient", source=_ILL))
         return tuple(q)
 
     def rhs(self, t, y, p, u):
@@ -109,18 +107,29 @@ class IndirectResponse(Model):
         q = [
             _conc(),
             positive("R0", 100.0, "response", upper=1e9, doc="baseline response", source=_ILL),
-            positive("KOUT", 0.1, "1/h", upper=1e3, doc="first-order loss rate of the response",
-                     source=_ILL),
+            positive(
+                "KOUT",
+                0.1,
+                "1/h",
+                upper=1e3,
+                doc="first-order loss rate of the response",
+                source=_ILL,
+            ),
         ]
         if self.kind in (1, 2):
             q.append(fraction("IMAX", 0.9, doc="maximal fractional inhibition", source=_ILL))
-            q.append(positive("IC50", 1.0, "mg/L", upper=1e6, doc="half-inhibitory conc.",
-                              source=_ILL))
+            q.append(
+                positive("IC50", 1.0, "mg/L", upper=1e6, doc="half-inhibitory conc.", source=_ILL)
+            )
         else:
-            q.append(positive("EMAX", 2.0, "1", upper=1e3, doc="maximal fractional stimulation",
-                              source=_ILL))
-            q.append(positive("EC50", 1.0, "mg/L", upper=1e6, doc="half-stimulatory conc.",
-                              source=_ILL))
+            q.append(
+                positive(
+                    "EMAX", 2.0, "1", upper=1e3, doc="maximal fractional stimulation", source=_ILL
+                )
+            )
+            q.append(
+                positive("EC50", 1.0, "mg/L", upper=1e6, doc="half-stimulatory conc.", source=_ILL)
+            )
         if self.hill:
             q.append(positive("GAMMA", 1.0, "1", upper=50.0, doc="Hill coefficient", source=_ILL))
         return tuple(q)

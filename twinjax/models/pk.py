@@ -100,33 +100,90 @@ class Compartmental(Model):
         if self.elimination == "linear":
             q.append(positive("CL", 5.0, "L/h", upper=1e4, source=_TYPICAL, doc="clearance"))
         else:
-            q.append(positive("VMAX", 50.0, "mg/h", upper=1e6, source=_TYPICAL,
-                              doc="maximal elimination rate"))
-            q.append(positive("KM", 5.0, "mg/L", upper=1e5, source=_TYPICAL,
-                              doc="Michaelis constant"))
+            q.append(
+                positive(
+                    "VMAX", 50.0, "mg/h", upper=1e6, source=_TYPICAL, doc="maximal elimination rate"
+                )
+            )
+            q.append(
+                positive("KM", 5.0, "mg/L", upper=1e5, source=_TYPICAL, doc="Michaelis constant")
+            )
         q.append(positive("V", 50.0, "L", upper=1e5, source=_TYPICAL, doc="central volume"))
         if self.n_cmt >= 2:
-            q.append(positive("Q", 10.0, "L/h", upper=1e4, source=_TYPICAL,
-                              doc="intercompartmental clearance (periph)"))
-            q.append(positive("V2", 100.0, "L", upper=1e5, source=_TYPICAL,
-                              doc="peripheral volume"))
+            q.append(
+                positive(
+                    "Q",
+                    10.0,
+                    "L/h",
+                    upper=1e4,
+                    source=_TYPICAL,
+                    doc="intercompartmental clearance (periph)",
+                )
+            )
+            q.append(
+                positive("V2", 100.0, "L", upper=1e5, source=_TYPICAL, doc="peripheral volume")
+            )
         if self.n_cmt >= 3:
-            q.append(positive("Q3", 2.0, "L/h", upper=1e4, source=_TYPICAL,
-                              doc="intercompartmental clearance (periph2)"))
-            q.append(positive("V3", 200.0, "L", upper=1e5, source=_TYPICAL,
-                              doc="second peripheral volume"))
+            q.append(
+                positive(
+                    "Q3",
+                    2.0,
+                    "L/h",
+                    upper=1e4,
+                    source=_TYPICAL,
+                    doc="intercompartmental clearance (periph2)",
+                )
+            )
+            q.append(
+                positive(
+                    "V3", 200.0, "L", upper=1e5, source=_TYPICAL, doc="second peripheral volume"
+                )
+            )
         if self._oral:
-            q.append(positive("KA", 1.0, "1/h", upper=1e3, source=_TYPICAL,
-                              doc="first-order absorption rate constant"))
+            q.append(
+                positive(
+                    "KA",
+                    1.0,
+                    "1/h",
+                    upper=1e3,
+                    source=_TYPICAL,
+                    doc="first-order absorption rate constant",
+                )
+            )
             q.append(fraction("F", 1.0, source=_TYPICAL, doc="bioavailability of the depot"))
-            q.append(real("TLAG", 0.0, "h", lower=0.0, upper=1e3, source=_TYPICAL,
-                          doc="absorption lag time of the depot"))
+            q.append(
+                real(
+                    "TLAG",
+                    0.0,
+                    "h",
+                    lower=0.0,
+                    upper=1e3,
+                    source=_TYPICAL,
+                    doc="absorption lag time of the depot",
+                )
+            )
         if self.absorption == "transit":
-            q.append(positive("MTT", 2.0, "h", upper=1e3, source="Savic et al. 2007",
-                              doc="mean transit time, ktr = (n_transit + 1) / MTT"))
+            q.append(
+                positive(
+                    "MTT",
+                    2.0,
+                    "h",
+                    upper=1e3,
+                    source="Savic et al. 2007",
+                    doc="mean transit time, ktr = (n_transit + 1) / MTT",
+                )
+            )
         if self.effect:
-            q.append(positive("KE0", 0.5, "1/h", upper=1e3, source="Sheiner et al. 1979",
-                              doc="effect-compartment equilibration rate"))
+            q.append(
+                positive(
+                    "KE0",
+                    0.5,
+                    "1/h",
+                    upper=1e3,
+                    source="Sheiner et al. 1979",
+                    doc="effect-compartment equilibration rate",
+                )
+            )
         return tuple(q)
 
     def dose_parameters(self):

@@ -206,7 +206,9 @@ def simulate_cohort(
         params = cohort_or_params
     p, n = model.complete(params, dtype=dtype)
     if n is None:
-        raise ValueError("simulate_cohort needs (N,) parameter arrays; use simulate for one patient")
+        raise ValueError(
+            "simulate_cohort needs (N,) parameter arrays; use simulate for one patient"
+        )
     ts = check_times(times, dtype)
     if ts.ndim != 1:
         raise ValueError("simulate_cohort takes one (T,) time grid shared by all patients")
@@ -259,16 +261,27 @@ def simulate_cohort(
             path.mkdir(parents=True, exist_ok=True)
             root = zarr.open_group(str(path), mode="w")
             root.create_array("times", data=np.asarray(ts))
-            root.create_array("status", shape=(n,), chunks=(chunk_size,), dtype="int32",
-                              fill_value=-1)
+            root.create_array(
+                "status", shape=(n,), chunks=(chunk_size,), dtype="int32", fill_value=-1
+            )
             for k, v in p_np.items():
                 root.create_array(f"params/{k}", data=v, chunks=(chunk_size,))
             for k in names:
-                root.create_array(f"outputs/{k}", shape=(n, T), chunks=(chunk_size, T),
-                                  dtype=np.dtype(dtype), fill_value=np.nan)
+                root.create_array(
+                    f"outputs/{k}",
+                    shape=(n, T),
+                    chunks=(chunk_size, T),
+                    dtype=np.dtype(dtype),
+                    fill_value=np.nan,
+                )
             manifest = dict(
-                fingerprint=fp, n=n, chunk_size=chunk_size, n_chunks=n_chunks, names=names,
-                model=type(model).__name__, done=[],
+                fingerprint=fp,
+                n=n,
+                chunk_size=chunk_size,
+                n_chunks=n_chunks,
+                names=names,
+                model=type(model).__name__,
+                done=[],
             )
             _write_manifest(path, manifest)
         done = set(manifest["done"])
@@ -283,11 +296,17 @@ def simulate_cohort(
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-        prog = Progress("[progress.description]{task.description}", BarColumn(),
-                        MofNCompleteColumn(), TimeRemainingColumn(), transient=False)
+        prog = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            transient=False,
+        )
         prog.start()
-        task = prog.add_task(f"{n} patients in {n_chunks} chunks", total=n_chunks,
-                             completed=len(done))
+        task = prog.add_task(
+            f"{n} patients in {n_chunks} chunks", total=n_chunks, completed=len(done)
+        )
     try:
         for c in range(n_chunks):
             if c in done:
@@ -296,8 +315,9 @@ def simulate_cohort(
             idx = np.minimum(np.arange(a, a + chunk_size), n - 1)  # pad with the last patient
             pc = {k: jnp.asarray(v[idx]) for k, v in p_np.items()}
             if shared:
-                ev = jax.tree.map(lambda x: jnp.broadcast_to(x, (chunk_size,) + x.shape[1:]),
-                                  ev_all)
+                ev = jax.tree.map(
+                    lambda x: jnp.broadcast_to(x, (chunk_size,) + x.shape[1:]), ev_all
+                )
             else:
                 ev = jax.tree.map(lambda x: x[idx], ev_all)
             pc, ev = _shard((pc, ev), n_dev)
@@ -324,7 +344,18 @@ def simulate_cohort(
             prog.stop()
     if root is not None:
         status_all = np.asarray(root["status"][...])
-        return CohortResult(n, np.asarray(ts), status_all, names, path, p_np, covariates, None,
-                            computed, n_chunks - computed)
-    return CohortResult(n, np.asarray(ts), status_all, names, None, p_np, covariates, mem,
-                        computed, 0)
+        return CohortResult(
+            n,
+            np.asarray(ts),
+            status_all,
+            names,
+            path,
+            p_np,
+            covariates,
+            None,
+            computed,
+            n_chunks - computed,
+        )
+    return CohortResult(
+        n, np.asarray(ts), status_all, names, None, p_np, covariates, mem, computed, 0
+    )

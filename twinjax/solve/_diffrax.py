@@ -107,4 +107,3 @@ class Diffrax(AbstractSolver):
 
         in_axes = (0, 0, 0, None if ts is None else 0, 0)
         return jax.vmap(one, in_axes=in_axes)(t0, t1, y0, ts, args)
-

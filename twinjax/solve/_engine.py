@@ -71,7 +71,9 @@ def dose_records(model, p, ev: EventTable, n, dtype):
     is_inf = (kind == INF_RATE) | (kind == INF_DUR)
     t_eff = ev.time + jnp.where(is_dose, lag, 0.0)
     amt = F * ev.amt
-    rate = jnp.where(kind == INF_RATE, ev.rate, jnp.where(kind == INF_DUR, amt / _safe(ev.dur), 0.0))
+    rate = jnp.where(
+        kind == INF_RATE, ev.rate, jnp.where(kind == INF_DUR, amt / _safe(ev.dur), 0.0)
+    )
     dur = jnp.where(kind == INF_RATE, amt / _safe(ev.rate), jnp.where(kind == INF_DUR, ev.dur, 0.0))
     return t_eff, amt, rate, dur, is_inf
 
@@ -109,8 +111,13 @@ def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
     def unpack(theta):
         q = {k: theta[:, i] for i, k in enumerate(names)}
         j = len(names)
-        d = dict(amt=theta[:, j], rate=theta[:, j + 1], dur=theta[:, j + 2], ii=theta[:, j + 3],
-                 t=theta[:, j + 4])
+        d = dict(
+            amt=theta[:, j],
+            rate=theta[:, j + 1],
+            dur=theta[:, j + 2],
+            ii=theta[:, j + 3],
+            t=theta[:, j + 4],
+        )
         return q, d
 
     theta0 = jnp.stack(
@@ -151,9 +158,9 @@ def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
 
     def jac_y(Y, theta, aux):
         def col(e):
-            return jax.jvp(
-                lambda y: phi(y, theta, aux)[0], (Y,), (jnp.broadcast_to(e, Y.shape),)
-            )[1]
+            return jax.jvp(lambda y: phi(y, theta, aux)[0], (Y,), (jnp.broadcast_to(e, Y.shape),))[
+                1
+            ]
 
         return jnp.moveaxis(jax.vmap(col)(jnp.eye(S, dtype=dtype)), 0, -1)  # (N, S, S)
 

@@ -54,7 +54,9 @@ class Ensemble(AbstractSolver):
 
     def __check_init__(self):
         if self.method not in TABLEAUS:
-            raise ValueError(f"Ensemble method {self.method!r} unknown; use one of {list(TABLEAUS)}")
+            raise ValueError(
+                f"Ensemble method {self.method!r} unknown; use one of {list(TABLEAUS)}"
+            )
         if self.method == "rk4" and (self.dt is None or not self.dt > 0):
             raise ValueError("Ensemble(method='rk4') needs a fixed step dt > 0")
         if not (self.rtol > 0 and self.atol > 0):
@@ -134,7 +136,6 @@ class Ensemble(AbstractSolver):
     def integrate(self, f, t0, t1, y0, ts, args, model, *, forward=False):
         del model, forward  # forward mode works through the loop as it is
         n, S = y0.shape
-        dtype = y0.dtype
         adaptive = self.tableau.b_err is not None
         rows = jnp.arange(n)
         f0 = f(t0, y0, args)
@@ -194,7 +195,9 @@ class Ensemble(AbstractSolver):
                     o = o.at[rows, ic].set(jnp.where(nd[:, None], val, cur))
                     return o, i + nd.astype(jnp.int32)
 
-                out, idx = jax.lax.while_loop(lambda oi: jnp.any(need(oi)[0]), save_body, (out, idx))
+                out, idx = jax.lax.while_loop(
+                    lambda oi: jnp.any(need(oi)[0]), save_body, (out, idx)
+                )
             y_next = jnp.where(accept[:, None], y1, y)
             k_next = jnp.where(accept[:, None], k_end, k)
             bad = active & ~finite
