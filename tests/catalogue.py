@@ -26,6 +26,13 @@ class Entry:
     dose_amt: float = 100.0
     dose_time: float = 1.3  # not on the save grid: the output jumps there
     dose_dur: float = 0.0
+    # parameters checked against finite differences (None: all; large models pick a few)
+    grad_params: tuple | None = None
+    # generic tests this entry skips, with the reason: {"test name": "why"}
+    skip: dict = dataclasses.field(default_factory=dict)
+    # tolerances of the tight reference solve used by the generic tests
+    tight_rtol: float = 1e-11
+    tight_atol: float = 1e-12
 
     def regimen(self, amt=None, time=None):
         if self.dose_cmt is None:
@@ -79,4 +86,19 @@ CATALOGUE = [
     ),
 ]
 
+IDS = [e.id for e in CATALOGUE]
+
+
+def _discover():
+    """Entries of other model families: every ``tests/catalogue_*.py`` with ``ENTRIES``."""
+    import importlib
+    import pathlib
+
+    out = []
+    for f in sorted(pathlib.Path(__file__).parent.glob("catalogue_*.py")):
+        out += list(importlib.import_module(f.stem).ENTRIES)
+    return out
+
+
+CATALOGUE += _discover()
 IDS = [e.id for e in CATALOGUE]

@@ -19,6 +19,8 @@ def _rel(a, b):
 
 @pytest.mark.parametrize("e", CATALOGUE, ids=IDS)
 def test_ensemble_agrees_with_diffrax(e):
+    if "test_ensemble_agrees_with_diffrax" in e.skip:
+        pytest.skip(e.skip["test_ensemble_agrees_with_diffrax"])
     names = [q.name for q in e.model.params if q.transform == "log"][:2]
     base, _ = e.model.complete(e.params)
     batch = {**e.params, **{k: base[k] * jnp.array([1.0, 0.7, 1.4]) for k in names}}
