@@ -60,6 +60,18 @@ def peak_rss_gib(children: bool = False) -> float:
     return kb / 1024**2
 
 
+def hwm_rss_gib() -> float | None:
+    """Peak RSS of this process's address space (Linux VmHWM; reset at exec, unlike
+    ``ru_maxrss``, which a child process inherits from its parent)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return None
+
+
 def rss_gib() -> float:
     try:
         import psutil
@@ -130,6 +142,7 @@ def console():
 
         return Console()
     except Exception:  # pragma: no cover
+
         class _C:
             def print(self, *a, **k):
                 print(*a)
@@ -152,7 +165,9 @@ def table(title, columns, rows):
             t.add_row(*[fmt(v) for v in r])
         return t
     except Exception:  # pragma: no cover
-        return "\n".join([title, " | ".join(columns)] + [" | ".join(fmt(v) for v in r) for r in rows])
+        return "\n".join(
+            [title, " | ".join(columns)] + [" | ".join(fmt(v) for v in r) for r in rows]
+        )
 
 
 def fmt(v):

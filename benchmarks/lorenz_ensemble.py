@@ -45,10 +45,18 @@ def build_parser():
     ap.add_argument("--max-n", type=int, default=2**20, help="largest ensemble size")
     ap.add_argument("--float32", action="store_true", help="run in float32 (default float64)")
     ap.add_argument("--repeats", type=int, default=3, help="steady-state repeats per point")
-    ap.add_argument("--budget-s", type=float, default=840.0,
-                    help="wall-clock budget of the whole run; larger N are skipped beyond it")
-    ap.add_argument("--cell-budget-s", type=float, default=120.0,
-                    help="skip a (method, N) predicted to take longer than this for one call")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=840.0,
+        help="wall-clock budget of the whole run; larger N are skipped beyond it",
+    )
+    ap.add_argument(
+        "--cell-budget-s",
+        type=float,
+        default=120.0,
+        help="skip a (method, N) predicted to take longer than this for one call",
+    )
     ap.add_argument("--ref-subset", type=int, default=256)
     ap.add_argument("--out", type=Path, default=C.RESULTS)
     ap.add_argument("--no-plot", action="store_true")
@@ -110,10 +118,14 @@ def main(argv=None):
         @jax.jit
         def run(rho):
             n = rho.shape[0]
-            p = {"sigma": jnp.full((n,), SIGMA, dtype), "rho": rho,
-                 "beta": jnp.full((n,), BETA, dtype)}
-            y0 = jnp.stack([jnp.ones((n,), dtype), jnp.zeros((n,), dtype),
-                            jnp.zeros((n,), dtype)], -1)
+            p = {
+                "sigma": jnp.full((n,), SIGMA, dtype),
+                "rho": rho,
+                "beta": jnp.full((n,), BETA, dtype),
+            }
+            y0 = jnp.stack(
+                [jnp.ones((n,), dtype), jnp.zeros((n,), dtype), jnp.zeros((n,), dtype)], -1
+            )
             t0 = jnp.zeros((n,), dtype)
             t1 = jnp.ones((n,), dtype)
             _, y1, status = solver.integrate(f, t0, t1, y0, None, (p, jnp.zeros_like(y0)), model)
@@ -159,10 +171,19 @@ def main(argv=None):
         @jax.jit
         def run(rho):
             def one(r):
-                sol = dfx.diffeqsolve(term, solver, 0.0, 1.0, dt0, u0, args=r,
-                                      saveat=dfx.SaveAt(t1=True),
-                                      stepsize_controller=controller,
-                                      max_steps=max_steps, throw=False)
+                sol = dfx.diffeqsolve(
+                    term,
+                    solver,
+                    0.0,
+                    1.0,
+                    dt0,
+                    u0,
+                    args=r,
+                    saveat=dfx.SaveAt(t1=True),
+                    stepsize_controller=controller,
+                    max_steps=max_steps,
+                    throw=False,
+                )
                 ok = sol.result == dfx.RESULTS.successful
                 return sol.ys[-1], jnp.where(ok, 0, 1).astype(jnp.int32)
 
@@ -171,28 +192,42 @@ def main(argv=None):
         return run
 
     methods = {
-        "ensemble_rk4": dict(kind="fixed", fn=ensemble_fn(tj.solvers.Ensemble("rk4", dt=DT)),
-                             desc="twinjax solvers.Ensemble('rk4', dt=1e-3) via solver.integrate"),
+        "ensemble_rk4": dict(
+            kind="fixed",
+            fn=ensemble_fn(tj.solvers.Ensemble("rk4", dt=DT)),
+            desc="twinjax solvers.Ensemble('rk4', dt=1e-3) via solver.integrate",
+        ),
         "diffrax_rk4_fixed": dict(
-            kind="fixed", fn=diffrax_fn(RK4(), dfx.ConstantStepSize(), DT, 1100),
-            desc="vmapped diffrax RK4 (ButcherTableau ERK), ConstantStepSize dt0=1e-3"),
+            kind="fixed",
+            fn=diffrax_fn(RK4(), dfx.ConstantStepSize(), DT, 1100),
+            desc="vmapped diffrax RK4 (ButcherTableau ERK), ConstantStepSize dt0=1e-3",
+        ),
         "diffrax_tsit5_fixed": dict(
-            kind="fixed", fn=diffrax_fn(dfx.Tsit5(), dfx.ConstantStepSize(), DT, 1100),
-            desc="vmapped diffrax Tsit5, ConstantStepSize dt0=1e-3"),
+            kind="fixed",
+            fn=diffrax_fn(dfx.Tsit5(), dfx.ConstantStepSize(), DT, 1100),
+            desc="vmapped diffrax Tsit5, ConstantStepSize dt0=1e-3",
+        ),
         "ensemble_tsit5": dict(
-            kind="adaptive", fn=ensemble_fn(tj.solvers.Ensemble("tsit5", rtol=RTOL, atol=ATOL)),
-            desc="twinjax solvers.Ensemble('tsit5', rtol=atol=1e-8) via solver.integrate"),
+            kind="adaptive",
+            fn=ensemble_fn(tj.solvers.Ensemble("tsit5", rtol=RTOL, atol=ATOL)),
+            desc="twinjax solvers.Ensemble('tsit5', rtol=atol=1e-8) via solver.integrate",
+        ),
         "ensemble_dopri5": dict(
-            kind="adaptive", fn=ensemble_fn(tj.solvers.Ensemble("dopri5", rtol=RTOL, atol=ATOL)),
-            desc="twinjax solvers.Ensemble('dopri5', rtol=atol=1e-8) via solver.integrate"),
+            kind="adaptive",
+            fn=ensemble_fn(tj.solvers.Ensemble("dopri5", rtol=RTOL, atol=ATOL)),
+            desc="twinjax solvers.Ensemble('dopri5', rtol=atol=1e-8) via solver.integrate",
+        ),
         "diffrax_tsit5_adaptive": dict(
             kind="adaptive",
             fn=diffrax_fn(dfx.Tsit5(), dfx.PIDController(rtol=RTOL, atol=ATOL), None, 100_000),
-            desc="vmapped diffrax Tsit5 + PIDController(rtol=atol=1e-8), dt0 automatic"),
+            desc="vmapped diffrax Tsit5 + PIDController(rtol=atol=1e-8), dt0 automatic",
+        ),
         "ensemble_rk4_simulate": dict(
-            kind="fixed", fn=ensemble_simulate_fn(tj.solvers.Ensemble("rk4", dt=DT)),
+            kind="fixed",
+            fn=ensemble_simulate_fn(tj.solvers.Ensemble("rk4", dt=DT)),
             max_n=2**14,
-            desc="twinjax.simulate(model, {'rho': rhos}, None, [1.0], solver=Ensemble('rk4'))"),
+            desc="twinjax.simulate(model, {'rho': rhos}, None, [1.0], solver=Ensemble('rk4'))",
+        ),
     }
     # diffrax's dt0=None picks the first step like Hairer; the reference is diffrax
     # Dopri8 rtol = atol = 1e-12 on a subset of the same rho values.
@@ -236,11 +271,14 @@ def main(argv=None):
             if elapsed > args.budget_s:
                 row["skipped"] = f"run budget of {args.budget_s:.0f} s spent ({elapsed:.0f} s)"
             elif pred is not None and pred > args.cell_budget_s:
-                row["skipped"] = (f"predicted {pred:.0f} s per call > cell budget "
-                                  f"{args.cell_budget_s:.0f} s")
+                row["skipped"] = (
+                    f"predicted {pred:.0f} s per call > cell budget {args.cell_budget_s:.0f} s"
+                )
             elif pred is not None and elapsed + 2 * pred > args.budget_s:
-                row["skipped"] = (f"predicted {pred:.0f} s per call would exceed the run "
-                                  f"budget ({elapsed:.0f} of {args.budget_s:.0f} s used)")
+                row["skipped"] = (
+                    f"predicted {pred:.0f} s per call would exceed the run "
+                    f"budget ({elapsed:.0f} of {args.budget_s:.0f} s used)"
+                )
             if "skipped" in row:
                 skipped_methods[name] = row["skipped"]
                 rows.append(row)
@@ -249,17 +287,21 @@ def main(argv=None):
             reps = repeats
             if pred is not None and pred * (1 + repeats) > args.cell_budget_s:
                 reps = 1
-            (y1, status), first, best, steady = C.time_call(
-                lambda: spec["fn"](rho), repeats=reps)
+            (y1, status), first, best, steady = C.time_call(lambda: spec["fn"](rho), repeats=reps)
             last[name] = (n, best)
             y1 = np.asarray(y1, np.float64)
             a = y1[idx]
             err = np.max(np.max(np.abs(a - ref), -1) / np.max(np.abs(ref), -1))
             row.update(
-                first_call_s=first, best_s=best, steady_s=steady, n_repeats=len(steady),
+                first_call_s=first,
+                best_s=best,
+                steady_s=steady,
+                n_repeats=len(steady),
                 compile_s=max(first - best, 0.0),
                 traj_per_s=n / best,
-                max_rel_err=float(err), err_subset=len(idx),
+                max_rel_err=float(err),
+                err_subset=len(idx),
+                max_abs_err=float(np.max(np.abs(a - ref))),
                 n_failed=int(np.sum(np.asarray(status) != 0)),
                 peak_rss_gib=C.peak_rss_gib(),
             )
@@ -269,8 +311,11 @@ def main(argv=None):
             con.print(
                 f"  {name:24s} N={n:>8d}  first {first:8.3f} s  best {best:8.4f} s  "
                 f"err {err:.2e}  fail {row['n_failed']}"
-                + (f"  {row['ns_per_traj_step']:.2f} ns/traj/step" if "ns_per_traj_step" in row
-                   else "")
+                + (
+                    f"  {row['ns_per_traj_step']:.2f} ns/traj/step"
+                    if "ns_per_traj_step" in row
+                    else ""
+                )
             )
 
     # ------------------------------- summary ------------------------------------
@@ -291,7 +336,8 @@ def main(argv=None):
         summary["speedup_vs_diffrax_fixed"] = d["best_s"] / e["best_s"]
         summary["speedup_vs_diffrax_fixed_n"] = n_fixed
         summary["speedup_vs_diffrax_fixed_note"] = (
-            "ensemble_rk4 (4 stages/step) vs diffrax Tsit5 fixed step (6 stages/step + FSAL)")
+            "ensemble_rk4 (4 stages/step) vs diffrax Tsit5 fixed step (6 stages/step + FSAL)"
+        )
         r4 = at("diffrax_rk4_fixed", n_fixed)
         if r4:
             summary["speedup_vs_diffrax_rk4_fixed"] = r4["best_s"] / e["best_s"]
@@ -301,19 +347,30 @@ def main(argv=None):
         n_ad = largest_common(ens, "diffrax_tsit5_adaptive")
         if n_ad:
             e, d = at(ens, n_ad), at("diffrax_tsit5_adaptive", n_ad)
-            key = ("speedup_vs_diffrax_adaptive" if ens == "ensemble_tsit5"
-                   else "speedup_vs_diffrax_adaptive_dopri5")
+            key = (
+                "speedup_vs_diffrax_adaptive"
+                if ens == "ensemble_tsit5"
+                else "speedup_vs_diffrax_adaptive_dopri5"
+            )
             summary[key] = d["best_s"] / e["best_s"]
             summary[key + "_n"] = n_ad
     summary["max_rel_err"] = {
-        name: max((r["max_rel_err"] for r in rows if r["method"] == name and "max_rel_err" in r),
-                  default=None) for name in methods}
+        name: max(
+            (r["max_rel_err"] for r in rows if r["method"] == name and "max_rel_err" in r),
+            default=None,
+        )
+        for name in methods
+    }
     summary["largest_n_run"] = {
         name: max((r["n"] for r in rows if r["method"] == name and "best_s" in r), default=None)
-        for name in methods}
+        for name in methods
+    }
     summary["compile_s"] = {
-        name: max((r["compile_s"] for r in rows if r["method"] == name and "compile_s" in r),
-                  default=None) for name in methods}
+        name: max(
+            (r["compile_s"] for r in rows if r["method"] == name and "compile_s" in r), default=None
+        )
+        for name in methods
+    }
     summary["skipped"] = skipped_methods
     summary["peak_rss_gib"] = C.peak_rss_gib()
     summary["wall_s"] = time.perf_counter() - t_start
@@ -322,17 +379,24 @@ def main(argv=None):
         benchmark="lorenz_ensemble",
         protocol=dict(
             source="Utkarsh et al. 2024, CMAME (DiffEqGPU): Lorenz ensemble",
-            sigma=SIGMA, beta=BETA, rho="linspace(0, 21, N)", u0=[1.0, 0.0, 0.0],
-            tspan=[0.0, 1.0], save="final state only", fixed_dt=DT, adaptive_rtol=RTOL,
-            adaptive_atol=ATOL, sizes=sizes,
+            sigma=SIGMA,
+            beta=BETA,
+            rho="linspace(0, 21, N)",
+            u0=[1.0, 0.0, 0.0],
+            tspan=[0.0, 1.0],
+            save="final state only",
+            fixed_dt=DT,
+            adaptive_rtol=RTOL,
+            adaptive_atol=ATOL,
+            sizes=sizes,
             reference="diffrax Dopri8, PIDController(rtol=atol=1e-12), on up to "
-                      f"{args.ref_subset} evenly spaced rho of each N",
+            f"{args.ref_subset} evenly spaced rho of each N",
             error="max over the subset of max_k |a_k - ref_k| / max_k |ref_k| (final state)",
             timing="first call (trace+compile+run) vs best of the steady calls; "
-                   "compile_s = first - best; jax.block_until_ready",
+            "compile_s = first - best; jax.block_until_ready",
             ensemble_call="solver.integrate(f, t0, t1, y0, None, (p, 0), model) under jax.jit "
-                          "(what twinjax.simulate runs per segment, without the save loop); "
-                          "ensemble_rk4_simulate uses twinjax.simulate itself",
+            "(what twinjax.simulate runs per segment, without the save loop); "
+            "ensemble_rk4_simulate uses twinjax.simulate itself",
         ),
         quick=args.quick,
         dtype=dtype_name,
@@ -343,8 +407,13 @@ def main(argv=None):
     )
     path = C.write_json("lorenz_ensemble.json", payload, args.out)
     con.print(f"wrote {path}")
-    con.print(C.table("summary", ["key", "value"],
-                      [(k, v) for k, v in summary.items() if not isinstance(v, dict)]))
+    con.print(
+        C.table(
+            "summary",
+            ["key", "value"],
+            [(k, v) for k, v in summary.items() if not isinstance(v, dict)],
+        )
+    )
     if not args.no_plot:
         plot(rows, methods, args.out / "lorenz_ensemble.png", dtype_name, info)
     return payload
@@ -365,8 +434,10 @@ def plot(rows, methods, path, dtype_name, info):
         ax.loglog(*zip(*pts), ls, marker="o", label=name)
     ax.set_xlabel("ensemble size N (trajectories)")
     ax.set_ylabel("time per solve (s, best of steady calls)")
-    ax.set_title(f"Lorenz ensemble, t in [0,1], {dtype_name}\n{info['jax_devices'][0]}, "
-                 f"{info['cpu_count']} CPU cores")
+    ax.set_title(
+        f"Lorenz ensemble, t in [0,1], {dtype_name}\n{info['jax_devices'][0]}, "
+        f"{info['cpu_count']} CPU cores"
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
