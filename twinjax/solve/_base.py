@@ -45,3 +45,21 @@ class AbstractSolver(eqx.Module):
             ``(ys, y1, status)``: ``(N, T, S)`` states at ``ts`` (None if ``ts`` is
             None), ``(N, S)`` state at ``t1``, ``(N,)`` int32 status codes.
         """
+
+    def init_carry(self, n, dtype):
+        """Solver state carried from one segment to the next (e.g. the step size)."""
+        return None
+
+    def integrate_segment(self, f, t0, t1, y0, ts, out, lo, hi, args, model, carry):
+        """Integrate one segment and merge its saves (indices ``[lo, hi)``) into ``out``.
+
+        ``out``: ``(N, T, S)``; ``lo``, ``hi``: ``(N,)``; ``carry``: from
+        :meth:`init_carry` or the previous segment. Returns
+        ``(out, y1, status, carry)``. Solvers that write saves in place override this.
+        """
+        import jax.numpy as jnp
+
+        ys, y1, status = self.integrate(f, t0, t1, y0, ts, args, model)
+        k = jnp.arange(ts.shape[-1])[None, :]
+        mask = (k >= lo[:, None]) & (k < hi[:, None])
+        return jnp.where(mask[..., None], ys, out), y1, status, carry

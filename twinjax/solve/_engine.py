@@ -253,19 +253,22 @@ def run(model, solver, p, ev: EventTable, ts):
     rate_by_rec = rate[..., None] * cmt1h
 
     def step(carry, x):
-        Y, active, out, status = carry
+        Y, active, out, status, sc = carry
         j, b0, b1, kind, rec = x
         Y, active = _apply(kind, rec, Y, active, amt, cmt1h, Y_init, Y_ss, dyn)
         rates = jnp.einsum("nk,nks->ns", active.astype(dtype), rate_by_rec)
-        ys, Y1, st = solver.integrate(f, b0, b1, Y, ts, (p, rates), model)
-        mask = (seg_of_save == j)[..., None]
-        out = jnp.where(mask, ys, out)
+        lo = jnp.sum(seg_of_save < j, axis=-1).astype(jnp.int32)
+        hi = jnp.sum(seg_of_save <= j, axis=-1).astype(jnp.int32)
+        out, Y1, st, sc = solver.integrate_segment(
+            f, b0, b1, Y, ts, out, lo, hi, (p, rates), model, sc
+        )
         status = jnp.maximum(status, st)
-        return (Y1, active, out, status), None
+        return (Y1, active, out, status, sc), None
 
     out0 = jnp.zeros((n, T, S), dtype)
     active0 = jnp.zeros((n, K), bool)
-    (Y, _, out, status), _ = jax.lax.scan(step, (Y_init, active0, out0, status), xs)
+    carry0 = (Y_init, active0, out0, status, solver.init_carry(n, dtype))
+    (Y, _, out, status, _), _ = jax.lax.scan(step, carry0, xs)
     nonfinite = ~jnp.all(jnp.isfinite(out), axis=(1, 2))
     status = jnp.where(nonfinite & (status == Status.OK), Status.NONFINITE, status)
     return out, status

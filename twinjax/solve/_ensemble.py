@@ -135,27 +135,75 @@ class Ensemble(AbstractSolver):
 
     def integrate(self, f, t0, t1, y0, ts, args, model, *, forward=False):
         del model, forward  # forward mode works through the loop as it is
+        if ts is None:
+            _, y1, status = self._run(f, t0, t1, y0, args, None)
+            return None, y1, status
+        n, S = y0.shape
+        lo = jnp.sum(ts < t0[:, None], axis=-1).astype(jnp.int32)
+        hi = jnp.sum(ts <= t1[:, None], axis=-1).astype(jnp.int32)
+        out = jnp.zeros((n, ts.shape[-1], S), y0.dtype)
+        return self._run(f, t0, t1, y0, args, (ts, out, lo, hi))
+
+    def init_carry(self, n, dtype):
+        return jnp.full((n,), jnp.nan, dtype)  # no step size known yet
+
+    def integrate_segment(self, f, t0, t1, y0, ts, out, lo, hi, args, model, carry):
+        """Integrate and write the saves of indices ``[lo, hi)`` straight into ``out``.
+
+        The carry is each patient's last proposed step: a new segment starts from it
+        (the controller shrinks it if the event made the dynamics faster) instead of
+        re-estimating an initial step.
+        """
+        del model
+        return self._run(f, t0, t1, y0, args, (ts, out, lo, hi), carry)
+
+    def _run(self, f, t0, t1, y0, args, save, h_prev=None):
         n, S = y0.shape
         adaptive = self.tableau.b_err is not None
         rows = jnp.arange(n)
         f0 = f(t0, y0, args)
-        h0 = self._initial_step(f, t0, t1, y0, f0, args)
-        if ts is not None:
-            T = ts.shape[-1]
-            out0 = jnp.broadcast_to(y0[:, None, :], (n, T, S))
-            idx0 = jnp.sum(ts <= t0[:, None], axis=-1).astype(jnp.int32)
+        if h_prev is None or not adaptive:
+            h0 = self._initial_step(f, t0, t1, y0, f0, args)
         else:
-            out0, idx0, T = None, None, 0
+            h0 = jnp.where(
+                jnp.isfinite(h_prev),
+                jnp.minimum(h_prev, jnp.maximum(t1 - t0, 0.0)),
+                self._initial_step(f, t0, t1, y0, f0, args),
+            )
+        inf = jnp.asarray(jnp.inf, y0.dtype)
+        if save is not None:
+            ts, out, idx, hi = save
+            T = ts.shape[-1]
+
+            def next_time(i):
+                return jnp.where(i < hi, ts[rows, jnp.minimum(i, T - 1)], inf)
+
+            def write(o, i, val, mask):
+                ic = jnp.minimum(i, T - 1)
+                o = o.at[rows, ic].set(jnp.where(mask[:, None], val, o[rows, ic]))
+                return o, i + mask.astype(jnp.int32)
+
+            # saves at the segment's start take the state after its events
+            def pre_body(c):
+                o, i, nx = c
+                o, i = write(o, i, y0, nx <= t0)
+                return o, i, next_time(i)
+
+            out, idx, nxt = jax.lax.while_loop(
+                lambda c: jnp.any(c[2] <= t0), pre_body, (out, idx, next_time(idx))
+            )
+        else:
+            out = idx = nxt = None
         active0 = t0 < t1
         status0 = jnp.zeros((n,), jnp.int32)
-        carry0 = (t0, y0, f0, h0, active0, status0, jnp.zeros((), jnp.int32), out0, idx0)
+        carry0 = (t0, y0, f0, h0, active0, status0, jnp.zeros((), jnp.int32), out, idx, nxt)
 
         def cond(c):
             active, it = c[4], c[6]
             return jnp.any(active) & (it < self.max_steps)
 
         def body(c):
-            t, y, k, h, active, status, it, out, idx = c
+            t, y, k, h, active, status, it, out, idx, nxt = c
             h_eff = jnp.where(active, jnp.minimum(h, t1 - t), 0.0)
             last = h_eff >= t1 - t
             y1, k_end, err, ks = self._step(f, t, y, k, h_eff, args)
@@ -178,25 +226,18 @@ class Ensemble(AbstractSolver):
                 h_new = h
             t_new = jnp.where(accept, jnp.where(last, t1, t + h_eff), t)
             if out is not None:
+                safe_h = jnp.where(h_eff > 0, h_eff, 1.0)
+                k_all = ks + [k_end]
 
-                def need(o_i):
-                    o, i = o_i
-                    ic = jnp.minimum(i, T - 1)
-                    tsv = ts[rows, ic]
-                    return accept & (i < T) & (tsv <= t_new), ic, tsv
+                def save_body(c):
+                    o, i, nx = c
+                    theta = jnp.clip(jnp.where(h_eff > 0, (nx - t) / safe_h, 1.0), 0.0, 1.0)
+                    val = self._dense(theta, y, y1, k, k_end, h_eff, k_all)
+                    o, i = write(o, i, val, accept & (nx <= t_new))
+                    return o, i, next_time(i)
 
-                def save_body(o_i):
-                    o, i = o_i
-                    nd, ic, tsv = need(o_i)
-                    theta = jnp.where(h_eff > 0, (tsv - t) / jnp.where(h_eff > 0, h_eff, 1.0), 1.0)
-                    theta = jnp.clip(theta, 0.0, 1.0)
-                    val = self._dense(theta, y, y1, k, k_end, h_eff, ks + [k_end])
-                    cur = o[rows, ic]
-                    o = o.at[rows, ic].set(jnp.where(nd[:, None], val, cur))
-                    return o, i + nd.astype(jnp.int32)
-
-                out, idx = jax.lax.while_loop(
-                    lambda oi: jnp.any(need(oi)[0]), save_body, (out, idx)
+                out, idx, nxt = jax.lax.while_loop(
+                    lambda c: jnp.any(accept & (c[2] <= t_new)), save_body, (out, idx, nxt)
                 )
             y_next = jnp.where(accept[:, None], y1, y)
             k_next = jnp.where(accept[:, None], k_end, k)
@@ -205,8 +246,12 @@ class Ensemble(AbstractSolver):
             status = jnp.where(bad, Status.NONFINITE, status)
             status = jnp.where(tiny & ~bad, Status.STEP_TOO_SMALL, status)
             still = active & ~bad & ~tiny & ~(accept & last)
-            return (t_new, y_next, k_next, h_new, still, status, it + 1, out, idx)
+            return (t_new, y_next, k_next, h_new, still, status, it + 1, out, idx, nxt)
 
-        t, y, _, _, active, status, _, out, _ = jax.lax.while_loop(cond, body, carry0)
+        res = jax.lax.while_loop(cond, body, carry0)
+        y, h, active, status, out = res[1], res[3], res[4], res[5], res[7]
         status = jnp.where(active, Status.MAX_STEPS, status).astype(jnp.int32)
-        return out, y, status
+        if h_prev is None:
+            return out, y, status
+        h_keep = jnp.where(t1 > t0, h, h_prev)  # a zero-length segment keeps the old step
+        return out, y, status, h_keep
