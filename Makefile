@@ -19,8 +19,10 @@ $(STAMP): $(VENV)/bin/python pyproject.toml
 	$(PIP) install -e ".[test,dev]"
 	touch $(VENV)/.installed $@
 
+DEMO_SPEC ?= examples/pkpd_trial.toml
+
 demo: $(VENV)/.installed
-	$(PY) -m twinjax.demo --out demo_output
+	$(VENV)/bin/twinjax trial $(DEMO_SPEC) --out demo_output
 
 test: $(STAMP)
 	$(PY) -m pytest -q

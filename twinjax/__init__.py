@@ -7,6 +7,7 @@ simulated in one compiled run; a twin is one parameter set fitted to one patient
 from . import data as data
 from . import models as models
 from . import population as population
+from . import trial as trial
 from .data import Dataset as Dataset
 from .data import DatasetError as DatasetError
 from .data import read_nonmem as read_nonmem
@@ -25,5 +26,8 @@ from .solve import Status as Status
 from .solve import simulate as simulate
 from .solve import simulate_cohort as simulate_cohort
 from .solve import solvers as solvers
+from .trial import Arm as Arm
+from .trial import Endpoint as Endpoint
+from .trial import Trial as Trial
 
 __version__ = "0.1.0"

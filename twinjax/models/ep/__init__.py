@@ -12,9 +12,12 @@
   in-silico drug trials.
 """
 
+from . import _drugs as drugs  # noqa: F401
+from . import _population as population  # noqa: F401
 from ._biomarkers import from_trace as from_trace
 from ._cell import CellModel as CellModel
 from ._luo_rudy import LuoRudy1991 as LuoRudy1991
+from ._ord import ORd as ORd
 from ._pacing import stimulus as stimulus
 from ._solver import PacingResult as PacingResult
 from ._solver import RushLarsen as RushLarsen

@@ -23,20 +23,34 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-LEVELS = (30, 50, 90)
+LEVELS = (30, 40, 50, 90)
 EAD_DELAY = 100.0  # ms after activation
 EAD_DV = 5.0  # mV
 EAD_FLOOR = -70.0  # mV
 RF_LEVEL = -40.0  # mV
-NAMES = ("APD90", "APD50", "APD30", "triangulation", "V_rest", "V_peak", "dVdt_max", "t_act",
-         "EAD", "RF", "qNet", "V_end")
+NAMES = (
+    "APD90",
+    "APD50",
+    "APD40",
+    "APD30",
+    "triangulation",
+    "V_rest",
+    "V_peak",
+    "dVdt_max",
+    "t_act",
+    "EAD",
+    "RF",
+    "qNet",
+    "V_end",
+)
 
 
 def init_acc(V0):
     """Accumulators of one beat, from the potential at its start. ``V0``: (N,)."""
     z = jnp.zeros_like(V0)
-    acc = dict(V_rest=V0, V_peak=V0, dVdt_max=z - jnp.inf, t_act=z, vmin_late=z + jnp.inf,
-               ead=z, qnet=z)
+    acc = dict(
+        V_rest=V0, V_peak=V0, dVdt_max=z - jnp.inf, t_act=z, vmin_late=z + jnp.inf, ead=z, qnet=z
+    )
     for x in LEVELS:
         acc[f"t{x}"] = z - 1.0
     return acc

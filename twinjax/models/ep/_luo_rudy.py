@@ -35,8 +35,7 @@ _STATES = (
 )
 
 # initial state (Rudy-lab / Myokit example.mmt initial conditions)
-_INIT = dict(V=-84.5286, m=0.0017, h=0.9832, j=0.995484, d=0.000003, f=1.0, x=0.0057,
-             Ca_i=0.0002)
+_INIT = dict(V=-84.5286, m=0.0017, h=0.9832, j=0.995484, d=0.000003, f=1.0, x=0.0057, Ca_i=0.0002)
 
 
 def _x_over_expm1(x):
@@ -72,25 +71,49 @@ class LuoRudy1991(CellModel):
     def params(self) -> tuple[Param, ...]:  # type: ignore[override]
         return (
             positive("gNa", 16.0, "mS/cm^2", upper=1e3, source=_LR, doc="max. INa conductance"),
-            positive("gsi", 0.09, "mS/cm^2", upper=10.0, source=_LR,
-                     doc="max. slow inward (L-type Ca) conductance"),
-            positive("gK", 0.282, "mS/cm^2", upper=10.0, source=_LR,
-                     doc="max. IK conductance at K_o = 5.4 mM"),
-            positive("gK1", 0.6047, "mS/cm^2", upper=10.0, source=_LR,
-                     doc="max. IK1 conductance at K_o = 5.4 mM"),
-            positive("gKp", 0.0183, "mS/cm^2", upper=10.0, source=_LR,
-                     doc="IKp conductance"),
-            positive("gb", 0.03921, "mS/cm^2", upper=10.0, source=_LR,
-                     doc="background conductance"),
-            Param("Eb", -59.87, "mV", -200.0, 200.0, "identity", _LR,
-                  "background reversal potential"),
+            positive(
+                "gsi",
+                0.09,
+                "mS/cm^2",
+                upper=10.0,
+                source=_LR,
+                doc="max. slow inward (L-type Ca) conductance",
+            ),
+            positive(
+                "gK",
+                0.282,
+                "mS/cm^2",
+                upper=10.0,
+                source=_LR,
+                doc="max. IK conductance at K_o = 5.4 mM",
+            ),
+            positive(
+                "gK1",
+                0.6047,
+                "mS/cm^2",
+                upper=10.0,
+                source=_LR,
+                doc="max. IK1 conductance at K_o = 5.4 mM",
+            ),
+            positive("gKp", 0.0183, "mS/cm^2", upper=10.0, source=_LR, doc="IKp conductance"),
+            positive(
+                "gb", 0.03921, "mS/cm^2", upper=10.0, source=_LR, doc="background conductance"
+            ),
+            Param(
+                "Eb", -59.87, "mV", -200.0, 200.0, "identity", _LR, "background reversal potential"
+            ),
             positive("K_o", 5.4, "mM", upper=100.0, source=_LR, doc="extracellular K+"),
             positive("K_i", 145.0, "mM", upper=500.0, source=_LR, doc="intracellular K+"),
             positive("Na_o", 140.0, "mM", upper=500.0, source=_LR, doc="extracellular Na+"),
             positive("Na_i", 10.0, "mM", upper=500.0, source=_LR, doc="intracellular Na+"),
             positive("Ca_o", 1.8, "mM", upper=50.0, source=_LR, doc="extracellular Ca2+"),
-            *pacing_params(1000.0, 80.0, 0.5, unit="uA/cm^2",
-                           source="Myokit example.mmt protocol (80 uA/cm^2, 0.5 ms)"),
+            *pacing_params(
+                1000.0,
+                80.0,
+                0.5,
+                unit="uA/cm^2",
+                source="Myokit example.mmt protocol (80 uA/cm^2, 0.5 ms)",
+            ),
         )
 
     def init(self, p):
@@ -136,16 +159,13 @@ class LuoRudy1991(CellModel):
         xi_lim = 2.837 * 0.04 / jnp.exp(0.04 * (V + 35.0))
         xi = jnp.where(V < -100.0, 1.0, jnp.where(near, xi_lim, xi_reg))
         sko = jnp.sqrt(p["K_o"] / 5.4)
-        EK = RTF * jnp.log(
-            (p["K_o"] + 0.01833 * p["Na_o"]) / (p["K_i"] + 0.01833 * p["Na_i"])
-        )
+        EK = RTF * jnp.log((p["K_o"] + 0.01833 * p["Na_o"]) / (p["K_i"] + 0.01833 * p["Na_i"]))
         IK = p["gK"] * sko * xi * y["x"] * (V - EK)
         # IK1
         EK1 = RTF * jnp.log(p["K_o"] / p["K_i"])
         ak1 = 1.02 / (1.0 + jnp.exp(0.2385 * (V - EK1 - 59.215)))
         bk1 = (
-            0.49124 * jnp.exp(0.08032 * (V - EK1 + 5.476))
-            + jnp.exp(0.06175 * (V - EK1 - 594.31))
+            0.49124 * jnp.exp(0.08032 * (V - EK1 + 5.476)) + jnp.exp(0.06175 * (V - EK1 - 594.31))
         ) / (1.0 + jnp.exp(-0.5143 * (V - EK1 + 4.753)))
         IK1 = p["gK1"] * sko * ak1 / (ak1 + bk1) * (V - EK1)
         # IKp, Ib
@@ -162,10 +182,14 @@ class LuoRudy1991(CellModel):
             return al / (al + be), 1.0 / (al + be)
 
         gates = {
-            "m": gate(am, bm), "h": gate(ah, bh), "j": gate(aj, bj),
-            "d": gate(ad, bd), "f": gate(af, bf), "x": gate(ax, bx),
+            "m": gate(am, bm),
+            "h": gate(ah, bh),
+            "j": gate(aj, bj),
+            "d": gate(ad, bd),
+            "f": gate(af, bf),
+            "x": gate(ax, bx),
         }
-        currents = dict(INa=INa, ICaL=Isi, IK=IK, IK1=IK1, IKp=IKp, Ib=Ib, Iion=Iion,
-                        Istim=Istim + 0.0 * V)
+        currents = dict(
+            INa=INa, ICaL=Isi, IK=IK, IK1=IK1, IKp=IKp, Ib=Ib, Iion=Iion, Istim=Istim + 0.0 * V
+        )
         return gates, derivs, currents
-

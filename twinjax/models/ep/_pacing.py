@@ -17,8 +17,9 @@ from ...model import Param
 from ...model._param import positive
 
 
-def pacing_params(bcl: float = 1000.0, amp: float = 80.0, dur: float = 0.5, *, unit="A/F",
-                  source: str = "") -> tuple[Param, ...]:
+def pacing_params(
+    bcl: float = 1000.0, amp: float = 80.0, dur: float = 0.5, *, unit="A/F", source: str = ""
+) -> tuple[Param, ...]:
     """The three pacing parameters shared by every cell model.
 
     Arguments:
@@ -32,12 +33,33 @@ def pacing_params(bcl: float = 1000.0, amp: float = 80.0, dur: float = 0.5, *, u
         ``(BCL, stim_amp, stim_dur)`` parameters.
     """
     return (
-        positive("BCL", bcl, "ms", lower=0.0, upper=1e5, source=source,
-                 doc="basic cycle length (pacing period)"),
-        positive("stim_amp", amp, unit, lower=0.0, upper=1e3, source=source,
-                 doc="stimulus amplitude (the stimulus current is -stim_amp)"),
-        positive("stim_dur", dur, "ms", lower=0.0, upper=100.0, source=source,
-                 doc="stimulus duration, from the start of each cycle"),
+        positive(
+            "BCL",
+            bcl,
+            "ms",
+            lower=0.0,
+            upper=1e5,
+            source=source,
+            doc="basic cycle length (pacing period)",
+        ),
+        positive(
+            "stim_amp",
+            amp,
+            unit,
+            lower=0.0,
+            upper=1e3,
+            source=source,
+            doc="stimulus amplitude (the stimulus current is -stim_amp)",
+        ),
+        positive(
+            "stim_dur",
+            dur,
+            "ms",
+            lower=0.0,
+            upper=100.0,
+            source=source,
+            doc="stimulus duration, from the start of each cycle",
+        ),
     )
 
 

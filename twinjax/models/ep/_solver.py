@@ -40,9 +40,9 @@ class RushLarsen(eqx.Module):
             ``Status.MAX_STEPS``.
     """
 
-    dt_max: float = 0.25
+    dt_max: float = 0.5
     dt_min: float = 0.005
-    dv_max: float = 0.25
+    dv_max: float = 0.5
     max_steps: int = 400_000
 
     def __check_init__(self):
@@ -114,8 +114,7 @@ def _beat(model, solver, p, y, ts):
             need = ok & (idx < T) & (tsv <= t_new)
             th = jnp.clip((tsv - t) / jnp.where(dt > 0, dt, 1.0), 0.0, 1.0)
             out = {
-                k: v.at[rows, ic].set(jnp.where(need, y[k] + th * (y_new[k] - y[k]),
-                                                v[rows, ic]))
+                k: v.at[rows, ic].set(jnp.where(need, y[k] + th * (y_new[k] - y[k]), v[rows, ic]))
                 for k, v in out.items()
             }
             idx = idx + need.astype(jnp.int32)
@@ -129,23 +128,33 @@ def _beat(model, solver, p, y, ts):
     return y, bio, status, out
 
 
+TRACES = {"pace": 0}  # incremented at trace time: used by recompilation guards
+
+
 @eqx.filter_jit
 def _pace(model, solver, p, y0, n_beats, record_all, ts):
-    def one(carry, _):
-        y, status = carry
-        y, bio, st, out = _beat(model, solver, p, y, ts)
-        status = jnp.maximum(status, st)
-        return (y, status), ((bio, out) if record_all else None)
-
+    TRACES["pace"] += 1
     N = p["BCL"].shape[0]
-    (y, status), rec = jax.lax.scan(
-        one, (y0, jnp.zeros((N,), jnp.int32)), None, length=n_beats - (0 if record_all else 1)
-    )
-    if not record_all:  # the last beat outside the scan: its biomarkers only
+    y_probe, bio_probe, _, out_probe = jax.eval_shape(lambda: _beat(model, solver, p, y0, ts))
+    zeros = lambda s: jnp.zeros(s.shape, s.dtype)  # noqa: E731
+
+    def one(carry, _):
+        y, status, _, _ = carry
         y, bio, st, out = _beat(model, solver, p, y, ts)
         status = jnp.maximum(status, st)
-        rec = (jax.tree.map(lambda a: a[None], bio), None if out is None
-               else jax.tree.map(lambda a: a[None], out))
+        return (y, status, bio, out), ((bio, out) if record_all else None)
+
+    carry0 = (
+        y0,
+        jnp.zeros((N,), jnp.int32),
+        jax.tree.map(zeros, bio_probe),
+        jax.tree.map(zeros, out_probe),
+    )
+    if record_all:  # a static number of beats: every beat's biomarkers come out
+        (y, status, bio, out), rec = jax.lax.scan(one, carry0, None, length=n_beats)
+    else:  # a traced number of beats (no recompilation when it changes): the last one
+        y, status, bio, out = jax.lax.fori_loop(0, n_beats, lambda i, c: one(c, None)[0], carry0)
+        rec = jax.tree.map(lambda a: a[None], (bio, out))
     return y, rec, status
 
 
@@ -179,8 +188,17 @@ class PacingResult(eqx.Module):
         return pd.DataFrame({k: np.atleast_1d(np.asarray(v)) for k, v in last.items()})
 
 
-def pace(model, params=None, n_beats: int = 1, *, y0=None, solver: RushLarsen | None = None,
-         record: str = "all", save_every: float | None = None, dtype=None) -> PacingResult:
+def pace(
+    model,
+    params=None,
+    n_beats: int = 1,
+    *,
+    y0=None,
+    solver: RushLarsen | None = None,
+    record: str = "all",
+    save_every: float | None = None,
+    dtype=None,
+) -> PacingResult:
     """Pace a cell model (one cell or a population) for ``n_beats`` beats.
 
     Arguments:
@@ -219,11 +237,13 @@ def pace(model, params=None, n_beats: int = 1, *, y0=None, solver: RushLarsen | 
     ts = None
     if save_every is not None:
         if save_every < solver.dt_max:
-            raise ValueError(f"save_every ({save_every}) must be >= solver.dt_max "
-                             f"({solver.dt_max})")
+            raise ValueError(
+                f"save_every ({save_every}) must be >= solver.dt_max ({solver.dt_max})"
+            )
         bcl = float(np.max(np.asarray(p["BCL"])))
         ts = jnp.arange(0.0, bcl, save_every, dtype=dt)
-    y, (bio, out), status = _pace(model, solver, p, y0, int(n_beats), record == "all", ts)
+    beats = int(n_beats) if record == "all" else jnp.asarray(n_beats, jnp.int32)
+    y, (bio, out), status = _pace(model, solver, p, y0, beats, record == "all", ts)
     if out is not None:
         out = {k: v for k, v in out.items()}
     if n is None:

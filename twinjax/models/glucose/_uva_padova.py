@@ -155,7 +155,9 @@ def params_from_table(rows: Sequence[dict]) -> dict:
             try:
                 out[k].append(float(r[k]))
             except (TypeError, ValueError) as err:
-                raise ValueError(f"patient row {i}: column {k!r} = {r[k]!r} is not a number") from err
+                raise ValueError(
+                    f"patient row {i}: column {k!r} = {r[k]!r} is not a number"
+                ) from err
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
@@ -350,6 +352,7 @@ class UvaPadova(Model):
         # glucose subsystem (Dalla Man, Rizza & Cobelli 2007, eqs. 1-14)
         EGP = p["kp1"] - p["kp2"] * y["Gp"] - p["kp3"] * y["Id"]
         E = p["ke1"] * jnp.maximum(y["Gp"] - p["ke2"], 0.0)
+        Uii = p["Fsnc"]
         Uid = (p["Vm0"] + p["Vmx"] * y["X"]) * y["Gt"] / (p["Km0"] + y["Gt"])
         I = y["Ip"] / p["Vi"]
 
@@ -358,7 +361,7 @@ class UvaPadova(Model):
             "qsto1": -p["kmax"] * y["qsto1"],
             "qsto2": p["kmax"] * y["qsto1"] - kempt * y["qsto2"],
             "qgut": kempt * y["qsto2"] - p["kabs"] * y["qgut"],
-            "Gp": jnp.maximum(EGP, 0.0) + Ra - p["Fsnc"] - E - p["k1"] * y["Gp"] + p["k2"] * y["Gt"],
+            "Gp": jnp.maximum(EGP, 0.0) + Ra - Uii - E - p["k1"] * y["Gp"] + p["k2"] * y["Gt"],
             "Gt": -Uid + p["k1"] * y["Gp"] - p["k2"] * y["Gt"],
             "Ip": -(p["m2"] + p["m4"]) * y["Ip"]
             + p["m1"] * y["Il"]
@@ -403,3 +406,67 @@ def insulin_bolus(units, time, BW) -> Dose:
         A bolus of ``units * 6000 / BW`` pmol/kg into ``isc1``.
     """
     return Dose(units * U_TO_PMOL / BW, "isc1", time)
+
+
+PERTURBED = (
+    "BW", "kabs", "kmax", "kmin", "Vg", "Vmx", "Km0", "k1", "k2", "kp2", "kp3", "ki",
+    "Vi", "m1", "m2", "m4", "m30", "p2u", "kd", "ka1", "ka2", "ksc",
+)  # fmt: skip
+"""Parameters that :func:`virtual_patients` perturbs; the others are kept or derived."""
+
+
+def basal_consistent(p: dict) -> dict:
+    """Recompute the parameters fixed by the basal steady state (Dalla Man et al. 2007).
+
+    Given ``Gb``, ``EGPb``, ``Fsnc``, ``Ib`` and the rate constants: ``Gt`` from
+    ``dGp = 0``, then ``Vm0 = (EGPb - Fsnc)(Km0 + Gt) / Gt`` (``dGt = 0``),
+    ``kp1 = EGPb + kp2 Gp + kp3 Ib`` (``EGP = EGPb``), and the basal insulin rate
+    ``u2ss = Ib Vi (m2 + m4 - m1 m2 / (m1 + m30))`` (``dIp = dIl = 0``).
+
+    Returns:
+        A copy of ``p`` with ``Vm0``, ``kp1`` and ``u2ss`` replaced.
+    """
+    p = dict(p)
+    Gp = p["Gb"] * p["Vg"]
+    Gt = (p["Fsnc"] - p["EGPb"] + p["k1"] * Gp) / p["k2"]
+    p["Vm0"] = (p["EGPb"] - p["Fsnc"]) * (p["Km0"] + Gt) / Gt
+    p["kp1"] = p["EGPb"] + p["kp2"] * Gp + p["kp3"] * p["Ib"]
+    p["u2ss"] = p["Ib"] * p["Vi"] * (p["m2"] + p["m4"] - p["m1"] * p["m2"] / (p["m1"] + p["m30"]))
+    return p
+
+
+def virtual_patients(seed: int, n: int, base: str = "adult", omega: float = 0.1):
+    """A cohort made by perturbing published virtual patients log-normally.
+
+    Patient ``i`` copies base patient ``i mod B`` (B = number of base patients), and
+    each parameter in :data:`PERTURBED` is multiplied by ``exp(omega z)``, ``z ~ N(0, 1)``
+    independent; ``Gb``, ``EGPb``, ``Fsnc``, ``Ib``, ``b``, ``d``, ``f``, ``ke1``, ``ke2``
+    are kept, and ``Vm0``, ``kp1``, ``u2ss`` are recomputed by :func:`basal_consistent`
+    so each patient starts at its own steady state. Patients whose recomputed tissue
+    glucose or ``Vm0`` would not be positive are drawn again.
+
+    Arguments:
+        seed: seed of a NumPy generator (the cohort is reproducible).
+        n: number of patients.
+        base: a prefix or list of names for :func:`load_patients` (default the 10 adults).
+        omega: the log-normal standard deviation (0.1: a CV of about 10 %).
+
+    Returns:
+        ``(params, names)``: ``{name: (n,)}`` parameters and the ``(n,)`` base names
+        (for :func:`therapy_params`).
+    """
+    src = load_patients(base)
+    names = np.asarray(src.pop("Name"))
+    B = len(names)
+    rng = np.random.default_rng(seed)
+    idx = np.arange(n) % B
+    out = {k: v[idx].copy() for k, v in src.items()}
+    todo = np.ones(n, bool)
+    while todo.any():
+        m = int(todo.sum())
+        for k in PERTURBED:
+            out[k][todo] = src[k][idx[todo]] * np.exp(omega * rng.standard_normal(m))
+        q = basal_consistent(out)
+        Gt = (q["Fsnc"] - q["EGPb"] + q["k1"] * q["Gb"] * q["Vg"]) / q["k2"]
+        todo = ~((Gt > 0) & (q["Vm0"] > 0))
+    return basal_consistent(out), names[idx]

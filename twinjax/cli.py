@@ -1,0 +1,187 @@
+"""The ``twinjax`` command line: trials, single simulations, the model library."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, help="twinjax: differentiable digital twins in JAX.")
+
+
+def _x64():
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+
+def _version(value: bool):
+    if value:
+        from . import __version__
+
+        typer.echo(f"twinjax {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Optional[bool] = typer.Option(  # noqa: UP045
+        None, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+):
+    """twinjax: virtual cohorts, virtual trials and calibrated twins."""
+
+
+@app.command()
+def trial(
+    spec: pathlib.Path = typer.Argument(..., help="trial specification (TOML)"),
+    out: pathlib.Path = typer.Option(pathlib.Path("trial_output"), "--out", help="output folder"),
+    progress: bool = typer.Option(True, help="show progress bars"),
+):
+    """Run a virtual clinical trial and write its report, tables and results store."""
+    from rich.console import Console
+
+    from .trial import SpecError, Trial
+
+    con = Console()
+    _x64()
+    try:
+        t = Trial.from_toml(spec)
+    except (SpecError, FileNotFoundError) as err:
+        con.print(f"[red]error in {spec}:[/] {err}")
+        raise typer.Exit(2) from None
+    n = sum(a.n or t.n_per_arm for a in t.arms)
+    con.print(f"[bold]{t.name}[/]: {n} virtual patients in {len(t.arms)} arms")
+    res = t.run(out=out, progress=progress)
+    report = res.write(out)
+    con.print(
+        res.comparisons[["endpoint", "arm", "diff", "ci_low", "ci_high", "p_value"]].to_string(
+            index=False
+        )
+    )
+    con.print(f"simulated in {res.seconds:.1f} s; report: [bold]{report.resolve()}[/]")
+
+
+@app.command()
+def simulate(
+    model: str = typer.Argument(..., help="a registered model name (see `twinjax models`)"),
+    dose: list[str] = typer.Option([], "--dose", help="AMT:CMT[:TIME[:II:ADDL]], repeatable"),
+    param: list[str] = typer.Option([], "--param", "-p", help="NAME=VALUE, repeatable"),
+    duration: float = typer.Option(24.0, help="simulated time"),
+    step: float = typer.Option(0.25, help="save interval"),
+    out: pathlib.Path = typer.Option(pathlib.Path("simulation"), "--out", help="output folder"),
+):
+    """Simulate one patient of a model under a regimen: CSV and a plot."""
+    import numpy as np
+    from rich.console import Console
+
+    from . import Dose, Regimen
+    from . import simulate as sim
+    from .models._registry import get_model
+
+    con = Console()
+    _x64()
+    try:
+        m = get_model(model)
+        p = {}
+        for kv in param:
+            k, _, v = kv.partition("=")
+            p[k] = float(v)
+        doses = []
+        for d in dose:
+            f = d.split(":")
+            if len(f) not in (2, 3, 5):
+                raise ValueError(f"--dose {d!r}: expected AMT:CMT[:TIME[:II:ADDL]]")
+            kw = dict(amt=float(f[0]), cmt=f[1])
+            if len(f) >= 3:
+                kw["time"] = float(f[2])
+            if len(f) == 5:
+                kw.update(ii=float(f[3]), addl=int(f[4]))
+            doses.append(Dose(**kw))
+        times = np.arange(0.0, duration + step / 2, step)
+        r = sim(m, p, Regimen(doses) if doses else None, times)
+    except ValueError as err:
+        con.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    out.mkdir(parents=True, exist_ok=True)
+    df = r.to_dataframe()
+    df.to_csv(out / "simulation.csv", index=False)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outs = list(r.outputs)
+    fig, axes = plt.subplots(len(outs), 1, figsize=(7, 2.6 * len(outs)), squeeze=False)
+    for ax, o in zip(axes[:, 0], outs):
+        ax.plot(times, np.asarray(r.outputs[o]))
+        ax.set_ylabel(o)
+    axes[-1, 0].set_xlabel("time")
+    fig.tight_layout()
+    fig.savefig(out / "simulation.png", dpi=110)
+    con.print(
+        f"status {int(r.status)}; wrote {out / 'simulation.csv'} and {out / 'simulation.png'}"
+    )
+
+
+@app.command()
+def models(name: Optional[str] = typer.Argument(None, help="show one model's parameters")):  # noqa: UP045
+    """List the shipped models, or one model's parameter table and source."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .models._registry import get_model, registered
+
+    con = Console()
+    if name is None:
+        t = Table("model", "description", title="registered models")
+        for k, v in registered().items():
+            t.add_row(k, v)
+        con.print(t)
+        return
+    try:
+        m = get_model(name)
+    except ValueError as err:
+        con.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    t = Table(
+        "parameter",
+        "value",
+        "unit",
+        "lower",
+        "upper",
+        "transform",
+        "source",
+        title=f"{name}: {type(m).__name__}",
+    )
+    for q in m.params:
+        t.add_row(
+            q.name, f"{q.value:g}", q.unit, f"{q.lower:g}", f"{q.upper:g}", q.transform, q.source
+        )
+    con.print(t)
+    con.print(f"states: {', '.join(m.state_names)}")
+    con.print(f"outputs: {', '.join(m.output_names)}")
+
+
+@app.command()
+def bench(
+    which: str = typer.Argument("cohort", help="cohort | lorenz"),
+    quick: bool = typer.Option(True, help="small sizes (a smoke run)"),
+):
+    """Run a benchmark script from benchmarks/ (in a source checkout)."""
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+    script = {"cohort": "cohort_throughput.py", "lorenz": "lorenz_ensemble.py"}.get(which)
+    if script is None or not (root / script).exists():
+        typer.echo(f"no benchmark {which!r} (needs a source checkout with benchmarks/)")
+        raise typer.Exit(2)
+    raise typer.Exit(
+        subprocess.call([sys.executable, str(root / script)] + (["--quick"] if quick else []))
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,79 @@
+"""Named model constructors, so trial specifications and the CLI can refer to models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+_REGISTRY: dict[str, tuple[Callable, str]] = {}
+
+
+def register(name: str, factory: Callable, doc: str = "") -> None:
+    """Register ``factory()`` under ``name`` (used by TOML specs and ``twinjax models``)."""
+    _REGISTRY[name] = (factory, doc)
+
+
+def get_model(name: str):
+    """Build the registered model ``name``.
+
+    Raises:
+        ValueError: an unknown name, listing the registered ones.
+    """
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered models: {sorted(_REGISTRY)}")
+    return _REGISTRY[name][0]()
+
+
+def registered() -> dict[str, str]:
+    """``{name: description}`` of every registered model."""
+    _load_builtin()
+    return {k: v[1] for k, v in sorted(_REGISTRY.items())}
+
+
+_LOADED = False
+
+
+def _load_builtin():
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from ..model import Link, couple
+    from . import pd, pk
+
+    register("pk1_iv", lambda: pk.one_compartment(), "1-compartment PK, IV")
+    register("pk1_oral", lambda: pk.one_compartment("first_order"), "1-compartment PK, oral")
+    register("pk2_iv", lambda: pk.two_compartment(), "2-compartment PK, IV")
+    register("pk2_oral", lambda: pk.two_compartment("first_order"), "2-compartment PK, oral")
+    register("pk3_iv", lambda: pk.three_compartment(), "3-compartment PK, IV")
+    register(
+        "pkpd_idr1",
+        lambda: couple(
+            {"pk": pk.two_compartment("first_order"), "pd": pd.IndirectResponse(1)},
+            [Link("pk.C", "pd.C")],
+        ),
+        "2-compartment oral PK driving a Jusko type-1 indirect response (inhibited production)",
+    )
+    register(
+        "pkpd_idr3",
+        lambda: couple(
+            {"pk": pk.two_compartment("first_order"), "pd": pd.IndirectResponse(3)},
+            [Link("pk.C", "pd.C")],
+        ),
+        "2-compartment oral PK driving a Jusko type-3 indirect response (stimulated production)",
+    )
+    register(
+        "pkpd_emax",
+        lambda: couple(
+            {"pk": pk.one_compartment("first_order"), "pd": pd.DirectEmax(sigmoid=True)},
+            [Link("pk.C", "pd.C")],
+        ),
+        "1-compartment oral PK with a direct sigmoid Emax effect",
+    )
+    for mod in ("circulation", "pbpk", "glucose", "ep"):
+        try:
+            m = __import__(f"twinjax.models.{mod}", fromlist=["register_models"])
+        except ImportError:
+            continue
+        if hasattr(m, "register_models"):
+            m.register_models(register)

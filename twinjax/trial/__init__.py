@@ -1,0 +1,9 @@
+"""Trial layer: arms, endpoints, statistics, replicate trials and the report."""
+
+from ._endpoints import KINDS as ENDPOINT_KINDS
+from ._endpoints import Endpoint as Endpoint
+from ._trial import Arm as Arm
+from ._trial import Inclusion as Inclusion
+from ._trial import SpecError as SpecError
+from ._trial import Trial as Trial
+from ._trial import TrialResult as TrialResult

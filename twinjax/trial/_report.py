@@ -1,0 +1,174 @@
+"""The trial report: one self-contained HTML file with embedded figures."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import pathlib
+
+import numpy as np
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def figure_bands(result):
+    import matplotlib.pyplot as plt
+
+    outs = list(result.trial.outputs)[:4]
+    fig, axes = plt.subplots(1, len(outs), figsize=(5 * len(outs), 3.6), squeeze=False)
+    for ax, o in zip(axes[0], outs):
+        for arm, b in result.bands.items():
+            q = b[o]
+            (line,) = ax.plot(result.times, q[2], label=arm)
+            ax.fill_between(result.times, q[0], q[4], color=line.get_color(), alpha=0.15)
+        ax.set_title(o)
+        ax.set_xlabel("time")
+    axes[0][0].legend(title="median, 5-95%")
+    fig.tight_layout()
+    return fig
+
+
+def figure_endpoints(result):
+    import matplotlib.pyplot as plt
+
+    eps = result.trial.endpoints
+    fig, axes = plt.subplots(1, len(eps), figsize=(4.5 * len(eps), 3.4), squeeze=False)
+    ok = result.table[result.table["status"] == 0]
+    arms = [a.name for a in result.trial.arms]
+    for ax, e in zip(axes[0], eps):
+        if e.binary:
+            rates = [ok.loc[ok["arm"] == a, e.name].mean() for a in arms]
+            ax.bar(arms, rates)
+            ax.set_ylabel("rate")
+        else:
+            data = [ok.loc[ok["arm"] == a, e.name].dropna().to_numpy() for a in arms]
+            ax.boxplot(data, tick_labels=arms, showfliers=False)
+        ax.set_title(e.name)
+    fig.tight_layout()
+    return fig
+
+
+def figure_forest(result):
+    import matplotlib.pyplot as plt
+
+    rows = result.comparisons.assign(subgroup="all")
+    if len(result.subgroups):
+        import pandas as pd
+
+        rows = pd.concat([rows, result.subgroups], ignore_index=True)
+    if not len(rows):
+        return None
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
+    y = np.arange(len(rows))[::-1]
+    ax.errorbar(
+        rows["diff"],
+        y,
+        xerr=[rows["diff"] - rows["ci_low"], rows["ci_high"] - rows["diff"]],
+        fmt="o",
+        capsize=3,
+    )
+    ax.axvline(0.0, color="grey", lw=1)
+    ax.set_yticks(y)
+    ax.set_yticklabels(
+        [f"{r.endpoint} | {r.arm} | {r.subgroup}" for r in rows.itertuples()], fontsize=8
+    )
+    ax.set_xlabel(f"difference vs {result.trial.control} (95% CI)")
+    fig.tight_layout()
+    return fig
+
+
+def figure_power(result):
+    import matplotlib.pyplot as plt
+
+    if not len(result.power):
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for (ep, arm), g in result.power.groupby(["endpoint", "arm"]):
+        ax.errorbar(
+            g["n_per_arm"],
+            g["power"],
+            yerr=1.96 * g["mc_se"],
+            marker="o",
+            label=f"{ep}: {arm}",
+            capsize=2,
+        )
+    ax.axhline(0.8, ls="--", color="grey", lw=1)
+    ax.set_xlabel("patients per arm")
+    ax.set_ylabel("power")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _table(df, floatfmt="{:.4g}") -> str:
+    if df is None or not len(df):
+        return "<p><em>none</em></p>"
+    return df.to_html(index=False, float_format=lambda v: floatfmt.format(v), border=0, classes="t")
+
+
+def write_report(result, path) -> pathlib.Path:
+    """Write the HTML report of a :class:`TrialResult` to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    tr = result.trial
+    figs = [
+        ("Percentile bands per arm", figure_bands(result)),
+        ("Endpoint distributions", figure_endpoints(result)),
+        ("Forest plot of effects and subgroups", figure_forest(result)),
+        ("Power curve from replicate trials", figure_power(result)),
+    ]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(tr.name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+        "table.t{border-collapse:collapse;font-size:13px}"
+        "table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #ddd}</style>",
+        "</head><body>",
+        f"<h1>{html.escape(tr.name)}</h1>",
+        f"<p>Model: {html.escape(type(tr.model).__name__)}; {len(result.table)} virtual patients "
+        f"in {len(tr.arms)} arms; seed {tr.seed}; simulated in {result.seconds:.1f} s; "
+        f"{int((result.table['status'] != 0).sum())} failed simulations (excluded).</p>",
+        "<h2>Arms</h2><ul>",
+    ]
+    for a in tr.arms:
+        reg = (
+            "placebo (no drug)"
+            if a.regimen is None
+            else html.escape(
+                "; ".join(
+                    f"{d.amt} into {d.cmt} at t={d.time}"
+                    + (f", every {d.ii} x{d.addl + 1}" if d.addl else "")
+                    for d in a.regimen.doses
+                    if hasattr(d, "amt")
+                )
+            )
+        )
+        parts.append(f"<li><b>{html.escape(a.name)}</b> (n={a.n or tr.n_per_arm}): {reg}</li>")
+    parts.append("</ul><h2>Endpoint summaries</h2>" + _table(result.summary))
+    parts.append(
+        f"<h2>Comparisons with {html.escape(tr.control)}</h2>" + _table(result.comparisons)
+    )
+    if len(result.subgroups):
+        parts.append("<h2>Subgroups</h2>" + _table(result.subgroups))
+    if len(result.power):
+        parts.append("<h2>Power</h2>" + _table(result.power))
+    for title, fig in figs:
+        if fig is None:
+            continue
+        parts.append(
+            f"<h2>{title}</h2><img alt='{title}' src='data:image/png;base64,{_png(fig)}'/>"
+        )
+    parts.append("</body></html>")
+    path = pathlib.Path(path)
+    path.write_text("\n".join(parts))
+    return path
