@@ -1,6 +1,6 @@
 """Trial layer: arms, endpoints, statistics, replicate trials and the report."""
 
-from ._endpoints import KINDS as ENDPOINT_KINDS
+from ._endpoints import KINDS as KINDS
 from ._endpoints import Endpoint as Endpoint
 from ._trial import Arm as Arm
 from ._trial import Inclusion as Inclusion

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import sys
 import time as _time
+import tomllib
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -20,11 +20,6 @@ from ..solve import solvers
 from ..solve._cohort import simulate_cohort
 from . import _stats
 from ._endpoints import Endpoint
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 class SpecError(ValueError):
