@@ -136,3 +136,15 @@ def test_failing_patient_is_flagged_and_others_intact():
     )
     assert list(map(int, mixed.status)) == [0, int(tj.Status.MAX_STEPS), 0]
     assert jnp.allclose(mixed["C"][jnp.array([0, 2])], good["C"])
+
+
+def test_initial_state_override():
+    m = pk.one_compartment()
+    r = tj.simulate(m, {"CL": jnp.array([5.0, 5.0])}, None, T,
+                    y0={"central": jnp.array([100.0, 50.0])})
+    assert jnp.allclose(r["C"][:, 0], jnp.array([2.0, 1.0]))
+    assert jnp.allclose(r["C"][0, -1], 2.0 * jnp.exp(-0.1 * 10.0), rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown state"):
+        tj.simulate(m, {}, None, T, y0={"gut": 1.0})
+    with pytest.raises(ValueError, match="expected a scalar or"):
+        tj.simulate(m, {}, None, T, y0={"central": jnp.ones(3)})

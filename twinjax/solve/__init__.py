@@ -7,3 +7,5 @@ from ._cohort import simulate_cohort as simulate_cohort
 from ._result import Result as Result
 from ._simulate import simulate as simulate
 from ._status import Status as Status
+from ._engine import stack_state as stack_state
+from ._engine import vector_field as vector_field

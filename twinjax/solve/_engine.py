@@ -197,10 +197,11 @@ def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
     return Y, st
 
 
-def run(model, solver, p, ev: EventTable, ts):
+def run(model, solver, p, ev: EventTable, ts, y0=None):
     """Simulate a batch. ``p``: (N,) arrays; ``ev``: (N, K) table; ``ts``: (N, T).
 
-    Returns ``(ys (N, T, S), status (N,))``.
+    ``y0``: optional ``{state: (N,)}`` initial values replacing ``model.init`` (also
+    what a reset returns to). Returns ``(ys (N, T, S), status (N,))``.
     """
     n, T = ts.shape
     S = len(model.state_names)
@@ -219,7 +220,10 @@ def run(model, solver, p, ev: EventTable, ts):
         e_time.append(jnp.where(is_inf, t_eff + dur, PAD_TIME))
         e_kind.append(jnp.where(is_inf, E_STOP, E_NOOP))
         e_rec.append(e_rec[0])
-    Y_init = stack_state(model, model.init(p), (n,))
+    init = model.init(p)
+    if y0:  # user-given initial states (e.g. a stored periodic steady state)
+        init = {**init, **y0}
+    Y_init = stack_state(model, init, (n,))
     Y_ss = None
     status = jnp.zeros((n,), jnp.int32)
     if ev.has_ss:

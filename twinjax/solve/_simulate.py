@@ -75,10 +75,10 @@ TRACES = {"simulate": 0}  # incremented at trace time: used by recompilation gua
 
 
 @eqx.filter_jit
-def _simulate_core(model, solver, p, ev, ts2):
+def _simulate_core(model, solver, p, ev, ts2, y0=None):
     TRACES["simulate"] += 1
     if model.state_names:
-        ys, status = run(model, solver, p, ev, ts2)
+        ys, status = run(model, solver, p, ev, ts2, y0)
     else:  # algebraic model (e.g. a direct-effect PD model): nothing to integrate
         ys = jnp.zeros(ts2.shape + (0,), ts2.dtype)
         status = jnp.zeros(ts2.shape[:1], jnp.int32)
@@ -99,6 +99,7 @@ def simulate(
     solver: AbstractSolver | None = None,
     dtype=None,
     check: bool = True,
+    y0: Mapping | None = None,
 ) -> Result:
     """Simulate a model for one patient or a batch.
 
@@ -113,6 +114,8 @@ def simulate(
         solver: ``solvers.Diffrax()`` (default) or ``solvers.Ensemble()``.
         dtype: floating dtype (default float64 when x64 is on, else float32).
         check: validate parameters against their bounds (skipped for traced values).
+        y0: ``{state: value}`` initial states replacing ``model.init(params)`` for the
+            states given (scalars or ``(N,)``); a reset (EVID 3/4) returns to them.
 
     Returns:
         A :class:`Result` with a status code per patient. A failing patient never
@@ -127,7 +130,24 @@ def simulate(
     dtype = dtype or _default_float()
     solver = solver if solver is not None else Diffrax()
     p, ev, ts, ts2, N = prepare(model, params, regimen, times, dtype, check)
-    states, outputs, status = _simulate_core(model, solver, p, ev, ts2)
+    y0s = None
+    if y0:
+        unknown = [k for k in y0 if k not in model.state_names]
+        if unknown:
+            raise ValueError(
+                f"y0 names unknown state(s) {unknown}; states are {list(model.state_names)}"
+            )
+        nb = ts2.shape[0]
+        y0s = {}
+        for k, v in y0.items():
+            v = jnp.asarray(v, dtype)
+            if v.ndim > 1 or (v.ndim == 1 and v.shape[0] != nb):
+                raise ValueError(
+                    f"y0[{k!r}] has shape {v.shape}; expected a scalar or ({nb},) for the "
+                    f"{nb} patient(s) given by the parameters, regimens and times"
+                )
+            y0s[k] = jnp.broadcast_to(v, (nb,))
+    states, outputs, status = _simulate_core(model, solver, p, ev, ts2, y0s)
     if N is None:
         states = {k: v[0] for k, v in states.items()}
         outputs = {k: v[0] for k, v in outputs.items()}
