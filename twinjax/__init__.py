@@ -4,10 +4,14 @@ Organ models are JAX ODE systems; a virtual cohort is a batch of parameter sets
 simulated in one compiled run; a twin is one parameter set fitted to one patient.
 """
 
+from . import calibrate as calibrate
 from . import data as data
 from . import models as models
 from . import population as population
 from . import trial as trial
+from .calibrate import FitResult as FitResult
+from .calibrate import fit as fit
+from .calibrate import optimise_dose as optimise_dose
 from .data import Dataset as Dataset
 from .data import DatasetError as DatasetError
 from .data import read_nonmem as read_nonmem

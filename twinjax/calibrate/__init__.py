@@ -1,0 +1,28 @@
+"""Calibration: twins fitted to patients' data.
+
+- :func:`fit` / :func:`fit_individual`: maximum a posteriori (Bayesian forecasting)
+  fits of every subject of a dataset in one compiled, batched run, with Laplace
+  standard errors, IPRED, IWRES and eta-shrinkage (:class:`FitResult`).
+- :func:`fit_population`: FOCE-I population fits (theta, Omega, sigma) with standard
+  errors and NONMEM-convention OFV (:class:`PopulationFitResult`).
+- :class:`ErrorModel`: additive, proportional, combined and log residual errors.
+- :func:`forecast` and :func:`optimise_dose`: use a fitted twin.
+- :func:`cwres`, :func:`simulate_replicates`: diagnostics (see also
+  ``twinjax.plot.vpc``).
+"""
+
+from ._diagnostics import cwres as cwres
+from ._diagnostics import simulate_replicates as simulate_replicates
+from ._forecast import DoseResult as DoseResult
+from ._forecast import Forecast as Forecast
+from ._forecast import forecast as forecast
+from ._forecast import optimise_dose as optimise_dose
+from ._map import FitData as FitData
+from ._map import FitResult as FitResult
+from ._map import fit_individual as fit_individual
+from ._map import prepare_data as prepare_data
+from ._nlme import PopulationFitResult as PopulationFitResult
+from ._nlme import fit as fit
+from ._nlme import fit_population as fit_population
+from ._residual import ErrorModel as ErrorModel
+from ._uncertainty import posterior_samples as posterior_samples

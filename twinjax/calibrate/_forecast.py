@@ -1,0 +1,280 @@
+"""Using a twin: forecasts with prediction intervals, and dose optimisation by gradient."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..dosing import Dose, Regimen
+from ..dosing._regimen import NOOP, compile_regimens
+from ..solve._simulate import _simulate_core, simulate
+from ._map import FitResult, Spec
+from ._uncertainty import posterior_samples
+
+__all__ = ["DoseResult", "Forecast", "forecast", "optimise_dose"]
+
+
+@dataclasses.dataclass(eq=False)
+class Forecast:
+    """A forecast of one subject under a regimen.
+
+    Attributes:
+        times: ``(T,)`` forecast times.
+        map: ``(T,)`` prediction at the MAP estimate.
+        median: ``(T,)`` median over posterior samples.
+        lower, upper: ``(T,)`` the ``level`` interval of the prediction from parameter
+            uncertainty (the Laplace posterior).
+        pi_lower, pi_upper: ``(T,)`` the ``level`` prediction interval of a new
+            observation (parameter uncertainty plus residual error).
+        samples: ``(n_samples, T)`` predictions of the posterior samples.
+        level: the interval's coverage.
+    """
+
+    times: np.ndarray
+    map: np.ndarray
+    median: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    pi_lower: np.ndarray
+    pi_upper: np.ndarray
+    samples: np.ndarray
+    level: float
+
+    def to_dataframe(self):
+        """The forecast as a table indexed by time."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            dict(
+                MAP=self.map,
+                median=self.median,
+                lower=self.lower,
+                upper=self.upper,
+                pi_lower=self.pi_lower,
+                pi_upper=self.pi_upper,
+            ),
+            index=pd.Index(self.times, name="TIME"),
+        )
+
+
+def forecast(
+    fit: FitResult,
+    regimen: Regimen,
+    times,
+    *,
+    n_samples: int = 500,
+    key=None,
+    subject=None,
+    level: float = 0.9,
+) -> Forecast:
+    """Forecast a new regimen for one fitted subject, with prediction intervals.
+
+    Parameter sets are drawn from the subject's Laplace posterior, simulated in one
+    batch under ``regimen``, and residual error is added for the prediction interval.
+
+    Arguments:
+        fit: a :class:`FitResult`.
+        regimen: the regimen to forecast.
+        times: ``(T,)`` output times.
+        n_samples: number of posterior samples.
+        key: a JAX PRNG key (default ``jax.random.key(0)``).
+        subject: the subject ID (default: the only one).
+        level: coverage of the intervals (0.9 for 5-95 %).
+
+    Returns:
+        A :class:`Forecast`.
+
+    Raises:
+        ValueError: the subject's fit failed, or a bad level.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    key = jax.random.key(0) if key is None else key
+    k1, k2 = jax.random.split(key)
+    params, _ = posterior_samples(fit, n_samples, k1, subject)
+    res = simulate(fit.model, params, regimen, times, solver=fit.solver, check=False)
+    f = np.asarray(res[fit.output])
+    y = np.asarray(fit.error.sample(k2, jnp.asarray(f)))
+    a = (1 - level) / 2
+    q = lambda x, p: np.nanquantile(x, p, axis=0)  # noqa: E731
+    return Forecast(
+        times=np.asarray(times, float),
+        map=f[0],
+        median=q(f, 0.5),
+        lower=q(f, a),
+        upper=q(f, 1 - a),
+        pi_lower=q(y, a),
+        pi_upper=q(y, 1 - a),
+        samples=f,
+        level=level,
+    )
+
+
+# ============================================================================ dosing
+@dataclasses.dataclass(eq=False)
+class DoseResult:
+    """The outcome of :func:`optimise_dose`.
+
+    Attributes:
+        dose: the optimised dose amount.
+        interval: the dosing interval (optimised when asked).
+        value: the target metric at the optimum (trough, AUC over the last interval,
+            Cmax, or the fraction of time in range), at the MAP parameters.
+        in_window: whether the target lies inside the window (for time in range:
+            whether the fraction reaches ``min_fraction``).
+        regimen: the optimised :class:`~twinjax.Regimen`.
+        history: the loss at every gradient step.
+    """
+
+    dose: float
+    interval: float
+    value: float
+    in_window: bool
+    regimen: Regimen
+    history: np.ndarray
+
+
+TARGETS = ("trough", "auc", "cmax", "time_in_range")
+
+
+def optimise_dose(
+    fit: FitResult,
+    *,
+    target: str,
+    window: tuple[float, float],
+    cmt: str,
+    n_doses: int = 10,
+    interval: float = 12.0,
+    dose0: float = 100.0,
+    optimise_interval: bool = False,
+    interval_bounds: tuple[float, float] = (4.0, 48.0),
+    subject=None,
+    n_samples: int = 1,
+    key=None,
+    steps: int = 200,
+    lr: float = 0.05,
+    grid: int = 49,
+    infusion_duration: float | None = None,
+    min_fraction: float = 0.8,
+) -> DoseResult:
+    """Find by gradient the dose (and optionally interval) that puts a target in a window.
+
+    The regimen is ``n_doses`` doses of ``dose`` every ``interval`` into ``cmt``
+    (boluses, or infusions of ``infusion_duration``). The target is evaluated over the
+    last dosing interval, ``[(n_doses - 1) * interval, n_doses * interval]``:
+    ``"trough"`` (the concentration at its end), ``"auc"`` (its AUC), ``"cmax"`` (its
+    maximum on the grid) or ``"time_in_range"`` (the fraction of it inside the
+    window, smoothed for differentiation). For the first three the loss is
+    ``(log value - log centre)^2`` with the window's geometric centre; for time in range
+    it is minus the smoothed fraction. Gradients are forward-mode through the
+    simulation with respect to log dose (and log interval), optimised by Adam.
+
+    Arguments:
+        fit: the subject's :class:`FitResult`.
+        target: one of ``"trough"``, ``"auc"``, ``"cmax"``, ``"time_in_range"``.
+        window: ``(low, high)`` of the target (concentration units, or
+            concentration x time for AUC).
+        cmt: the dosed compartment.
+        n_doses, interval, dose0: regimen shape and starting values.
+        optimise_interval: also optimise the interval within ``interval_bounds``.
+        subject: the subject ID (default: the only one).
+        n_samples: average the loss over this many Laplace posterior samples (1: the
+            MAP parameters only).
+        key: PRNG key for the samples.
+        steps, lr: Adam steps and learning rate (in log units).
+        grid: points per interval for AUC, Cmax and time in range.
+        infusion_duration: give the doses as infusions of this duration.
+        min_fraction: time-in-range success threshold.
+
+    Returns:
+        A :class:`DoseResult`.
+
+    Raises:
+        ValueError: unknown target or a bad window.
+    """
+    import optax
+
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
+    lo, hi = float(window[0]), float(window[1])
+    if not 0 < lo < hi:
+        raise ValueError(f"window must be 0 < low < high, got {window}")
+    i = fit.index(subject)
+    key = jax.random.key(0) if key is None else key
+    params, _ = posterior_samples(fit, max(int(n_samples), 1), key, fit.ids[i])
+    S = max(int(n_samples), 1)
+    model = fit.model
+    dose_kw = {} if infusion_duration is None else dict(dur=float(infusion_duration))
+    base = Regimen(
+        [Dose(amt=1.0, cmt=cmt, time=0.0, ii=float(interval), addl=n_doses - 1, **dose_kw)]
+    )
+    ev = compile_regimens([base] * S, model)
+    is_dose = ev.kind != NOOP
+    u = jnp.linspace(0.0, 1.0, grid)
+    spec = Spec(model, fit.solver, fit.output, fit.names, fit.error)
+    p = {k: jnp.asarray(v) for k, v in params.items()}
+    centre = np.log(np.sqrt(lo * hi))
+    width = 0.05 * (hi - lo)
+
+    def metrics(x):
+        dose = jnp.exp(x[0])
+        ii = jnp.exp(x[1]) if optimise_interval else jnp.asarray(float(interval))
+        scale = ii / float(interval)
+        e = eqx.tree_at(
+            lambda e: (e.time, e.amt),
+            ev,
+            (
+                jnp.where(is_dose, ev.time * scale, ev.time),
+                jnp.where(is_dose, ev.amt * dose, ev.amt),
+            ),
+        )
+        ts = (n_doses - 1) * ii + u * ii
+        ts2 = jnp.broadcast_to(ts, (S, grid))
+        _, out, _ = _simulate_core(model, spec.solver, p, e, ts2)
+        c = out[fit.output]
+        if target == "trough":
+            v = c[:, -1]
+        elif target == "auc":
+            v = jnp.sum(0.5 * (c[:, 1:] + c[:, :-1]), axis=-1) * ii / (grid - 1)
+        elif target == "cmax":
+            v = jnp.max(c, axis=-1)
+        else:
+            inside = jax.nn.sigmoid((c - lo) / width) * jax.nn.sigmoid((hi - c) / width)
+            v = jnp.mean(inside, axis=-1)
+        return v
+
+    def loss(x):
+        v = metrics(x)
+        if target == "time_in_range":
+            return -jnp.mean(v)
+        return jnp.mean((jnp.log(jnp.maximum(v, 1e-30)) - centre) ** 2)
+
+    @jax.jit
+    def value_and_grad(x):
+        g = jax.jacfwd(loss)(x)
+        return loss(x), g
+
+    ib = np.log(np.asarray(interval_bounds, float))
+    x = jnp.asarray([np.log(dose0), np.log(interval)])
+    opt = optax.adam(lr)
+    state = opt.init(x)
+    hist = []
+    mask = jnp.asarray([1.0, 1.0 if optimise_interval else 0.0])
+    for _ in range(int(steps)):
+        val, g = value_and_grad(x)
+        hist.append(float(val))
+        upd, state = opt.update(g * mask, state, x)
+        x = optax.apply_updates(x, upd)
+        x = x.at[1].set(jnp.clip(x[1], ib[0], ib[1]))
+    dose = float(jnp.exp(x[0]))
+    ii = float(jnp.exp(x[1])) if optimise_interval else float(interval)
+    v = float(metrics(x)[0])
+    ok = (v >= min_fraction) if target == "time_in_range" else (lo <= v <= hi)
+    reg = Regimen([Dose(amt=dose, cmt=cmt, time=0.0, ii=ii, addl=n_doses - 1, **dose_kw)])
+    return DoseResult(
+        dose=dose, interval=ii, value=v, in_window=bool(ok), regimen=reg, history=np.asarray(hist)
+    )
