@@ -33,6 +33,8 @@ class Entry:
     # tolerances of the tight reference solve used by the generic tests
     tight_rtol: float = 1e-11
     tight_atol: float = 1e-12
+    # fixed step of the RK4 check in the Ensemble-vs-Diffrax test (None: skip RK4)
+    rk4_dt: float | None = 0.01
 
     def regimen(self, amt=None, time=None):
         if self.dose_cmt is None:

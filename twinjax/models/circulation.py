@@ -11,10 +11,14 @@ flows in mL/s, **time in seconds**. With ``V`` chamber volumes, ``p`` pressures,
 p_X   = E_X(phi) (V_X - V0_X),   E_X = EB_X + EA_X e_X(phi)       X in LA, LV, RA, RV
 dV_LA = Q_VEN_PUL - Q_MV          dV_LV = Q_MV - Q_AV
 dV_RA = Q_VEN_SYS - Q_TV          dV_RV = Q_TV - Q_PV
-C_AR_SYS  dp_AR_SYS  = Q_AV - Q_AR_SYS       L_AR_SYS  dQ_AR_SYS  = p_AR_SYS - p_VEN_SYS - R_AR_SYS Q_AR_SYS
-C_VEN_SYS dp_VEN_SYS = Q_AR_SYS - Q_VEN_SYS  L_VEN_SYS dQ_VEN_SYS = p_VEN_SYS - p_RA - R_VEN_SYS Q_VEN_SYS
-C_AR_PUL  dp_AR_PUL  = Q_PV - Q_AR_PUL       L_AR_PUL  dQ_AR_PUL  = p_AR_PUL - p_VEN_PUL - R_AR_PUL Q_AR_PUL
-C_VEN_PUL dp_VEN_PUL = Q_AR_PUL - Q_VEN_PUL  L_VEN_PUL dQ_VEN_PUL = p_VEN_PUL - p_LA - R_VEN_PUL Q_VEN_PUL
+C_AR_SYS  dp_AR_SYS/dt  = Q_AV - Q_AR_SYS
+C_VEN_SYS dp_VEN_SYS/dt = Q_AR_SYS - Q_VEN_SYS
+C_AR_PUL  dp_AR_PUL/dt  = Q_PV - Q_AR_PUL
+C_VEN_PUL dp_VEN_PUL/dt = Q_AR_PUL - Q_VEN_PUL
+L_AR_SYS  dQ_AR_SYS/dt  = p_AR_SYS - p_VEN_SYS - R_AR_SYS Q_AR_SYS
+L_VEN_SYS dQ_VEN_SYS/dt = p_VEN_SYS - p_RA - R_VEN_SYS Q_VEN_SYS
+L_AR_PUL  dQ_AR_PUL/dt  = p_AR_PUL - p_VEN_PUL - R_AR_PUL Q_AR_PUL
+L_VEN_PUL dQ_VEN_PUL/dt = p_VEN_PUL - p_LA - R_VEN_PUL Q_VEN_PUL
 ```
 
 **Activation by phase.** Regazzoni drives the activation ``e_X`` by ``t mod T_HB``.
@@ -272,44 +276,129 @@ class Circulation(Model):
     @property
     def params(self) -> tuple[Param, ...]:  # type: ignore[override]
         q = [
-            positive("HR", 75.0, "1/min", lower=20.0, upper=250.0,
-                     source="75 bpm (Regazzoni et al. 2022 simulations)",
-                     doc="heart rate (before the baroreflex)"),  # fmt: skip
+            positive(
+                "HR",
+                60.0,
+                "1/min",
+                lower=20.0,
+                upper=250.0,
+                source=REGAZZONI + " (T_HB = 1 s, the timings are given at it)",
+                doc="heart rate (before the baroreflex)",
+            ),  # fmt: skip
             *_vessel_params(),
             *_chamber_params(),
-            positive("R_min", 0.0075, "mmHg s/mL", upper=1.0, source=REGAZZONI,
-                     doc="open-valve resistance"),  # fmt: skip
-            positive("R_max", 75006.2, "mmHg s/mL", lower=1.0, upper=1e8, source=REGAZZONI,
-                     doc="closed-valve resistance"),  # fmt: skip
-            positive("dp_valve", 0.1, "mmHg", upper=10.0, source="this implementation",
-                     doc="pressure scale of the smooth valve switch"),  # fmt: skip
+            positive(
+                "R_min",
+                0.0075,
+                "mmHg s/mL",
+                upper=1.0,
+                source=REGAZZONI,
+                doc="open-valve resistance",
+            ),  # fmt: skip
+            positive(
+                "R_max",
+                75006.2,
+                "mmHg s/mL",
+                lower=1.0,
+                upper=1e8,
+                source=REGAZZONI,
+                doc="closed-valve resistance",
+            ),  # fmt: skip
+            positive(
+                "dp_valve",
+                0.1,
+                "mmHg",
+                upper=10.0,
+                source="this implementation",
+                doc="pressure scale of the smooth valve switch",
+            ),  # fmt: skip
         ]
         if self.baroreflex:
             q += [
-                positive("P_n", 92.0, "mmHg", upper=300.0, source=URSINO,
-                         doc="baroreflex set point (neutral filtered pressure)"),  # fmt: skip
-                positive("tau_p", 2.076, "s", upper=100.0, source=URSINO + " (tau_p)",
-                         doc="baroreceptor pressure filter time constant"),  # fmt: skip
-                real("G_R", 0.28, "1", lower=-5.0, upper=5.0,
-                     source=URSINO_FRAC + " (0.695 / 2.49, splanchnic R)",
-                     doc="fractional gain on R_AR_SYS"),  # fmt: skip
-                positive("tau_R", 6.0, "s", upper=100.0, source=URSINO,
-                         doc="resistance effector time constant"),  # fmt: skip
-                real("G_E", 0.2, "1", lower=-5.0, upper=5.0,
-                     source=URSINO_FRAC + " (0.475 / 2.392, Emax,lv)",
-                     doc="fractional gain on EA_LV and EA_RV"),  # fmt: skip
-                positive("tau_E", 8.0, "s", upper=100.0, source=URSINO,
-                         doc="contractility effector time constant"),  # fmt: skip
-                real("G_Ts", -0.224, "1", lower=-5.0, upper=5.0,
-                     source=URSINO_FRAC + " (-0.13 s / T0 0.58 s)",
-                     doc="sympathetic fractional gain on the heart period"),  # fmt: skip
-                positive("tau_Ts", 2.0, "s", upper=100.0, source=URSINO,
-                         doc="sympathetic heart-period time constant"),  # fmt: skip
-                real("G_Tv", 0.155, "s/spike", lower=-5.0, upper=5.0,
-                     source=URSINO_FRAC + " (0.09 s/(spikes/s) / T0 0.58 s)",
-                     doc="vagal fractional gain on the heart period"),  # fmt: skip
-                positive("tau_Tv", 1.5, "s", upper=100.0, source=URSINO,
-                         doc="vagal heart-period time constant"),  # fmt: skip
+                positive(
+                    "P_n",
+                    99.5,
+                    "mmHg",
+                    upper=300.0,
+                    source="resting MAP of this model (Ursino 1998: 92 mmHg for his)",
+                    doc="baroreflex set point (neutral filtered pressure)",
+                ),  # fmt: skip
+                positive(
+                    "tau_p",
+                    2.076,
+                    "s",
+                    upper=100.0,
+                    source=URSINO + " (tau_p)",
+                    doc="baroreceptor pressure filter time constant",
+                ),  # fmt: skip
+                real(
+                    "G_R",
+                    0.28,
+                    "1",
+                    lower=-5.0,
+                    upper=5.0,
+                    source=URSINO_FRAC + " (0.695 / 2.49, splanchnic R)",
+                    doc="fractional gain on R_AR_SYS",
+                ),  # fmt: skip
+                positive(
+                    "tau_R",
+                    6.0,
+                    "s",
+                    upper=100.0,
+                    source=URSINO,
+                    doc="resistance effector time constant",
+                ),  # fmt: skip
+                real(
+                    "G_E",
+                    0.2,
+                    "1",
+                    lower=-5.0,
+                    upper=5.0,
+                    source=URSINO_FRAC + " (0.475 / 2.392, Emax,lv)",
+                    doc="fractional gain on EA_LV and EA_RV",
+                ),  # fmt: skip
+                positive(
+                    "tau_E",
+                    8.0,
+                    "s",
+                    upper=100.0,
+                    source=URSINO,
+                    doc="contractility effector time constant",
+                ),  # fmt: skip
+                real(
+                    "G_Ts",
+                    -0.224,
+                    "1",
+                    lower=-5.0,
+                    upper=5.0,
+                    source=URSINO_FRAC + " (-0.13 s / T0 0.58 s)",
+                    doc="sympathetic fractional gain on the heart period",
+                ),  # fmt: skip
+                positive(
+                    "tau_Ts",
+                    2.0,
+                    "s",
+                    upper=100.0,
+                    source=URSINO,
+                    doc="sympathetic heart-period time constant",
+                ),  # fmt: skip
+                real(
+                    "G_Tv",
+                    0.155,
+                    "s/spike",
+                    lower=-5.0,
+                    upper=5.0,
+                    source=URSINO_FRAC + " (0.09 s/(spikes/s) / T0 0.58 s)",
+                    doc="vagal fractional gain on the heart period",
+                ),  # fmt: skip
+                positive(
+                    "tau_Tv",
+                    1.5,
+                    "s",
+                    upper=100.0,
+                    source=URSINO,
+                    doc="vagal heart-period time constant",
+                ),  # fmt: skip
             ]
         return tuple(q)
 
@@ -337,8 +426,9 @@ class Circulation(Model):
 
     def _flows(self, pr, p):
         return {
-            f"Q_{name}": valve_flow(pr[f"p_{a}"], pr[f"p_{b}"], p["R_min"], p["R_max"],
-                                    p["dp_valve"])  # fmt: skip
+            f"Q_{name}": valve_flow(
+                pr[f"p_{a}"], pr[f"p_{b}"], p["R_min"], p["R_max"], p["dp_valve"]
+            )  # fmt: skip
             for name, a, b in VALVES
         }
 
@@ -356,14 +446,11 @@ class Circulation(Model):
             "p_VEN_SYS": (y["Q_AR_SYS"] - y["Q_VEN_SYS"]) / p["C_VEN_SYS"],
             "p_AR_PUL": (Q["Q_PV"] - y["Q_AR_PUL"]) / p["C_AR_PUL"],
             "p_VEN_PUL": (y["Q_AR_PUL"] - y["Q_VEN_PUL"]) / p["C_VEN_PUL"],
-            "Q_AR_SYS": (y["p_AR_SYS"] - y["p_VEN_SYS"] - R_sys * y["Q_AR_SYS"])
-            / p["L_AR_SYS"],
-            "Q_VEN_SYS": (y["p_VEN_SYS"] - p_RA - p["R_VEN_SYS"] * y["Q_VEN_SYS"])
-            / p["L_VEN_SYS"],
+            "Q_AR_SYS": (y["p_AR_SYS"] - y["p_VEN_SYS"] - R_sys * y["Q_AR_SYS"]) / p["L_AR_SYS"],
+            "Q_VEN_SYS": (y["p_VEN_SYS"] - p_RA - p["R_VEN_SYS"] * y["Q_VEN_SYS"]) / p["L_VEN_SYS"],
             "Q_AR_PUL": (y["p_AR_PUL"] - y["p_VEN_PUL"] - p["R_AR_PUL"] * y["Q_AR_PUL"])
             / p["L_AR_PUL"],
-            "Q_VEN_PUL": (y["p_VEN_PUL"] - p_LA - p["R_VEN_PUL"] * y["Q_VEN_PUL"])
-            / p["L_VEN_PUL"],
+            "Q_VEN_PUL": (y["p_VEN_PUL"] - p_LA - p["R_VEN_PUL"] * y["Q_VEN_PUL"]) / p["L_VEN_PUL"],
             "phi": HR / 60.0 + 0.0 * y["phi"],
             "int_p_AR_SYS": y["p_AR_SYS"],
             "int_Q_AV": Q["Q_AV"],
@@ -425,7 +512,7 @@ def _interp_rows(xq, x, f):
     return fn(xq, x, f)
 
 
-def beat_metrics(result, beat: int | None = None) -> dict:
+def beat_metrics(result, beat: int | None = None, prefix: str = "") -> dict:
     """Per-beat hemodynamics of one beat of a saved trajectory of :class:`Circulation`.
 
     The beat is located with the phase state ``phi``: beat ``k`` spans ``k <= phi <
@@ -439,6 +526,7 @@ def beat_metrics(result, beat: int | None = None) -> dict:
         result: a :class:`~twinjax.Result` of a :class:`Circulation` (one patient or a
             batch; times shared or per patient).
         beat: which beat (0-based); default the last complete beat (per patient).
+        prefix: namespace of the circulation's states in a coupled model (``"circ."``).
 
     Returns:
         ``{name: value}`` with ``SBP, DBP, MAP`` (mmHg), ``SV`` (mL, ejected through the
@@ -446,19 +534,20 @@ def beat_metrics(result, beat: int | None = None) -> dict:
         and min LV volume), ``HR`` (1/min, from the beat's duration); scalars or
         ``(N,)``.
     """
-    phi = result.states["phi"]
+    st = {k[len(prefix) :]: v for k, v in result.states.items() if k.startswith(prefix)}
+    phi = st["phi"]
     t = jnp.broadcast_to(result.times, phi.shape)
     k = jnp.floor(phi[..., -1:]) - 1.0 if beat is None else jnp.full(phi[..., -1:].shape, beat)
     k = k.astype(phi.dtype)
     t0 = _interp_rows(k, phi, t)
     t1 = _interp_rows(k + 1.0, phi, t)
     T = (t1 - t0)[..., 0]
-    ip = result.states["int_p_AR_SYS"]
-    iq = result.states["int_Q_AV"]
+    ip = st["int_p_AR_SYS"]
+    iq = st["int_Q_AV"]
     MAP = (_interp_rows(k + 1.0, phi, ip) - _interp_rows(k, phi, ip))[..., 0] / T
     SV = (_interp_rows(k + 1.0, phi, iq) - _interp_rows(k, phi, iq))[..., 0]
     inside = (phi >= k) & (phi <= k + 1.0)
-    return _reduce(result.states["p_AR_SYS"], result.states["V_LV"], inside, MAP, SV, T)
+    return _reduce(st["p_AR_SYS"], st["V_LV"], inside, MAP, SV, T)
 
 
 def _reduce(p_ar, v_lv, inside, MAP, SV, T):
@@ -685,3 +774,6 @@ def pv_loop(ss: SteadyState, chamber: str = "LV"):
     if chamber not in CHAMBERS:
         raise ValueError(f"chamber must be one of {CHAMBERS}, got {chamber!r}")
     return ss.beat[f"V_{chamber}"], ss.beat[f"p_{chamber}"]
+
+
+from ._multiscale import quasi_static as quasi_static  # noqa: E402  (uses the above)

@@ -1,0 +1,175 @@
+"""Closed-loop circulation (Regazzoni et al. 2022) with baroreflex and drug coupling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import twinjax as tj
+from twinjax.models import circulation as circ
+from twinjax.models import pk
+from twinjax.solve._simulate import TRACES
+
+ENS = tj.solvers.Ensemble(rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def rest():
+    return circ.to_periodic_steady_state(circ.Circulation(), None, ENS, tol=1e-5)
+
+
+def test_resting_hemodynamics_in_textbook_ranges(rest):
+    """Guyton & Hall (MAP, CO); Maceira et al. 2006 (CMR LV EF)."""
+    m = {k: float(v) for k, v in rest.metrics.items()}
+    assert bool(rest.converged) and int(rest.status) == 0
+    assert 85.0 <= m["MAP"] <= 100.0, m
+    assert 4.5 <= m["CO"] <= 6.5, m
+    assert 50.0 <= m["EF"] <= 70.0, m
+    assert m["SBP"] > m["MAP"] > m["DBP"]
+    # stroke volume from the aortic-flow integral equals EDV - ESV (no regurgitation)
+    assert m["SV"] == pytest.approx(m["EDV"] - m["ESV"], rel=5e-3)
+    V, p = circ.pv_loop(rest)
+    assert V.shape == p.shape == (201,)
+    assert float(jnp.max(p)) == pytest.approx(m["SBP"], rel=0.05)
+
+
+def test_blood_volume_conserved_over_100_beats():
+    m = circ.Circulation()
+    r = tj.simulate(m, {"HR": 75.0}, None, jnp.linspace(0.0, 80.0, 2001), solver=ENS)
+    assert int(r.status) == 0 and float(r.states["phi"][-1]) == pytest.approx(100.0)
+    V = np.asarray(r.outputs["V_total"])
+    assert np.max(np.abs(V - V[0])) < 1e-11 * V[0]
+
+
+def test_converges_and_counts_beats_per_patient():
+    m = circ.Circulation()
+    ss = circ.to_periodic_steady_state(m, {"HR": jnp.array([50.0, 60.0, 90.0])}, ENS)
+    assert np.all(np.asarray(ss.converged)) and np.all(np.asarray(ss.status) == 0)
+    b = np.asarray(ss.beats)
+    assert b.shape == (3,) and np.all(b >= 2) and np.all(b < 200)
+    np.testing.assert_allclose(ss.metrics["HR"], [50.0, 60.0, 90.0], rtol=1e-9)
+    # restarting from the steady state converges at once and gives the same beat
+    ss2 = circ.to_periodic_steady_state(m, {"HR": jnp.array([50.0, 60.0, 90.0])}, ENS,
+                                        y0=ss.state)  # fmt: skip
+    assert np.all(np.asarray(ss2.beats) <= 2)
+    np.testing.assert_allclose(ss2.metrics["MAP"], ss.metrics["MAP"], rtol=2e-3)
+
+
+def test_ensemble_agrees_with_diffrax():
+    m = circ.Circulation(baroreflex=True)
+    p = {"HR": jnp.array([60.0, 45.0, 95.0]), "R_AR_SYS": jnp.array([0.8, 1.1, 0.6])}
+    ts = jnp.linspace(0.0, 2.0, 41)
+    ref = tj.simulate(m, p, None, ts, solver=tj.solvers.Diffrax(rtol=1e-11, atol=1e-11))
+    for method in ("dopri5", "tsit5"):
+        got = tj.simulate(m, p, None, ts, solver=tj.solvers.Ensemble(method, rtol=1e-9, atol=1e-9))
+        assert np.all(np.asarray(got.status) == 0)
+        for k in ("p_AR", "p_LV", "V_total", "HR_eff"):
+            a, b = np.asarray(got.outputs[k]), np.asarray(ref.outputs[k])
+            assert np.max(np.abs(a - b)) / np.max(np.abs(b)) < 1e-6, (method, k)
+    # and at periodic steady state, by beat metrics
+    se = circ.to_periodic_steady_state(m, p, ENS)
+    sd = circ.to_periodic_steady_state(m, p, tj.solvers.Diffrax(rtol=1e-6, atol=1e-6))
+    for k in ("MAP", "SBP", "DBP", "CO", "EF", "HR"):
+        np.testing.assert_allclose(se.metrics[k], sd.metrics[k], rtol=2e-3, err_msg=k)
+
+
+def test_batch_equals_single_to_tolerance():
+    m = circ.Circulation()
+    ts = jnp.linspace(0.0, 2.0, 21)
+    hr = jnp.array([60.0, 48.0, 75.0])
+    rb = tj.simulate(m, {"HR": hr}, None, ts)
+    for i in range(3):
+        ri = tj.simulate(m, {"HR": hr[i]}, None, ts)
+        np.testing.assert_allclose(rb.outputs["p_AR"][i], ri.outputs["p_AR"], rtol=1e-6)
+    n0 = TRACES["simulate"]
+    tj.simulate(m, {"HR": hr * 1.1}, None, ts)
+    assert TRACES["simulate"] == n0
+
+
+def test_map_gradient_matches_finite_differences():
+    m = circ.Circulation()
+    ts = jnp.linspace(0.0, 2.0, 21)
+    solver = tj.solvers.Diffrax(rtol=1e-12, atol=1e-12)
+    names = ("R_AR_SYS", "C_AR_SYS", "EA_LV")
+    p0 = {k: m.param(k).value for k in names}
+
+    def map_beat1(p):
+        r = tj.simulate(m, p, None, ts, solver=solver)
+        return circ.beat_metrics(r, beat=1)["MAP"]
+
+    g = jax.grad(map_beat1)(p0)
+    for k in names:
+        h = 1e-5 * p0[k]
+        fd = (map_beat1({**p0, k: p0[k] + h}) - map_beat1({**p0, k: p0[k] - h})) / (2 * h)
+        assert float(g[k]) == pytest.approx(float(fd), rel=1e-3), k
+    assert float(g["R_AR_SYS"]) > 0
+
+
+def _pk_hours():
+    """A 1-compartment IV PK result (h, mg/L) with a slowly falling concentration."""
+    return tj.simulate(
+        pk.one_compartment(),
+        {"CL": 2.0, "V": 40.0},
+        tj.Regimen([tj.Dose(200.0, "central", 0.0)]),
+        jnp.linspace(0.0, 48.0, 97),
+    )
+
+
+VASODILATOR = tj.Link("pk.C", "circ.R_AR_SYS", "emax", {"Emax": -0.5, "EC50": 2.0})
+
+
+def test_vasodilator_lowers_map_dose_dependently_and_baroreflex_compensates():
+    r = _pk_hours()
+    times = jnp.array([48.0, 24.0, 8.0, 0.5])  # falling concentrations -> rising
+    out = {}
+    for reflex in (False, True):
+        m = circ.Circulation(baroreflex=reflex)
+        out[reflex] = circ.quasi_static(m, r, times, [VASODILATOR], solver=ENS)
+        assert np.all(np.asarray(out[reflex]["converged"]))
+    C = np.asarray(out[False]["C"]["C"])
+    assert np.all(np.diff(C) > 0)
+    map0, map1 = (np.asarray(out[k]["metrics"]["MAP"]) for k in (False, True))
+    hr1 = np.asarray(out[True]["metrics"]["HR"])
+    assert np.all(np.diff(map0) < 0) and np.all(np.diff(map1) < 0)  # dose-dependent
+    assert np.all(np.diff(hr1) > 0)  # reflex tachycardia
+    drop0, drop1 = map0[0] - map0[-1], map1[0] - map1[-1]
+    assert 0.2 * drop0 < drop1 < 0.9 * drop0  # partly compensated
+
+
+def test_negative_inotrope_and_rate_lowering_drug():
+    r = _pk_hours()
+    times = jnp.array([48.0, 0.5])
+    m = circ.Circulation()
+    ino = circ.quasi_static(
+        m, r, times, [tj.Link("pk.C", "circ.EA_LV", "emax", {"Emax": -0.4, "EC50": 2.0})],
+        solver=ENS,
+    )  # fmt: skip
+    rate = circ.quasi_static(
+        m, r, times, [tj.Link("pk.C", "circ.HR", "emax", {"Emax": -0.3, "EC50": 2.0})],
+        solver=ENS,
+    )  # fmt: skip
+    assert float(ino["metrics"]["EF"][1]) < float(ino["metrics"]["EF"][0]) - 5.0
+    assert float(rate["metrics"]["HR"][1]) < 0.85 * float(rate["metrics"]["HR"][0])
+
+
+@pytest.mark.slow
+def test_quasi_static_agrees_with_full_coupling_for_slow_kinetics():
+    """Full coupling (PK in seconds) vs periodic steady states at C(t)."""
+    pk_s = pk.one_compartment()  # time in s here: CL in L/s
+    coupled = tj.couple({"pk": pk_s, "circ": circ.Circulation()}, [VASODILATOR])
+    p = {"pk.CL": 40.0 / 3600.0, "pk.V": 40.0}  # half-life ~ 42 min
+    reg = tj.Regimen([tj.Dose(200.0, "pk.central", 0.0)])
+    ts = jnp.linspace(0.0, 60.0, 1201)
+    full = tj.simulate(coupled, p, reg, ts, solver=ENS)
+    assert int(full.status) == 0
+    beats = [40, 59]
+    got = [float(circ.beat_metrics(full, beat=b, prefix="circ.")["MAP"]) for b in beats]
+    pk_r = tj.simulate(pk_s, {"CL": p["pk.CL"], "V": 40.0}, tj.Regimen(
+        [tj.Dose(200.0, "central", 0.0)]), ts)  # fmt: skip
+    qs = circ.quasi_static(circ.Circulation(), pk_r, jnp.array([b + 0.5 for b in beats]),
+                           [VASODILATOR], solver=ENS, tol=1e-5)  # fmt: skip
+    want = np.asarray(qs["metrics"]["MAP"])
+    np.testing.assert_allclose(got, want, rtol=5e-3)
+    # and the drug effect itself is large compared with that agreement
+    rest = float(circ.to_periodic_steady_state(circ.Circulation(), None, ENS).metrics["MAP"])
+    assert rest - want[0] > 10.0
