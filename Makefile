@@ -25,7 +25,8 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/twinjax trial $(DEMO_SPEC) --out demo_output
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	ulimit -s unlimited 2>/dev/null || ulimit -s 65536 2>/dev/null || true; \
+	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
