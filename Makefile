@@ -25,11 +25,10 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/twinjax trial $(DEMO_SPEC) --out demo_output
 
 test: $(STAMP)
-	ulimit -s unlimited 2>/dev/null || ulimit -s 65536 2>/dev/null || true; \
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) tools/run_tests.py
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) tools/run_tests.py -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check twinjax tests benchmarks calibration
