@@ -13,6 +13,27 @@ from ._param import Param, State
 
 LINK_KINDS = ("direct", "linear", "emax", "sigmoid", "user")
 
+_EMAX = (
+    Param(
+        "Emax",
+        0.0,
+        "1",
+        -1.0,
+        math.inf,
+        "identity",
+        doc="maximal fractional change of the target (negative: inhibition)",
+    ),
+    Param(
+        "EC50",
+        1.0,
+        "conc",
+        0.0,
+        math.inf,
+        "log",
+        doc="source value giving half the maximal change",
+    ),
+)
+
 _LINK_PARAMS: dict[str, tuple[Param, ...]] = {
     "direct": (),
     "linear": (
@@ -26,47 +47,8 @@ _LINK_PARAMS: dict[str, tuple[Param, ...]] = {
             doc="fractional change of the target per unit of the source",
         ),
     ),
-    "emax": (
-        Param(
-            "Emax",
-            0.0,
-            "1",
-            -1.0,
-            math.inf,
-            "identity",
-            doc="maximal fractional change of the target (negative: inhibition)",
-        ),
-        Param(
-            "EC50",
-            1.0,
-            "conc",
-            0.0,
-            math.inf,
-            "log",
-            doc="source value giving half the maximal change",
-        ),
-    ),
-    "sigmoid": (
-        Param(
-            "Emax",
-            0.0,
-            "1",
-            -1.0,
-            math.inf,
-            "identity",
-            doc="maximal fractional change of the target (negative: inhibition)",
-        ),
-        Param(
-            "EC50",
-            1.0,
-            "conc",
-            0.0,
-            math.inf,
-            "log",
-            doc="source value giving half the maximal change",
-        ),
-        Param("gamma", 1.0, "1", 0.0, 100.0, "log", doc="Hill coefficient"),
-    ),
+    "emax": _EMAX,
+    "sigmoid": _EMAX + (Param("gamma", 1.0, "1", 0.0, 100.0, "log", doc="Hill coefficient"),),
 }
 
 
