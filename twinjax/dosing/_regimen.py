@@ -15,8 +15,7 @@ NOOP, BOLUS, INF_RATE, INF_DUR, RESET = 0, 1, 2, 3, 4
 PAD_TIME = 1.0e9
 
 
-def _concrete(x):
-    return not isinstance(x, jax.core.Tracer)
+from ..model._model import _is_concrete as _concrete  # noqa: E402
 
 
 def _num(x, field: str, where: str, *, nonneg=True, integer=False):
@@ -263,7 +262,7 @@ def compile_regimens(
     ss_cols: dict[str, list] = {
         c: [] for c in ("on", "time", "amt", "rate", "dur", "ii", "cmt", "kind")
     }
-    zero = jnp.zeros((), dtype)
+    zero = 0.0
     for rec in rows:
         t, a, ra, du, cm, ki = [], [], [], [], [], []
         ss = None
@@ -288,37 +287,45 @@ def compile_regimens(
         du += [zero] * pad
         cm += [0] * pad
         ki += [NOOP] * pad
-        for c, v in zip(("time", "amt", "rate", "dur"), (t, a, ra, du)):
-            cols[c].append(jnp.stack([jnp.asarray(x, dtype) for x in v]))
-        cols["cmt"].append(jnp.asarray(cm, jnp.int32))
-        cols["kind"].append(jnp.asarray(ki, jnp.int32))
+        for c, v in zip(("time", "amt", "rate", "dur", "cmt", "kind"), (t, a, ra, du, cm, ki)):
+            cols[c].append(v)
         if ss is None:
             vals = (0, PAD_TIME, 0.0, 0.0, 0.0, 1.0, 0, NOOP)
         else:
             d, kind = ss
             vals = (1, d.time, d.amt, d.rate, d.dur, d.ii, names.index(d.cmt), kind)
         for c, v in zip(ss_cols, vals):
-            ss_cols[c].append(jnp.asarray(v, jnp.int32 if c in ("on", "cmt", "kind") else dtype))
+            ss_cols[c].append(v)
 
-    def stack(v):
-        s = jnp.stack(v)
+    def stack(v, dt=dtype):
+        # One host-side array when every value is concrete (the usual case: a cohort's
+        # regimens compile in one numpy call); element-wise only when some amount or
+        # time is traced (gradients with respect to doses).
+        flat = v if not isinstance(v[0], list) else [x for row in v for x in row]
+        if all(_concrete(x) for x in flat):
+            s = jnp.asarray(np.asarray(v, dtype=dt))
+        elif isinstance(v[0], list):
+            s = jnp.stack([jnp.stack([jnp.asarray(x, dt) for x in row]) for row in v])
+        else:
+            s = jnp.stack([jnp.asarray(x, dt) for x in v])
         return s[0] if squeeze else s
 
+    i32 = jnp.int32
     return EventTable(
         time=stack(cols["time"]),
         amt=stack(cols["amt"]),
         rate=stack(cols["rate"]),
         dur=stack(cols["dur"]),
-        cmt=stack(cols["cmt"]),
-        kind=stack(cols["kind"]),
-        ss_on=stack(ss_cols["on"]),
+        cmt=stack(cols["cmt"], i32),
+        kind=stack(cols["kind"], i32),
+        ss_on=stack(ss_cols["on"], i32),
         ss_time=stack(ss_cols["time"]),
         ss_amt=stack(ss_cols["amt"]),
         ss_rate=stack(ss_cols["rate"]),
         ss_dur=stack(ss_cols["dur"]),
         ss_ii=stack(ss_cols["ii"]),
-        ss_cmt=stack(ss_cols["cmt"]),
-        ss_kind=stack(ss_cols["kind"]),
+        ss_cmt=stack(ss_cols["cmt"], i32),
+        ss_kind=stack(ss_cols["kind"], i32),
         has_infusion=bool(has_inf),
         has_ss=bool(has_ss),
     )

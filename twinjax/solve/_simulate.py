@@ -11,14 +11,11 @@ import numpy as np
 
 from ..dosing._regimen import EventTable, Regimen, compile_regimens
 from ..model._model import Model, _default_float
+from ..model._model import _is_concrete as _concrete  # noqa: E402
 from ._base import AbstractSolver
 from ._diffrax import Diffrax
 from ._engine import run
 from ._result import Result
-
-
-def _concrete(x):
-    return not isinstance(x, jax.core.Tracer)
 
 
 def check_times(times, dtype) -> jax.Array:
