@@ -53,12 +53,14 @@ class AbstractSolver(eqx.Module):
     def integrate_segment(self, f, t0, t1, y0, ts, out, lo, hi, args, model, carry):
         """Integrate one segment and merge its saves (indices ``[lo, hi)``) into ``out``.
 
-        ``out``: ``(N, T, S)``; ``lo``, ``hi``: ``(N,)``; ``carry``: from
+        ``out``: ``(N, T, S)``; ``ts``: ``(N, T)`` or ``(1, T)`` (the same times for
+        every patient); ``lo``, ``hi``: ``(N,)``; ``carry``: from
         :meth:`init_carry` or the previous segment. Returns
         ``(out, y1, status, carry)``. Solvers that write saves in place override this.
         """
         import jax.numpy as jnp
 
+        ts = jnp.broadcast_to(ts, (y0.shape[0], ts.shape[-1]))  # (1, T): shared times
         ys, y1, status = self.integrate(f, t0, t1, y0, ts, args, model)
         k = jnp.arange(ts.shape[-1])[None, :]
         mask = (k >= lo[:, None]) & (k < hi[:, None])

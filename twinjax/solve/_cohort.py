@@ -34,6 +34,7 @@ import os
 import pathlib
 from collections.abc import Sequence
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -151,15 +152,43 @@ def _write_manifest(path: pathlib.Path, manifest: dict):
     os.replace(tmp, path / MANIFEST)
 
 
+def _mesh(n_dev):
+    from jax.sharding import Mesh
+
+    return Mesh(np.asarray(jax.devices()[:n_dev]), ("patients",))
+
+
 def _shard(tree, n_dev):
     if n_dev <= 1:
         return tree
-    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    mesh = Mesh(np.asarray(jax.devices()), ("patients",))
-    sh = NamedSharding(mesh, P("patients"))
+    sh = NamedSharding(_mesh(n_dev), P("patients"))
     return jax.tree.map(lambda a: jax.device_put(a, sh), tree)
+
+
+@eqx.filter_jit
+def _simulate_sharded(model, solver, p, ev, ts2, n_dev: int):
+    """``_simulate_core`` with each device running its own share of the patients.
+
+    ``shard_map`` rather than automatic partitioning: patients are independent, so
+    every device runs its own step loop to its own end, with no collective
+    operation inside the loop (a partitioned ``while_loop`` would agree on "any
+    patient still running" across devices at every step).
+    """
+    from jax.sharding import PartitionSpec as P
+
+    def local(p, ev, ts2):
+        return _simulate_core(model, solver, p, ev, ts2)
+
+    return jax.shard_map(
+        local,
+        mesh=_mesh(n_dev),
+        in_specs=(P("patients"), P("patients"), P()),
+        out_specs=P("patients"),
+        check_vma=False,
+    )(p, ev, ts2)
 
 
 def simulate_cohort(
@@ -299,7 +328,7 @@ def simulate_cohort(
         mem = {k: np.empty((n, T), np.dtype(dtype)) for k in names}
         status_all = np.empty((n,), np.int32)
 
-    ts2 = jnp.broadcast_to(ts, (chunk_size, T))
+    ts2 = ts[None]  # shared save times (1, T), replicated on every device
     computed = 0
     prog = None
     if progress:
@@ -316,38 +345,57 @@ def simulate_cohort(
         task = prog.add_task(
             f"{n} patients in {n_chunks} chunks", total=n_chunks, completed=len(done)
         )
+
+    def launch(c):
+        """Dispatch chunk ``c`` (asynchronously: JAX returns before it is computed)."""
+        a, b = c * chunk_size, min((c + 1) * chunk_size, n)
+        idx = np.minimum(np.arange(a, a + chunk_size), n - 1)  # pad with the last patient
+        pc = {k: jnp.asarray(v[idx]) for k, v in p_np.items()}
+        if shared:
+            ev = jax.tree.map(lambda x: jnp.broadcast_to(x, (chunk_size,) + x.shape[1:]), ev_all)
+        else:
+            ev = jax.tree.map(lambda x: x[idx], ev_all)
+        if n_dev > 1:
+            pc, ev = _shard((pc, ev), n_dev)
+            states, outs, status = _simulate_sharded(model, solver, pc, ev, ts2, n_dev)
+        else:
+            states, outs, status = _simulate_core(model, solver, pc, ev, ts2)
+        res = {**states, **outs}
+        return c, a, b, {k: res[k] for k in names}, status
+
+    def finish(job):
+        """Wait for a dispatched chunk and write it out."""
+        nonlocal computed
+        c, a, b, res, status = job
+        status = np.asarray(status)[: b - a]
+        chunk_vals = {k: np.asarray(res[k])[: b - a] for k in names}
+        if root is not None:
+            for k in names:
+                root[f"outputs/{k}"][a:b] = chunk_vals[k]
+            root["status"][a:b] = status
+            done.add(c)
+            manifest["done"] = sorted(done)
+            _write_manifest(path, manifest)
+        else:
+            for k in names:
+                mem[k][a:b] = chunk_vals[k]
+            status_all[a:b] = status
+        computed += 1
+        if prog is not None:
+            prog.advance(task)
+
     try:
+        # one chunk in flight while the previous one is copied out and written
+        pending = None
         for c in range(n_chunks):
             if c in done:
                 continue
-            a, b = c * chunk_size, min((c + 1) * chunk_size, n)
-            idx = np.minimum(np.arange(a, a + chunk_size), n - 1)  # pad with the last patient
-            pc = {k: jnp.asarray(v[idx]) for k, v in p_np.items()}
-            if shared:
-                ev = jax.tree.map(
-                    lambda x: jnp.broadcast_to(x, (chunk_size,) + x.shape[1:]), ev_all
-                )
-            else:
-                ev = jax.tree.map(lambda x: x[idx], ev_all)
-            pc, ev = _shard((pc, ev), n_dev)
-            states, outs, status = _simulate_core(model, solver, pc, ev, _shard(ts2, n_dev))
-            res = {**states, **outs}
-            status = np.asarray(status)[: b - a]
-            chunk_vals = {k: np.asarray(res[k])[: b - a] for k in names}
-            if root is not None:
-                for k in names:
-                    root[f"outputs/{k}"][a:b] = chunk_vals[k]
-                root["status"][a:b] = status
-                done.add(c)
-                manifest["done"] = sorted(done)
-                _write_manifest(path, manifest)
-            else:
-                for k in names:
-                    mem[k][a:b] = chunk_vals[k]
-                status_all[a:b] = status
-            computed += 1
-            if prog is not None:
-                prog.advance(task)
+            job = launch(c)
+            if pending is not None:
+                finish(pending)
+            pending = job
+        if pending is not None:
+            finish(pending)
     finally:
         if prog is not None:
             prog.stop()

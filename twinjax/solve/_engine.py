@@ -27,16 +27,25 @@ def vector_field(model):
     """The batched vector field ``f(t, Y, (p, rates))`` on stacked states ``Y[..., S]``."""
     names = model.state_names
 
-    def f(t, Y, args):
+    def derivatives(t, y, args, shape):
         p, rates = args
-        y = {s: Y[..., i] for i, s in enumerate(names)}
         u = {s: rates[..., i] for i, s in enumerate(names)}
         d = model.rhs(t, y, p, u)
         missing = [s for s in names if s not in d]
         if missing:
             raise ValueError(f"{type(model).__name__}.rhs returned no derivative for {missing}")
-        return jnp.stack([jnp.broadcast_to(d[s], Y.shape[:-1]) for s in names], -1) + rates
+        return [jnp.broadcast_to(d[s], shape) + u[s] for s in names]
 
+    def f(t, Y, args):
+        y = {s: Y[..., i] for i, s in enumerate(names)}
+        return jnp.stack(derivatives(t, y, args, Y.shape[:-1]), -1)
+
+    def f_state_major(t, Y, args):
+        """The same field on state-major ``Y[S, N]`` (one contiguous row per state)."""
+        y = {s: Y[i] for i, s in enumerate(names)}
+        return jnp.stack(derivatives(t, y, args, Y.shape[1:]), 0)
+
+    f.state_major = f_state_major
     return f
 
 
@@ -198,12 +207,14 @@ def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
 
 
 def run(model, solver, p, ev: EventTable, ts, y0=None):
-    """Simulate a batch. ``p``: (N,) arrays; ``ev``: (N, K) table; ``ts``: (N, T).
+    """Simulate a batch. ``p``: (N,) arrays; ``ev``: (N, K) table; ``ts``: (N, T), or
+    (1, T) when every patient is saved at the same times (cheaper for solvers that
+    look save times up inside their step loop).
 
     ``y0``: optional ``{state: (N,)}`` initial values replacing ``model.init`` (also
     what a reset returns to). Returns ``(ys (N, T, S), status (N,))``.
     """
-    n, T = ts.shape
+    n, T = ev.kind.shape[0], ts.shape[-1]
     S = len(model.state_names)
     dtype = ts.dtype
     K = ev.kind.shape[-1]
@@ -240,7 +251,7 @@ def run(model, solver, p, ev: EventTable, ts, y0=None):
     e_time, e_kind, e_rec = (_take(a, order) for a in (e_time, e_kind, e_rec))
 
     t_start = jnp.zeros((n,), dtype)
-    t_end = jnp.max(ts, axis=-1)
+    t_end = jnp.broadcast_to(jnp.max(ts, axis=-1), (n,))
     bounds = jnp.concatenate([t_start[:, None], e_time, t_end[:, None]], -1)
     bounds = jnp.clip(bounds, t_start[:, None], t_end[:, None])
     seg_of_save = jnp.sum(e_time[:, :, None] <= ts[:, None, :], axis=1)  # (N, T)

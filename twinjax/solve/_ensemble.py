@@ -21,9 +21,30 @@ from ._base import AbstractSolver
 from ._status import Status
 from ._tableaus import TABLEAUS, Tableau
 
+SAVES_PER_PASS = 1  # saves written per patient by one vectorised pass after a step
+
 
 def _rms(x):
-    return jnp.sqrt(jnp.mean(x * x, axis=-1))
+    """RMS over states (axis 0 of a state-major ``(S, N)`` array).
+
+    Written as an unrolled sum of rows for the usual few states: XLA:CPU lowers a
+    small-axis reduction to a library call that costs as much as the whole RK step.
+    """
+    S = x.shape[0]
+    if S > 64:
+        return jnp.sqrt(jnp.mean(x * x, axis=0))
+    acc = x[0] * x[0]
+    for i in range(1, S):
+        acc = acc + x[i] * x[i]
+    return jnp.sqrt(acc / S)
+
+
+def _state_major(f):
+    """``f`` on state-major ``(S, N)`` arrays (the engine's field has one built in)."""
+    g = getattr(f, "state_major", None)
+    if g is not None:
+        return g
+    return lambda t, Y, args: f(t, Y.T, args).T
 
 
 class Ensemble(AbstractSolver):
@@ -70,7 +91,7 @@ class Ensemble(AbstractSolver):
     def _step(self, f, t, y, k1, h, args):
         tab = self.tableau
         dtype = y.dtype
-        hc = h[:, None]
+        hc = h[None, :]
         ks = [k1]
         for i, row in enumerate(tab.a):
             acc = y
@@ -97,10 +118,16 @@ class Ensemble(AbstractSolver):
         return y1, k_end, err, ks
 
     def _dense(self, theta, y0, y1, k0, k1, h, ks):
-        """State at ``t + theta h`` (theta: (N,)) from the step's data."""
+        """States at ``t + theta h`` from the step's data.
+
+        ``theta``: ``(N, K)`` (K points per patient); step data ``(S, N)``; returns
+        ``(S, N, K)``.
+        """
         tab = self.tableau
-        th = theta[:, None]
-        hc = h[:, None]
+        th = theta[None]
+        y0, y1, k0, k1 = (a[..., None] for a in (y0, y1, k0, k1))
+        ks = [a[..., None] for a in ks]
+        hc = h[None, :, None]
         dy = y1 - y0
         r3 = hc * k0 - dy
         r4 = dy - hc * k1 - r3
@@ -121,7 +148,7 @@ class Ensemble(AbstractSolver):
         d0 = _rms(y0 / sc)
         d1 = _rms(f0 / sc)
         h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / jnp.where(d1 > 0, d1, 1.0))
-        f1 = f(t0 + h0, y0 + h0[:, None] * f0, args)
+        f1 = f(t0 + h0, y0 + h0[None, :] * f0, args)
         d2 = _rms((f1 - f0) / sc) / h0
         dm = jnp.maximum(d1, d2)
         order = self.tableau.order
@@ -158,7 +185,11 @@ class Ensemble(AbstractSolver):
         return self._run(f, t0, t1, y0, args, (ts, out, lo, hi), carry)
 
     def _run(self, f, t0, t1, y0, args, save, h_prev=None):
+        # Internally state-major: ``Y[S, N]``, one contiguous row per state, so that
+        # every stage is a handful of fused, vectorised loops over the patients.
         n, S = y0.shape
+        f = _state_major(f)
+        y0 = y0.T
         adaptive = self.tableau.b_err is not None
         rows = jnp.arange(n)
         f0 = f(t0, y0, args)
@@ -174,42 +205,57 @@ class Ensemble(AbstractSolver):
         if save is not None:
             ts, out, idx, hi = save
             T = ts.shape[-1]
+            K = SAVES_PER_PASS
+            offs = jnp.arange(K, dtype=jnp.int32)
+
+            def lookup(j):  # save times at indices j (clamped), (N,) or (N, K)
+                j = jnp.clip(j, 0, T - 1)
+                if ts.shape[0] == 1:  # the same times for everyone: a 1-D lookup
+                    return ts[0].at[j].get(mode="promise_in_bounds")
+                r = rows if j.ndim == 1 else rows[:, None]
+                return ts.at[r, j].get(mode="promise_in_bounds")
 
             def next_time(i):
-                return jnp.where(i < hi, ts[rows, jnp.minimum(i, T - 1)], inf)
+                return jnp.where(i < hi, lookup(i), inf)
 
-            def write(o, i, val, mask):
-                ic = jnp.minimum(i, T - 1)
-                o = o.at[rows, ic].set(jnp.where(mask[:, None], val, o[rows, ic]))
-                return o, i + mask.astype(jnp.int32)
+            def save_pass(o, i, t_left, t_right, values):
+                """Write up to K saves per patient falling in ``[t_left, t_right]``."""
+                j = i[:, None] + offs[None, :]  # (N, K) candidate save indices
+                tj = jnp.where(j < hi[:, None], lookup(j), inf)
+                ok = tj <= t_right[:, None]  # save times are sorted: a prefix of the K
+                val = values(tj)  # (S, N, K)
+                dest = jnp.where(ok, j, T)  # out of range: dropped
+                o = o.at[rows[:, None], dest].set(jnp.moveaxis(val, 0, -1), mode="drop")
+                return o, i + jnp.sum(ok, axis=1, dtype=jnp.int32)
 
             # saves at the segment's start take the state after its events
             def pre_body(c):
-                o, i, nx = c
-                o, i = write(o, i, y0, nx <= t0)
-                return o, i, next_time(i)
+                o, i = c
+                return save_pass(
+                    o, i, t0, t0, lambda tj: jnp.broadcast_to(y0[..., None], (S, n, K))
+                )
 
-            out, idx, nxt = jax.lax.while_loop(
-                lambda c: jnp.any(c[2] <= t0), pre_body, (out, idx, next_time(idx))
+            out, idx = jax.lax.while_loop(
+                lambda c: jnp.any(next_time(c[1]) <= t0), pre_body, (out, idx)
             )
         else:
-            out = idx = nxt = None
+            out = idx = None
         active0 = t0 < t1
         status0 = jnp.zeros((n,), jnp.int32)
-        carry0 = (t0, y0, f0, h0, active0, status0, jnp.zeros((), jnp.int32), out, idx, nxt)
+        carry0 = (t0, y0, f0, h0, active0, status0, jnp.zeros((), jnp.int32), out, idx)
 
         def cond(c):
             active, it = c[4], c[6]
             return jnp.any(active) & (it < self.max_steps)
 
         def body(c):
-            t, y, k, h, active, status, it, out, idx, nxt = c
+            t, y, k, h, active, status, it, out, idx = c
             h_eff = jnp.where(active, jnp.minimum(h, t1 - t), 0.0)
             last = h_eff >= t1 - t
             y1, k_end, err, ks = self._step(f, t, y, k, h_eff, args)
             if k_end is None:
                 k_end = f(t + h_eff, y1, args)
-            finite = jnp.all(jnp.isfinite(y1), axis=-1) & jnp.all(jnp.isfinite(k_end), axis=-1)
+            finite = jnp.all(jnp.isfinite(y1), axis=0) & jnp.all(jnp.isfinite(k_end), axis=0)
             if adaptive:
                 sc = self.atol + self.rtol * jnp.maximum(jnp.abs(y), jnp.abs(y1))
                 en = _rms(err / sc)
@@ -229,27 +275,29 @@ class Ensemble(AbstractSolver):
                 safe_h = jnp.where(h_eff > 0, h_eff, 1.0)
                 k_all = ks + [k_end]
 
-                def save_body(c):
-                    o, i, nx = c
-                    theta = jnp.clip(jnp.where(h_eff > 0, (nx - t) / safe_h, 1.0), 0.0, 1.0)
-                    val = self._dense(theta, y, y1, k, k_end, h_eff, k_all)
-                    o, i = write(o, i, val, accept & (nx <= t_new))
-                    return o, i, next_time(i)
+                t_right = jnp.where(accept, t_new, -inf)
 
-                out, idx, nxt = jax.lax.while_loop(
-                    lambda c: jnp.any(accept & (c[2] <= t_new)), save_body, (out, idx, nxt)
+                def values(tj):
+                    theta = jnp.clip((tj - t[:, None]) / safe_h[:, None], 0.0, 1.0)
+                    theta = jnp.where(h_eff[:, None] > 0, theta, 1.0)
+                    return self._dense(theta, y, y1, k, k_end, h_eff, k_all)
+
+                out, idx = jax.lax.while_loop(
+                    lambda c: jnp.any(next_time(c[1]) <= t_right),
+                    lambda c: save_pass(c[0], c[1], t, t_right, values),
+                    (out, idx),
                 )
-            y_next = jnp.where(accept[:, None], y1, y)
-            k_next = jnp.where(accept[:, None], k_end, k)
+            y_next = jnp.where(accept[None, :], y1, y)
+            k_next = jnp.where(accept[None, :], k_end, k)
             bad = active & ~finite
             tiny = active & ~accept & (h_new < self.hmin * jnp.maximum(jnp.abs(t), 1.0))
             status = jnp.where(bad, Status.NONFINITE, status)
             status = jnp.where(tiny & ~bad, Status.STEP_TOO_SMALL, status)
             still = active & ~bad & ~tiny & ~(accept & last)
-            return (t_new, y_next, k_next, h_new, still, status, it + 1, out, idx, nxt)
+            return (t_new, y_next, k_next, h_new, still, status, it + 1, out, idx)
 
         res = jax.lax.while_loop(cond, body, carry0)
-        y, h, active, status, out = res[1], res[3], res[4], res[5], res[7]
+        y, h, active, status, out = res[1].T, res[3], res[4], res[5], res[7]
         status = jnp.where(active, Status.MAX_STEPS, status).astype(jnp.int32)
         if h_prev is None:
             return out, y, status

@@ -73,12 +73,15 @@ TRACES = {"simulate": 0}  # incremented at trace time: used by recompilation gua
 
 @eqx.filter_jit
 def _simulate_core(model, solver, p, ev, ts2, y0=None):
+    """Simulate a batch; ``ts2``: ``(N, T)`` save times, or ``(1, T)`` shared by all."""
     TRACES["simulate"] += 1
+    n = ev.kind.shape[0]
     if model.state_names:
         ys, status = run(model, solver, p, ev, ts2, y0)
     else:  # algebraic model (e.g. a direct-effect PD model): nothing to integrate
-        ys = jnp.zeros(ts2.shape + (0,), ts2.dtype)
-        status = jnp.zeros(ts2.shape[:1], jnp.int32)
+        ys = jnp.zeros((n, ts2.shape[-1], 0), ts2.dtype)
+        status = jnp.zeros((n,), jnp.int32)
+    ts2 = jnp.broadcast_to(ts2, (n, ts2.shape[-1]))
     names = model.state_names
     states = {s: ys[..., i] for i, s in enumerate(names)}
     pe = {k: v[:, None] for k, v in p.items()}
@@ -144,7 +147,10 @@ def simulate(
                     f"{nb} patient(s) given by the parameters, regimens and times"
                 )
             y0s[k] = jnp.broadcast_to(v, (nb,))
-    states, outputs, status = _simulate_core(model, solver, p, ev, ts2, y0s)
+    # shared save times go in as (1, T): solvers look them up more cheaply
+    states, outputs, status = _simulate_core(
+        model, solver, p, ev, ts[None] if ts.ndim == 1 else ts2, y0s
+    )
     if N is None:
         states = {k: v[0] for k, v in states.items()}
         outputs = {k: v[0] for k, v in outputs.items()}
