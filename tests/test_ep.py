@@ -110,11 +110,22 @@ def test_lr_dose_dependent_apd_prolongation_under_ik_block():
 
 
 # ---- ORd ----------------------------------------------------------------------------------
-# Published APD90 at 1 Hz, endocardial cell: ~271 ms (O'Hara et al. 2011, APD90 at CL
-# 1000 ms of the rate-dependence curve, Fig. 7/8 of the paper; the value quoted in the
-# issue). Epicardial and M cells are checked for the transmural order of Text S1/Fig. 7:
-# epi < endo < M.
-ORD_ENDO_APD90 = 271.0
+# Control APD90 at 1 Hz (CL 1000 ms, -80 A/F x 0.5 ms), steady state, per cell type.
+#
+# Published (paper): endo ~271 ms, O'Hara et al. 2011 PLoS Comput Biol 7:e1002061 (model APD90
+# at CL 1000 ms on the steady-state rate-dependence curve, read from a figure; the value quoted
+# in issue #6). For epi and M no control APD90 at 1 Hz stated as a number was found (paper text
+# and captions searched, later papers searched), so the per-cell-type reference is:
+#
+# Reference implementation, per cell type: the authors' Matlab code as transcribed by M. Clerx
+# in Myokit format ("ohara-2011.mmt", CardiacModelling/tailored-ipsc-models; GPL-3 like the
+# original code, so it is not shipped here), run with Myokit 1.39.2 CVODE at rtol = atol =
+# 1e-10 for 3000 beats from Text S1's initial state, APD90 measured with ep.from_trace on the
+# last beat (sampled every 0.01 ms). Its state derivatives equal ORd.rhs to <= 3e-14 relative
+# for all three cell types (same equations and transmural factors). Beats 2000 and 3000 agree
+# to 1e-5 ms, so these are steady-state values.
+ORD_APD90_PUBLISHED = {"endo": 271.0}
+ORD_APD90_REFERENCE = {"endo": 267.81, "epi": 227.24, "M": 327.69}
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +139,17 @@ def ord_control():
 
 
 def test_ord_control_apd90_at_1hz(ord_control):
+    for ct, want in ORD_APD90_PUBLISHED.items():
+        assert ord_control[ct]["APD90"] == pytest.approx(want, rel=0.05), ct
+    for ct, want in ORD_APD90_REFERENCE.items():
+        got = ord_control[ct]["APD90"]
+        assert got == pytest.approx(want, rel=0.05), ct  # the issue's criterion
+        # actual agreement with the default Rush-Larsen steps (from the shipped 1 Hz steady
+        # state): endo +0.1 %, epi +0.3 %, M +1.3 %. The M-cell offset is the default step
+        # (dt_max 0.5 ms) shifting the steady state (Na_i 8.80 vs 9.01 mM): started from the
+        # same (shipped) state, one beat agrees with CVODE to 0.06 ms (docs/models/ep.md).
+        assert got == pytest.approx(want, rel=0.015), ct
     endo, epi, M = ord_control["endo"], ord_control["epi"], ord_control["M"]
-    assert endo["APD90"] == pytest.approx(ORD_ENDO_APD90, rel=0.05)
     assert epi["APD90"] < endo["APD90"] < M["APD90"]
     for b in (endo, epi, M):
         assert -90.0 < b["V_rest"] < -85.0
