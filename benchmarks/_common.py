@@ -14,6 +14,20 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def use_all_cpu_cores(n: int | None = None) -> int:
+    """Expose every CPU core as a JAX device (before JAX starts its CPU backend).
+
+    XLA gives one CPU device by default; ``simulate_cohort`` shards patients over
+    devices (each runs its own step loop), so one device per core uses the whole
+    machine. A value already in ``XLA_FLAGS`` is kept. Returns the device count asked.
+    """
+    n = n or os.cpu_count() or 1
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+    return n
+
+
 def setup_precision(float32: bool) -> str:
     """Set jax_enable_x64 (on unless float32). Returns the dtype name used."""
     import jax
@@ -92,7 +106,7 @@ def machine_info() -> dict:
         "jax_devices": [str(d) for d in jax.devices()],
         "jax_backend": jax.default_backend(),
         "versions": {},
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     try:
         import psutil

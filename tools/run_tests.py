@@ -3,11 +3,15 @@
 XLA keeps every compiled program of a process; hundreds of them in one long pytest
 process crashed the compiler twice in clean CI runs (a segfault and an abort, in
 different tests, each of which passes on its own). A fresh process per test file
-keeps each process small. Extra arguments are passed to every pytest call.
+keeps each process small. Files run in parallel, one process per CPU core by default
+(``TWINJAX_TEST_JOBS`` or ``-j N`` overrides), longest first. Extra arguments are
+passed to every pytest call.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import os
 import pathlib
 import re
 import subprocess
@@ -15,34 +19,60 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+# the longest files (measured on the 2-core CI machine) start first
+LONGEST_FIRST = (
+    "test_catalogue.py",
+    "test_ep.py",
+    "test_glucose.py",
+    "test_calibrate.py",
+    "test_trial.py",
+    "test_cohort.py",
+    "test_circulation.py",
+    "test_ensemble.py",
+    "test_validation.py",
+)
+KINDS = ("passed", "failed", "skipped", "errors", "deselected")
+
+
+def run_file(f: pathlib.Path, argv: list[str]):
+    t = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(f), *argv],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    return f, proc, time.time() - t
 
 
 def main(argv: list[str]) -> int:
+    jobs = int(os.environ.get("TWINJAX_TEST_JOBS", os.cpu_count() or 1))
+    if argv[:1] == ["-j"]:
+        jobs, argv = int(argv[1]), argv[2:]
     files = sorted((ROOT / "tests").glob("test_*.py"))
-    totals = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0, "deselected": 0}
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    files.sort(key=lambda f: rank.get(f.name, len(rank)))
+    totals = {k: 0 for k in KINDS}
     bad = []
     t0 = time.time()
-    for f in files:
-        t = time.time()
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(f), *argv],
-            cwd=ROOT, capture_output=True, text=True,
-        )
-        out = proc.stdout + proc.stderr
-        tail = [ln for ln in out.strip().splitlines() if ln.strip()][-1:] or ["(no output)"]
-        counts = {k: 0 for k in totals}
-        for n, word in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", tail[0]):
-            counts["errors" if word.startswith("error") else word] += int(n)
-        for k in totals:
-            totals[k] += counts[k]
-        ok = proc.returncode in (0, 5)
-        print(f"{f.name}: {tail[0]} [{time.time() - t:.0f} s]", flush=True)
-        if not ok:
-            bad.append(f.name)
-            if not (counts["failed"] or counts["errors"]):
-                totals["errors"] += 1  # a crash: count it
-            print(out[-6000:], flush=True)
-    print(f"total time {time.time() - t0:.0f} s; files with failures: {bad or 'none'}")
+    with cf.ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+        futures = [pool.submit(run_file, f, argv) for f in files]
+        for fut in cf.as_completed(futures):
+            f, proc, dt = fut.result()
+            out = proc.stdout + proc.stderr
+            tail = [ln for ln in out.strip().splitlines() if ln.strip()][-1:] or ["(no output)"]
+            counts = {k: 0 for k in totals}
+            for n, word in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", tail[0]):
+                counts["errors" if word.startswith("error") else word] += int(n)
+            for k in totals:
+                totals[k] += counts[k]
+            ok = proc.returncode in (0, 5)
+            print(f"{f.name}: {tail[0]} [{dt:.0f} s]", flush=True)
+            if not ok:
+                bad.append(f.name)
+                if not (counts["failed"] or counts["errors"]):
+                    totals["errors"] += 1  # a crash: count it
+                print(out[-6000:], flush=True)
+    print(f"total time {time.time() - t0:.0f} s ({jobs} parallel); files with failures: "
+          f"{bad or 'none'}")
     failed = totals["failed"] + totals["errors"]
     print(f"{totals['passed']} passed, {failed} failed, {totals['skipped']} skipped")
     return 1 if bad else 0

@@ -54,10 +54,10 @@ def _bytes_per_patient(model, T, n_out, itemsize):
     return 8 * T * (S + n_out) * itemsize + 4096
 
 
-# On CPU a step's arrays should stay in cache: chunks of ~1k patients per device run
-# fastest (measured on the PK/PD benchmark: 512-1024 beat 5000 and 20000 by 1.5-2x).
-# Accelerators want large batches.
-CPU_CHUNK_PER_DEVICE = 1024
+# On CPU a chunk is capped at a few thousand patients per device: the Ensemble solver
+# runs it in cache-sized blocks (``Ensemble.block``), and bigger chunks only add
+# memory. Accelerators want large batches.
+CPU_CHUNK_PER_DEVICE = 4096
 
 
 def choose_chunk_size(model, n, T, n_out, itemsize, memory_budget_gib, n_devices=1):
@@ -217,7 +217,7 @@ def simulate_cohort(
         solver: default ``solvers.Diffrax()``; ``solvers.Ensemble()`` is the fast one.
         store: a directory for a Zarr store (created); None keeps results in memory.
         chunk_size: patients per chunk; by default chosen from ``memory_budget_gib``
-            (and at most 1024 per device on CPU, where cache-sized chunks run fastest),
+            (and at most 4096 per device on CPU),
             rounded to a multiple of the number of devices.
         resume: reuse finished chunks of an existing store with the same fingerprint.
         progress: show a rich progress bar.

@@ -206,7 +206,45 @@ def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
     return Y, st
 
 
+def blocked(fn, n, block, batched, shared=()):
+    """``fn(*batched_block, *shared)`` over blocks of at most ``block`` patients.
+
+    ``batched``: pytrees whose leaves all have the leading patient axis ``n``;
+    ``shared``: passed whole to every block. The last block is padded with copies
+    of the last patient (balanced blocks keep the padding below one per block).
+    Blocks run one after another (``lax.map``), so each block's loop works on
+    arrays that stay in cache. Results are per patient, so they are bitwise
+    independent of the blocking.
+    """
+    nb = -(-n // block)
+    b = -(-n // nb)
+    m = nb * b
+
+    def split(a):
+        if m > n:
+            a = jnp.concatenate([a, jnp.broadcast_to(a[-1:], (m - n,) + a.shape[1:])])
+        return a.reshape((nb, b) + a.shape[1:])
+
+    res = jax.lax.map(lambda xs: fn(*xs, *shared), jax.tree.map(split, tuple(batched)))
+    return jax.tree.map(lambda a: a.reshape((m,) + a.shape[2:])[:n], res)
+
+
 def run(model, solver, p, ev: EventTable, ts, y0=None):
+    """Simulate a batch (in blocks when the solver asks for them); see ``_run``."""
+    n = ev.kind.shape[0]
+    block = solver.block_size(n)
+    if block is None or block >= n:
+        return _run(model, solver, p, ev, ts, y0)
+    if ts.shape[0] == 1:  # shared save times
+        return blocked(
+            lambda p, ev, y0, ts: _run(model, solver, p, ev, ts, y0), n, block, (p, ev, y0), (ts,)
+        )
+    return blocked(
+        lambda p, ev, y0, ts: _run(model, solver, p, ev, ts, y0), n, block, (p, ev, y0, ts)
+    )
+
+
+def _run(model, solver, p, ev: EventTable, ts, y0=None):
     """Simulate a batch. ``p``: (N,) arrays; ``ev``: (N, K) table; ``ts``: (N, T), or
     (1, T) when every patient is saved at the same times (cheaper for solvers that
     look save times up inside their step loop).
