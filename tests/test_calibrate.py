@@ -161,6 +161,23 @@ def test_synthetic_recovery_coverage():
     assert 0.90 <= s["coverage_95"] <= 0.98, s
 
 
+def test_synthetic_recovery_glucose_small():
+    """The organ-model recovery machinery on 24 IVGTT patients (fast)."""
+    from synthetic_recovery import SCENARIOS, recovery
+
+    out = recovery(SCENARIOS["glucose_minimal_ivgtt"](), n=24, seed=3)
+    s, t = out["summary"], out["table"]
+    assert s["n_converged"] == 24
+    assert set(s["coverage_95_per_param"]) == {"Sg", "Si", "p2"}
+    assert len(t) == 3 * 24 and bool(np.all(t.lo95 < t.hi95))
+    assert bool(np.all((t.lo95 <= t.estimate) & (t.estimate <= t.hi95)))
+    # every interval's coverage is a Bernoulli(0.95) draw: 24 patients x 3 >= 0.85
+    assert s["coverage_95"] >= 0.85, s
+    # the estimates track the truth: log-scale errors are a few SEs at most
+    z = np.abs(np.log(t.estimate / t.truth)) / (t.se / t.estimate)
+    assert float(np.max(z)) < 4.5
+
+
 # ------------------------------------------------------------------ using the twin
 def test_forecast_and_optimise_dose(theo_twins):
     one = fit_individual(ORAL, tj.data.datasets.theophylline().subset([1]), THEO_POP, THEO_ERR)

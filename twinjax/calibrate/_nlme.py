@@ -191,7 +191,10 @@ class PopulationFitResult:
         individual: the post-hoc :class:`FitResult` (MAP etas at the estimates, PRED,
             IPRED, IWRES, shrinkage).
         cwres: ``(N, T)`` conditional weighted residuals (FOCE, Hooker et al. 2007).
-        converged: whether the outer optimiser reported success.
+        converged: whether the outer Newton decrement ``g' H^-1 g`` (the OFV decrease a
+            Newton step promises) is below ``outer_tol`` after the Newton polishing
+            (without polishing: whether BFGS reported success).
+        newton_decrement: that decrement (OFV units).
         n_outer: outer objective evaluations; wall_s: fitting time.
     """
 
@@ -214,6 +217,7 @@ class PopulationFitResult:
     n_outer: int
     wall_s: float
     message: str = ""
+    newton_decrement: float = float("nan")
 
     def summary(self) -> str:
         """A short text summary (estimates table and OFV)."""
@@ -242,6 +246,9 @@ def fit_population(
     gtol: float = 1e-3,
     inner_max_iter: int = 60,
     covariance: bool = True,
+    polish: bool = True,
+    max_newton: int = 5,
+    outer_tol: float = 1e-3,
     verbose: bool = False,
 ) -> PopulationFitResult:
     """Population fit by FOCE-I with the Laplace approximation.
@@ -260,6 +267,10 @@ def fit_population(
         max_outer: maximum outer BFGS iterations; gtol: gradient tolerance (OFV units).
         inner_max_iter: inner LM iteration cap per outer evaluation.
         covariance: compute standard errors (finite-difference Hessian of the OFV).
+        polish: after BFGS, take Newton steps with the finite-difference Hessian of
+            the AD gradient until the Newton decrement ``g' H^-1 g`` is below
+            ``outer_tol`` (OFV units; at most ``max_newton`` Hessians). This decides
+            ``converged``; without it ``converged`` is BFGS's own flag.
         verbose: print the OFV as it goes.
 
     Returns:
@@ -336,30 +347,73 @@ def fit_population(
     res = so.minimize(
         fun, phi0, jac=True, method="BFGS", options=dict(maxiter=max_outer, gtol=gtol)
     )
-    phi = res.x
-    eta = modes(phi)
-    val, grad = _ofv_and_grad(spec, lay, base, factors, jnp.asarray(phi), eta, ev, ts, y, mask)
-    ofv = float(val)
     P = lay.size
-    cov_phi = np.full((P, P), np.nan)
-    if covariance:
+
+    def evaluate(p):
+        e = modes(p)
+        v, g = _ofv_and_grad(spec, lay, base, factors, jnp.asarray(p), e, ev, ts, y, mask)
+        return float(v), np.asarray(g)
+
+    def hessian(p):
+        """Central finite differences of the AD gradient (NONMEM's R matrix)."""
         h = 1e-4
         Hm = np.zeros((P, P))
         for j in range(P):
             e = np.zeros(P)
             e[j] = h
-            gp = _ofv_and_grad(
-                spec, lay, base, factors, jnp.asarray(phi + e), modes(phi + e), ev, ts, y, mask
-            )[1]
-            gm = _ofv_and_grad(
-                spec, lay, base, factors, jnp.asarray(phi - e), modes(phi - e), ev, ts, y, mask
-            )[1]
-            Hm[:, j] = (np.asarray(gp) - np.asarray(gm)) / (2 * h)
-        Hm = 0.5 * (Hm + Hm.T)
+            Hm[:, j] = (evaluate(p + e)[1] - evaluate(p - e)[1]) / (2 * h)
+        return 0.5 * (Hm + Hm.T)
+
+    # Newton polishing. BFGS stops on its gradient tolerance or, more often, with
+    # "precision loss": close to the optimum the OFV changes by less than the noise of
+    # the inner modes and of the ODE solver, so its line search fails although the
+    # optimum is reached up to that noise. Convergence is decided here instead by the
+    # outer Newton decrement g' H^-1 g (the OFV decrease a Newton step promises, in OFV
+    # units) with the finite-difference Hessian H of the AD gradient -- the same matrix
+    # the standard errors use, so it is computed anyway when covariance=True.
+    phi = np.asarray(res.x, float)
+    val, grad = evaluate(phi)
+    Hm, dec, n_newton = None, np.inf, 0
+    if polish:
+        for _ in range(max_newton):
+            n_newton += 1
+            Hm = hessian(phi)
+            try:
+                step = -np.linalg.solve(Hm, grad)
+            except np.linalg.LinAlgError:
+                break
+            dec = float(-grad @ step)
+            if not np.isfinite(dec) or dec < 0:  # not positive definite: no Newton step
+                dec = np.inf
+                break
+            if dec < outer_tol:
+                break
+            for t in (1.0, 0.5, 0.25, 0.125):  # backtracking on the OFV
+                v2, g2 = evaluate(phi + t * step)
+                if np.isfinite(v2) and v2 <= val + 1e-4 * t * grad @ step:
+                    phi, val, grad = phi + t * step, v2, g2
+                    break
+            else:
+                break
+            Hm = None  # the Hessian is re-evaluated at the new point
+    if Hm is None and covariance:
+        Hm = hessian(phi)
+        if polish:
+            try:
+                dec = float(grad @ np.linalg.solve(Hm, grad))
+            except np.linalg.LinAlgError:
+                dec = np.inf
+    ofv = float(val)
+    cov_phi = np.full((P, P), np.nan)
+    if covariance and Hm is not None:
         try:
             cov_phi = 2.0 * np.linalg.inv(Hm)
         except np.linalg.LinAlgError:
             pass
+    if polish:
+        converged = bool(np.isfinite(dec) and 0 <= dec < outer_tol)
+    else:
+        converged = bool(res.success) or float(np.max(np.abs(grad))) < 10 * gtol
     theta, om, sig = _unpack(model, lay, jnp.asarray(phi))
     theta = {kk: float(v) for kk, v in theta.items()}
     om = np.asarray(om)
@@ -416,10 +470,12 @@ def fit_population(
         cov_phi=cov_phi,
         individual=ind,
         cwres=cw,
-        converged=bool(res.success) or float(np.max(np.abs(np.asarray(grad)))) < 10 * gtol,
+        converged=converged,
         n_outer=state["n"],
         wall_s=time.perf_counter() - t_start,
-        message=str(res.message),
+        message=f"BFGS: {res.message}; Newton polishing: {n_newton} Hessian(s), "
+        f"decrement g'H^-1g = {dec:.3g} (tolerance {outer_tol:g})",
+        newton_decrement=dec,
     )
 
 
