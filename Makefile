@@ -19,7 +19,7 @@ $(STAMP): $(VENV)/bin/python pyproject.toml
 	$(PIP) install -e ".[test,dev]"
 	touch $(VENV)/.installed $@
 
-DEMO_SPEC ?= examples/pkpd_trial.toml
+DEMO_SPEC ?= examples/antihypertensive_trial.toml
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/twinjax trial $(DEMO_SPEC) --out demo_output

@@ -170,3 +170,198 @@ def test_notebook_01_executes():
     ).execute()
     outs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outs if o.get("output_type") == "error"]
+
+
+# ---------------------------------------------------------------------------------
+# organ-model trials (examples/*.toml), sample-size override, fast steady states
+# ---------------------------------------------------------------------------------
+AH = ROOT / "examples" / "antihypertensive_trial.toml"
+GLUCOSE = ROOT / "examples" / "glucose_trial.toml"
+PBPK = ROOT / "examples" / "pbpk_child_pugh_trial.toml"
+
+
+def _quick(path, n, **trial):
+    spec = tomllib.loads(path.read_text())
+    spec["statistics"]["replicates"] = 20
+    spec["statistics"]["power_sizes"] = [3, 6]
+    spec["trial"].update(trial)
+    return Trial.from_dict(spec).with_sample_size(n)
+
+
+def test_with_sample_size_overrides_every_arm():
+    t = Trial.from_dict(_spec()).with_sample_size(7)
+    assert t.n_per_arm == 7 and all(a.n is None for a in t.arms) and t.n_patients == 21
+    with pytest.raises(SpecError, match="at least 2"):
+        t.with_sample_size(1)
+
+
+def test_pbpk_child_pugh_example(tmp_path):
+    t = _quick(PBPK, 12, save_every=1.0)
+    res = t.run(out=tmp_path, progress=False)
+    assert (res.table["status"] == 0).all()
+    m = res.summary.set_index(["endpoint", "arm"])["mean"]
+    # Child-Pugh C raises exposure at the same dose; the reduced dose brings it back
+    assert m[("AUC_0_48", "Child-Pugh C 100 mg")] > 1.2 * m[("AUC_0_48", "healthy 100 mg")]
+    ratio = m[("AUC_0_48", "Child-Pugh C 70 mg")] / m[("AUC_0_48", "Child-Pugh C 100 mg")]
+    assert 0.5 < ratio < 0.95  # 0.7 in the typical patient (arms are different patients)
+    assert res.write(tmp_path).exists()
+
+
+def test_glucose_example(tmp_path):
+    t = _quick(GLUCOSE, 10, save_every=10.0)
+    res = t.run(out=tmp_path, progress=False)
+    assert (res.table["status"] == 0).all()
+    m = res.summary.set_index(["endpoint", "arm"])
+    tir = m["mean"].xs("TIR_70_180")
+    assert 0.0 < tir["standard bolus"] < tir["bolus +30 %"] <= 1.0
+    hypo = m["rate"].xs("hypoglycaemia_70")
+    assert hypo["bolus x2"] >= hypo["standard bolus"]
+    assert res.write(tmp_path).exists()
+
+
+def test_arm_params_are_validated():
+    spec = tomllib.loads(PBPK.read_text())
+    spec["arms"][1]["params"]["f_kidney"] = 0.5
+    with pytest.raises(SpecError, match="unknown key 'f_kidney' in \\[arms\\[1\\].params\\]"):
+        Trial.from_dict(spec)
+    spec = tomllib.loads(PBPK.read_text())
+    spec["arms"][1]["params"]["f_liver"] = -1.0
+    with pytest.raises(SpecError, match="f_liver"):
+        Trial.from_dict(spec)
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda s: s["trial"].update(beats=3), r"unknown key 'beats' in \[trial\]"),
+        (lambda s: s["arms"][1]["doses"][0].update(amt=-5.0), "amt = -5.0 is negative"),
+        (lambda s: s["arms"][2].pop("doses"), r"arm '20 mg qd' has no regimen"),
+        (lambda s: s["endpoints"][0].update(output="circ.QQ"), r"unknown output 'circ.QQ'"),
+        (
+            lambda s: s["population"]["iiv"].update({"circ.R_XX": 0.1}),
+            r"unknown key 'circ.R_XX' in \[population.iiv\]",
+        ),
+        (lambda s: s["trial"].update(beat_times=[0.0, 400.0]), "beat_times: 400.0 is outside"),
+        (lambda s: s["endpoints"][4].update(window=[10.0, 20.0]), "no beat time in its window"),
+    ],
+)
+def test_antihypertensive_spec_errors_before_simulation(mutate, match, monkeypatch):
+    from twinjax.models import _multiscale
+
+    def boom(*a, **k):
+        raise AssertionError("simulated despite a malformed spec")
+
+    monkeypatch.setattr(_multiscale, "steady_state_cohort", boom)
+    spec = tomllib.loads(AH.read_text())
+    mutate(spec)
+    with pytest.raises(SpecError, match=match):
+        Trial.from_dict(spec).run(progress=False)
+
+
+def test_beat_times_need_a_per_beat_model():
+    spec = _spec()
+    spec["trial"]["beat_times"] = [0.0]
+    with pytest.raises(SpecError, match="beat_times is only for models with per-beat outputs"):
+        Trial.from_dict(spec)
+
+
+def test_anderson_steady_states_match_plain_beat_iteration():
+    import jax
+    import jax.numpy as jnp
+
+    import twinjax as tj
+    from twinjax.models._multiscale import steady_state_cohort
+    from twinjax.models.circulation import Circulation, to_periodic_steady_state
+
+    m = Circulation()
+    names = ("HR", "R_AR_SYS", "C_AR_SYS", "EA_LV", "C_VEN_SYS")
+    z = jax.random.normal(jax.random.key(3), (len(names), 4))
+    p = {k: m.param(k).value * jnp.exp(0.15 * z[i]) for i, k in enumerate(names)}
+    warm = to_periodic_steady_state(m, None, tj.solvers.Diffrax(rtol=1e-8, atol=1e-8), tol=1e-8)
+    # fast settings (the trial's): rk4 with 400 steps per beat, tol 1e-4, warm start
+    fast = steady_state_cohort(m, p, warm.state)
+    ref = to_periodic_steady_state(
+        m, p, tj.solvers.Diffrax(rtol=1e-9, atol=1e-9), tol=1e-9, max_beats=2000, n_save=401
+    )
+    assert bool(np.all(np.asarray(ref.converged))) and bool(np.all(fast["converged"]))
+    assert int(np.max(fast["beats"])) < 15 < int(np.min(ref.beats))
+    for k, atol in (("MAP", 0.05), ("SBP", 0.1), ("DBP", 0.15), ("CO", 0.01)):
+        np.testing.assert_allclose(fast["metrics"][k], ref.metrics[k], atol=atol, err_msg=k)
+
+
+@pytest.mark.slow
+def test_antihypertensive_example(tmp_path):
+    t = _quick(AH, 6)
+    res = t.run(out=tmp_path, progress=False)
+    assert (res.table["status"] == 0).all()
+    m = res.summary.set_index(["endpoint", "arm"])["mean"]
+    assert m[("MAP_change_peak", "placebo")] == 0.0  # no drug, the same steady state
+    assert (
+        m[("MAP_change_peak", "20 mg qd")]
+        < m[("MAP_change_peak", "5 mg qd")]
+        < m[("MAP_change_trough", "5 mg qd")]
+        < 0.0
+    )
+    html = res.write(tmp_path).read_text()
+    assert "MAP_change_peak" in html and "data:image/png;base64," in html
+
+
+def test_cli_sample_size_override(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "twinjax.cli", "trial", str(PBPK), "--n", "3", "--no-progress",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "9 virtual patients" in r.stdout and "report.html" in r.stdout
+    assert json.loads((tmp_path / "summary.json").read_text())["n_patients"] == 9
+
+
+def test_report_renders_in_headless_browser(tmp_path):
+    sys.path.insert(0, str(ROOT / "tools"))
+    import render_report
+
+    if render_report.find_browser() is None:
+        pytest.skip("no headless browser (chromium/chrome) on PATH; `apt-get install chromium`")
+    res = Trial.from_dict(_small(_spec(), n=10)).run(progress=False)
+    report = res.write(tmp_path)
+    info = render_report.render(report, tmp_path / "report.png")
+    assert info["width"] == 1200 and info["height"] > 1500
+    # matplotlib's coloured lines, bands and bars are on the page (text is black/grey)
+    assert info["colour_fraction"] > 1e-3 and info["coloured_rows"] > 200
+
+
+_SHARDED_SS = """
+import sys, jax, numpy as np
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp
+from twinjax.models._multiscale import steady_state_cohort
+from twinjax.models.circulation import Circulation
+m = Circulation()
+z = jax.random.normal(jax.random.key(5), (2, 4))
+p = {"R_AR_SYS": m.param("R_AR_SYS").value * jnp.exp(0.15 * z[0]),
+     "EA_LV": m.param("EA_LV").value * jnp.exp(0.15 * z[1])}
+out = steady_state_cohort(m, p, max_beats=8)
+np.savez(sys.argv[1], MAP=np.asarray(out["metrics"]["MAP"]), beats=np.asarray(out["beats"]),
+         n=len(jax.devices()))
+"""
+
+
+@pytest.mark.slow
+def test_steady_states_sharded_over_devices_equal_one_device(tmp_path):
+    """Each device iterates its own patients (shard_map): bitwise the same results."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "ss.py"
+    script.write_text(_SHARDED_SS)
+    outs = {}
+    for n_dev in (1, 2):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_dev}")
+        path = tmp_path / f"ss{n_dev}.npz"
+        subprocess.run([sys.executable, str(script), str(path)], env=env, check=True, timeout=900)
+        outs[n_dev] = np.load(path)
+    assert int(outs[2]["n"]) == 2 and int(outs[1]["n"]) == 1
+    np.testing.assert_array_equal(outs[2]["MAP"], outs[1]["MAP"])
+    np.testing.assert_array_equal(outs[2]["beats"], outs[1]["beats"])

@@ -11,9 +11,25 @@ app = typer.Typer(add_completion=False, help="twinjax: differentiable digital tw
 
 
 def _x64():
+    _use_cpu_cores()
     import jax
 
     jax.config.update("jax_enable_x64", True)
+
+
+def _use_cpu_cores():
+    """One JAX CPU device per core, so that cohorts are sharded over every core.
+
+    XLA shows one CPU device unless told otherwise, before its CPU backend starts
+    (importing twinjax does not start it). A device count already in ``XLA_FLAGS``
+    is kept; accelerators are unaffected.
+    """
+    import os
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    n = os.cpu_count() or 1
+    if n > 1 and "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
 def _version(value: bool):
@@ -38,6 +54,9 @@ def trial(
     spec: pathlib.Path = typer.Argument(..., help="trial specification (TOML)"),
     out: pathlib.Path = typer.Option(pathlib.Path("trial_output"), "--out", help="output folder"),
     progress: bool = typer.Option(True, help="show progress bars"),
+    n: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--n", help="patients per arm, overriding the specification (e.g. a quick run)"
+    ),
 ):
     """Run a virtual clinical trial and write its report, tables and results store."""
     from rich.console import Console
@@ -48,11 +67,12 @@ def trial(
     _x64()
     try:
         t = Trial.from_toml(spec)
+        if n is not None:
+            t = t.with_sample_size(n)
     except (SpecError, FileNotFoundError) as err:
         con.print(f"[red]error in {spec}:[/] {err}")
         raise typer.Exit(2) from None
-    n = sum(a.n or t.n_per_arm for a in t.arms)
-    con.print(f"[bold]{t.name}[/]: {n} virtual patients in {len(t.arms)} arms")
+    con.print(f"[bold]{t.name}[/]: {t.n_patients} virtual patients in {len(t.arms)} arms")
     res = t.run(out=out, progress=progress)
     report = res.write(out)
     con.print(

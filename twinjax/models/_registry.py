@@ -70,6 +70,7 @@ def _load_builtin():
         ),
         "1-compartment oral PK with a direct sigmoid Emax effect",
     )
+    _register_organ_models()
     for mod in ("circulation", "pbpk", "glucose", "ep"):
         try:
             m = __import__(f"twinjax.models.{mod}", fromlist=["register_models"])
@@ -77,3 +78,63 @@ def _load_builtin():
             continue
         if hasattr(m, "register_models"):
             m.register_models(register)
+
+
+def _register_organ_models():
+    """The organ models that virtual-trial specifications refer to by name."""
+    from ..model import Link
+    from . import pk
+
+    def pk_circulation():
+        from ._multiscale import QuasiStaticTwin
+
+        return QuasiStaticTwin(
+            pk.one_compartment("first_order"),
+            [Link("pk.C", "circ.R_AR_SYS", "emax", {"Emax": -0.3, "EC50": 0.05}, name="drug")],
+        )
+
+    register(
+        "pk_circulation",
+        pk_circulation,
+        "1-compartment oral PK (h) lowering the systemic arterial resistance of the Regazzoni "
+        "circulation (s) by an Emax link (drug.Emax, drug.EC50), quasi-static: per-beat "
+        "circ.MAP, SBP, DBP, SV, EF, CO, EDV, ESV, HR at the trial's beat times",
+    )
+
+    def circulation():
+        from .circulation import Circulation
+
+        return Circulation()
+
+    register("circulation", circulation, "closed-loop 0-D circulation (Regazzoni 2022), s")
+
+    def pbpk():
+        from .pbpk import MinimalPBPK
+
+        return MinimalPBPK()
+
+    register(
+        "pbpk",
+        pbpk,
+        "minimal PBPK, well-stirred liver, Child-Pugh multipliers (f_Qpv, f_Qha, f_CO, f_liver, "
+        "f_alb); oral doses to lumen, IV to ven; h",
+    )
+
+    def uva_padova():
+        from .glucose import UvaPadova
+
+        return UvaPadova()
+
+    register(
+        "uva_padova",
+        uva_padova,
+        "UVA/Padova T1D model (adult#001 defaults), basal insulin infused; meals: doses of mg "
+        "glucose into qsto1 with a rate; insulin boluses: pmol/kg into isc1; min",
+    )
+
+    def bergman():
+        from .glucose import MinimalModel
+
+        return MinimalModel()
+
+    register("bergman_minimal", bergman, "Bergman minimal model with insulin kinetics; min")

@@ -22,13 +22,18 @@ def _png(fig) -> str:
 def figure_bands(result):
     import matplotlib.pyplot as plt
 
-    outs = list(result.trial.outputs)[:4]
+    tr = result.trial
+    first = [e.output for e in tr.endpoints if e.output in tr.outputs]
+    outs = list(dict.fromkeys(first + list(tr.outputs)))[:4]
     fig, axes = plt.subplots(1, len(outs), figsize=(5 * len(outs), 3.6), squeeze=False)
     for ax, o in zip(axes[0], outs):
         for arm, b in result.bands.items():
             q = b[o]
-            (line,) = ax.plot(result.times, q[2], label=arm)
-            ax.fill_between(result.times, q[0], q[4], color=line.get_color(), alpha=0.15)
+            ok = np.isfinite(q[2])  # per-beat outputs exist only at the beat times
+            t = np.asarray(result.times)[ok]
+            style = "o-" if ok.sum() < len(ok) else "-"
+            (line,) = ax.plot(t, q[2][ok], style, label=arm)
+            ax.fill_between(t, q[0][ok], q[4][ok], color=line.get_color(), alpha=0.15)
         ax.set_title(o)
         ax.set_xlabel("time")
     axes[0][0].legend(title="median, 5-95%")
@@ -131,7 +136,7 @@ def write_report(result, path) -> pathlib.Path:
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(tr.name)}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-        "table.t{border-collapse:collapse;font-size:13px}"
+        "table.t{border-collapse:collapse;font-size:13px}img{max-width:100%;height:auto}"
         "table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #ddd}</style>",
         "</head><body>",
         f"<h1>{html.escape(tr.name)}</h1>",

@@ -35,12 +35,16 @@ class Arm:
         regimen: a :class:`~twinjax.Regimen`; ``None`` only with ``placebo=True``.
         n: patients in this arm (default: the trial's ``n_per_arm``).
         placebo: the arm receives no drug.
+        params: fixed parameter values for every patient of this arm, replacing the
+            sampled ones (e.g. the Child-Pugh multipliers of a hepatic-impairment arm,
+            or the drug-free ``EA_LV`` of a heart-failure arm).
     """
 
     name: str
     regimen: Regimen | None = None
     n: int | None = None
     placebo: bool = False
+    params: Mapping[str, float] | None = None
 
     def __post_init__(self):
         if self.regimen is None and not self.placebo:
@@ -83,6 +87,11 @@ class Trial:
         seed: the random seed (same seed, same trial).
         solver: default ``solvers.Ensemble()``.
         name: a title.
+        outputs: outputs to keep (default: those the endpoints read, and the model's).
+        beat_times: for models with per-beat outputs (``QuasiStaticTwin``: the
+            circulation's steady state at the drug concentration of each time), the
+            times at which they are computed (default: the ``time`` and
+            ``baseline_time`` of the endpoints that read them); they join the save grid.
     """
 
     def __init__(
@@ -105,6 +114,7 @@ class Trial:
         solver=None,
         name: str = "trial",
         outputs: Sequence[str] | None = None,
+        beat_times: Sequence[float] | None = None,
     ):
         self.model = model
         self.population = population
@@ -121,9 +131,42 @@ class Trial:
         self.seed = int(seed)
         self.solver = solver if solver is not None else solvers.Ensemble()
         self.name = name
-        self._validate(control, outputs)
+        self._control_arg = control
+        self._outputs_arg = outputs
+        self._beat_times_arg = beat_times
+        self._validate(control, outputs, beat_times)
 
-    def _validate(self, control, outputs):
+    def with_sample_size(self, n_per_arm: int) -> Trial:
+        """The same trial with ``n_per_arm`` patients in every arm (per-arm ``n`` dropped)."""
+        if int(n_per_arm) < 2:
+            raise SpecError(f"n_per_arm = {n_per_arm}; need at least 2 patients per arm")
+        arms = [dataclasses.replace(a, n=None) for a in self.arms]
+        return Trial(
+            self.model,
+            self.population,
+            arms,
+            self.endpoints,
+            duration=self.duration,
+            save_every=self.save_every,
+            n_per_arm=int(n_per_arm),
+            inclusion=self.inclusion,
+            control=self._control_arg,
+            replicates=self.replicates,
+            power_sizes=self.power_sizes,
+            subgroup_covariates=self.subgroup_covariates,
+            alpha=self.alpha,
+            seed=self.seed,
+            solver=self.solver,
+            name=self.name,
+            outputs=self._outputs_arg,
+            beat_times=self._beat_times_arg,
+        )
+
+    @property
+    def n_patients(self) -> int:
+        return sum(a.n or self.n_per_arm for a in self.arms)
+
+    def _validate(self, control, outputs, beat_times=None):
         if not self.arms:
             raise SpecError("a trial needs at least one arm")
         names = [a.name for a in self.arms]
@@ -136,15 +179,68 @@ class Trial:
         self.control = control
         if not self.duration > 0 or not self.save_every > 0:
             raise SpecError("duration and save_every must be positive")
-        valid = list(self.model.output_names) + list(self.model.state_names)
+        special = getattr(self.model, "trial_output_names", None)
+        valid = (
+            list(special)
+            if special is not None
+            else list(self.model.output_names) + list(self.model.state_names)
+        )
+        pnames = set(self.model.param_names)
         for a in self.arms:
+            for k, v in (a.params or {}).items():
+                if k not in pnames:
+                    raise SpecError(
+                        f"arm {a.name!r}: params: unknown parameter {k!r}; the model's "
+                        f"parameters are {sorted(pnames)}"
+                    )
+                try:
+                    self.model.check_bounds({k: float(v)})
+                except (TypeError, ValueError) as err:
+                    raise SpecError(f"arm {a.name!r}: params.{k}: {err}") from None
             if a.regimen is not None:
                 try:
                     a.regimen.validate(self.model)
                 except ValueError as err:
                     raise SpecError(f"arm {a.name!r}: {err}") from None
         for e in self.endpoints:
-            e.check(valid, self.duration)
+            try:
+                e.check(valid, self.duration)
+            except ValueError as err:
+                raise SpecError(str(err)) from None
+        beat_outs = set(getattr(self.model, "beat_output_names", ()))
+        if beat_times is None:
+            bt = set()
+            for e in self.endpoints:
+                if e.output in beat_outs:
+                    if e.time is None and e.window is None:
+                        raise SpecError(
+                            f"endpoint {e.name!r} reads the per-beat output {e.output!r} over "
+                            "the whole trial: give [trial].beat_times (the times at which the "
+                            "circulation's steady state is computed)"
+                        )
+                    bt |= {t for t in (e.time, e.baseline_time) if t is not None}
+                    if e.window is not None:
+                        bt |= set(e.window)
+            beat_times = sorted(bt) if bt else [0.0, self.duration]
+        elif not beat_outs:
+            raise SpecError(
+                "[trial].beat_times is only for models with per-beat outputs (e.g. pk_circulation)"
+            )
+        beat_times = sorted({float(t) for t in beat_times})
+        for t in beat_times:
+            if not 0.0 <= t <= self.duration:
+                raise SpecError(
+                    f"[trial].beat_times: {t} is outside the trial [0, {self.duration}]"
+                )
+        self.beat_times = tuple(beat_times) if beat_outs else ()
+        for e in self.endpoints:
+            if e.output in beat_outs and e.window is not None:
+                lo, hi = e.window
+                if not any(lo <= t <= hi for t in self.beat_times):
+                    raise SpecError(
+                        f"endpoint {e.name!r}: no beat time in its window {e.window}; "
+                        f"beat_times are {list(self.beat_times)}"
+                    )
         if len({e.name for e in self.endpoints}) != len(self.endpoints):
             raise SpecError("endpoint names must be unique")
         for inc in self.inclusion:
@@ -153,14 +249,14 @@ class Trial:
                     f"inclusion: unknown output {inc.output!r}; outputs are "
                     f"{list(self.model.output_names)}"
                 )
+        if special is not None:  # e.g. the drug concentration and the per-beat metrics
+            default_outs = {o for o in special if o in beat_outs or o == "pk.C"}
+        else:
+            default_outs = set(self.model.output_names)
         self.outputs = (
             tuple(outputs)
             if outputs
-            else tuple(
-                sorted(
-                    {e.output for e in self.endpoints if e.output} | set(self.model.output_names)
-                )
-            )
+            else tuple(sorted({e.output for e in self.endpoints if e.output} | default_outs))
         )
         bad = [o for o in self.outputs if o not in valid]
         if bad:
@@ -187,7 +283,17 @@ class Trial:
         _keys(
             tr,
             "trial",
-            {"name", "seed", "duration", "save_every", "solver", "rtol", "atol", "outputs"},
+            {
+                "name",
+                "seed",
+                "duration",
+                "save_every",
+                "solver",
+                "rtol",
+                "atol",
+                "outputs",
+                "beat_times",
+            },
         )
         pop = dict(spec.get("population", {}))
         _keys(
@@ -232,6 +338,9 @@ class Trial:
                 covs.append(cls_(**kw))
             except (TypeError, ValueError) as err:
                 raise SpecError(f"{where}: {err}") from None
+        for sect in ("typical", "iiv"):
+            if sect in pop:
+                _keys(pop[sect], f"population.{sect}", set(model.param_names))
         try:
             population = Population.from_cv(
                 model,
@@ -241,7 +350,7 @@ class Trial:
                 covariates=covs,
                 demographics=Demographics() if pop.get("demographics", True) else None,
             )
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, KeyError) as err:
             raise SpecError(f"[population]: {err}") from None
         inclusion = []
         for i, c in enumerate(pop.get("inclusion", [])):
@@ -250,7 +359,7 @@ class Trial:
         arms = []
         for i, a in enumerate(spec.get("arms", [])):
             where = f"arms[{i}]"
-            _keys(a, where, {"name", "doses", "n", "placebo"})
+            _keys(a, where, {"name", "doses", "n", "placebo", "params"})
             if "name" not in a:
                 raise SpecError(f"{where} needs a name")
             doses = []
@@ -265,7 +374,14 @@ class Trial:
                 except (TypeError, ValueError) as err:
                     raise SpecError(f"arm {a['name']!r} dose {j}: {err}") from None
             placebo = bool(a.get("placebo", False))
-            arms.append(Arm(a["name"], Regimen(doses) if doses else None, a.get("n"), placebo))
+            aparams = a.get("params")
+            if aparams is not None:
+                _keys(aparams, f"{where}.params", set(model.param_names))
+                aparams = {k: float(v) for k, v in aparams.items()}
+            n_arm = a.get("n")
+            if n_arm is not None and (not isinstance(n_arm, int) or n_arm < 2):
+                raise SpecError(f"{where}.n = {n_arm!r}; need an integer >= 2")
+            arms.append(Arm(a["name"], Regimen(doses) if doses else None, n_arm, placebo, aparams))
         endpoints = []
         for i, e in enumerate(spec.get("endpoints", [])):
             where = f"endpoints[{i}]"
@@ -325,13 +441,18 @@ class Trial:
             solver=solver,
             name=tr.get("name", "trial"),
             outputs=tr.get("outputs"),
+            beat_times=tr.get("beat_times"),
         )
 
     # ------------------------------------------------------------------ running
     @property
     def times(self) -> np.ndarray:
         n = int(round(self.duration / self.save_every))
-        return np.linspace(0.0, n * self.save_every, n + 1)
+        grid = np.linspace(0.0, n * self.save_every, n + 1)
+        if not self.beat_times:
+            return grid
+        extra = [t for t in self.beat_times if not np.any(np.isclose(grid, t, atol=1e-9))]
+        return np.sort(np.concatenate([grid, np.asarray(extra, float)]))
 
     def _draw(self, key, n):
         """``n`` patients passing the inclusion criteria (deterministic given the key)."""
@@ -394,29 +515,44 @@ class Trial:
         for i, arm in enumerate(self.arms):
             n = arm.n or self.n_per_arm
             cohort = self._draw(jax.random.fold_in(key, i), n)
+            if arm.params:
+                fixed = {k: np.full(n, float(v)) for k, v in arm.params.items()}
+                cohort = dataclasses.replace(cohort, params={**cohort.params, **fixed})
             store = None if out is None else pathlib.Path(out) / "results.zarr" / arm.name
-            res = simulate_cohort(
-                self.model,
-                cohort,
-                arm.regimen,
-                times,
-                solver=self.solver,
-                store=store,
-                outputs=self.outputs,
-                progress=progress,
-            )
-            vals = {o: res[o] for o in self.outputs}
-            tab = pd.DataFrame({"arm": arm.name, "patient": np.arange(n), "status": res.status})
+            if hasattr(self.model, "trial_simulate"):
+                vals, status = self.model.trial_simulate(
+                    cohort.params,
+                    arm.regimen,
+                    times,
+                    beat_times=self.beat_times,
+                    solver=self.solver,
+                    outputs=self.outputs,
+                    progress=progress,
+                    store=store,
+                )
+            else:
+                res = simulate_cohort(
+                    self.model,
+                    cohort,
+                    arm.regimen,
+                    times,
+                    solver=self.solver,
+                    store=store,
+                    outputs=self.outputs,
+                    progress=progress,
+                )
+                vals = {o: res[o] for o in self.outputs}
+                status = res.status
+            vals = {o: np.asarray(v) for o, v in vals.items()}
+            status = np.asarray(status)
+            tab = pd.DataFrame({"arm": arm.name, "patient": np.arange(n), "status": status})
             cov = cohort.covariates.reset_index(drop=True)
             for c in cov.columns:
                 tab[c] = np.asarray(cov[c])
             for e in self.endpoints:
                 tab[e.name] = e.compute(times, vals)
             tables.append(tab)
-            bands[arm.name] = {
-                o: np.nanpercentile(v[res.status == 0], [5, 25, 50, 75, 95], axis=0)
-                for o, v in vals.items()
-            }
+            bands[arm.name] = {o: _bands(v[status == 0]) for o, v in vals.items()}
         table = pd.concat(tables, ignore_index=True)
         return TrialResult(self, table, bands, times, _time.perf_counter() - t0)
 
@@ -501,6 +637,15 @@ class TrialResult:
         self.table.to_csv(out / "endpoints.csv", index=False)
         (out / "summary.json").write_text(json.dumps(_clean(self.to_json()), indent=2))
         return write_report(self, out / "report.html")
+
+
+def _bands(v: np.ndarray) -> np.ndarray:
+    """``(5, T)`` percentiles 5, 25, 50, 75, 95 per time; NaN where nothing is finite."""
+    q = np.full((5, v.shape[1]), np.nan)
+    has = np.isfinite(v).any(axis=0) if v.shape[0] else np.zeros(v.shape[1], bool)
+    if has.any():
+        q[:, has] = np.nanpercentile(v[:, has], [5, 25, 50, 75, 95], axis=0)
+    return q
 
 
 def _clean(x):
