@@ -140,8 +140,9 @@ def test_failing_patient_is_flagged_and_others_intact():
 
 def test_initial_state_override():
     m = pk.one_compartment()
-    r = tj.simulate(m, {"CL": jnp.array([5.0, 5.0])}, None, T,
-                    y0={"central": jnp.array([100.0, 50.0])})
+    r = tj.simulate(
+        m, {"CL": jnp.array([5.0, 5.0])}, None, T, y0={"central": jnp.array([100.0, 50.0])}
+    )
     assert jnp.allclose(r["C"][:, 0], jnp.array([2.0, 1.0]))
     assert jnp.allclose(r["C"][0, -1], 2.0 * jnp.exp(-0.1 * 10.0), rtol=1e-5)
     with pytest.raises(ValueError, match="unknown state"):

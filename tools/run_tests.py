@@ -38,7 +38,9 @@ def run_file(f: pathlib.Path, argv: list[str]):
     t = time.time()
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(f), *argv],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     return f, proc, time.time() - t
 
@@ -71,8 +73,10 @@ def main(argv: list[str]) -> int:
                 if not (counts["failed"] or counts["errors"]):
                     totals["errors"] += 1  # a crash: count it
                 print(out[-6000:], flush=True)
-    print(f"total time {time.time() - t0:.0f} s ({jobs} parallel); files with failures: "
-          f"{bad or 'none'}")
+    print(
+        f"total time {time.time() - t0:.0f} s ({jobs} parallel); files with failures: "
+        f"{bad or 'none'}"
+    )
     failed = totals["failed"] + totals["errors"]
     print(f"{totals['passed']} passed, {failed} failed, {totals['skipped']} skipped")
     return 1 if bad else 0
