@@ -214,3 +214,32 @@ def test_notebook_05_cardiac_safety_executes():
     nbclient.NotebookClient(
         nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     ).execute()
+
+
+def test_cli_safety_trial_writes_tables_and_rejects_bad_input(tmp_path):
+    """`twinjax safety`: population x compounds x concentrations from the command line."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "twinjax.cli", "safety", *a],
+            capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+
+    bad = run("--compounds", "aspirinx", "--out", str(tmp_path / "bad"))
+    assert bad.returncode != 0 and "aspirinx" in bad.stdout + bad.stderr
+    out = tmp_path / "s"
+    r = run("--n", "4", "--beats", "3", "--drug-beats", "2", "--compounds", "dofetilide",
+            "--multiples", "1,30", "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    models = pd.read_csv(out / "models.csv")
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["multiple"]) == {1.0, 30.0}
+    assert len(models) == 2 * int((models["multiple"] == 1.0).sum())
+    s = summary.set_index("multiple")["dAPD90_median_pct"]
+    assert s[30.0] > s[1.0] > 0  # dofetilide (IKr block) prolongs APD90 with dose
+    assert (out / "safety.png").stat().st_size > 1000
+    assert "risk" in pd.read_csv(out / "risk.csv").columns
