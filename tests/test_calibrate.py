@@ -127,6 +127,22 @@ def test_map_is_a_minimum_and_matches_optimistix(theo_twins):
             assert np.all(np.asarray(O1) > np.asarray(O0))
 
 
+def test_blocked_and_compacted_lm_gives_the_same_fits(theo_twins, monkeypatch):
+    # blocks of 6 subjects (lax.map) and, within a block, the last unconverged subjects
+    # finishing in a compacted batch of 3: each subject's iteration is its own
+    import twinjax.calibrate._map as M
+
+    monkeypatch.setattr(M, "LM_COMPACT", 2)
+    monkeypatch.setattr(M, "LM_COMPACT_MIN", 2)
+    r = fit_individual(ORAL, tj.data.datasets.theophylline(), THEO_POP, THEO_ERR, block=7)
+    assert bool(np.all(r.converged))
+    np.testing.assert_allclose(r.objective, theo_twins.objective, rtol=1e-10)
+    np.testing.assert_allclose(r.etas, theo_twins.etas, atol=1e-8)
+    np.testing.assert_array_equal(r.n_iter, theo_twins.n_iter)
+    assert M.lm_block_size(12, 7) == 7 and M.lm_block_size(12, 0) is None
+    assert M.lm_block_size(12, 12) is None
+
+
 def test_unfittable_subject_is_flagged_not_raised():
     fd = prepare_data(ORAL, tj.data.datasets.theophylline())
     dv = fd.dv.copy()

@@ -410,9 +410,7 @@ def _lm_core(spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_iter, tol, c
                 accept, jnp.maximum(lam * 0.2, 1e-12), jnp.where(active, lam * 10.0, lam)
             )
             dec = decrement(G, H)
-            small_change = (
-                accept & (O - O2 >= 0) & (jnp.abs(c[1] - O) <= 1e-12 * (1 + jnp.abs(O)))
-            )
+            small_change = accept & (O - O2 >= 0) & (jnp.abs(c[1] - O) <= 1e-12 * (1 + jnp.abs(O)))
             conv = conv | (active & ((dec < tol) | small_change))
             stuck = active & (lam > 1e10)
             conv = conv | (stuck & (dec < jnp.maximum(1e3 * tol, NOISE_DECREMENT)))
@@ -743,6 +741,8 @@ def fit_individual(
     tol: float = 1e-8,
     adam_steps: int = 2000,
     adam_lr: float = 0.02,
+    devices: int | None = None,
+    block: int | None = None,
 ) -> FitResult:
     """MAP fits of every subject of a dataset in one compiled, batched run.
 
@@ -768,6 +768,12 @@ def fit_individual(
         max_iter: LM iteration cap; tol: convergence tolerance on the Newton decrement
             ``G' H^-1 G`` of the objective.
         adam_steps, adam_lr: Adam settings.
+        devices: split the subjects of the LM over the first ``devices`` JAX devices
+            (default: all of ``jax.devices()``; one on a plain CPU setup, see
+            ``XLA_FLAGS=--xla_force_host_platform_device_count``); each device fits
+            its own subjects. The estimates do not depend on it.
+        block: subjects per block of the LM (default ``LM_BLOCK`` = 256 on CPU, one
+            batch on accelerators; ``0``: one batch). The estimates do not depend on it.
 
     Returns:
         A :class:`FitResult`; subjects that cannot be fitted are flagged
@@ -821,10 +827,17 @@ def fit_individual(
             spec, tvS, eta0, evS, tsS, yS, maskS, sigma, omega_inv, int(max_iter) * 4, 1e-10
         )
         eta0 = jnp.where(jnp.isfinite(eta0), eta0, 0.0)
+    n_dev = len(jax.devices())
+    n_dev = n_dev if devices is None else max(min(int(devices), n_dev), 1)
+    n_all = eta0.shape[0]
+    n_dev = min(n_dev, n_all)
+    batch = (tvS, eta0, evS, tsS, yS, maskS)
+    if n_dev > 1:  # pad to a multiple of the device count with copies of subject 0
+        batch = _pad_rows(batch, -(-n_all // n_dev) * n_dev)
     out = lm_batched(
-        spec, tvS, eta0, evS, tsS, yS, maskS, sigma, omega_inv, jnp.asarray(max_iter), tol
+        spec, *batch, sigma, omega_inv, jnp.asarray(max_iter), tol, block=block, devices=n_dev
     )
-    out = {k_: np.asarray(v) for k_, v in out.items()}
+    out = {k_: np.asarray(v)[:n_all] for k_, v in out.items()}
     if S > 1:
         Os = np.where(out["converged"], out["O"], np.inf).reshape(S, N)
         Os = np.where(
