@@ -66,7 +66,12 @@ def choose_chunk_size(model, n, T, n_out, itemsize, memory_budget_gib, n_devices
     if jax.default_backend() == "cpu":
         c = min(c, CPU_CHUNK_PER_DEVICE * n_devices)
     c = max(n_devices, min(c, n))
-    return max(n_devices, (c // n_devices) * n_devices)
+    c = max(n_devices, (c // n_devices) * n_devices)
+    # balanced: as many chunks as the cap needs, but equal ones (the last chunk is
+    # padded, so 10,000 patients in caps of 8,192 would otherwise compute 16,384)
+    n_chunks = -(-n // c)
+    c = -(-n // n_chunks)
+    return -(-c // n_devices) * n_devices
 
 
 @dataclasses.dataclass
