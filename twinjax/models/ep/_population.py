@@ -200,7 +200,7 @@ def drug_trial(
 RISK_NAMES = {0: "low", 1: "intermediate", 2: "high"}
 
 
-def summarise(trial) -> object:
+def summarise(trial) -> tuple:
     """Per compound and concentration: incidence of abnormalities, APD90 change, risk.
 
     Risk class (a documented heuristic in the spirit of Passini et al. 2017, not
