@@ -15,17 +15,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def use_all_cpu_cores(n: int | None = None) -> int:
-    """Expose every CPU core as a JAX device (before JAX starts its CPU backend).
+    """One JAX device per CPU core (``twinjax.solve._devices.use_cpu_cores``)."""
+    from twinjax.solve._devices import use_cpu_cores
 
-    XLA gives one CPU device by default; ``simulate_cohort`` shards patients over
-    devices (each runs its own step loop), so one device per core uses the whole
-    machine. A value already in ``XLA_FLAGS`` is kept. Returns the device count asked.
-    """
-    n = n or os.cpu_count() or 1
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
-    return n
+    return use_cpu_cores(n)
 
 
 def setup_precision(float32: bool) -> str:

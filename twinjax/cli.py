@@ -11,25 +11,12 @@ app = typer.Typer(add_completion=False, help="twinjax: differentiable digital tw
 
 
 def _x64():
-    _use_cpu_cores()
+    from .solve._devices import use_cpu_cores
+
+    use_cpu_cores()  # one JAX CPU device per core: cohorts are sharded over them
     import jax
 
     jax.config.update("jax_enable_x64", True)
-
-
-def _use_cpu_cores():
-    """One JAX CPU device per core, so that cohorts are sharded over every core.
-
-    XLA shows one CPU device unless told otherwise, before its CPU backend starts
-    (importing twinjax does not start it). A device count already in ``XLA_FLAGS``
-    is kept; accelerators are unaffected.
-    """
-    import os
-
-    flags = os.environ.get("XLA_FLAGS", "")
-    n = os.cpu_count() or 1
-    if n > 1 and "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
 def _version(value: bool):

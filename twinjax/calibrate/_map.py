@@ -49,6 +49,8 @@ from ..dosing._regimen import EventTable, Regimen, compile_regimens
 from ..model import Model
 from ..population import Population
 from ..solve._base import AbstractSolver
+from ..solve._devices import per_device
+from ..solve._engine import blocked
 from ..solve._ensemble import Ensemble
 from ..solve._simulate import _simulate_core
 from ._residual import ErrorModel
@@ -450,19 +452,13 @@ def _lm_core(spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_iter, tol, c
 def _lm_blocked(spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_iter, tol, block, compact):
     """:func:`_lm_core` block after block (``lax.map``) when ``block`` is set."""
     n = eta0.shape[0]
+
+    def core(tv, eta0, ev, ts, y, mask):
+        return _lm_core(spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_iter, tol, compact)
+
     if block is None or n <= block:
-        return _lm_core(spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_iter, tol, compact)
-    nb = -(-n // block)
-    b = -(-n // nb)  # balanced blocks: the least padding
-    batch = _pad_rows((tv, eta0, ev, ts, y, mask), nb * b)
-    batch = jax.tree.map(lambda a: a.reshape((nb, b) + a.shape[1:]), batch)
-
-    def one(xs):
-        tv, eta0, ev, ts, y, mask = xs
-        return _lm_core(spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_iter, tol, compact)
-
-    out = jax.lax.map(one, batch)
-    return jax.tree.map(lambda a: a.reshape((nb * b,) + a.shape[2:])[:n], out)
+        return core(tv, eta0, ev, ts, y, mask)
+    return blocked(core, n, block, (tv, eta0, ev, ts, y, mask))
 
 
 @eqx.filter_jit
@@ -515,27 +511,16 @@ def lm_batched(
         return _lm_blocked(
             spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_iter, tol, blk, compact
         )
-    from jax.sharding import Mesh
-    from jax.sharding import PartitionSpec as P
-
     if n % devices:
         raise ValueError(f"{n} subjects do not split over {devices} devices")
     blk = lm_block_size(n // devices, block)
-    mesh = Mesh(np.asarray(jax.devices()[:devices]), ("subjects",))
 
     def local(tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_iter):
         return _lm_blocked(
             spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_iter, tol, blk, compact
         )
 
-    batched = P("subjects")
-    return jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=(batched,) * 6 + (P(), P(), P()),
-        out_specs=batched,
-        check_vma=False,
-    )(tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_iter)
+    return per_device(local, devices, (tv, eta0, ev, ts, y, mask), (sigma, omega_inv, max_iter))
 
 
 @eqx.filter_jit

@@ -209,20 +209,12 @@ def _anderson_core(model, solver, p, Y0, tol, max_beats, memory, n_save):
 @eqx.filter_jit
 def _anderson_sharded(model, solver, p, Y0, tol, max_beats, memory, n_save, n_dev: int):
     """``_anderson_core`` with each device iterating its own share of the patients."""
-    from jax.sharding import PartitionSpec as P
-
-    from ..solve._cohort import _mesh
+    from ..solve._devices import per_device
 
     def local(p, Y0, tol, max_beats):
         return _anderson_core(model, solver, p, Y0, tol, max_beats, memory, n_save)
 
-    return jax.shard_map(
-        local,
-        mesh=_mesh(n_dev),
-        in_specs=(P("patients"), P("patients"), P(), P()),
-        out_specs=P("patients"),
-        check_vma=False,
-    )(p, Y0, tol, max_beats)
+    return per_device(local, n_dev, (p, Y0), (tol, max_beats))
 
 
 def steady_state_cohort(
@@ -292,9 +284,9 @@ def steady_state_cohort(
     core_args = (jnp.asarray(tol, dtype), jnp.asarray(max_beats, jnp.int32), int(memory),
                  int(n_save))  # fmt: skip
     if n_dev > 1 and nb % n_dev == 0:
-        from ..solve._cohort import _shard
+        from ..solve._devices import shard
 
-        p, Y0 = _shard((p, Y0), n_dev)
+        p, Y0 = shard((p, Y0), n_dev)
         Y, beats, conv, res, metrics, status = _anderson_sharded(
             model, solver, p, Y0, *core_args, n_dev
         )

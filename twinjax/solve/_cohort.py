@@ -41,6 +41,7 @@ import numpy as np
 
 from ..dosing._regimen import Regimen, compile_regimens
 from ..model._model import _default_float
+from ._devices import per_device, shard
 from ._diffrax import Diffrax
 from ._simulate import _simulate_core, check_times
 
@@ -157,43 +158,12 @@ def _write_manifest(path: pathlib.Path, manifest: dict):
     os.replace(tmp, path / MANIFEST)
 
 
-def _mesh(n_dev):
-    from jax.sharding import Mesh
-
-    return Mesh(np.asarray(jax.devices()[:n_dev]), ("patients",))
-
-
-def _shard(tree, n_dev):
-    if n_dev <= 1:
-        return tree
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
-
-    sh = NamedSharding(_mesh(n_dev), P("patients"))
-    return jax.tree.map(lambda a: jax.device_put(a, sh), tree)
-
-
 @eqx.filter_jit
 def _simulate_sharded(model, solver, p, ev, ts2, n_dev: int):
-    """``_simulate_core`` with each device running its own share of the patients.
-
-    ``shard_map`` rather than automatic partitioning: patients are independent, so
-    every device runs its own step loop to its own end, with no collective
-    operation inside the loop (a partitioned ``while_loop`` would agree on "any
-    patient still running" across devices at every step).
-    """
-    from jax.sharding import PartitionSpec as P
-
-    def local(p, ev, ts2):
-        return _simulate_core(model, solver, p, ev, ts2)
-
-    return jax.shard_map(
-        local,
-        mesh=_mesh(n_dev),
-        in_specs=(P("patients"), P("patients"), P()),
-        out_specs=P("patients"),
-        check_vma=False,
-    )(p, ev, ts2)
+    """``_simulate_core`` with each device running its own share of the patients."""
+    return per_device(
+        lambda p, ev, ts2: _simulate_core(model, solver, p, ev, ts2), n_dev, (p, ev), (ts2,)
+    )
 
 
 def simulate_cohort(
@@ -361,7 +331,7 @@ def simulate_cohort(
         else:
             ev = jax.tree.map(lambda x: x[idx], ev_all)
         if n_dev > 1:
-            pc, ev = _shard((pc, ev), n_dev)
+            pc, ev = shard((pc, ev), n_dev)
             states, outs, status = _simulate_sharded(model, solver, pc, ev, ts2, n_dev)
         else:
             states, outs, status = _simulate_core(model, solver, pc, ev, ts2)
