@@ -121,7 +121,10 @@ def circulation_scenario():
         times=times,
         error=ErrorModel("additive", add=2.0),
         output="p_AR",
-        solver=tj.solvers.Diffrax("tsit5", rtol=1e-6, atol=1e-6, adjoint="forward"),
+        # at rtol 1e-6 the forward-mode Jacobian is off by up to a few percent and the
+        # objective is rough at the 1e-2 level near the mode: 9 of 200 LM fits stalled
+        # (median 23 iterations); at 1e-8 all 200 converge (median 4) and run faster
+        solver=tj.solvers.Diffrax("tsit5", rtol=1e-8, atol=1e-8, adjoint="forward"),
         sim_solver=tj.solvers.Diffrax("tsit5", rtol=1e-9, atol=1e-9),
         description="Regazzoni 2022 0-D circulation + Ursino baroreflex (R and contractility "
         "branches); IIV R_AR_SYS/C_AR_SYS/EA_LV (CV 20 %); arterial pressure waveform at "
@@ -212,6 +215,7 @@ def recovery(scenario: dict, n: int = 200, seed: int = 0) -> dict:
         n_converged=int(np.sum(fit.converged)),
         coverage_95=float(ok.covered.mean()),
         coverage_95_per_param=per,
+        coverage_95_all_patients=float(table.covered.mean()),
         fit_wall_s=wall,
         median_iterations=float(np.median(fit.n_iter)),
         max_iterations=int(np.max(fit.n_iter)),

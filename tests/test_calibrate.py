@@ -194,6 +194,23 @@ def test_synthetic_recovery_glucose_small():
     assert float(np.max(z)) < 4.5
 
 
+
+def test_synthetic_recovery_circulation_small():
+    """Recovery on the circulation twin (baroreflex, arterial waveform), 16 patients."""
+    from synthetic_recovery import SCENARIOS, recovery
+
+    out = recovery(SCENARIOS["circulation_baroreflex"](), n=16, seed=2)
+    s, t = out["summary"], out["table"]
+    assert s["n_converged"] == 16
+    assert set(s["coverage_95_per_param"]) == {"R_AR_SYS", "C_AR_SYS", "EA_LV"}
+    assert bool(np.all((t.lo95 <= t.estimate) & (t.estimate <= t.hi95)))
+    # 48 Bernoulli(0.95) draws: P(coverage < 0.85) is about 0.6 %
+    assert s["coverage_95"] >= 0.85, s
+    z = np.abs(np.log(t.estimate / t.truth)) / (t.se / t.estimate)
+    assert float(np.max(z)) < 4.5
+    # the waveform pins the parameters to a few percent (CV of the prior: 20 %)
+    assert float(np.max(t.se / t.estimate)) < 0.1
+
 # ------------------------------------------------------------------ using the twin
 def test_forecast_and_optimise_dose(theo_twins):
     one = fit_individual(ORAL, tj.data.datasets.theophylline().subset([1]), THEO_POP, THEO_ERR)
