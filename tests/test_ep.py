@@ -1,5 +1,8 @@
 """Cardiac electrophysiology: Rush-Larsen accuracy, biomarkers, drug block, ORd validation."""
 
+import json
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +14,7 @@ from twinjax.models.ep import drugs, population
 from twinjax.models.ep._solver import TRACES
 
 LR = ep.LuoRudy1991()
+EXAMPLE_SAFETY = pathlib.Path(__file__).parents[1] / "examples" / "cardiac_safety.toml"
 
 
 # ---- numerics -----------------------------------------------------------------------------
@@ -192,6 +196,37 @@ def test_ord_eads_under_strong_ikr_block_at_slow_pacing():
     assert ead[2]
 
 
+def test_depolarisation_failure_and_unrepolarised_start_are_abnormal():
+    """Near-complete INa + ICaL block: no action potential (DF), no APD change reported.
+
+    And a beat that starts depolarised (the previous one did not repolarise) is RF even
+    when it repolarises by its end.
+    """
+    m = ep.ORd()
+    p = drugs.apply_block(m, {}, {"INa": jnp.array([1.0, 0.03]), "ICaL": jnp.array([1.0, 0.3])})
+    b = {k: np.asarray(v) for k, v in ep.pace(m, p, 3, record="last").last().items()}
+    assert not b["DF"][0] and b["DF"][1]
+    assert b["V_peak"][0] > 30.0 and b["V_peak"][1] < 0.0
+    # the same from a dense trace
+    t = np.linspace(0.0, 1000.0, 10001)
+    bump = -88.0 + 40.0 * np.exp(-np.maximum(t - 1.0, 0.0) / 20.0) * (t > 1.0)
+    assert ep.from_trace(t, bump)["DF"] and not ep.from_trace(t, bump)["RF"]
+    late = np.where(t < 300.0, -20.0 + 0.0 * t, -88.0)  # starts at -20 mV, repolarises
+    late[10:20] = 30.0
+    assert ep.from_trace(t, late)["RF"]
+    # in a drug trial the DF models count as abnormal and have no APD90 change
+    ctrl = ep.pace(m, {}, 2, record="last")
+    st = {k: np.asarray(v)[None] for k, v in ctrl.state.items()}
+    tr = population.drug_trial(m, {"GNa": np.array([m.param("GNa").value])}, st,
+                               ["quinidine"], (1.0, 30.0), n_beats=3)  # fmt: skip
+    hi = tr[tr.multiple == 30.0].iloc[0]
+    assert bool(hi.DF) and bool(hi.abnormal) and np.isnan(hi.dAPD90_pct)
+    lo = tr[tr.multiple == 1.0].iloc[0]
+    assert not lo.DF and lo.dAPD90_pct > 0
+    summary, risk = population.summarise(tr)
+    assert summary.set_index("multiple").loc[30.0, "DF_pct"] == 100.0
+
+
 def test_population_is_one_batched_run_without_recompiling():
     key = jax.random.key(0)
     p = population.sample(LR, key, 16, names=("gNa", "gsi", "gK", "gK1"), sigma=0.2)
@@ -230,11 +265,24 @@ def test_cli_safety_trial_writes_tables_and_rejects_bad_input(tmp_path):
         )  # fmt: skip
 
     bad = run("--compounds", "aspirinx", "--out", str(tmp_path / "bad"))
-    assert bad.returncode != 0 and "aspirinx" in bad.stdout + bad.stderr
+    assert bad.returncode == 2 and "aspirinx" in bad.stdout + bad.stderr
+    assert not (tmp_path / "bad").exists()  # rejected before anything runs or is written
+    spec = tmp_path / "safety.toml"
+    spec.write_text(EXAMPLE_SAFETY.read_text().replace("drug_beats", "drug_beat"))
+    bad = run(str(spec), "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "unknown key 'drug_beat' in [safety]" in bad.stdout, bad.stdout
+    spec.write_text(EXAMPLE_SAFETY.read_text().replace('cell = "endo"', 'cell = "atrial"'))
+    bad = run(str(spec), "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "cell must be one of" in bad.stdout, bad.stdout
     out = tmp_path / "s"
-    r = run("--n", "4", "--beats", "3", "--drug-beats", "2", "--compounds", "dofetilide",
-            "--multiples", "1,30", "--out", str(out))  # fmt: skip
+    # the shipped specification, with the options overriding it for a quick run
+    r = run(str(EXAMPLE_SAFETY), "--n", "4", "--beats", "3", "--drug-beats", "2",
+            "--compounds", "dofetilide", "--multiples", "1,30", "--out", str(out))  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
+    record = json.loads((out / "safety.json").read_text())
+    assert record["spec"]["n"] == 4 and record["spec"]["compounds"] == ["dofetilide"]
+    assert record["spec"]["sigma"] == 0.3 and record["spec"]["name"].startswith("Cardiac")
+    assert record["n_accepted"] == len(pd.read_csv(out / "models.csv")) // 2
     models = pd.read_csv(out / "models.csv")
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["multiple"]) == {1.0, 30.0}
@@ -243,3 +291,41 @@ def test_cli_safety_trial_writes_tables_and_rejects_bad_input(tmp_path):
     assert s[30.0] > s[1.0] > 0  # dofetilide (IKr block) prolongs APD90 with dose
     assert (out / "safety.png").stat().st_size > 1000
     assert "risk" in pd.read_csv(out / "risk.csv").columns
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(multiples=[1.0, -3.0]), "multiples must be a non-empty list of positive"),
+        (dict(multiples=[]), "multiples must be a non-empty list"),
+        (dict(n=0), "n must be an integer >= 1"),
+        (dict(beats=2.5), "beats must be an integer"),
+        (dict(compounds="dofetilide"), "compounds must be a non-empty list"),
+        (dict(compounds=["Dofetilide", "aspirinx"]), "unknown \\['aspirinx'\\]"),
+        (dict(sigma=0.0), "sigma must be a number in \\(0, 1\\]"),
+        (dict(cell="atrial"), "cell must be one of"),
+    ],
+)
+def test_safety_spec_errors_name_the_field(change, match):
+    import tomllib
+
+    from twinjax.trial import SafetyTrial, SpecError
+
+    d = tomllib.loads(EXAMPLE_SAFETY.read_text())
+    d["safety"].update(change)
+    with pytest.raises(SpecError, match=match):
+        SafetyTrial.from_dict(d)
+
+
+def test_safety_spec_reads_the_example_and_overrides():
+    from twinjax.trial import SafetyTrial, SpecError
+
+    st = SafetyTrial.from_toml(EXAMPLE_SAFETY)
+    assert st.compounds == ("dofetilide", "quinidine", "verapamil", "ranolazine")
+    assert st.multiples == (1.0, 10.0, 30.0) and st.n == 200 and st.cell == "endo"
+    st = SafetyTrial.from_toml(EXAMPLE_SAFETY, n=8, cell="M", seed=None)
+    assert (st.n, st.cell, st.seed) == (8, "M", 0)
+    with pytest.raises(SpecError, match="missing table \\[safety\\]"):
+        SafetyTrial.from_dict({})
+    with pytest.raises(SpecError, match="unknown key 'trial' in the top level"):
+        SafetyTrial.from_dict({"safety": {}, "trial": {}})

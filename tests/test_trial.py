@@ -144,6 +144,10 @@ def test_cli_version_models_and_bad_spec(tmp_path):
     bad.write_text(EXAMPLE.read_text().replace('kind = "cmax"', 'kind = "cmaxx"'))
     r = run("trial", str(bad), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "cmaxx" in r.stdout
+    # the message names the table (rich must not take "[population]" for markup)
+    bad.write_text(EXAMPLE.read_text().replace("[population]", "[population]\nfoo = 1", 1))
+    r = run("trial", str(bad), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "unknown key 'foo' in [population]" in r.stdout, r.stdout
     r = run(
         "simulate",
         "pk1_oral",

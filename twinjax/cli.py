@@ -19,6 +19,14 @@ def _x64():
     jax.config.update("jax_enable_x64", True)
 
 
+def _error(con, err, where=None):
+    """Print an error; its text is not markup (spec errors name tables like [arms])."""
+    from rich.markup import escape
+
+    head = f"error in {escape(str(where))}:" if where else "error:"
+    con.print(f"[red]{head}[/] {escape(str(err))}")
+
+
 def _version(value: bool):
     if value:
         from . import __version__
@@ -57,7 +65,7 @@ def trial(
         if n is not None:
             t = t.with_sample_size(n)
     except (SpecError, FileNotFoundError) as err:
-        con.print(f"[red]error in {spec}:[/] {err}")
+        _error(con, err, spec)
         raise typer.Exit(2) from None
     con.print(f"[bold]{t.name}[/]: {t.n_patients} virtual patients in {len(t.arms)} arms")
     res = t.run(out=out, progress=progress)
@@ -109,7 +117,7 @@ def simulate(
         times = np.arange(0.0, duration + step / 2, step)
         r = sim(m, p, Regimen(doses) if doses else None, times)
     except ValueError as err:
-        con.print(f"[red]error:[/] {err}")
+        _error(con, err)
         raise typer.Exit(2) from None
     out.mkdir(parents=True, exist_ok=True)
     df = r.to_dataframe()
@@ -150,7 +158,7 @@ def models(name: Optional[str] = typer.Argument(None, help="show one model's par
     try:
         m = get_model(name)
     except ValueError as err:
-        con.print(f"[red]error:[/] {err}")
+        _error(con, err)
         raise typer.Exit(2) from None
     t = Table(
         "parameter",
@@ -173,17 +181,31 @@ def models(name: Optional[str] = typer.Argument(None, help="show one model's par
 
 @app.command()
 def safety(
-    out: pathlib.Path = typer.Option(pathlib.Path("safety_output"), "--out", help="output folder"),
-    compounds: str = typer.Option(
-        "dofetilide,quinidine,verapamil,ranolazine",
-        help="comma-separated compounds of the shipped CiPA table (twinjax.models.ep.drugs)",
+    spec: Optional[pathlib.Path] = typer.Argument(  # noqa: UP045
+        None,
+        help="safety trial specification (TOML, e.g. examples/cardiac_safety.toml); "
+        "options override it",
     ),
-    multiples: str = typer.Option("1,10,30", help="concentrations, multiples of free Cmax"),
-    n: int = typer.Option(100, help="candidate models sampled before acceptance"),
-    cell: str = typer.Option("endo", help="ORd cell type: endo | epi | M"),
-    beats: int = typer.Option(50, help="control beats paced before acceptance (1 Hz)"),
-    drug_beats: int = typer.Option(20, help="beats paced under each drug concentration"),
-    seed: int = typer.Option(0, help="population seed"),
+    out: pathlib.Path = typer.Option(pathlib.Path("safety_output"), "--out", help="output folder"),
+    compounds: Optional[str] = typer.Option(  # noqa: UP045
+        None,
+        help="comma-separated compounds of the shipped CiPA table (twinjax.models.ep.drugs); "
+        "default dofetilide,quinidine,verapamil,ranolazine",
+    ),
+    multiples: Optional[str] = typer.Option(  # noqa: UP045
+        None, help="concentrations, multiples of free Cmax; default 1,10,30"
+    ),
+    n: Optional[int] = typer.Option(  # noqa: UP045
+        None, help="candidate models sampled before acceptance; default 100"
+    ),
+    cell: Optional[str] = typer.Option(None, help="ORd cell type: endo | epi | M; default endo"),  # noqa: UP045
+    beats: Optional[int] = typer.Option(  # noqa: UP045
+        None, help="control beats paced before acceptance (1 Hz); default 50"
+    ),
+    drug_beats: Optional[int] = typer.Option(  # noqa: UP045
+        None, help="beats paced under each drug concentration; default 20"
+    ),
+    seed: Optional[int] = typer.Option(None, help="population seed; default 0"),  # noqa: UP045
 ):
     """In-silico cardiac safety trial: an ORd population x compounds x concentrations.
 
@@ -191,76 +213,42 @@ def safety(
     control biomarkers fall in the experimental ranges (Passini et al. 2017), paces
     them under each compound's multi-channel block and writes the per-model table,
     the incidence of repolarisation abnormalities, APD90 prolongation, a risk class
-    per compound and a plot.
+    per compound, a plot and safety.json (what was run).
     """
-    _x64()
-    import time
-
-    import jax
-    import numpy as np
     from rich.console import Console
 
-    from .models import ep
-    from .models.ep import drugs, population
+    from .trial import SafetyTrial, SpecError
 
     con = Console()
-    names = [c.strip() for c in compounds.split(",") if c.strip()]
-    table = drugs.compounds()
-    unknown = [c for c in names if c.lower() not in table.index]
-    if unknown:
-        raise typer.BadParameter(f"unknown compound(s) {unknown}; known: {list(table.index)}")
+    over = dict(n=n, cell=cell, beats=beats, drug_beats=drug_beats, seed=seed)
     try:
-        mult = tuple(float(x) for x in multiples.split(","))
-    except ValueError:
-        raise typer.BadParameter(f"--multiples {multiples!r}: give numbers like 1,10,30") from None
-    if not mult or min(mult) <= 0:
-        raise typer.BadParameter("--multiples must be positive")
-    if cell not in ("endo", "epi", "M"):
-        raise typer.BadParameter(f"--cell {cell!r}: use endo, epi or M")
-    if n < 1 or beats < 1 or drug_beats < 1:
-        raise typer.BadParameter("--n, --beats and --drug-beats must be >= 1")
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    model = ep.ORd(celltype=cell)
-    with con.status(f"pacing {n} ORd ({cell}) models for {beats} beats"):
-        params, state, bio, ok = population.calibrate(model, jax.random.key(seed), n, n_beats=beats)
-    ok = np.asarray(ok)
-    con.print(f"accepted {int(ok.sum())} of {n} models against the experimental ranges")
-    if not ok.any():
-        raise typer.Exit(code=1)
-    keep = np.flatnonzero(ok)
-    params = {k: np.asarray(v)[keep] if np.ndim(v) else v for k, v in params.items()}
-    state = {k: np.asarray(v)[keep] for k, v in state.items()}
-    with con.status(f"{len(names)} compounds x {len(mult)} concentrations"):
-        trial = population.drug_trial(model, params, state, names, mult, n_beats=drug_beats)
-    summary, risk = population.summarise(trial)
-    trial.to_csv(out / "models.csv", index=False)
-    summary.to_csv(out / "summary.csv", index=False)
-    risk.to_csv(out / "risk.csv")
-    _safety_plot(summary, out / "safety.png")
-    con.print(summary.to_string(index=False))
-    con.print(risk.to_string())
-    con.print(f"done in {time.perf_counter() - t0:.0f} s; tables and safety.png in {out}")
-
-
-def _safety_plot(summary, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for c, t in summary.groupby("compound"):
-        axes[0].semilogx(t["multiple"], t["dAPD90_median_pct"], "o-", label=c)
-        axes[1].semilogx(t["multiple"], t["abnormal_pct"], "o-", label=c)
-    axes[0].set(xlabel="concentration (x free Cmax)", ylabel="median APD90 change (%)")
-    axes[1].set(xlabel="concentration (x free Cmax)", ylabel="models with EAD/RF (%)")
-    axes[0].legend(fontsize=8)
-    for ax in axes:
-        ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        if compounds is not None:
+            over["compounds"] = tuple(c.strip() for c in compounds.split(",") if c.strip())
+        if multiples is not None:
+            try:
+                over["multiples"] = tuple(float(x) for x in multiples.split(","))
+            except ValueError:
+                raise SpecError(f"--multiples {multiples!r}: give numbers like 1,10,30") from None
+        if spec is not None:
+            st = SafetyTrial.from_toml(spec, **over)
+        else:
+            st = SafetyTrial(**{k: v for k, v in over.items() if v is not None})
+    except (SpecError, FileNotFoundError) as err:
+        _error(con, err, spec)
+        raise typer.Exit(2) from None
+    _x64()
+    con.print(
+        f"[bold]{st.name}[/]: {st.n} ORd ({st.cell}) models x {len(st.compounds)} compounds "
+        f"x {len(st.multiples)} concentrations"
+    )
+    try:
+        res = st.run(out, console=con)
+    except RuntimeError as err:
+        _error(con, err)
+        raise typer.Exit(1) from None
+    con.print(res["summary"].to_string(index=False))
+    con.print(res["risk"].to_string())
+    con.print(f"done in {res['seconds']:.0f} s; tables and safety.png in {out}")
 
 
 @app.command()

@@ -12,8 +12,13 @@ Definitions (all per beat, times in ms from the start of the pacing cycle):
   the running minimum of V taken from ``t_act + ead_delay`` (100 ms, after the
   notch and dome), while that minimum is above ``-70 mV`` (the cell has not yet
   repolarised), as used in Passini et al. 2017 Front Physiol 8:668.
-- ``RF``: repolarisation failure, V above ``-40 mV`` at the end of the cycle or
-  APD90 never reached.
+- ``RF``: repolarisation failure, V above ``-40 mV`` at the end of the cycle or at
+  its start (the previous beat did not repolarise: with alternans the last beat can
+  look normal), or APD90 never reached.
+- ``DF``: depolarisation failure, ``V_peak`` below 0 mV: the stimulus did not elicit
+  an action potential (no overshoot), as under near-complete INa and ICaL block. The
+  APDs of such a beat measure the decay of the stimulus response, not an action
+  potential; :func:`twinjax.models.ep.population.drug_trial` sets its APD change to NaN.
 - ``qNet``: integral over the beat of INaL + ICaL + Ito + IKr + IKs + IK1 (Dutta S,
   et al. 2017 Front Physiol 8:616), in C/F (= (A/F) * s).
 """
@@ -28,6 +33,7 @@ EAD_DELAY = 100.0  # ms after activation
 EAD_DV = 5.0  # mV
 EAD_FLOOR = -70.0  # mV
 RF_LEVEL = -40.0  # mV
+DF_LEVEL = 0.0  # mV: an action potential overshoots 0 mV
 NAMES = (
     "APD90",
     "APD50",
@@ -40,6 +46,7 @@ NAMES = (
     "t_act",
     "EAD",
     "RF",
+    "DF",
     "qNet",
     "V_end",
 )
@@ -108,7 +115,8 @@ def finish(acc, V_end):
     out["dVdt_max"] = acc["dVdt_max"]
     out["t_act"] = acc["t_act"]
     out["EAD"] = acc["ead"] > 0
-    out["RF"] = (V_end > RF_LEVEL) | jnp.isnan(out["APD90"])
+    out["RF"] = (V_end > RF_LEVEL) | (acc["V_rest"] > RF_LEVEL) | jnp.isnan(out["APD90"])
+    out["DF"] = acc["V_peak"] < DF_LEVEL
     out["qNet"] = acc["qnet"]
     out["V_end"] = V_end
     return out
@@ -146,6 +154,7 @@ def from_trace(t, V, inet=None) -> dict:
     late = t > t_act + EAD_DELAY
     vmin = np.minimum.accumulate(np.where(late, V, np.inf))
     out["EAD"] = bool(np.any(late & (V - vmin > EAD_DV) & (vmin > EAD_FLOOR)))
-    out["RF"] = bool(V[-1] > RF_LEVEL or np.isnan(out["APD90"]))
+    out["RF"] = bool(V[-1] > RF_LEVEL or rest > RF_LEVEL or np.isnan(out["APD90"]))
+    out["DF"] = bool(peak < DF_LEVEL)
     out["qNet"] = float(np.trapezoid(inet, t) / 1000.0) if inet is not None else np.nan
     return out

@@ -88,7 +88,7 @@ def accept(biomarkers: dict, ranges: dict | None = None) -> np.ndarray:
     """
     ranges = PASSINI_2017_RANGES if ranges is None else ranges
     b = _with_tri(biomarkers)
-    ok = ~np.asarray(b["EAD"]) & ~np.asarray(b["RF"])
+    ok = ~np.asarray(b["EAD"]) & ~np.asarray(b["RF"]) & ~np.asarray(b.get("DF", False))
     for k, (lo, hi) in ranges.items():
         v = b[k]
         ok &= np.isfinite(v) & (v >= lo) & (v <= hi)
@@ -160,7 +160,8 @@ def drug_trial(
     Returns:
         A pandas DataFrame with one row per model, compound and concentration:
         ``compound, multiple, conc_nM, model, APD90, APD90_control, dAPD90_pct, EAD,
-        RF, abnormal, qNet``.
+        RF, DF, abnormal, qNet``; ``abnormal`` is EAD, RF, DF or a failed solve, and
+        ``dAPD90_pct`` is NaN where the beat had no action potential (DF).
     """
     import pandas as pd
 
@@ -176,7 +177,9 @@ def drug_trial(
             p = _drugs.apply_block(model, {**params, **extra}, _drugs.block_factors(c, conc))
             r = pace(model, p, n_beats, y0=state, record="last", solver=solver)
             b = {k: np.asarray(v) for k, v in r.last().items()}
-            ab = b["EAD"] | b["RF"] | (np.asarray(r.status) != 0)
+            ab = b["EAD"] | b["RF"] | b["DF"] | (np.asarray(r.status) != 0)
+            # no action potential: its "APD" is the decay of the stimulus response
+            d_apd = np.where(b["DF"], np.nan, 100.0 * (b["APD90"] - apd0) / apd0)
             rows.append(
                 pd.DataFrame(
                     dict(
@@ -186,9 +189,10 @@ def drug_trial(
                         model=np.arange(len(apd0)),
                         APD90=b["APD90"],
                         APD90_control=apd0,
-                        dAPD90_pct=100.0 * (b["APD90"] - apd0) / apd0,
+                        dAPD90_pct=d_apd,
                         EAD=b["EAD"],
                         RF=b["RF"],
+                        DF=b["DF"],
                         abnormal=ab,
                         qNet=b["qNet"],
                     )
@@ -204,27 +208,33 @@ def summarise(trial) -> tuple:
     """Per compound and concentration: incidence of abnormalities, APD90 change, risk.
 
     Risk class (a documented heuristic in the spirit of Passini et al. 2017, not
-    their validated TdP score): *high* if repolarisation abnormalities occur in any
-    model at <= 10x free Cmax; *intermediate* if abnormalities occur only above 10x
-    Cmax, or the median APD90 prolongation at <= 10x Cmax is >= 10 %; *low*
-    otherwise.
+    their validated TdP score): *high* if repolarisation abnormalities (EAD or RF)
+    occur in any model at <= 10x free Cmax; *intermediate* if they occur only above
+    10x Cmax, or the median APD90 prolongation at <= 10x Cmax is >= 10 %; *low*
+    otherwise. Depolarisation failure (DF, loss of excitability under sodium and
+    calcium channel block) is reported but does not enter this torsade risk class.
+    The median APD90 change is over the models that had an action potential.
 
     Arguments:
         trial: the DataFrame of :func:`drug_trial`.
 
     Returns:
         ``(table, risk)``: a per (compound, multiple) DataFrame with
-        ``abnormal_pct, EAD_pct, RF_pct, dAPD90_median_pct``, and a per-compound
+        ``abnormal_pct, repol_abnormal_pct, EAD_pct, RF_pct, DF_pct,
+        dAPD90_median_pct``, and a per-compound
         DataFrame with the predicted ``risk`` (and the CiPA category, if known).
     """
     import pandas as pd
 
+    trial = trial.assign(repol=trial["EAD"] | trial["RF"])
     g = trial.groupby(["compound", "multiple"])
     table = pd.DataFrame(
         {
             "abnormal_pct": 100.0 * g["abnormal"].mean(),
+            "repol_abnormal_pct": 100.0 * g["repol"].mean(),
             "EAD_pct": 100.0 * g["EAD"].mean(),
             "RF_pct": 100.0 * g["RF"].mean(),
+            "DF_pct": 100.0 * g["DF"].mean(),
             "dAPD90_median_pct": g["dAPD90_pct"].median(),
         }
     ).reset_index()
@@ -233,9 +243,9 @@ def summarise(trial) -> tuple:
     for c, t in table.groupby("compound"):
         low = t[t["multiple"] <= 10.0]
         high = t[t["multiple"] > 10.0]
-        if (low["abnormal_pct"] > 0).any():
+        if (low["repol_abnormal_pct"] > 0).any():
             r = 2
-        elif (high["abnormal_pct"] > 0).any() or (low["dAPD90_median_pct"] >= 10.0).any():
+        elif (high["repol_abnormal_pct"] > 0).any() or (low["dAPD90_median_pct"] >= 10.0).any():
             r = 1
         else:
             r = 0
