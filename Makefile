@@ -31,8 +31,8 @@ test-fast: $(STAMP)
 	$(PY) tools/run_tests.py -m "not slow"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check twinjax tests benchmarks calibration
-	$(VENV)/bin/ruff format --check twinjax tests benchmarks calibration
+	$(VENV)/bin/ruff check twinjax tests benchmarks calibration tools
+	$(VENV)/bin/ruff format --check twinjax tests benchmarks calibration tools
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy twinjax

@@ -194,7 +194,6 @@ def test_synthetic_recovery_glucose_small():
     assert float(np.max(z)) < 4.5
 
 
-
 def test_synthetic_recovery_circulation_small():
     """Recovery on the circulation twin (baroreflex, arterial waveform), 16 patients."""
     from synthetic_recovery import SCENARIOS, recovery
@@ -210,6 +209,7 @@ def test_synthetic_recovery_circulation_small():
     assert float(np.max(z)) < 4.5
     # the waveform pins the parameters to a few percent (CV of the prior: 20 %)
     assert float(np.max(t.se / t.estimate)) < 0.1
+
 
 # ------------------------------------------------------------------ using the twin
 def test_forecast_and_optimise_dose(theo_twins):

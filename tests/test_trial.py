@@ -160,6 +160,14 @@ def test_cli_version_models_and_bad_spec(tmp_path):
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp_path / "s" / "simulation.png").exists()
+    for args, msg in [
+        (("--param", "CL"), "--param 'CL': expected NAME=VALUE"),
+        (("--param", "CL=abc"), "--param 'CL=abc': expected NAME=VALUE"),
+        (("--dose", "abc:depot"), "--dose 'abc:depot': AMT, TIME and II must be numbers"),
+    ]:
+        r = run("simulate", "pk1_oral", *args, "--out", str(tmp_path / "bad"))
+        assert r.returncode == 2 and msg in " ".join(r.stdout.split()), r.stdout
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow

@@ -3,11 +3,33 @@
 from __future__ import annotations
 
 import pathlib
-from typing import Optional
+from typing import Optional, Required, TypedDict, cast
 
 import typer
 
 app = typer.Typer(add_completion=False, help="twinjax: differentiable digital twins in JAX.")
+
+
+class _DoseArgs(TypedDict, total=False):
+    """Keyword arguments of :class:`~twinjax.dosing.Dose` from a ``--dose`` option."""
+
+    amt: Required[float]
+    cmt: Required[str]
+    time: float
+    ii: float
+    addl: int
+
+
+class _SafetyOverrides(TypedDict, total=False):
+    """Fields of :class:`~twinjax.trial.SafetyTrial` given on the command line."""
+
+    compounds: tuple[str, ...]
+    multiples: tuple[float, ...]
+    n: int
+    cell: str
+    beats: int
+    drug_beats: int
+    seed: int
 
 
 def _x64():
@@ -101,18 +123,29 @@ def simulate(
         m = get_model(model)
         p = {}
         for kv in param:
-            k, _, v = kv.partition("=")
-            p[k] = float(v)
+            k, eq, v = kv.partition("=")
+            try:
+                p[k.strip()] = float(v)
+            except ValueError:
+                raise ValueError(f"--param {kv!r}: expected NAME=VALUE with a number") from None
+            if not eq or not k.strip():
+                raise ValueError(f"--param {kv!r}: expected NAME=VALUE with a number")
         doses = []
         for d in dose:
             f = d.split(":")
             if len(f) not in (2, 3, 5):
                 raise ValueError(f"--dose {d!r}: expected AMT:CMT[:TIME[:II:ADDL]]")
-            kw = dict(amt=float(f[0]), cmt=f[1])
-            if len(f) >= 3:
-                kw["time"] = float(f[2])
-            if len(f) == 5:
-                kw.update(ii=float(f[3]), addl=int(f[4]))
+            try:
+                kw: _DoseArgs = {"amt": float(f[0]), "cmt": f[1]}
+                if len(f) >= 3:
+                    kw["time"] = float(f[2])
+                if len(f) == 5:
+                    kw.update({"ii": float(f[3]), "addl": int(f[4])})
+            except ValueError:
+                raise ValueError(
+                    f"--dose {d!r}: AMT, TIME and II must be numbers and ADDL an integer "
+                    "(AMT:CMT[:TIME[:II:ADDL]])"
+                ) from None
             doses.append(Dose(**kw))
         times = np.arange(0.0, duration + step / 2, step)
         r = sim(m, p, Regimen(doses) if doses else None, times)
@@ -220,7 +253,8 @@ def safety(
     from .trial import SafetyTrial, SpecError
 
     con = Console()
-    over = dict(n=n, cell=cell, beats=beats, drug_beats=drug_beats, seed=seed)
+    given = dict(n=n, cell=cell, beats=beats, drug_beats=drug_beats, seed=seed)
+    over = cast(_SafetyOverrides, {k: v for k, v in given.items() if v is not None})
     try:
         if compounds is not None:
             over["compounds"] = tuple(c.strip() for c in compounds.split(",") if c.strip())
@@ -232,7 +266,7 @@ def safety(
         if spec is not None:
             st = SafetyTrial.from_toml(spec, **over)
         else:
-            st = SafetyTrial(**{k: v for k, v in over.items() if v is not None})
+            st = SafetyTrial(**over)
     except (SpecError, FileNotFoundError) as err:
         _error(con, err, spec)
         raise typer.Exit(2) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TypedDict
 
 import equinox as eqx
 import jax
@@ -16,6 +17,12 @@ from ._map import FitResult, Spec
 from ._uncertainty import posterior_samples
 
 __all__ = ["DoseResult", "Forecast", "forecast", "optimise_dose"]
+
+
+class _DoseKwargs(TypedDict, total=False):
+    """Optional keyword arguments of :class:`~twinjax.dosing.Dose`."""
+
+    dur: float
 
 
 @dataclasses.dataclass(eq=False)
@@ -208,7 +215,7 @@ def optimise_dose(
     params, _ = posterior_samples(fit, max(int(n_samples), 1), key, fit.ids[i])
     S = max(int(n_samples), 1)
     model = fit.model
-    dose_kw = {} if infusion_duration is None else dict(dur=float(infusion_duration))
+    dose_kw: _DoseKwargs = {} if infusion_duration is None else {"dur": float(infusion_duration)}
     base = Regimen(
         [Dose(amt=1.0, cmt=cmt, time=0.0, ii=float(interval), addl=n_doses - 1, **dose_kw)]
     )

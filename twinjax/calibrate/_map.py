@@ -155,7 +155,8 @@ def prepare_data(model: Model, data, error: ErrorModel | None = None, dtype=None
     """
     import pandas as pd
 
-    dtype = dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+    # jax's Config stubs do not declare the flag attributes
+    dtype = dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)  # type: ignore[attr-defined]
     if isinstance(data, FitData):
         return data
     if isinstance(data, Dataset):

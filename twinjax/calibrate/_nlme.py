@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypedDict
 
 import equinox as eqx
 import jax
@@ -58,9 +59,20 @@ from ._map import (
 )
 from ._residual import ErrorModel
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = ["PopulationFitResult", "fit", "fit_population"]
 
 LOG_2PI = float(np.log(2 * np.pi))
+
+
+class _OuterState(TypedDict):
+    """State shared by the outer objective: warm-start modes, call count, best OFV."""
+
+    eta: jax.Array
+    n: int
+    best: float
 
 
 # ============================================================================ packing
@@ -209,7 +221,7 @@ class PopulationFitResult:
     n_obs: int
     n_subjects: int
     n_params: int
-    estimates: object
+    estimates: pd.DataFrame
     cov_phi: np.ndarray
     individual: FitResult
     cwres: np.ndarray
@@ -305,7 +317,7 @@ def fit_population(
     ev, ts = fd.ev, jnp.asarray(fd.t_eval)
     y, mask = jnp.asarray(fd.dv), jnp.asarray(fd.mask)
     k = len(pop.iiv)
-    state = dict(eta=jnp.zeros((N, k)), n=0, best=np.inf)
+    state: _OuterState = {"eta": jnp.zeros((N, k)), "n": 0, "best": np.inf}
     mi = jnp.asarray(inner_max_iter)
 
     def modes(phi, warm=True):

@@ -80,7 +80,9 @@ class ErrorModel:
     def replace(self, sigma) -> ErrorModel:
         """A copy with the SDs ``sigma`` (a vector in the order of :attr:`names`)."""
         vals = {n: float(s) for n, s in zip(self.names, list(sigma))}
-        return dataclasses.replace(self, **vals)
+        return dataclasses.replace(
+            self, add=vals.get("add", self.add), prop=vals.get("prop", self.prop)
+        )
 
     # ------------------------------------------------------------------ the model
     def observed(self, y):

@@ -606,8 +606,8 @@ def normalize(
             )
         else:
             key = v if v != 0 else 1
-            name = compartments.by_number.get(key)
-            if name is None:
+            cmt_name = compartments.by_number.get(key)
+            if cmt_name is None:
                 what = (
                     f"{where} in unknown compartment CMT {v}"
                     if v != 0
@@ -620,7 +620,7 @@ def normalize(
                         f"{what}; valid compartments are {compartments.describe()}",
                     )
                 )
-            cmt_names[i] = name
+            cmt_names[i] = cmt_name
 
     # per-subject structure: contiguity, time order, duplicates, one SS record
     first_line: dict[float, int] = {}

@@ -268,16 +268,24 @@ def compile_regimens(
         ss = None
         for d in rec:
             if isinstance(d, Reset):
-                t.append(d.time), a.append(zero), ra.append(zero), du.append(zero)
-                cm.append(0), ki.append(RESET)
+                t.append(d.time)
+                a.append(zero)
+                ra.append(zero)
+                du.append(zero)
+                cm.append(0)
+                ki.append(RESET)
                 continue
             kind = BOLUS
             if _positive(d.rate):
                 kind = INF_RATE
             elif _positive(d.dur):
                 kind = INF_DUR
-            t.append(d.time), a.append(d.amt), ra.append(d.rate), du.append(d.dur)
-            cm.append(names.index(d.cmt)), ki.append(kind)
+            t.append(d.time)
+            a.append(d.amt)
+            ra.append(d.rate)
+            du.append(d.dur)
+            cm.append(names.index(d.cmt))
+            ki.append(kind)
             if d.ss == 1:
                 ss = (d, kind)
         pad = k - len(t)

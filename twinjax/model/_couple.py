@@ -130,6 +130,7 @@ class Link:
         if self.kind == "sigmoid":
             cg = jnp.power(jnp.maximum(c, 0.0), q["gamma"])
             return base * (1.0 + q["Emax"] * cg / (jnp.power(q["EC50"], q["gamma"]) + cg))
+        assert self.fn is not None  # kind "user": checked in __post_init__
         return self.fn(c, base, q)
 
 
@@ -225,6 +226,7 @@ class Coupled(Model):
             sm, so = ln.source.split(".", 1)
             tm, tp = ln.target.split(".", 1)
             c = mods[sm].observe(t, self._split(y, sm), sub[sm])[so]
+            assert ln.name is not None  # every link is named in __init__
             q = self._split(p, ln.name)
             sub[tm] = dict(sub[tm])
             sub[tm][tp] = ln.apply(c, sub[tm][tp], q)

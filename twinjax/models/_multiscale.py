@@ -12,6 +12,7 @@ periodic steady state for every (patient, time) pair in one batch.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -345,7 +346,7 @@ class QuasiStaticTwin(Coupled):
 
     @property
     def circulation(self) -> Circulation:
-        return dict(self.models)["circ"]
+        return cast(Circulation, dict(self.models)["circ"])  # a Circulation(), see __init__
 
     @property
     def beat_output_names(self) -> tuple[str, ...]:

@@ -354,7 +354,8 @@ class Demographics:
         if n == 0:
             sex, chosen = np.zeros((0,), np.int64), np.zeros((0, 4))
         else:
-            f = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+            # jax's Config stubs do not declare the flag attributes
+            f = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32  # type: ignore[attr-defined]
             sex, chosen = _draw(
                 keys,
                 int(self.max_tries),

@@ -173,6 +173,7 @@ class Categorical(Covariate):
         """``{category: factor}``."""
         if self.theta is not None:
             return {self.level: float(self.theta)}
+        assert self.factors is not None  # exactly one of theta, factors: __post_init__
         return {k: float(v) for k, v in dict(self.factors).items()}
 
     def factor(self, x):
@@ -258,6 +259,7 @@ class Cohort:
                     raise IndexError(f"cohort positions out of range for {self.n} patients")
                 pos = np.where(pos < 0, pos + self.n, pos)
         take = lambda v: jnp.asarray(np.asarray(v)[pos])  # host gather: no recompilation
+        assert self.index is not None  # set in __post_init__
         return Cohort(
             params={k: take(v) for k, v in self.params.items()},
             covariates=self.covariates.iloc[pos],

@@ -63,6 +63,7 @@ def plausible(values: Mapping[str, object], bounds: Mapping[str, tuple]) -> np.n
         if mask is not None and ok.shape != mask.shape:
             raise ValueError(f"plausible: {name!r} has {v.shape[0]} values, others {mask.shape[0]}")
         mask = ok if mask is None else mask & ok
+    assert mask is not None  # bounds is non-empty
     return mask
 
 

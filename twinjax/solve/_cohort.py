@@ -107,7 +107,9 @@ class CohortResult:
             return self._memory[name]
         import zarr
 
-        return zarr.open_group(str(self.store), mode="r")[f"outputs/{name}"][...]
+        # zarr types a group member as Array | Group and a read as NDArrayLike; this member
+        # is an array, read as a numpy array
+        return zarr.open_group(str(self.store), mode="r")[f"outputs/{name}"][...]  # type: ignore[index,return-value]
 
     def to_xarray(self):
         """An ``xarray.Dataset`` (patient x time); covariates and parameters as coordinates."""
@@ -375,7 +377,8 @@ def simulate_cohort(
         if prog is not None:
             prog.stop()
     if root is not None:
-        status_all = np.asarray(root["status"][...])
+        # zarr types a group member as Array | Group; "status" is an array
+        status_all = np.asarray(root["status"][...])  # type: ignore[index]
         return CohortResult(
             n,
             np.asarray(ts),

@@ -262,13 +262,13 @@ def _run(model, solver, p, ev: EventTable, ts, y0=None):
     kindA = jnp.select(
         [ev.kind == BOLUS, is_inf, ev.kind == RESET], [E_BOLUS, E_START, E_RESET], E_NOOP
     )
-    e_time = [t_eff]
-    e_kind = [kindA]
-    e_rec = [jnp.broadcast_to(jnp.arange(K), (n, K))]
+    e_time_parts = [t_eff]
+    e_kind_parts = [kindA]
+    e_rec_parts = [jnp.broadcast_to(jnp.arange(K), (n, K))]
     if ev.has_infusion:
-        e_time.append(jnp.where(is_inf, t_eff + dur, PAD_TIME))
-        e_kind.append(jnp.where(is_inf, E_STOP, E_NOOP))
-        e_rec.append(e_rec[0])
+        e_time_parts.append(jnp.where(is_inf, t_eff + dur, PAD_TIME))
+        e_kind_parts.append(jnp.where(is_inf, E_STOP, E_NOOP))
+        e_rec_parts.append(e_rec_parts[0])
     init = model.init(p)
     if y0:  # user-given initial states (e.g. a stored periodic steady state)
         init = {**init, **y0}
@@ -279,12 +279,12 @@ def _run(model, solver, p, ev: EventTable, ts, y0=None):
         Y_ss, st = steady_state(model, solver, p, ev, Y_init, n, dtype)
         status = jnp.where(ev.ss_on == 1, jnp.maximum(status, st), status)
         lag = _take(_per_state(model, p, 1, 0.0, n, dtype), ev.ss_cmt[:, None])[:, 0]
-        e_time.insert(0, jnp.where(ev.ss_on == 1, ev.ss_time + lag, PAD_TIME)[:, None])
-        e_kind.insert(0, jnp.full((n, 1), E_SS))
-        e_rec.insert(0, jnp.zeros((n, 1), jnp.int32))
-    e_time = jnp.concatenate(e_time, -1)
-    e_kind = jnp.concatenate(e_kind, -1)
-    e_rec = jnp.concatenate(e_rec, -1)
+        e_time_parts.insert(0, jnp.where(ev.ss_on == 1, ev.ss_time + lag, PAD_TIME)[:, None])
+        e_kind_parts.insert(0, jnp.full((n, 1), E_SS))
+        e_rec_parts.insert(0, jnp.zeros((n, 1), jnp.int32))
+    e_time = jnp.concatenate(e_time_parts, -1)
+    e_kind = jnp.concatenate(e_kind_parts, -1)
+    e_rec = jnp.concatenate(e_rec_parts, -1)
     order = jnp.argsort(e_time, axis=-1, stable=True)
     e_time, e_kind, e_rec = (_take(a, order) for a in (e_time, e_kind, e_rec))
 

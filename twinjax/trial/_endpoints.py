@@ -105,7 +105,9 @@ class Endpoint:
     def compute(self, times: np.ndarray, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Per-patient values ``(N,)`` from save ``times (T,)`` and ``outputs (N, T)``."""
         if self.kind == "custom":
+            assert self.fn is not None  # checked in __post_init__
             return np.asarray(self.fn(times, outputs))
+        assert self.output is not None  # checked in __post_init__
         y = np.asarray(outputs[self.output])
         t = np.asarray(times)
         lo, hi = self.window if self.window is not None else (t[0], t[-1])

@@ -415,6 +415,7 @@ class Trial:
         _keys(st, "statistics", {"alpha", "replicates", "power_sizes", "subgroups", "control"})
         solver_name = tr.get("solver", "ensemble")
         tol = {k: tr[k] for k in ("rtol", "atol") if k in tr}
+        solver: solvers.AbstractSolver
         if solver_name == "ensemble":
             solver = solvers.Ensemble(**tol)
         elif solver_name == "diffrax":

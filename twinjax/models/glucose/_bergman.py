@@ -119,6 +119,7 @@ class MinimalModel(Model):
         return {"G": y["G"], "I": y["I"], "X": y["X"]}
 
 
+IVGTT_TIMES: tuple[int, ...]  # extended below
 IVGTT_TIMES = (0, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 19, 22, 25, 30, 40, 50, 60, 70, 80, 90, 100)
 IVGTT_TIMES = IVGTT_TIMES + (120, 140, 160, 180)
 """The frequently sampled IVGTT schedule (min) used with MINMOD (Pacini & Bergman 1986)."""

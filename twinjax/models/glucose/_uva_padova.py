@@ -147,7 +147,7 @@ def params_from_table(rows: Sequence[dict]) -> dict:
     Raises:
         ValueError: naming the row and the missing or non-numeric column.
     """
-    out = {k: [] for k in PARAM_NAMES}
+    out: dict[str, list[float]] = {k: [] for k in PARAM_NAMES}
     for i, r in enumerate(rows):
         for k in PARAM_NAMES:
             if k not in r:
