@@ -58,6 +58,17 @@ def time_call(fn, *, repeats: int = 3, min_repeats: int = 1, budget_s: float | N
     return out, first, best, steady
 
 
+def timing_fields(first: float, best: float, steady: list) -> dict:
+    """The timing columns of a benchmark row, from :func:`time_call`'s numbers."""
+    return dict(
+        first_call_s=first,
+        best_s=best,
+        steady_s=steady,
+        n_repeats=len(steady),
+        compile_s=max(first - best, 0.0),
+    )
+
+
 def peak_rss_gib(children: bool = False) -> float:
     """Peak resident set size of this process (or its waited-for children), GiB."""
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF

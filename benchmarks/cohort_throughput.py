@@ -349,11 +349,7 @@ def main(argv=None):
             )
             last[name] = (n, best)
             row.update(
-                first_call_s=first,
-                best_s=best,
-                steady_s=steady,
-                n_repeats=len(steady),
-                compile_s=max(first - best, 0.0),
+                **C.timing_fields(first, best, steady),
                 patients_per_s=n / best,
                 per_patient_s=best / n,
                 n_failed=int(np.sum(np.asarray(st) != 0)),

@@ -312,11 +312,7 @@ def main(argv=None):
             a = y1[idx]
             err = np.max(np.max(np.abs(a - ref), -1) / np.max(np.abs(ref), -1))
             row.update(
-                first_call_s=first,
-                best_s=best,
-                steady_s=steady,
-                n_repeats=len(steady),
-                compile_s=max(first - best, 0.0),
+                **C.timing_fields(first, best, steady),
                 traj_per_s=n / best,
                 max_rel_err=float(err),
                 err_subset=len(idx),

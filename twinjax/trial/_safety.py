@@ -20,6 +20,7 @@ Pacing is at 1 Hz, the rate of the acceptance ranges and of the CiPA APD90 data.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -105,10 +106,7 @@ class SafetyTrial:
         _keys(body, "safety", set(fields))
         kw = dict(body)
         kw.update({k: v for k, v in overrides.items() if v is not None})
-        for k in ("compounds", "multiples"):
-            if k in kw and isinstance(kw[k], list):
-                kw[k] = tuple(kw[k])
-        return cls(**kw)
+        return cls(**kw)  # lists become tuples in __post_init__
 
     @classmethod
     def from_toml(cls, path, **overrides) -> SafetyTrial:
@@ -141,7 +139,7 @@ class SafetyTrial:
         model = ep.ORd(celltype=self.cell)
 
         def status(msg):
-            return console.status(msg) if console is not None else _Null()
+            return console.status(msg) if console is not None else contextlib.nullcontext()
 
         with status(f"pacing {self.n} ORd ({self.cell}) models for {self.beats} beats"):
             params, state, _, ok = population.calibrate(
@@ -178,7 +176,6 @@ class SafetyTrial:
         seconds = time.perf_counter() - t0
         record = dict(
             spec=dataclasses.asdict(self),
-            n_sampled=self.n,
             n_accepted=int(ok.sum()),
             seconds=seconds,
             outputs=["models.csv", "summary.csv", "risk.csv", "safety.png"],
@@ -214,11 +211,3 @@ def plot(summary, path, title: str = ""):
 
 def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
