@@ -29,6 +29,7 @@ would have in a CSV file written with a header.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import os
@@ -96,19 +97,82 @@ class DatasetError(ValueError):
 # ----------------------------------------------------------------------------- parsing
 
 
-def read_source(source) -> tuple[str, str]:
-    """The text of ``source`` (a path or a readable text/binary buffer) and a display name."""
+#: Byte-order marks, longest first (a UTF-32-LE mark begins with the UTF-16-LE one).
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    """The 1-based line of byte ``offset`` in ``data`` (``\\n``, ``\\r\\n`` or ``\\r`` endings)."""
+    return len(re.split(rb"\r\n|\r|\n", data[:offset]))
+
+
+def decode(data: bytes, source: str, encoding: str = "utf-8") -> str:
+    """Decode the bytes of a NONMEM file.
+
+    A byte-order mark (UTF-8, UTF-16 or UTF-32) decides the encoding and is dropped;
+    otherwise ``encoding`` is used.
+
+    Raises:
+        DatasetError: bytes that are not valid in the encoding (naming the line, the byte
+            offset and the byte, and suggesting ``encoding="latin-1"``), or NUL bytes in a
+            file not read as UTF-16/32 (UTF-16 without a byte-order mark).
+        LookupError: ``encoding`` is not a known codec.
+    """
+    codecs.lookup(encoding)  # an unknown codec name fails here, whatever the file holds
+    codec = next((c for bom, c in _BOMS if data.startswith(bom)), encoding)
+    if b"\x00" in data and not codecs.lookup(codec).name.startswith(("utf-16", "utf-32")):
+        offset = data.index(b"\x00")
+        line = _line_of(data, offset)
+        what = f"NUL byte at byte offset {offset}"
+        hint = (
+            "the file looks like UTF-16 without a byte-order mark: read it with "
+            'read_nonmem(..., encoding="utf-16-le") (or "utf-16-be")'
+        )
+        raise DatasetError(
+            f"{source}: line {line}: {what}; {hint}", [Problem(line, "(encoding)", what)]
+        )
+    try:
+        text = data.decode(codec)
+    except UnicodeDecodeError as e:
+        line = _line_of(data, e.start)
+        what = (
+            f"byte 0x{data[e.start]:02x} at byte offset {e.start} is not valid {e.encoding} "
+            f"({e.reason})"
+        )
+        hint = (
+            "if the file is Latin-1 or Windows-1252 (e.g. written by Excel or SAS), read it "
+            'with read_nonmem(..., encoding="latin-1") or encoding="cp1252"'
+        )
+        raise DatasetError(
+            f"{source}: line {line}: {what}; {hint}", [Problem(line, "(encoding)", what)]
+        ) from None
+    return text
+
+
+def read_source(source, encoding: str = "utf-8") -> tuple[str, str]:
+    """The text of ``source`` (a path or a readable text/binary buffer) and a display name.
+
+    Bytes (a file, a binary buffer) are decoded by :func:`decode`; a text buffer is taken
+    as it is (``encoding`` is not used).
+    """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
             raise FileNotFoundError(f"NONMEM dataset {str(path)!r} does not exist")
-        return path.read_text(encoding="utf-8-sig"), str(path)
+        return decode(path.read_bytes(), str(path), encoding), str(path)
     if hasattr(source, "read"):
         text = source.read()
-        if isinstance(text, bytes):
-            text = text.decode("utf-8-sig")
         name = getattr(source, "name", None)
-        return text, str(name) if isinstance(name, (str, os.PathLike)) else "<buffer>"
+        name = str(name) if isinstance(name, (str, os.PathLike)) else "<buffer>"
+        if isinstance(text, bytes):
+            text = decode(text, name, encoding)
+        return text, name
     raise TypeError(
         "read_nonmem expects a path, a readable buffer or a pandas DataFrame; got "
         f"{type(source).__name__}"
@@ -122,9 +186,9 @@ def _is_skipped(fields: list[str]) -> bool:
 def parse_text(text: str, source: str) -> tuple[pd.DataFrame, np.ndarray, int, list[Problem]]:
     """Split CSV (or whitespace-separated) text into a table of strings.
 
-    Blank lines and lines whose first field starts with ``#`` are skipped. The
-    header is the first other line; it is comma-separated CSV if it contains a
-    comma, else whitespace-separated.
+    Lines end with ``\\n``, ``\\r\\n`` or ``\\r`` (old Mac files). Blank lines and lines
+    whose first field starts with ``#`` are skipped. The header is the first other line;
+    it is comma-separated CSV if it contains a comma, else whitespace-separated.
 
     Returns:
         ``(table, lines, header_line, problems)``: the fields as an object DataFrame
@@ -133,9 +197,11 @@ def parse_text(text: str, source: str) -> tuple[pd.DataFrame, np.ndarray, int, l
         (padded or cut to fit).
 
     Raises:
-        DatasetError: no header, an empty or duplicated column name.
+        DatasetError: no header, an empty or duplicated column name, no data records.
     """
-    raw_lines = text.splitlines()
+    # one line ending, and only it splits lines (not the other breaks str.splitlines knows)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    raw_lines = text.split("\n")
     header_idx = next(
         (i for i, ln in enumerate(raw_lines) if ln.strip() and not ln.lstrip().startswith("#")),
         None,
@@ -177,11 +243,12 @@ def parse_text(text: str, source: str) -> tuple[pd.DataFrame, np.ndarray, int, l
         lines.append(line_no)
     assert header is not None
     check_header(header, source, header_line)
-    table = (
-        pd.DataFrame(rows, columns=header, dtype=object)
-        if rows
-        else pd.DataFrame({h: pd.Series([], dtype=object) for h in header})
-    )
+    if not rows:
+        raise DatasetError(
+            f"{source}: the NONMEM dataset has a header (line {header_line}) but no data records",
+            [Problem(header_line, "(file)", "no data records after the header")],
+        )
+    table = pd.DataFrame(rows, columns=header, dtype=object)
     return table, np.asarray(lines, dtype=np.int64), header_line, problems
 
 
@@ -808,6 +875,7 @@ def read_nonmem(
     covariates: Sequence[str] | None = None,
     *,
     units: Mapping[str, str] | None = None,
+    encoding: str = "utf-8",
 ):
     """Read and validate a NONMEM-format dataset.
 
@@ -818,7 +886,8 @@ def read_nonmem(
             ``AMT, EVID, CMT, RATE, DUR, II, ADDL, SS, MDV`` are optional and take NONMEM's
             defaults (see :mod:`twinjax.data`); names of standard columns are matched
             case-insensitively. Missing values are written ``.`` (empty and ``NA`` also
-            read as missing). Blank lines and lines starting with ``#`` are skipped.
+            read as missing). Blank lines and lines starting with ``#`` are skipped. Lines
+            may end with ``\\n``, ``\\r\\n`` or ``\\r``.
         compartments: names for the CMT column, e.g. ``{1: "depot", 2: "central"}``; or a
             list of names (CMT may then hold the names themselves, or numbers k meaning
             the k-th name); or a :class:`twinjax.Model` (its ``state_names`` in order,
@@ -828,6 +897,13 @@ def read_nonmem(
         covariates: the covariate columns; default: every non-standard column.
         units: optional units of the columns, e.g. ``{"TIME": "h", "AMT": "mg"}``,
             stored on the dataset for display.
+        encoding: the text encoding of a file or binary buffer (a text buffer is already
+            decoded). A byte-order mark, if the file starts with one, overrides it: UTF-8,
+            UTF-16 and UTF-32 files with a mark are read whatever ``encoding`` says. Bytes
+            that are not valid in ``encoding`` are an error naming the line and byte
+            offset, never guessed at: a Latin-1 or Windows-1252 file (as Excel or SAS on
+            Windows write them) needs ``encoding="latin-1"`` or ``"cp1252"``, and UTF-16
+            without a mark ``encoding="utf-16-le"``.
 
     Returns:
         A :class:`twinjax.data.Dataset`.
@@ -838,15 +914,22 @@ def read_nonmem(
             not numbers, time going backwards within a subject, doses to unknown
             compartments, negative amounts, MDV 1 with a DV (other than ``.`` or 0),
             duplicated records, EVID outside 0-4, both RATE and DUR, ADDL without II,
-            and unsupported NONMEM features (RATE -1/-2, SS 2, negative CMT).
+            and unsupported NONMEM features (RATE -1/-2, SS 2, negative CMT); a dataset
+            without data records (a header only); bytes not valid in ``encoding``.
         FileNotFoundError: the path does not exist.
+        LookupError: ``encoding`` is not a known codec.
         TypeError: ``path_or_buffer`` or ``compartments`` is of the wrong kind.
     """
     from ._dataset import Dataset
 
     if isinstance(path_or_buffer, pd.DataFrame):
+        if len(path_or_buffer) == 0:
+            raise DatasetError(
+                f"<DataFrame>: the NONMEM dataset has columns {list(path_or_buffer.columns)} "
+                "but no data records"
+            )
         return Dataset(path_or_buffer, compartments, covariates, units=units)
-    text, source = read_source(path_or_buffer)
+    text, source = read_source(path_or_buffer, encoding)
     table, lines, header_line, problems = parse_text(text, source)
     return Dataset._from_table(
         table,
