@@ -5,11 +5,14 @@ endings), and parameter-bound messages that state the allowed range and the reas
 """
 
 import io
+import math
 
 import pandas as pd
 import pytest
 
+import twinjax as tj
 from twinjax.data import DatasetError, read_nonmem
+from twinjax.models import pk
 
 ROWS = ["ID,TIME,DV,AMT,SITE", "1,0,.,100,Zürich", "1,1,5.0,0,Zürich", "2,0,.,200,Köln"]
 COMP = {1: "central"}
@@ -110,3 +113,76 @@ def test_line_numbers_survive_bare_cr(tmp_path):
     with pytest.raises(DatasetError) as info:
         read_nonmem(io.StringIO(text, newline=""), COMP)
     assert [(p.line, p.column) for p in info.value.problems] == [(4, "TIME")]
+
+
+# ------------------------------------------------------------------- bound messages
+def test_value_below_a_closed_lower_bound():
+    m = pk.one_compartment()
+    q = m.param("V")
+    assert (q.lower, q.upper, q.transform) == (0.0, 1e5, "log")
+    with pytest.raises(ValueError) as info:
+        m.check_bounds({"V": -3.0})
+    msg = str(info.value)
+    assert "'V' = -3.0 is outside its bounds [0, 100000] L: it must be >= 0" in msg, msg
+    assert "positive" not in msg
+
+
+def test_value_above_the_upper_bound_names_the_upper_bound():
+    m = pk.one_compartment()
+    with pytest.raises(ValueError) as info:
+        m.check_bounds({"CL": 18031.0})
+    msg = str(info.value)
+    hi = m.param("CL").upper
+    assert f"'CL' = 18031.0 is outside its bounds [0, {hi:g}] L/h: it must be <= {hi:g}" in msg
+    assert "positive" not in msg and ">" not in msg.split(":")[-1]
+
+
+def test_batch_message_names_the_patient():
+    m = pk.one_compartment()
+    with pytest.raises(ValueError, match=r"'CL' = -1.0 \(patient 1\) .*must be >= 0"):
+        m.check_bounds({"CL": [1.0, -1.0, 2.0]})
+
+
+@pytest.mark.parametrize(
+    "q, text",
+    [
+        (tj.Param("k", 1.0, "1/h", 0.0, 10.0, "log"), "[0, 10]"),
+        (tj.Param("k", 1.0, "1/h", 0.0, math.inf, "log"), "[0, inf)"),
+        (tj.Param("k", 1.0, "1/h", 1e-7, 12345678.5, "log"), "[1e-07, 12345678.5]"),
+        (tj.Param("f", 0.5, "1", 0.0, 1.0, "logit"), "[0, 1]"),
+        (tj.Param("x", 0.5, "1"), "(-inf, inf)"),
+        (tj.Param("x", 0.5, "1", -1.0, 2.5), "[-1, 2.5]"),
+    ],
+)
+def test_interval_notation(q, text):
+    assert q.interval() == text
+    assert text in q.describe()
+
+
+def test_model_check_admits_the_lower_bound_of_a_log_parameter():
+    # the simulation check is the closed interval (a zero rate or conductance is a
+    # valid model); only checks that take the log need a value above the lower bound
+    m = pk.one_compartment()
+    m.check_bounds({"CL": 0.0})
+    with pytest.raises(ValueError, match=r"\(0, 100000\] L: it must be > 0"):
+        tj.Param("V", 0.0, "L", 0.0, 1e5, "log")
+
+
+def test_interval_and_reason_for_an_open_lower_bound():
+    q = pk.one_compartment().param("V")
+    assert q.interval() == "[0, 100000]"
+    assert q.interval(open_lower=True) == "(0, 100000]"
+    assert q.bound_error(0.0, open_lower=True) == (
+        "is outside its bounds (0, 100000] L: it must be > 0"
+    )
+    assert q.bound_error(0.0) is None
+    assert q.bound_error(5.0, open_lower=True) is None
+    assert q.bound_error(2e5) == "is outside its bounds [0, 100000] L: it must be <= 100000"
+    assert q.bound_error(math.nan) == "is outside its bounds [0, 100000] L: it is NaN"
+
+
+def test_param_default_messages():
+    with pytest.raises(ValueError, match=r"default 5.0 1/h is outside its bounds \[0, 1\]"):
+        tj.Param("k", 5.0, "1/h", 0.0, 1.0)
+    with pytest.raises(ValueError, match=r"default 0.0 1/h .*\(0, 1\].*must be > 0"):
+        tj.Param("k", 0.0, "1/h", 0.0, 1.0, "log")

@@ -215,9 +215,8 @@ class Model(eqx.Module):
                 val = np.atleast_1d(v)[idx]
                 where = f" (patient {idx})" if v.ndim else ""
                 raise ValueError(
-                    f"{type(self).__name__}: parameter {q.name!r} = {val}{where} is outside its "
-                    f"bounds [{q.lower}, {q.upper}] {q.unit}"
-                    + (": it must be positive" if q.lower == 0 and q.transform == "log" else "")
+                    f"{type(self).__name__}: parameter {q.name!r} = {val}{where} "
+                    f"{q.bound_error(val)}"
                 )
 
     # ---- unconstrained coordinates ----------------------------------------------

@@ -19,7 +19,10 @@ class Param:
         name: the parameter's name as written in the model's equations (``"CL"``).
         value: the default (typical) value.
         unit: the unit, e.g. ``"L/h"``. Dimensionless parameters use ``"1"``.
-        lower, upper: the closed interval of admissible values.
+        lower, upper: the closed interval of admissible values. A log-transformed
+            parameter's default must lie above ``lower`` (``log(x - lower)`` is finite
+            there); :meth:`interval` and :meth:`bound_error` write the interval with an
+            open lower end for checks that need this too.
         transform: map to an unconstrained coordinate used by calibration and IIV:
             ``"log"`` for positive quantities (``log(x - lower)``), ``"logit"`` for
             quantities bounded on both sides (fractions), ``"identity"`` otherwise.
@@ -54,18 +57,17 @@ class Param:
             )
         if not self.lower <= self.upper:
             raise ValueError(f"Param {self.name!r}: lower {self.lower} > upper {self.upper}")
-        if not (self.lower <= self.value <= self.upper):
-            raise ValueError(
-                f"Param {self.name!r}: default {self.value} {self.unit} outside its bounds "
-                f"[{self.lower}, {self.upper}]"
-            )
+        err = self.bound_error(self.value)
+        if err:
+            raise ValueError(f"Param {self.name!r}: default {self.value} {self.unit} {err}")
         if self.transform == "log":
             if not math.isfinite(self.lower):
                 raise ValueError(f"Param {self.name!r}: log transform needs a finite lower bound")
-            if self.value <= self.lower:
+            err = self.bound_error(self.value, open_lower=True)
+            if err:
                 raise ValueError(
-                    f"Param {self.name!r}: log transform needs default {self.value} > lower "
-                    f"bound {self.lower}"
+                    f"Param {self.name!r}: default {self.value} {self.unit} {err} "
+                    "(a log transform needs a value above the lower bound)"
                 )
         if self.transform == "logit":
             if not (math.isfinite(self.lower) and math.isfinite(self.upper)):
@@ -75,8 +77,46 @@ class Param:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
+    def interval(self, *, open_lower: bool = False) -> str:
+        """The admissible values in interval notation: ``"[0, 100000]"``, ``"(0, inf)"``.
+
+        Arguments:
+            open_lower: exclude the lower bound (``"("``), as a check that needs a value
+                strictly above it (a log transform's typical value) does.
+        """
+        left = "(" if open_lower or self.lower == -math.inf else "["
+        right = ")" if self.upper == math.inf else "]"
+        return f"{left}{_num(self.lower)}, {_num(self.upper)}{right}"
+
+    def bound_error(self, value, *, open_lower: bool = False) -> str | None:
+        """Why ``value`` (a number) is not admissible, or None if it is.
+
+        The text continues a sentence naming the value, e.g. ``"'V' = -3.0 "`` +
+        ``"is outside its bounds [0, 100000] L: it must be >= 0"``; it gives the interval
+        (see :meth:`interval`) and the bound that is violated.
+        """
+        v = float(value)
+        if math.isnan(v):
+            reason = "it is NaN"
+        elif v < self.lower or (open_lower and v == self.lower):
+            reason = f"it must be {'>' if open_lower else '>='} {_num(self.lower)}"
+        elif v > self.upper:
+            reason = f"it must be <= {_num(self.upper)}"
+        else:
+            return None
+        unit = "" if self.unit == "1" else f" {self.unit}"
+        return f"is outside its bounds {self.interval(open_lower=open_lower)}{unit}: {reason}"
+
     def describe(self) -> str:
-        return f"{self.name} = {self.value} {self.unit} in [{self.lower}, {self.upper}]"
+        return f"{self.name} = {self.value} {self.unit} in {self.interval()}"
+
+
+def _num(x: float) -> str:
+    """A bound as written in messages: ``0``, ``100000``, ``0.5``, ``1e-07``, ``inf``."""
+    x = float(x)
+    if math.isfinite(x) and x == int(x) and abs(x) < 1e15:
+        return str(int(x))
+    return repr(x)
 
 
 @dataclasses.dataclass(frozen=True)
