@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 from typing import Optional, Required, TypedDict, cast
 
 import typer
 
 app = typer.Typer(add_completion=False, help="twinjax: differentiable digital twins in JAX.")
+
+# set by the --debug option of the main callback (which runs before every command)
+_STATE = {"debug": False}
+
+# exit codes: 2 an error in the input (nothing was run), 1 an error while running,
+# 3 a simulation that ran but where patients failed
+EXIT_INPUT, EXIT_RUN, EXIT_FAILED = 2, 1, 3
 
 
 class _DoseArgs(TypedDict, total=False):
@@ -49,6 +57,29 @@ def _error(con, err, where=None):
     con.print(f"[red]{head}[/] {escape(str(err))}")
 
 
+@contextlib.contextmanager
+def _user_errors(con, where=None, code: int = EXIT_INPUT):
+    """Turn a user error (a bad specification, option, file or data set) into a message.
+
+    SpecError, the data reader's DatasetError and other ValueErrors, and OSErrors (a
+    missing file, a folder that cannot be written) print their message and exit with
+    ``code``, without a traceback; ``twinjax --debug ...`` re-raises them instead.
+    """
+    try:
+        yield
+    except (ValueError, OSError) as err:
+        if _STATE["debug"]:
+            raise
+        _error(con, err, where)
+        raise typer.Exit(code) from None
+
+
+def _out_folder(out: pathlib.Path) -> None:
+    """Refuse an output path that exists and is not a folder (before anything runs)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+
+
 def _version(value: bool):
     if value:
         from . import __version__
@@ -62,8 +93,12 @@ def main(
     version: Optional[bool] = typer.Option(  # noqa: UP045
         None, "--version", callback=_version, is_eager=True, help="Show the version and exit."
     ),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show the full traceback of an error instead of its message."
+    ),
 ):
     """twinjax: virtual cohorts, virtual trials and calibrated twins."""
+    _STATE["debug"] = debug
 
 
 @app.command()
@@ -82,21 +117,35 @@ def trial(
 
     con = Console()
     _x64()
-    try:
+    with _user_errors(con, spec):
         t = Trial.from_toml(spec)
         if n is not None:
-            t = t.with_sample_size(n)
-    except (SpecError, FileNotFoundError) as err:
-        _error(con, err, spec)
-        raise typer.Exit(2) from None
+            try:
+                t = t.with_sample_size(n)
+            except SpecError as err:
+                raise SpecError(f"--n {n}: {err}") from None
+        _out_folder(out)
+    if t.dropped_power_sizes:
+        con.print(
+            f"[yellow]warning:[/] power-curve sizes {list(t.dropped_power_sizes)} exceed "
+            f"--n {n} patients per arm and are left out"
+            + ("" if t.power_sizes else "; no power curve")
+        )
     con.print(f"[bold]{t.name}[/]: {t.n_patients} virtual patients in {len(t.arms)} arms")
-    res = t.run(out=out, progress=progress)
-    report = res.write(out)
+    with _user_errors(con, code=EXIT_RUN):
+        res = t.run(out=out, progress=progress)
+        report = res.write(out)
     con.print(
         res.comparisons[["endpoint", "arm", "diff", "ci_low", "ci_high", "p_value"]].to_string(
             index=False
         )
     )
+    failed = int((res.table["status"] != 0).sum())
+    if failed:
+        con.print(
+            f"[yellow]warning:[/] {failed} of {len(res.table)} patients failed to simulate "
+            "(status != 0 in endpoints.csv) and are left out of the statistics"
+        )
     con.print(f"simulated in {res.seconds:.1f} s; report: [bold]{report.resolve()}[/]")
 
 
@@ -116,10 +165,19 @@ def simulate(
     from . import Dose, Regimen
     from . import simulate as sim
     from .models._registry import get_model
+    from .solve._status import Status
+    from .trial import SpecError, _spec
 
     con = Console()
     _x64()
-    try:
+    with _user_errors(con):
+        probs = _spec.Problems()
+        _spec.number(duration, "--duration", probs, lo=0, lo_open=True)
+        _spec.number(step, "--step", probs, lo=0, lo_open=True)
+        if not probs and step > duration:
+            probs.add("--step", f"{step:g} is longer than --duration {duration:g}")
+        probs.check()
+        _out_folder(out)
         m = get_model(model)
         p = {}
         for kv in param:
@@ -130,6 +188,11 @@ def simulate(
                 raise ValueError(f"--param {kv!r}: expected NAME=VALUE with a number") from None
             if not eq or not k.strip():
                 raise ValueError(f"--param {kv!r}: expected NAME=VALUE with a number")
+        for k, v in p.items():
+            problem = _spec.param_problem(m, k, v)
+            if problem is not None:
+                probs.add(f"--param {k}={v:g}", problem)
+        probs.check()
         doses = []
         for d in dose:
             f = d.split(":")
@@ -147,30 +210,41 @@ def simulate(
                     "(AMT:CMT[:TIME[:II:ADDL]])"
                 ) from None
             doses.append(Dose(**kw))
+        regimen = Regimen(doses) if doses else None
+        if regimen is not None:
+            regimen.validate(m)
+        n_steps = int(round(duration / step))
+        if n_steps > 10_000_000:
+            raise SpecError(f"--duration / --step = {n_steps} saved times; at most 10,000,000")
         times = np.arange(0.0, duration + step / 2, step)
-        r = sim(m, p, Regimen(doses) if doses else None, times)
-    except ValueError as err:
-        _error(con, err)
-        raise typer.Exit(2) from None
-    out.mkdir(parents=True, exist_ok=True)
-    df = r.to_dataframe()
-    df.to_csv(out / "simulation.csv", index=False)
+        r = sim(m, p, regimen, times)  # checks the inputs before compiling
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    outs = list(r.outputs)
-    fig, axes = plt.subplots(len(outs), 1, figsize=(7, 2.6 * len(outs)), squeeze=False)
-    for ax, o in zip(axes[:, 0], outs):
-        ax.plot(times, np.asarray(r.outputs[o]))
-        ax.set_ylabel(o)
-    axes[-1, 0].set_xlabel("time")
-    fig.tight_layout()
-    fig.savefig(out / "simulation.png", dpi=110)
-    con.print(
-        f"status {int(r.status)}; wrote {out / 'simulation.csv'} and {out / 'simulation.png'}"
-    )
+    with _user_errors(con, code=EXIT_RUN):
+        out.mkdir(parents=True, exist_ok=True)
+        df = r.to_dataframe()
+        df.to_csv(out / "simulation.csv", index=False)
+        outs = list(r.outputs)
+        fig, axes = plt.subplots(len(outs), 1, figsize=(7, 2.6 * len(outs)), squeeze=False)
+        for ax, o in zip(axes[:, 0], outs):
+            ax.plot(times, np.asarray(r.outputs[o]))
+            ax.set_ylabel(o)
+        axes[-1, 0].set_xlabel("time")
+        fig.tight_layout()
+        fig.savefig(out / "simulation.png", dpi=110)
+        plt.close(fig)
+    code = int(r.status)
+    con.print(f"status {code}; wrote {out / 'simulation.csv'} and {out / 'simulation.png'}")
+    if code != 0:
+        try:
+            why = Status(code).message
+        except ValueError:
+            why = "unknown status"
+        _error(con, f"the simulation failed (status {code}: {why}); the outputs are incomplete")
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
@@ -188,11 +262,8 @@ def models(name: Optional[str] = typer.Argument(None, help="show one model's par
             t.add_row(k, v)
         con.print(t)
         return
-    try:
+    with _user_errors(con):
         m = get_model(name)
-    except ValueError as err:
-        _error(con, err)
-        raise typer.Exit(2) from None
     t = Table(
         "parameter",
         "value",
@@ -255,7 +326,7 @@ def safety(
     con = Console()
     given = dict(n=n, cell=cell, beats=beats, drug_beats=drug_beats, seed=seed)
     over = cast(_SafetyOverrides, {k: v for k, v in given.items() if v is not None})
-    try:
+    with _user_errors(con, spec):
         if compounds is not None:
             over["compounds"] = tuple(c.strip() for c in compounds.split(",") if c.strip())
         if multiples is not None:
@@ -267,19 +338,20 @@ def safety(
             st = SafetyTrial.from_toml(spec, **over)
         else:
             st = SafetyTrial(**over)
-    except (SpecError, FileNotFoundError) as err:
-        _error(con, err, spec)
-        raise typer.Exit(2) from None
+        _out_folder(out)
     _x64()
     con.print(
         f"[bold]{st.name}[/]: {st.n} ORd ({st.cell}) models x {len(st.compounds)} compounds "
         f"x {len(st.multiples)} concentrations"
     )
     try:
-        res = st.run(out, console=con)
-    except RuntimeError as err:
+        with _user_errors(con, code=EXIT_RUN):
+            res = st.run(out, console=con)
+    except RuntimeError as err:  # no sampled model passed the acceptance ranges
+        if _STATE["debug"]:
+            raise
         _error(con, err)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_RUN) from None
     con.print(res["summary"].to_string(index=False))
     con.print(res["risk"].to_string())
     con.print(f"done in {res['seconds']:.0f} s; tables and safety.png in {out}")

@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from ._spec import INVALID, Problems, SpecError, boolean, describe, number, ok, string
+
 KINDS = (
     "value",
     "change",
@@ -65,26 +67,10 @@ class Endpoint:
     binary_custom: bool = False
 
     def __post_init__(self):
-        where = f"endpoint {self.name!r}"
-        if self.kind not in KINDS:
-            raise ValueError(f"{where}: kind {self.kind!r} unknown; allowed: {list(KINDS)}")
-        if self.kind == "custom":
-            if self.fn is None:
-                raise ValueError(f"{where}: a custom endpoint needs fn(times, outputs)")
-        elif not self.output:
-            raise ValueError(f"{where}: kind {self.kind!r} needs an output")
-        if self.kind in ("value", "change", "responder") and self.time is None:
-            raise ValueError(f"{where}: kind {self.kind!r} needs a time")
-        if self.kind in ("responder", "safety") and self.threshold is None:
-            raise ValueError(f"{where}: kind {self.kind!r} needs a threshold")
-        if self.direction not in ("below", "above"):
-            raise ValueError(f"{where}: direction must be 'below' or 'above'")
-        if self.kind == "time_in_range" and (self.low is None or self.high is None):
-            raise ValueError(f"{where}: time_in_range needs low and high")
-        if self.window is not None and not (
-            len(self.window) == 2 and self.window[0] < self.window[1]
-        ):
-            raise ValueError(f"{where}: window must be (start, end) with start < end")
+        probs = Problems()
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        check_endpoint_fields(fields, f"Endpoint({self.name!r})", probs)
+        probs.check()
 
     @property
     def binary(self) -> bool:
@@ -92,15 +78,23 @@ class Endpoint:
 
     def check(self, outputs: list[str], duration: float) -> None:
         """Raise ValueError if the endpoint names an unknown output or a time outside."""
+        problems = self.problems(outputs, duration)
+        if problems:
+            raise SpecError(problems)
+
+    def problems(self, outputs: list[str], duration: float) -> list[str]:
+        """Unknown output, times outside the trial ``[0, duration]``: every problem."""
         where = f"endpoint {self.name!r}"
+        out = []
         if self.kind != "custom" and self.output not in outputs:
-            raise ValueError(
+            out.append(
                 f"{where}: unknown output {self.output!r}; the model's outputs and states are "
                 f"{outputs}"
             )
         for t in (self.time, self.baseline_time, *(self.window or ())):
             if t is not None and not (0.0 <= t <= duration):
-                raise ValueError(f"{where}: time {t} is outside the trial [0, {duration}]")
+                out.append(f"{where}: time {t} is outside the trial [0, {duration}]")
+        return out
 
     def compute(self, times: np.ndarray, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Per-patient values ``(N,)`` from save ``times (T,)`` and ``outputs (N, T)``."""
@@ -146,3 +140,56 @@ class Endpoint:
         if self.direction == "below":
             return np.any(yw < self.threshold, axis=1)
         return np.any(yw > self.threshold, axis=1)
+
+
+def check_endpoint_fields(f: Mapping, where: str, probs: Problems) -> None:
+    """Check the fields of an :class:`Endpoint` (a dict of its arguments), every problem.
+
+    ``where`` names it in messages (``[endpoints][2]`` from TOML, ``Endpoint('x')``).
+    """
+    name = string(f.get("name"), f"{where}.name", probs)
+    label = f"endpoint {name!r}" if ok(name) else "endpoint"
+    kind = string(f.get("kind"), f"{where}.kind", probs)
+    if ok(kind) and kind not in KINDS:
+        probs.add(f"{where}.kind", f"{label}: kind {kind!r} unknown; allowed: {list(KINDS)}")
+        kind = INVALID
+    output = f.get("output")
+    if output is not None:
+        output = string(output, f"{where}.output", probs)
+    if kind == "custom":
+        if not callable(f.get("fn")):
+            probs.add(where, f"{label}: a custom endpoint needs fn(times, outputs)")
+        boolean(f.get("binary_custom", False), f"{where}.binary_custom", probs)
+    elif ok(kind) and output is None:
+        probs.add(where, f"{label}: kind {kind!r} needs an output")
+    vals = {}
+    for k in ("time", "baseline_time", "threshold", "low", "high"):
+        v = f.get(k, 0.0 if k == "baseline_time" else None)
+        vals[k] = None if v is None else number(v, f"{where}.{k}", probs)
+    if kind in ("value", "change", "responder") and vals["time"] is None:
+        probs.add(where, f"{label}: kind {kind!r} needs a time")
+    if kind in ("responder", "safety") and vals["threshold"] is None:
+        probs.add(where, f"{label}: kind {kind!r} needs a threshold")
+    direction = f.get("direction", "below")
+    if direction not in ("below", "above"):
+        probs.add(
+            f"{where}.direction",
+            f"{label}: direction must be 'below' or 'above', got {describe(direction)}",
+        )
+    boolean(f.get("percent", False), f"{where}.percent", probs)
+    if kind == "time_in_range":
+        if vals["low"] is None or vals["high"] is None:
+            probs.add(where, f"{label}: time_in_range needs low and high")
+        elif ok(vals["low"], vals["high"]) and vals["low"] > vals["high"]:
+            probs.add(where, f"{label}: time_in_range needs low <= high")
+    window = f.get("window")
+    if window is not None:
+        ww = f"{where}.window"
+        if isinstance(window, (str, Mapping)) or not isinstance(window, (tuple, list)):
+            probs.add(ww, f"{label}: window must be [start, end], got {describe(window)}")
+        elif len(window) != 2:
+            probs.add(ww, f"{label}: window must be [start, end], got {len(window)} values")
+        else:
+            lo, hi = (number(t, ww, probs) for t in window)
+            if ok(lo, hi) and not lo < hi:
+                probs.add(ww, f"{label}: window must be (start, end) with start < end")

@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import pathlib
 import time
-import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from ._trial import SpecError, _keys
+from . import _spec
+from ._spec import SpecError
 
 __all__ = ["SafetyTrial"]
 
@@ -64,59 +65,82 @@ class SafetyTrial:
     def __post_init__(self):
         from ..models.ep import drugs
 
-        where = "[safety]"
-        if not isinstance(self.name, str):
-            raise SpecError(f"{where} name must be a string, got {self.name!r}")
+        P = _spec.Problems()
+        w = "[safety]"
+        d = _spec.describe
+        if not isinstance(self.name, str) or not self.name.strip():
+            P.add(f"{w}.name", f"name must be a non-empty string, got {d(self.name)}")
         comps = self.compounds
-        if isinstance(comps, str) or not all(isinstance(c, str) for c in comps) or not comps:
-            raise SpecError(f"{where} compounds must be a non-empty list of names, got {comps!r}")
-        known = list(drugs.compounds().index)
-        unknown = [c for c in comps if c.lower() not in known]
-        if unknown:
-            raise SpecError(f"{where} compounds: unknown {unknown}; known: {known}")
-        object.__setattr__(self, "compounds", tuple(c.lower() for c in comps))
+        if (
+            isinstance(comps, (str, Mapping))
+            or not isinstance(comps, Sequence)
+            or not comps
+            or not all(isinstance(c, str) for c in comps)
+        ):
+            P.add(f"{w}.compounds", f"compounds must be a non-empty list of names, got {comps!r}")
+        else:
+            known = list(drugs.compounds().index)
+            unknown = [c for c in comps if c.lower() not in known]
+            if unknown:
+                P.add(f"{w}.compounds", f"unknown {unknown}; known: {known}")
+            elif len({c.lower() for c in comps}) != len(comps):
+                P.add(f"{w}.compounds", f"compounds must be unique, got {list(comps)}")
+            else:
+                object.__setattr__(self, "compounds", tuple(c.lower() for c in comps))
         mult = self.multiples
-        ok = not isinstance(mult, str) and len(mult) > 0
-        ok = ok and all(_is_number(m) and m > 0 for m in mult)
-        if not ok:
-            raise SpecError(
-                f"{where} multiples must be a non-empty list of positive numbers "
-                f"(multiples of free Cmax), got {mult!r}"
+        if (
+            isinstance(mult, (str, Mapping))
+            or not isinstance(mult, Sequence)
+            or not mult
+            or not all(_spec.is_number(m) and 0 < m < math.inf for m in mult)
+        ):
+            P.add(
+                f"{w}.multiples",
+                "multiples must be a non-empty list of positive numbers (multiples of free "
+                f"Cmax), got {mult!r}",
             )
-        object.__setattr__(self, "multiples", tuple(float(m) for m in mult))
+        else:
+            object.__setattr__(self, "multiples", tuple(float(m) for m in mult))
         for key in ("n", "beats", "drug_beats", "seed"):
             v = getattr(self, key)
             low = 0 if key == "seed" else 1
-            if not (isinstance(v, int) and not isinstance(v, bool)) or v < low:
-                raise SpecError(f"{where} {key} must be an integer >= {low}, got {v!r}")
-        if self.cell not in CELL_TYPES:
-            raise SpecError(f"{where} cell must be one of {list(CELL_TYPES)}, got {self.cell!r}")
-        if not (_is_number(self.sigma) and 0 < self.sigma <= 1):
-            raise SpecError(f"{where} sigma must be a number in (0, 1], got {self.sigma!r}")
+            if not _spec.is_int(v) or not low <= v <= _spec.MAX_SEED:
+                hint = " (fractional values are not rounded)" if _spec.is_number(v) else ""
+                P.add(f"{w}.{key}", f"{key} must be an integer >= {low}, got {d(v)}{hint}")
+        if not isinstance(self.cell, str) or self.cell not in CELL_TYPES:
+            P.add(f"{w}.cell", f"cell must be one of {list(CELL_TYPES)}, got {d(self.cell)}")
+        if not (_spec.is_number(self.sigma) and 0 < self.sigma <= 1):
+            P.add(f"{w}.sigma", f"sigma must be a number in (0, 1], got {d(self.sigma)}")
+        P.check()
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_dict(cls, d: Mapping, **overrides) -> SafetyTrial:
         """From a parsed specification ``{"safety": {...}}``; ``overrides`` win (None skipped)."""
-        _keys(d, "", {"safety"})
+        P = _spec.Problems()
+        if not isinstance(d, Mapping):
+            raise SpecError(f"a safety specification is a table, got {_spec.describe(d)}")
+        _spec.unknown_keys(d, "the top level", {"safety"}, P)
         if "safety" not in d:
-            raise SpecError("missing table [safety]")
-        body = d["safety"]
+            P.add("", "missing table [safety]")
+        body = d.get("safety", {})
+        if _spec.table(body, "[safety]", P) is _spec.INVALID:
+            body = {}
         fields = [f.name for f in dataclasses.fields(cls)]
-        _keys(body, "safety", set(fields))
-        kw = dict(body)
+        _spec.unknown_keys(body, "[safety]", set(fields), P)
+        kw = {k: v for k, v in body.items() if k in fields}
         kw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**kw)  # lists become tuples in __post_init__
+        try:
+            st = cls(**kw)  # lists become tuples in __post_init__
+        except SpecError as err:
+            P.absorb(err)
+        P.check()
+        return st
 
     @classmethod
     def from_toml(cls, path, **overrides) -> SafetyTrial:
         """Read a ``[safety]`` specification; ``overrides`` (not None) replace its values."""
-        path = pathlib.Path(path)
-        try:
-            d = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise SpecError(f"{path}: not valid TOML: {err}") from None
-        return cls.from_dict(d, **overrides)
+        return cls.from_dict(_spec.load_toml(path), **overrides)
 
     # ------------------------------------------------------------------ running
     def run(self, out, console=None) -> dict:
@@ -207,7 +231,3 @@ def plot(summary, path, title: str = ""):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)

@@ -6,24 +6,21 @@ import dataclasses
 import json
 import pathlib
 import time as _time
-import tomllib
 from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
 import pandas as pd
 
-from ..dosing import Dose, Regimen
-from ..population import Demographics, Population
-from ..population._population import Categorical, Exponential, Linear, Power
+from ..dosing import Regimen
+from ..population import Population
 from ..solve import solvers
 from ..solve._cohort import simulate_cohort
-from . import _stats
+from . import _spec, _stats
 from ._endpoints import Endpoint
+from ._spec import SpecError
 
-
-class SpecError(ValueError):
-    """A malformed trial specification (raised before any simulation)."""
+__all__ = ["Arm", "Inclusion", "SpecError", "Trial", "TrialResult"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,12 +44,11 @@ class Arm:
     params: Mapping[str, float] | None = None
 
     def __post_init__(self):
-        if self.regimen is None and not self.placebo:
-            raise SpecError(
-                f"arm {self.name!r} has no regimen; give doses or mark it placebo = true"
-            )
-        if self.n is not None and self.n < 2:
-            raise SpecError(f"arm {self.name!r}: n = {self.n}; need at least 2 patients")
+        probs = _spec.Problems()
+        _spec.check_arm(
+            self.name, self.regimen, self.n, self.placebo, self.params, f"Arm({self.name!r})", probs
+        )
+        probs.check()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +61,9 @@ class Inclusion:
     output: str | None = None
 
     def __post_init__(self):
-        if (self.covariate is None) == (self.output is None):
-            raise SpecError("an inclusion criterion names exactly one covariate or output")
+        probs = _spec.Problems()
+        _spec.check_inclusion(self.min, self.max, self.covariate, self.output, "Inclusion", probs)
+        probs.check()
 
 
 class Trial:
@@ -116,43 +113,78 @@ class Trial:
         outputs: Sequence[str] | None = None,
         beat_times: Sequence[float] | None = None,
     ):
+        probs = _spec.Problems()
+        v = _spec.check_trial(
+            dict(
+                model=model,
+                population=population,
+                arms=arms,
+                endpoints=endpoints,
+                duration=duration,
+                save_every=save_every,
+                n_per_arm=n_per_arm,
+                inclusion=inclusion,
+                control=control,
+                replicates=replicates,
+                power_sizes=power_sizes,
+                subgroup_covariates=subgroup_covariates,
+                alpha=alpha,
+                seed=seed,
+                name=name,
+                outputs=outputs,
+                beat_times=beat_times,
+            ),
+            probs,
+            _spec.PY_LABELS,
+        )
+        probs.check()
         self.model = model
         self.population = population
-        self.arms = list(arms)
-        self.endpoints = list(endpoints)
-        self.duration = float(duration)
-        self.save_every = float(save_every)
-        self.n_per_arm = int(n_per_arm)
-        self.inclusion = list(inclusion)
-        self.replicates = int(replicates)
-        self.power_sizes = [int(n) for n in power_sizes]
-        self.subgroup_covariates = list(subgroup_covariates)
-        self.alpha = float(alpha)
-        self.seed = int(seed)
+        self.arms: list[Arm] = v["arms"]
+        self.endpoints: list[Endpoint] = v["endpoints"]
+        self.duration: float = v["duration"]
+        self.save_every: float = v["save_every"]
+        self.n_per_arm: int = v["n_per_arm"]
+        self.inclusion: list[Inclusion] = v["inclusion"]
+        self.replicates: int = v["replicates"]
+        self.power_sizes: list[int] = v["power_sizes"]
+        self.subgroup_covariates: list[str] = v["subgroup_covariates"]
+        self.alpha: float = v["alpha"]
+        self.seed: int = v["seed"]
         self.solver = solver if solver is not None else solvers.Ensemble()
-        self.name = name
+        self.name: str = v["name"]
+        self.control: str = v["control"]
+        self.beat_times: tuple[float, ...] = v["beat_times"]
+        self.outputs: tuple[str, ...] = v["outputs"]
+        self.dropped_power_sizes: tuple[int, ...] = ()
         self._control_arg = control
         self._outputs_arg = outputs
         self._beat_times_arg = beat_times
-        self._validate(control, outputs, beat_times)
 
     def with_sample_size(self, n_per_arm: int) -> Trial:
-        """The same trial with ``n_per_arm`` patients in every arm (per-arm ``n`` dropped)."""
-        if int(n_per_arm) < 2:
-            raise SpecError(f"n_per_arm = {n_per_arm}; need at least 2 patients per arm")
+        """The same trial with ``n_per_arm`` patients in every arm (per-arm ``n`` dropped).
+
+        Power-curve sizes above ``n_per_arm`` cannot be drawn from the arms: they are
+        left out, and listed in the new trial's ``dropped_power_sizes``.
+        """
+        probs = _spec.Problems()
+        n = _spec.integer(n_per_arm, "n_per_arm", probs, lo=2)
+        if probs:
+            raise SpecError(f"{probs.items[0]} (at least 2 patients per arm)")
         arms = [dataclasses.replace(a, n=None) for a in self.arms]
-        return Trial(
+        keep = [s for s in self.power_sizes if s <= n]
+        t = Trial(
             self.model,
             self.population,
             arms,
             self.endpoints,
             duration=self.duration,
             save_every=self.save_every,
-            n_per_arm=int(n_per_arm),
+            n_per_arm=n,
             inclusion=self.inclusion,
             control=self._control_arg,
             replicates=self.replicates,
-            power_sizes=self.power_sizes,
+            power_sizes=keep,
             subgroup_covariates=self.subgroup_covariates,
             alpha=self.alpha,
             seed=self.seed,
@@ -161,289 +193,28 @@ class Trial:
             outputs=self._outputs_arg,
             beat_times=self._beat_times_arg,
         )
+        t.dropped_power_sizes = tuple(s for s in self.power_sizes if s > n)
+        return t
 
     @property
     def n_patients(self) -> int:
         return sum(a.n or self.n_per_arm for a in self.arms)
 
-    def _validate(self, control, outputs, beat_times=None):
-        if not self.arms:
-            raise SpecError("a trial needs at least one arm")
-        names = [a.name for a in self.arms]
-        if len(set(names)) != len(names):
-            raise SpecError(f"arm names must be unique: {names}")
-        if control is None:
-            control = next((a.name for a in self.arms if a.placebo), names[0])
-        if control not in names:
-            raise SpecError(f"control arm {control!r} is not one of the arms {names}")
-        self.control = control
-        if not self.duration > 0 or not self.save_every > 0:
-            raise SpecError("duration and save_every must be positive")
-        special = getattr(self.model, "trial_output_names", None)
-        valid = (
-            list(special)
-            if special is not None
-            else list(self.model.output_names) + list(self.model.state_names)
-        )
-        pnames = set(self.model.param_names)
-        for a in self.arms:
-            for k, v in (a.params or {}).items():
-                if k not in pnames:
-                    raise SpecError(
-                        f"arm {a.name!r}: params: unknown parameter {k!r}; the model's "
-                        f"parameters are {sorted(pnames)}"
-                    )
-                try:
-                    self.model.check_bounds({k: float(v)})
-                except (TypeError, ValueError) as err:
-                    raise SpecError(f"arm {a.name!r}: params.{k}: {err}") from None
-            if a.regimen is not None:
-                try:
-                    a.regimen.validate(self.model)
-                except ValueError as err:
-                    raise SpecError(f"arm {a.name!r}: {err}") from None
-        for e in self.endpoints:
-            try:
-                e.check(valid, self.duration)
-            except ValueError as err:
-                raise SpecError(str(err)) from None
-        beat_outs = set(getattr(self.model, "beat_output_names", ()))
-        if beat_times is None:
-            bt = set()
-            for e in self.endpoints:
-                if e.output in beat_outs:
-                    if e.time is None and e.window is None:
-                        raise SpecError(
-                            f"endpoint {e.name!r} reads the per-beat output {e.output!r} over "
-                            "the whole trial: give [trial].beat_times (the times at which the "
-                            "circulation's steady state is computed)"
-                        )
-                    bt |= {t for t in (e.time, e.baseline_time) if t is not None}
-                    if e.window is not None:
-                        bt |= set(e.window)
-            beat_times = sorted(bt) if bt else [0.0, self.duration]
-        elif not beat_outs:
-            raise SpecError(
-                "[trial].beat_times is only for models with per-beat outputs (e.g. pk_circulation)"
-            )
-        beat_times = sorted({float(t) for t in beat_times})
-        for t in beat_times:
-            if not 0.0 <= t <= self.duration:
-                raise SpecError(
-                    f"[trial].beat_times: {t} is outside the trial [0, {self.duration}]"
-                )
-        self.beat_times = tuple(beat_times) if beat_outs else ()
-        for e in self.endpoints:
-            if e.output in beat_outs and e.window is not None:
-                lo, hi = e.window
-                if not any(lo <= t <= hi for t in self.beat_times):
-                    raise SpecError(
-                        f"endpoint {e.name!r}: no beat time in its window {e.window}; "
-                        f"beat_times are {list(self.beat_times)}"
-                    )
-        if len({e.name for e in self.endpoints}) != len(self.endpoints):
-            raise SpecError("endpoint names must be unique")
-        for inc in self.inclusion:
-            if inc.output is not None and inc.output not in self.model.output_names:
-                raise SpecError(
-                    f"inclusion: unknown output {inc.output!r}; outputs are "
-                    f"{list(self.model.output_names)}"
-                )
-        if special is not None:  # e.g. the drug concentration and the per-beat metrics
-            default_outs = {o for o in special if o in beat_outs or o == "pk.C"}
-        else:
-            default_outs = set(self.model.output_names)
-        self.outputs = (
-            tuple(outputs)
-            if outputs
-            else tuple(sorted({e.output for e in self.endpoints if e.output} | default_outs))
-        )
-        bad = [o for o in self.outputs if o not in valid]
-        if bad:
-            raise SpecError(f"unknown output(s) {bad}; valid: {valid}")
-
     # ------------------------------------------------------------------ spec
     @classmethod
     def from_toml(cls, path) -> Trial:
-        """Build a trial from a TOML specification file (see ``examples/``)."""
-        path = pathlib.Path(path)
-        try:
-            spec = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise SpecError(f"{path}: not valid TOML: {err}") from None
-        return cls.from_dict(spec)
+        """Build a trial from a TOML specification file (see ``examples/``).
+
+        Raises:
+            SpecError: listing every problem of the specification (before any simulation).
+            FileNotFoundError: no such file.
+        """
+        return cls.from_dict(_spec.load_toml(path))
 
     @classmethod
     def from_dict(cls, spec: Mapping) -> Trial:
-        """Build a trial from a nested dict with the TOML layout."""
-        from ..models._registry import get_model
-
-        _keys(spec, "", {"trial", "population", "arms", "endpoints", "statistics"})
-        tr = dict(spec.get("trial", {}))
-        _keys(
-            tr,
-            "trial",
-            {
-                "name",
-                "seed",
-                "duration",
-                "save_every",
-                "solver",
-                "rtol",
-                "atol",
-                "outputs",
-                "beat_times",
-            },
-        )
-        pop = dict(spec.get("population", {}))
-        _keys(
-            pop,
-            "population",
-            {
-                "model",
-                "n_per_arm",
-                "typical",
-                "iiv",
-                "covariates",
-                "inclusion",
-                "demographics",
-                "correlations",
-            },
-        )
-        if "model" not in pop:
-            raise SpecError("[population] needs a model name (see `twinjax models`)")
-        try:
-            model = get_model(pop["model"])
-        except ValueError as err:
-            raise SpecError(f"[population].model: {err}") from None
-        covs = []
-        for i, c in enumerate(pop.get("covariates", [])):
-            where = f"population.covariates[{i}]"
-            _keys(c, where, {"type", "param", "covariate", "theta", "ref", "level", "factors"})
-            kind = c.get("type")
-            kw = {k: v for k, v in c.items() if k != "type"}
-            cls_ = {
-                "power": Power,
-                "linear": Linear,
-                "exponential": Exponential,
-                "categorical": Categorical,
-            }.get(kind)
-            if cls_ is None:
-                raise SpecError(
-                    f"{where}.type = {kind!r}; allowed: power, linear, exponential, categorical"
-                )
-            if "factors" in kw:
-                kw["factors"] = {float(k): float(v) for k, v in kw["factors"].items()}
-            try:
-                covs.append(cls_(**kw))
-            except (TypeError, ValueError) as err:
-                raise SpecError(f"{where}: {err}") from None
-        for sect in ("typical", "iiv"):
-            if sect in pop:
-                _keys(pop[sect], f"population.{sect}", set(model.param_names))
-        try:
-            population = Population.from_cv(
-                model,
-                dict(pop.get("iiv", {})),
-                corr=_corr(pop.get("correlations")),
-                typical=dict(pop.get("typical", {})),
-                covariates=covs,
-                demographics=Demographics() if pop.get("demographics", True) else None,
-            )
-        except (TypeError, ValueError, KeyError) as err:
-            raise SpecError(f"[population]: {err}") from None
-        inclusion = []
-        for i, c in enumerate(pop.get("inclusion", [])):
-            _keys(c, f"population.inclusion[{i}]", {"covariate", "output", "min", "max"})
-            inclusion.append(Inclusion(**c))
-        arms = []
-        for i, a in enumerate(spec.get("arms", [])):
-            where = f"arms[{i}]"
-            _keys(a, where, {"name", "doses", "n", "placebo", "params"})
-            if "name" not in a:
-                raise SpecError(f"{where} needs a name")
-            doses = []
-            for j, d in enumerate(a.get("doses", [])):
-                _keys(
-                    d,
-                    f"{where}.doses[{j}]",
-                    {"amt", "cmt", "time", "rate", "dur", "ii", "addl", "ss"},
-                )
-                try:
-                    doses.append(Dose(**d))
-                except (TypeError, ValueError) as err:
-                    raise SpecError(f"arm {a['name']!r} dose {j}: {err}") from None
-            placebo = bool(a.get("placebo", False))
-            aparams = a.get("params")
-            if aparams is not None:
-                _keys(aparams, f"{where}.params", set(model.param_names))
-                aparams = {k: float(v) for k, v in aparams.items()}
-            n_arm = a.get("n")
-            if n_arm is not None and (not isinstance(n_arm, int) or n_arm < 2):
-                raise SpecError(f"{where}.n = {n_arm!r}; need an integer >= 2")
-            arms.append(Arm(a["name"], Regimen(doses) if doses else None, n_arm, placebo, aparams))
-        endpoints = []
-        for i, e in enumerate(spec.get("endpoints", [])):
-            where = f"endpoints[{i}]"
-            _keys(
-                e,
-                where,
-                {
-                    "name",
-                    "kind",
-                    "output",
-                    "time",
-                    "baseline_time",
-                    "window",
-                    "threshold",
-                    "direction",
-                    "percent",
-                    "low",
-                    "high",
-                },
-            )
-            if e.get("kind") == "custom":
-                raise SpecError(f"{where}: custom endpoints are defined in Python, not TOML")
-            try:
-                e = dict(e)
-                if "window" in e:
-                    e["window"] = tuple(e["window"])
-                endpoints.append(Endpoint(**e))
-            except (TypeError, ValueError) as err:
-                raise SpecError(f"{where}: {err}") from None
-        st = dict(spec.get("statistics", {}))
-        _keys(st, "statistics", {"alpha", "replicates", "power_sizes", "subgroups", "control"})
-        solver_name = tr.get("solver", "ensemble")
-        tol = {k: tr[k] for k in ("rtol", "atol") if k in tr}
-        solver: solvers.AbstractSolver
-        if solver_name == "ensemble":
-            solver = solvers.Ensemble(**tol)
-        elif solver_name == "diffrax":
-            solver = solvers.Diffrax(**tol)
-        else:
-            raise SpecError(f"trial.solver = {solver_name!r}; allowed: ensemble, diffrax")
-        if "duration" not in tr:
-            raise SpecError("[trial] needs a duration (in the model's time unit)")
-        return cls(
-            model,
-            population,
-            arms,
-            endpoints,
-            duration=tr["duration"],
-            save_every=tr.get("save_every", 1.0),
-            n_per_arm=pop.get("n_per_arm", 100),
-            inclusion=inclusion,
-            control=st.get("control"),
-            replicates=st.get("replicates", 200),
-            power_sizes=st.get("power_sizes", ()),
-            subgroup_covariates=st.get("subgroups", ()),
-            alpha=st.get("alpha", 0.05),
-            seed=tr.get("seed", 0),
-            solver=solver,
-            name=tr.get("name", "trial"),
-            outputs=tr.get("outputs"),
-            beat_times=tr.get("beat_times"),
-        )
+        """Build a trial from a nested dict with the TOML layout (see :mod:`._spec`)."""
+        return _spec.trial_from_dict(cls, spec)
 
     # ------------------------------------------------------------------ running
     @property
@@ -509,6 +280,7 @@ class Trial:
             out: a folder; the results store (Zarr) goes to ``out/results.zarr``.
             progress: show progress bars.
         """
+        stores = {a.name: None if out is None else _spec.store_path(out, a.name) for a in self.arms}
         key = jax.random.key(self.seed)
         times = self.times
         tables, bands = [], {}
@@ -519,7 +291,7 @@ class Trial:
             if arm.params:
                 fixed = {k: np.full(n, float(v)) for k, v in arm.params.items()}
                 cohort = dataclasses.replace(cohort, params={**cohort.params, **fixed})
-            store = None if out is None else pathlib.Path(out) / "results.zarr" / arm.name
+            store = stores[arm.name]
             if hasattr(self.model, "trial_simulate"):
                 vals, status = self.model.trial_simulate(
                     cohort.params,
@@ -661,18 +433,3 @@ def _clean(x):
     if isinstance(x, np.bool_):
         return bool(x)
     return x
-
-
-def _keys(d, where, allowed):
-    if not isinstance(d, Mapping):
-        raise SpecError(f"[{where}] must be a table, got {type(d).__name__}")
-    unknown = [k for k in d if k not in allowed]
-    if unknown:
-        w = f"[{where}]" if where else "the top level"
-        raise SpecError(f"unknown key {unknown[0]!r} in {w}; allowed keys: {sorted(allowed)}")
-
-
-def _corr(c):
-    if not c:
-        return None
-    return {tuple(k.split(",")): float(v) for k, v in c.items()}

@@ -1,0 +1,1043 @@
+"""Trial specifications: strict validation of every value, all problems reported at once.
+
+A specification (a TOML file, a nested dict, or the arguments of :class:`Trial`) is
+checked completely before anything is simulated. Each problem names where it is, as
+``[table].key`` for TOML (``[arms][1].placebo: expected a boolean (true/false), got
+the string "false"``) or as the argument name from Python, and every problem found is
+listed in one :class:`SpecError`.
+
+The rules:
+
+- types are exact: a boolean must be a TOML boolean (``true``/``false``, not
+  ``"false"``), an integer a TOML integer (``7``, not ``7.9`` nor ``true``); a number
+  may be written as an integer (``duration = 168``); strings are never converted;
+- ranges: ``n_per_arm`` and ``n`` >= 2, ``seed`` in [0, 2**63), ``duration`` > 0 and
+  finite, 0 < ``save_every`` <= ``duration`` dividing it into whole steps,
+  0 < ``alpha`` < 1, ``replicates`` >= 1, ``power_sizes`` integers >= 2 and at most
+  the smallest arm, ``rtol``/``atol`` > 0, endpoint times inside [0, ``duration``]
+  with at least one saved time in each endpoint window;
+- names: covariates (subgroups, inclusion criteria, covariate effects) must be
+  covariates of the population, outputs and parameters those of the model, arm and
+  endpoint names unique, and arm names safe as folder names (see
+  :func:`arm_name_problem`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import pathlib
+import tomllib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["SpecError", "Problems"]
+
+MAX_SEED = 2**63 - 1
+ARM_NAME_CHARS = " _-+.()%"
+ARM_NAME_MAX = 100
+RESERVED_COLUMNS = ("arm", "patient", "status")
+
+
+class SpecError(ValueError):
+    """A malformed trial specification (raised before any simulation).
+
+    ``problems`` lists every problem found; the message shows them all.
+    """
+
+    def __init__(self, problems: str | Sequence[str]):
+        if isinstance(problems, str):
+            problems = [problems]
+        self.problems: tuple[str, ...] = tuple(str(p) for p in problems)
+        super().__init__(format_problems(self.problems))
+
+    def __reduce__(self):
+        return (type(self), (list(self.problems),))
+
+
+def format_problems(problems: Sequence[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    lines = "\n".join(f"  - {p}" for p in problems)
+    return f"{len(problems)} problems in the specification:\n{lines}"
+
+
+class Problems:
+    """A collector of specification problems; :meth:`check` raises them as one SpecError."""
+
+    def __init__(self):
+        self.items: list[str] = []
+
+    def add(self, where: str, msg: str) -> None:
+        self.items.append(f"{where}: {msg}" if where else msg)
+
+    def absorb(self, err: BaseException, where: str = "") -> None:
+        """Add the problem(s) of an exception (a SpecError's list, else its text)."""
+        for p in getattr(err, "problems", None) or [str(err)]:
+            self.add(where, p)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def check(self) -> None:
+        if self.items:
+            raise SpecError(self.items)
+
+
+class _Invalid:
+    """The value of an entry that failed its check (later checks that need it skip)."""
+
+    def __repr__(self):
+        return "INVALID"
+
+
+INVALID: Any = _Invalid()
+
+
+# ============================================================================ value checks
+def is_bool(v) -> bool:
+    return isinstance(v, (bool, np.bool_))
+
+
+def is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not is_bool(v)
+
+
+def is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not is_bool(v)
+
+
+def describe(v) -> str:
+    """How a value reads in a message: ``the string "false"``, ``the number 7.9``."""
+    if is_bool(v):
+        return f"the boolean {'true' if v else 'false'}"
+    if isinstance(v, str):
+        return f"the string {json.dumps(v, ensure_ascii=False)}"
+    if is_int(v):
+        return f"the integer {int(v)}"
+    if is_number(v):
+        return f"the number {float(v)!r}"
+    if v is None:
+        return "nothing (None)"
+    if isinstance(v, Mapping):
+        return "a table"
+    if isinstance(v, (list, tuple)):
+        return f"a list of {len(v)} item(s)"
+    return f"a {type(v).__name__}"
+
+
+def boolean(v, where: str, probs: Problems):
+    """A bool (True/False), or INVALID after adding a problem."""
+    if is_bool(v):
+        return bool(v)
+    hint = ""
+    if isinstance(v, str) and v.strip().lower() in ("true", "false", "yes", "no", "on", "off"):
+        hint = " (write true or false, without quotes)"
+    elif is_int(v) and v in (0, 1):
+        hint = " (write true or false)"
+    probs.add(where, f"expected a boolean (true/false), got {describe(v)}{hint}")
+    return INVALID
+
+
+def _range_text(lo, hi, lo_open, hi_open) -> str:
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo:g}"
+    return f"{'<' if hi_open else '<='} {hi:g}"
+
+
+def _in_range(v, lo, hi, lo_open, hi_open) -> bool:
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        return False
+    if hi is not None and (v >= hi if hi_open else v > hi):
+        return False
+    return True
+
+
+def integer(v, where: str, probs: Problems, *, lo=None, hi=None):
+    """An int (a bool or a float is refused, never truncated), or INVALID."""
+    if not is_int(v):
+        hint = ""
+        if is_number(v):
+            hint = " (fractional values are not rounded)"
+        elif isinstance(v, str):
+            hint = " (write the number without quotes)"
+        probs.add(where, f"expected an integer, got {describe(v)}{hint}")
+        return INVALID
+    v = int(v)
+    if not _in_range(v, lo, hi, False, False):
+        probs.add(where, f"must be {_range_text(lo, hi, False, False)}, got {v}")
+        return INVALID
+    return v
+
+
+def number(
+    v,
+    where: str,
+    probs: Problems,
+    *,
+    lo=None,
+    hi=None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    finite: bool = True,
+):
+    """A float (an int is accepted; a bool or a string is not), or INVALID."""
+    if not is_number(v):
+        hint = " (write the number without quotes)" if isinstance(v, str) else ""
+        probs.add(where, f"expected a number, got {describe(v)}{hint}")
+        return INVALID
+    v = float(v)
+    if math.isnan(v) or (finite and math.isinf(v)):
+        probs.add(where, f"must be a finite number, got {v}")
+        return INVALID
+    if not _in_range(v, lo, hi, lo_open, hi_open):
+        probs.add(where, f"must be {_range_text(lo, hi, lo_open, hi_open)}, got {v:g}")
+        return INVALID
+    return v
+
+
+def string(v, where: str, probs: Problems, *, choices: Sequence[str] | None = None):
+    """A non-empty str (optionally one of ``choices``), or INVALID."""
+    if not isinstance(v, str):
+        probs.add(where, f"expected a string, got {describe(v)}")
+        return INVALID
+    if not v.strip():
+        probs.add(where, "must not be empty")
+        return INVALID
+    if choices is not None and v not in choices:
+        probs.add(where, f"{v!r} is not one of {list(choices)}")
+        return INVALID
+    return v
+
+
+def listof(v, where: str, probs: Problems, item, **kw):
+    """A list whose items pass ``item(x, where[i], probs, **kw)``, or INVALID."""
+    if isinstance(v, (str, bytes, Mapping)) or not isinstance(v, (Sequence, np.ndarray)):
+        probs.add(where, f"expected a list, got {describe(v)}")
+        return INVALID
+    n0 = len(probs)
+    out = [item(x, f"{where}[{i}]", probs, **kw) for i, x in enumerate(v)]
+    return INVALID if len(probs) > n0 else out
+
+
+def table(v, where: str, probs: Problems):
+    """A Mapping, or INVALID."""
+    if not isinstance(v, Mapping):
+        probs.add(where, f"expected a table, got {describe(v)}")
+        return INVALID
+    return v
+
+
+def unknown_keys(d: Mapping, table_name: str, allowed, probs: Problems) -> None:
+    """One problem per key of ``d`` not in ``allowed`` (``table_name`` like ``[trial]``)."""
+    for k in d:
+        if k not in allowed:
+            probs.add(
+                "", f"unknown key {k!r} in {table_name}; allowed keys: {sorted(map(str, allowed))}"
+            )
+
+
+def ok(*values) -> bool:
+    """None of the values failed its check."""
+    return not any(v is INVALID for v in values)
+
+
+# ============================================================================ names
+def arm_name_problem(name) -> str | None:
+    """Why ``name`` cannot name an arm, or None.
+
+    An arm's name is a folder of the results store (``OUT/results.zarr/NAME``), so it
+    must be a plain, non-empty name: letters, digits, spaces and ``_-+.()%``, no path
+    separator, no leading dot (so no ``..``), no leading or trailing space, no trailing
+    dot, at most 100 characters.
+    """
+    if not isinstance(name, str):
+        return f"expected a string, got {describe(name)}"
+    if not name.strip():
+        return "an arm needs a non-empty name"
+    if "/" in name or "\\" in name:
+        return f"{name!r}: an arm name must not contain a path separator (/ or \\)"
+    if name.startswith(".") or ".." in name:
+        return f"{name!r}: an arm name must not start with a dot nor contain '..'"
+    if name != name.strip() or name.endswith("."):
+        return f"{name!r}: an arm name must not start or end with a space, nor end with a dot"
+    bad = sorted({c for c in name if not (c.isalnum() or c in ARM_NAME_CHARS)})
+    if bad:
+        return (
+            f"{name!r}: characters {bad} are not allowed in an arm name (it names a folder); "
+            f"use letters, digits, spaces and {ARM_NAME_CHARS.strip()}"
+        )
+    if len(name) > ARM_NAME_MAX:
+        return f"an arm name has at most {ARM_NAME_MAX} characters, got {len(name)}"
+    return None
+
+
+def store_path(out, arm_name: str) -> pathlib.Path:
+    """``out/results.zarr/<arm_name>``, refused (SpecError) unless it resolves inside."""
+    root = (pathlib.Path(out) / "results.zarr").resolve()
+    problem = arm_name_problem(arm_name)
+    if problem is not None:
+        raise SpecError(f"arm {arm_name!r}: {problem}")
+    path = (root / arm_name).resolve()
+    if path.parent != root:
+        raise SpecError(
+            f"arm {arm_name!r}: its results store {path} would be outside {root}; rename the arm"
+        )
+    return path
+
+
+def known_covariates(population) -> tuple[str, ...] | None:
+    """The covariate columns a population's cohorts have, or None if unknown.
+
+    The :class:`~twinjax.population.Demographics` generator gives
+    :data:`~twinjax.population.COLUMNS`; without a generator there are none; another
+    generator may declare its ``columns``.
+    """
+    from ..population import COLUMNS, Demographics
+
+    demo = getattr(population, "demographics", None)
+    if demo is None:
+        return ()
+    if isinstance(demo, Demographics):
+        return tuple(COLUMNS)
+    cols = getattr(demo, "columns", None)
+    return tuple(cols) if cols is not None else None
+
+
+def _covariate_text(known) -> str:
+    if not known:
+        return "the population has no covariates (demographics off)"
+    return f"the population's covariates are {list(known)}"
+
+
+def param_problem(model, name: str, value) -> str | None:
+    """Why ``value`` cannot be the model's parameter ``name`` (unknown, out of bounds), or None.
+
+    Uses the model's own bounds check; a log-transformed parameter must also lie strictly
+    above its lower bound (its unconstrained coordinate ``log(x - lower)`` is finite).
+    """
+    if name not in model.param_names:
+        return f"unknown parameter {name!r}; the model's parameters are {list(model.param_names)}"
+    if not is_number(value) or not math.isfinite(float(value)):
+        return f"parameter {name!r}: expected a finite number, got {describe(value)}"
+    try:
+        model.check_bounds({name: float(value)})
+    except (TypeError, ValueError) as err:
+        return str(err)
+    q = model.param(name)
+    if q.transform == "log" and not float(value) > q.lower:
+        return (
+            f"parameter {name!r} = {float(value):g} must be greater than its lower bound "
+            f"{q.lower:g} {q.unit}"
+        )
+    return None
+
+
+# ============================================================================ arms, inclusion
+def check_arm(name, regimen, n, placebo, params, where: str, probs: Problems) -> None:
+    """The fields of an :class:`Arm` (``where``: ``[arms][1]`` or ``Arm('x')``)."""
+    from ..dosing import Regimen
+
+    p = arm_name_problem(name)
+    if p is not None:
+        probs.add(f"{where}.name", p)
+    placebo = boolean(placebo, f"{where}.placebo", probs)
+    if n is not None:
+        integer(n, f"{where}.n", probs, lo=2)
+    if regimen is not None and not isinstance(regimen, Regimen):
+        probs.add(f"{where}.regimen", f"expected a Regimen or None, got {describe(regimen)}")
+    if regimen is None and placebo is False:
+        probs.add(where, f"arm {name!r} has no regimen; give doses or mark it placebo = true")
+    if regimen is not None and placebo is True:
+        probs.add(where, f"arm {name!r} is a placebo arm with doses; drop one or the other")
+    if params is not None:
+        if not isinstance(params, Mapping):
+            probs.add(f"{where}.params", f"expected a table of numbers, got {describe(params)}")
+        else:
+            for k, v in params.items():
+                number(v, f"{where}.params.{k}", probs)
+
+
+def check_inclusion(minimum, maximum, covariate, output, where: str, probs: Problems) -> None:
+    """The fields of an :class:`Inclusion` criterion (names are checked by the trial)."""
+    lo = number(minimum, f"{where}.min", probs, finite=False)
+    hi = number(maximum, f"{where}.max", probs, finite=False)
+    if ok(lo, hi) and lo > hi:
+        probs.add(where, f"min {lo:g} > max {hi:g}: no patient can be included")
+    if covariate is not None:
+        string(covariate, f"{where}.covariate", probs)
+    if output is not None:
+        string(output, f"{where}.output", probs)
+    if (covariate is None) == (output is None):
+        probs.add(where, "an inclusion criterion names exactly one covariate or output")
+
+
+# ============================================================================ the trial
+PY_LABELS = {
+    "duration": "duration",
+    "save_every": "save_every",
+    "n_per_arm": "n_per_arm",
+    "replicates": "replicates",
+    "power_sizes": "power_sizes",
+    "subgroup_covariates": "subgroup_covariates",
+    "alpha": "alpha",
+    "seed": "seed",
+    "control": "control",
+    "name": "name",
+    "outputs": "outputs",
+    "beat_times": "beat_times",
+    "arms": "arms",
+    "arm": "arms[{i}]",
+    "endpoints": "endpoints",
+    "endpoint": "endpoints[{i}]",
+    "inclusion": "inclusion[{i}]",
+    "covariate_effect": "population.covariates[{i}]",
+}
+
+TOML_LABELS = {
+    "duration": "[trial].duration",
+    "save_every": "[trial].save_every",
+    "n_per_arm": "[population].n_per_arm",
+    "replicates": "[statistics].replicates",
+    "power_sizes": "[statistics].power_sizes",
+    "subgroup_covariates": "[statistics].subgroups",
+    "alpha": "[statistics].alpha",
+    "seed": "[trial].seed",
+    "control": "[statistics].control",
+    "name": "[trial].name",
+    "outputs": "[trial].outputs",
+    "beat_times": "[trial].beat_times",
+    "arms": "[[arms]]",
+    "arm": "[arms][{i}]",
+    "endpoints": "[[endpoints]]",
+    "endpoint": "[endpoints][{i}]",
+    "inclusion": "[population.inclusion][{i}]",
+    "covariate_effect": "[population.covariates][{i}]",
+}
+
+
+def check_trial(a: dict, probs: Problems, labels: Mapping[str, str], complete: bool = True):
+    """Check the arguments of a :class:`Trial`; return them normalised.
+
+    Arguments:
+        a: ``model, population, arms, endpoints, inclusion`` (built objects) and the
+            scalar arguments of ``Trial`` as given; INVALID marks an entry that already
+            failed (its dependent checks are skipped).
+        probs: where problems go.
+        labels: how each argument is named in a message (:data:`PY_LABELS`,
+            :data:`TOML_LABELS`).
+        complete: False when some arms or endpoints were dropped for errors already
+            reported (then checks on the whole set, e.g. the control's name, are skipped).
+
+    Returns:
+        A dict of the normalised values plus ``control``, ``beat_times`` and ``outputs``.
+    """
+    from ._endpoints import Endpoint
+    from ._trial import Arm, Inclusion
+
+    L = labels
+    out: dict[str, Any] = {}
+    model = a["model"]
+    population = a["population"]
+    duration = number(a["duration"], L["duration"], probs, lo=0, lo_open=True)
+    save_every = number(a["save_every"], L["save_every"], probs, lo=0, lo_open=True)
+    if ok(duration, save_every):
+        ratio = duration / save_every
+        k = round(ratio)
+        if save_every > duration:
+            probs.add(
+                L["save_every"],
+                f"{save_every:g} is longer than the trial (duration {duration:g})",
+            )
+            save_every = INVALID
+        elif abs(ratio - k) > 1e-9 * max(1.0, ratio):
+            probs.add(
+                L["save_every"],
+                f"{save_every:g} does not divide duration {duration:g} into whole steps "
+                f"(duration / save_every = {ratio:.6g}); e.g. {duration / k:.6g}",
+            )
+            save_every = INVALID
+    out["duration"], out["save_every"] = duration, save_every
+    n_per_arm = integer(a["n_per_arm"], L["n_per_arm"], probs, lo=2)
+    out["n_per_arm"] = n_per_arm
+    out["replicates"] = integer(a["replicates"], L["replicates"], probs, lo=1)
+    out["alpha"] = number(a["alpha"], L["alpha"], probs, lo=0, hi=1, lo_open=True, hi_open=True)
+    out["seed"] = integer(a["seed"], L["seed"], probs, lo=0, hi=MAX_SEED)
+    out["name"] = string(a["name"], L["name"], probs)
+    sizes = listof(a["power_sizes"], L["power_sizes"], probs, integer, lo=2)
+    if ok(sizes) and len(set(sizes)) != len(sizes):
+        probs.add(L["power_sizes"], f"sizes must be unique, got {sizes}")
+        sizes = INVALID
+    out["power_sizes"] = sorted(sizes) if ok(sizes) else sizes
+    subs = listof(a["subgroup_covariates"], L["subgroup_covariates"], probs, string)
+    if ok(subs) and len(set(subs)) != len(subs):
+        probs.add(L["subgroup_covariates"], f"covariates must be unique, got {subs}")
+    out["subgroup_covariates"] = subs
+
+    # ---- arms
+    arms = a["arms"]
+    if isinstance(arms, (str, Mapping)) or not isinstance(arms, Sequence):
+        probs.add(L["arms"], f"expected a list of arms, got {describe(arms)}")
+        arms = INVALID
+    else:
+        arms = list(arms)
+        for i, arm in enumerate(arms):
+            if not isinstance(arm, Arm):
+                probs.add(L["arm"].format(i=i), f"expected an Arm, got {describe(arm)}")
+                arms = INVALID
+    out["arms"] = arms
+    names: list[str] = []
+    if ok(arms):
+        names = [arm.name for arm in arms]
+        if not arms and complete:
+            probs.add(L["arms"], "a trial needs at least one arm")
+        folded = [nm.casefold() for nm in names]
+        dup = sorted({nm for nm, f in zip(names, folded) if folded.count(f) > 1})
+        if dup:
+            probs.add(
+                L["arms"],
+                f"arm names must be unique (ignoring case: each names a folder), repeated: {dup}",
+            )
+    control = a["control"]
+    if control is not None:
+        control = string(control, L["control"], probs)
+    if ok(control, arms) and (complete or control is None) and names:
+        if control is None:
+            control = next((arm.name for arm in arms if arm.placebo), names[0])
+        elif control not in names:
+            probs.add(L["control"], f"control arm {control!r} is not one of the arms {names}")
+            control = INVALID
+    out["control"] = control
+    if ok(arms, n_per_arm, sizes) and sizes and arms:
+        smallest = min(arm.n or n_per_arm for arm in arms)
+        big = [s for s in sizes if s > smallest]
+        if big:
+            probs.add(
+                L["power_sizes"],
+                f"{big} exceed the smallest arm ({smallest} patients); replicate trials "
+                "draw patients from the simulated arms",
+            )
+
+    # ---- endpoints, inclusion: objects
+    endpoints = a["endpoints"]
+    if isinstance(endpoints, (str, Mapping)) or not isinstance(endpoints, Sequence):
+        probs.add(L["endpoints"], f"expected a list of endpoints, got {describe(endpoints)}")
+        endpoints = INVALID
+    else:
+        endpoints = list(endpoints)
+        for i, e in enumerate(endpoints):
+            if not isinstance(e, Endpoint):
+                probs.add(L["endpoint"].format(i=i), f"expected an Endpoint, got {describe(e)}")
+                endpoints = INVALID
+    out["endpoints"] = endpoints
+    inclusion = list(a["inclusion"])
+    for i, inc in enumerate(inclusion):
+        if not isinstance(inc, Inclusion):
+            probs.add(L["inclusion"].format(i=i), f"expected an Inclusion, got {describe(inc)}")
+            inclusion = INVALID
+            break
+    out["inclusion"] = inclusion
+    if ok(endpoints):
+        enames = [e.name for e in endpoints]
+        dup = sorted({n for n in enames if enames.count(n) > 1})
+        if dup:
+            probs.add(L["endpoints"], f"endpoint names must be unique, repeated: {dup}")
+
+    # ---- covariates
+    if population is not INVALID:
+        known = known_covariates(population)
+    else:  # a specification whose population failed: its demographics setting
+        known = a.get("known_covariates")
+    if known is not None:
+        if ok(subs):
+            bad = [c for c in subs if c not in known]
+            if bad:
+                probs.add(
+                    L["subgroup_covariates"],
+                    f"unknown covariate(s) {bad}; {_covariate_text(known)}",
+                )
+        if ok(inclusion):
+            for i, inc in enumerate(inclusion):
+                if inc.covariate is not None and inc.covariate not in known:
+                    probs.add(
+                        f"{L['inclusion'].format(i=i)}.covariate",
+                        f"unknown covariate {inc.covariate!r}; {_covariate_text(known)}",
+                    )
+        for i, c in enumerate(getattr(population, "covariates", ())):
+            if c.covariate not in known:
+                probs.add(
+                    f"{L['covariate_effect'].format(i=i)}.covariate",
+                    f"unknown covariate {c.covariate!r} in {c.describe()}; "
+                    f"{_covariate_text(known)}",
+                )
+        if ok(endpoints):
+            clash = [e.name for e in endpoints if e.name in known or e.name in RESERVED_COLUMNS]
+            if clash:
+                probs.add(
+                    L["endpoints"],
+                    f"endpoint name(s) {clash} are columns of the endpoint table already "
+                    f"({list(RESERVED_COLUMNS)} and the covariates); rename them",
+                )
+
+    # ---- the model: outputs, parameters, regimens, times
+    out["beat_times"], out["outputs"] = (), ()
+    if model is INVALID or model is None:
+        return out
+    special = getattr(model, "trial_output_names", None)
+    valid = (
+        list(special) if special is not None else list(model.output_names) + list(model.state_names)
+    )
+    if ok(arms):
+        for i, arm in enumerate(arms):
+            w = L["arm"].format(i=i)
+            for k, v in (arm.params or {}).items():
+                p = param_problem(model, k, v)
+                if p is not None:
+                    probs.add(f"{w}.params.{k}", p)
+            if arm.regimen is not None:
+                try:
+                    arm.regimen.validate(model)
+                except ValueError as err:
+                    probs.add(w, f"arm {arm.name!r}: {err}")
+    if ok(inclusion):
+        for i, inc in enumerate(inclusion):
+            if inc.output is not None and inc.output not in model.output_names:
+                probs.add(
+                    f"{L['inclusion'].format(i=i)}.output",
+                    f"inclusion: unknown output {inc.output!r}; outputs are "
+                    f"{list(model.output_names)}",
+                )
+    if ok(endpoints) and ok(duration):
+        for i, e in enumerate(endpoints):
+            for p in e.problems(valid, duration):
+                probs.add(L["endpoint"].format(i=i), p)
+
+    beat_outs = set(getattr(model, "beat_output_names", ()))
+    beat_times = a["beat_times"]
+    if beat_times is not None:
+        beat_times = listof(beat_times, L["beat_times"], probs, number)
+        if ok(beat_times) and not beat_outs:
+            probs.add(
+                L["beat_times"],
+                "[trial].beat_times is only for models with per-beat outputs (e.g. pk_circulation)",
+            )
+            beat_times = INVALID
+        if ok(beat_times, duration):
+            for t in beat_times:
+                if not 0.0 <= t <= duration:
+                    probs.add(
+                        L["beat_times"],
+                        f"[trial].beat_times: {t} is outside the trial [0, {duration}]",
+                    )
+                    beat_times = INVALID
+                    break
+    elif ok(endpoints, duration):
+        bt: set[float] = set()
+        for e in endpoints:
+            if e.output in beat_outs:
+                if e.time is None and e.window is None:
+                    probs.add(
+                        "",
+                        f"endpoint {e.name!r} reads the per-beat output {e.output!r} over "
+                        "the whole trial: give [trial].beat_times (the times at which the "
+                        "circulation's steady state is computed)",
+                    )
+                bt |= {t for t in (e.time, e.baseline_time) if t is not None}
+                if e.window is not None:
+                    bt |= set(e.window)
+        beat_times = sorted(bt) if bt else [0.0, duration]
+    else:
+        beat_times = INVALID
+    if ok(beat_times):
+        beat_times = tuple(sorted({float(t) for t in beat_times})) if beat_outs else ()
+    out["beat_times"] = beat_times
+
+    # every endpoint sees saved times where it reads
+    if ok(endpoints, duration, save_every, beat_times):
+        k = round(duration / save_every)
+        grid = np.linspace(0.0, k * save_every, k + 1)
+        for i, e in enumerate(endpoints):
+            if e.kind == "custom":
+                continue
+            w = L["endpoint"].format(i=i)
+            if e.output in beat_outs:
+                if e.window is not None:
+                    lo, hi = e.window
+                    if not any(lo <= t <= hi for t in beat_times):
+                        probs.add(
+                            w,
+                            f"endpoint {e.name!r}: no beat time in its window {e.window}; "
+                            f"beat_times are {list(beat_times)}",
+                        )
+                for t in _read_times(e):
+                    if not any(abs(t - b) <= 1e-9 for b in beat_times):
+                        probs.add(
+                            w,
+                            f"endpoint {e.name!r} reads the per-beat output {e.output!r} at "
+                            f"time {t:g}, which is not one of the beat_times {list(beat_times)}",
+                        )
+            elif e.window is not None:
+                lo, hi = e.window
+                inside = int(np.sum((grid >= lo - 1e-9) & (grid <= hi + 1e-9)))
+                need = 2 if e.kind == "auc" else 1
+                if inside < need:
+                    probs.add(
+                        w,
+                        f"endpoint {e.name!r}: its window {list(e.window)} holds {inside} "
+                        f"saved time(s) of the grid (save_every = {save_every:g}); need "
+                        f"{need}: lower save_every or widen the window",
+                    )
+
+    if special is not None:  # e.g. the drug concentration and the per-beat metrics
+        default_outs = {o for o in special if o in beat_outs or o == "pk.C"}
+    else:
+        default_outs = set(model.output_names)
+    outputs = a["outputs"]
+    if outputs:
+        outputs = listof(outputs, L["outputs"], probs, string)
+        if ok(outputs):
+            bad = [o for o in outputs if o not in valid]
+            if bad:
+                probs.add(L["outputs"], f"unknown output(s) {bad}; valid: {valid}")
+            outputs = tuple(outputs)
+    elif ok(endpoints):
+        outputs = tuple(sorted({e.output for e in endpoints if e.output} | default_outs))
+    else:
+        outputs = INVALID
+    out["outputs"] = outputs
+    return out
+
+
+def _read_times(e) -> list[float]:
+    """The single times an endpoint reads (value/change/responder)."""
+    if e.kind == "value":
+        return [e.time]
+    if e.kind in ("change", "responder"):
+        return [e.time, e.baseline_time]
+    return []
+
+
+# ============================================================================ TOML
+TOP_KEYS = {"trial", "population", "arms", "endpoints", "statistics"}
+TRIAL_KEYS = {
+    "name",
+    "seed",
+    "duration",
+    "save_every",
+    "solver",
+    "rtol",
+    "atol",
+    "outputs",
+    "beat_times",
+}
+POPULATION_KEYS = {
+    "model",
+    "n_per_arm",
+    "typical",
+    "iiv",
+    "covariates",
+    "inclusion",
+    "demographics",
+    "correlations",
+}
+COVARIATE_KEYS = {"type", "param", "covariate", "theta", "ref", "level", "factors"}
+ARM_KEYS = {"name", "doses", "n", "placebo", "params"}
+DOSE_KEYS = {"amt", "cmt", "time", "rate", "dur", "ii", "addl", "ss"}
+ENDPOINT_KEYS = {
+    "name",
+    "kind",
+    "output",
+    "time",
+    "baseline_time",
+    "window",
+    "threshold",
+    "direction",
+    "percent",
+    "low",
+    "high",
+}
+STATISTICS_KEYS = {"alpha", "replicates", "power_sizes", "subgroups", "control"}
+SOLVERS = ("ensemble", "diffrax")
+
+
+def load_toml(path) -> dict:
+    """Parse a TOML file; a missing file raises FileNotFoundError, bad TOML a SpecError."""
+    path = pathlib.Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text (UTF-8) file") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a folder, not a specification file") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"{path}: not valid TOML: {err}") from None
+
+
+def _section(spec: Mapping, key: str, probs: Problems) -> Mapping:
+    v = spec.get(key, {})
+    return v if table(v, f"[{key}]", probs) is not INVALID else {}
+
+
+def _tables(spec: Mapping, key: str, label: str, probs: Problems) -> list:
+    """An array of tables (``[[arms]]``) as a list of (index, table)."""
+    v = spec.get(key, [])
+    if isinstance(v, (str, Mapping)) or not isinstance(v, Sequence):
+        probs.add(label, f"expected an array of tables, got {describe(v)}")
+        return []
+    out = []
+    for i, t in enumerate(v):
+        if table(t, f"{label}[{i}]", probs) is not INVALID:
+            out.append((i, t))
+    return out
+
+
+def trial_from_dict(cls, spec: Mapping):
+    """Build ``cls`` (a :class:`Trial`) from a nested dict with the TOML layout.
+
+    Every value is checked; all problems are raised together as one :class:`SpecError`.
+    """
+    from ..dosing import Dose, Regimen
+    from ..models._registry import get_model
+    from ..population import Demographics, Population
+    from ..population._population import Categorical, Exponential, Linear, Power
+    from ..solve import solvers
+    from ._endpoints import Endpoint, check_endpoint_fields
+    from ._trial import Arm, Inclusion
+
+    P = Problems()
+    if not isinstance(spec, Mapping):
+        raise SpecError(f"a trial specification is a table, got {describe(spec)}")
+    unknown_keys(spec, "the top level", TOP_KEYS, P)
+    tr = _section(spec, "trial", P)
+    pop = _section(spec, "population", P)
+    st = _section(spec, "statistics", P)
+    unknown_keys(tr, "[trial]", TRIAL_KEYS, P)
+    unknown_keys(pop, "[population]", POPULATION_KEYS, P)
+    unknown_keys(st, "[statistics]", STATISTICS_KEYS, P)
+    complete = True
+
+    # ---- the model and the population
+    model: Any = INVALID
+    if "model" not in pop:
+        P.add("[population]", "needs a model name (see `twinjax models`)")
+    elif string(pop["model"], "[population].model", P) is not INVALID:
+        try:
+            model = get_model(pop["model"])
+        except ValueError as err:
+            P.add("[population].model", str(err))
+    n0 = len(P)
+    pnames = set(model.param_names) if model is not INVALID else None
+    demographics = boolean(pop.get("demographics", True), "[population].demographics", P)
+    known = list(known_covariates_for(demographics))
+    values: dict[str, dict] = {}
+    for sect, lo in (("typical", None), ("iiv", 0.0)):
+        d = pop.get(sect, {})
+        w = f"[population.{sect}]"
+        if table(d, w, P) is INVALID:
+            continue
+        if pnames is not None:
+            unknown_keys(d, w, pnames, P)
+        values[sect] = {k: number(v, f"{w}.{k}", P, lo=lo) for k, v in d.items()}
+    corr = pop.get("correlations")
+    corr_pairs: dict | None = None
+    if corr and table(corr, "[population.correlations]", P) is not INVALID:
+        corr_pairs = {}
+        for k, v in corr.items():
+            w = f"[population.correlations].{k!r}"
+            pair = tuple(s.strip() for s in str(k).split(","))
+            if len(pair) != 2 or not all(pair):
+                P.add(w, 'a key names two parameters, as "A,B"')
+            elif pnames is not None and not set(pair) <= pnames:
+                P.add(w, f"unknown parameter(s) {sorted(set(pair) - pnames)}")
+            r = number(v, w, P, lo=-1.0, hi=1.0)
+            if r is not INVALID and len(pair) == 2:
+                corr_pairs[pair] = r
+    kinds = {"power": Power, "linear": Linear, "exponential": Exponential}
+    kinds["categorical"] = Categorical
+    covs = []
+    for i, c in _tables(pop, "covariates", "[population.covariates]", P):
+        w = f"[population.covariates][{i}]"
+        m0 = len(P)
+        unknown_keys(c, f"[population.covariates[{i}]]", COVARIATE_KEYS, P)
+        kind = string(c.get("type"), f"{w}.type", P, choices=list(kinds))
+        param = string(c.get("param"), f"{w}.param", P)
+        if param is not INVALID and pnames is not None and param not in pnames:
+            P.add(f"{w}.param", f"unknown parameter {param!r}")
+        cov = string(c.get("covariate"), f"{w}.covariate", P)
+        if ok(cov, demographics) and cov not in known:
+            P.add(f"{w}.covariate", f"unknown covariate {cov!r}; {_covariate_text(known)}")
+        kw = {k: v for k, v in c.items() if k in COVARIATE_KEYS and k != "type"}
+        for k in ("theta", "ref", "level"):
+            if k in kw:
+                kw[k] = number(kw[k], f"{w}.{k}", P)
+        if "factors" in kw:
+            f = kw["factors"]
+            if table(f, f"{w}.factors", P) is not INVALID:
+                fac = {}
+                for lv, fv in f.items():
+                    try:
+                        level = float(lv)
+                    except ValueError:
+                        P.add(f"{w}.factors", f"level {lv!r} is not a number")
+                        continue
+                    fac[level] = number(fv, f"{w}.factors.{lv}", P, lo=0, lo_open=True)
+                kw["factors"] = fac
+        if len(P) == m0:
+            try:
+                covs.append(kinds[kind](**kw))
+            except (TypeError, ValueError) as err:
+                P.add(w, str(err))
+    population: Any = INVALID
+    if len(P) == n0 and model is not INVALID:
+        try:
+            population = Population.from_cv(
+                model,
+                dict(values.get("iiv", {})),
+                corr=corr_pairs or None,
+                typical=dict(values.get("typical", {})),
+                covariates=covs,
+                demographics=Demographics() if demographics else None,
+            )
+        except (TypeError, ValueError, KeyError) as err:
+            P.add("[population]", str(err).strip("\"'"))
+
+    inclusion = []
+    for i, c in _tables(pop, "inclusion", "[population.inclusion]", P):
+        w = f"[population.inclusion][{i}]"
+        m0 = len(P)
+        unknown_keys(c, f"[population.inclusion[{i}]]", {"covariate", "output", "min", "max"}, P)
+        lo, hi = c.get("min", -math.inf), c.get("max", math.inf)
+        check_inclusion(lo, hi, c.get("covariate"), c.get("output"), w, P)
+        if len(P) == m0:
+            inclusion.append(Inclusion(lo, hi, c.get("covariate"), c.get("output")))
+        else:
+            complete = False
+
+    # ---- arms
+    arms = []
+    for i, a in _tables(spec, "arms", "[[arms]]", P):
+        w = f"[arms][{i}]"
+        m0 = len(P)
+        unknown_keys(a, f"[arms[{i}]]", ARM_KEYS, P)
+        if "name" not in a:
+            P.add(w, "an arm needs a name")
+        doses = []
+        for j, d in _tables(a, "doses", f"{w}.doses", P):
+            dw = f"{w}.doses[{j}]"
+            d0 = len(P)
+            unknown_keys(d, f"[arms[{i}].doses[{j}]]", DOSE_KEYS, P)
+            if "amt" not in d or "cmt" not in d:
+                P.add(dw, "a dose needs amt and cmt")
+            for k in ("amt", "time", "rate", "dur", "ii"):
+                if k in d:
+                    number(d[k], f"{dw}.{k}", P)
+            if "cmt" in d:
+                string(d["cmt"], f"{dw}.cmt", P)
+            if "addl" in d:
+                integer(d["addl"], f"{dw}.addl", P, lo=0)
+            if "ss" in d:
+                integer(d["ss"], f"{dw}.ss", P, lo=0, hi=1)
+            if len(P) == d0:
+                try:
+                    doses.append(Dose(**d))
+                except (TypeError, ValueError) as err:
+                    P.add(dw, f"arm {a.get('name')!r} dose {j}: {err}")
+        aparams = a.get("params")
+        if aparams is not None and table(aparams, f"{w}.params", P) is not INVALID:
+            if pnames is not None:
+                unknown_keys(aparams, f"[arms[{i}].params]", pnames, P)
+                aparams = {k: v for k, v in aparams.items() if k in pnames}
+        regimen = Regimen(doses) if doses else None
+        placebo = a.get("placebo", False)
+        if "doses" in a and not doses and len(P) > m0:
+            regimen = INVALID  # its doses failed: do not also call it an arm without doses
+        if regimen is INVALID:
+            boolean(placebo, f"{w}.placebo", P)
+        else:
+            check_arm(a.get("name", ""), regimen, a.get("n"), placebo, aparams, w, P)
+        if len(P) == m0:
+            params = {k: float(v) for k, v in aparams.items()} if aparams is not None else None
+            arms.append(Arm(a["name"], regimen, a.get("n"), placebo, params))
+        else:
+            complete = False
+
+    # ---- endpoints
+    endpoints = []
+    for i, e in _tables(spec, "endpoints", "[[endpoints]]", P):
+        w = f"[endpoints][{i}]"
+        m0 = len(P)
+        unknown_keys(e, f"[endpoints[{i}]]", ENDPOINT_KEYS, P)
+        if e.get("kind") == "custom":
+            P.add(w, "custom endpoints are defined in Python, not TOML")
+        else:
+            kw = {k: v for k, v in e.items() if k in ENDPOINT_KEYS}
+            if isinstance(kw.get("window"), list):
+                kw["window"] = tuple(kw["window"])
+            check_endpoint_fields(kw, w, P)
+            if len(P) == m0:
+                try:
+                    endpoints.append(Endpoint(**kw))
+                except (TypeError, ValueError) as err:
+                    P.absorb(err, w)
+        if len(P) > m0:
+            complete = False
+
+    # ---- the solver
+    solver: Any = INVALID
+    name = string(tr.get("solver", "ensemble"), "[trial].solver", P, choices=SOLVERS)
+    tol = {}
+    for k in ("rtol", "atol"):
+        if k in tr:
+            tol[k] = number(tr[k], f"[trial].{k}", P, lo=0, lo_open=True)
+    if ok(name, *tol.values()):
+        try:
+            solver = (solvers.Ensemble if name == "ensemble" else solvers.Diffrax)(**tol)
+        except (TypeError, ValueError) as err:
+            P.add("[trial].solver", str(err))
+    if "duration" not in tr:
+        P.add("[trial]", "needs a duration (in the model's time unit)")
+
+    kw = dict(
+        duration=tr.get("duration", INVALID),
+        save_every=tr.get("save_every", 1.0),
+        n_per_arm=pop.get("n_per_arm", 100),
+        control=st.get("control"),
+        replicates=st.get("replicates", 200),
+        power_sizes=st.get("power_sizes", ()),
+        subgroup_covariates=st.get("subgroups", ()),
+        alpha=st.get("alpha", 0.05),
+        seed=tr.get("seed", 0),
+        name=tr.get("name", "trial"),
+        outputs=tr.get("outputs"),
+        beat_times=tr.get("beat_times"),
+    )
+    check_trial(
+        dict(
+            kw,
+            model=model,
+            population=population,
+            arms=arms,
+            endpoints=endpoints,
+            inclusion=inclusion,
+            known_covariates=known if ok(demographics) else None,
+        ),
+        P,
+        TOML_LABELS,
+        complete=complete,
+    )
+    P.check()
+    return cls(model, population, arms, endpoints, inclusion=inclusion, solver=solver, **kw)
+
+
+def known_covariates_for(demographics) -> tuple[str, ...]:
+    """The covariates of a TOML population: the demographics columns, or none."""
+    from ..population import COLUMNS
+
+    return tuple(COLUMNS) if demographics is True else ()
