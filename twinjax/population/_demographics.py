@@ -17,6 +17,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -41,6 +42,31 @@ height (cm), body-mass index (kg/m2), body surface area (m2), serum creatinine
 (mg/dL), creatinine clearance (mL/min)."""
 
 _NHANES = "NHANES 2015-2018, adults 20+ (Fryar et al. 2021, Vital Health Stat 3(46))"
+
+
+def float64_draws():
+    """A context in which random numbers are drawn in float64, whatever ``jax_enable_x64``.
+
+    The same key must give the same patients in float32 and float64 programs: a
+    float32 draw uses other random bits than a float64 one (``jax.random.normal``
+    in float32 and float64 are different samples, not roundings of each other). So
+    every sampler of :mod:`twinjax.population` draws, and computes the patients, in
+    float64 and casts the result to the working dtype at the end: a float32 cohort
+    is the float64 cohort rounded to float32.
+
+    With x64 on this does nothing (the float64 path is the plain one). With x64 off
+    it enables x64 *locally* (JAX's thread-local ``enable_x64`` context, not the
+    global flag): arrays made inside may be float64, so samplers turn them into
+    NumPy before leaving the context and cast them to the working dtype after it.
+    """
+    if jax.config.jax_enable_x64:  # type: ignore[attr-defined]
+        return contextlib.nullcontext()
+    ctx = getattr(jax, "enable_x64", None)  # jax >= 0.4.36: a config context manager
+    if callable(ctx):
+        return ctx(True)
+    from jax.experimental import enable_x64  # type: ignore[attr-defined]  # older jax
+
+    return enable_x64(True)
 
 
 def patient_keys(key, n: int, start: int = 0):
@@ -354,16 +380,18 @@ class Demographics:
         if n == 0:
             sex, chosen = np.zeros((0,), np.int64), np.zeros((0, 4))
         else:
-            # jax's Config stubs do not declare the flag attributes
-            f = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32  # type: ignore[attr-defined]
-            sex, chosen = _draw(
-                keys,
-                int(self.max_tries),
-                jnp.asarray(self.female_fraction, f),
-                *(jnp.asarray(v, f) for v in (mu, chol, scr, lo, hi)),
-            )
-            sex = np.asarray(sex, np.int64)[:n]
-            chosen = np.asarray(chosen, np.float64)[:n]
+            # drawn in float64 whatever the x64 flag: the same key gives the same
+            # patients in float32 and float64 programs (see float64_draws)
+            with float64_draws():
+                f = jnp.float64
+                sex, chosen = _draw(
+                    keys,
+                    int(self.max_tries),
+                    jnp.asarray(self.female_fraction, f),
+                    *(jnp.asarray(v, f) for v in (mu, chol, scr, lo, hi)),
+                )
+                sex = np.asarray(sex, np.int64)[:n]
+                chosen = np.asarray(chosen, np.float64)[:n]
 
         age = chosen[:, 0]
         wt = np.exp(chosen[:, 1])

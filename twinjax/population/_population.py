@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..model import Model
-from ._demographics import Demographics, _concat, key_blocks
+from ._demographics import Demographics, _concat, float64_draws, key_blocks
 
 __all__ = [
     "Categorical",
@@ -527,13 +527,16 @@ class Population:
             start: global index of the first patient.
 
         Returns:
-            ``(n, n_iiv)`` etas ``~ N(0, Omega)``, identical to ``sample(key, ...).etas``.
+            ``(n, n_iiv)`` etas ``~ N(0, Omega)``, identical to ``sample(key, ...).etas``
+            (drawn in float64 and cast to the working dtype, as there).
         """
+        dtype = _float()
         parts = []
-        for keys, m in key_blocks(key, n, start):
-            _, k_eta = _subkeys(keys)
-            parts.append(np.asarray(self._etas(k_eta))[:m])
-        return jnp.asarray(np.concatenate(parts))
+        with float64_draws():
+            for keys, m in key_blocks(key, n, start):
+                _, k_eta = _subkeys(keys)
+                parts.append(np.asarray(self._etas(k_eta))[:m])
+        return jnp.asarray(np.concatenate(parts).astype(dtype))
 
     def _etas(self, keys):
         dtype = _float()
@@ -548,6 +551,12 @@ class Population:
         and an eta key: drawing patients ``[a, b)`` alone gives exactly the patients
         ``[a, b)`` of drawing ``[0, b)`` (chunk invariance). Batches are padded to a
         few bucket sizes internally, so chunks of varying size reuse compiled code.
+
+        Random numbers are drawn, and the patients computed, in float64 whatever
+        ``jax_enable_x64`` says (with x64 off, in a local x64 context: see
+        :func:`~twinjax.population._demographics.float64_draws`); the parameters are
+        cast to the working dtype at the end. So one key gives the same cohort in
+        float32 and float64 programs, to float32 rounding.
 
         Arguments:
             key: a JAX PRNG key.
@@ -565,6 +574,22 @@ class Population:
                 a covariate-adjusted typical value leaves its parameter's bounds (naming
                 the parameter and the patient).
         """
+        dtype = _float()
+        with float64_draws():
+            cov, etas, tv, params, index = self._sample(key, n, start, covariates, dtype)
+        # jax arrays made outside the float64 context: in the working dtype
+        return Cohort(
+            params={k: jnp.asarray(v) for k, v in params.items()},
+            covariates=cov,
+            etas=jnp.asarray(etas),
+            iiv=self.iiv,
+            typical={k: jnp.asarray(v) for k, v in tv.items()},
+            index=index,
+        )
+
+    def _sample(self, key, n, start, covariates, dtype):
+        """``sample`` in float64: NumPy ``(covariates, etas, TV, params, index)`` with
+        the arrays cast to ``dtype``."""
         import pandas as pd
 
         n, start = int(n), int(start)
@@ -598,7 +623,7 @@ class Population:
                 )
             cols[c.covariate] = np.asarray(cov[c.covariate], np.float64)
 
-        out = []
+        out = []  # NumPy, float64: jax arrays made here may be float64 (see float64_draws)
         at = 0
         for _, k_eta, m in blocks:
             size = int(k_eta.shape[0])
@@ -609,15 +634,13 @@ class Population:
             tv, params, etas = self._core(block, k_eta)
             out.append(jax.tree.map(lambda v, m=m: np.asarray(v)[:m], (tv, params, etas)))
             at += m
-        tv = {k: jnp.asarray(np.concatenate([o[0][k] for o in out])) for k in out[0][0]}
+        tv = {k: np.concatenate([o[0][k] for o in out]).astype(dtype) for k in out[0][0]}
         params = {
-            k: jnp.asarray(np.concatenate([o[1][k] for o in out])) for k in self.model.param_names
+            k: np.concatenate([o[1][k] for o in out]).astype(dtype) for k in self.model.param_names
         }
-        etas = jnp.asarray(np.concatenate([o[2] for o in out]))
+        etas = np.concatenate([o[2] for o in out]).astype(dtype)
         self._check_typical(tv, index)
-        return Cohort(
-            params=params, covariates=cov, etas=etas, iiv=self.iiv, typical=tv, index=index
-        )
+        return cov, etas, tv, params, index
 
     @property
     def _core(self):

@@ -19,7 +19,10 @@ import math
 from collections.abc import Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from ._demographics import float64_draws
 
 __all__ = ["VPopResult", "plausible", "select_vpop"]
 
@@ -312,7 +315,8 @@ def select_vpop(
     # ---- plausible-population log density
     if density == "kde":
         if n > kde_points:
-            sub = np.asarray(jax.random.choice(k_sub, n, (kde_points,), replace=False))
+            with float64_draws():  # the same subset in float32 and float64 programs
+                sub = np.asarray(jax.random.choice(k_sub, n, (kde_points,), replace=False))
             fit = X[np.sort(sub)]
         else:
             fit = X
@@ -324,7 +328,8 @@ def select_vpop(
         log_p = np.atleast_1d(mvn_p.logpdf(X))
 
     # ---- thresholds: i is selected at scale sf iff sf >= t_i = u_i * f_p / f_t
-    u = np.asarray(jax.random.uniform(k_u, (n_all,)))[pos]
+    with float64_draws():  # the same draws in float32 and float64 programs
+        u = np.asarray(jax.random.uniform(k_u, (n_all,), jnp.float64))[pos]
     u = np.clip(u.astype(np.float64), np.finfo(np.float64).tiny, None)
     log_ratio = log_t - log_p
     log_ratio = np.where(np.isfinite(log_ratio), log_ratio, -np.inf)

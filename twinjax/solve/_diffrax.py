@@ -32,6 +32,8 @@ class Diffrax(AbstractSolver):
             segment (e.g. periodic forcing).
         adjoint: ``"checkpoint"`` (reverse-mode gradients, the default) or
             ``"forward"`` (forward-mode ``jvp``/``jacfwd``, as used by Gauss-Newton fits).
+        hmin: smallest step relative to ``max(|t|, 1)``: a rejected step that would go
+            below it stops the patient with ``STEP_TOO_SMALL`` (as ``solvers.Ensemble``).
 
     Patients are integrated with ``jax.vmap`` over ``diffeqsolve`` with
     ``throw=False``, so one failing patient is flagged by its status code and does
@@ -44,6 +46,7 @@ class Diffrax(AbstractSolver):
     max_steps: int = 100_000
     dtmax: float | None = None
     adjoint: str = "checkpoint"
+    hmin: float = 1e-12
 
     def __check_init__(self):
         if isinstance(self.method, str) and self.method not in (*_SOLVERS, "auto"):
@@ -63,21 +66,45 @@ class Diffrax(AbstractSolver):
         return _SOLVERS[self.method]()
 
     def integrate(self, f, t0, t1, y0, ts, args, model, *, forward=False):
+        return self._solve(f, t0, t1, y0, ts, args, model, forward, None)
+
+    def init_carry(self, n, dtype):
+        return jnp.zeros((n,), bool)  # the patients that failed in an earlier segment
+
+    def integrate_segment(self, f, t0, t1, y0, ts, out, lo, hi, args, model, carry):
+        """As the base class, but a patient that failed in an earlier segment is not
+        integrated again: its first failure's code is the one reported."""
+        ts = jnp.broadcast_to(ts, (y0.shape[0], ts.shape[-1]))  # (1, T): shared times
+        ys, y1, status = self._solve(f, t0, t1, y0, ts, args, model, False, carry)
+        k = jnp.arange(ts.shape[-1])[None, :]
+        mask = (k >= lo[:, None]) & (k < hi[:, None])
+        return jnp.where(mask[..., None], ys, out), y1, status, carry | (status != Status.OK)
+
+    def _solve(self, f, t0, t1, y0, ts, args, model, forward, skip):
         solver = self.solver_for(model)
-        controller = dfx.PIDController(rtol=self.rtol, atol=self.atol, dtmax=self.dtmax)
+        controller = _Guarded(
+            dfx.PIDController(rtol=self.rtol, atol=self.atol, dtmax=self.dtmax), self.hmin
+        )
         if forward or self.adjoint == "forward":
             adjoint = dfx.ForwardMode()
         else:
             adjoint = dfx.RecursiveCheckpointAdjoint()
         term = dfx.ODETerm(lambda t, y, a: f(t, y, a))
 
-        def one(t0, t1, y0, ts, args):
+        def one(t0, t1, y0, ts, args, skip):
+            # A start from a non-finite state or derivative is not integrated (diffrax
+            # would pick a NaN first step and spin until max_steps): NONFINITE, as the
+            # Ensemble solver. A patient that failed before (skip) is not integrated.
+            start_ok = jnp.all(jnp.isfinite(y0)) & jnp.all(jnp.isfinite(f(t0, y0, args)))
+            run = start_ok & ~skip
+            t1 = jnp.where(run, t1, t0)
+            y0 = jnp.where(run, y0, jnp.zeros_like(y0))
             # diffrax returns y0 unchanged, with zero steps, on a zero-length segment
             # (several events at one time, or events after the last save time).
             if ts is None:
-                saveat = dfx.SaveAt(t1=True)
+                saveat = dfx.SaveAt(t1=True, controller_state=True)
             else:  # diffrax saves inside [t0, t1]; the engine keeps the segment's own
-                saveat = dfx.SaveAt(ts=jnp.clip(ts, t0, t1), t1=True)
+                saveat = dfx.SaveAt(ts=jnp.clip(ts, t0, t1), t1=True, controller_state=True)
             sol = dfx.diffeqsolve(
                 term,
                 solver,
@@ -92,18 +119,70 @@ class Diffrax(AbstractSolver):
                 adjoint=adjoint,
                 throw=False,
             )
+            nonfinite = sol.controller_state[1]  # the last step tried was NaN or infinite
+            r = sol.result
+            status = jnp.select(
+                [
+                    r == dfx.RESULTS.successful,
+                    nonfinite,
+                    r == dfx.RESULTS.max_steps_reached,
+                    r == dfx.RESULTS.dt_min_reached,
+                ],
+                [Status.OK, Status.NONFINITE, Status.MAX_STEPS, Status.STEP_TOO_SMALL],
+                Status.SOLVER_FAILED,
+            )
             status = jnp.where(
-                sol.result == dfx.RESULTS.successful,
-                Status.OK,
-                jnp.where(
-                    sol.result == dfx.RESULTS.max_steps_reached,
-                    Status.MAX_STEPS,
-                    Status.SOLVER_FAILED,
-                ),
+                skip, Status.OK, jnp.where(start_ok, status, Status.NONFINITE)
             ).astype(jnp.int32)
+            ys = jnp.where(run, sol.ys, jnp.nan)
             if ts is None:
-                return None, sol.ys[-1], status
-            return sol.ys[:-1], sol.ys[-1], status
+                return None, ys[-1], status
+            return ys[:-1], ys[-1], status
 
-        in_axes = (0, 0, 0, None if ts is None else 0, 0)
-        return jax.vmap(one, in_axes=in_axes)(t0, t1, y0, ts, args)
+        n = y0.shape[0]
+        skip = jnp.zeros((n,), bool) if skip is None else skip
+        in_axes = (0, 0, 0, None if ts is None else 0, 0, 0)
+        return jax.vmap(one, in_axes=in_axes)(t0, t1, y0, ts, args, skip)
+
+
+class _Guarded(dfx.AbstractAdaptiveStepSizeController):
+    """A PID controller that also records whether the last step tried was NaN or
+    infinite (the cause of a failure, see :class:`Status`) and stops the solve with
+    ``dt_min_reached`` once a rejected step proposes a step below
+    ``hmin * max(|t|, 1)`` (as ``solvers.Ensemble``)."""
+
+    inner: dfx.PIDController
+    hmin: float
+
+    @property
+    def rtol(self):
+        return self.inner.rtol
+
+    @property
+    def atol(self):
+        return self.inner.atol
+
+    @property
+    def norm(self):
+        return self.inner.norm
+
+    def wrap(self, direction):
+        return _Guarded(self.inner.wrap(direction), self.hmin)
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        t, state = self.inner.init(terms, t0, t1, y0, dt0, args, func, error_order)
+        return t, (state, jnp.asarray(False))
+
+    def adapt_step_size(
+        self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
+    ):
+        keep, next_t0, next_t1, jump, state, result = self.inner.adapt_step_size(
+            t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state[0]
+        )
+        leaves = jax.tree.leaves((y1_candidate, y_error))
+        nonfinite = ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves]))
+        tiny = ~keep & (next_t1 - next_t0 < self.hmin * jnp.maximum(jnp.abs(t0), 1.0))
+        result = dfx.RESULTS.where(
+            (result == dfx.RESULTS.successful) & tiny, dfx.RESULTS.dt_min_reached, result
+        )
+        return keep, next_t0, next_t1, jump, (state, nonfinite), result

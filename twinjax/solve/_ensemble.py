@@ -210,19 +210,23 @@ class Ensemble(AbstractSolver):
         return self._run(f, t0, t1, y0, args, (ts, out, lo, hi))
 
     def init_carry(self, n, dtype):
-        return jnp.full((n,), jnp.nan, dtype)  # no step size known yet
+        # each patient's last step (none known yet), and whether it failed before
+        return jnp.full((n,), jnp.nan, dtype), jnp.zeros((n,), bool)
 
     def integrate_segment(self, f, t0, t1, y0, ts, out, lo, hi, args, model, carry):
         """Integrate and write the saves of indices ``[lo, hi)`` straight into ``out``.
 
         The carry is each patient's last proposed step: a new segment starts from it
         (the controller shrinks it if the event made the dynamics faster) instead of
-        re-estimating an initial step.
+        re-estimating an initial step. A patient that failed in an earlier segment
+        is not integrated again: its first failure's code is the one reported.
         """
         del model
-        return self._run(f, t0, t1, y0, args, (ts, out, lo, hi), carry)
+        h_prev, failed = carry
+        out, y1, status, h = self._run(f, t0, t1, y0, args, (ts, out, lo, hi), h_prev, failed)
+        return out, y1, status, (h, failed | (status != Status.OK))
 
-    def _run(self, f, t0, t1, y0, args, save, h_prev=None):
+    def _run(self, f, t0, t1, y0, args, save, h_prev=None, skip=None):
         # Internally state-major: ``Y[S, N]``, one contiguous row per state, so that
         # every stage is a handful of fused, vectorised loops over the patients.
         n, S = y0.shape
@@ -340,9 +344,16 @@ class Ensemble(AbstractSolver):
                 k_next = jnp.where(accept[None, :], k_end, k)
                 bad = active & ~finite
                 tiny = active & ~accept & (h_new < self.hmin * jnp.maximum(jnp.abs(t), 1.0))
-                status = jnp.where(bad, Status.NONFINITE, status)
-                status = jnp.where(tiny & ~bad, Status.STEP_TOO_SMALL, status)
-                still = active & ~bad & ~tiny & ~(accept & last)
+                if adaptive:
+                    # A NaN or infinite trial step is rejected and the step shrunk (as
+                    # diffrax does); while running, status says whether the last step
+                    # tried was non-finite: that is the cause if the patient fails.
+                    status = jnp.where(active, jnp.where(bad, Status.NONFINITE, 0), status)
+                    status = jnp.where(tiny & ~bad, Status.STEP_TOO_SMALL, status)
+                    still = active & ~tiny & ~(accept & last)
+                else:  # a fixed step cannot shrink: a non-finite step is a failure
+                    status = jnp.where(bad, Status.NONFINITE, status)
+                    still = active & ~bad & ~(accept & last)
                 return (t_new, y_next, k_next, h_new, still, status, it + 1, out, idx)
 
             return cond, body
@@ -357,8 +368,15 @@ class Ensemble(AbstractSolver):
                 lambda c: save_pass(c[0], c[1], t0, lambda tj: y0_saves),
                 (out, idx),
             )
-        active0 = t0 < t1
-        status0 = jnp.zeros((n,), jnp.int32)
+        # A start from a non-finite state or derivative is not integrated: NONFINITE.
+        # A patient that failed before (skip) is not integrated and reports OK.
+        start_ok = jnp.all(jnp.isfinite(y0), axis=0) & jnp.all(jnp.isfinite(f0), axis=0)
+        run = start_ok if skip is None else start_ok & ~skip
+        active0 = (t0 < t1) & run
+        status0 = jnp.where(start_ok, 0, Status.NONFINITE)
+        if skip is not None:
+            status0 = jnp.where(skip, 0, status0)
+        status0 = status0.astype(jnp.int32)
         carry = (t0, y0, f0, h0, active0, status0, jnp.zeros((), jnp.int32), out, idx)
         # Compaction: patients finish a segment after different numbers of steps, and
         # a lock-step loop pays for all of them until the last one is done. Once no
@@ -394,7 +412,9 @@ class Ensemble(AbstractSolver):
                 None if idx is None else idx.at[sel].set(ic),
             )
         y, h, active, status, out = carry[1].T, carry[3], carry[4], carry[5], carry[7]
-        status = jnp.where(active, Status.MAX_STEPS, status).astype(jnp.int32)
+        # still running: out of steps, unless the last step tried was non-finite
+        status = jnp.where(active & (status != Status.NONFINITE), Status.MAX_STEPS, status)
+        status = status.astype(jnp.int32)
         if h_prev is None:
             return out, y, status
         h_keep = jnp.where(t1 > t0, h, h_prev)  # a zero-length segment keeps the old step

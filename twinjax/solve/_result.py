@@ -19,6 +19,11 @@ class Result(eqx.Module):
         outputs: ``{output: (N, T)}`` from ``Model.observe``.
         status: ``(N,)`` int codes (``()`` for one patient); see :class:`Status`.
         params: the full parameter dict used.
+
+    A failed patient (``status != 0``) has NaN states and outputs at every save time;
+    :meth:`summarise` counts failed patients and leaves them out of its statistics,
+    and the tables of :meth:`to_dataframe` and :meth:`to_xarray` carry ``status`` and
+    ``ok`` columns.
     """
 
     times: jax.Array
@@ -46,6 +51,36 @@ class Result(eqx.Module):
             f"{name!r} is neither an output {list(self.outputs)} nor a state {list(self.states)}"
         )
 
+    def failures(self) -> dict[str, int]:
+        """``{status name: number of patients}`` for every failure code present."""
+        st = np.atleast_1d(np.asarray(self.status))
+        codes, counts = np.unique(st[st != Status.OK], return_counts=True)
+        return {Status(int(c)).name: int(k) for c, k in zip(codes, counts)}
+
+    def summarise(self, name: str) -> dict:
+        """Per-time statistics of an output or state over the patients that succeeded.
+
+        Returns:
+            ``{"n_ok": int, "n_failed": int, "failed": {status name: count},
+            "mean", "sd", "min", "max": (T,) arrays}``; NaN where no patient
+            succeeded (``sd`` also with a single one).
+        """
+        ok = np.atleast_1d(np.asarray(self.ok))
+        v = np.asarray(self[name], np.float64)
+        v = v.reshape((ok.shape[0], -1))[ok]
+        n_ok = int(ok.sum())
+        T = v.shape[-1]
+        nan = np.full(T, np.nan)
+        return {
+            "n_ok": n_ok,
+            "n_failed": int(ok.shape[0] - n_ok),
+            "failed": self.failures(),
+            "mean": v.mean(axis=0) if n_ok else nan,
+            "sd": v.std(axis=0, ddof=1) if n_ok > 1 else nan,
+            "min": v.min(axis=0) if n_ok else nan,
+            "max": v.max(axis=0) if n_ok else nan,
+        }
+
     def patient(self, i: int) -> Result:
         """The result of patient ``i`` as a single-patient Result."""
         if self.n_patients is None:
@@ -66,6 +101,7 @@ class Result(eqx.Module):
             n = self.n_patients
             coords["patient"] = np.arange(n)
             data["status"] = (("patient",), np.asarray(self.status))
+            data["ok"] = (("patient",), np.asarray(self.ok))
             if self.times.ndim == 1:
                 coords["time"] = np.asarray(self.times)
             else:
@@ -88,6 +124,7 @@ class Result(eqx.Module):
         if not batched:
             df = pd.DataFrame({"time": np.asarray(self.times), **vals})
             df.insert(0, "status", int(self.status))
+            df.insert(1, "ok", bool(self.ok))
             return df
         n = self.n_patients
         T = next(iter(vals.values())).shape[1] if vals else jnp.shape(self.times)[-1]
@@ -100,4 +137,5 @@ class Result(eqx.Module):
             }
         )
         df["status"] = np.repeat(np.asarray(self.status), T)
+        df["ok"] = np.repeat(np.asarray(self.ok), T)
         return df

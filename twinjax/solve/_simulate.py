@@ -16,6 +16,7 @@ from ._base import AbstractSolver
 from ._diffrax import Diffrax
 from ._engine import run
 from ._result import Result
+from ._status import Status
 
 
 def check_times(times, dtype) -> jax.Array:
@@ -87,7 +88,19 @@ def _simulate_core(model, solver, p, ev, ts2, y0=None):
     pe = {k: v[:, None] for k, v in p.items()}
     outputs = model.observe(ts2, states, pe)
     outputs = {k: jnp.broadcast_to(v, ts2.shape) for k, v in outputs.items()}
+    # A failed patient's states and outputs are NaN at every save time: values saved
+    # before the failure are not trustworthy either, and a 0.0 or an inf from a solver
+    # must never pass for a result. The other patients are untouched (bitwise).
+    failed = (status != Status.OK)[:, None]
+    states = {k: _nan_where(failed, v) for k, v in states.items()}
+    outputs = {k: _nan_where(failed, v) for k, v in outputs.items()}
     return states, outputs, status
+
+
+def _nan_where(mask, v):
+    if not jnp.issubdtype(v.dtype, jnp.inexact):
+        return v
+    return jnp.where(mask, jnp.asarray(jnp.nan, v.dtype), v)
 
 
 def simulate(
@@ -119,7 +132,9 @@ def simulate(
 
     Returns:
         A :class:`Result` with a status code per patient. A failing patient never
-        raises: it is flagged and the rest of the batch is intact.
+        raises: it is flagged (the same code whichever solver ran it, see
+        :class:`Status`), its states and outputs are NaN at every save time, and the
+        rest of the batch is intact.
 
     Raises:
         ValueError: before any compilation, for unknown parameters, values outside

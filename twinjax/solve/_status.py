@@ -1,4 +1,24 @@
-"""Per-patient status codes: failures are data, not exceptions."""
+"""Per-patient status codes: failures are data, not exceptions.
+
+How a failure gets its code (the same rules in ``solvers.Diffrax`` and
+``solvers.Ensemble``, so the same failure has the same code whichever solver ran it):
+
+1. A segment (the time between two events) that starts from a NaN or infinite state,
+   or where the vector field is NaN or infinite at its start, is not integrated:
+   ``NONFINITE`` (e.g. a volume of 0 in a PK model: ``C = A / V``).
+2. Inside a segment a NaN or infinite trial step is rejected and the step shrunk,
+   like a step with too large an error. If the patient then fails, the cause is
+   ``NONFINITE`` when the last step tried was NaN or infinite; otherwise
+   ``STEP_TOO_SMALL`` when a rejected step would shrink below
+   ``hmin * max(|t|, 1)``, ``MAX_STEPS`` when the segment used up ``max_steps``,
+   and ``SOLVER_FAILED`` for any other solver failure.
+3. A patient's code is that of its first failing segment: once failed, it is not
+   integrated further. A patient whose run succeeded but whose saved states are NaN
+   or infinite is ``NONFINITE``.
+
+A failed patient's states and outputs are NaN at every save time (``simulate``,
+``simulate_cohort``); summaries over a cohort count and exclude failed patients.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +26,8 @@ import enum
 
 
 class Status(enum.IntEnum):
-    """Outcome of one patient's simulation (``Result.status``)."""
+    """Outcome of one patient's simulation (``Result.status``); see the module notes
+    for which code a failure gets."""
 
     OK = 0
     MAX_STEPS = 1
@@ -22,7 +43,7 @@ class Status(enum.IntEnum):
 _MESSAGES = {
     Status.OK: "ok",
     Status.MAX_STEPS: "the solver reached max_steps before the end of a segment",
-    Status.NONFINITE: "a state or output became NaN or infinite",
+    Status.NONFINITE: "a state or the vector field became NaN or infinite",
     Status.STEP_TOO_SMALL: "the step size fell below its minimum (the problem may be stiff)",
     Status.SOLVER_FAILED: "the solver failed (implicit solver did not converge)",
 }
