@@ -10,9 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# record kinds in a compiled event table
-NOOP, BOLUS, INF_RATE, INF_DUR, RESET = 0, 1, 2, 3, 4
+# record kinds in a compiled event table (INF_CONST: a steady-state constant infusion,
+# SS 1/2 with AMT 0, RATE > 0, II 0, which runs until a reset or an SS 1 record)
+NOOP, BOLUS, INF_RATE, INF_DUR, RESET, INF_CONST = 0, 1, 2, 3, 4, 5
 PAD_TIME = 1.0e9
+#: History (implied earlier) doses kept per steady-state record beyond those that the
+#: concrete duration needs; they cover lag times below this many intervals.
+SS_EXTRA_HISTORY = 1
 
 
 from ..model._model import _is_concrete as _concrete  # noqa: E402
@@ -45,9 +49,15 @@ class Dose:
             ``dur``, not both; with neither the dose is a bolus.
         ii: interdose interval (II) for ``addl`` and ``ss``.
         addl: number of additional doses (ADDL) every ``ii`` after this one.
-        ss: steady-state flag (SS). ``1``: the system is at the periodic steady state
-            of this dose repeated every ``ii`` when it is given (previous doses are
-            discarded, as NONMEM does).
+        ss: steady-state flag (SS), as NONMEM's. ``1``: at ``time`` the system is at the
+            periodic steady state of this dose repeated every ``ii`` (earlier doses,
+            running infusions and pending doses are discarded); with a lag time the
+            implied doses are lagged too, so the system is at steady state at ``time``
+            and this dose arrives at ``time + lag``. Infusions longer than ``ii``
+            overlap. ``2``: the steady-state amounts are added to the current state
+            (superposition, meaningful for linear kinetics). With ``amt=0, rate>0,
+            ii=0`` the dose is a steady-state constant infusion that runs until a reset
+            or the next ``ss=1`` record.
         evid: 1 (dose) or 4 (reset the system, then dose).
 
     Bioavailability and lag time are model parameters (see
@@ -75,8 +85,8 @@ class Dose:
         _num(self.dur, "dur", where)
         _num(self.ii, "ii", where)
         _num(self.addl, "addl", where, integer=True)
-        if self.ss not in (0, 1):
-            raise ValueError(f"{where}: ss = {self.ss}; supported values are 0 and 1")
+        if self.ss not in (0, 1, 2):
+            raise ValueError(f"{where}: ss = {self.ss}; supported values are 0, 1 and 2")
         if self.evid not in (1, 4):
             raise ValueError(
                 f"{where}: evid = {self.evid}; a Dose has evid 1 (dose) or 4 (reset and dose); "
@@ -84,21 +94,32 @@ class Dose:
             )
         if _concrete(self.rate) and _concrete(self.dur) and self.rate > 0 and self.dur > 0:
             raise ValueError(f"{where}: give rate or dur for an infusion, not both")
-        needs_ii = (_concrete(self.addl) and self.addl > 0) or self.ss == 1
-        if needs_ii and _concrete(self.ii) and not self.ii > 0:
-            raise ValueError(f"{where}: addl > 0 or ss = 1 needs an interdose interval ii > 0")
-        if (
-            self.ss == 1
-            and _concrete(self.dur)
-            and _concrete(self.ii)
-            and self.dur > 0
-            and self.dur > self.ii
-        ):
-            raise ValueError(f"{where}: steady-state infusion with dur {self.dur} > ii {self.ii}")
+        if self.is_constant_infusion:
+            if _concrete(self.addl) and self.addl > 0:
+                raise ValueError(
+                    f"{where}: a steady-state constant infusion (amt 0, rate > 0, ii 0) "
+                    "cannot have addl"
+                )
+            return
+        if self.ss > 0 and _concrete(self.ii) and not self.ii > 0:
+            raise ValueError(
+                f"{where}: ss = {self.ss} needs an interdose interval ii > 0 (or amt 0, "
+                "rate > 0 and ii 0 for a steady-state constant infusion)"
+            )
+        if _concrete(self.addl) and self.addl > 0 and _concrete(self.ii) and not self.ii > 0:
+            raise ValueError(f"{where}: addl > 0 needs an interdose interval ii > 0")
 
     @property
     def is_infusion(self) -> bool:
         return _positive(self.rate) or _positive(self.dur)
+
+    @property
+    def is_constant_infusion(self) -> bool:
+        """A steady-state constant infusion: ss > 0, amt 0, rate > 0, ii 0 (all concrete)."""
+        vals = (self.amt, self.rate, self.ii, self.dur)
+        if self.ss == 0 or not all(_concrete(v) for v in vals):
+            return False
+        return float(self.amt) == 0 and float(self.rate) > 0 and float(self.ii) == 0
 
     def expand(self) -> list[Dose]:
         """This record and its ADDL repeats as single doses."""
@@ -135,9 +156,15 @@ class EventTable(eqx.Module):
     """A regimen compiled to arrays (one row per dose record, padded).
 
     Leading axes are patients when stacked. ``kind`` is one of NOOP, BOLUS,
-    INF_RATE, INF_DUR, RESET; ``cmt`` indexes ``model.state_names``.
-    ``ss_*`` fields describe at most one steady-state record per regimen (``ss_on``
-    is 0 when the patient has none).
+    INF_RATE, INF_DUR, RESET, INF_CONST; ``cmt`` indexes ``model.state_names``.
+    Steady state: ``ss`` is the SS flag of each record (0, 1, 2) and ``ii`` its
+    interval; ``ss_rec`` lists the record index of every steady-state record (``-1``
+    pads). The implied earlier doses of a steady-state record that can still act after
+    its time (overlapping infusions, lagged doses) are extra records with ``hist`` set
+    to the index of their steady-state record (``-1`` for ordinary records). ``seq``
+    orders events at equal times (the order of the records). ``ss_time`` is the time
+    of each patient's first steady-state record (``PAD_TIME`` if none); the engine
+    reads the times from ``time``.
     """
 
     time: jax.Array
@@ -146,14 +173,12 @@ class EventTable(eqx.Module):
     dur: jax.Array
     cmt: jax.Array
     kind: jax.Array
-    ss_on: jax.Array
+    ii: jax.Array
+    ss: jax.Array
+    hist: jax.Array
+    seq: jax.Array
+    ss_rec: jax.Array
     ss_time: jax.Array
-    ss_amt: jax.Array
-    ss_rate: jax.Array
-    ss_dur: jax.Array
-    ss_ii: jax.Array
-    ss_cmt: jax.Array
-    ss_kind: jax.Array
     has_infusion: bool = eqx.field(static=True)
     has_ss: bool = eqx.field(static=True)
 
@@ -178,9 +203,6 @@ class Regimen:
             if not isinstance(d, (Dose, Reset)):
                 raise TypeError(f"Regimen item {i} is {type(d).__name__}; expected Dose or Reset")
         self.doses: tuple[Dose | Reset, ...] = tuple(doses)
-        n_ss = sum(1 for d in self.doses if isinstance(d, Dose) and d.ss == 1)
-        if n_ss > 1:
-            raise ValueError("A regimen may hold at most one steady-state (ss=1) record")
 
     @classmethod
     def repeat(cls, amt, cmt, *, every, n, start=0.0, rate=0.0, dur=0.0) -> Regimen:
@@ -203,19 +225,45 @@ class Regimen:
         return {d.cmt for d in self.doses if isinstance(d, Dose)}
 
     def records(self) -> list[Dose | Reset]:
-        """Expanded single records sorted by time (a reset before a dose at equal times)."""
+        """Expanded single records sorted by time (a reset before a dose at equal times).
+
+        As in NONMEM, an ``ss=1`` record cancels the additional (ADDL) doses of earlier
+        records that are still pending at its time.
+        """
         out: list[Dose | Reset] = []
-        for d in self.doses:
+        origin: list[int] = []  # index of the record in self.doses; -1 for resets/originals
+        for i, d in enumerate(self.doses):
             if isinstance(d, Reset):
                 out.append(d)
+                origin.append(-1)
             else:
                 if d.evid == 4:
                     out.append(Reset(d.time))
+                    origin.append(-1)
                     d = dataclasses.replace(d, evid=1)
-                out.extend(d.expand())
-        if all(_concrete(r.time) for r in out):
-            out.sort(key=lambda r: (float(r.time), 0 if isinstance(r, Reset) else 1))
-        return out
+                rep = d.expand()
+                out.extend(rep)
+                origin.extend([-1] + [i] * (len(rep) - 1))
+        if not all(_concrete(r.time) for r in out):
+            return out
+        order = sorted(
+            range(len(out)),
+            key=lambda j: (float(out[j].time), 0 if isinstance(out[j], Reset) else 1),
+        )
+        out = [out[j] for j in order]
+        origin = [origin[j] for j in order]
+        keep = [True] * len(out)
+        for j, r in enumerate(out):
+            if isinstance(r, Dose) and r.ss == 1:
+                for m in range(j):  # ADDL repeats of earlier records still pending
+                    src = origin[m]
+                    if src >= 0 and float(out[m].time) >= float(r.time):
+                        keep[m] = False
+                for m in range(j + 1, len(out)):
+                    src = origin[m]
+                    if src >= 0 and float(self.doses[src].time) < float(r.time):
+                        keep[m] = False
+        return [r for r, k in zip(out, keep) if k]
 
     def validate(self, model) -> None:
         """Raise ValueError if a dose targets an unknown compartment."""
@@ -232,6 +280,28 @@ class Regimen:
         return compile_regimens([self], model, n_records=n_records, dtype=dtype, squeeze=True)
 
 
+def _history_count(d: Dose, kind: int, has_lag: bool) -> int:
+    """How many implied earlier doses of steady-state record ``d`` to keep as records.
+
+    Dose ``k`` (``k >= 1`` intervals earlier) still acts after the record's time when
+    it is an infusion with ``k * ii < lag + duration``, or a dose arriving after the
+    record's time (``k * ii <= lag``). The duration is known here unless it is
+    ``F * amt / rate`` (taken with ``F = 1``); lag times are assumed below
+    ``SS_EXTRA_HISTORY`` intervals. The engine checks the count and flags a patient
+    whose F or lag needs more (status NONFINITE) rather than return a wrong profile.
+    """
+    if kind == INF_CONST:
+        return 0
+    extra = SS_EXTRA_HISTORY if has_lag else 0
+    if kind == BOLUS:
+        return extra
+    if not all(_concrete(x) for x in (d.ii, d.dur, d.rate, d.amt)):
+        return 4 + extra
+    ii = float(d.ii)
+    length = float(d.dur) if kind == INF_DUR else float(d.amt) / float(d.rate)
+    return int(np.ceil(length / ii)) + extra
+
+
 def compile_regimens(
     regimens: Sequence[Regimen | None],
     model,
@@ -245,65 +315,70 @@ def compile_regimens(
 
     dtype = dtype or _default_float()
     names = list(model.state_names)
+    dose_par = model.dose_parameters()
     rows = []
     for r in regimens:
         r = r if r is not None else Regimen()
         r.validate(model)
         rows.append(r.records())
-    has_inf = any(isinstance(d, Dose) and d.is_infusion for rec in rows for d in rec)
-    has_ss = any(isinstance(d, Dose) and d.ss == 1 for rec in rows for d in rec)
-    k = max([len(rec) for rec in rows] + [1])
+
+    def kind_of(d: Dose) -> int:
+        if d.is_constant_infusion:
+            if dose_par.get(d.cmt, (None, None))[0] is not None:
+                raise ValueError(
+                    f"Dose(cmt={d.cmt!r}, time={d.time}): a steady-state constant infusion "
+                    f"(amt 0, rate > 0, ii 0) into a compartment with bioavailability "
+                    f"{dose_par[d.cmt][0]!r} is not supported"
+                )
+            return INF_CONST
+        if _positive(d.rate):
+            return INF_RATE
+        if _positive(d.dur):
+            return INF_DUR
+        return BOLUS
+
+    # per patient: list of (time, amt, rate, dur, cmt, kind, ii, ss, hist, seq)
+    tables = []
+    ss_lists = []
+    for rec in rows:
+        tab: list[tuple] = []
+        hist_rows: list[tuple] = []
+        ss_idx: list[int] = []
+        for pos, d in enumerate(rec):
+            seq = 2 * pos + 1
+            if isinstance(d, Reset):
+                tab.append((d.time, 0.0, 0.0, 0.0, 0, RESET, 0.0, 0, -1, seq))
+                continue
+            kind = kind_of(d)
+            c = names.index(d.cmt)
+            tab.append((d.time, d.amt, d.rate, d.dur, c, kind, d.ii, d.ss, -1, seq))
+            if d.ss > 0:
+                ss_idx.append(pos)
+                has_lag = dose_par.get(d.cmt, (None, None))[1] is not None
+                for k in range(1, _history_count(d, kind, has_lag) + 1):
+                    hist_rows.append(
+                        (d.time - k * d.ii, d.amt, d.rate, d.dur, c, kind, d.ii, 0, pos, seq - 1)
+                    )
+        tables.append(tab + hist_rows)
+        ss_lists.append(ss_idx)
+    has_inf = any(r[5] in (INF_RATE, INF_DUR, INF_CONST) for tab in tables for r in tab)
+    has_ss = any(ss_lists)
+    k = max([len(tab) for tab in tables] + [1])
     if n_records is not None:
         if n_records < k:
             raise ValueError(f"n_records={n_records} is smaller than the longest regimen ({k})")
         k = n_records
+    J = max([len(s) for s in ss_lists] + [1])
 
-    cols: dict[str, list] = {c: [] for c in ("time", "amt", "rate", "dur", "cmt", "kind")}
-    ss_cols: dict[str, list] = {
-        c: [] for c in ("on", "time", "amt", "rate", "dur", "ii", "cmt", "kind")
-    }
-    zero = 0.0
-    for rec in rows:
-        t, a, ra, du, cm, ki = [], [], [], [], [], []
-        ss = None
-        for d in rec:
-            if isinstance(d, Reset):
-                t.append(d.time)
-                a.append(zero)
-                ra.append(zero)
-                du.append(zero)
-                cm.append(0)
-                ki.append(RESET)
-                continue
-            kind = BOLUS
-            if _positive(d.rate):
-                kind = INF_RATE
-            elif _positive(d.dur):
-                kind = INF_DUR
-            t.append(d.time)
-            a.append(d.amt)
-            ra.append(d.rate)
-            du.append(d.dur)
-            cm.append(names.index(d.cmt))
-            ki.append(kind)
-            if d.ss == 1:
-                ss = (d, kind)
-        pad = k - len(t)
-        t += [PAD_TIME] * pad
-        a += [zero] * pad
-        ra += [zero] * pad
-        du += [zero] * pad
-        cm += [0] * pad
-        ki += [NOOP] * pad
-        for c, v in zip(("time", "amt", "rate", "dur", "cmt", "kind"), (t, a, ra, du, cm, ki)):
-            cols[c].append(v)
-        if ss is None:
-            vals = (0, PAD_TIME, 0.0, 0.0, 0.0, 1.0, 0, NOOP)
-        else:
-            d, kind = ss
-            vals = (1, d.time, d.amt, d.rate, d.dur, d.ii, names.index(d.cmt), kind)
-        for c, v in zip(ss_cols, vals):
-            ss_cols[c].append(v)
+    names_cols = ("time", "amt", "rate", "dur", "cmt", "kind", "ii", "ss", "hist", "seq")
+    pad_row = (PAD_TIME, 0.0, 0.0, 0.0, 0, NOOP, 0.0, 0, -1, 0)
+    cols: dict[str, list] = {c: [] for c in names_cols}
+    for tab in tables:
+        padded = tab + [pad_row] * (k - len(tab))
+        for i, c in enumerate(names_cols):
+            cols[c].append([row[i] for row in padded])
+    ss_rec = [s + [-1] * (J - len(s)) for s in ss_lists]
+    ss_time = [tab[s[0]][0] if s else PAD_TIME for tab, s in zip(tables, ss_lists)]
 
     def stack(v, dt=dtype):
         # One host-side array when every value is concrete (the usual case: a cohort's
@@ -326,14 +401,12 @@ def compile_regimens(
         dur=stack(cols["dur"]),
         cmt=stack(cols["cmt"], i32),
         kind=stack(cols["kind"], i32),
-        ss_on=stack(ss_cols["on"], i32),
-        ss_time=stack(ss_cols["time"]),
-        ss_amt=stack(ss_cols["amt"]),
-        ss_rate=stack(ss_cols["rate"]),
-        ss_dur=stack(ss_cols["dur"]),
-        ss_ii=stack(ss_cols["ii"]),
-        ss_cmt=stack(ss_cols["cmt"], i32),
-        ss_kind=stack(ss_cols["kind"], i32),
+        ii=stack(cols["ii"]),
+        ss=stack(cols["ss"], i32),
+        hist=stack(cols["hist"], i32),
+        seq=stack(cols["seq"], i32),
+        ss_rec=stack(ss_rec, i32),
+        ss_time=stack(ss_time),
         has_infusion=bool(has_inf),
         has_ss=bool(has_ss),
     )

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..dosing._regimen import BOLUS, INF_DUR, INF_RATE, PAD_TIME, RESET, EventTable
+from ..dosing._regimen import BOLUS, INF_CONST, INF_DUR, INF_RATE, PAD_TIME, RESET, EventTable
 from ._status import Status
 
 # engine event kinds
@@ -72,23 +72,33 @@ def _safe(x):
 
 
 def dose_records(model, p, ev: EventTable, n, dtype):
-    """Effective (lagged) times, amounts, rates and durations of each record."""
+    """Effective (lagged) times, amounts, rates and durations of each record.
+
+    NONMEM semantics: the amount given is ``F * AMT``; with RATE the duration is
+    ``F * AMT / RATE``, with DUR the rate is ``F * AMT / DUR``; a lag time delays the
+    arrival. A steady-state constant infusion (INF_CONST) starts at its record time
+    and runs until a reset or an SS 1 record.
+    """
     F = _take(_per_state(model, p, 0, 1.0, n, dtype), ev.cmt)
     lag = _take(_per_state(model, p, 1, 0.0, n, dtype), ev.cmt)
     kind = ev.kind
+    const = kind == INF_CONST
     is_dose = (kind == BOLUS) | (kind == INF_RATE) | (kind == INF_DUR)
-    is_inf = (kind == INF_RATE) | (kind == INF_DUR)
+    is_inf = (kind == INF_RATE) | (kind == INF_DUR) | const
     t_eff = ev.time + jnp.where(is_dose, lag, 0.0)
     amt = F * ev.amt
     rate = jnp.where(
-        kind == INF_RATE, ev.rate, jnp.where(kind == INF_DUR, amt / _safe(ev.dur), 0.0)
+        (kind == INF_RATE) | const,
+        ev.rate,
+        jnp.where(kind == INF_DUR, amt / _safe(ev.dur), 0.0),
     )
     dur = jnp.where(kind == INF_RATE, amt / _safe(ev.rate), jnp.where(kind == INF_DUR, ev.dur, 0.0))
+    dur = jnp.where(const, PAD_TIME, dur)
     return t_eff, amt, rate, dur, is_inf
 
 
-def _apply(kind, rec, Y, active, amt, cmt_onehot, Y_init, Y_ss, dyn):
-    """Apply one event per patient. kind, rec: (N,)."""
+def _apply(kind, rec, Y, active, amt, cmt_onehot, Y_init, ss_data, dyn):
+    """Apply one event per patient. kind, rec: (N,); for E_SS ``rec`` is the slot."""
     K = active.shape[-1]
     rec1h = jax.nn.one_hot(rec, K, dtype=bool)
     a = jnp.take_along_axis(amt, rec[:, None], -1)[:, 0]
@@ -98,24 +108,63 @@ def _apply(kind, rec, Y, active, amt, cmt_onehot, Y_init, Y_ss, dyn):
     active = active & ~(rec1h & (kind == E_STOP)[:, None])
     reset = (kind == E_RESET)[:, None]
     Y = jnp.where(reset, Y_init, Y)
-    if Y_ss is not None:
-        Y = jnp.where((kind == E_SS)[:, None] & dyn[None, :], Y_ss, Y)
-    active = jnp.where(reset | (kind == E_SS)[:, None], False, active)
+    active = jnp.where(reset, False, active)
+    if ss_data is not None:
+        Y_ss, mode, running = ss_data  # (N, J, S), (N, J), (N, J, K)
+        J = mode.shape[-1]
+        slot = jnp.clip(rec, 0, J - 1)
+        y_ss = jnp.take_along_axis(Y_ss, slot[:, None, None], 1)[:, 0, :]
+        m = jnp.take_along_axis(mode, slot[:, None], 1)[:, 0]
+        run = jnp.take_along_axis(running, slot[:, None, None], 1)[:, 0, :]
+        is_ss = kind == E_SS
+        one = (is_ss & (m == 1))[:, None]
+        two = (is_ss & (m == 2))[:, None]
+        Y = jnp.where(one & dyn[None, :], y_ss, Y)
+        Y = jnp.where(two & dyn[None, :], Y + y_ss - Y_init, Y)
+        active = jnp.where(one, run, jnp.where(two, active | run, active))
     return Y, active
 
 
 def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
-    """Pre-dose state at the periodic steady state of each patient's ss=1 record.
+    """State at the time of each steady-state record, ``(N, J, S)``, and a status.
 
-    Solved by Newton's method on ``Phi(y) - y`` where ``Phi`` gives one dose and
-    integrates one interdose interval. Derivatives with respect to parameters and
-    the dose use the implicit function theorem (forward-mode Jacobians of ``Phi``),
-    so the result is differentiable in forward and reverse mode.
+    The state at the record time ``t`` (before anything given at ``t``) of the periodic
+    steady state of the record repeated every ``ii``, its doses arriving ``lag`` after
+    their record times (NONMEM: "steady state is computed as if there were no ALAG, and
+    then there is an advance to the appropriate point in the cycle"). One period
+    ``[t, t + ii)`` has the arrival at phase ``a = lag mod ii``; infusions of duration
+    ``D`` overlap when ``D > ii``, so ``floor`` counts of them run at once: the input is
+    piecewise constant on at most three pieces. A constant infusion (INF_CONST) is the
+    equilibrium under its rate.
+
+    Solved by Newton's method on ``Phi(y) - y`` where ``Phi`` integrates one period.
+    Derivatives with respect to parameters (F, lag included) and the dose use the
+    implicit function theorem (forward-mode Jacobians of ``Phi``), so the result is
+    differentiable in forward and reverse mode.
     """
     f = vector_field(model)
     S = len(model.state_names)
     names = model.param_names
     dp = model.dose_parameters()
+    J = ev.ss_rec.shape[-1]
+    M = n * J
+    idx = jnp.clip(ev.ss_rec, 0, None)  # (N, J)
+
+    def slot(a):
+        return _take(a, idx).reshape(M)
+
+    def rep(x):
+        return jnp.repeat(x, J, axis=0)
+
+    theta0 = jnp.stack(
+        [rep(jnp.broadcast_to(p[k], (n,))) for k in names]
+        + [slot(ev.amt), slot(ev.rate), slot(ev.dur), slot(ev.ii), slot(ev.time)],
+        -1,
+    )
+    dyn = np.asarray([not st.cumulative for st in model.states])
+    dyn2 = dyn[:, None] & dyn[None, :]
+    fname = [dp.get(s, (None, None))[0] for s in model.state_names]
+    lname = [dp.get(s, (None, None))[1] for s in model.state_names]
 
     def unpack(theta):
         q = {k: theta[:, i] for i, k in enumerate(names)}
@@ -129,41 +178,72 @@ def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
         )
         return q, d
 
-    theta0 = jnp.stack(
-        [p[k] for k in names] + [ev.ss_amt, ev.ss_rate, ev.ss_dur, ev.ss_ii, ev.ss_time], -1
-    )
-    dyn = np.asarray([not st.cumulative for st in model.states])
-    dyn2 = dyn[:, None] & dyn[None, :]
-    fname = [dp.get(s, (None, None))[0] for s in model.state_names]
-
-    def newton_matrix(J):  # J - I on dynamic states, -I on cumulative ones
+    def newton_matrix(Jm):  # J - I on dynamic states, -I on cumulative ones
         eye = jnp.eye(S, dtype=dtype)
-        return jnp.where(dyn2[None], J - eye[None], -eye[None])
+        return jnp.where(dyn2[None], Jm - eye[None], -eye[None])
 
-    # Every array is passed explicitly (no closure over traced values), as
-    # custom_jvp requires under jit and reverse-mode differentiation.
-    def phi(Y, theta, aux):
+    def per_cmt(q, which, default, c1h):
+        cols = [q[x] if x else jnp.full((M,), default, dtype) for x in which]
+        return jnp.sum(jnp.stack(cols, -1) * c1h, -1)
+
+    def schedule(theta, aux):
+        """Per slot: segment bounds (phases), input rate per segment, bolus, its phase."""
         c1h, kind, _ = aux
         q, d = unpack(theta)
-        Fs = jnp.stack([q[x] if x else jnp.ones((n,), dtype) for x in fname], -1)
-        F = jnp.sum(Fs * c1h, -1)
+        F = per_cmt(q, fname, 1.0, c1h)
+        lag = per_cmt(q, lname, 0.0, c1h)
+        const = kind == INF_CONST
+        periodic_inf = (kind == INF_RATE) | (kind == INF_DUR)
         amt = F * d["amt"]
         rate = jnp.where(
-            kind == INF_RATE, d["rate"], jnp.where(kind == INF_DUR, amt / _safe(d["dur"]), 0.0)
+            (kind == INF_RATE) | const,
+            d["rate"],
+            jnp.where(kind == INF_DUR, amt / _safe(d["dur"]), 0.0),
         )
         dur = jnp.where(
             kind == INF_RATE, amt / _safe(d["rate"]), jnp.where(kind == INF_DUR, d["dur"], 0.0)
         )
+        ii = jnp.where(const | ~(d["ii"] > 0), 1.0, d["ii"])
+        a = jnp.where(const, 0.0, jnp.mod(lag, ii))
+        e = jnp.mod(a + dur, ii)
+        b1, b2 = jnp.minimum(a, e), jnp.maximum(a, e)
+        bounds = [jnp.zeros_like(a), b1, b2, ii]
+        rates = []
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            s = 0.5 * (lo + hi)
+            count = jnp.floor((s - a) / ii) - jnp.floor((s - a - dur) / ii)
+            rates.append(jnp.where(periodic_inf, count * rate, jnp.where(const, rate, 0.0)))
         bolus = jnp.where(kind == BOLUS, amt, 0.0)
-        t0 = d["t"]
-        Y = Y + bolus[:, None] * c1h
-        _, Y, st1 = solver.integrate(
-            f, t0, t0 + dur, Y, None, (q, rate[:, None] * c1h), model, forward=True
+        need = jnp.where(
+            periodic_inf,
+            jnp.ceil((lag + dur) / ii) - 1.0,
+            jnp.where(kind == BOLUS, jnp.floor(lag / ii), 0.0),
         )
-        _, Y, st2 = solver.integrate(
-            f, t0 + dur, t0 + d["ii"], Y, None, (q, jnp.zeros_like(Y)), model, forward=True
-        )
-        return Y, jnp.maximum(st1, st2)
+        return q, d["t"], bounds, rates, bolus, a, need
+
+    # Every array is passed explicitly (no closure over traced values), as
+    # custom_jvp requires under jit and reverse-mode differentiation.
+    def phi(Y, theta, aux):
+        c1h = aux[0]
+        q, t0, bounds, rates, bolus, a, _ = schedule(theta, aux)
+        st = jnp.zeros((M,), jnp.int32)
+        left = bolus
+        for i in range(3):  # the bolus arrives at phase a, the start of a piece
+            at = a == bounds[i]
+            Y = Y + jnp.where(at, left, 0.0)[:, None] * c1h
+            left = jnp.where(at, 0.0, left)
+            _, Y, s = solver.integrate(
+                f,
+                t0 + bounds[i],
+                t0 + bounds[i + 1],
+                Y,
+                None,
+                (q, rates[i][:, None] * c1h),
+                model,
+                forward=True,
+            )
+            st = jnp.maximum(st, s)
+        return Y, st
 
     def jac_y(Y, theta, aux):
         def col(e):
@@ -171,7 +251,7 @@ def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
                 1
             ]
 
-        return jnp.moveaxis(jax.vmap(col)(jnp.eye(S, dtype=dtype)), 0, -1)  # (N, S, S)
+        return jnp.moveaxis(jax.vmap(col)(jnp.eye(S, dtype=dtype)), 0, -1)  # (M, S, S)
 
     @jax.custom_jvp
     def ss(theta, aux):
@@ -195,15 +275,23 @@ def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
                 lambda th: phi(Y, th, aux)[0], (theta,), (jnp.broadcast_to(e, theta.shape),)
             )[1]
 
-        Jt = jnp.moveaxis(jax.vmap(col)(jnp.eye(P, dtype=dtype)), 0, -1)  # (N, S, P)
+        Jt = jnp.moveaxis(jax.vmap(col)(jnp.eye(P, dtype=dtype)), 0, -1)  # (M, S, P)
         rhs = jnp.where(dyn[None, :], jnp.einsum("nsp,np->ns", Jt, dtheta), 0.0)
         A = newton_matrix(jac_y(Y, theta, aux))
         return Y, -jnp.linalg.solve(A, rhs[..., None])[..., 0]
 
-    aux = (jax.nn.one_hot(ev.ss_cmt, S, dtype=dtype), ev.ss_kind, jax.lax.stop_gradient(Y_init))
+    kind = slot(ev.kind)
+    aux = (
+        jax.nn.one_hot(slot(ev.cmt), S, dtype=dtype),
+        kind,
+        jax.lax.stop_gradient(rep(Y_init)),
+    )
     Y = ss(theta0, aux)
     _, st = phi(jax.lax.stop_gradient(Y), jax.lax.stop_gradient(theta0), aux)
-    return Y, st
+    need = schedule(jax.lax.stop_gradient(theta0), aux)[-1]
+    on = (ev.ss_rec >= 0).reshape(M)
+    st = jnp.where(on, st, 0)
+    return Y.reshape(n, J, S), st.reshape(n, J), need.reshape(n, J)
 
 
 def blocked(fn, n, block, batched, shared=()):
@@ -262,30 +350,67 @@ def _run(model, solver, p, ev: EventTable, ts, y0=None):
     kindA = jnp.select(
         [ev.kind == BOLUS, is_inf, ev.kind == RESET], [E_BOLUS, E_START, E_RESET], E_NOOP
     )
-    e_time_parts = [t_eff]
-    e_kind_parts = [kindA]
-    e_rec_parts = [jnp.broadcast_to(jnp.arange(K), (n, K))]
-    if ev.has_infusion:
-        e_time_parts.append(jnp.where(is_inf, t_eff + dur, PAD_TIME))
-        e_kind_parts.append(jnp.where(is_inf, E_STOP, E_NOOP))
-        e_rec_parts.append(e_rec_parts[0])
+    rec_idx = jnp.broadcast_to(jnp.arange(K), (n, K))
     init = model.init(p)
     if y0:  # user-given initial states (e.g. a stored periodic steady state)
         init = {**init, **y0}
     Y_init = stack_state(model, init, (n,))
-    Y_ss = None
+    ss_data = None
     status = jnp.zeros((n,), jnp.int32)
+    e_time_parts, e_kind_parts, e_rec_parts, e_key_parts = [], [], [], []
     if ev.has_ss:
-        Y_ss, st = steady_state(model, solver, p, ev, Y_init, n, dtype)
-        status = jnp.where(ev.ss_on == 1, jnp.maximum(status, st), status)
-        lag = _take(_per_state(model, p, 1, 0.0, n, dtype), ev.ss_cmt[:, None])[:, 0]
-        e_time_parts.insert(0, jnp.where(ev.ss_on == 1, ev.ss_time + lag, PAD_TIME)[:, None])
-        e_kind_parts.insert(0, jnp.full((n, 1), E_SS))
-        e_rec_parts.insert(0, jnp.zeros((n, 1), jnp.int32))
+        J = ev.ss_rec.shape[-1]
+        on = ev.ss_rec >= 0  # (N, J)
+        sidx = jnp.clip(ev.ss_rec, 0, None)
+        t_ss = jnp.where(on, _take(ev.time, sidx), PAD_TIME)  # (N, J)
+        mode = jnp.where(on, _take(ev.ss, sidx), 0)
+        Y_ss, st, need = steady_state(model, solver, p, ev, Y_init, n, dtype)
+        status = jnp.maximum(status, jnp.max(st, -1))
+        # implied earlier doses of each SS record: ignored before its time (the steady
+        # state holds them); infusions running across it stay on; doses arriving after
+        # it are given.
+        mine = (ev.hist[:, None, :] == ev.ss_rec[:, :, None]) & on[..., None]  # (N, J, K)
+        t_ss_b = t_ss[..., None]
+        running = mine & is_inf[:, None, :]
+        running = running & (t_eff[:, None, :] < t_ss_b) & ((t_eff + dur)[:, None, :] > t_ss_b)
+        ss_data = (Y_ss, mode, running)
+        have = jnp.sum(mine, -1)
+        short = jnp.any(on & (need > have), -1)  # more implied doses act than compiled
+        hist_slot = jnp.argmax(mine, axis=1)  # (N, K) slot of a history record
+        own_t = jnp.where(ev.hist >= 0, _take(t_ss, hist_slot), -PAD_TIME)
+        before = (ev.hist >= 0) & (t_eff < own_t)
+        # an SS 1 record cancels later arrivals of earlier records (lagged doses)
+        seq_ss = jnp.where(on, _take(ev.seq, sidx), -1)
+        cancel = jnp.any(
+            (mode == 1)[:, :, None]
+            & (ev.seq[:, None, :] < seq_ss[:, :, None])
+            & (t_eff[:, None, :] >= t_ss_b)
+            & ~mine,
+            axis=1,
+        )
+        kindA = jnp.where(before | cancel, E_NOOP, kindA)
+        e_time_parts.append(t_ss)
+        e_kind_parts.append(jnp.where(on, E_SS, E_NOOP))
+        e_rec_parts.append(jnp.broadcast_to(jnp.arange(J), (n, J)))
+        e_key_parts.append(seq_ss - 1)
+    else:
+        short = jnp.zeros((n,), bool)
+    e_time_parts.append(t_eff)
+    e_kind_parts.append(kindA)
+    e_rec_parts.append(rec_idx)
+    e_key_parts.append(ev.seq)
+    if ev.has_infusion:
+        e_time_parts.append(jnp.where(is_inf, t_eff + dur, PAD_TIME))
+        e_kind_parts.append(jnp.where(is_inf, E_STOP, E_NOOP))
+        e_rec_parts.append(rec_idx)
+        e_key_parts.append(ev.seq + 4 * K + 4)
     e_time = jnp.concatenate(e_time_parts, -1)
     e_kind = jnp.concatenate(e_kind_parts, -1)
     e_rec = jnp.concatenate(e_rec_parts, -1)
-    order = jnp.argsort(e_time, axis=-1, stable=True)
+    e_key = jnp.concatenate(e_key_parts, -1)
+    # by time; at equal times in record order (a reset, then a steady state, then its
+    # dose), infusion stops last
+    order = jnp.lexsort((e_key, e_time), axis=-1)
     e_time, e_kind, e_rec = (_take(a, order) for a in (e_time, e_kind, e_rec))
 
     t_start = jnp.zeros((n,), dtype)
@@ -308,7 +433,7 @@ def _run(model, solver, p, ev: EventTable, ts, y0=None):
     def step(carry, x):
         Y, active, out, status, sc = carry
         j, b0, b1, kind, rec = x
-        Y, active = _apply(kind, rec, Y, active, amt, cmt1h, Y_init, Y_ss, dyn)
+        Y, active = _apply(kind, rec, Y, active, amt, cmt1h, Y_init, ss_data, dyn)
         rates = jnp.einsum("nk,nks->ns", active.astype(dtype), rate_by_rec)
         lo = jnp.sum(seg_of_save < j, axis=-1).astype(jnp.int32)
         hi = jnp.sum(seg_of_save <= j, axis=-1).astype(jnp.int32)
@@ -322,6 +447,9 @@ def _run(model, solver, p, ev: EventTable, ts, y0=None):
     active0 = jnp.zeros((n, K), bool)
     carry0 = (Y_init, active0, out0, status, solver.init_carry(n, dtype))
     (Y, _, out, status, _), _ = jax.lax.scan(step, carry0, xs)
+    # a lag or F that makes more implied steady-state doses act than were compiled
+    # (see dosing._regimen._history_count): refuse rather than return a wrong profile
+    out = jnp.where(short[:, None, None], jnp.nan, out)
     nonfinite = ~jnp.all(jnp.isfinite(out), axis=(1, 2))
     status = jnp.where(nonfinite & (status == Status.OK), Status.NONFINITE, status)
     return out, status
