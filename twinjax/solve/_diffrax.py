@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import diffrax as dfx
 import jax
 import jax.numpy as jnp
@@ -82,7 +85,7 @@ class Diffrax(AbstractSolver):
 
     def _solve(self, f, t0, t1, y0, ts, args, model, forward, skip):
         solver = self.solver_for(model)
-        controller = _Guarded(
+        controller = _Guarded.around(
             dfx.PIDController(rtol=self.rtol, atol=self.atol, dtmax=self.dtmax), self.hmin
         )
         if forward or self.adjoint == "forward":
@@ -153,21 +156,16 @@ class _Guarded(dfx.AbstractAdaptiveStepSizeController):
 
     inner: dfx.PIDController
     hmin: float
+    rtol: Any  # the inner controller's (implicit solvers read them from here)
+    atol: Any
+    norm: Callable
 
-    @property
-    def rtol(self):
-        return self.inner.rtol
-
-    @property
-    def atol(self):
-        return self.inner.atol
-
-    @property
-    def norm(self):
-        return self.inner.norm
+    @classmethod
+    def around(cls, inner: dfx.PIDController, hmin: float) -> _Guarded:
+        return cls(inner=inner, hmin=hmin, rtol=inner.rtol, atol=inner.atol, norm=inner.norm)
 
     def wrap(self, direction):
-        return _Guarded(self.inner.wrap(direction), self.hmin)
+        return _Guarded.around(self.inner.wrap(direction), self.hmin)
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         t, state = self.inner.init(terms, t0, t1, y0, dt0, args, func, error_order)
