@@ -188,10 +188,10 @@ def simulate(
                 raise ValueError(f"--param {kv!r}: expected NAME=VALUE with a number") from None
             if not eq or not k.strip():
                 raise ValueError(f"--param {kv!r}: expected NAME=VALUE with a number")
-        for k, v in p.items():
-            problem = _spec.param_problem(m, k, v)
+        for name, value in p.items():
+            problem = _spec.param_problem(m, name, value)
             if problem is not None:
-                probs.add(f"--param {k}={v:g}", problem)
+                probs.add(f"--param {name}={value:g}", problem)
         probs.check()
         doses = []
         for d in dose:

@@ -185,7 +185,7 @@ def check_endpoint_fields(f: Mapping, where: str, probs: Problems) -> None:
     window = f.get("window")
     if window is not None:
         ww = f"{where}.window"
-        if isinstance(window, (str, Mapping)) or not isinstance(window, (tuple, list)):
+        if isinstance(window, (str, Mapping)) or not isinstance(window, (tuple, list, np.ndarray)):
             probs.add(ww, f"{label}: window must be [start, end], got {describe(window)}")
         elif len(window) != 2:
             probs.add(ww, f"{label}: window must be [start, end], got {len(window)} values")

@@ -29,7 +29,7 @@ import math
 import numbers
 import pathlib
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -481,7 +481,7 @@ def check_trial(a: dict, probs: Problems, labels: Mapping[str, str], complete: b
 
     # ---- arms
     arms = a["arms"]
-    if isinstance(arms, (str, Mapping)) or not isinstance(arms, Sequence):
+    if isinstance(arms, (str, Mapping)) or not isinstance(arms, Iterable):
         probs.add(L["arms"], f"expected a list of arms, got {describe(arms)}")
         arms = INVALID
     else:
@@ -525,7 +525,7 @@ def check_trial(a: dict, probs: Problems, labels: Mapping[str, str], complete: b
 
     # ---- endpoints, inclusion: objects
     endpoints = a["endpoints"]
-    if isinstance(endpoints, (str, Mapping)) or not isinstance(endpoints, Sequence):
+    if isinstance(endpoints, (str, Mapping)) or not isinstance(endpoints, Iterable):
         probs.add(L["endpoints"], f"expected a list of endpoints, got {describe(endpoints)}")
         endpoints = INVALID
     else:
@@ -535,7 +535,13 @@ def check_trial(a: dict, probs: Problems, labels: Mapping[str, str], complete: b
                 probs.add(L["endpoint"].format(i=i), f"expected an Endpoint, got {describe(e)}")
                 endpoints = INVALID
     out["endpoints"] = endpoints
-    inclusion = list(a["inclusion"])
+    inclusion = a["inclusion"]
+    if isinstance(inclusion, (str, Mapping)) or not isinstance(inclusion, Iterable):
+        probs.add(
+            L["inclusion"].replace("[{i}]", ""), f"expected a list, got {describe(inclusion)}"
+        )
+        inclusion = []
+    inclusion = list(inclusion)
     for i, inc in enumerate(inclusion):
         if not isinstance(inc, Inclusion):
             probs.add(L["inclusion"].format(i=i), f"expected an Inclusion, got {describe(inc)}")
@@ -859,8 +865,12 @@ def trial_from_dict(cls, spec: Mapping):
             r = number(v, w, P, lo=-1.0, hi=1.0)
             if r is not INVALID and len(pair) == 2:
                 corr_pairs[pair] = r
-    kinds = {"power": Power, "linear": Linear, "exponential": Exponential}
-    kinds["categorical"] = Categorical
+    kinds: dict[str, Any] = {
+        "power": Power,
+        "linear": Linear,
+        "exponential": Exponential,
+        "categorical": Categorical,
+    }
     covs = []
     for i, c in _tables(pop, "covariates", "[population.covariates]", P):
         w = f"[population.covariates][{i}]"
