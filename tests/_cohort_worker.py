@@ -1,5 +1,6 @@
 """Run a fixed cohort in a subprocess (used by test_cohort.py for kill/resume and devices)."""
 
+import os
 import sys
 
 import jax
@@ -40,8 +41,21 @@ def run(store=None, chunk_size=50, devices=None, progress=False):
 
 if __name__ == "__main__":
     mode, out = sys.argv[1], sys.argv[2]
-    if mode == "store":
-        run(store=out, chunk_size=int(sys.argv[3]))
+    if mode == "dist":  # dist STORE CHUNK RANK N_PROCESSES PORT
+        rank, n_proc, port = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+        jax.distributed.initialize(
+            coordinator_address=f"localhost:{port}",
+            num_processes=n_proc,
+            process_id=rank,
+            initialization_timeout=120,
+        )
+        r = run(store=out, chunk_size=int(sys.argv[3]))
+        print(f"rank {rank}: computed {r.chunks_computed} status_ok {int((r.status == 0).sum())}")
+        sys.stdout.flush()
+        os._exit(0)  # skip the distributed runtime's shutdown handshake
+    elif mode == "store":
+        r = run(store=out, chunk_size=int(sys.argv[3]))
+        print(f"computed {r.chunks_computed} reused {r.chunks_reused}")
     else:  # devices: in-memory run, saved to npz
         r = run(chunk_size=int(sys.argv[3]))
         np.savez(out, C=r["C"], status=r.status, n_devices=len(jax.devices()))

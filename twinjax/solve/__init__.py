@@ -3,9 +3,13 @@
 from . import solvers as solvers
 from ._base import AbstractSolver as AbstractSolver
 from ._cohort import CohortResult as CohortResult
+from ._cohort import StoreRepairWarning as StoreRepairWarning
 from ._cohort import simulate_cohort as simulate_cohort
 from ._engine import stack_state as stack_state
 from ._engine import vector_field as vector_field
 from ._result import Result as Result
 from ._simulate import simulate as simulate
 from ._status import Status as Status
+from ._store import StoreCorruptError as StoreCorruptError
+from ._store import StoreError as StoreError
+from ._store import StoreLockedError as StoreLockedError

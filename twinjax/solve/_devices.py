@@ -32,10 +32,14 @@ def use_cpu_cores(n: int | None = None) -> int:
 
 
 def mesh(n_dev: int):
-    """A one-axis mesh over the first ``n_dev`` devices."""
+    """A one-axis mesh over the first ``n_dev`` of this process's devices.
+
+    Under ``jax.distributed`` each process runs its own patients on its own devices
+    (no cross-process collectives), so the mesh holds local devices only.
+    """
     from jax.sharding import Mesh
 
-    return Mesh(np.asarray(jax.devices()[:n_dev]), (AXIS,))
+    return Mesh(np.asarray(jax.local_devices()[:n_dev]), (AXIS,))
 
 
 def shard(tree, n_dev: int):
