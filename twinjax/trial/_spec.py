@@ -440,10 +440,19 @@ def check_trial(a: dict, probs: Problems, labels: Mapping[str, str], complete: b
     from ._endpoints import Endpoint
     from ._trial import Arm, Inclusion
 
-    L = labels
     out: dict[str, Any] = {}
-    model = a["model"]
-    population = a["population"]
+    _check_numbers(a, out, probs, labels)
+    _check_arms(a, out, probs, labels, complete, Arm)
+    _check_parts(a, out, probs, labels, Endpoint, Inclusion)
+    _check_covariates(a, out, probs, labels)
+    out["beat_times"], out["outputs"] = (), ()
+    if a["model"] is not INVALID and a["model"] is not None:
+        _check_model(a, out, probs, labels)
+    return out
+
+
+def _check_numbers(a: dict, out: dict, probs: Problems, L: Mapping[str, str]) -> None:
+    """Duration and save grid, sample sizes, statistics settings, seed and name."""
     duration = number(a["duration"], L["duration"], probs, lo=0, lo_open=True)
     save_every = number(a["save_every"], L["save_every"], probs, lo=0, lo_open=True)
     if ok(duration, save_every):
@@ -479,7 +488,10 @@ def check_trial(a: dict, probs: Problems, labels: Mapping[str, str], complete: b
         probs.add(L["subgroup_covariates"], f"covariates must be unique, got {subs}")
     out["subgroup_covariates"] = subs
 
-    # ---- arms
+
+def _check_arms(a: dict, out: dict, probs: Problems, L: Mapping[str, str], complete, Arm) -> None:
+    """The arms (unique names), the control arm, power sizes against the arm sizes."""
+    n_per_arm, sizes = out["n_per_arm"], out["power_sizes"]
     arms = a["arms"]
     if isinstance(arms, (str, Mapping)) or not isinstance(arms, Iterable):
         probs.add(L["arms"], f"expected a list of arms, got {describe(arms)}")
@@ -523,7 +535,11 @@ def check_trial(a: dict, probs: Problems, labels: Mapping[str, str], complete: b
                 "draw patients from the simulated arms",
             )
 
-    # ---- endpoints, inclusion: objects
+
+def _check_parts(
+    a: dict, out: dict, probs: Problems, L: Mapping[str, str], Endpoint, Inclusion
+) -> None:
+    """Endpoints (unique names) and inclusion criteria are the right objects."""
     endpoints = a["endpoints"]
     if isinstance(endpoints, (str, Mapping)) or not isinstance(endpoints, Iterable):
         probs.add(L["endpoints"], f"expected a list of endpoints, got {describe(endpoints)}")
@@ -554,7 +570,11 @@ def check_trial(a: dict, probs: Problems, labels: Mapping[str, str], complete: b
         if dup:
             probs.add(L["endpoints"], f"endpoint names must be unique, repeated: {dup}")
 
-    # ---- covariates
+
+def _check_covariates(a: dict, out: dict, probs: Problems, L: Mapping[str, str]) -> None:
+    """Subgroups, inclusion criteria and covariate effects name covariates of the population."""
+    population, subs = a["population"], out["subgroup_covariates"]
+    inclusion, endpoints = out["inclusion"], out["endpoints"]
     if population is not INVALID:
         known = known_covariates(population)
     else:  # a specification whose population failed: its demographics setting
@@ -590,10 +610,11 @@ def check_trial(a: dict, probs: Problems, labels: Mapping[str, str], complete: b
                     f"({list(RESERVED_COLUMNS)} and the covariates); rename them",
                 )
 
-    # ---- the model: outputs, parameters, regimens, times
-    out["beat_times"], out["outputs"] = (), ()
-    if model is INVALID or model is None:
-        return out
+
+def _check_model(a: dict, out: dict, probs: Problems, L: Mapping[str, str]) -> None:
+    """Arm parameters and regimens, outputs, endpoint times, beat times, the save grid."""
+    model, duration = a["model"], out["duration"]
+    arms, inclusion, endpoints = out["arms"], out["inclusion"], out["endpoints"]
     special = getattr(model, "trial_output_names", None)
     valid = (
         list(special) if special is not None else list(model.output_names) + list(model.state_names)
@@ -624,6 +645,30 @@ def check_trial(a: dict, probs: Problems, labels: Mapping[str, str], complete: b
                 probs.add(L["endpoint"].format(i=i), p)
 
     beat_outs = set(getattr(model, "beat_output_names", ()))
+    out["beat_times"] = _beat_times(a, out, probs, L, beat_outs)
+    _check_grid(out, probs, L, beat_outs)
+    if special is not None:  # e.g. the drug concentration and the per-beat metrics
+        default_outs = {o for o in special if o in beat_outs or o == "pk.C"}
+    else:
+        default_outs = set(model.output_names)
+    outputs = a["outputs"]
+    if outputs:
+        outputs = listof(outputs, L["outputs"], probs, string)
+        if ok(outputs):
+            bad = [o for o in outputs if o not in valid]
+            if bad:
+                probs.add(L["outputs"], f"unknown output(s) {bad}; valid: {valid}")
+            outputs = tuple(outputs)
+    elif ok(endpoints):
+        outputs = tuple(sorted({e.output for e in endpoints if e.output} | default_outs))
+    else:
+        outputs = INVALID
+    out["outputs"] = outputs
+
+
+def _beat_times(a: dict, out: dict, probs: Problems, L: Mapping[str, str], beat_outs):
+    """The times per-beat outputs are computed at (given, or those the endpoints read)."""
+    endpoints, duration = out["endpoints"], out["duration"]
     beat_times = a["beat_times"]
     if beat_times is not None:
         beat_times = listof(beat_times, L["beat_times"], probs, number)
@@ -661,9 +706,13 @@ def check_trial(a: dict, probs: Problems, labels: Mapping[str, str], complete: b
         beat_times = INVALID
     if ok(beat_times):
         beat_times = tuple(sorted({float(t) for t in beat_times})) if beat_outs else ()
-    out["beat_times"] = beat_times
+    return beat_times
 
-    # every endpoint sees saved times where it reads
+
+def _check_grid(out: dict, probs: Problems, L: Mapping[str, str], beat_outs) -> None:
+    """Every endpoint finds saved times (or beat times) where it reads."""
+    endpoints, duration, save_every = out["endpoints"], out["duration"], out["save_every"]
+    beat_times = out["beat_times"]
     if ok(endpoints, duration, save_every, beat_times):
         k = round(duration / save_every)
         grid = np.linspace(0.0, k * save_every, k + 1)
@@ -698,25 +747,6 @@ def check_trial(a: dict, probs: Problems, labels: Mapping[str, str], complete: b
                         f"saved time(s) of the grid (save_every = {save_every:g}); need "
                         f"{need}: lower save_every or widen the window",
                     )
-
-    if special is not None:  # e.g. the drug concentration and the per-beat metrics
-        default_outs = {o for o in special if o in beat_outs or o == "pk.C"}
-    else:
-        default_outs = set(model.output_names)
-    outputs = a["outputs"]
-    if outputs:
-        outputs = listof(outputs, L["outputs"], probs, string)
-        if ok(outputs):
-            bad = [o for o in outputs if o not in valid]
-            if bad:
-                probs.add(L["outputs"], f"unknown output(s) {bad}; valid: {valid}")
-            outputs = tuple(outputs)
-    elif ok(endpoints):
-        outputs = tuple(sorted({e.output for e in endpoints if e.output} | default_outs))
-    else:
-        outputs = INVALID
-    out["outputs"] = outputs
-    return out
 
 
 def _read_times(e) -> list[float]:
