@@ -442,3 +442,10 @@ def test_cli_safety_bad_options(runner, tmp_path):
 def test_cli_models_unknown_name(runner):
     r, text = _cli(runner, "models", "heart9")
     assert r.exit_code == 2 and "unknown model 'heart9'" in text
+
+
+def test_cli_simulate_reports_every_problem(runner, no_simulation, tmp_path):
+    r, text = _cli(runner, "simulate", "pk1_oral", "--step", "0", "--param", "V=0",
+                   "--param", "F=3", "--out", str(tmp_path / "s"))  # fmt: skip
+    assert r.exit_code == 2 and "3 problems in the options:" in text, text
+    assert "--step: must be > 0" in text and "--param V=0" in text and "--param F=3" in text

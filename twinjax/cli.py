@@ -176,9 +176,11 @@ def simulate(
         _spec.number(step, "--step", probs, lo=0, lo_open=True)
         if not probs and step > duration:
             probs.add("--step", f"{step:g} is longer than --duration {duration:g}")
-        probs.check()
-        _out_folder(out)
-        m = get_model(model)
+        try:
+            m = get_model(model)
+        except ValueError as err:
+            probs.add("", str(err))
+            probs.check("the options")
         p = {}
         for kv in param:
             k, eq, v = kv.partition("=")
@@ -192,7 +194,8 @@ def simulate(
             problem = _spec.param_problem(m, name, value)
             if problem is not None:
                 probs.add(f"--param {name}={value:g}", problem)
-        probs.check()
+        probs.check("the options")
+        _out_folder(out)
         doses = []
         for d in dose:
             f = d.split(":")

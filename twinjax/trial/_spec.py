@@ -48,21 +48,22 @@ class SpecError(ValueError):
     ``problems`` lists every problem found; the message shows them all.
     """
 
-    def __init__(self, problems: str | Sequence[str]):
+    def __init__(self, problems: str | Sequence[str], subject: str = "the specification"):
         if isinstance(problems, str):
             problems = [problems]
         self.problems: tuple[str, ...] = tuple(str(p) for p in problems)
-        super().__init__(format_problems(self.problems))
+        self.subject = subject
+        super().__init__(format_problems(self.problems, subject))
 
     def __reduce__(self):
-        return (type(self), (list(self.problems),))
+        return (type(self), (list(self.problems), self.subject))
 
 
-def format_problems(problems: Sequence[str]) -> str:
+def format_problems(problems: Sequence[str], subject: str = "the specification") -> str:
     if len(problems) == 1:
         return problems[0]
     lines = "\n".join(f"  - {p}" for p in problems)
-    return f"{len(problems)} problems in the specification:\n{lines}"
+    return f"{len(problems)} problems in {subject}:\n{lines}"
 
 
 class Problems:
@@ -82,9 +83,9 @@ class Problems:
     def __len__(self) -> int:
         return len(self.items)
 
-    def check(self) -> None:
+    def check(self, subject: str = "the specification") -> None:
         if self.items:
-            raise SpecError(self.items)
+            raise SpecError(self.items, subject)
 
 
 class _Invalid:
