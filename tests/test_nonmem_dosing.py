@@ -261,7 +261,8 @@ def test_read_nonmem_ss_records_match_closed_forms():
         c_bolus(TIMES, ss_bolus(0.0, 100.0, 12.0, F, lag, addl=1)),
         c_inf(TIMES, ss_inf(0.0, 100.0, 12.0, F * 100.0 / 5.0, F, lag)),
         c_inf(TIMES, ss_inf(0.0, 100.0, 12.0, 30.0, F, lag)),
-        c_bolus(TIMES, [(F * 100.0, lag)]) + c_inf(TIMES, ss_inf(6.0, 100.0, 12.0, 3.0, F, lag)),
+        c_bolus(TIMES, [(F * 100.0, lag)])
+        + np.where(TIMES >= 6.0, c_inf(TIMES, ss_inf(6.0, 100.0, 12.0, 3.0, F, lag)), 0.0),
         np.full(TIMES.shape, 8.0 / CL),
         np.where(
             TIMES < 24.0,

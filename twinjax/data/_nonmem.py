@@ -14,7 +14,7 @@ the column is absent or the value missing (``.``):
   compartment 1).
 - ``RATE``, ``DUR``: infusion rate or duration. Default 0 (a bolus).
 - ``II``, ``ADDL``: interdose interval, number of additional doses. Default 0.
-- ``SS``: steady-state flag, 0 or 1. Default 0.
+- ``SS``: steady-state flag, 0, 1 or 2 (see ``docs/nonmem.md``). Default 0.
 - ``MDV``: missing dependent variable, 0 or 1. Default 0 on observation records (EVID
   0) with a DV, else 1.
 
@@ -586,34 +586,34 @@ def normalize(
             "an interdose interval II > 0"
         ),
     )
-    fail(
-        ss == 2,
-        "SS",
-        lambda i: "SS 2 (steady state added to the current state) is not supported; use 0 or 1",
-    )
     bad_ss = np.isfinite(ss) & ~np.isin(ss, [0, 1, 2])
-    fail(bad_ss, "SS", lambda i: f"SS {fmt_num(ss[i])} is not 0 or 1")
-    ss = np.where(bad_ss | (ss == 2), np.nan, ss)
     fail(
-        (ss == 1) & ~(ii > 0),
-        "II",
-        lambda i: f"SS is 1 but II is {fmt_num(ii[i])}; a steady-state dose needs II > 0",
+        bad_ss,
+        "SS",
+        lambda i: f"SS {fmt_num(ss[i])} is not supported; SS is 0, 1 or 2",
     )
+    ss = np.where(bad_ss, np.nan, ss)
+    # a steady-state constant infusion: SS 1/2, AMT 0, RATE > 0, II 0
+    ss_const = (ss > 0) & (amt == 0) & (rate > 0) & (ii == 0) & ~(dur > 0)
     fail(
-        (ss == 1) & (ii > 0) & (dur > ii),
-        "DUR",
+        (ss > 0) & ~(ii > 0) & ~ss_const,
+        "II",
         lambda i: (
-            f"steady-state infusion with DUR {fmt_num(dur[i])} longer than II {fmt_num(ii[i])}"
+            f"SS is {int(ss[i])} but II is {fmt_num(ii[i])}; a steady-state dose needs II > 0 "
+            "(or AMT 0, RATE > 0 and II 0 for a steady-state constant infusion)"
         ),
     )
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inf_len = np.where(rate > 0, amt / np.where(rate > 0, rate, 1.0), 0.0)
     fail(
-        (ss == 1) & (ii > 0) & (rate > 0) & (inf_len > ii),
-        "RATE",
+        ss_const & (addl > 0),
+        "ADDL",
+        lambda i: "a steady-state constant infusion (AMT 0, RATE > 0, II 0) cannot have ADDL",
+    )
+    fail(
+        is_dose & (rate > 0) & (amt == 0) & ~ss_const,
+        "AMT",
         lambda i: (
-            f"steady-state infusion lasting AMT/RATE = {fmt_num(inf_len[i])} longer than "
-            f"II {fmt_num(ii[i])}"
+            f"RATE {fmt_num(rate[i])} with AMT 0: an infusion needs AMT > 0 unless it is a "
+            "steady-state constant infusion (SS 1 or 2, II 0)"
         ),
     )
 
@@ -689,11 +689,10 @@ def normalize(
                 )
             cmt_names[i] = cmt_name
 
-    # per-subject structure: contiguity, time order, duplicates, one SS record
+    # per-subject structure: contiguity, time order
     first_line: dict[float, int] = {}
     prev_id = None
     prev_i = None
-    ss_seen: dict[float, int] = {}
     for i in range(n):
         sid = ids[i]
         if not np.isfinite(sid):
@@ -726,19 +725,6 @@ def normalize(
                 )
             else:
                 prev_i = i
-        if ss[i] == 1 and is_dose[i]:
-            if sid in ss_seen:
-                problems.append(
-                    Problem(
-                        int(lines[i]),
-                        "SS",
-                        f"a second steady-state record for ID {fmt_num(sid)} (the first is on "
-                        f"line {ss_seen[sid]}); at most one SS 1 record per subject is "
-                        "supported",
-                    )
-                )
-            else:
-                ss_seen[sid] = int(lines[i])
 
     # extra columns: numbers when every value is one, else text
     extras: dict[str, pd.Series] = {}
@@ -756,6 +742,34 @@ def normalize(
             )
         else:
             extras[c] = pd.Series(vals, dtype=float)
+
+    # covariates are one value per subject: refuse one that changes within a subject
+    # rather than silently keep its first value
+    for c in cov_names:
+        vals_c = extras[c].to_numpy()
+        first_of: dict[float, int] = {}
+        reported: set[float] = set()
+        for i in range(n):
+            sid = ids[i]
+            if not np.isfinite(sid) or sid in reported:
+                continue
+            if sid not in first_of:
+                first_of[sid] = i
+                continue
+            j = first_of[sid]
+            if _key(vals_c[i]) != _key(vals_c[j]):
+                reported.add(sid)
+                problems.append(
+                    Problem(
+                        int(lines[i]),
+                        c,
+                        f"covariate {c} changes within ID {fmt_num(sid)}: "
+                        f"{_show_value(vals_c[j])} on line {lines[j]}, "
+                        f"{_show_value(vals_c[i])} here; time-varying covariates are not "
+                        "supported (a subject has one value per covariate); leave the column "
+                        "out of covariates=[...] or make it constant within the subject",
+                    )
+                )
 
     # duplicated records (identical in every column)
     columns_now = {
@@ -811,6 +825,14 @@ def normalize(
     )
     names = None if unresolved else np.array(cmt_names, dtype=object)
     return Normalized(frame, names, cov_names, unresolved)
+
+
+def _show_value(v) -> str:
+    if isinstance(v, (float, np.floating)) and np.isnan(v):
+        return "."
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return fmt_num(v)
+    return repr(v)
 
 
 def _looks_numeric(s: str) -> bool:
@@ -894,7 +916,8 @@ def read_nonmem(
             numbered from 1 as NONMEM numbers compartments). A dose record without CMT
             (or CMT 0) goes to compartment 1. Without ``compartments`` the file's CMT
             names are used as given, and numeric CMTs leave the regimens unavailable.
-        covariates: the covariate columns; default: every non-standard column.
+        covariates: the covariate columns; default: every non-standard column. Each must
+            be constant within a subject.
         units: optional units of the columns, e.g. ``{"TIME": "h", "AMT": "mg"}``,
             stored on the dataset for display.
         encoding: the text encoding of a file or binary buffer (a text buffer is already
@@ -914,7 +937,9 @@ def read_nonmem(
             not numbers, time going backwards within a subject, doses to unknown
             compartments, negative amounts, MDV 1 with a DV (other than ``.`` or 0),
             duplicated records, EVID outside 0-4, both RATE and DUR, ADDL without II,
-            and unsupported NONMEM features (RATE -1/-2, SS 2, negative CMT); a dataset
+            a covariate that changes within a subject (time-varying covariates are not
+            supported), and unsupported NONMEM features (RATE -1/-2, SS 3, negative
+            CMT; see ``docs/nonmem.md``); a dataset
             without data records (a header only); bytes not valid in ``encoding``.
         FileNotFoundError: the path does not exist.
         LookupError: ``encoding`` is not a known codec.
