@@ -283,5 +283,9 @@ def test_read_nonmem_refuses_time_varying_covariate():
     rows = ["1,0,.,100,1,1,0,0,0,0,0,1,70", "1,24,.,100,1,1,0,0,0,0,0,1,75"]
     with pytest.raises(DatasetError, match=r"ID 1.*WT|WT.*ID 1"):
         read(rows, extra_header=",WT")
-    ds = read(["1,0,.,100,1,1,0,0,0,0,0,1,70", "1,24,1.0,0,0,1,0,0,0,0,0,0,70"], extra_header=",WT")
-    assert ds.covariates.loc[1, "WT"] == 70.0
+    with pytest.raises(DatasetError, match="covariate WT changes within ID 1: . on line 2"):
+        read(["1,0,.,100,1,1,0,0,0,0,0,1,.", rows[1]], extra_header=",WT")
+    ds = read(["1,0,.,100,1,1,0,0,0,0,0,1,70", "1,24,1.0,0,0,1,0,0,0,0,0,0,."], extra_header=",WT")
+    assert ds.covariates.loc[1, "WT"] == 70.0  # a missing later value is no change
+    ds = read(rows, extra_header=",WT", covariates=[])
+    assert ds.covariate_names == []

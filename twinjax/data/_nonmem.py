@@ -757,19 +757,22 @@ def normalize(
                 first_of[sid] = i
                 continue
             j = first_of[sid]
-            if _key(vals_c[i]) != _key(vals_c[j]):
-                reported.add(sid)
-                problems.append(
-                    Problem(
-                        int(lines[i]),
-                        c,
-                        f"covariate {c} changes within ID {fmt_num(sid)}: "
-                        f"{_show_value(vals_c[j])} on line {lines[j]}, "
-                        f"{_show_value(vals_c[i])} here; time-varying covariates are not "
-                        "supported (a subject has one value per covariate); leave the column "
-                        "out of covariates=[...] or make it constant within the subject",
-                    )
+            # a missing value on a later record is no change (the subject's value is the
+            # one on its first record); a value given after a missing first one is
+            if _key(vals_c[i]) == ("nan",) or _key(vals_c[i]) == _key(vals_c[j]):
+                continue
+            reported.add(sid)
+            problems.append(
+                Problem(
+                    int(lines[i]),
+                    c,
+                    f"covariate {c} changes within ID {fmt_num(sid)}: "
+                    f"{_show_value(vals_c[j])} on line {lines[j]}, "
+                    f"{_show_value(vals_c[i])} here; time-varying covariates are not "
+                    "supported (a subject has one value per covariate); leave the column "
+                    "out of covariates=[...] or make it constant within the subject",
                 )
+            )
 
     # duplicated records (identical in every column)
     columns_now = {
