@@ -89,6 +89,10 @@ class Trial:
             circulation's steady state at the drug concentration of each time), the
             times at which they are computed (default: the ``time`` and
             ``baseline_time`` of the endpoints that read them); they join the save grid.
+
+    Raises:
+        SpecError: before anything is simulated, listing every problem of the arguments
+            (types, ranges, names; the rules are in ``docs/trials.md``).
     """
 
     def __init__(
@@ -324,6 +328,10 @@ class Trial:
                 tab[c] = np.asarray(cov[c])
             for e in self.endpoints:
                 tab[e.name] = e.compute(times, vals)
+                bcol = _baseline_column(e, self.endpoints)
+                if bcol is not None:  # the baseline of a change endpoint, for the ANCOVA
+                    base = dataclasses.replace(e, kind="value", time=e.baseline_time)
+                    tab[bcol] = base.compute(times, vals)
             tables.append(tab)
             bands[arm.name] = {o: _bands(v[status == 0]) for o, v in vals.items()}
         table = pd.concat(tables, ignore_index=True)
@@ -349,18 +357,24 @@ class TrialResult:
         for e in tr.endpoints:
             for a in arms:
                 v = ok.loc[ok["arm"] == a, e.name].to_numpy(float)
-                summ.append({"endpoint": e.name, "arm": a, **_stats.summarize(v, e.binary)})
+                summ.append(
+                    {"endpoint": e.name, "arm": a, **_stats.summarize(v, e.binary, tr.alpha)}
+                )
             x = ok.loc[ok["arm"] == tr.control, e.name].to_numpy(float)
+            bcol = _baseline_column(e, tr.endpoints)
+            has_base = bcol is not None and bcol in ok
+            bx = ok.loc[ok["arm"] == tr.control, bcol].to_numpy(float) if has_base else None
             for a in arms:
                 if a == tr.control:
                     continue
                 y = ok.loc[ok["arm"] == a, e.name].to_numpy(float)
+                by = ok.loc[ok["arm"] == a, bcol].to_numpy(float) if bx is not None else None
                 comp.append(
                     {
                         "endpoint": e.name,
                         "arm": a,
                         "control": tr.control,
-                        **_stats.compare(x, y, e.binary, tr.alpha),
+                        **_stats.compare(x, y, e.binary, tr.alpha, bx, by),
                     }
                 )
                 if tr.power_sizes:
@@ -378,7 +392,7 @@ class TrialResult:
                     )
                 )
         self.summary = pd.DataFrame(summ)
-        self.comparisons = pd.DataFrame(comp)
+        self.comparisons = _stats.adjust(pd.DataFrame(comp))  # Holm over arms vs control
         self.subgroups = pd.concat(subs, ignore_index=True) if subs else pd.DataFrame()
         self.power = pd.concat(powers, ignore_index=True) if powers else pd.DataFrame()
 
@@ -410,6 +424,15 @@ class TrialResult:
         self.table.to_csv(out / "endpoints.csv", index=False)
         (out / "summary.json").write_text(json.dumps(_clean(self.to_json()), indent=2))
         return write_report(self, out / "report.html")
+
+
+def _baseline_column(e: Endpoint, endpoints) -> str | None:
+    """The table column with the baseline of a ``change`` endpoint; None for other kinds
+    (or when an endpoint already has that name)."""
+    name = f"{e.name}_baseline"
+    if e.kind != "change" or any(o.name == name for o in endpoints):
+        return None
+    return name
 
 
 def _bands(v: np.ndarray) -> np.ndarray:
