@@ -46,7 +46,7 @@ def test_risk_difference_matches_scipy_fisher():
     y = np.array([1] * 15 + [0] * 35, bool)
     r = _stats.risk_difference(x, y)
     assert r["diff"] == pytest.approx(0.2)
-    assert r["p_value"] == pytest.approx(sps.fisher_exact([[15, 35], [5, 45]]).pvalue)
+    assert r["p_fisher"] == pytest.approx(sps.fisher_exact([[15, 35], [5, 45]]).pvalue)
 
 
 def test_power_curve_matches_analytic_power():

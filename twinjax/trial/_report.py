@@ -9,6 +9,8 @@ import pathlib
 
 import numpy as np
 
+from ._stats import format_p
+
 
 def _png(fig) -> str:
     buf = io.BytesIO()
@@ -85,7 +87,7 @@ def figure_forest(result):
     ax.set_yticklabels(
         [f"{r.endpoint} | {r.arm} | {r.subgroup}" for r in rows.itertuples()], fontsize=8
     )
-    ax.set_xlabel(f"difference vs {result.trial.control} (95% CI)")
+    ax.set_xlabel(f"difference vs {result.trial.control} ({_level(result.trial.alpha)} CI)")
     fig.tight_layout()
     return fig
 
@@ -118,6 +120,66 @@ def _table(df, floatfmt="{:.4g}") -> str:
     if df is None or not len(df):
         return "<p><em>none</em></p>"
     return df.to_html(index=False, float_format=lambda v: floatfmt.format(v), border=0, classes="t")
+
+
+def _level(alpha: float) -> str:
+    return f"{100 * (1 - alpha):g}%"
+
+
+# p-value columns and how the report names them; intervals as "[low, high]" columns
+P_COLUMNS = {
+    "p_value": "p",
+    "p_adjusted": "p adjusted",
+    "ancova_p": "ANCOVA p",
+    "ancova_p_adjusted": "ANCOVA p adjusted",
+}
+CI_COLUMNS = {("ci_low", "ci_high"): "{} CI", ("ancova_ci_low", "ancova_ci_high"): "ANCOVA {} CI"}
+RENAME = {"ancova_diff": "ANCOVA diff", "ci_method": "CI method", "mc_se": "Monte Carlo SE"}
+HIDDEN = ("p_fisher",)  # in summary.json; not the test that goes with the interval
+
+
+def _stat_table(df, alpha: float) -> str:
+    """A table of statistics: intervals in one column, p-values with :func:`format_p`."""
+    if df is None or not len(df):
+        return _table(df)
+    df = df.drop(columns=[c for c in HIDDEN if c in df])
+    level = _level(alpha)
+    for (lo, hi), label in CI_COLUMNS.items():
+        if lo in df and hi in df:
+            text = [
+                "" if not (np.isfinite(a) and np.isfinite(b)) else f"[{a:.4g}, {b:.4g}]"
+                for a, b in zip(df[lo].to_numpy(float), df[hi].to_numpy(float))
+            ]
+            pos = df.columns.get_loc(lo)
+            df = df.drop(columns=[lo, hi])
+            df.insert(pos, label.format(level), text)
+    for col in P_COLUMNS:
+        if col in df:
+            df[col] = ["" if v is None or v != v else format_p(v) for v in df[col]]
+    df = df.rename(columns={**P_COLUMNS, **RENAME})
+    return df.to_html(index=False, float_format="{:.4g}".format, na_rep="", border=0, classes="t")
+
+
+def _methods(result) -> str:
+    """What the comparison tables report: intervals, tests and the multiplicity adjustment."""
+    tr = result.trial
+    ctl = html.escape(tr.control)
+    level, k = _level(tr.alpha), len(tr.arms) - 1
+    comp = result.comparisons
+    adj = comp["adjustment"].iloc[0] if len(comp) and "adjustment" in comp else "no"
+    return (
+        f"<p>Differences are arm minus {ctl} with {level} confidence intervals. "
+        "Continuous endpoints: Welch's t-test and its interval; change-from-baseline endpoints "
+        "also ANCOVA (OLS of the endpoint on arm and baseline). Binary endpoints: Newcombe's "
+        "hybrid score interval (from Wilson intervals) with the p-value that inverts it, so "
+        f"the {level} interval excludes 0 exactly when p &lt; {tr.alpha:g} (Fisher's exact p "
+        "is in summary.json as p_fisher); per-arm rates have Wilson intervals, exact "
+        "Clopper-Pearson ones when an arm has no events (or only events).</p>"
+        f"<p>Multiplicity: {html.escape(str(adj))} step-down adjustment of the p-values over "
+        f"the {k} arm{'s' if k != 1 else ''} compared with {ctl}, within each endpoint "
+        "(column 'p adjusted'); intervals and subgroup analyses are not adjusted. "
+        f"p-values below 0.001 are shown as &lt; 0.001.</p>"
+    )
 
 
 def write_report(result, path) -> pathlib.Path:
@@ -159,14 +221,23 @@ def write_report(result, path) -> pathlib.Path:
             )
         )
         parts.append(f"<li><b>{html.escape(a.name)}</b> (n={a.n or tr.n_per_arm}): {reg}</li>")
-    parts.append("</ul><h2>Endpoint summaries</h2>" + _table(result.summary))
+    parts.append("</ul><h2>Endpoint summaries</h2>" + _stat_table(result.summary, tr.alpha))
     parts.append(
-        f"<h2>Comparisons with {html.escape(tr.control)}</h2>" + _table(result.comparisons)
+        f"<h2>Comparisons with {html.escape(tr.control)}</h2>"
+        + _methods(result)
+        + _stat_table(result.comparisons, tr.alpha)
     )
     if len(result.subgroups):
-        parts.append("<h2>Subgroups</h2>" + _table(result.subgroups))
+        parts.append(
+            "<h2>Subgroups</h2><p>Exploratory: no multiplicity adjustment.</p>"
+            + _stat_table(result.subgroups, tr.alpha)
+        )
     if len(result.power):
-        parts.append("<h2>Power</h2>" + _table(result.power))
+        parts.append(
+            f"<h2>Power</h2><p>Fraction of {tr.replicates} replicate trials per size with "
+            f"p &lt; {tr.alpha:g} (unadjusted), with its Monte Carlo standard error "
+            "sqrt(power (1 - power) / replicates).</p>" + _stat_table(result.power, tr.alpha)
+        )
     for title, fig in figs:
         if fig is None:
             continue
