@@ -74,10 +74,12 @@ def _user_errors(con, where=None, code: int = EXIT_INPUT):
         raise typer.Exit(code) from None
 
 
-def _out_folder(out: pathlib.Path) -> None:
-    """Refuse an output path that exists and is not a folder (before anything runs)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
+def _out_folder(out: pathlib.Path, kind: str) -> None:
+    """Claim the output folder before anything runs: new, empty, or twinjax's own output
+    of the same kind; a folder with files twinjax did not write is refused."""
+    from ._outdir import claim
+
+    claim(out, kind)
 
 
 def _version(value: bool):
@@ -124,7 +126,7 @@ def trial(
                 t = t.with_sample_size(n)
             except SpecError as err:
                 raise SpecError(f"--n {n}: {err}") from None
-        _out_folder(out)
+        _out_folder(out, "trial")
     if t.dropped_power_sizes:
         con.print(
             f"[yellow]warning:[/] power-curve sizes {list(t.dropped_power_sizes)} exceed "
@@ -135,11 +137,16 @@ def trial(
     with _user_errors(con, code=EXIT_RUN):
         res = t.run(out=out, progress=progress)
         report = res.write(out)
-    con.print(
-        res.comparisons[["endpoint", "arm", "diff", "ci_low", "ci_high", "p_value"]].to_string(
-            index=False
-        )
-    )
+    from .trial._stats import format_p
+
+    shown = res.comparisons.copy()
+    cols = ["endpoint", "arm", "diff", "ci_low", "ci_high", "p_value"]
+    if "p_adjusted" in shown:
+        cols.append("p_adjusted")
+    for c in ("p_value", "p_adjusted"):
+        if c in shown:
+            shown[c] = shown[c].map(format_p)
+    con.print(shown[cols].to_string(index=False))
     failed = int((res.table["status"] != 0).sum())
     if failed:
         con.print(
@@ -195,7 +202,7 @@ def simulate(
             if problem is not None:
                 probs.add(f"--param {name}={value:g}", problem)
         probs.check("the options")
-        _out_folder(out)
+        _out_folder(out, "simulation")
         doses = []
         for d in dose:
             f = d.split(":")
@@ -341,7 +348,7 @@ def safety(
             st = SafetyTrial.from_toml(spec, **over)
         else:
             st = SafetyTrial(**over)
-        _out_folder(out)
+        _out_folder(out, "safety")
     _x64()
     con.print(
         f"[bold]{st.name}[/]: {st.n} ORd ({st.cell}) models x {len(st.compounds)} compounds "

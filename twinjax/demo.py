@@ -32,11 +32,11 @@ def main(argv=None) -> pathlib.Path:
     from rich.console import Console
 
     import twinjax as tj
+    from twinjax._outdir import claim
     from twinjax.models import pd, pk
 
     con = Console()
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim(args.out, "demo")
     model = tj.couple(
         {"pk": pk.two_compartment("first_order"), "pd": pd.IndirectResponse(3)},
         [tj.Link("pk.C", "pd.C")],

@@ -158,7 +158,9 @@ class SafetyTrial:
         from ..models import ep
         from ..models.ep import population
 
-        out = pathlib.Path(out)
+        from .._outdir import claim
+
+        out = claim(out, "safety")  # before any simulation
         t0 = time.perf_counter()
         model = ep.ORd(celltype=self.cell)
 
@@ -192,7 +194,6 @@ class SafetyTrial:
                 model, params, state, list(self.compounds), self.multiples, n_beats=self.drug_beats
             )
         summary, risk = population.summarise(trial)
-        out.mkdir(parents=True, exist_ok=True)
         trial.to_csv(out / "models.csv", index=False)
         summary.to_csv(out / "summary.csv", index=False)
         risk.to_csv(out / "risk.csv")

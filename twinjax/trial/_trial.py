@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pandas as pd
 
+from .._outdir import claim
 from ..dosing import Regimen
 from ..population import Population
 from ..solve import solvers
@@ -284,6 +285,8 @@ class Trial:
             out: a folder; the results store (Zarr) goes to ``out/results.zarr``.
             progress: show progress bars.
         """
+        if out is not None:
+            claim(out, "trial")  # before any simulation: never into a folder of user files
         stores = {a.name: None if out is None else _spec.store_path(out, a.name) for a in self.arms}
         key = jax.random.key(self.seed)
         times = self.times
@@ -419,8 +422,7 @@ class TrialResult:
         """Write ``summary.json``, ``endpoints.csv`` and ``report.html`` to ``out``."""
         from ._report import write_report
 
-        out = pathlib.Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = claim(out, "trial")
         self.table.to_csv(out / "endpoints.csv", index=False)
         (out / "summary.json").write_text(json.dumps(_clean(self.to_json()), indent=2))
         return write_report(self, out / "report.html")
