@@ -289,3 +289,23 @@ def test_read_nonmem_refuses_time_varying_covariate():
     assert ds.covariates.loc[1, "WT"] == 70.0  # a missing later value is no change
     ds = read(rows, extra_header=",WT", covariates=[])
     assert ds.covariate_names == []
+
+
+def test_batch_of_regimens_with_different_ss_records_matches_single_patients():
+    """Padding: patients with no, one and two SS records in one compiled batch."""
+    regs = [
+        tj.Regimen([tj.Dose(100.0, "central", 0.0, ii=12.0, addl=2)]),
+        tj.Regimen([tj.Dose(100.0, "central", 2.0, dur=15.0, ii=12.0, ss=1)]),
+        tj.Regimen(
+            [
+                tj.Dose(100.0, "central", 0.0, ii=12.0, ss=2),
+                tj.Dose(50.0, "central", 24.0, ii=8.0, ss=1, evid=4),
+            ]
+        ),
+    ]
+    p = {k: jnp.asarray([v] * 3) for k, v in params(0.9, 1.0).items()}
+    batch = tj.simulate(MODEL, p, regs, jnp.asarray(TIMES), solver=TIGHT)
+    assert np.all(np.asarray(batch.status) == 0)
+    for i, r in enumerate(regs):
+        one = sim(r, TIMES, 0.9, 1.0)
+        np.testing.assert_allclose(np.asarray(batch.outputs["C"])[i], one, rtol=1e-9, atol=1e-12)
