@@ -375,8 +375,8 @@ def compile_regimens(
     cols: dict[str, list] = {c: [] for c in names_cols}
     for tab in tables:
         padded = tab + [pad_row] * (k - len(tab))
-        for i, c in enumerate(names_cols):
-            cols[c].append([row[i] for row in padded])
+        for i, col in enumerate(names_cols):
+            cols[col].append([row[i] for row in padded])
     ss_rec = [s + [-1] * (J - len(s)) for s in ss_lists]
     ss_time = [tab[s[0]][0] if s else PAD_TIME for tab, s in zip(tables, ss_lists)]
 
