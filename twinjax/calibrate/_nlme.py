@@ -16,11 +16,17 @@ first-order (expected-information) curvature ``sum J' (dm^2 + 2 ds^2) / s^2 J +
 Omega^-1``. This is NONMEM's objective function value convention: the constant
 ``n_obs log(2 pi)`` is **not** included in ``ofv``; ``minus2ll`` includes it.
 
-The outer gradient is exact for the objective as defined, up to the first-order
-curvature used in the implicit derivative of the modes: ``eta_i*`` enters through one
-differentiable Newton step ``eta* - H^-1 G(phi, eta*)`` whose derivative is
-``-H^-1 dG/dphi`` (Almquist et al. 2015). It is computed in forward mode (a nested
-forward-mode pass through the batched solver), and the outer problem is solved by
+The outer gradient is the exact total derivative of this objective (the modes follow
+``phi``). ``O_i`` needs no derivative of the mode (its gradient in ``eta`` is zero
+there), but the log-determinant term depends on ``eta_i*`` through ``H_i``, so
+``d eta_i*/d phi`` is needed: by the implicit function theorem it is
+``-(d^2 O_i/d eta^2)^-1 d^2 O_i/(d eta d phi)`` with the EXACT Hessian of ``O_i`` in
+``eta`` (not the first-order ``H_i``, which gave a wrong gradient and stopped the fit
+short, issue #17). The exact Hessians are computed by forward-over-forward AD, batched
+over subjects (``k`` tangent passes for ``k`` random effects), and enter through one
+differentiable Newton step ``eta* - Hx^-1 G(phi, eta*)`` whose derivative is
+``-Hx^-1 dG/dphi`` (Almquist et al. 2015). The gradient is computed in forward mode (a
+nested forward-mode pass through the batched solver), and the outer problem is solved by
 BFGS. Standard errors come from the inverse of the Hessian of the OFV (central finite
 differences of the AD gradient; NONMEM's ``$COV MATRIX=R``), transformed to the natural
 scale by the delta method.
@@ -143,21 +149,59 @@ def _typical(model, lay, theta, base: dict, factors: dict):
 
 
 # ============================================================================ objective
-def _ofv_terms(spec, lay, base, factors, phi, eta, ev, ts, y, mask):
-    """Per-subject FOCE-I objective at ``phi`` with modes ``eta`` (N, k)."""
+def _exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask):
+    """``(N, k, k)`` exact Hessians ``d^2 O_i / d eta^2`` of the individual objectives.
+
+    Forward over forward mode: the MAP gradient ``G`` of ``posterior_terms`` is exact
+    (it uses the Jacobian ``df/deta``, not an approximation), and each subject's ``G_i``
+    depends only on its own ``eta_i``, so one tangent ``e_j`` broadcast over the
+    subjects gives column ``j`` of every subject's Hessian at once (``k`` passes).
+    """
+    theta, omega, sigma = _unpack(spec.model, lay, phi)
+    tv = _typical(spec.model, lay, theta, base, factors)
+    oinv = jnp.linalg.inv(omega)
+
+    def grad(e):
+        return posterior_terms(spec, tv, e, ev, ts, y, mask, sigma, oinv)[1]
+
+    k = eta.shape[-1]
+
+    def column(v):
+        return jax.jvp(grad, (eta,), (jnp.broadcast_to(v, eta.shape),))[1]
+
+    H = jax.vmap(column, out_axes=-1)(jnp.eye(k, dtype=eta.dtype))
+    return 0.5 * (H + jnp.swapaxes(H, -1, -2))
+
+
+def _ofv_terms(spec, lay, base, factors, phi, eta, ev, ts, y, mask, hess):
+    """Per-subject FOCE-I objective at ``phi`` with modes ``eta`` (N, k).
+
+    ``hess``: the ``(N, k, k)`` exact Hessians of the individual objectives at ``eta``
+    (:func:`_exact_hessian`), a constant here. The value is the objective; its
+    derivative in ``phi`` is the total derivative ``dOFV/dphi`` with the modes
+    following ``phi``.
+    """
     model = spec.model
     theta, omega, sigma = _unpack(model, lay, phi)
     tv = _typical(model, lay, theta, base, factors)
     oinv = jnp.linalg.inv(omega)
     eta_s = jax.lax.stop_gradient(eta)
     O, G, H, _, _, ok = posterior_terms(spec, tv, eta_s, ev, ts, y, mask, sigma, oinv)
-    # one differentiable Newton step: d(eta)/d(phi) = -H^-1 dG/dphi (implicit function)
-    Hs = jax.lax.stop_gradient(jnp.where(ok[:, None, None], H, jnp.eye(H.shape[-1])[None]))
+    # One differentiable Newton step with the EXACT Hessian of O_i in eta:
+    # d(eta*)/d(phi) = -(d^2O/deta^2)^-1 d^2O/(deta dphi) (implicit function theorem).
+    # The term O_i needs no mode derivative (G = 0 at the mode), but the Laplace
+    # log-determinant depends on eta* through the curvature, and a first-order (Fisher)
+    # curvature here would give a wrong d(eta*)/d(phi) and a wrong outer gradient.
+    eye = jnp.eye(H.shape[-1], dtype=H.dtype)[None]
+    Hx = jax.lax.stop_gradient(hess)
+    # where it is not positive definite (a mode not reached) the Fisher curvature stands in
+    good = ok & jnp.all(jnp.isfinite(jnp.linalg.cholesky(Hx)), (-1, -2))
+    Hs = jnp.where(
+        good[:, None, None], Hx, jax.lax.stop_gradient(jnp.where(ok[:, None, None], H, eye))
+    )
     eta1 = eta_s - jnp.linalg.solve(Hs, jnp.where(ok[:, None], G, 0.0)[..., None])[..., 0]
     O1, _, H1, _, _, ok1 = posterior_terms(spec, tv, eta1, ev, ts, y, mask, sigma, oinv)
-    _, ld_h = jnp.linalg.slogdet(
-        jnp.where(ok1[:, None, None], H1 / 2.0, jnp.eye(H.shape[-1])[None])
-    )
+    _, ld_h = jnp.linalg.slogdet(jnp.where(ok1[:, None, None], H1 / 2.0, eye))
     _, ld_o = jnp.linalg.slogdet(omega)
     ofv_i = O1 + ld_o + ld_h
     return jnp.where(ok & ok1, ofv_i, jnp.inf)
@@ -165,8 +209,11 @@ def _ofv_terms(spec, lay, base, factors, phi, eta, ev, ts, y, mask):
 
 @eqx.filter_jit
 def _ofv_and_grad(spec, lay, base, factors, phi, eta, ev, ts, y, mask):
+    """The FOCE-I objective and its exact gradient in ``phi`` (forward mode)."""
+    hess = _exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask)
+
     def F(p):
-        return jnp.sum(_ofv_terms(spec, lay, base, factors, p, eta, ev, ts, y, mask))
+        return jnp.sum(_ofv_terms(spec, lay, base, factors, p, eta, ev, ts, y, mask, hess))
 
     eye = jnp.eye(phi.shape[0], dtype=phi.dtype)
     vals, grads = jax.vmap(lambda v: jax.jvp(F, (phi,), (v,)))(eye)
