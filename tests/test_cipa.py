@@ -175,3 +175,13 @@ def test_qnet_gradient_matches_finite_difference(model):
     fd = (float(q(ku + h)) - float(q(ku - h))) / (2 * h)
     assert abs(float(der)) > 0
     assert float(der) == pytest.approx(fd, rel=2e-3)
+
+
+def test_registered_and_exported():
+    from twinjax.models import ep
+    from twinjax.models._registry import get_model, registered
+
+    assert "cipaord" in registered()
+    assert isinstance(get_model("cipaord"), ep.CiPAORd)
+    assert ep.pace_cipa is pace_cipa
+    assert "IKr" in get_model("cipaord").output_names

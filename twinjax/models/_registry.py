@@ -138,3 +138,15 @@ def _register_organ_models():
         return MinimalModel()
 
     register("bergman_minimal", bergman, "Bergman minimal model with insulin kinetics; min")
+
+    def cipaord():
+        from .ep import CiPAORd
+
+        return CiPAORd()
+
+    register(
+        "cipaord",
+        cipaord,
+        "CiPAORdv1.0 (ORd 2011 + dynamic hERG drug binding, Li 2017), endo, BCL 2000 ms; ms. "
+        "Pace with twinjax.models.ep.pace_cipa",
+    )

@@ -4,6 +4,8 @@
   fast, cross-checked against Myokit.
 - :class:`ORd`: the O'Hara-Rudy 2011 human ventricular model (41 states; endo,
   epi and M cells).
+- :class:`CiPAORd`: CiPAORdv1.0 (ORd with the dynamic hERG drug-binding Markov model,
+  Li et al. 2017), paced by :func:`pace_cipa` (qNet per beat).
 - :func:`pace`: a batched second-order Rush-Larsen beat loop returning per-beat
   biomarkers (APD90/50/30, triangulation, resting and peak potential, max dV/dt,
   EAD and repolarisation-failure flags, qNet) without storing trajectories.
@@ -16,6 +18,9 @@ from . import _drugs as drugs  # noqa: F401
 from . import _population as population  # noqa: F401
 from ._biomarkers import from_trace as from_trace
 from ._cell import CellModel as CellModel
+from ._cipa import CiPAORd as CiPAORd
+from ._cipa import compound_params as cipa_compound_params  # noqa: F401
+from ._cipa import pace_cipa as pace_cipa
 from ._luo_rudy import LuoRudy1991 as LuoRudy1991
 from ._ord import ORd as ORd
 from ._pacing import stimulus as stimulus
