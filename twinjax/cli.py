@@ -202,7 +202,6 @@ def simulate(
             if problem is not None:
                 probs.add(f"--param {name}={value:g}", problem)
         probs.check("the options")
-        _out_folder(out, "simulation")
         doses = []
         for d in dose:
             f = d.split(":")
@@ -227,6 +226,7 @@ def simulate(
         if n_steps > 10_000_000:
             raise SpecError(f"--duration / --step = {n_steps} saved times; at most 10,000,000")
         times = np.arange(0.0, duration + step / 2, step)
+        _out_folder(out, "simulation")  # every option checked; nothing simulated yet
         r = sim(m, p, regimen, times)  # checks the inputs before compiling
     import matplotlib
 
