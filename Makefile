@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-fast lint typecheck check bench clean
+.PHONY: demo test test-fast lint typecheck check bench clean notebooks
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) tools/run_tests.py -m "not slow"
+
+notebooks: $(STAMP)
+	$(PY) tools/notebooks.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check twinjax tests benchmarks calibration tools

@@ -283,15 +283,3 @@ def test_vpc(theo_population):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-
-
-# ------------------------------------------------------------------ notebook
-def test_notebook_runs():
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    path = ROOT / "notebooks" / "02_calibrate_a_twin.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(
-        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-    )
-    client.execute()

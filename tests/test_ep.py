@@ -238,19 +238,6 @@ def test_population_is_one_batched_run_without_recompiling():
     assert TRACES["pace"] == n0, "a second population of the same size must not recompile"
 
 
-@pytest.mark.slow
-def test_notebook_05_cardiac_safety_executes():
-    import pathlib
-
-    nbclient = pytest.importorskip("nbclient")
-    nbformat = pytest.importorskip("nbformat")
-    path = pathlib.Path(__file__).parents[1] / "notebooks" / "05_cardiac_safety.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    nbclient.NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-    ).execute()
-
-
 def test_cli_safety_trial_writes_tables_and_rejects_bad_input(tmp_path):
     """`twinjax safety`: population x compounds x concentrations from the command line."""
     import subprocess

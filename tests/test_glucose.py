@@ -239,19 +239,3 @@ def test_closed_loop_rejects_incommensurate_times():
         gl.simulate_closed_loop(p, duration=62.0)
     with pytest.raises(ValueError, match="bounds"):
         gl.simulate_closed_loop({**p, "Vg": -1.0}, duration=60.0)
-
-
-@pytest.mark.slow
-def test_notebook_04_glucose_twin_executes():
-    import pathlib
-    import time
-
-    nbclient = pytest.importorskip("nbclient")
-    nbformat = pytest.importorskip("nbformat")
-    path = pathlib.Path(__file__).parents[1] / "notebooks" / "04_glucose_twin.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    t = time.perf_counter()
-    nbclient.NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-    ).execute()
-    assert time.perf_counter() - t < 120  # < 60 s on an idle 2-core machine

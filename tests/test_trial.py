@@ -170,20 +170,6 @@ def test_cli_version_models_and_bad_spec(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
-@pytest.mark.slow
-def test_notebook_01_executes():
-    nbclient = pytest.importorskip("nbclient")
-    import nbformat
-
-    path = ROOT / "notebooks" / "01_virtual_trial.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    nbclient.NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
-    ).execute()
-    outs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outs if o.get("output_type") == "error"]
-
-
 # ---------------------------------------------------------------------------------
 # organ-model trials (examples/*.toml), sample-size override, fast steady states
 # ---------------------------------------------------------------------------------

@@ -29,7 +29,10 @@ def test_negative_volume_names_parameter_and_bounds():
 
 def test_bioavailability_above_one():
     m = pk.one_compartment("first_order")
-    _no_trace(lambda: tj.simulate(m, {"F": 1.2}, None, T), r"'F' = 1.2 is outside its bounds \[0, 1\]: it must be <= 1")
+    _no_trace(
+        lambda: tj.simulate(m, {"F": 1.2}, None, T),
+        r"'F' = 1.2 is outside its bounds \[0, 1\]: it must be <= 1",
+    )
 
 
 def test_bad_patient_in_batch_is_named():

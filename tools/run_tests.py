@@ -21,6 +21,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # the longest files (measured on the 2-core CI machine) start first
 LONGEST_FIRST = (
+    "test_notebooks.py",
     "test_catalogue.py",
     "test_ep.py",
     "test_glucose.py",

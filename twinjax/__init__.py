@@ -7,6 +7,7 @@ simulated in one compiled run; a twin is one parameter set fitted to one patient
 from . import calibrate as calibrate
 from . import data as data
 from . import models as models
+from . import plot as plot
 from . import population as population
 from . import trial as trial
 from .calibrate import FitResult as FitResult

@@ -1,4 +1,5 @@
-"""``python -m twinjax.demo``: a small real demonstration run by ``make demo``.
+"""``python -m twinjax.demo``: a small real cohort demonstration (``make demo`` runs the
+default virtual trial instead: ``twinjax trial examples/antihypertensive_trial.toml``).
 
 A virtual cohort of patients on a 2-compartment oral PK model driving a Jusko
 type-3 indirect response, dosed twice daily for 7 days, simulated in one batched

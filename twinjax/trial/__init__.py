@@ -2,6 +2,7 @@
 
 from ._endpoints import KINDS as KINDS
 from ._endpoints import Endpoint as Endpoint
+from ._report import figure_bands as figure_bands
 from ._safety import SafetyTrial as SafetyTrial
 from ._trial import Arm as Arm
 from ._trial import Inclusion as Inclusion

@@ -22,6 +22,14 @@ def _png(fig) -> str:
 
 
 def figure_bands(result):
+    """Median and 5-95 % percentile bands of up to four outputs, one line per arm.
+
+    Arguments:
+        result: a :class:`~twinjax.trial.TrialResult`.
+
+    Returns:
+        A matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     tr = result.trial

@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import pathlib
 import time
 from collections.abc import Mapping, Sequence
 
@@ -155,10 +154,9 @@ class SafetyTrial:
         import jax
         import numpy as np
 
+        from .._outdir import claim
         from ..models import ep
         from ..models.ep import population
-
-        from .._outdir import claim
 
         out = claim(out, "safety")  # before any simulation
         t0 = time.perf_counter()
