@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
+from fractions import Fraction
 
+import equinox as eqx
 import jax.numpy as jnp
 
-from ._model import Model
+from ._model import TIME_UNITS, Model
 from ._param import Param, State
 
 LINK_KINDS = ("direct", "linear", "emax", "sigmoid", "user")
@@ -134,24 +136,72 @@ class Link:
         return self.fn(c, base, q)
 
 
+def _time_units(models: Mapping[str, Model], time_unit: str | None):
+    """The coupled time unit and, per model, ``k = d t_model / d t_coupled``.
+
+    Without ``time_unit``: every declared unit must be the same (that is the coupled
+    unit, ``None`` if no model declares one) and nothing is rescaled. With it: every
+    declared unit is converted to it exactly; undeclared models run unchanged.
+    """
+    if time_unit is not None and time_unit not in TIME_UNITS:
+        raise ValueError(f"time_unit {time_unit!r} is not one of {list(TIME_UNITS)}")
+    declared = [(n, m.time_unit) for n, m in models.items() if m.time_unit is not None]
+    if time_unit is None:
+        for n, u in declared[1:]:
+            n0, u0 = declared[0]
+            if u != u0:
+                raise ValueError(
+                    f"cannot couple {n0} (time unit {u0}) with {n} (time unit {u}): the "
+                    f"coupled equations share one time axis, so {n} would read {u0} as {u}; "
+                    f"pass time_unit= to couple() (one of {list(TIME_UNITS)}) to convert "
+                    "every model to that unit"
+                )
+        unit = declared[0][1] if declared else None
+        return unit, tuple(1.0 for _ in models)
+    scales = tuple(
+        1.0
+        if m.time_unit is None
+        else float(Fraction(TIME_UNITS[time_unit], TIME_UNITS[m.time_unit]))
+        for m in models.values()
+    )
+    return time_unit, scales
+
+
 class Coupled(Model):
     """Several models joined into one ODE system (see :func:`couple`).
 
     States are ``"name.state"``, parameters ``"name.param"`` plus each link's own
     parameters ``"linkname.param"``, outputs ``"name.output"``.
+
+    Time: the coupled model's :attr:`time_unit` is the one its models share, or the
+    ``time_unit`` asked for; a model declared in another unit is then run on the
+    coupled time axis by the exact change of variable ``t_model = k * t``:
+    ``dy/dt = k * rhs(k * t, y, p, u / k)``, ``observe(k * t, ...)``. Its
+    parameters stay in its own units, except a dose lag-time parameter (read by the
+    dosing engine on the coupled axis): that one is in the coupled unit.
     """
 
     models: tuple[tuple[str, Model], ...]
     links: tuple[Link, ...]
     _states: tuple[State, ...]
     _params: tuple[Param, ...]
+    _time_unit: str | None = eqx.field(static=True)
+    _scales: tuple[float, ...] = eqx.field(static=True)  # d t_model / d t, per model
+    _lags: tuple[tuple[str, ...], ...] = eqx.field(static=True)  # rescaled lag params
 
-    def __init__(self, models: Mapping[str, Model], links=()):
+    def __init__(self, models: Mapping[str, Model], links=(), time_unit: str | None = None):
         if not models:
             raise ValueError("couple() needs at least one model")
         for name in models:
             if "." in name or not name:
                 raise ValueError(f"Model name {name!r} must be non-empty and contain no '.'")
+        self._time_unit, self._scales = _time_units(models, time_unit)
+        self._lags = tuple(
+            tuple(lag for _, lag in m.dose_parameters().values() if lag is not None)
+            if k != 1.0
+            else ()
+            for m, k in zip(models.values(), self._scales)
+        )
         self.models = tuple(models.items())
         links = tuple(links)
         named = []
@@ -163,7 +213,13 @@ class Coupled(Model):
             for n, m in self.models
             for s in m.states
         )
-        ps = [q.replace(name=f"{n}.{q.name}") for n, m in self.models for q in m.params]
+        ps = [
+            _lag_param(q, n, k, self._time_unit)
+            if q.name in lags
+            else q.replace(name=f"{n}.{q.name}")
+            for (n, m), k, lags in zip(self.models, self._scales, self._lags)
+            for q in m.params
+        ]
         for ln in self.links:
             if ln.name in models:
                 raise ValueError(f"Link name {ln.name!r} clashes with a model name")
@@ -182,6 +238,16 @@ class Coupled(Model):
     @property
     def stiff(self):  # type: ignore[override]
         return any(m.stiff for _, m in self.models)
+
+    @property
+    def time_unit(self):  # type: ignore[override]
+        """The unit of the coupled time axis (``None``: no model declares one)."""
+        return self._time_unit
+
+    @property
+    def time_scales(self) -> dict[str, float]:
+        """``{model: k}`` with ``t_model = k * t``; 1 for a model in the coupled unit."""
+        return {n: k for (n, _), k in zip(self.models, self._scales)}
 
     def _check_links(self):
         mods = dict(self.models)
@@ -218,14 +284,23 @@ class Coupled(Model):
         pre = name + "."
         return {k[len(pre) :]: v for k, v in d.items() if k.startswith(pre)}
 
+    def _sub_params(self, p: Mapping) -> dict:
+        """Each model's own parameters, lag times back in its own unit."""
+        sub = {n: self._split(p, n) for n, _ in self.models}
+        for (n, _), k, lags in zip(self.models, self._scales, self._lags):
+            for lag in lags:
+                sub[n][lag] = sub[n][lag] * k
+        return sub
+
     def _effective(self, t, y: Mapping, p: Mapping):
         """Sub-model parameter dicts after applying every link in order."""
-        sub = {n: self._split(p, n) for n, _ in self.models}
+        sub = self._sub_params(p)
         mods = dict(self.models)
+        ks = self.time_scales
         for ln in self.links:
             sm, so = ln.source.split(".", 1)
             tm, tp = ln.target.split(".", 1)
-            c = mods[sm].observe(t, self._split(y, sm), sub[sm])[so]
+            c = mods[sm].observe(_at(t, ks[sm]), self._split(y, sm), sub[sm])[so]
             assert ln.name is not None  # every link is named in __init__
             q = self._split(p, ln.name)
             sub[tm] = dict(sub[tm])
@@ -235,13 +310,18 @@ class Coupled(Model):
     def rhs(self, t, y, p, u):
         sub = self._effective(t, y, p)
         out = {}
-        for n, m in self.models:
-            d = m.rhs(t, self._split(y, n), sub[n], self._split(u, n))
-            out.update({f"{n}.{k}": v for k, v in d.items()})
+        for (n, m), k in zip(self.models, self._scales):
+            un = self._split(u, n)
+            if k == 1.0:
+                d = m.rhs(t, self._split(y, n), sub[n], un)
+            else:  # d y / d t = k * (d y / d t_model), inputs per t_model = per t / k
+                un = {s: v / k for s, v in un.items()}
+                d = {s: k * v for s, v in m.rhs(k * t, self._split(y, n), sub[n], un).items()}
+            out.update({f"{n}.{s}": v for s, v in d.items()})
         return out
 
     def init(self, p):
-        base = {n: self._split(p, n) for n, _ in self.models}
+        base = self._sub_params(p)
         y = {}
         for n, m in self.models:
             y.update({f"{n}.{k}": v for k, v in m.init(base[n]).items()})
@@ -255,23 +335,51 @@ class Coupled(Model):
     def observe(self, t, y, p):
         sub = self._effective(t, y, p)
         out = {}
-        for n, m in self.models:
-            o = m.observe(t, self._split(y, n), sub[n])
+        for (n, m), k in zip(self.models, self._scales):
+            o = m.observe(_at(t, k), self._split(y, n), sub[n])
             out.update({f"{n}.{k}": v for k, v in o.items()})
         return out
 
 
-def couple(models: Mapping[str, Model], links=()) -> Coupled:
+def _at(t, k: float):
+    return t if k == 1.0 else k * t
+
+
+def _lag_param(q: Param, name: str, k: float, unit: str | None) -> Param:
+    """A lag-time parameter of a model run at ``t_model = k * t``, in the coupled unit."""
+    return q.replace(
+        name=f"{name}.{q.name}",
+        value=q.value / k,
+        lower=q.lower / k,
+        upper=q.upper / k,
+        unit=str(unit),
+        doc=f"{q.doc} (in the coupled time unit {unit})".strip(),
+    )
+
+
+def couple(models: Mapping[str, Model], links=(), *, time_unit: str | None = None) -> Coupled:
     """Join models into one :class:`~twinjax.Model` with namespaced names.
 
     Arguments:
         models: ``{"pk": pk_model, "pd": pd_model}``; names must not contain ``"."``.
         links: :class:`Link` objects, applied in order (a later link sees parameters
             modified by an earlier one).
+        time_unit: the unit of the coupled time axis (``"h"``, ``"min"``, ``"s"``,
+            ``"ms"``). By default the models must share their declared
+            :attr:`~twinjax.Model.time_unit` (undeclared ones take it), and coupling
+            two different units is refused. Given, each declared model is converted
+            exactly: a model in hours coupled at ``time_unit="min"`` has its
+            derivatives divided by 60 and sees ``t / 60``; its parameters stay in
+            hours (``CL`` in L/h), except a dose lag time, which is then in minutes.
+            Dose times, durations, rates and save times are in ``time_unit``.
 
     Returns:
         A :class:`Coupled` model whose states, parameters and outputs are
         ``"name.item"``; doses go to ``"pk.depot"`` and so on.
+
+    Raises:
+        ValueError: two models declare different time units and no ``time_unit`` is
+            given (the message names both), or an unknown ``time_unit``.
 
     Example:
         ```python
@@ -279,4 +387,4 @@ def couple(models: Mapping[str, Model], links=()) -> Coupled:
                    [Link("pk.C", "pd.C", "direct")])
         ```
     """
-    return Coupled(models, links)
+    return Coupled(models, links, time_unit)

@@ -15,6 +15,9 @@ from ._param import Param, State
 
 _LOGIT_EPS = 1e-12
 
+#: The time units a model may declare, with their length in milliseconds (exact ratios).
+TIME_UNITS: dict[str, int] = {"ms": 1, "s": 1_000, "min": 60_000, "h": 3_600_000}
+
 
 def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
@@ -48,10 +51,17 @@ class Model(eqx.Module):
     - ``dose_parameters``: ``{compartment: (F_param or None, lag_param or None)}``,
       naming the bioavailability and lag-time parameters of dosed compartments.
     - ``reference``: the source paper of the model.
+    - ``time_unit``: the unit of ``t`` in the equations, one of ``"h"``, ``"min"``,
+      ``"s"``, ``"ms"`` (the unit every rate parameter is per). Every shipped model
+      declares it; the default ``None`` means *undeclared* (a user model that does
+      not say): :func:`~twinjax.couple` refuses to join two declared units that
+      differ (unless asked to convert), and an undeclared model takes the unit of
+      the models it is coupled with.
     """
 
     stiff: ClassVar[bool] = False
     reference: ClassVar[str] = ""
+    time_unit: ClassVar[str | None] = None
 
     # ---- structure and equations (abstract) -------------------------------------
     @property
@@ -139,6 +149,11 @@ class Model(eqx.Module):
         ).set_index("name")
 
     def __check_init__(self):
+        if self.time_unit is not None and self.time_unit not in TIME_UNITS:
+            raise ValueError(
+                f"{type(self).__name__}: time_unit {self.time_unit!r} is not one of "
+                f"{list(TIME_UNITS)} (or None: undeclared)"
+            )
         names = [s.name for s in self.states]
         if len(set(names)) != len(names):
             raise ValueError(f"{type(self).__name__}: duplicated state names {names}")

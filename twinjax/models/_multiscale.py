@@ -12,7 +12,7 @@ periodic steady state for every (patient, time) pair in one batch.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import cast
+from typing import ClassVar, cast
 
 import equinox as eqx
 import jax
@@ -323,6 +323,14 @@ class QuasiStaticTwin(Coupled):
     state starts from the patient's own drug-free one. Every (patient, time) whose
     concentration is exactly zero (placebo, before the first dose) shares the
     drug-free steady state.
+
+    Time units, on purpose two: the twin's time axis (save times, beat times, doses)
+    is the PK model's (:attr:`pk_time_unit`, hours for the shipped PK models; an
+    undeclared PK model is taken to be in hours), and the circulation runs in its own
+    seconds (:attr:`organ_time_unit`): a periodic steady state is a function of the
+    concentration only, never of the PK's clock. As a :class:`~twinjax.Coupled`
+    model (its ``rhs``, not used by trials) it is ``couple(..., time_unit=pk unit)``:
+    the circulation converted exactly to the PK's unit.
     """
 
     tol: float = 1e-4
@@ -330,8 +338,18 @@ class QuasiStaticTwin(Coupled):
     chunk: int = 1024
     dt_beat: float = 1.0 / 400.0
 
+    #: the circulation's own time unit (beats, ``dt_beat``, the steady states)
+    organ_time_unit: ClassVar[str] = "s"
+
     def __init__(self, pk_model, links, *, tol=1e-4, max_beats=60, chunk=1024, dt_beat=1 / 400):
-        super().__init__({"pk": pk_model, "circ": Circulation()}, links)
+        circ = Circulation()
+        if circ.time_unit != self.organ_time_unit:
+            raise ValueError(
+                f"QuasiStaticTwin: the circulation's time unit is {circ.time_unit}, expected "
+                f"{self.organ_time_unit} (dt_beat and the beat metrics are in it)"
+            )
+        unit = pk_model.time_unit or "h"
+        super().__init__({"pk": pk_model, "circ": circ}, links, time_unit=unit)
         for ln in self.links:
             if not (ln.source.startswith("pk.") and ln.target.startswith("circ.")):
                 raise ValueError(f"QuasiStaticTwin links go from pk.* to circ.*, got {ln}")
@@ -343,6 +361,11 @@ class QuasiStaticTwin(Coupled):
     @property
     def pk_model(self):
         return dict(self.models)["pk"]
+
+    @property
+    def pk_time_unit(self) -> str:
+        """The twin's time axis: the PK model's unit (save and beat times, doses)."""
+        return cast(str, self.time_unit)
 
     @property
     def circulation(self) -> Circulation:
@@ -384,7 +407,8 @@ class QuasiStaticTwin(Coupled):
         Arguments:
             params: ``{name: (N,)}``, every parameter of this model.
             regimen: the arm's :class:`~twinjax.Regimen` (doses to ``pk.*``) or None.
-            times: ``(T,)`` save times (hours); ``beat_times`` must be among them.
+            times: ``(T,)`` save times (in :attr:`pk_time_unit`, hours for the shipped
+                PK models); ``beat_times`` must be among them.
             beat_times: times at which the per-beat metrics are computed.
             solver: the solver of the PK simulation.
             outputs: the outputs to return.

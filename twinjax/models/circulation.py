@@ -250,6 +250,7 @@ class Circulation(Model):
 
     baroreflex: bool = False
 
+    time_unit = "s"
     reference = (
         "Regazzoni et al. 2022, J Comput Phys 457:111083 (0-D circulation); "
         "Ursino 1998, Am J Physiol 275:H1733 (baroreflex)"

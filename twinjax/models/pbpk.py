@@ -129,6 +129,7 @@ class MinimalPBPK(Model):
     of the liver, ``fu_b CLint / (Q_h + fu_b CLint)``), ``Q_h`` (L/h).
     """
 
+    time_unit = "h"
     reference = "Brown et al. 1997; Rowland et al. 1973; Edginton & Willmann 2008"
 
     @property

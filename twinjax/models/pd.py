@@ -45,6 +45,7 @@ class DirectEmax(Model):
     """
 
     sigmoid: bool = False
+    time_unit = "h"
     reference = "Holford & Sheiner 1981"
 
     @property
@@ -92,6 +93,7 @@ class IndirectResponse(Model):
 
     kind: int = 1
     hill: bool = False
+    time_unit = "h"
     reference = "Dayneka, Garg & Jusko 1993"
 
     def __check_init__(self):
@@ -174,6 +176,7 @@ class PrecursorTurnover(Model):
     rebound below baseline.
     """
 
+    time_unit = "h"
     reference = "Sharma, Ebling & Jusko 1998"
 
     @property

@@ -59,6 +59,7 @@ class Compartmental(Model):
     elimination: str = "linear"
     effect: bool = False
 
+    time_unit = "h"
     reference = "Gabrielsson & Weiner 2016; Savic et al. 2007 (transit); Sheiner et al. 1979"
 
     def __check_init__(self):

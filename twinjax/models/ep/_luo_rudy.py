@@ -61,6 +61,7 @@ class LuoRudy1991(CellModel):
 
     gates = ("m", "h", "j", "d", "f", "x")
     qnet_currents = ("ICaL", "IK", "IK1")
+    time_unit = "ms"
     reference = "Luo CH, Rudy Y. Circ Res 68:1501-1526, 1991"
 
     @property

@@ -249,6 +249,7 @@ class ORd(CellModel):
 
     gates: ClassVar[tuple[str, ...]] = _GATES
     qnet_currents: ClassVar[tuple[str, ...]] = ("INaL", "ICaL", "Ito", "IKr", "IKs", "IK1")
+    time_unit = "ms"
     reference = "O'Hara T, Virag L, Varro A, Rudy Y. PLoS Comput Biol 7:e1002061, 2011"
 
     def __check_init__(self):

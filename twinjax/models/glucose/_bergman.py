@@ -57,6 +57,7 @@ class MinimalModel(Model):
     Outputs: ``G``, ``I``, ``X``.
     """
 
+    time_unit = "min"
     reference = (
         "Bergman et al. 1979 Am J Physiol 236:E667; Bergman, Phillips & Cobelli 1981 "
         "J Clin Invest 68:1456; Pacini & Bergman 1986 Comput Methods Programs Biomed 23:113"

@@ -276,6 +276,7 @@ class UvaPadova(Model):
 
     basal_infusion: bool = True
 
+    time_unit = "min"
     reference = (
         "Dalla Man, Rizza & Cobelli 2007 IEEE TBME 54:1740; Dalla Man, Camilleri & Cobelli "
         "2006 IEEE TBME 53:2472; Kovatchev et al. 2009 J Diabetes Sci Technol 3:44"
