@@ -398,6 +398,10 @@ PY_LABELS = {
     "endpoint": "endpoints[{i}]",
     "inclusion": "inclusion[{i}]",
     "covariate_effect": "population.covariates[{i}]",
+    "variability": "variability",
+    "var_error": "variability.errors[{i}]",
+    "var_placebo": "variability.placebo[{i}]",
+    "var_outcome": "variability.dropout.outcome",
 }
 
 TOML_LABELS = {
@@ -419,6 +423,10 @@ TOML_LABELS = {
     "endpoint": "[endpoints][{i}]",
     "inclusion": "[population.inclusion][{i}]",
     "covariate_effect": "[population.covariates][{i}]",
+    "variability": "[variability]",
+    "var_error": "[variability.error][{i}]",
+    "var_placebo": "[variability.placebo][{i}]",
+    "var_outcome": "[variability.dropout].outcome",
 }
 
 
@@ -446,6 +454,7 @@ def check_trial(a: dict, probs: Problems, labels: Mapping[str, str], complete: b
     _check_arms(a, out, probs, labels, complete, Arm)
     _check_parts(a, out, probs, labels, Endpoint, Inclusion)
     _check_covariates(a, out, probs, labels)
+    _check_variability(a, out, probs, labels)
     out["beat_times"], out["outputs"] = (), ()
     if a["model"] is not INVALID and a["model"] is not None:
         _check_model(a, out, probs, labels)
@@ -612,6 +621,26 @@ def _check_covariates(a: dict, out: dict, probs: Problems, L: Mapping[str, str])
                 )
 
 
+def _check_variability(a: dict, out: dict, probs: Problems, L: Mapping[str, str]) -> None:
+    """A :class:`~twinjax.trial.Variability` or None; no endpoint named like its columns."""
+    from ._variability import Variability
+
+    var = a.get("variability")
+    if var is not None and var is not INVALID and not isinstance(var, Variability):
+        probs.add(L["variability"], f"expected a Variability or None, got {describe(var)}")
+        var = INVALID
+    out["variability"] = var
+    endpoints = out["endpoints"]
+    if ok(var, endpoints) and var is not None and var.dropout is not None:
+        clash = [e.name for e in endpoints if e.name in ("dropped", "dropout_time")]
+        if clash:
+            probs.add(
+                L["endpoints"],
+                f"endpoint name(s) {clash} are the dropout columns of the endpoint table; "
+                "rename them",
+            )
+
+
 def _check_model(a: dict, out: dict, probs: Problems, L: Mapping[str, str]) -> None:
     """Arm parameters and regimens, outputs, endpoint times, beat times, the save grid."""
     model, duration = a["model"], out["duration"]
@@ -644,6 +673,13 @@ def _check_model(a: dict, out: dict, probs: Problems, L: Mapping[str, str]) -> N
         for i, e in enumerate(endpoints):
             for p in e.problems(valid, duration):
                 probs.add(L["endpoint"].format(i=i), p)
+    var = out.get("variability")
+    var_outs: set[str] = set()
+    if ok(var) and var is not None:
+        labels = {"error": L["var_error"], "placebo": L["var_placebo"], "outcome": L["var_outcome"]}
+        for p in var.output_problems(valid, labels):
+            probs.add("", p)
+        var_outs = var.outputs & set(valid)
 
     beat_outs = set(getattr(model, "beat_output_names", ()))
     out["beat_times"] = _beat_times(a, out, probs, L, beat_outs)
@@ -659,9 +695,15 @@ def _check_model(a: dict, out: dict, probs: Problems, L: Mapping[str, str]) -> N
             bad = [o for o in outputs if o not in valid]
             if bad:
                 probs.add(L["outputs"], f"unknown output(s) {bad}; valid: {valid}")
+            missing = sorted(var_outs - set(outputs))
+            if missing:
+                probs.add(
+                    L["outputs"],
+                    f"output(s) {missing} of [variability] must be among the kept outputs",
+                )
             outputs = tuple(outputs)
     elif ok(endpoints):
-        outputs = tuple(sorted({e.output for e in endpoints if e.output} | default_outs))
+        outputs = tuple(sorted({e.output for e in endpoints if e.output} | default_outs | var_outs))
     else:
         outputs = INVALID
     out["outputs"] = outputs
@@ -760,7 +802,7 @@ def _read_times(e) -> list[float]:
 
 
 # ============================================================================ TOML
-TOP_KEYS = {"trial", "population", "arms", "endpoints", "statistics"}
+TOP_KEYS = {"trial", "population", "arms", "endpoints", "statistics", "variability"}
 TRIAL_KEYS = {
     "name",
     "seed",
@@ -847,6 +889,7 @@ def trial_from_dict(cls, spec: Mapping):
     from ..solve import solvers
     from ._endpoints import Endpoint, check_endpoint_fields
     from ._trial import Arm, Inclusion
+    from ._variability import variability_from_toml
 
     P = Problems()
     if not isinstance(spec, Mapping):
@@ -1044,6 +1087,7 @@ def trial_from_dict(cls, spec: Mapping):
             P.add("[trial].solver", str(err))
     if "duration" not in tr:
         P.add("[trial]", "needs a duration (in the model's time unit)")
+    variability = variability_from_toml(spec.get("variability"), P)
 
     kw = dict(
         duration=tr.get("duration", INVALID),
@@ -1067,6 +1111,7 @@ def trial_from_dict(cls, spec: Mapping):
             arms=arms,
             endpoints=endpoints,
             inclusion=inclusion,
+            variability=variability,
             known_covariates=known if ok(demographics) else None,
         ),
         P,
@@ -1074,7 +1119,16 @@ def trial_from_dict(cls, spec: Mapping):
         complete=complete,
     )
     P.check()
-    return cls(model, population, arms, endpoints, inclusion=inclusion, solver=solver, **kw)
+    return cls(
+        model,
+        population,
+        arms,
+        endpoints,
+        inclusion=inclusion,
+        solver=solver,
+        variability=variability,
+        **kw,
+    )
 
 
 def known_covariates_for(demographics) -> tuple[str, ...]:

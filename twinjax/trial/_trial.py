@@ -20,6 +20,7 @@ from ..solve._cohort import simulate_cohort
 from . import _spec, _stats
 from ._endpoints import Endpoint
 from ._spec import SpecError
+from ._variability import Variability
 
 __all__ = ["Arm", "Inclusion", "SpecError", "Trial", "TrialResult"]
 
@@ -90,6 +91,8 @@ class Trial:
             circulation's steady state at the drug concentration of each time), the
             times at which they are computed (default: the ``time`` and
             ``baseline_time`` of the endpoints that read them); they join the save grid.
+        variability: a :class:`~twinjax.trial.Variability` (measurement error, placebo
+            response, dropout, adherence; see ``docs/trials.md``), or None (none).
 
     Raises:
         SpecError: before anything is simulated, listing every problem of the arguments
@@ -117,6 +120,7 @@ class Trial:
         name: str = "trial",
         outputs: Sequence[str] | None = None,
         beat_times: Sequence[float] | None = None,
+        variability: Variability | None = None,
     ):
         probs = _spec.Problems()
         v = _spec.check_trial(
@@ -138,6 +142,7 @@ class Trial:
                 name=name,
                 outputs=outputs,
                 beat_times=beat_times,
+                variability=variability,
             ),
             probs,
             _spec.PY_LABELS,
@@ -161,6 +166,7 @@ class Trial:
         self.control: str = v["control"]
         self.beat_times: tuple[float, ...] = v["beat_times"]
         self.outputs: tuple[str, ...] = v["outputs"]
+        self.variability: Variability | None = variability
         self.dropped_power_sizes: tuple[int, ...] = ()
         self._control_arg = control
         self._outputs_arg = outputs
@@ -197,6 +203,7 @@ class Trial:
             name=self.name,
             outputs=self._outputs_arg,
             beat_times=self._beat_times_arg,
+            variability=self.variability,
         )
         t.dropped_power_sizes = tuple(s for s in self.power_sizes if s > n)
         return t
@@ -291,6 +298,7 @@ class Trial:
         key = jax.random.key(self.seed)
         times = self.times
         tables, bands = [], {}
+        var = self.variability
         t0 = _time.perf_counter()
         for i, arm in enumerate(self.arms):
             n = arm.n or self.n_per_arm
@@ -299,10 +307,13 @@ class Trial:
                 fixed = {k: np.full(n, float(v)) for k, v in arm.params.items()}
                 cohort = dataclasses.replace(cohort, params={**cohort.params, **fixed})
             store = stores[arm.name]
+            regimen = arm.regimen
+            if var is not None:  # missed doses: one regimen per patient
+                regimen = var.regimens(arm.regimen, n, self.seed, i)
             if hasattr(self.model, "trial_simulate"):
                 vals, status = self.model.trial_simulate(
                     cohort.params,
-                    arm.regimen,
+                    regimen,
                     times,
                     beat_times=self.beat_times,
                     solver=self.solver,
@@ -314,7 +325,7 @@ class Trial:
                 res = simulate_cohort(
                     self.model,
                     cohort,
-                    arm.regimen,
+                    regimen,
                     times,
                     solver=self.solver,
                     store=store,
@@ -329,12 +340,19 @@ class Trial:
             cov = cohort.covariates.reset_index(drop=True)
             for c in cov.columns:
                 tab[c] = np.asarray(cov[c])
+            measured = vals
+            if var is not None:
+                vals = var.add_placebo(times, vals, self.seed, i)  # in every arm
+                measured = var.measure(vals, self.seed, i)  # residual error per saved time
             for e in self.endpoints:
-                tab[e.name] = e.compute(times, vals)
+                tab[e.name] = e.compute(times, measured)
                 bcol = _baseline_column(e, self.endpoints)
                 if bcol is not None:  # the baseline of a change endpoint, for the ANCOVA
                     base = dataclasses.replace(e, kind="value", time=e.baseline_time)
-                    tab[bcol] = base.compute(times, vals)
+                    tab[bcol] = base.compute(times, measured)
+            if var is not None and var.dropout is not None:
+                drop = var.dropout_times(times, vals, n, self.seed, i)
+                _apply_dropout(tab, drop, var.dropout.analysis, self.endpoints, times, measured)
             tables.append(tab)
             bands[arm.name] = {o: _bands(v[status == 0]) for o, v in vals.items()}
         table = pd.concat(tables, ignore_index=True)
@@ -354,10 +372,21 @@ class TrialResult:
     def __post_init__(self):
         tr = self.trial
         ok = self.table[self.table["status"] == 0]
+        dropout = tr.variability.dropout if tr.variability is not None else None
+        if dropout is not None:
+            if dropout.analysis == "completers":
+                ok = ok[~ok["dropped"].to_numpy(bool)]
+            self.dropout = _dropout_table(self.table, [a.name for a in tr.arms], dropout)
+        else:
+            self.dropout = pd.DataFrame()
         arms = [a.name for a in tr.arms]
         summ, comp, subs, powers = [], [], [], []
         rng = np.random.default_rng(tr.seed)
+        all_ok = ok
         for e in tr.endpoints:
+            ok = all_ok
+            if dropout is not None:  # LOCF: window endpoints after a dropout are missing
+                ok = ok[np.isfinite(ok[e.name].to_numpy(float))]
             for a in arms:
                 v = ok.loc[ok["arm"] == a, e.name].to_numpy(float)
                 summ.append(
@@ -416,6 +445,8 @@ class TrialResult:
             "comparisons": self.comparisons.to_dict(orient="records"),
             "subgroups": self.subgroups.to_dict(orient="records"),
             "power": self.power.to_dict(orient="records"),
+            **({"dropout": self.dropout.to_dict(orient="records")} if len(self.dropout) else {}),
+            **({"variability": _variability_json(tr.variability)} if tr.variability else {}),
         }
 
     def write(self, out) -> pathlib.Path:
@@ -435,6 +466,80 @@ def _baseline_column(e: Endpoint, endpoints) -> str | None:
     if e.kind != "change" or any(o.name == name for o in endpoints):
         return None
     return name
+
+
+def _apply_dropout(tab, drop, analysis, endpoints, times, measured) -> None:
+    """Flag dropped patients and blank what was not observed after their dropout.
+
+    ``dropped``/``dropout_time`` columns; an endpoint read after the patient's dropout is
+    missing (NaN), except with ``analysis="locf"`` for ``value``/``change``/``responder``
+    endpoints, which read at the last visit (an endpoint time of the same output) not
+    after the dropout. The patients stay in the table.
+    """
+    dropped = np.isfinite(drop)
+    tab["dropped"] = dropped
+    tab["dropout_time"] = np.where(dropped, drop, np.nan)
+    t_end = float(times[-1])
+    for e in endpoints:
+        if e.kind in ("value", "change", "responder"):
+            last = max(e.time, e.baseline_time)
+        elif e.window is not None:
+            last = e.window[1]
+        else:
+            last = t_end
+        lost = drop < last
+        if not lost.any():
+            continue
+        col = tab[e.name].to_numpy(float).copy()
+        col[lost] = np.nan
+        if analysis == "locf" and e.kind in ("value", "change", "responder"):
+            visits = sorted(
+                {o.time for o in endpoints if o.output == e.output and o.time is not None}
+                | {o.baseline_time for o in endpoints if o.output == e.output}
+            )
+            lo = e.baseline_time if e.kind != "value" else -np.inf
+            for v in visits:
+                if not lo <= v < e.time:
+                    continue
+                nxt = min([w for w in visits if w > v] + [np.inf])
+                who = lost & (drop >= v) & (drop < nxt)
+                if who.any():
+                    at = dataclasses.replace(e, time=v).compute(times, measured)
+                    col[who] = np.asarray(at, float)[who]
+        tab[e.name] = col
+        bcol = _baseline_column(e, endpoints)
+        if bcol is not None:
+            b = tab[bcol].to_numpy(float).copy()
+            b[drop < e.baseline_time] = np.nan
+            tab[bcol] = b
+
+
+def _dropout_table(table, arms, dropout) -> pd.DataFrame:
+    """Per arm: patients, dropped, the fraction and the analysis population."""
+    rows = []
+    for a in arms:
+        t = table[table["arm"] == a]
+        n, d = len(t), int(t["dropped"].sum())
+        rows.append(
+            {
+                "arm": a,
+                "n": n,
+                "dropped": d,
+                "fraction": d / n if n else np.nan,
+                "analysis": dropout.analysis,
+                "analysed": n - d if dropout.analysis == "completers" else n,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _variability_json(v: Variability) -> dict:
+    return {
+        "errors": [dataclasses.asdict(e) for e in v.errors],
+        "placebo": [dataclasses.asdict(p) for p in v.placebo],
+        "dropout": None if v.dropout is None else dataclasses.asdict(v.dropout),
+        "adherence": v.adherence,
+    }
 
 
 def _bands(v: np.ndarray) -> np.ndarray:
