@@ -1,6 +1,8 @@
 """Trial variability: measurement error, placebo response, dropout, adherence, spec checks."""
 
 import copy
+import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -259,7 +261,7 @@ def test_spec_validation(var, wheres, monkeypatch):
     with pytest.raises(SpecError) as err:
         Trial.from_dict(_base(**var))
     for w in wheres:
-        assert any(__import__("re").search(w, p) for p in err.value.problems), (w, err.value)
+        assert any(re.search(w, p) for p in err.value.problems), (w, err.value)
 
 
 def test_all_problems_at_once():
@@ -291,3 +293,25 @@ def test_python_api_checks():
     t = Trial.from_dict(_base(n=4))
     with pytest.raises(SpecError, match="variability: expected a Variability"):
         Trial(t.model, t.population, t.arms, t.endpoints, duration=DURATION, variability={"a": 1})
+
+
+AH = pathlib.Path(__file__).resolve().parent.parent / "examples" / "antihypertensive_trial.toml"
+
+
+def test_antihypertensive_example_declares_variability():
+    v = Trial.from_toml(AH).variability
+    assert v is not None and {e.output for e in v.errors} >= {"circ.MAP", "circ.SBP"}
+    assert {p.output for p in v.placebo} >= {"circ.MAP"} and v.dropout is not None
+    assert 0 < v.adherence < 1
+
+
+@pytest.mark.slow
+def test_antihypertensive_example_placebo_change_varies():
+    import tomllib
+
+    spec = tomllib.loads(AH.read_text())
+    spec["statistics"].update(replicates=5, power_sizes=[3])
+    res = Trial.from_dict(spec).with_sample_size(12).run(progress=False)
+    p = _arm(res, "placebo")
+    assert p["MAP_change_trough"].std() > 2.0  # SD 5·√2 ≈ 7 mmHg plus the placebo response
+    assert "dropped" in res.table
