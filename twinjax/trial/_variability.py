@@ -241,7 +241,7 @@ class Variability:
         from ..dosing import Dose, Regimen
 
         rng = rng_for(seed, arm, _STREAM_ADHERENCE)
-        records = []
+        records: list = []
         for d in regimen.doses:
             records.extend(d.expand() if isinstance(d, Dose) and d.ss == 0 else [d])
         doses = [i for i, d in enumerate(records) if isinstance(d, Dose) and d.ss == 0]
@@ -366,7 +366,7 @@ def variability_from_toml(d, probs: Problems):
             probs.add(
                 "", f"unknown key {k!r} in [variability]; allowed keys: {sorted(VARIABILITY_KEYS)}"
             )
-    lists = {}
+    lists: dict[str, list] = {}
     for key, keys, check in (
         ("error", ERROR_KEYS, check_error),
         ("placebo", PLACEBO_KEYS, check_placebo),
