@@ -182,7 +182,7 @@ def test_addl_without_ii():
 
 def test_unsupported_rate_and_ss():
     bad(edit(2, "1,0,.,100,1,1,-2,0,0,0,0,1,70"), 2, "RATE", "not supported")
-    bad(edit(2, "1,0,.,100,1,1,0,0,12,0,2,1,70"), 2, "SS", "not supported")
+    bad(edit(2, "1,0,.,100,1,1,0,0,12,0,3,1,70"), 2, "SS")  # SS 3: not a NONMEM value
 
 
 def test_non_contiguous_subject_and_field_count():

@@ -17,8 +17,10 @@ Conventions (NONMEM's):
   ``Reset``; EVID 2 records are kept but neither doses nor observations.
 - CMT numbers are named with ``compartments``; a dose without CMT (or CMT 0) goes to
   compartment 1 (NONMEM's default dose compartment for ADVAN1/2/3/4).
-- Unsupported: RATE -1/-2 (modelled rate/duration), SS 2, negative CMT, time
-  going back within a subject (also at resets).
+- SS 1 and SS 2 (bolus, infusions shorter or longer than II, constant infusions
+  with II 0), several SS records per subject (see ``docs/nonmem.md``).
+- Refused: RATE -1/-2 (modelled rate/duration), SS 3, negative CMT, time going back
+  within a subject (also at resets), a covariate that changes within a subject.
 
 Shipped data: :mod:`twinjax.data.datasets` (theophylline, phenobarbital,
 indomethacin).
