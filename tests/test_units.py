@@ -194,3 +194,17 @@ def test_quasi_static_twin_states_both_units():
     assert twin.pk_time_unit == "h" and twin.time_unit == "h"
     assert twin.organ_time_unit == "s" == twin.circulation.time_unit
     assert twin.time_scales == {"pk": 1.0, "circ": 3600.0}
+
+
+def test_the_coupled_time_unit_is_part_of_the_store_fingerprint():
+    from twinjax.solve._fingerprint import Fingerprint
+
+    def fp(m):
+        f = Fingerprint()
+        f.add("model", m)
+        assert not f.problems
+        return f.hexdigest()
+
+    parts = {"pk": pk.one_compartment()}
+    assert fp(tj.couple(parts)) == fp(tj.couple(parts, time_unit="h"))
+    assert fp(tj.couple(parts, time_unit="h")) != fp(tj.couple(parts, time_unit="min"))

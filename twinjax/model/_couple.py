@@ -152,9 +152,9 @@ def _time_units(models: Mapping[str, Model], time_unit: str | None):
             if u != u0:
                 raise ValueError(
                     f"cannot couple {n0} (time unit {u0}) with {n} (time unit {u}): the "
-                    f"coupled equations share one time axis, so {n} would read {u0} as {u}; "
-                    f"pass time_unit= to couple() (one of {list(TIME_UNITS)}) to convert "
-                    "every model to that unit"
+                    f"coupled equations share one time axis, so one model's {u0} would be read "
+                    f"as the other's {u}; pass time_unit= to couple() (one of "
+                    f"{list(TIME_UNITS)}) to convert every model exactly to that unit"
                 )
         unit = declared[0][1] if declared else None
         return unit, tuple(1.0 for _ in models)
