@@ -191,10 +191,11 @@ def _methods(result) -> str:
 
 
 def write_report(result, path) -> pathlib.Path:
-    """Write the HTML report of a :class:`TrialResult` to ``path``."""
-    import matplotlib
+    """Write the HTML report of a :class:`TrialResult` to ``path``.
 
-    matplotlib.use("Agg")
+    The figures are drawn with whatever matplotlib backend is active (the library never
+    switches it: a notebook keeps its inline figures) and closed once embedded.
+    """
     tr = result.trial
     figs = [
         ("Percentile bands per arm", figure_bands(result)),

@@ -210,9 +210,6 @@ class SafetyTrial:
 
 def plot(summary, path, title: str = ""):
     """APD90 change and incidence of abnormalities against concentration, per compound."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
