@@ -60,9 +60,10 @@ ENTRIES = [
         tj.couple(
             {"pk": pk.one_compartment(), "circ": circulation.Circulation()},
             [tj.Link("pk.C", "circ.R_AR_SYS", "emax", {"Emax": -0.4, "EC50": 1.0})],
+            time_unit="s",  # the PK (h) converted to the circulation's seconds
         ),
         "pk.central",
-        {"pk.CL": 0.5, "pk.V": 50.0},
+        {"pk.CL": 1800.0, "pk.V": 50.0},  # L/h (0.5 L/s)
         output="circ.p_AR",
         times=_TWO_BEATS,
         dose_time=0.33,

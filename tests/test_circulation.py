@@ -155,19 +155,19 @@ def test_negative_inotrope_and_rate_lowering_drug():
 @pytest.mark.slow
 def test_quasi_static_agrees_with_full_coupling_for_slow_kinetics():
     """Full coupling (PK in seconds) vs periodic steady states at C(t)."""
-    pk_s = pk.one_compartment()  # time in s here: CL in L/s
-    coupled = tj.couple({"pk": pk_s, "circ": circ.Circulation()}, [VASODILATOR])
-    p = {"pk.CL": 40.0 / 3600.0, "pk.V": 40.0}  # half-life ~ 42 min
+    pk_h = pk.one_compartment()  # hours, converted to the circulation's seconds
+    coupled = tj.couple({"pk": pk_h, "circ": circ.Circulation()}, [VASODILATOR], time_unit="s")
+    p = {"pk.CL": 40.0, "pk.V": 40.0}  # L/h: half-life ~ 42 min
     reg = tj.Regimen([tj.Dose(200.0, "pk.central", 0.0)])
     ts = jnp.linspace(0.0, 60.0, 1201)
     full = tj.simulate(coupled, p, reg, ts, solver=ENS)
     assert int(full.status) == 0
     beats = [40, 59]
     got = [float(circ.beat_metrics(full, beat=b, prefix="circ.")["MAP"]) for b in beats]
-    pk_r = tj.simulate(pk_s, {"CL": p["pk.CL"], "V": 40.0}, tj.Regimen(
-        [tj.Dose(200.0, "central", 0.0)]), ts)  # fmt: skip
-    qs = circ.quasi_static(circ.Circulation(), pk_r, jnp.array([b + 0.5 for b in beats]),
-                           [VASODILATOR], solver=ENS, tol=1e-5)  # fmt: skip
+    pk_r = tj.simulate(pk_h, {"CL": p["pk.CL"], "V": 40.0}, tj.Regimen(
+        [tj.Dose(200.0, "central", 0.0)]), ts / 3600.0)  # fmt: skip
+    tq = jnp.array([(b + 0.5) / 3600.0 for b in beats])  # h
+    qs = circ.quasi_static(circ.Circulation(), pk_r, tq, [VASODILATOR], solver=ENS, tol=1e-5)
     want = np.asarray(qs["metrics"]["MAP"])
     np.testing.assert_allclose(got, want, rtol=5e-3)
     # and the drug effect itself is large compared with that agreement
