@@ -408,3 +408,23 @@ def test_distributed_processes_write_a_store_bitwise_equal_to_one(tmp_path, n_pr
         assert rec_many[c]["process"] == c % n_proc  # the manifest says who wrote what
         assert rec_many[c]["n_processes"] == n_proc
     assert not (many / ".lock").exists()
+
+
+# ---------------------------------------------------------------- trials
+def test_trial_rerun_reuses_its_stores_and_verify_repairs(tmp_path):
+    from test_trial import _small, _spec
+
+    from twinjax.trial import Trial
+
+    t = Trial.from_dict(_small(_spec(), n=8))
+    first = t.run(out=tmp_path, progress=False)
+    stores = sorted(p for p in (tmp_path / "results.zarr").iterdir() if p.is_dir())
+    assert len(stores) == len(t.arms)
+    victim = sorted((stores[0] / "outputs").iterdir())[0] / "c" / "0" / "0"
+    _flip_byte(victim)
+    with pytest.warns(StoreRepairWarning):
+        again = t.run(out=tmp_path, progress=False, verify=True)
+    cols = [e.name for e in t.endpoints]
+    np.testing.assert_array_equal(
+        again.table[cols].to_numpy(float), first.table[cols].to_numpy(float)
+    )

@@ -111,6 +111,12 @@ def trial(
     n: Optional[int] = typer.Option(  # noqa: UP045
         None, "--n", help="patients per arm, overriding the specification (e.g. a quick run)"
     ),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="on a rerun into the same --out, read every stored chunk back and check its "
+        "checksum (damaged chunks are recomputed)",
+    ),
 ):
     """Run a virtual clinical trial and write its report, tables and results store."""
     from rich.console import Console
@@ -135,7 +141,7 @@ def trial(
         )
     con.print(f"[bold]{t.name}[/]: {t.n_patients} virtual patients in {len(t.arms)} arms")
     with _user_errors(con, code=EXIT_RUN):
-        res = t.run(out=out, progress=progress)
+        res = t.run(out=out, progress=progress, verify=verify)
         report = res.write(out)
     from .trial._stats import format_p
 

@@ -401,7 +401,7 @@ class QuasiStaticTwin(Coupled):
         return cache
 
     def trial_simulate(self, params, regimen, times, *, beat_times, solver=None, outputs=(),
-                       progress=True, store=None):  # fmt: skip
+                       progress=True, store=None, verify=False):  # fmt: skip
         """Simulate a trial arm: ``({output: (N, T)}, status (N,), info)``.
 
         Arguments:
@@ -430,7 +430,7 @@ class QuasiStaticTwin(Coupled):
             pk_vals = {o: np.zeros((N, times.size)) for o in needed}
         else:
             res = simulate_cohort(pkm, pk_params, regimen, times, solver=solver, store=store,
-                                  outputs=needed, progress=progress)  # fmt: skip
+                                  outputs=needed, progress=progress, verify=verify)  # fmt: skip
             pk_vals = {o: np.asarray(res[o]) for o in needed}
             status = np.maximum(status, np.asarray(res.status))
         cols = np.array([int(np.argmin(np.abs(times - b))) for b in beat_times])

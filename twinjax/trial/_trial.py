@@ -285,12 +285,15 @@ class Trial:
             )
         return out
 
-    def run(self, out=None, progress: bool = True) -> TrialResult:
+    def run(self, out=None, progress: bool = True, verify: bool = False) -> TrialResult:
         """Simulate every arm, compute endpoints and statistics.
 
         Arguments:
-            out: a folder; the results store (Zarr) goes to ``out/results.zarr``.
+            out: a folder; the results store (Zarr) goes to ``out/results.zarr``. A rerun
+                into the same folder reuses the stored chunks of an identical trial.
             progress: show progress bars.
+            verify: read every reused chunk back and check its SHA-256 (see
+                :func:`~twinjax.simulate_cohort`).
         """
         if out is not None:
             claim(out, "trial")  # before any simulation: never into a folder of user files
@@ -320,6 +323,7 @@ class Trial:
                     outputs=self.outputs,
                     progress=progress,
                     store=store,
+                    verify=verify,
                 )
             else:
                 res = simulate_cohort(
@@ -329,6 +333,7 @@ class Trial:
                     times,
                     solver=self.solver,
                     store=store,
+                    verify=verify,
                     outputs=self.outputs,
                     progress=progress,
                 )
