@@ -22,6 +22,7 @@ from twinjax.models.ep import _herg as herg
 from twinjax.models.ep._cipa import (
     CONTROL_CL2000,
     CiPAORd,
+    CiPASteps,
     compound_params,
     compounds,
     pace_cipa,
@@ -162,19 +163,25 @@ def test_drug_lowers_qnet(model, control_beat):
     assert float(r.state["Obound"] + r.state["IObound"] + r.state["Cbound"]) > 0
 
 
+@pytest.mark.slow
 def test_qnet_gradient_matches_finite_difference(model):
-    """d qNet / d Ku (forward mode through the beat loop) vs a central difference."""
+    """d qNet / d Ku (forward mode through the beat loop) vs a central difference.
+
+    Chlorpromazine at 4 x Cmax, one beat at BCL 1000 ms with coarse steps (the derivative
+    of the discrete beat map is what is compared; compiling the JVP takes ~1.5 min)."""
     base = compound_params(model, "chlorpromazine", 4 * 38.0)
+    steps = CiPASteps(dt_max=1.0, dt_min=0.005, dv_max=0.5, dy_rel=0.05)
 
     def q(ku):
-        return pace_cipa(model, dict(base, Ku=ku), 1).biomarkers["qNet"][-1]
+        p = dict(base, Ku=ku, BCL=1000.0)
+        return pace_cipa(model, p, 1, solver=steps).biomarkers["qNet"][-1]
 
     ku = jnp.asarray(float(base["Ku"]))
     val, der = jax.jvp(q, (ku,), (jnp.ones_like(ku),))
     h = 1e-3 * float(ku)
     fd = (float(q(ku + h)) - float(q(ku - h))) / (2 * h)
-    assert abs(float(der)) > 0
-    assert float(der) == pytest.approx(fd, rel=2e-3)
+    assert abs(float(der)) > 1e-3  # Ku scales binding and unbinding: faster block, -0.0083
+    assert float(der) == pytest.approx(fd, rel=1e-4)
 
 
 def test_registered_and_exported():

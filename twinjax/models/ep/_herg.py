@@ -153,13 +153,14 @@ def expm_generator(M, squarings: int = 12):
     and an order-8 Taylor polynomial of the scaled matrix, evaluated in Horner form.
     For the generators here ``|M| <= ~2e3`` (rates up to ~1e3/ms times dt <= 1 ms),
     so the scaled norm stays below ~0.5 and the truncation error is below 1e-13.
+    Both loops are ``lax.fori_loop`` (not unrolled): this keeps the compiled beat loop
+    small, and the compile time of its forward-mode derivative 5x shorter.
     """
-    s = 2.0**squarings
-    A = M / s
+    A = M / 2.0**squarings
     eye = jnp.broadcast_to(jnp.eye(M.shape[-1], dtype=M.dtype), M.shape)
-    E = eye + A / 8.0
-    for k in range(7, 0, -1):
-        E = eye + (A @ E) / k
-    for _ in range(squarings):
-        E = E @ E
-    return E
+
+    def horner(i, E):  # E <- I + A E / k for k = 8, 7, ..., 1
+        return eye + (A @ E) / (8.0 - i)
+
+    E = jax.lax.fori_loop(0, 8, horner, eye)
+    return jax.lax.fori_loop(0, squarings, lambda i, E: E @ E, E)
