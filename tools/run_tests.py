@@ -21,16 +21,20 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # the longest files (measured on the 2-core CI machine) start first
 LONGEST_FIRST = (
-    "test_notebooks.py",
     "test_catalogue.py",
-    "test_ep.py",
-    "test_glucose.py",
-    "test_calibrate.py",
-    "test_trial.py",
-    "test_cohort.py",
-    "test_circulation.py",
     "test_ensemble.py",
-    "test_validation.py",
+    "test_nonmem_dosing.py",
+    "test_notebooks.py",
+    "test_calibrate.py",
+    "test_cipa.py",
+    "test_ep.py",
+    "test_pk_analytic.py",
+    "test_circulation.py",
+    "test_trial.py",
+    "test_glucose.py",
+    "test_foce_exact.py",
+    "test_variability.py",
+    "test_failures.py",
 )
 KINDS = ("passed", "failed", "skipped", "errors", "deselected")
 
