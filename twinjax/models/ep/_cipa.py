@@ -49,7 +49,7 @@ from ...solve._status import Status
 from . import _biomarkers as bm
 from . import _herg as herg
 from ._ord import _GATES, _OTHER, ORd
-from ._solver import PacingResult, RushLarsen
+from ._solver import PacingResult, RushLarsen, batched_inputs
 
 FDA = "FDA/CiPA@e881df6766d1067a08b65184d7a320804aef73d6"
 _REF = f"{FDA}:AP_simulation/funs/get_pars.R"
@@ -389,13 +389,7 @@ def pace_cipa(
     solver = solver or CIPA_SOLVER
     if n_beats < 1:
         raise ValueError(f"n_beats must be >= 1, got {n_beats}")
-    p, n = model.complete(params, dtype=dtype)
-    nb = n or 1
-    p = {k: jnp.broadcast_to(v, (nb,)) for k, v in p.items()}
-    if y0 is None:
-        y0 = model.init(p)
-    dt = p["BCL"].dtype
-    y0 = {k: jnp.broadcast_to(jnp.asarray(y0[k], dt), (nb,)) for k in model.state_names}
+    p, y0, n = batched_inputs(model, params, y0, dtype)
     y, bio, status = _pace(model, solver, p, y0, int(n_beats))
     if n is None:
         y = {k: v[0] for k, v in y.items()}

@@ -188,6 +188,22 @@ class PacingResult(eqx.Module):
         return pd.DataFrame({k: np.atleast_1d(np.asarray(v)) for k, v in last.items()})
 
 
+def batched_inputs(model, params, y0, dtype):
+    """Complete the parameters and broadcast them and the initial state to a batch.
+
+    Returns ``(p, y0, n)``: ``{name: (N,)}`` dicts (``N = 1`` for one cell) and ``n``
+    (None for one cell, as :meth:`Model.complete` returns it).
+    """
+    p, n = model.complete(params, dtype=dtype)
+    nb = n or 1
+    p = {k: jnp.broadcast_to(v, (nb,)) for k, v in p.items()}
+    if y0 is None:
+        y0 = model.init(p)
+    dt = p["BCL"].dtype
+    y0 = {k: jnp.broadcast_to(jnp.asarray(y0[k], dt), (nb,)) for k in model.state_names}
+    return p, y0, n
+
+
 def pace(
     model,
     params=None,
@@ -227,13 +243,7 @@ def pace(
         raise ValueError(f"record must be 'all' or 'last', got {record!r}")
     if n_beats < 1:
         raise ValueError(f"n_beats must be >= 1, got {n_beats}")
-    p, n = model.complete(params, dtype=dtype)
-    nb = n or 1
-    p = {k: jnp.broadcast_to(v, (nb,)) for k, v in p.items()}
-    if y0 is None:
-        y0 = model.init(p)
-    dt = p["BCL"].dtype
-    y0 = {k: jnp.broadcast_to(jnp.asarray(y0[k], dt), (nb,)) for k in model.state_names}
+    p, y0, n = batched_inputs(model, params, y0, dtype)
     ts = None
     if save_every is not None:
         if save_every < solver.dt_max:
@@ -241,7 +251,7 @@ def pace(
                 f"save_every ({save_every}) must be >= solver.dt_max ({solver.dt_max})"
             )
         bcl = float(np.max(np.asarray(p["BCL"])))
-        ts = jnp.arange(0.0, bcl, save_every, dtype=dt)
+        ts = jnp.arange(0.0, bcl, save_every, dtype=p["BCL"].dtype)
     beats = int(n_beats) if record == "all" else jnp.asarray(n_beats, jnp.int32)
     y, (bio, out), status = _pace(model, solver, p, y0, beats, record == "all", ts)
     if out is not None:
