@@ -128,7 +128,7 @@ def test_control_state_is_periodic(control_beat):
 
 def test_compound_table_matches_the_fda_inputs():
     ours = compounds()
-    assert sorted(ours.index) == sorted(REF.index)
+    assert sorted(ours.index[ours["set"] == "training"]) == sorted(REF.index)
     for drug, ref in REF.iterrows():
         row = ours.loc[drug]
         assert row["cmax_free_nM"] == ref["cmax_free_nM"]
