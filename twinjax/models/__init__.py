@@ -6,3 +6,4 @@ from . import glucose as glucose
 from . import pbpk as pbpk
 from . import pd as pd
 from . import pk as pk
+from . import tmdd as tmdd

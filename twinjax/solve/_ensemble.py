@@ -23,12 +23,17 @@ Reverse mode is not supported (a ``while_loop``); use ``solvers.Diffrax`` for it
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
+from . import _rosenbrock
 from ._base import AbstractSolver
 from ._status import Status
-from ._tableaus import TABLEAUS, Tableau
+from ._tableaus import ROSENBROCK, TABLEAUS, RosenbrockTableau, Tableau
+
+METHODS = (*TABLEAUS, *ROSENBROCK, "auto")
 
 SAVES_PER_PASS = 1  # saves written per patient by one vectorised pass after a step
 CPU_BLOCK = 1024  # patients per block on CPU (see ``Ensemble.block``)
@@ -59,13 +64,20 @@ def _state_major(f):
 
 
 class Ensemble(AbstractSolver):
-    """Batched explicit Runge-Kutta with a per-patient adaptive step.
+    """Batched Runge-Kutta (explicit) or Rosenbrock (stiff) with a per-patient
+    adaptive step.
 
     Arguments:
-        method: ``"dopri5"`` (default: adaptive, 5th order with an embedded
-            4th-order error estimate and a 4th-order dense output), ``"tsit5"``
-            (adaptive; saves by cubic Hermite interpolation, so saved values between
-            steps are less accurate than the steps) or ``"rk4"`` (fixed step ``dt``).
+        method: ``"auto"`` (default: ``"rodas5p"`` for a model that declares
+            ``stiff = True``, else ``"dopri5"``), ``"dopri5"`` (adaptive, 5th order
+            with an embedded 4th-order error estimate and a 4th-order dense output),
+            ``"tsit5"`` (adaptive; saves by cubic Hermite interpolation, so saved
+            values between steps are less accurate than the steps), ``"rk4"``
+            (fixed step ``dt``) or ``"rodas5p"`` (stiff: the linearly implicit
+            Rosenbrock method Rodas5P of Steinebach 2023, 5th order with an embedded
+            4th-order error estimate and its own dense output; a Jacobian per
+            patient by forward-mode AD and a small LU per patient each step, see
+            ``solve/_rosenbrock.py``).
         rtol, atol: tolerances of the mixed error norm (RMS over states, as Hairer).
         dt: the step of ``"rk4"`` (required there); an initial step otherwise.
         max_steps: maximum number of steps (accepted or rejected) per segment.
@@ -82,7 +94,7 @@ class Ensemble(AbstractSolver):
             ``0`` turns it off.
     """
 
-    method: str = "dopri5"
+    method: str = "auto"
     rtol: float = 1e-6
     atol: float = 1e-9
     dt: float | None = None
@@ -95,22 +107,33 @@ class Ensemble(AbstractSolver):
     compact: float = 0.25
 
     def __check_init__(self):
-        if self.method not in TABLEAUS:
-            raise ValueError(
-                f"Ensemble method {self.method!r} unknown; use one of {list(TABLEAUS)}"
-            )
+        if self.method not in METHODS:
+            raise ValueError(f"Ensemble method {self.method!r} unknown; use one of {list(METHODS)}")
         if self.method == "rk4" and (self.dt is None or not self.dt > 0):
             raise ValueError("Ensemble(method='rk4') needs a fixed step dt > 0")
         if not (self.rtol > 0 and self.atol > 0):
             raise ValueError(f"tolerances must be positive, got rtol={self.rtol} atol={self.atol}")
 
     @property
-    def tableau(self) -> Tableau:
-        return TABLEAUS[self.method]
+    def tableau(self) -> Tableau | RosenbrockTableau:
+        """The method's tableau (``"auto"``: that of the non-stiff choice)."""
+        if self.method in ROSENBROCK:
+            return ROSENBROCK[self.method]
+        return TABLEAUS["dopri5" if self.method == "auto" else self.method]
 
-    # -- one RK step for the whole batch -------------------------------------------
+    def for_model(self, model) -> Ensemble:
+        """This solver with ``"auto"`` resolved for ``model`` (by its ``stiff`` flag)."""
+        if self.method != "auto":
+            return self
+        method = "rodas5p" if getattr(model, "stiff", False) else "dopri5"
+        return dataclasses.replace(self, method=method)
+
+    # -- one step for the whole batch ------------------------------------------------
     def _step(self, f, t, y, k1, h, args):
         tab = self.tableau
+        if isinstance(tab, RosenbrockTableau):
+            y1, err, Ks = _rosenbrock.step(tab, f, t, y, k1, h, args)
+            return y1, None, err, Ks
         dtype = y.dtype
         hc = h[None, :]
         ks = [k1]
@@ -145,6 +168,8 @@ class Ensemble(AbstractSolver):
         ``(S, N, K)``.
         """
         tab = self.tableau
+        if isinstance(tab, RosenbrockTableau):
+            return _rosenbrock.dense(theta, y0, y1, ks[: len(tab.H)])
         th = theta[None]
         y0, y1, k0, k1 = (a[..., None] for a in (y0, y1, k0, k1))
         ks = [a[..., None] for a in ks]
@@ -187,6 +212,8 @@ class Ensemble(AbstractSolver):
         return CPU_BLOCK if jax.default_backend() == "cpu" else None
 
     def integrate(self, f, t0, t1, y0, ts, args, model, *, forward=False):
+        if self.method == "auto":
+            return self.for_model(model).integrate(f, t0, t1, y0, ts, args, model)
         del model, forward  # forward mode works through the loop as it is
         n = y0.shape[0]
         block = self.block_size(n)
@@ -221,6 +248,10 @@ class Ensemble(AbstractSolver):
         re-estimating an initial step. A patient that failed in an earlier segment
         is not integrated again: its first failure's code is the one reported.
         """
+        if self.method == "auto":
+            return self.for_model(model).integrate_segment(
+                f, t0, t1, y0, ts, out, lo, hi, args, model, carry
+            )
         del model
         h_prev, failed = carry
         out, y1, status, h = self._run(f, t0, t1, y0, args, (ts, out, lo, hi), h_prev, failed)

@@ -6,6 +6,14 @@
 - Tsitouras 5(4): Tsitouras C. Runge-Kutta pairs of order 5(4) satisfying only the
   first column simplifying assumption. Comput Math Appl 62:770-775, 2011.
 - Classic RK4 (Kutta 1901).
+- Rodas5P (Rosenbrock, 5th order with an embedded 4th-order error estimate and a
+  4th-order dense output): Steinebach G. Construction of Rosenbrock-Wanner method
+  Rodas5P and numerical benchmarks within the Julia differential equations package.
+  BIT Numer Math 63:27, 2023. The coefficients (in the transformed, W-form variables
+  of Hairer & Wanner, *Solving ODEs II*, 2nd ed., 1996, sec. IV.7, eq. (7.25)) are the
+  values published with OrdinaryDiffEq.jl's ``Rodas5PTableau``
+  (SciML/OrdinaryDiffEq.jl, ``rosenbrock_tableaus.jl``), which the author of the
+  paper contributed there.
 """
 
 from __future__ import annotations
@@ -122,3 +130,177 @@ RK4 = Tableau(
 )
 
 TABLEAUS = {"dopri5": DOPRI5, "tsit5": TSIT5, "rk4": RK4}
+
+
+@dataclasses.dataclass(frozen=True)
+class RosenbrockTableau:
+    """A Rosenbrock(-Wanner) method in the transformed variables ``U_i`` (Hairer &
+    Wanner II, sec. IV.7): with ``gamma`` the diagonal coefficient,
+
+    ``(I/(h gamma) - J) U_i = f(t + c_i h, y + sum_j a_ij U_j) + sum_j (C_ij / h) U_j
+    + d_i h df/dt``,
+
+    ``y1 = y + sum_i m_i U_i``, error estimate ``sum_i e_i U_i``, and dense output
+    ``y(t + theta h) = (1 - theta) y0 + theta (y1 + (1 - theta) (K1 + theta (K2 +
+    theta K3)))`` with ``K_r = sum_i H_ri U_i``.
+    """
+
+    name: str
+    gamma: float
+    a: tuple[tuple[float, ...], ...]  # rows for stages 2..s (strictly lower)
+    C: tuple[tuple[float, ...], ...]  # rows for stages 2..s (strictly lower)
+    c: tuple[float, ...]  # nodes of stages 1..s
+    d: tuple[float, ...]  # time-derivative coefficients of stages 1..s
+    m: tuple[float, ...]  # solution weights
+    e: tuple[float, ...]  # error-estimate weights
+    H: tuple[tuple[float, ...], ...]  # dense-output rows
+    order: int
+
+    # the explicit-method fields the solver reads
+    fsal = False
+
+    @property
+    def b_err(self):
+        return self.e
+
+    def __post_init__(self):
+        s = len(self.c)
+        if len(self.a) != s - 1 or len(self.C) != s - 1 or len(self.d) != s:
+            raise ValueError(f"{self.name}: inconsistent tableau sizes")
+        if len(self.m) != s or len(self.e) != s or any(len(r) != s for r in self.H):
+            raise ValueError(f"{self.name}: inconsistent weight sizes")
+        for i, (ra, rc) in enumerate(zip(self.a, self.C)):
+            if len(ra) != i + 1 or len(rc) != i + 1:
+                raise ValueError(f"{self.name}: row {i + 2} of a or C has the wrong length")
+        # Back to Hairer & Wanner's untransformed coefficients: Gamma = (I/gamma -
+        # C)^-1, alpha = a Gamma, b = m Gamma. Check the nodes c_i = sum_j alpha_ij,
+        # the time coefficients d_i = sum_j gamma_ij, and the conditions of orders 1
+        # and 2 (sum b = 1, sum_ij b_i (alpha_ij + gamma_ij) = 1/2).
+        Cm = np.zeros((s, s))
+        Am = np.zeros((s, s))
+        for i, (ra, rc) in enumerate(zip(self.a, self.C)):
+            Am[i + 1, : i + 1] = ra
+            Cm[i + 1, : i + 1] = rc
+        G = np.linalg.inv(np.eye(s) / self.gamma - Cm)
+        one = np.ones(s)
+        b = np.asarray(self.m) @ G
+        checks = {
+            "nodes c": np.max(np.abs(Am @ G @ one - np.asarray(self.c))),
+            "time coefficients d": np.max(np.abs(G @ one - np.asarray(self.d))),
+            "order 1": abs(b @ one - 1.0),
+            "order 2": abs(b @ (Am @ G + G) @ one - 0.5),
+        }
+        for what, dev in checks.items():
+            if dev > 1e-10:
+                raise ValueError(f"{self.name}: tableau fails the {what} condition ({dev:.2e})")
+
+
+def _rodas5p() -> RosenbrockTableau:
+    # a_ij of stages 2..6; stages 7 and 8 evaluate at y + sum_j a_6j U_j + U_6 (+ U_7)
+    # and the solution is y + sum_j a_6j U_j + U_6 + U_7 + U_8 (stiffly accurate; the
+    # error estimate is U_8)
+    a6 = (
+        -7.502846399306121,
+        2.561846144803919,
+        -11.627539656261098,
+        -0.18268767659942256,
+        0.030198172008377946,
+    )
+    a = (
+        (3.0,),
+        (2.849394379747939, 0.45842242204463923),
+        (-6.954028509809101, 2.489845061869568, -10.358996098473584),
+        (2.8029986275628964, 0.5072464736228206, -0.3988312541770524, -0.04721187230404641),
+        a6,
+        a6 + (1.0,),
+        a6 + (1.0, 1.0),
+    )
+    C = (
+        (-14.155112264123755,),
+        (-17.97296035885952, -2.859693295451294),
+        (147.12150275711716, -1.41221402718213, 71.68940251302358),
+        (165.43517024871676, -0.4592823456491126, 42.90938336958603, -5.961986721573306),
+        (
+            24.854864614690072,
+            -3.0009227002832186,
+            47.4931110020768,
+            5.5814197821558125,
+            -0.6610691825249471,
+        ),
+        (
+            30.91273214028599,
+            -3.1208243349937974,
+            77.79954646070892,
+            34.28646028294783,
+            -19.097331116725623,
+            -28.087943162872662,
+        ),
+        (
+            37.80277123390563,
+            -3.2571969029072276,
+            112.26918849496327,
+            66.9347231244047,
+            -40.06618937091002,
+            -54.66780262877968,
+            -9.48861652309627,
+        ),
+    )
+    gamma = 0.21193756319429014
+    return RosenbrockTableau(
+        "rodas5p",
+        gamma=gamma,
+        a=a,
+        C=C,
+        c=(0.0, 0.6358126895828704, 0.4095798393397535, 0.9769306725060716)
+        + (0.4288403609558664, 1.0, 1.0, 1.0),
+        d=(
+            0.21193756319429014,
+            -0.42387512638858027,
+            -0.3384627126235924,
+            1.8046452872882734,
+            2.325825639765069,
+            0.0,
+            0.0,
+            0.0,
+        ),
+        m=a6 + (1.0, 1.0, 1.0),
+        e=(0.0,) * 7 + (1.0,),
+        H=(
+            (
+                25.948786856663858,
+                -2.5579724845846235,
+                10.433815404888879,
+                -2.3679251022685204,
+                0.524948541321073,
+                1.1241088310450404,
+                0.4272876194431874,
+                -0.17202221070155493,
+            ),
+            (
+                -9.91568850695171,
+                -0.9689944594115154,
+                3.0438037242978453,
+                -24.495224566215796,
+                20.176138334709044,
+                15.98066361424651,
+                -6.789040303419874,
+                -6.710236069923372,
+            ),
+            (
+                11.419903575922262,
+                2.8879645146136994,
+                72.92137995996029,
+                80.12511834622643,
+                -52.072871366152654,
+                -59.78993625266729,
+                -0.15582684282751913,
+                4.883087185713722,
+            ),
+        ),
+        order=5,
+    )
+
+
+RODAS5P = _rodas5p()
+
+ROSENBROCK = {"rodas5p": RODAS5P}
