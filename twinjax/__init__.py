@@ -9,6 +9,7 @@ from . import data as data
 from . import models as models
 from . import plot as plot
 from . import population as population
+from . import sensitivity as sensitivity
 from . import trial as trial
 from .calibrate import FitResult as FitResult
 from .calibrate import fit as fit
