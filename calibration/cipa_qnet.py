@@ -1,25 +1,27 @@
-"""qNet and the torsade metric score of the 12 CiPA training drugs with CiPAORdv1.0.
+"""The CiPA qNet protocol on the 28 CiPA compounds with CiPAORdv1.0, and the confusion matrix.
 
-Protocol (after FDA/CiPA@e881df6 ``AP_simulation/AP_simulation.R``): CL 2000 ms,
-endocardial cell, start every cell from the FDA control state at CL 2000 ms (no drug
-bound) with the drug at 1, 2, 3, 4 x free Cmax, pace ``--beats`` beats (the FDA runs
-1000 and analyses the last 250), qNet of the last beat. The FDA keeps the beat of
-the last 250 with the largest max dV/dt during repolarisation (an EAD detector);
-here the last beat is used, and the qNet of every ``--chunk``-th beat is stored to
-judge convergence. Torsade metric score (TMS) = mean qNet over the four doses;
-categories by the Li 2019 thresholds (CPT 105:466; as quoted by Lei et al. 2023 BJP,
-CardiacModelling/hERG-binding-mechanisms@4fdb8a3:src/compare-torsade-metric-scores.py):
-TMS < 0.0579 high, 0.0579 - 0.0689 intermediate, >= 0.0689 low (C/F).
+Protocol (:mod:`twinjax.models.ep._cipa_protocol`, after FDA/CiPA@e881df6
+``AP_simulation/AP_simulation.R``): endocardial CiPAORdv1.0 at CL 2000 ms, every cell
+from the FDA control state at CL 2000 ms with the drug at 1, 2, 3, 4 x free Cmax;
+``--beats`` beats (the FDA: 1000), of the last ``--window`` (the FDA: 250) the beat with
+the largest max dV/dt between 30 % and 90 % repolarisation is kept; depolarisation
+failures are dropped; torsade metric score (TMS) = mean qNet over the doses; Li et
+al. 2019 thresholds: TMS < 0.0579 high, 0.0579 - 0.0689 intermediate, >= 0.0689 low.
 
-Run: ``python calibration/cipa_qnet.py --beats 100``; writes
-``calibration/results/cipa_qnet.json`` after every chunk (so a partial run leaves
-results).
+Run: ``python calibration/cipa_qnet.py --beats 1000 --window 250``; writes
+``calibration/results/cipa_qnet.json`` (every dose and compound, the command, the
+time) and ``calibration/results/cipa_confusion.txt`` (confusion matrices), and after
+every chunk ``calibration/results/cipa_qnet_progress.json`` (last-beat qNet per cell);
+with ``--interim`` also the result so far after every chunk (``*_interim.*``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -27,14 +29,12 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from twinjax.models.ep._cipa import CiPAORd, compound_params, compounds, pace_cipa  # noqa: E402
+from twinjax.models.ep._cipa import compounds  # noqa: E402
+from twinjax.models.ep._cipa_protocol import THRESHOLDS, qnet_protocol  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-THRESHOLDS = (0.0579, 0.0689)
-CLASS = {2: "high", 1: "intermediate", 0: "low"}
 CONTROL_REFERENCE = {
     "ApPredict TestCipaQNetCalculator (Chaste/ApPredict@11ccea1f)": 0.06967,
     "ApPredict test/data/q_net.txt (Chaste/ApPredict@7200db3d)": 0.0696825,
@@ -42,102 +42,108 @@ CONTROL_REFERENCE = {
 }
 
 
-def category(tms):
-    if not np.isfinite(tms):
-        return "n/a"
-    return "high" if tms < THRESHOLDS[0] else ("intermediate" if tms < THRESHOLDS[1] else "low")
-
-
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--beats", type=int, default=100)
-    ap.add_argument("--chunk", type=int, default=10)
-    ap.add_argument("--drugs", nargs="*", default=None)
+    ap.add_argument("--beats", type=int, default=1000)
+    ap.add_argument("--window", type=int, default=250)
+    ap.add_argument("--chunk", type=int, default=25)
+    ap.add_argument("--compounds", nargs="*", default=None)
     ap.add_argument("--doses", nargs="*", type=float, default=[1.0, 2.0, 3.0, 4.0])
     ap.add_argument("--out", default=str(RESULTS / "cipa_qnet.json"))
-    args = ap.parse_args()
-    model = CiPAORd()
-    tab = compounds()
-    drugs = args.drugs or list(tab.index)
-    doses = np.asarray(args.doses)
-    cells = [("control", 0.0)] + [(d, x) for d in drugs for x in doses]
-    pieces = [model.complete({}, dtype=jnp.float64)[0]]
-    for d in drugs:
-        pieces.append(
-            model.complete(compound_params(model, d, tab.loc[d, "cmax_free_nM"] * doses))[0]
-        )
-    n = len(cells)
-    params = {
-        k: jnp.concatenate(
-            [jnp.broadcast_to(pc[k], (len(jnp.atleast_1d(pc["D"])),)) for pc in pieces]
-        )
-        for k in model.param_names
-    }
-    assert params["D"].shape == (n,)
-    y = None
-    history = []
-    t0 = time.time()
-    done = 0
-    while done < args.beats:
-        nb = min(args.chunk, args.beats - done)
-        r = pace_cipa(model, params, nb, y0=y)
-        y = r.state
-        done += nb
-        last = {k: np.asarray(v[-1]) for k, v in r.biomarkers.items()}
-        history.append({"beat": done, "qNet": last["qNet"].tolist()})
-        elapsed = time.time() - t0
-        print(f"beat {done}: {elapsed:.0f} s, control qNet {last['qNet'][0]:.6f}", flush=True)
-        out = {
-            "protocol": (
-                "CiPAORdv1.0 endo, CL 2000 ms, from the FDA control state, drug at k x free "
-                f"Cmax; {done} beats (FDA: 1000); qNet of the last beat (C/F)"
-            ),
-            "beats": done,
-            "elapsed_s": elapsed,
-            "solver": "pace_cipa, CIPA_SOLVER (dt_max 0.5 ms, dv_max 0.05 mV, dy_rel 0.01)",
-            "control": {
-                "qNet": float(last["qNet"][0]),
-                "APD90_ms": float(last["APD90"][0]),
-                "references": CONTROL_REFERENCE,
-            },
-            "thresholds_li2019": {"high_below": THRESHOLDS[0], "low_from": THRESHOLDS[1]},
-            "drugs": {},
-        }
-        for d in drugs:
-            idx = [i for i, c in enumerate(cells) if c[0] == d]
-            q = last["qNet"][idx]
-            ok = ~(last["DF"][idx].astype(bool)) & (np.asarray(r.status)[idx] == 0)
-            qv = np.where(ok, q, np.nan)
-            prev = history[-2]["qNet"] if len(history) > 1 else None
-            tms = float(np.mean(qv)) if np.all(ok) else float("nan")
-            out["drugs"][d] = {
-                "cipa_class": CLASS[int(tab.loc[d, "cipa_class"])],
-                "cmax_free_nM": float(tab.loc[d, "cmax_free_nM"]),
-                "doses_x_cmax": doses.tolist(),
-                "qNet": qv.tolist(),
-                "qNet_change_last_chunk": (
-                    None if prev is None else [float(q[j] - prev[i]) for j, i in enumerate(idx)]
-                ),
-                "APD90_ms": last["APD90"][idx].tolist(),
-                "EAD": last["EAD"][idx].astype(bool).tolist(),
-                "DF": last["DF"][idx].astype(bool).tolist(),
-                "TMS": tms,
-                "predicted": category(tms),
-            }
-        out["history"] = [
-            {"beat": h["beat"], "qNet": dict(zip([f"{c[0]}@{c[1]:g}" for c in cells], h["qNet"]))}
-            for h in history
-        ]
-        agree = [v["predicted"] == v["cipa_class"] for v in out["drugs"].values()]
-        out["correct"] = f"{sum(agree)}/{len(agree)}"
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1))
-    print(
-        json.dumps(
-            {d: (v["TMS"], v["predicted"], v["cipa_class"]) for d, v in out["drugs"].items()},
-            indent=1,
-        )
+    ap.add_argument(
+        "--interim",
+        action="store_true",
+        help="after every chunk, write <out>_interim.json and cipa_confusion_interim.txt",
     )
+    args = ap.parse_args()
+    names = args.compounds or list(compounds().index)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prog_path = out.with_name(out.stem + "_progress.json")
+    cells = ["control"] + [f"{c}@{x:g}" for c in names for x in args.doses]
+    history = []
+    argv = ["calibration/cipa_qnet.py"] + sys.argv[1:]
+    command = "python " + " ".join(shlex.quote(a) for a in argv)
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+    def progress(done, seconds, last):
+        history.append(dict(beat=done, seconds=round(seconds, 1), qNet=last["qNet"].tolist()))
+        print(f"beat {done}: {seconds:.0f} s, control qNet {last['qNet'][0]:.6f}", flush=True)
+        prog_path.write_text(
+            json.dumps(dict(command=command, started=started, cells=cells, history=history))
+        )
+
+    def write(res, final):
+        # convergence: change of each cell's last-beat qNet over the last chunk
+        change = (
+            np.asarray(history[-1]["qNet"]) - np.asarray(history[-2]["qNet"])
+            if len(history) > 1
+            else np.full(len(cells), np.nan)
+        )
+        doses = res.doses.assign(qNet_change_last_chunk=change[1:])
+        sc = res.scores
+        summary = {
+            s: f"{int(sc[sc['set'] == s]['correct'].sum())}/{int((sc['set'] == s).sum())}"
+            for s in ("training", "validation")
+        }
+        state = "final" if final else f"INTERIM: {res.beats} of {args.beats} beats done"
+        record = dict(
+            command=command,
+            state=state,
+            started=started,
+            finished=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            elapsed_s=round(res.seconds, 1),
+            machine=f"{platform.machine()}, {platform.processor() or 'cpu'}; "
+            f"jax {jax.__version__} {jax.default_backend()}",
+            protocol=(
+                f"CiPAORdv1.0 endo, CL 2000 ms, from the FDA control state; {res.beats} beats "
+                f"(FDA: 1000), beat of the last {res.window} (FDA: 250) with the largest "
+                "max_dv (max dV/dt between 30 % and 90 % repolarisation); depolarisation "
+                "failures dropped; TMS = mean qNet (C/F) over 1-4 x free Cmax"
+            ),
+            solver="pace_cipa, CIPA_SOLVER (dt_max 0.5 ms, dv_max 0.05 mV, dy_rel 0.01), float64",
+            thresholds_li2019=dict(high_below=THRESHOLDS[0], low_from=THRESHOLDS[1]),
+            control=dict(res.control, references=CONTROL_REFERENCE),
+            correct=summary,
+            scores=sc.to_dict(orient="records"),
+            doses=doses.to_dict(orient="records"),
+            confusion={
+                k: res.confusion(None if k == "all" else k).to_dict()
+                for k in ("all", "training", "validation")
+            },
+            chunk_history=[dict(beat=h["beat"], seconds=h["seconds"]) for h in history],
+        )
+        target = out if final else out.with_name(out.stem + "_interim.json")
+        target.write_text(json.dumps(record, indent=1))
+        lines = [
+            f"# {command}",
+            f"# {state}",
+            f"# {started} - {record['finished']}, {res.seconds:.0f} s; {res.beats} beats, "
+            f"window {res.window}",
+            f"# control qNet {res.control['qNet']:.6f} C/F",
+            f"# correct: training {summary['training']}, validation {summary['validation']}",
+            "",
+        ]
+        for k in ("all", "training", "validation"):
+            lines += [f"## {k} (rows: CiPA category, columns: predicted)", ""]
+            lines += [res.confusion(None if k == "all" else k).to_string(), ""]
+        cols = ["compound", "set", "cipa_category", "TMS", "predicted", "correct", "doses_used"]
+        lines += ["## torsade metric scores (C/F)", "", sc[cols].to_string(index=False), ""]
+        name = "cipa_confusion.txt" if final else "cipa_confusion_interim.txt"
+        target.with_name(name).write_text("\n".join(lines))
+        return lines
+
+    res = qnet_protocol(
+        names,
+        args.doses,
+        beats=args.beats,
+        window=args.window,
+        chunk=args.chunk,
+        progress=progress,
+        interim=(lambda r: write(r, False)) if args.interim else None,
+    )
+    lines = write(res, True)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

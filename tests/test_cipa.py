@@ -192,3 +192,44 @@ def test_registered_and_exported():
     assert isinstance(get_model("cipaord"), ep.CiPAORd)
     assert ep.pace_cipa is pace_cipa
     assert "IKr" in get_model("cipaord").output_names
+
+
+def _synthetic_beat(ead: bool):
+    """A smooth AP-like trace on a 0.25 ms grid (rest -88 mV, peak 40 mV), optionally
+    with an EAD (a 20 mV bump in phase 3)."""
+    t = np.arange(0.0, 2000.0 + 1e-9, 0.25)
+    up = 128.0 / (1 + np.exp(-(t - 5.0) / 0.5))
+    repol = 1 / (1 + np.exp((t - 280.0) / 25.0))
+    V = -88.0 + up * repol
+    if ead:
+        V = V + 20.0 * np.exp(-(((t - 330.0) / 15.0) ** 2)) * (t > 290)
+    return t, V
+
+
+@pytest.mark.parametrize("ead", [False, True])
+def test_max_dv_on_the_fly_matches_the_dense_trace(ead):
+    """CiPA beat selection metric: the accumulators of the beat loop against from_trace."""
+    from twinjax.models.ep import _biomarkers as bm
+
+    t, V = _synthetic_beat(ead)
+    dvdt = np.diff(V) / np.diff(t)
+    ref = bm.from_trace(t, V)["max_dv"]
+    steps = (t[:-1], np.diff(t), V[:-1], V[1:], np.r_[dvdt[0], dvdt[:-1]], dvdt)
+
+    def fold(acc, s):
+        ti, dt, v0, v1, d0, dm = (jnp.reshape(x, (1,)) for x in s)
+        return bm.update_acc(acc, jnp.ones((1,), bool), ti, dt, v0, v1, d0, dm, 0.0 * v0), None
+
+    acc, _ = jax.lax.scan(fold, bm.init_acc(jnp.asarray([V[0]])), steps)
+    got = float(bm.finish(acc, jnp.asarray([V[-1]]))["max_dv"][0])
+    assert np.isfinite(ref)
+    assert (ref > 0) == ead  # repolarising: negative; an EAD makes it positive
+    assert got == pytest.approx(ref, rel=1e-6)
+
+
+def test_max_dv_is_nan_for_a_depolarisation_failure():
+    from twinjax.models.ep import _biomarkers as bm
+
+    t = np.arange(0.0, 1000.0, 0.5)
+    V = -88.0 + 30.0 * np.exp(-t / 5.0)  # stimulus response without an action potential
+    assert np.isnan(bm.from_trace(t, V)["max_dv"])

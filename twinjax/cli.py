@@ -38,6 +38,9 @@ class _SafetyOverrides(TypedDict, total=False):
     beats: int
     drug_beats: int
     seed: int
+    protocol: str
+    cipa_beats: int
+    cipa_window: int
 
 
 def _x64():
@@ -326,21 +329,47 @@ def safety(
         None, help="beats paced under each drug concentration; default 20"
     ),
     seed: Optional[int] = typer.Option(None, help="population seed; default 0"),  # noqa: UP045
+    protocol: Optional[str] = typer.Option(  # noqa: UP045
+        None,
+        help="population (ORd population, APD90 risk) | cipa (CiPA qNet protocol with "
+        "CiPAORdv1.0, torsade metric score); default population",
+    ),
+    cipa_beats: Optional[int] = typer.Option(  # noqa: UP045
+        None, help="cipa: beats paced per cell at CL 2000 ms; default 1000 (the FDA's)"
+    ),
+    cipa_window: Optional[int] = typer.Option(  # noqa: UP045
+        None, help="cipa: final beats analysed by the beat selection; default 250"
+    ),
 ):
-    """In-silico cardiac safety trial: an ORd population x compounds x concentrations.
+    """In-silico cardiac safety trial: the ORd population protocol or the CiPA qNet protocol.
 
-    Samples ``n`` O'Hara-Rudy models (log-normal conductances), keeps those whose
-    control biomarkers fall in the experimental ranges (Passini et al. 2017), paces
-    them under each compound's multi-channel block and writes the per-model table,
-    the incidence of repolarisation abnormalities, APD90 prolongation, a risk class
-    per compound, a plot and safety.json (what was run).
+    ``population``: samples ``n`` O'Hara-Rudy models (log-normal conductances), keeps
+    those whose control biomarkers fall in the experimental ranges (Passini et al.
+    2017), paces them under each compound's multi-channel block and writes the
+    per-model table, the incidence of repolarisation abnormalities, APD90
+    prolongation, a risk class per compound, a plot and safety.json (what was run).
+
+    ``cipa``: the CiPA qNet protocol (Li et al. 2019): CiPAORdv1.0 with dynamic hERG
+    binding at CL 2000 ms, qNet of the selected beat at each multiple of free Cmax,
+    torsade metric score (mean qNet over 1-4 x Cmax) classified high / intermediate /
+    low, and the confusion matrix against the CiPA categories (qnet.csv, risk.csv,
+    confusion.csv, safety.png, safety.json).
     """
     from rich.console import Console
 
     from .trial import SafetyTrial, SpecError
 
     con = Console()
-    given = dict(n=n, cell=cell, beats=beats, drug_beats=drug_beats, seed=seed)
+    given = dict(
+        n=n,
+        cell=cell,
+        beats=beats,
+        drug_beats=drug_beats,
+        seed=seed,
+        protocol=protocol,
+        cipa_beats=cipa_beats,
+        cipa_window=cipa_window,
+    )
     over = cast(_SafetyOverrides, {k: v for k, v in given.items() if v is not None})
     with _user_errors(con, spec):
         if compounds is not None:
@@ -353,13 +382,20 @@ def safety(
         if spec is not None:
             st = SafetyTrial.from_toml(spec, **over)
         else:
-            st = SafetyTrial(**over)
+            st = SafetyTrial.from_dict({"safety": {}}, **over)
         _out_folder(out, "safety")
     _x64()
-    con.print(
-        f"[bold]{st.name}[/]: {st.n} ORd ({st.cell}) models x {len(st.compounds)} compounds "
-        f"x {len(st.multiples)} concentrations"
-    )
+    n_mult = len(st.multiples or ())
+    if st.protocol == "cipa":
+        con.print(
+            f"[bold]{st.name}[/]: CiPA qNet protocol, {len(st.compounds)} compounds x "
+            f"{n_mult} concentrations, {st.cipa_beats} beats"
+        )
+    else:
+        con.print(
+            f"[bold]{st.name}[/]: {st.n} ORd ({st.cell}) models x {len(st.compounds)} "
+            f"compounds x {n_mult} concentrations"
+        )
     try:
         with _user_errors(con, code=EXIT_RUN):
             res = st.run(out, console=con)
@@ -368,8 +404,14 @@ def safety(
             raise
         _error(con, err)
         raise typer.Exit(EXIT_RUN) from None
-    con.print(res["summary"].to_string(index=False))
-    con.print(res["risk"].to_string())
+    if st.protocol == "cipa":
+        cols = ["compound", "cipa_category", "TMS", "predicted", "correct"]
+        con.print(res["risk"][cols].to_string(index=False))
+        con.print(res["confusion"].to_string())
+        con.print(f"control qNet {res['control']['qNet']:.6f} C/F")
+    else:
+        con.print(res["summary"].to_string(index=False))
+        con.print(res["risk"].to_string())
     con.print(f"done in {res['seconds']:.0f} s; tables and safety.png in {out}")
 
 

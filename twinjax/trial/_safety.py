@@ -1,6 +1,7 @@
-"""The in-silico cardiac safety trial: an ORd population x compounds x concentrations.
+"""The in-silico cardiac safety trial: two protocols, ``[safety] protocol = ...``.
 
-Its arms are compounds at multiples of their free Cmax and its engine is the batched
+``"population"`` (the default): an ORd population x compounds x concentrations. Its
+arms are compounds at multiples of their free Cmax and its engine is the batched
 Rush-Larsen beat loop (:func:`twinjax.models.ep.pace`), not ``simulate_cohort``, so it
 has its own specification (``[safety]`` in a TOML file, or the ``twinjax safety``
 options) and its own outputs:
@@ -15,7 +16,24 @@ options) and its own outputs:
 The method follows Passini et al. (2017), Front Physiol 8:668: sample conductances
 log-normally, accept the models whose control biomarkers fall in the experimental
 ranges, then pace the accepted population under each compound's multi-channel block.
-Pacing is at 1 Hz, the rate of the acceptance ranges and of the CiPA APD90 data.
+Pacing is at 1 Hz, the rate of the acceptance ranges and of the CiPA APD90 data. Its
+risk class is an APD90 heuristic, not the CiPA metric.
+
+``"cipa"``: the CiPA qNet protocol (Li et al. 2019 Clin Pharmacol Ther 105:466;
+:mod:`twinjax.models.ep._cipa_protocol`): one endocardial CiPAORdv1.0 cell (dynamic
+hERG binding) per compound and multiple of free Cmax (default 1, 2, 3, 4), CL 2000 ms,
+``cipa_beats`` beats from the control state (the FDA: 1000), the beat of the last
+``cipa_window`` (the FDA: 250) with the largest max dV/dt between 30 % and 90 %
+repolarisation, depolarisation failures dropped, torsade metric score = mean qNet over
+1-4 x Cmax, classified high (< 0.0579 C/F) / intermediate / low (>= 0.0689 C/F).
+Compounds: the 28 CiPA compounds (``twinjax/models/ep/cipa_compounds.csv``). Outputs:
+
+- ``qnet.csv``: qNet (C/F) of the kept beat per compound and concentration, with the
+  kept beat, max dV/dt, APD90, depolarisation-failure and EAD beat counts;
+- ``risk.csv``: torsade metric score, predicted and CiPA category per compound;
+- ``confusion.csv``: CiPA category (rows) x predicted category (columns);
+- ``safety.png`` (qNet against concentration per compound, the TMS per compound) and
+  ``safety.json``.
 """
 
 from __future__ import annotations
@@ -33,6 +51,12 @@ from ._spec import SpecError
 __all__ = ["SafetyTrial"]
 
 CELL_TYPES = ("endo", "epi", "M")
+PROTOCOLS = ("population", "cipa")
+# keys that only one protocol reads (a spec that sets them for the other is refused)
+_ONLY = {
+    "population": ("n", "cell", "beats", "drug_beats", "sigma", "seed"),
+    "cipa": ("cipa_beats", "cipa_window"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,32 +65,51 @@ class SafetyTrial:
 
     Arguments:
         name: a title for the outputs.
-        compounds: names in the shipped CiPA table (``twinjax.models.ep.drugs``).
-        multiples: concentrations as multiples of each compound's free Cmax (> 0).
+        protocol: ``"population"`` (ORd population, APD90-based risk) or ``"cipa"``
+            (the CiPA qNet protocol with CiPAORdv1.0, torsade metric score).
+        compounds: names in the shipped CiPA table (``twinjax.models.ep.drugs``; for
+            ``protocol = "cipa"`` the 28 compounds of ``cipa_compounds.csv``).
+        multiples: concentrations as multiples of each compound's free Cmax (> 0);
+            default 1, 10, 30 (population) or 1, 2, 3, 4 (cipa).
         n: candidate models sampled before acceptance (>= 1).
         cell: ORd cell type, ``"endo"``, ``"epi"`` or ``"M"``.
         beats: control beats paced before the acceptance check (>= 1).
         drug_beats: beats paced under each concentration (>= 1).
         sigma: SD of the log-normal conductance scale factors (0 < sigma <= 1).
         seed: seed of the population sample.
+        cipa_beats: ``protocol = "cipa"``: beats paced per cell (the FDA: 1000).
+        cipa_window: ``protocol = "cipa"``: final beats analysed (the FDA: 250).
     """
 
     name: str = "Cardiac safety trial"
     compounds: tuple = ("dofetilide", "quinidine", "verapamil", "ranolazine")
-    multiples: tuple = (1.0, 10.0, 30.0)
+    multiples: tuple | None = None
     n: int = 100
     cell: str = "endo"
     beats: int = 50
     drug_beats: int = 20
     sigma: float = 0.3
     seed: int = 0
+    protocol: str = "population"
+    cipa_beats: int = 1000
+    cipa_window: int = 250
 
     def __post_init__(self):
-        from ..models.ep import drugs
+        from ..models.ep import _cipa, drugs
 
         P = _spec.Problems()
         w = "[safety]"
         d = _spec.describe
+        cipa = self.protocol == "cipa"
+        if not isinstance(self.protocol, str) or self.protocol not in PROTOCOLS:
+            P.add(
+                f"{w}.protocol",
+                f"protocol must be one of {list(PROTOCOLS)}, got {d(self.protocol)}",
+            )
+        if self.multiples is None:
+            object.__setattr__(
+                self, "multiples", (1.0, 2.0, 3.0, 4.0) if cipa else (1.0, 10.0, 30.0)
+            )
         if not isinstance(self.name, str) or not self.name.strip():
             P.add(f"{w}.name", f"name must be a non-empty string, got {d(self.name)}")
         comps = self.compounds
@@ -78,7 +121,7 @@ class SafetyTrial:
         ):
             P.add(f"{w}.compounds", f"compounds must be a non-empty list of names, got {comps!r}")
         else:
-            known = list(drugs.compounds().index)
+            known = list((_cipa.compounds() if cipa else drugs.compounds()).index)
             unknown = [c for c in comps if c.lower() not in known]
             if unknown:
                 P.add(f"{w}.compounds", f"unknown {unknown}; known: {known}")
@@ -100,7 +143,7 @@ class SafetyTrial:
             )
         else:
             object.__setattr__(self, "multiples", tuple(float(m) for m in mult))
-        for key in ("n", "beats", "drug_beats", "seed"):
+        for key in ("n", "beats", "drug_beats", "seed", "cipa_beats", "cipa_window"):
             v = getattr(self, key)
             low = 0 if key == "seed" else 1
             if not _spec.is_int(v) or not low <= v <= _spec.MAX_SEED:
@@ -110,6 +153,12 @@ class SafetyTrial:
             P.add(f"{w}.cell", f"cell must be one of {list(CELL_TYPES)}, got {d(self.cell)}")
         if not (_spec.is_number(self.sigma) and 0 < self.sigma <= 1):
             P.add(f"{w}.sigma", f"sigma must be a number in (0, 1], got {d(self.sigma)}")
+        b, win = self.cipa_beats, self.cipa_window
+        if _spec.is_int(b) and _spec.is_int(win) and b >= 1 and win > b:
+            P.add(
+                f"{w}.cipa_window",
+                f"cipa_window must be <= cipa_beats = {b} (the beats paced), got {win}",
+            )
         P.check()
 
     # ------------------------------------------------------------------ construction
@@ -127,6 +176,15 @@ class SafetyTrial:
             body = {}
         fields = [f.name for f in dataclasses.fields(cls)]
         _spec.unknown_keys(body, "[safety]", set(fields), P)
+        proto = overrides.get("protocol") or body.get("protocol", "population")
+        given = set(body) | {k for k, v in overrides.items() if v is not None}
+        for other, keys in _ONLY.items():
+            if proto in PROTOCOLS and other != proto:
+                for k in sorted(given & set(keys)):
+                    P.add(
+                        f"[safety].{k}",
+                        f"{k} is read only by protocol = {other!r}, not by {proto!r}; remove it",
+                    )
         kw = {k: v for k, v in body.items() if k in fields}
         kw.update({k: v for k, v in overrides.items() if v is not None})
         try:
@@ -159,6 +217,8 @@ class SafetyTrial:
         from ..models.ep import population
 
         out = claim(out, "safety")  # before any simulation
+        if self.protocol == "cipa":
+            return self._run_cipa(out, console)
         t0 = time.perf_counter()
         model = ep.ORd(celltype=self.cell)
 
@@ -186,10 +246,11 @@ class SafetyTrial:
         keep = np.flatnonzero(ok)
         params = {k: np.asarray(v)[keep] if np.ndim(v) else v for k, v in params.items()}
         state = {k: np.asarray(v)[keep] for k, v in state.items()}
-        n_c, n_m = len(self.compounds), len(self.multiples)
+        multiples = tuple(self.multiples or ())  # resolved in __post_init__
+        n_c, n_m = len(self.compounds), len(multiples)
         with status(f"{n_c} compounds x {n_m} concentrations"):
             trial = population.drug_trial(
-                model, params, state, list(self.compounds), self.multiples, n_beats=self.drug_beats
+                model, params, state, list(self.compounds), multiples, n_beats=self.drug_beats
             )
         summary, risk = population.summarise(trial)
         trial.to_csv(out / "models.csv", index=False)
@@ -206,6 +267,98 @@ class SafetyTrial:
         (out / "safety.json").write_text(json.dumps(record, indent=2))
         n_ok = int(ok.sum())
         return dict(models=trial, summary=summary, risk=risk, accepted=n_ok, seconds=seconds)
+
+    def _run_cipa(self, out, console) -> dict:
+        """The CiPA qNet protocol (see the module docstring); ``out`` is claimed."""
+        from ..models.ep import _cipa_protocol as cp
+
+        t0 = time.perf_counter()
+        multiples = tuple(self.multiples or ())  # resolved in __post_init__
+        n_cells = 1 + len(self.compounds) * len(multiples)
+
+        def progress(done, seconds, last):
+            if console is not None:
+                console.print(
+                    f"beat {done}/{self.cipa_beats}: {seconds:.0f} s "
+                    f"(control qNet {float(last['qNet'][0]):.6f} C/F)"
+                )
+
+        if console is not None:
+            console.print(
+                f"CiPA qNet protocol: {n_cells} CiPAORdv1.0 cells (control + "
+                f"{len(self.compounds)} compounds x {len(multiples)} concentrations), "
+                f"{self.cipa_beats} beats at CL 2000 ms, beat selection over the last "
+                f"{self.cipa_window}"
+            )
+        res = cp.qnet_protocol(
+            self.compounds,
+            multiples,
+            beats=self.cipa_beats,
+            window=self.cipa_window,
+            progress=progress,
+        )
+        confusion = res.confusion()
+        res.doses.to_csv(out / "qnet.csv", index=False)
+        res.scores.to_csv(out / "risk.csv", index=False)
+        confusion.to_csv(out / "confusion.csv")
+        plot_qnet(res.doses, res.scores, out / "safety.png", self.name)
+        seconds = time.perf_counter() - t0
+        sc = res.scores
+        record = dict(
+            spec=dataclasses.asdict(self),
+            protocol="CiPA qNet (CiPAORdv1.0 endo, CL 2000 ms)",
+            thresholds=dict(high_below=cp.THRESHOLDS[0], low_from=cp.THRESHOLDS[1]),
+            control=res.control,
+            correct=f"{int(sc['correct'].sum())}/{len(sc)}",
+            seconds=seconds,
+            outputs=["qnet.csv", "risk.csv", "confusion.csv", "safety.png"],
+        )
+        (out / "safety.json").write_text(json.dumps(record, indent=2))
+        return dict(
+            qnet=res.doses,
+            risk=res.scores,
+            confusion=confusion,
+            control=res.control,
+            seconds=seconds,
+        )
+
+
+def plot_qnet(doses, scores, path, title: str = ""):
+    """qNet of the kept beat against concentration per compound, and the TMS per compound
+    with the CiPA thresholds (colour: CiPA category)."""
+    import matplotlib.pyplot as plt
+
+    from ..models.ep._cipa_protocol import THRESHOLDS
+
+    colour = {"high": "C3", "intermediate": "C0", "low": "C2"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, max(4.0, 0.22 * len(scores) + 1.5)))
+    for c, t in doses.groupby("compound", sort=False):
+        cat = t["cipa_category"].iloc[0]
+        axes[0].semilogx(t["multiple"], t["qNet"], "o-", color=colour[cat], alpha=0.7, lw=1)
+        axes[0].annotate(c, (t["multiple"].iloc[-1], t["qNet"].iloc[-1]), fontsize=6)
+    axes[0].set_xlabel("concentration (x free Cmax)")
+    axes[0].set_ylabel("qNet (C/F)")
+    for cat, col in colour.items():
+        axes[0].plot([], [], "o-", color=col, label=f"CiPA {cat}")
+    axes[0].legend(fontsize=8)
+    s = scores.reset_index(drop=True)
+    y = range(len(s))
+    axes[1].scatter(s["TMS"], list(y), c=[colour[c] for c in s["cipa_category"]])
+    for i, r in s.iterrows():
+        if not r["correct"]:
+            axes[1].scatter([r["TMS"]], [i], facecolors="none", edgecolors="k", s=120)
+    axes[1].set_yticks(list(y), list(s["compound"]), fontsize=7)
+    axes[1].invert_yaxis()
+    for thr in THRESHOLDS:
+        axes[1].axvline(thr, ls="--", c="0.5")
+    axes[1].set_xlabel("torsade metric score (C/F; circled: misclassified)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot(summary, path, title: str = ""):

@@ -21,6 +21,14 @@ Definitions (all per beat, times in ms from the start of the pacing cycle):
   potential; :func:`twinjax.models.ep.population.drug_trial` sets its APD change to NaN.
 - ``qNet``: integral over the beat of INaL + ICaL + Ito + IKr + IKs + IK1 (Dutta S,
   et al. 2017 Front Physiol 8:616), in C/F (= (A/F) * s).
+- ``max_dv``: the CiPA beat-selection metric (FDA/CiPA@e881df6
+  ``AP_simulation/AP_simulation.R``, ``max_dv``): the largest dV/dt (mV/ms) between
+  the first downward crossings of 30 % and 90 % repolarisation after the peak (until
+  the end of the beat if 90 % is not reached; from the peak to the end of the beat if
+  30 % is not reached or the beat started above ``-40 mV``); NaN for a depolarisation
+  failure (``V_peak`` below 0 mV) or a window of 1 ms or less. Negative for a normal
+  repolarisation, positive with an EAD. Here dV/dt is taken at the step midpoints
+  inside the window (the FDA code: at its 1-ms output points).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ NAMES = (
     "DF",
     "qNet",
     "V_end",
+    "max_dv",
 )
 
 
@@ -60,6 +69,10 @@ def init_acc(V0):
     )
     for x in LEVELS:
         acc[f"t{x}"] = z - 1.0
+    # max_dv (CiPA beat selection): window flags and times, running maxima
+    acc.update(
+        t_peak=z, t_last=z, w30=z, w90=z, tw30=z, tw90=z, mdv_post=z - jnp.inf, mdv_win=z - jnp.inf
+    )
     return acc
 
 
@@ -78,6 +91,7 @@ def update_acc(acc, active, t, dt, V0, V1, dvdt0, dvdt_mid, inet_mid):
         The updated accumulators.
     """
     a = dict(acc)
+    a.update(_update_max_dv(acc, active, t, dt, V0, V1, dvdt_mid))
     better0 = active & (dvdt0 > a["dVdt_max"])
     a["t_act"] = jnp.where(better0, t, a["t_act"])
     a["dVdt_max"] = jnp.where(better0, dvdt0, a["dVdt_max"])
@@ -103,6 +117,45 @@ def update_acc(acc, active, t, dt, V0, V1, dvdt0, dvdt_mid, inet_mid):
     return a
 
 
+def _update_max_dv(acc, active, t, dt, V0, V1, dvdt_mid):
+    """The accumulators of ``max_dv`` after one step (see the module docstring)."""
+    peak_up = active & (V1 > acc["V_peak"])  # a new maximum: the windows restart
+    t1 = t + dt
+    peak = jnp.maximum(acc["V_peak"], jnp.where(active, V1, acc["V_peak"]))
+    amp = peak - acc["V_rest"]
+    ok = active & ~peak_up & (peak >= DF_LEVEL) & (amp > 30.0)
+    neg_inf = jnp.full_like(V1, -jnp.inf)
+    a = {}
+    a["t_peak"] = jnp.where(peak_up, t1, acc["t_peak"])
+    a["t_last"] = jnp.where(active, t1, acc["t_last"])
+    post = jnp.where(active, jnp.maximum(acc["mdv_post"], dvdt_mid), acc["mdv_post"])
+    a["mdv_post"] = jnp.where(peak_up, neg_inf, post)
+    in_win = ok & (acc["w30"] > 0) & (acc["w90"] == 0)  # the step started inside
+    win = jnp.where(in_win, jnp.maximum(acc["mdv_win"], dvdt_mid), acc["mdv_win"])
+    a["mdv_win"] = jnp.where(peak_up, neg_inf, win)
+    dv = jnp.where(V0 - V1 != 0, V0 - V1, 1.0)
+    flags = {}
+    for x, key in ((30, "w30"), (90, "w90")):
+        thr = peak - x / 100.0 * amp
+        before = (acc["w30"] > 0) if x == 90 else True
+        cross = ok & before & (acc[key] == 0) & (V1 <= thr)
+        tc = t + dt * jnp.clip((V0 - thr) / dv, 0.0, 1.0)
+        flags[key] = jnp.where(peak_up, 0.0, jnp.where(cross, 1.0, acc[key]))
+        a[f"t{key}"] = jnp.where(cross, tc, acc[f"t{key}"])
+    a.update(flags)
+    return a
+
+
+def _finish_max_dv(acc):
+    fired = (acc["V_peak"] >= DF_LEVEL) & (acc["V_peak"] - acc["V_rest"] > 30.0)
+    window = fired & (acc["V_rest"] < RF_LEVEL) & (acc["w30"] > 0)
+    t_start = jnp.where(window, acc["tw30"], acc["t_peak"])
+    t_end = jnp.where(window & (acc["w90"] > 0), acc["tw90"], acc["t_last"])
+    value = jnp.where(window, acc["mdv_win"], acc["mdv_post"])
+    valid = (acc["V_peak"] >= DF_LEVEL) & (t_end - t_start > 1.0) & jnp.isfinite(value)
+    return jnp.where(valid, value, jnp.nan)
+
+
 def finish(acc, V_end):
     """Biomarkers of the beat (dict of (N,)) from its accumulators and final V."""
     out = {}
@@ -119,6 +172,7 @@ def finish(acc, V_end):
     out["DF"] = acc["V_peak"] < DF_LEVEL
     out["qNet"] = acc["qnet"]
     out["V_end"] = V_end
+    out["max_dv"] = _finish_max_dv(acc)
     return out
 
 
@@ -157,4 +211,34 @@ def from_trace(t, V, inet=None) -> dict:
     out["RF"] = bool(V[-1] > RF_LEVEL or rest > RF_LEVEL or np.isnan(out["APD90"]))
     out["DF"] = bool(peak < DF_LEVEL)
     out["qNet"] = float(np.trapezoid(inet, t) / 1000.0) if inet is not None else np.nan
+    out["max_dv"] = _max_dv_trace(t, V, dvdt, rest, peak)
     return out
+
+
+def _max_dv_trace(t, V, dvdt, rest, peak) -> float:
+    """``max_dv`` of a dense trace (dV/dt of each sample interval, at its midpoint)."""
+    if peak < DF_LEVEL:
+        return float("nan")
+    k = int(np.argmax(V))
+    tm = 0.5 * (t[1:] + t[:-1])
+    amp = peak - rest
+    start, end = t[k], t[-1]
+
+    def first_crossing(x):
+        thr = peak - x / 100.0 * amp
+        i = np.nonzero((np.arange(len(V) - 1) >= k) & (V[:-1] > thr) & (V[1:] <= thr))[0]
+        if len(i) == 0:
+            return None
+        i = i[0]
+        return t[i] + (t[i + 1] - t[i]) * (V[i] - thr) / (V[i] - V[i + 1])
+
+    t30 = first_crossing(30) if amp > 30.0 and rest < RF_LEVEL else None
+    if t30 is not None:
+        start = t30
+        t90 = first_crossing(90)
+        if t90 is not None:
+            end = t90
+    if end - start <= 1.0:
+        return float("nan")
+    sel = (tm > start) & (tm < end)
+    return float(dvdt[sel].max()) if sel.any() else float("nan")
