@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._map import FitResult, Spec, f_and_jac, predict
+from ._map import FitResult, f_and_jac, make_spec, obs_moments, obs_transform, predict
 
 __all__ = ["cwres", "simulate_replicates"]
 
@@ -31,23 +31,27 @@ def cwres(fit: FitResult) -> np.ndarray:
         fit: a :class:`FitResult` (typically the post-hoc fit of a population fit).
 
     Returns:
-        ``(N, T)`` CWRES, NaN where there is no observation or the subject failed.
+        ``(N, T)`` CWRES, NaN where there is no observation or the subject failed;
+        NaN on censored records too (they have no residual), which are also left out
+        of the other records' covariance.
     """
-    spec = Spec(fit.model, fit.solver, fit.output, fit.names, fit.error)
+    spec, errors = _spec(fit)
     fd = fit.data
+    obs = fd.obs()
     tv = {k: jnp.asarray(v) for k, v in fit.typical.items()}
     eta = jnp.asarray(np.nan_to_num(fit.etas))
-    f, J, _ = f_and_jac(spec, tv, eta, fd.ev, jnp.asarray(fd.t_eval))
-    sigma = fit.error.sigma()
-    m, s, dm, _ = fit.error.moments_and_slopes(f, sigma)
+    f, J, _ = f_and_jac(spec, tv, eta, fd.ev, jnp.asarray(fd.t_eval), obs.out)
+    sigma = jnp.concatenate([e.sigma() for e in errors])
+    m, s, dm, _ = obs_moments(spec, f, sigma, obs.out, slopes=True)
     Jm = np.asarray(dm[..., None] * J)
     m, s = np.asarray(m), np.asarray(s)
-    yt = np.asarray(fit.error.observed(jnp.asarray(fd.dv)))
+    yt = np.asarray(obs_transform(spec, obs.dv, obs.out))
     omega = np.asarray(fit.population.omega)
     out = np.full(fd.dv.shape, np.nan)
     e = np.asarray(eta)
+    used = fd.mask & ~fd.censored
     for i in range(fd.n):
-        sel = fd.mask[i]
+        sel = used[i]
         if not sel.any() or not np.isfinite(fit.objective[i]):
             continue
         Ji = Jm[i][sel]
@@ -76,11 +80,12 @@ def simulate_replicates(fit: FitResult, n_rep: int, key, *, residual: bool = Tru
         residual: add residual error.
 
     Returns:
-        ``(n_rep, N, T)`` simulated observations (natural scale).
+        ``(n_rep, N, T)`` simulated observations (natural scale), each record of its
+        own output (several outputs) and uncensored.
     """
     fd = fit.data
     pop = fit.population
-    spec = Spec(fit.model, fit.solver, fit.output, fit.names, fit.error)
+    spec, errors = _spec(fit)
     N, k = fd.n, len(fit.names)
     k_eta, k_eps = jax.random.split(key)
     L = np.linalg.cholesky(np.asarray(pop.omega) + 1e-12 * np.eye(k))
@@ -90,7 +95,19 @@ def simulate_replicates(fit: FitResult, n_rep: int, key, *, residual: bool = Tru
     ev = jax.tree.map(tile, fd.ev)
     from ._map import individual_params
 
-    f, _ = predict(spec, individual_params(spec, tv, etas), ev, tile(fd.t_eval))
-    if residual:
-        f = fit.error.sample(k_eps, f)
+    out = tile(fd.obs().out)
+    f, _ = predict(spec, individual_params(spec, tv, etas), ev, tile(fd.t_eval), out)
+    if residual:  # each record with its own output's error model
+        keys = jax.random.split(k_eps, len(errors))
+        draws = [e.sample(kk, f) for e, kk in zip(errors, keys)]
+        f = draws[0]
+        for j in range(1, len(draws)):
+            f = jnp.where(out == j, draws[j], f)
     return np.asarray(f).reshape(n_rep, N, -1)
+
+
+def _spec(fit: FitResult):
+    """The fit's problem description and its error models, in output order."""
+    outputs = fit.outputs or (fit.output,)
+    errors = tuple(fit.errors[o] for o in outputs) if fit.errors else (fit.error,)
+    return make_spec(fit.model, fit.solver, fit.names, errors, outputs, fit.censoring), errors

@@ -43,6 +43,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import log_ndtr
 
 from ..data import Dataset
 from ..dosing._regimen import EventTable, Regimen, compile_regimens
@@ -53,6 +54,7 @@ from ..solve._devices import per_device
 from ..solve._engine import blocked
 from ..solve._ensemble import Ensemble
 from ..solve._simulate import _simulate_core
+from ._censoring import CENSORING, censored_nll
 from ._residual import ErrorModel
 
 __all__ = ["FitResult", "fit_individual", "prepare_data"]
@@ -83,6 +85,12 @@ class FitData:
         regimens: one :class:`~twinjax.Regimen` per subject.
         ev: the compiled ``(N, ...)`` event table (shifted as described).
         covariates: a pandas DataFrame of baseline covariates, one row per subject.
+        cens: ``(N, T)`` int censoring flags: 0 observed, 1 below ``dv`` (the LLOQ),
+            -1 above ``dv`` (None: no censoring).
+        limit: ``(N, T)`` the other end of a censoring interval (NaN: none).
+        out: ``(N, T)`` int: the index in ``outputs`` of each record's output.
+        outputs: the fitted outputs, in the order of the error models.
+        lines: ``(N, T)`` file lines of the records (0: unknown), for messages.
     """
 
     ids: list
@@ -93,14 +101,44 @@ class FitData:
     regimens: list
     ev: EventTable
     covariates: Any
+    cens: np.ndarray | None = None
+    limit: np.ndarray | None = None
+    out: np.ndarray | None = None
+    outputs: tuple = ()
+    lines: np.ndarray | None = None
 
     @property
     def n(self) -> int:
         return len(self.ids)
 
+    @property
+    def censored(self) -> np.ndarray:
+        """``(N, T)`` bool: used records that are censored."""
+        if self.cens is None:
+            return np.zeros(self.mask.shape, bool)
+        return self.mask & (self.cens != 0)
+
+    def obs(self, dtype=None) -> Obs:
+        """The observations as the :class:`Obs` the objective takes."""
+        dtype = dtype or self.ev.time.dtype
+        shape = self.dv.shape
+        cens = np.zeros(shape, np.int32) if self.cens is None else self.cens
+        limit = np.full(shape, np.nan) if self.limit is None else self.limit
+        out = np.zeros(shape, np.int32) if self.out is None else self.out
+        return Obs(
+            jnp.asarray(self.dv, dtype),
+            jnp.asarray(cens, jnp.int32),
+            jnp.asarray(limit, dtype),
+            jnp.asarray(out, jnp.int32),
+        )
+
     def subset(self, idx) -> FitData:
         """The subjects at positions ``idx``."""
         idx = np.asarray(idx, dtype=np.int64)
+
+        def take(a):
+            return None if a is None else a[idx]
+
         return FitData(
             ids=[self.ids[i] for i in idx],
             times=self.times[idx],
@@ -110,7 +148,38 @@ class FitData:
             regimens=[self.regimens[i] for i in idx],
             ev=jax.tree.map(lambda a: a[idx], self.ev),
             covariates=self.covariates.iloc[idx],
+            cens=take(self.cens),
+            limit=take(self.limit),
+            out=take(self.out),
+            outputs=self.outputs,
+            lines=take(self.lines),
         )
+
+
+class Obs(eqx.Module):
+    """Observations as the objective sees them (all ``(N, T)``).
+
+    Attributes:
+        dv: the observation; for a censored record its limit (LLOQ for ``cens`` 1,
+            the upper limit for -1).
+        cens: 0 observed, 1 left-censored (below ``dv``), -1 right-censored (above).
+        limit: the other end of a censoring interval (NaN: none).
+        out: index of the record's output in the fit's outputs.
+    """
+
+    dv: jax.Array
+    cens: jax.Array
+    limit: jax.Array
+    out: jax.Array
+
+
+def as_obs(y) -> Obs:
+    """``y`` as an :class:`Obs` (a plain array: uncensored records of output 0)."""
+    if isinstance(y, Obs):
+        return y
+    y = jnp.asarray(y)
+    z = jnp.zeros(y.shape, jnp.int32)
+    return Obs(y, z, jnp.full(y.shape, jnp.nan, y.dtype), z)
 
 
 def _pre_dose_flags(ds: Dataset) -> list[np.ndarray]:
@@ -129,7 +198,114 @@ def _pre_dose_flags(ds: Dataset) -> list[np.ndarray]:
     return out
 
 
-def prepare_data(model: Model, data, error: ErrorModel | None = None, dtype=None) -> FitData:
+def resolve_outputs(model: Model, error, output: str | None = None):
+    """``(outputs, errors)``: the fitted outputs and their error models.
+
+    ``error`` is one :class:`ErrorModel` (for ``output``, default the model's first
+    output) or a mapping ``{output: ErrorModel}`` (several outputs; ``output`` must
+    then be None or the first of them).
+
+    Raises:
+        ValueError: an unknown output, an empty mapping, a value that is no ErrorModel.
+        TypeError: ``error`` of another kind.
+    """
+    if error is None:
+        error = ErrorModel("additive", add=1.0)
+    if isinstance(error, ErrorModel):
+        outputs: tuple = (output or model.output_names[0],)
+        errors: tuple = (error,)
+    elif isinstance(error, Mapping):
+        if not error:
+            raise ValueError("error={} names no output; give {output: ErrorModel(...)}")
+        outputs = tuple(error)
+        errors = tuple(error.values())
+        bad = [k for k, e in error.items() if not isinstance(e, ErrorModel)]
+        if bad:
+            raise TypeError(f"error[{bad[0]!r}] must be an ErrorModel, got {error[bad[0]]!r}")
+        if output is not None and output != outputs[0]:
+            raise ValueError(
+                f"output={output!r} with error per output {list(outputs)}: the outputs "
+                "are the keys of error; leave output out"
+            )
+    else:
+        raise TypeError(
+            f"error must be an ErrorModel or {{output: ErrorModel}}, got {type(error).__name__}"
+        )
+    unknown = [o for o in outputs if o not in model.output_names]
+    if unknown:
+        raise ValueError(f"unknown output {unknown[0]!r}; the model has {list(model.output_names)}")
+    return outputs, errors
+
+
+def _tag_outputs(tags, used, lines, outputs, dvid, column) -> np.ndarray:
+    """``(N, T)`` output indices from the records' tags; refuses unknown tags."""
+    mapping: dict = {}
+    if dvid is not None:
+        bad = {k: v for k, v in dict(dvid).items() if v not in outputs}
+        if bad:
+            k = next(iter(bad))
+            raise ValueError(
+                f"dvid maps {column} {k!r} to {bad[k]!r}, which is not a fitted output; "
+                f"the fitted outputs are {list(outputs)}"
+            )
+        mapping = {_tag_key(k): outputs.index(v) for k, v in dict(dvid).items()}
+        allowed = ", ".join(f"{k!r} -> {v!r}" for k, v in dict(dvid).items())
+    else:
+        for j, o in enumerate(outputs):
+            mapping[_tag_key(o)] = j
+            mapping[_tag_key(j + 1)] = j
+        allowed = ", ".join(f"{j + 1} or {o!r} -> {o!r}" for j, o in enumerate(outputs))
+    out = np.zeros(used.shape, np.int32)
+    problems = []
+    for i, t in zip(*np.nonzero(used)):
+        key = _tag_key(tags[i, t])
+        if key not in mapping:
+            where = (
+                f"line {int(lines[i, t])}"
+                if lines is not None and lines[i, t]
+                else (f"subject {i}, observation {t}")
+            )
+            problems.append(f"{where}: {column} {tags[i, t]!r}")
+        else:
+            out[i, t] = mapping[key]
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError(
+            f"{len(problems)} observation record(s) name no fitted output: "
+            + "; ".join(problems[:5])
+            + more
+            + f". Allowed {column} values: {allowed}"
+            + ("" if dvid is not None else " (or give dvid={value: output})")
+        )
+    return out
+
+
+def _tag_key(v):
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return v.strip()
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return v
+    if np.isnan(x):
+        return None
+    return int(x) if x.is_integer() else x
+
+
+def prepare_data(
+    model: Model,
+    data,
+    error=None,
+    dtype=None,
+    *,
+    output: str | None = None,
+    lloq: float | None = None,
+    censoring: str | None = None,
+    dvid=None,
+    output_column: str = "DVID",
+) -> FitData:
     """Turn a dataset into the padded arrays the fits run on.
 
     NONMEM processes records in file order, so an observation listed *before* a dose
@@ -144,14 +320,26 @@ def prepare_data(model: Model, data, error: ErrorModel | None = None, dtype=None
         data: a :class:`~twinjax.data.Dataset`, or a mapping with ``times`` (N, T),
             ``dv`` (N, T), optional ``mask`` (N, T), ``regimens`` (N Regimens),
             optional ``covariates`` (DataFrame or ``{name: (N,)}``) and ``ids``.
-        error: the residual error model (``"log"`` leaves out DV <= 0).
+        error: the residual error model (``"log"`` leaves out DV <= 0), or a mapping
+            ``{output: ErrorModel}`` for several outputs (see :func:`fit_individual`).
         dtype: floating dtype of the arrays.
+        output: the single fitted output (default: the model's first).
+        lloq: a constant LLOQ: observations below it are left-censored at it
+            (besides those the dataset's ``CENS``/``BLQ``/``LLOQ`` columns mark).
+        censoring: ``"m3"``, ``"m4"`` or ``"drop"`` (leave censored records out);
+            None: ``"m3"``.
+        dvid: ``{tag: output}``: which output a record's tag (``output_column``)
+            names; default: tag ``k`` (1, 2, ...) is the k-th output, and a tag equal to
+            an output name is that output.
+        output_column: ``"DVID"`` (default) or ``"CMT"``: the column tagging records.
 
     Returns:
         A :class:`FitData`.
 
     Raises:
-        ValueError: inconsistent shapes or a missing field.
+        ValueError: inconsistent shapes, a missing field, an unknown output, or a
+            record whose tag names no fitted output (naming its line and the allowed
+            tags).
     """
     import pandas as pd
 
@@ -159,9 +347,24 @@ def prepare_data(model: Model, data, error: ErrorModel | None = None, dtype=None
     dtype = dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)  # type: ignore[attr-defined]
     if isinstance(data, FitData):
         return data
+    outputs, errors = resolve_outputs(model, error, output)
+    if censoring is not None and censoring not in CENSORING:
+        raise ValueError(f"censoring must be one of {list(CENSORING)}, got {censoring!r}")
+    if lloq is not None and not (np.isfinite(lloq)):
+        raise ValueError(f"lloq must be a finite number, got {lloq!r}")
+    if output_column not in ("DVID", "CMT"):
+        raise ValueError(f"output_column must be 'DVID' or 'CMT', got {output_column!r}")
+    tags = lines = None
     if isinstance(data, Dataset):
         pad = data.padded()
         ids, times, dv, mask, regimens = pad.ids, pad.times, pad.dv, pad.mask, pad.regimens
+        cens = np.asarray(pad.cens, np.int32)
+        limit = np.asarray(pad.limit, float)
+        dv = np.where(cens != 0, np.asarray(pad.lloq), dv)
+        lines = pad.lines
+        tags = pad.dvid if output_column == "DVID" else pad.cmt
+        if output_column == "DVID" and "DVID" not in [c.upper() for c in data.data.columns]:
+            tags = None
         covariates = data.covariates.reset_index()
         flags = _pre_dose_flags(data)
         pre = np.zeros_like(mask)
@@ -186,13 +389,53 @@ def prepare_data(model: Model, data, error: ErrorModel | None = None, dtype=None
         cov = data.get("covariates")
         covariates = pd.DataFrame(dict(cov) if cov is not None else {}, index=range(len(ids)))
         pre = np.asarray(data.get("pre_dose", np.zeros(times.shape, bool)), dtype=bool)
+        cens = np.asarray(data.get("cens", np.zeros(times.shape, np.int32)), dtype=np.int32)
+        limit = np.asarray(data.get("limit", np.full(times.shape, np.nan)), dtype=float)
+        if cens.shape != times.shape or limit.shape != times.shape:
+            raise ValueError(f"cens and limit must be {times.shape} arrays like times")
+        if not np.all(np.isin(cens, (0, 1, -1))):
+            raise ValueError("cens values must be 0 (observed), 1 (below dv) or -1 (above dv)")
+        if "dvid" in data:
+            tags = np.asarray(data["dvid"], dtype=object)
+            if tags.shape != times.shape:
+                raise ValueError(f"dvid must be a {times.shape} array like times")
     else:
         raise TypeError(
             f"data must be a twinjax Dataset or a mapping of arrays, got {type(data).__name__}"
         )
-    if error is not None:
-        use = np.asarray(error.usable(jnp.asarray(dv)))
-        mask = mask & use
+    if lloq is not None:  # a constant LLOQ: observations below it are censored at it
+        below = mask & (cens == 0) & (dv < lloq)
+        cens = np.where(below, 1, cens).astype(np.int32)
+        dv = np.where(below, lloq, dv)
+    if censoring == "drop":  # Beal's M1: censored records are left out
+        mask = mask & (cens == 0)
+    cens = np.where(mask, cens, 0).astype(np.int32)
+    # output of each record
+    if len(outputs) > 1:
+        if tags is None:
+            raise ValueError(
+                f"several outputs {list(outputs)} are fitted but the data tag no records with "
+                f"an output: give a {output_column} column (or 'dvid' in a data mapping)"
+            )
+        out = _tag_outputs(tags, mask, lines, outputs, dvid, output_column)
+    elif tags is not None and dvid is not None:
+        out = _tag_outputs(tags, mask, lines, outputs, dvid, output_column)
+    else:
+        out = np.zeros(times.shape, np.int32)
+        if tags is not None and output_column == "DVID":
+            seen = sorted({_tag_key(t) for t in tags[mask]} - {None}, key=str)
+            if len(seen) > 1:
+                raise ValueError(
+                    f"the data tag observations with DVID values {seen} but one output "
+                    f"{outputs[0]!r} is fitted; give error={{output: ErrorModel}} for each "
+                    "output (and dvid={value: output} if the values are not 1, 2, ...)"
+                )
+    # records an error model cannot use (DV <= 0 of a log error)
+    for j, e in enumerate(errors):
+        sel = out == j
+        use = np.asarray(e.usable(jnp.asarray(dv)))
+        mask = mask & (~sel | use)
+    cens = np.where(mask, cens, 0).astype(np.int32)
     dv = np.where(mask, dv, 1.0)
     N = times.shape[0]
     shift = np.where(np.any(pre & (times < PRE_DOSE_EPS), axis=1), PRE_DOSE_EPS, 0.0)
@@ -217,7 +460,21 @@ def prepare_data(model: Model, data, error: ErrorModel | None = None, dtype=None
     covariates = covariates.reset_index(drop=True)
     if len(covariates) != N:
         raise ValueError(f"covariate table has {len(covariates)} rows, need {N}")
-    return FitData(ids, times, t_eval, dv, mask, regimens, ev, covariates)
+    return FitData(
+        ids,
+        times,
+        t_eval,
+        dv,
+        mask,
+        regimens,
+        ev,
+        covariates,
+        cens=cens,
+        limit=np.where(cens != 0, limit, np.nan),
+        out=out,
+        outputs=tuple(outputs),
+        lines=lines,
+    )
 
 
 # ============================================================================ priors
@@ -250,13 +507,99 @@ def typical_values(pop: Population, covariates, n: int) -> dict:
 
 # ============================================================================ numerics
 class Spec(eqx.Module):
-    """The static description of a fitting problem (model, solver, output, etas)."""
+    """The static description of a fitting problem (model, solver, outputs, etas).
+
+    ``output`` / ``error``: the (first) fitted output and its error model; with several
+    outputs ``outputs`` and ``errors`` list them all (the residual SDs ``sigma`` are
+    then the error models' SDs one after the other). ``censoring``: ``"none"`` (no
+    censored records: the plain Gaussian objective), ``"m3"`` or ``"m4"``.
+    """
 
     model: Model
     solver: AbstractSolver
     output: str = eqx.field(static=True)
     names: tuple = eqx.field(static=True)
     error: ErrorModel = eqx.field(static=True)
+    outputs: tuple = eqx.field(static=True, default=())
+    errors: tuple = eqx.field(static=True, default=())
+    censoring: str = eqx.field(static=True, default="none")
+
+    def all_outputs(self) -> tuple:
+        return self.outputs or (self.output,)
+
+    def all_errors(self) -> tuple:
+        return self.errors or (self.error,)
+
+    def sigma_parts(self, sigma) -> list:
+        """``sigma`` split into one vector per error model."""
+        parts, off = [], 0
+        for e in self.all_errors():
+            parts.append(sigma[off : off + len(e.names)])
+            off += len(e.names)
+        return parts
+
+
+def make_spec(model, solver, names, errors, outputs, censoring="none") -> Spec:
+    """A :class:`Spec` (error models with default SDs: the SDs are arguments)."""
+    errs = tuple(ErrorModel(e.kind) for e in errors)
+    if len(outputs) == 1:
+        return Spec(model, solver, outputs[0], tuple(names), errs[0], censoring=censoring)
+    return Spec(model, solver, outputs[0], tuple(names), errs[0], tuple(outputs), errs, censoring)
+
+
+def _select(out, values: list):
+    """Per record the value of its output: ``values[out]`` (a list of arrays)."""
+    if len(values) == 1:
+        return values[0]
+    acc = values[0]
+    for j in range(1, len(values)):
+        acc = jnp.where(out == j, values[j], acc)
+    return acc
+
+
+def obs_moments(spec: Spec, f, sigma, out, slopes: bool = False):
+    """Mean and SD (and with ``slopes`` their derivatives in ``f``) of each record's
+    (transformed) observation, from its own output's error model."""
+    parts = spec.sigma_parts(sigma)
+    vals = [
+        (e.moments_and_slopes(f, sg) if slopes else e.moments(f, sg))
+        for e, sg in zip(spec.all_errors(), parts)
+    ]
+    return tuple(_select(out, [v[i] for v in vals]) for i in range(len(vals[0])))
+
+
+def obs_transform(spec: Spec, y, out):
+    """Each record's observation on the scale its error model is Gaussian."""
+    return _select(out, [e.observed(y) for e in spec.all_errors()])
+
+
+def _is_log(spec: Spec, out):
+    kinds = [e.kind == "log" for e in spec.all_errors()]
+    return _select(out, [jnp.asarray(k) for k in kinds]) & jnp.ones(out.shape, bool)
+
+
+def extra_nll(spec: Spec, f, sigma, obs: Obs):
+    """Per record (``(N, T)``): the censored records' ``-2 log P(interval)`` and, for M4,
+    the ``+2 log Phi(m/s)`` conditioning of every record on a positive value (0 for a
+    log error model, whose values are positive anyway). Elementwise in ``f``."""
+    m, s = obs_moments(spec, f, sigma, obs.out)
+    is_log = _is_log(spec, obs.out)
+    m4 = spec.censoring == "m4"
+    bound = obs_transform(spec, obs.dv, obs.out)
+    lim = obs.limit
+    lim_ok = jnp.isfinite(lim) & ~(is_log & (lim <= 0))
+    lim_t = jnp.where(lim_ok, obs_transform(spec, jnp.where(lim_ok, lim, 1.0), obs.out), 0.0)
+    left = obs.cens == 1
+    lo = jnp.where(lim_ok, lim_t, -jnp.inf)
+    if m4:  # the value is positive: the interval starts at 0 at most
+        lo = jnp.where(is_log, lo, jnp.maximum(lo, 0.0))
+    lo = jnp.where(left, lo, bound)
+    hi = jnp.where(left, bound, jnp.where(lim_ok, lim_t, jnp.inf))
+    cens = jnp.where(obs.cens != 0, censored_nll(m, s, lo, hi), 0.0)
+    if m4:
+        cond = jnp.where(is_log, 0.0, 2.0 * log_ndtr(m / s))
+        cens = cens + cond
+    return cens
 
 
 def individual_params(spec: Spec, tv: dict, eta) -> dict:
@@ -267,18 +610,22 @@ def individual_params(spec: Spec, tv: dict, eta) -> dict:
     return p
 
 
-def predict(spec: Spec, p: dict, ev, ts):
-    """``(f, status)``: the fitted output at ``ts`` (N, T) and per-subject status."""
+def predict(spec: Spec, p: dict, ev, ts, out=None):
+    """``(f, status)``: each record's fitted output at ``ts`` (N, T) and per-subject
+    status; ``out`` (N, T) selects the output of each record (default: the first)."""
     _, outputs, status = _simulate_core(spec.model, spec.solver, p, ev, ts)
-    return outputs[spec.output], status
+    names = spec.all_outputs()
+    if out is None or len(names) == 1:
+        return outputs[names[0]], status
+    return _select(out, [outputs[o] for o in names]), status
 
 
-def f_and_jac(spec: Spec, tv: dict, eta, ev, ts):
+def f_and_jac(spec: Spec, tv: dict, eta, ev, ts, out=None):
     """Predictions ``(N, T)``, Jacobians ``df/deta`` ``(N, T, k)`` and status (N,)."""
     k = eta.shape[-1]
 
     def f(e):
-        return predict(spec, individual_params(spec, tv, e), ev, ts)
+        return predict(spec, individual_params(spec, tv, e), ev, ts, out)
 
     def one(v):
         return jax.jvp(f, (eta,), (jnp.broadcast_to(v, eta.shape),), has_aux=True)
@@ -291,28 +638,58 @@ def f_and_jac(spec: Spec, tv: dict, eta, ev, ts):
 
 
 def subject_terms(spec: Spec, f, J, y, mask, sigma):
-    """Data part of the objective, its gradient and Fisher curvature, per subject.
+    """Data part of the objective, its gradient and curvature, per subject.
+
+    Uncensored records: ``((y - m)/s)^2 + log s^2`` with the expected (Fisher)
+    curvature ``2 (m'^2 + 2 s'^2) / s^2 J J'``. Censored records (and M4's conditioning
+    on positive values): ``-2 log P`` (:func:`extra_nll`), with the exact gradient and,
+    as curvature, the exact second derivative in the prediction ``f`` times ``J J'``
+    (the second derivative of ``f`` in eta neglected, as FOCE does); a record's total
+    curvature coefficient is floored at 0 so the curvature stays positive semidefinite.
+
+    Arguments:
+        y: ``(N, T)`` observations or an :class:`Obs` (censoring flags, outputs).
 
     Returns:
         ``(O, G, H, m, s)``: ``(N,)``, ``(N, k)``, ``(N, k, k)`` and the ``(N, T)``
         mean and SD of the transformed observations.
     """
-    m, s, dm, ds = spec.error.moments_and_slopes(f, sigma)
-    yt = spec.error.observed(y)
-    w = mask.astype(f.dtype)
-    r = jnp.where(mask, (yt - m) / s, 0.0)
-    logs2 = jnp.where(mask, 2.0 * jnp.log(s), 0.0)
+    obs = as_obs(y)
+    m, s, dm, ds = obs_moments(spec, f, sigma, obs.out, slopes=True)
+    yt = obs_transform(spec, obs.dv, obs.out)
+    censored = spec.censoring != "none"
+    gmask = (mask & (obs.cens == 0)) if censored else mask
+    w = gmask.astype(f.dtype)
+    r = jnp.where(gmask, (yt - m) / s, 0.0)
+    logs2 = jnp.where(gmask, 2.0 * jnp.log(s), 0.0)
     O = jnp.sum(r**2 + logs2, axis=-1)
     Jm = dm[..., None] * J
     Js = ds[..., None] * J
-    coef_m = jnp.where(mask, -2.0 * r / s, 0.0)
-    coef_s = jnp.where(mask, (2.0 - 2.0 * r**2) / s, 0.0)
+    coef_m = jnp.where(gmask, -2.0 * r / s, 0.0)
+    coef_s = jnp.where(gmask, (2.0 - 2.0 * r**2) / s, 0.0)
     G = jnp.einsum("nt,ntk->nk", coef_m, Jm) + jnp.einsum("nt,ntk->nk", coef_s, Js)
-    inv_s2 = jnp.where(mask, 1.0 / s**2, 0.0) * w
-    H = 2.0 * (
-        jnp.einsum("nt,ntk,ntl->nkl", inv_s2, Jm, Jm)
-        + 2.0 * jnp.einsum("nt,ntk,ntl->nkl", inv_s2, Js, Js)
-    )
+    inv_s2 = jnp.where(gmask, 1.0 / s**2, 0.0) * w
+    if not censored:
+        H = 2.0 * (
+            jnp.einsum("nt,ntk,ntl->nkl", inv_s2, Jm, Jm)
+            + 2.0 * jnp.einsum("nt,ntk,ntl->nkl", inv_s2, Js, Js)
+        )
+        return O, G, H, m, s
+    ones = jnp.ones_like(f)
+
+    def ell(ff):
+        return extra_nll(spec, ff, sigma, obs)
+
+    def d1(ff):
+        return jax.jvp(ell, (ff,), (ones,))
+
+    (l0, l1), (_, l2) = jax.jvp(d1, (f,), (ones,))
+    l0 = jnp.where(mask, l0, 0.0)
+    l1 = jnp.where(mask, l1, 0.0)
+    c = jnp.where(mask, 2.0 * inv_s2 * (dm**2 + 2.0 * ds**2) + l2, 0.0)
+    O = O + jnp.sum(l0, axis=-1)
+    G = G + jnp.einsum("nt,ntk->nk", l1, J)
+    H = jnp.einsum("nt,ntk,ntl->nkl", jnp.maximum(c, 0.0), J, J)
     return O, G, H, m, s
 
 
@@ -323,7 +700,7 @@ def posterior_terms(spec: Spec, tv, eta, ev, ts, y, mask, sigma, omega_inv):
         ``(O, G, H, f, status, ok)``; ``O`` is ``inf`` where ``ok`` is False (failed
         simulation or non-finite values).
     """
-    f, J, st = f_and_jac(spec, tv, eta, ev, ts)
+    f, J, st = f_and_jac(spec, tv, eta, ev, ts, as_obs(y).out)
     O, G, H, _, _ = subject_terms(spec, f, J, y, mask, sigma)
     Oi = omega_inv
     O = O + jnp.einsum("nk,kl,nl->n", eta, Oi, eta)
@@ -550,20 +927,23 @@ def _optx_batched(spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_steps, 
     Residuals: ``[(y - m) / s ; L^-1 eta]`` with ``Omega = L L'``. With an SD that
     depends on the prediction the SD is held at its value at the current prediction
     (the log-SD term is not a square), so only additive/log error give the exact MAP.
+    Censored records have no residual form: :func:`fit_individual` refuses them here.
     """
     import optimistix as optx
 
     L = jnp.linalg.cholesky(jnp.linalg.inv(omega_inv))
+    obs = as_obs(y)
 
     def one(tv_i, eta_i, ev_i, ts_i, y_i, m_i):
         tv1 = jax.tree.map(lambda a: a[None], tv_i)
         ev1 = jax.tree.map(lambda a: a[None], ev_i)
 
         def resid(e, _):
-            f, _st = predict(spec, individual_params(spec, tv1, e[None]), ev1, ts_i[None])
-            m, s = spec.error.moments(f[0], sigma)
+            p = individual_params(spec, tv1, e[None])
+            f, _st = predict(spec, p, ev1, ts_i[None], y_i.out[None])
+            m, s = obs_moments(spec, f[0], sigma, y_i.out)
             s = jax.lax.stop_gradient(s)
-            r = jnp.where(m_i, (spec.error.observed(y_i) - m) / s, 0.0)
+            r = jnp.where(m_i, (obs_transform(spec, y_i.dv, y_i.out) - m) / s, 0.0)
             return jnp.concatenate([r, jax.scipy.linalg.solve_triangular(L, e, lower=True)])
 
         solver = optx.LevenbergMarquardt(rtol=rtol, atol=rtol)
@@ -572,7 +952,7 @@ def _optx_batched(spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_steps, 
         )
         return sol.value
 
-    return jax.vmap(one)(tv, eta0, ev, ts, y, mask)
+    return jax.vmap(one)(tv, eta0, ev, ts, obs, mask)
 
 
 # ============================================================================ result
@@ -601,7 +981,11 @@ class FitResult:
             log scale for a log error model; NaN where ``mask`` is False).
         shrinkage: ``{name: float}`` eta-shrinkage ``1 - SD(eta) / omega`` over the
             converged subjects.
-        model, population, error, solver, output: what was fitted.
+        model, population, error, solver, output: what was fitted (with several
+            outputs: the first output and its error model).
+        outputs: the fitted outputs; errors: ``{output: ErrorModel}``.
+        censoring: ``"none"``, ``"m3"`` or ``"m4"``; censored: ``(N, T)`` bool, the
+            censored records (their ``dv`` is the limit, their IWRES NaN).
     """
 
     ids: list
@@ -630,10 +1014,18 @@ class FitResult:
     output: str
     data: FitData
     typical: dict
+    outputs: tuple = ()
+    errors: dict = dataclasses.field(default_factory=dict)
+    censoring: str = "none"
 
     @property
     def n(self) -> int:
         return len(self.ids)
+
+    @property
+    def censored(self) -> np.ndarray:
+        """``(N, T)`` bool: the censored records used in the fit."""
+        return self.data.censored
 
     def index(self, subject=None) -> int:
         """The position of ``subject`` (an ID; default: the only subject)."""
@@ -664,20 +1056,26 @@ class FitResult:
         return df
 
     def observations(self):
-        """A long table: ID, TIME, DV, PRED, IPRED, IWRES (used observations only)."""
+        """A long table: ID, TIME, DV, PRED, IPRED, IWRES (used observations only),
+        and ``OUTPUT`` (several outputs) and ``CENS`` (censored data; DV is then the
+        limit)."""
         import pandas as pd
 
         rows = np.nonzero(self.mask)
-        return pd.DataFrame(
-            dict(
-                ID=np.asarray(self.ids, dtype=object)[rows[0]],
-                TIME=self.times[rows],
-                DV=self.dv[rows],
-                PRED=self.pred[rows],
-                IPRED=self.ipred[rows],
-                IWRES=self.iwres[rows],
-            )
+        cols = dict(
+            ID=np.asarray(self.ids, dtype=object)[rows[0]],
+            TIME=self.times[rows],
+            DV=self.dv[rows],
+            PRED=self.pred[rows],
+            IPRED=self.ipred[rows],
+            IWRES=self.iwres[rows],
         )
+        fd = self.data
+        if len(self.outputs) > 1 and fd.out is not None:
+            cols["OUTPUT"] = np.asarray(self.outputs, dtype=object)[fd.out[rows]]
+        if self.censoring != "none" and fd.cens is not None:
+            cols["CENS"] = fd.cens[rows]
+        return pd.DataFrame(cols)
 
     def forecast(
         self, regimen, times, *, n_samples: int = 500, key=None, subject=None, level: float = 0.9
@@ -716,7 +1114,7 @@ def fit_individual(
     model: Model,
     data,
     prior,
-    error: ErrorModel | None = None,
+    error: ErrorModel | Mapping[str, ErrorModel] | None = None,
     *,
     output: str | None = None,
     solver: AbstractSolver | None = None,
@@ -729,6 +1127,10 @@ def fit_individual(
     adam_lr: float = 0.02,
     devices: int | None = None,
     block: int | None = None,
+    censoring: str | None = None,
+    lloq: float | None = None,
+    dvid=None,
+    output_column: str = "DVID",
 ) -> FitResult:
     """MAP fits of every subject of a dataset in one compiled, batched run.
 
@@ -738,8 +1140,13 @@ def fit_individual(
         prior: a :class:`~twinjax.Population` (typical values, covariate effects and
             Omega of the parameters with IIV, which are the fitted ones) or a dict
             ``{"typical": {...}, "omega": ..., "iiv": [...]}``.
-        error: the residual error model (default additive with SD 1).
-        output: the model output compared with DV (default: the first output).
+        error: the residual error model (default additive with SD 1), or one per
+            output, ``{output: ErrorModel}``: several outputs fitted jointly (e.g.
+            ``{"pk.C": ErrorModel("proportional"), "pd.E": ErrorModel("additive")}``),
+            each record compared with the output its ``DVID`` (or ``output_column``)
+            names.
+        output: the model output compared with DV (default: the first output; not
+            with a mapping ``error``).
         solver: a forward-mode differentiable solver: ``solvers.Ensemble()`` (default)
             or ``solvers.Diffrax(adjoint="forward")``.
         method: ``"lm"`` (batched Levenberg-Marquardt / Fisher scoring on the exact MAP
@@ -760,6 +1167,16 @@ def fit_individual(
             its own subjects. The estimates do not depend on it.
         block: subjects per block of the LM (default ``LM_BLOCK`` = 256 on CPU, one
             batch on accelerators; ``0``: one batch). The estimates do not depend on it.
+        censoring: how censored records (``CENS``/``BLQ``/``LLOQ`` columns, or
+            ``lloq``) enter: ``"m3"`` (default: ``-2 log P(Y < LLOQ)``), ``"m4"`` (M3
+            with every record conditioned on a positive value), ``"drop"`` (left out;
+            biased, for comparison).
+        lloq: a constant LLOQ: observations below it are censored at it.
+        dvid: ``{tag: output}`` mapping of the records' output tags (default: 1, 2,
+            ... name the outputs in the order of ``error``; an output name names
+            itself).
+        output_column: the column tagging records with outputs: ``"DVID"`` or
+            ``"CMT"``.
 
     Returns:
         A :class:`FitResult`; subjects that cannot be fitted are flagged
@@ -767,27 +1184,40 @@ def fit_individual(
         raised.
 
     Raises:
-        ValueError: bad arguments (unknown output or method, a prior without IIV).
+        ValueError: bad arguments (unknown output or method, a prior without IIV, a
+            record tagged with no fitted output), before anything is compiled.
     """
-    error = error or ErrorModel("additive", add=1.0)
     pop = as_population(model, prior)
     if pop.n_iiv == 0:
         raise ValueError("the prior has no IIV: nothing to fit individually")
-    output = output or model.output_names[0]
-    if output not in model.output_names:
-        raise ValueError(f"unknown output {output!r}; the model has {list(model.output_names)}")
+    outputs, errors = resolve_outputs(model, error, output)
     if method not in ("lm", "optimistix", "adam"):
         raise ValueError(f"method must be 'lm', 'optimistix' or 'adam', got {method!r}")
     solver = solver or Ensemble()
-    fd = prepare_data(model, data, error)
-    spec = Spec(model, solver, output, tuple(pop.iiv), ErrorModel(error.kind))
+    fd = prepare_data(
+        model,
+        data,
+        error,
+        output=output,
+        lloq=lloq,
+        censoring=censoring,
+        dvid=dvid,
+        output_column=output_column,
+    )
+    cmode = fit_censoring(fd, censoring)
+    if method == "optimistix" and cmode != "none":
+        raise ValueError(
+            "method='optimistix' fits stacked Gaussian residuals, which censored records "
+            f"({int(fd.censored.sum())} here) do not have; use method='lm' or 'adam'"
+        )
+    spec = make_spec(model, solver, pop.iiv, errors, outputs, cmode)
     N, k = fd.n, pop.n_iiv
     tv = typical_values(pop, fd.covariates, N)
     omega = jnp.asarray(pop.omega)
     omega_inv = jnp.linalg.inv(omega)
-    sigma = error.sigma()
+    sigma = jnp.concatenate([e.sigma() for e in errors])
     ts = jnp.asarray(fd.t_eval)
-    y = jnp.asarray(fd.dv)
+    y = fd.obs()
     mask = jnp.asarray(fd.mask)
     S = max(int(n_starts), 1)
 
@@ -802,7 +1232,7 @@ def fit_individual(
         eta0 = jnp.concatenate([eta0, draws.reshape((S - 1) * N, k)], axis=0)
     tvS = jax.tree.map(tile, tv)
     evS = jax.tree.map(tile, fd.ev)
-    tsS, yS, maskS = tile(ts), tile(y), tile(mask)
+    tsS, yS, maskS = tile(ts), jax.tree.map(tile, y), tile(mask)
     if method == "adam":
         eta0 = _adam_batched(
             spec, tvS, eta0, evS, tsS, yS, maskS, sigma, omega_inv, int(adam_steps), float(adam_lr)
@@ -832,11 +1262,24 @@ def fit_individual(
         best = np.argmin(np.where(np.isnan(Os), np.inf, Os), axis=0)
         pick = best * N + np.arange(N)
         out = {k_: v[pick] for k_, v in out.items()}
-    return _finish(spec, pop, fd, tv, out, omega, error)
+    return _finish(spec, pop, fd, tv, out, omega, dict(zip(outputs, errors)))
 
 
-def _finish(spec, pop, fd, tv, out, omega, error) -> FitResult:
-    sigma = error.sigma()
+def fit_censoring(fd: FitData, censoring: str | None) -> str:
+    """The objective's censoring mode: ``"none"`` without censored records (and not
+    M4), else ``"m3"`` (default) or ``"m4"``."""
+    if censoring == "m4":
+        return "m4"
+    if censoring == "drop" or not fd.censored.any():
+        return "none"
+    return "m3"
+
+
+def _finish(spec, pop, fd, tv, out, omega, errors) -> FitResult:
+    if isinstance(errors, ErrorModel):
+        errors = {spec.output: errors}
+    error = next(iter(errors.values()))
+    sigma = jnp.concatenate([e.sigma() for e in errors.values()])
     model, names = spec.model, spec.names
     k = len(names)
     ok = out["ok"]
@@ -862,11 +1305,13 @@ def _finish(spec, pop, fd, tv, out, omega, error) -> FitResult:
     params.update(params_fit)
     ts = jnp.asarray(fd.t_eval)
     zeros = jnp.zeros((fd.n, k))
-    pred, _ = predict(spec, individual_params(spec, tv, zeros), fd.ev, ts)
+    obs = fd.obs()
+    pred, _ = predict(spec, individual_params(spec, tv, zeros), fd.ev, ts, obs.out)
     ipred = np.where(ok[:, None], out["f"], np.nan)
-    m, s = spec.error.moments(jnp.asarray(np.nan_to_num(ipred)), sigma)
-    yt = spec.error.observed(jnp.asarray(fd.dv))
-    iwres = np.where(fd.mask & ok[:, None], np.asarray((yt - m) / s), np.nan)
+    m, s = obs_moments(spec, jnp.asarray(np.nan_to_num(ipred)), sigma, obs.out)
+    yt = obs_transform(spec, obs.dv, obs.out)
+    used = fd.mask & ~fd.censored & ok[:, None]
+    iwres = np.where(used, np.asarray((yt - m) / s), np.nan)
     omega_sd = np.sqrt(np.diag(np.asarray(omega)))
     good = out["converged"]
     shrink = {}
@@ -900,4 +1345,7 @@ def _finish(spec, pop, fd, tv, out, omega, error) -> FitResult:
         output=spec.output,
         data=fd,
         typical={kk: np.asarray(v) for kk, v in tv.items()},
+        outputs=tuple(spec.all_outputs()),
+        errors=dict(errors),
+        censoring=spec.censoring,
     )

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, TypedDict
 
 import equinox as eqx
@@ -56,12 +56,14 @@ from ..solve._base import AbstractSolver
 from ..solve._ensemble import Ensemble
 from ._map import (
     FitResult,
-    Spec,
     as_population,
+    fit_censoring,
     fit_individual,
     lm_batched,
+    make_spec,
     posterior_terms,
     prepare_data,
+    resolve_outputs,
 )
 from ._residual import ErrorModel
 
@@ -236,10 +238,13 @@ class PopulationFitResult:
         theta: ``{name: value}`` estimated typical values (natural scale).
         omega: ``(k, k)`` estimated IIV covariance (unconstrained coordinates; for
             log-normal parameters the variance of ``log p``).
-        error: the fitted :class:`ErrorModel`.
+        error: the fitted :class:`ErrorModel` (of the first output).
+        errors: ``{output: ErrorModel}``, the fitted error model of every output.
+        censoring: ``"none"``, ``"m3"`` or ``"m4"``; n_censored: censored records.
         population: the fitted :class:`~twinjax.Population` (for simulation, VPCs).
         ofv: objective function value, ``-2 log L`` without ``n_obs log(2 pi)``
-            (NONMEM's convention).
+            (NONMEM's convention; censored records contribute ``-2 log P`` and no
+            constant, and are not counted in ``n_obs``).
         minus2ll: ``-2 log L`` with the constant.
         aic, bic: from ``minus2ll``.
         n_obs, n_subjects, n_params: counts.
@@ -277,11 +282,16 @@ class PopulationFitResult:
     wall_s: float
     message: str = ""
     newton_decrement: float = float("nan")
+    errors: dict = dataclasses.field(default_factory=dict)
+    censoring: str = "none"
+    n_censored: int = 0
 
     def summary(self) -> str:
         """A short text summary (estimates table and OFV)."""
         return (
-            f"FOCE-I fit: {self.n_subjects} subjects, {self.n_obs} observations\n"
+            f"FOCE-I fit: {self.n_subjects} subjects, {self.n_obs} observations"
+            + (f", {self.n_censored} censored ({self.censoring})" if self.n_censored else "")
+            + "\n"
             f"OFV (NONMEM, no constant) = {self.ofv:.3f}; -2LL = {self.minus2ll:.3f}; "
             f"AIC = {self.aic:.3f}; converged = {self.converged}\n" + self.estimates.to_string()
         )
@@ -295,7 +305,7 @@ def fit_population(
     model: Model,
     data,
     population: Population | dict,
-    error: ErrorModel,
+    error: ErrorModel | Mapping[str, ErrorModel],
     *,
     estimate: Sequence[str] | None = None,
     omega: str = "diagonal",
@@ -309,6 +319,10 @@ def fit_population(
     max_newton: int = 5,
     outer_tol: float = 1e-3,
     verbose: bool = False,
+    censoring: str | None = None,
+    lloq: float | None = None,
+    dvid=None,
+    output_column: str = "DVID",
 ) -> PopulationFitResult:
     """Population fit by FOCE-I with the Laplace approximation.
 
@@ -317,7 +331,9 @@ def fit_population(
         data: a :class:`~twinjax.data.Dataset` (or mapping, see ``prepare_data``).
         population: the initial population (typical values, fixed covariate effects,
             Omega over the parameters with IIV).
-        error: the residual error model with initial SDs (all estimated).
+        error: the residual error model with initial SDs (all estimated), or one per
+            output ``{output: ErrorModel}`` (a joint fit of several outputs; see
+            :func:`~twinjax.calibrate.fit_individual` for ``dvid`` / ``output_column``).
         estimate: typical values to estimate (default: the parameters with IIV); the
             others stay at the population's values.
         omega: ``"diagonal"`` or ``"full"`` (block) Omega.
@@ -331,6 +347,10 @@ def fit_population(
             ``outer_tol`` (OFV units; at most ``max_newton`` Hessians). This decides
             ``converged``; without it ``converged`` is BFGS's own flag.
         verbose: print the OFV as it goes.
+        censoring, lloq, dvid, output_column: censored records and output tags, as
+            in :func:`~twinjax.calibrate.fit_individual`. With censored records the
+            objective is the Laplace approximation with the censored records'
+            ``-2 log P`` terms (see ``docs/calibration.md``).
 
     Returns:
         A :class:`PopulationFitResult`.
@@ -349,20 +369,32 @@ def fit_population(
     unknown = [k for k in estimate if k not in model.param_names]
     if unknown:
         raise ValueError(f"estimate names unknown parameters {unknown}")
-    output = output or model.output_names[0]
+    outputs, errors = resolve_outputs(model, error, output)
     solver = solver or Ensemble()
-    fd = prepare_data(model, data, error)
+    fd = prepare_data(
+        model,
+        data,
+        error,
+        output=output,
+        lloq=lloq,
+        censoring=censoring,
+        dvid=dvid,
+        output_column=output_column,
+    )
     N = fd.n
-    spec = Spec(model, solver, output, tuple(pop.iiv), ErrorModel(error.kind))
-    lay = _Layout(estimate, tuple(pop.iiv), omega == "full", len(error.names))
+    cmode = fit_censoring(fd, censoring)
+    spec = make_spec(model, solver, pop.iiv, errors, outputs, cmode)
+    n_sigma = sum(len(e.names) for e in errors)
+    lay = _Layout(estimate, tuple(pop.iiv), omega == "full", n_sigma)
     base = {k: float(v) for k, v in pop.typical.items()}
     factors = {k: jnp.asarray(v) for k, v in _factors(pop, fd.covariates, N).items()}
     om0 = np.asarray(pop.omega)
     if omega == "diagonal":
         om0 = np.diag(np.diag(om0))
-    phi0 = _pack(model, lay, {k: base[k] for k in estimate}, om0, np.asarray(error.sigma()))
+    sigma0 = np.concatenate([np.asarray(e.sigma()) for e in errors])
+    phi0 = _pack(model, lay, {k: base[k] for k in estimate}, om0, sigma0)
     ev, ts = fd.ev, jnp.asarray(fd.t_eval)
-    y, mask = jnp.asarray(fd.dv), jnp.asarray(fd.mask)
+    y, mask = fd.obs(), jnp.asarray(fd.mask)
     k = len(pop.iiv)
     state: _OuterState = {"eta": jnp.zeros((N, k)), "n": 0, "best": np.inf}
     mi = jnp.asarray(inner_max_iter)
@@ -476,7 +508,12 @@ def fit_population(
     theta, om, sig = _unpack(model, lay, jnp.asarray(phi))
     theta = {kk: float(v) for kk, v in theta.items()}
     om = np.asarray(om)
-    err_fit = error.replace(np.asarray(sig))
+    sig = np.asarray(sig)
+    errs_fit, off = {}, 0
+    for o, e in zip(outputs, errors):
+        errs_fit[o] = e.replace(sig[off : off + len(e.names)])
+        off += len(e.names)
+    err_fit = errs_fit[outputs[0]]
 
     # natural-scale reporting vector and its Jacobian (delta method)
     rows, cols = lay.tril()
@@ -492,7 +529,11 @@ def fit_population(
     labels = (
         list(lay.theta)
         + [f"OMEGA({lay.iiv[a]},{lay.iiv[b]})" for a, b in zip(rows, cols)]
-        + [f"SIGMA_{n}" for n in error.names]
+        + [
+            f"SIGMA_{n}" if len(outputs) == 1 else f"SIGMA_{o}_{n}"
+            for o, e in zip(outputs, errors)
+            for n in e.names
+        ]
     )
     with np.errstate(invalid="ignore", divide="ignore"):
         rse = 100 * se / np.abs(nat)
@@ -506,11 +547,20 @@ def fit_population(
         omega=om,
         iiv=list(pop.iiv),
     )
-    ind = fit_individual(model, fd, fitted, err_fit, output=output, solver=solver)
+    ind = fit_individual(
+        model,
+        fd,
+        fitted,
+        err_fit if len(outputs) == 1 else errs_fit,
+        output=outputs[0] if len(outputs) == 1 else None,
+        solver=solver,
+        censoring=censoring,
+    )
     from ._diagnostics import cwres as _cwres
 
     cw = _cwres(ind)
-    n_obs = int(np.sum(fd.mask))
+    n_cens = int(np.sum(fd.censored))
+    n_obs = int(np.sum(fd.mask)) - n_cens
     m2ll = ofv + n_obs * LOG_2PI
     n_par = P
     return PopulationFitResult(
@@ -535,6 +585,9 @@ def fit_population(
         message=f"BFGS: {res.message}; Newton polishing: {n_newton} Hessian(s), "
         f"decrement g'H^-1g = {dec:.3g} (tolerance {outer_tol:g})",
         newton_decrement=dec,
+        errors=errs_fit,
+        censoring=cmode,
+        n_censored=n_cens,
     )
 
 

@@ -14,12 +14,23 @@ from ..dosing import Dose, Regimen, Reset
 from ._nonmem import (
     FRAME_CONVENTION,
     LINE_CONVENTION,
+    STANDARD,
     DatasetError,
     Problem,
+    _missing_mask,
+    fmt_num,
     format_frame,
     normalize,
+    parse_numeric,
     resolve_compartments,
 )
+
+#: Columns that describe observation records (censoring, output tags), never covariates.
+#: ``CENS`` (nlmixr2, Monolix): 1 left-censored (the value is below DV, DV = LLOQ),
+#: -1 right-censored (above DV), 0 observed. ``BLQ`` (NONMEM M3 datasets): 1 below
+#: the LLOQ. ``LLOQ``: the limit per record. ``LIMIT`` (nlmixr2, Monolix): the other end
+#: of a censoring interval. ``DVID``: which output the record observes.
+OBSERVATION_COLUMNS = ("CENS", "BLQ", "LLOQ", "LIMIT", "DVID")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -36,6 +47,17 @@ class Subject:
             dataset's compartments are unnamed (see :func:`read_nonmem`).
         covariates: baseline covariates (the values on its first record).
         lines: file line numbers of its records (all of them, in order).
+        cens: censoring flag of each observation record, shape ``(T,)``: 0 observed,
+            1 left-censored (below the LLOQ), -1 right-censored (above the ULOQ in DV);
+            see :class:`Dataset` for the columns read.
+        lloq: the censoring limit of each observation record (the LLOQ for ``cens``
+            1, the upper limit of quantification for -1; NaN where not censored).
+        limit: the other end of a censoring interval (nlmixr2's / Monolix's
+            ``LIMIT``; NaN: none), shape ``(T,)``.
+        dvid: the output tag of each observation record (the ``DVID`` column; None
+            entries without one), an object array ``(T,)``.
+        cmt: the CMT of each observation record, an object array ``(T,)``.
+        obs_lines: file line numbers of the observation records, shape ``(T,)``.
     """
 
     id: Any
@@ -45,6 +67,12 @@ class Subject:
     regimen: Regimen | None
     covariates: dict[str, Any]
     lines: np.ndarray
+    cens: np.ndarray | None = None
+    lloq: np.ndarray | None = None
+    limit: np.ndarray | None = None
+    dvid: np.ndarray | None = None
+    cmt: np.ndarray | None = None
+    obs_lines: np.ndarray | None = None
 
 
 def _scalar(v):
@@ -59,8 +87,17 @@ class Padded(NamedTuple):
         times: ``(N, T)`` observation times; padding repeats the subject's last time so
             each row stays non-decreasing.
         dv: ``(N, T)`` observed values; 0 where ``mask`` is False (never NaN).
-        mask: ``(N, T)`` bool, True for real observations (EVID 0, MDV 0).
+        mask: ``(N, T)`` bool, True for real observations (EVID 0, MDV 0, or a
+            censored record whose MDV was left to the default).
         regimens: one :class:`twinjax.Regimen` per subject.
+        cens: ``(N, T)`` int8 censoring flags (0 observed, 1 below the LLOQ, -1 above
+            the ULOQ; 0 in the padding).
+        lloq: ``(N, T)`` the censoring limit of censored records (NaN elsewhere).
+        limit: ``(N, T)`` the other end of a censoring interval (NaN: none).
+        dvid: ``(N, T)`` object array of output tags (``DVID``; None where absent).
+        cmt: ``(N, T)`` object array of the CMT of observation records.
+        lines: ``(N, T)`` file line numbers of the observation records (0 in the
+            padding).
     """
 
     ids: list
@@ -68,6 +105,12 @@ class Padded(NamedTuple):
     dv: np.ndarray
     mask: np.ndarray
     regimens: list[Regimen]
+    cens: np.ndarray | None = None
+    lloq: np.ndarray | None = None
+    limit: np.ndarray | None = None
+    dvid: np.ndarray | None = None
+    cmt: np.ndarray | None = None
+    lines: np.ndarray | None = None
 
 
 class Dataset:
@@ -83,9 +126,22 @@ class Dataset:
             :func:`read_nonmem`). Row ``i`` is reported as line ``i + 2``.
         compartments: CMT number -> compartment name mapping, list of names, or a Model
             (see :func:`read_nonmem`).
-        covariates: covariate columns (default: every non-standard column).
+        covariates: covariate columns (default: every non-standard column except the
+            observation columns below).
         units: optional units per column, for display (``{"TIME": "h", ...}``).
         name: a name for messages and ``repr``.
+
+    Observation columns (never covariates; names matched case-insensitively), read
+    for censored data and several outputs (see ``docs/calibration.md``):
+
+    - ``CENS`` (nlmixr2, Monolix): 1 left-censored, the value is below DV (DV holds the
+      LLOQ); -1 right-censored, the value is above DV; 0 observed. ``BLQ`` (NONMEM M3
+      datasets): 1 below the LLOQ. ``LLOQ``: the limit of a flagged record (else DV);
+      without a flag column an observation with ``DV < LLOQ`` is censored at its LLOQ.
+      A flagged record with DV missing (``.`` or 0, so MDV defaults to 1) is still a
+      censored observation when it has an LLOQ; an explicit ``MDV 1`` leaves it out.
+    - ``LIMIT`` (nlmixr2, Monolix): the other end of a censoring interval.
+    - ``DVID``: the output a record observes (a number or an output name).
 
     Raises:
         DatasetError: the data is not a valid NONMEM dataset.
@@ -170,6 +226,10 @@ class Dataset:
         convention,
     ) -> None:
         comp = resolve_compartments(compartments)
+        if covariates is None:  # every non-standard column except the observation ones
+            names = [str(c).strip() for c in table.columns]
+            if any(n.upper() in OBSERVATION_COLUMNS for n in names):
+                covariates = [n for n in names if n.upper() not in STANDARD + OBSERVATION_COLUMNS]
         norm = normalize(
             table,
             lines,
@@ -190,6 +250,7 @@ class Dataset:
         self._cmt_names = norm.cmt_names
         self._index()
         self._regimens = self._build_regimens(convention)
+        self._obs = _observation_info(table, self._frame, self._lines, source, convention)
 
     def _index(self) -> None:
         ids = self._frame["ID"].to_numpy()
@@ -308,15 +369,23 @@ class Dataset:
         k = self._pos(sid)
         a, b = self._slices[sid]
         rec = self._frame.iloc[a:b]
-        obs = rec[rec["EVID"].to_numpy() == 0]
+        is_obs = rec["EVID"].to_numpy() == 0
+        obs = rec[is_obs]
+        info = {k: v[a:b][is_obs] for k, v in self._obs.items()}
         return Subject(
             id=sid,
             times=obs["TIME"].to_numpy(dtype=float),
             dv=obs["DV"].to_numpy(dtype=float),
-            mdv=obs["MDV"].to_numpy(dtype=np.int64),
+            mdv=info["mdv"].astype(np.int64),
             regimen=None if self._regimens is None else self._regimens[k],
             covariates={c: _scalar(rec[c].iat[0]) for c in self._cov_names},
             lines=self._lines[a:b].copy(),
+            cens=info["cens"].astype(np.int8),
+            lloq=info["lloq"].astype(float),
+            limit=info["limit"].astype(float),
+            dvid=info["dvid"],
+            cmt=obs["CMT"].to_numpy(dtype=object),
+            obs_lines=self._lines[a:b][is_obs].copy(),
         )
 
     def padded(self, max_obs: int | None = None) -> Padded:
@@ -352,6 +421,12 @@ class Dataset:
         times = np.zeros((N, T))
         dv = np.zeros((N, T))
         mask = np.zeros((N, T), dtype=bool)
+        cens = np.zeros((N, T), dtype=np.int8)
+        lloq = np.full((N, T), np.nan)
+        limit = np.full((N, T), np.nan)
+        dvid = np.full((N, T), None, dtype=object)
+        cmt = np.full((N, T), None, dtype=object)
+        lines = np.zeros((N, T), dtype=np.int64)
         for j, s in enumerate(subs):
             m = len(s.times)
             if m:
@@ -360,7 +435,15 @@ class Dataset:
                 real = s.mdv == 0
                 mask[j, :m] = real
                 dv[j, :m] = np.where(real, np.nan_to_num(s.dv), 0.0)
-        return Padded(list(self._ids), times, dv, mask, regimens)
+                cens[j, :m] = np.where(real, np.asarray(s.cens), 0)
+                lloq[j, :m] = np.where(real, np.asarray(s.lloq), np.nan)
+                limit[j, :m] = np.where(real, np.asarray(s.limit), np.nan)
+                dvid[j, :m] = s.dvid
+                cmt[j, :m] = s.cmt
+                lines[j, :m] = np.asarray(s.obs_lines)
+        return Padded(
+            list(self._ids), times, dv, mask, regimens, cens, lloq, limit, dvid, cmt, lines
+        )
 
     # ------------------------------------------------------------------ derived datasets
 
@@ -389,11 +472,31 @@ class Dataset:
         new._cov_names = list(self._cov_names)
         new._unresolved = self._unresolved
         new._cmt_names = None if self._cmt_names is None else self._cmt_names[rows]
+        new._obs = {k: v[rows] for k, v in self._obs.items()}
         new._index()
         new._regimens = (
             None if self._regimens is None else [self._regimens[self._ids.index(k)] for k in ids]
         )
         return new
+
+    @property
+    def censored(self) -> pd.DataFrame:
+        """The censored observation records (see :class:`Dataset`): ``ID, TIME, DV, CENS,
+        LLOQ, LIMIT`` and the record's line."""
+        o = self._obs
+        sel = (o["cens"] != 0) & (o["mdv"] == 0)
+        f = self._frame[sel]
+        return pd.DataFrame(
+            dict(
+                ID=f["ID"].to_numpy(),
+                TIME=f["TIME"].to_numpy(),
+                DV=f["DV"].to_numpy(),
+                CENS=o["cens"][sel],
+                LLOQ=o["lloq"][sel],
+                LIMIT=o["limit"][sel],
+                line=self._lines[sel],
+            )
+        )
 
     # ------------------------------------------------------------------ output
 
@@ -436,3 +539,143 @@ class Dataset:
         if self.units:
             parts.append("units " + ", ".join(f"{k} {v}" for k, v in self.units.items()))
         return f"Dataset({self.source!r}: " + "; ".join(parts) + ")"
+
+
+def _observation_info(table, frame, lines, source, convention) -> dict[str, np.ndarray]:
+    """Per record: effective MDV, censoring flag and limits, output tag.
+
+    Reads the columns of ``OBSERVATION_COLUMNS`` (names matched case-insensitively):
+
+    - ``CENS`` (nlmixr2 / Monolix): 1 left-censored, the value is below DV (DV holds the
+      LLOQ); -1 right-censored, above DV; 0 observed. ``BLQ`` (NONMEM M3 datasets): 1
+      below the LLOQ, 0 observed. Only one of them may be given.
+    - ``LLOQ``: the limit of a censored record (``CENS``/``BLQ`` 1); without a flag
+      column, an observation with ``DV < LLOQ`` is left-censored at its LLOQ.
+    - ``LIMIT`` (nlmixr2 / Monolix): the other end of an interval, lower for ``CENS``
+      1 (the value lies in ``(LIMIT, DV)``), upper for -1.
+    - ``DVID``: the output the record observes (a number or an output name).
+
+    A flagged record whose DV is missing or 0 has no DV in NONMEM's sense (its MDV
+    defaults to 1); it is still used as a censored observation when its MDV was left to
+    the default and an ``LLOQ`` is given; an explicit ``MDV 1`` leaves it out.
+
+    Raises:
+        DatasetError: naming line and column: a flag other than 0/1/-1 (0/1 for BLQ),
+            a censored record without a limit, a ``LIMIT`` on the wrong side.
+    """
+    n = len(frame)
+    raw = {str(c).strip().upper(): table[c] for c in table.columns}
+    orig = {str(c).strip().upper(): str(c).strip() for c in table.columns}
+    problems: list[Problem] = []
+    mdv = frame["MDV"].to_numpy(dtype=np.int64).copy()
+    evid = frame["EVID"].to_numpy()
+    dv = frame["DV"].to_numpy(dtype=float)
+    cens = np.zeros(n, dtype=np.int64)
+    lloq = np.full(n, np.nan)
+    limit = np.full(n, np.nan)
+    dvid = np.full(n, None, dtype=object)
+
+    def numbers(key):
+        vals, _miss, bad = parse_numeric(raw[key])
+        for i in np.flatnonzero(bad):
+            msg = f"{raw[key].iat[i]!r} is not a number"
+            problems.append(Problem(int(lines[i]), orig[key], msg))
+        return vals
+
+    flag_col = None
+    if "CENS" in raw and "BLQ" in raw:
+        problems.append(
+            Problem(
+                int(lines[0]) - 1 if n else 1,
+                orig["BLQ"],
+                "both CENS and BLQ columns are given; use one censoring flag column",
+            )
+        )
+    elif "CENS" in raw or "BLQ" in raw:
+        flag_col = "CENS" if "CENS" in raw else "BLQ"
+        flags = numbers(flag_col)
+        allowed = (0.0, 1.0, -1.0) if flag_col == "CENS" else (0.0, 1.0)
+        ok = np.isnan(flags) | np.isin(flags, allowed)
+        for i in np.flatnonzero(~ok):
+            problems.append(
+                Problem(
+                    int(lines[i]),
+                    orig[flag_col],
+                    f"{flag_col} {fmt_num(flags[i])} is not allowed: use 0 (observed), 1 "
+                    "(below the LLOQ; DV or LLOQ holds the limit)"
+                    + (" or -1 (above DV, right-censored)" if flag_col == "CENS" else ""),
+                )
+            )
+        cens = np.where(ok & ~np.isnan(flags), flags, 0).astype(np.int64)
+        cens = np.where(evid == 0, cens, 0)
+    if "LLOQ" in raw:
+        lq = numbers("LLOQ")
+        if flag_col is None:  # DV < LLOQ: censored at the LLOQ
+            below = (evid == 0) & (mdv == 0) & np.isfinite(lq) & (dv < lq)
+            cens = np.where(below, 1, cens)
+    else:
+        lq = np.full(n, np.nan)
+    if "LIMIT" in raw:
+        limit = numbers("LIMIT")
+    if "DVID" in raw:
+        vals, miss, bad = parse_numeric(raw["DVID"])
+        obj = raw["DVID"].astype(object).to_numpy()
+        dvid = np.array(
+            [
+                None
+                if m
+                else (v.strip() if isinstance(v, str) else v)
+                if b
+                else (int(x) if float(x).is_integer() else float(x))
+                for v, x, m, b in zip(obj, vals, miss, bad, strict=True)
+            ],
+            dtype=object,
+        )
+    # MDV given explicitly on the record?
+    if "MDV" in raw:
+        mdv_given = ~_missing_mask(raw["MDV"])
+    else:
+        mdv_given = np.zeros(n, dtype=bool)
+    for i in np.flatnonzero(cens != 0):
+        has_dv = mdv[i] == 0
+        if not has_dv:
+            if mdv_given[i] or not np.isfinite(lq[i]):
+                if not mdv_given[i]:  # flagged, no DV, no LLOQ: no limit to censor at
+                    problems.append(
+                        Problem(
+                            int(lines[i]),
+                            orig[flag_col or "LLOQ"],
+                            f"censored record ({flag_col} {int(cens[i])}) without "
+                            "a DV or an LLOQ: give DV = the LLOQ (nlmixr2/Monolix, NONMEM "
+                            "M3) or an LLOQ column, or MDV 1 to leave it out",
+                        )
+                    )
+                cens[i] = 0  # an explicit MDV 1 leaves the record out
+                continue
+            mdv[i] = 0
+        if cens[i] == 1:
+            bound = lq[i] if np.isfinite(lq[i]) else dv[i]
+        else:
+            bound = dv[i]
+        if not np.isfinite(bound):
+            problems.append(
+                Problem(int(lines[i]), "DV", "censored record without a finite limit in DV")
+            )
+            continue
+        lloq[i] = bound
+        lim = limit[i]
+        wrong = (cens[i] == 1 and lim >= bound) or (cens[i] == -1 and lim <= bound)
+        if np.isfinite(lim) and wrong:
+            side = "below" if cens[i] == 1 else "above"
+            problems.append(
+                Problem(
+                    int(lines[i]),
+                    orig["LIMIT"],
+                    f"LIMIT {fmt_num(lim)} must be {side} the censoring limit "
+                    f"{fmt_num(bound)} (CENS {int(cens[i])}: the value lies between them)",
+                )
+            )
+    limit = np.where(cens != 0, limit, np.nan)
+    if problems:
+        raise DatasetError.from_problems(problems, source, convention)
+    return dict(mdv=mdv, cens=cens, lloq=lloq, limit=limit, dvid=dvid)
