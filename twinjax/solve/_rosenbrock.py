@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from ._tableaus import RosenbrockTableau
 
-UNROLL_MAX = 12  # unrolled SoA elimination up to this many states; LAPACK above
+UNROLL_MAX = 4  # unrolled SoA elimination up to this many states; LAPACK above
 
 
 def jacobian(f, t, y, args):
