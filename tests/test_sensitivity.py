@@ -308,7 +308,7 @@ def test_sobol_pk_auc_against_salib_and_closed_form():
         (dict(n=1000), r"n = 1000 base samples; it must be a power of two >= 2.*1024"),
         (dict(endpoint=None), r"endpoint="),
         (dict(endpoint=Endpoint("x", "auc", output="Q")), r"unknown output 'Q'"),
-        (dict(params={"CL": np.ones(3)}), r"params must be scalars"),
+        (dict(params={"V": np.full(3, 50.0)}), r"params must be scalars"),
         (dict(params={"CL": 4.0}), r"both in bounds \(varied\) and in params \(fixed\)"),
         (dict(n_bootstrap=-1), r"n_bootstrap"),
         (dict(confidence=1.5), r"confidence"),
@@ -361,3 +361,19 @@ def test_plots(ish):
     top = r.summary().index[0]
     assert labels[-1] == top and len(ax2.patches) == 3  # largest effect on top
     plt.close("all")
+
+
+def test_sobol_failed_samples_are_dropped_with_a_warning():
+    def f(q):  # fails (NaN) where x1 > 2.5: those base samples leave the estimate
+        y = ishigami(q)
+        return jnp.where(q["x1"] > 2.5, jnp.nan, y)
+
+    with pytest.warns(RuntimeWarning, match=r"base samples had a failed run"):
+        res = tj.sensitivity.sobol(f, ISH_BOUNDS, n=256, seed=4, n_bootstrap=50)
+    k = 3
+    bad = ~np.all(np.isfinite(res.y.reshape(k + 2, 256)), axis=0)
+    assert res.n_dropped == int(bad.sum()) > 0
+    kept = res.y.reshape(k + 2, 256)[:, ~bad].reshape(-1)
+    ref = tj.sensitivity.sobol_indices(kept, k, n_bootstrap=0)
+    np.testing.assert_allclose(res.S1, ref["S1"], rtol=1e-12)
+    np.testing.assert_allclose(res.ST, ref["ST"], rtol=1e-12)
