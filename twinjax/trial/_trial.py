@@ -388,6 +388,7 @@ class TrialResult:
         summ, comp, subs, powers = [], [], [], []
         rng = np.random.default_rng(tr.seed)
         all_ok = ok
+        skipped = []
         for e in tr.endpoints:
             ok = all_ok
             if dropout is not None:  # LOCF: window endpoints after a dropout are missing
@@ -415,6 +416,12 @@ class TrialResult:
                     }
                 )
                 if tr.power_sizes:
+                    avail = int(min(np.isfinite(x).sum(), np.isfinite(y).sum()))
+                    skipped += [
+                        {"endpoint": e.name, "arm": a, "n_per_arm": s, "available": avail}
+                        for s in tr.power_sizes
+                        if s > avail
+                    ]
                     pc = _stats.power_curve(
                         x, y, tr.power_sizes, tr.replicates, e.binary, tr.alpha, rng
                     )
@@ -432,6 +439,32 @@ class TrialResult:
         self.comparisons = _stats.adjust(pd.DataFrame(comp))  # Holm over arms vs control
         self.subgroups = pd.concat(subs, ignore_index=True) if subs else pd.DataFrame()
         self.power = pd.concat(powers, ignore_index=True) if powers else pd.DataFrame()
+        #: power-curve sizes left out because an endpoint had fewer analysable patients
+        #: in an arm (or the control) than the size (failures, dropout, missing values)
+        self.power_skipped = pd.DataFrame(
+            skipped, columns=["endpoint", "arm", "n_per_arm", "available"]
+        )
+        self.patients = _patients_table(self.table, arms, tr.endpoints[0].name, dropout)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Sample-size problems the report states (rather than dropping sizes silently)."""
+        tr = self.trial
+        out = []
+        if tr.dropped_power_sizes:
+            out.append(
+                f"Power-curve sizes {list(tr.dropped_power_sizes)} per arm exceed the "
+                f"{tr.n_per_arm} patients simulated per arm and were left out"
+                + ("; there is no power curve." if not tr.power_sizes else ".")
+            )
+        for (ep, arm), g in self.power_skipped.groupby(["endpoint", "arm"], sort=False):
+            out.append(
+                f"{ep}, {arm} vs {tr.control}: power-curve sizes "
+                f"{[int(s) for s in g['n_per_arm']]} per arm exceed the "
+                f"{int(g['available'].iloc[0])} patients with an analysable value and "
+                "were left out."
+            )
+        return out
 
     def to_json(self) -> dict:
         tr = self.trial
@@ -450,6 +483,8 @@ class TrialResult:
             "comparisons": self.comparisons.to_dict(orient="records"),
             "subgroups": self.subgroups.to_dict(orient="records"),
             "power": self.power.to_dict(orient="records"),
+            "patients": self.patients.to_dict(orient="records"),
+            "warnings": self.warnings,
             **({"dropout": self.dropout.to_dict(orient="records")} if len(self.dropout) else {}),
             **({"variability": _variability_json(tr.variability)} if tr.variability else {}),
         }
@@ -517,6 +552,29 @@ def _apply_dropout(tab, drop, analysis, endpoints, times, measured) -> None:
             b = tab[bcol].to_numpy(float).copy()
             b[drop < e.baseline_time] = np.nan
             tab[bcol] = b
+
+
+def _patients_table(table, arms, primary: str, dropout) -> pd.DataFrame:
+    """Per arm: patients simulated, failed simulations, dropouts, and patients analysed
+    for the primary endpoint (a finite value in the analysis population)."""
+    rows = []
+    for a in arms:
+        t = table[table["arm"] == a]
+        ok = t["status"].to_numpy() == 0
+        dropped = t["dropped"].to_numpy(bool) if "dropped" in t else np.zeros(len(t), bool)
+        analysed = ok & np.isfinite(t[primary].to_numpy(float))
+        if dropout is not None and dropout.analysis == "completers":
+            analysed &= ~dropped
+        rows.append(
+            {
+                "arm": a,
+                "simulated": len(t),
+                "failed": int((~ok).sum()),
+                "dropped_out": int((dropped & ok).sum()),
+                "analysed_primary": int(analysed.sum()),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def _dropout_table(table, arms, dropout) -> pd.DataFrame:
