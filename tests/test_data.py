@@ -181,8 +181,27 @@ def test_addl_without_ii():
 
 
 def test_unsupported_rate_and_ss():
-    bad(edit(2, "1,0,.,100,1,1,-2,0,0,0,0,1,70"), 2, "RATE", "not supported")
+    bad(edit(2, "1,0,.,100,1,1,-3,0,0,0,0,1,70"), 2, "RATE", "negative RATE -3", "-1", "-2")
     bad(edit(2, "1,0,.,100,1,1,0,0,12,0,3,1,70"), 2, "SS")  # SS 3: not a NONMEM value
+
+
+def test_modelled_rate_and_duration():
+    """RATE -1 / -2 are read (the rate / duration is the compartment's Rn / Dn); into a
+    compartment of the given model without Rn / Dn they are refused, naming the line."""
+    from twinjax.models import pk
+
+    ds = read(edit(2, "1,0,.,100,1,1,-2,0,0,0,0,1,70"))
+    dose = ds.regimens[0].doses[0]
+    assert dose.rate == -2 and dose.modelled == -2 and dose.is_infusion
+    model = pk.one_compartment("first_order")  # depot 1, central 2
+    err = bad(edit(2, "1,0,.,100,1,2,-1,0,0,0,0,1,70"), 2, "RATE", "R2", compartments=model)
+    assert "with_dose_modifiers({'central': ('R',)})" in str(err)
+    read(
+        edit(2, "1,0,.,100,1,2,-1,0,0,0,0,1,70"),
+        compartments=model.with_dose_modifiers(central="R"),
+    )
+    bad(edit(2, "1,0,.,100,1,1,-1,2,0,0,0,1,70"), 2, "DUR", "both RATE")
+    bad(edit(2, "1,0,.,0,1,1,-1,0,0,0,0,1,70"), 2, "AMT", "RATE -1 with AMT 0")
 
 
 def test_non_contiguous_subject_and_field_count():

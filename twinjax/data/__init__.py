@@ -19,7 +19,9 @@ Conventions (NONMEM's):
   compartment 1 (NONMEM's default dose compartment for ADVAN1/2/3/4).
 - SS 1 and SS 2 (bolus, infusions shorter or longer than II, constant infusions
   with II 0), several SS records per subject (see ``docs/nonmem.md``).
-- Refused: RATE -1/-2 (modelled rate/duration), SS 3, negative CMT, time going back
+- RATE -1/-2: rate/duration modelled by the compartment's Rn/Dn parameter (see
+  ``Model.with_dose_modifiers``).
+- Refused: RATE -1/-2 into a compartment without Rn/Dn, SS 3, negative CMT, time going back
   within a subject (also at resets), a covariate that changes within a subject.
 
 Shipped data: :mod:`twinjax.data.datasets` (theophylline, phenobarbital,

@@ -12,7 +12,9 @@ the column is absent or the value missing (``.``):
 - ``EVID``: event identifier 0-4. Default 1 if ``AMT > 0``, else 0.
 - ``CMT``: compartment, a number or a name. Default 0 (a dose then goes to
   compartment 1).
-- ``RATE``, ``DUR``: infusion rate or duration. Default 0 (a bolus).
+- ``RATE``, ``DUR``: infusion rate or duration. Default 0 (a bolus). RATE -1 / -2:
+  the rate / duration is the dosed compartment's ``Rn`` / ``Dn`` model parameter (see
+  ``Model.with_dose_modifiers``).
 - ``II``, ``ADDL``: interdose interval, number of additional doses. Default 0.
 - ``SS``: steady-state flag, 0, 1 or 2 (see ``docs/nonmem.md``). Default 0.
 - ``MDV``: missing dependent variable, 0 or 1. Default 0 on observation records (EVID
@@ -338,6 +340,8 @@ class Compartments(NamedTuple):
     by_number: dict[int, str] | None
     names: list[str] | None
     given: Any
+    #: ``{compartment: (F, lag, R, D)}`` parameter names when a Model was given
+    dose_params: dict | None = None
 
     def describe(self) -> str:
         if self.by_number:
@@ -355,7 +359,12 @@ def resolve_compartments(compartments) -> Compartments:
         return Compartments(None, None, None)
     if hasattr(compartments, "state_names"):
         names = [str(n) for n in compartments.state_names]
-        return Compartments({i + 1: n for i, n in enumerate(names)}, names, names)
+        dose_params = None
+        if hasattr(compartments, "dose_parameters"):
+            from ..model._model import dose_table
+
+            dose_params = dose_table(compartments)
+        return Compartments({i + 1: n for i, n in enumerate(names)}, names, names, dose_params)
     if isinstance(compartments, Mapping):
         by_number = {}
         for k, v in compartments.items():
@@ -550,27 +559,30 @@ def normalize(
         ),
     )
 
-    # infusions
+    # infusions (RATE -1 / -2: rate / duration modelled by the compartment's R / D)
+    modelled = np.isin(rate, [-1, -2])
     fail(
-        np.isin(rate, [-1, -2]),
+        (rate < 0) & ~modelled,
         "RATE",
         lambda i: (
-            f"RATE {int(rate[i])} (infusion rate or duration estimated in the model) is "
-            "not supported; give a positive RATE or DUR in the dataset"
+            f"negative RATE {fmt_num(rate[i])}; RATE is >= 0, -1 (rate modelled by Rn) or "
+            "-2 (duration modelled by Dn)"
         ),
-    )
-    fail(
-        (rate < 0) & ~np.isin(rate, [-1, -2]),
-        "RATE",
-        lambda i: f"negative RATE {fmt_num(rate[i])}",
     )
     fail(dur < 0, "DUR", lambda i: f"negative DUR {fmt_num(dur[i])}")
     fail(
-        (rate > 0) & (dur > 0),
+        (rate != 0) & np.isfinite(rate) & (dur > 0),
         "DUR",
         lambda i: (
             f"both RATE ({fmt_num(rate[i])}) and DUR ({fmt_num(dur[i])}) are given; an "
             "infusion takes one of them"
+        ),
+    )
+    fail(
+        is_dose & modelled & (amt == 0),
+        "AMT",
+        lambda i: (
+            f"RATE {int(rate[i])} with AMT 0: a modelled-rate or -duration dose needs AMT > 0"
         ),
     )
     # repeats and steady state
@@ -688,6 +700,29 @@ def normalize(
                     )
                 )
             cmt_names[i] = cmt_name
+        # RATE -1 / -2 into a compartment of the given Model without R / D
+        name_i = cmt_names[i]
+        if (
+            is_dose[i]
+            and modelled[i]
+            and compartments.dose_params is not None
+            and name_i is not None
+            and name_i in (compartments.names or [])
+        ):
+            slot, kind = (2, "R") if rate[i] == -1 else (3, "D")
+            if compartments.dose_params.get(name_i, (None,) * 4)[slot] is None:
+                num = compartments.names.index(name_i) + 1  # type: ignore[union-attr]
+                what = "rate" if kind == "R" else "duration"
+                problems.append(
+                    Problem(
+                        int(lines[i]),
+                        "RATE",
+                        f"RATE {int(rate[i])} (infusion {what} modelled by {kind}{num}) into "
+                        f"compartment {num} ({name_i!r}), which has no {kind} parameter in the "
+                        f"model; declare it with model.with_dose_modifiers({{{name_i!r}: "
+                        f"({kind!r},)}})",
+                    )
+                )
 
     # per-subject structure: contiguity, time order
     first_line: dict[float, int] = {}
@@ -941,8 +976,9 @@ def read_nonmem(
             compartments, negative amounts, MDV 1 with a DV (other than ``.`` or 0),
             duplicated records, EVID outside 0-4, both RATE and DUR, ADDL without II,
             a covariate that changes within a subject (time-varying covariates are not
-            supported), and unsupported NONMEM features (RATE -1/-2, SS 3, negative
-            CMT; see ``docs/nonmem.md``); a dataset
+            supported), RATE -1/-2 into a compartment whose model (given as
+            ``compartments``) has no ``Rn``/``Dn`` parameter, and unsupported NONMEM
+            features (SS 3, negative CMT; see ``docs/nonmem.md``); a dataset
             without data records (a header only); bytes not valid in ``encoding``.
         FileNotFoundError: the path does not exist.
         LookupError: ``encoding`` is not a known codec.

@@ -11,8 +11,17 @@ import jax.numpy as jnp
 import numpy as np
 
 # record kinds in a compiled event table (INF_CONST: a steady-state constant infusion,
-# SS 1/2 with AMT 0, RATE > 0, II 0, which runs until a reset or an SS 1 record)
-NOOP, BOLUS, INF_RATE, INF_DUR, RESET, INF_CONST = 0, 1, 2, 3, 4, 5
+# SS 1/2 with AMT 0, RATE > 0, II 0, which runs until a reset or an SS 1 record;
+# INF_MRATE / INF_MDUR: NONMEM RATE -1 / -2, an infusion whose rate / duration is the
+# compartment's R / D parameter)
+NOOP, BOLUS, INF_RATE, INF_DUR, RESET, INF_CONST, INF_MRATE, INF_MDUR = 0, 1, 2, 3, 4, 5, 6, 7
+#: ``Dose(rate=MODEL_RATE)``: NONMEM RATE -1, the rate is the compartment's R parameter.
+MODEL_RATE = -1
+#: ``Dose(rate=MODEL_DURATION)``: NONMEM RATE -2, the duration is the compartment's D.
+MODEL_DURATION = -2
+#: Implied earlier doses compiled per steady-state record whose duration is only known
+#: at simulate time (RATE -1 / -2): enough for durations up to this many intervals.
+SS_MODEL_HISTORY = 4
 PAD_TIME = 1.0e9
 #: History (implied earlier) doses kept per steady-state record beyond those that the
 #: concrete duration needs; they cover lag times below this many intervals.
@@ -45,6 +54,11 @@ class Dose:
         cmt: the name of the dosed state (CMT), e.g. ``"depot"`` or ``"central"``.
         time: time of the dose (TIME), in the model's time unit (h for PK models).
         rate: zero-order infusion rate (RATE); the duration is ``F * amt / rate``.
+            ``-1`` (NONMEM RATE -1, also ``MODEL_RATE``): the rate is the dosed
+            compartment's modelled-rate parameter ``R`` and the duration ``F * amt / R``;
+            ``-2`` (RATE -2, ``MODEL_DURATION``): the duration is its modelled-duration
+            parameter ``D`` and the rate ``F * amt / D``. The model must declare them
+            (``model.with_dose_modifiers(central=("R", "D"))`` gives ``R2``, ``D2``).
         dur: infusion duration (DUR); the rate is ``F * amt / dur``. Give ``rate`` or
             ``dur``, not both; with neither the dose is a bolus.
         ii: interdose interval (II) for ``addl`` and ``ss``.
@@ -60,8 +74,9 @@ class Dose:
             or the next ``ss=1`` record.
         evid: 1 (dose) or 4 (reset the system, then dose).
 
-    Bioavailability and lag time are model parameters (see
-    ``Model.dose_parameters``), so they stay differentiable and vary per patient.
+    Bioavailability, lag time, modelled rate and duration are model parameters (see
+    ``Model.dose_parameters`` and ``Model.with_dose_modifiers``), so they stay
+    differentiable and vary per patient.
     ``amt`` and ``time`` may be JAX arrays, so gradients flow to them.
     """
 
@@ -81,7 +96,14 @@ class Dose:
             raise ValueError(f"{where}: cmt must be a compartment name (a non-empty string)")
         _num(self.amt, "amt", where)
         _num(self.time, "time", where)
-        _num(self.rate, "rate", where)
+        if not self.modelled:
+            if _concrete(self.rate) and np.ndim(self.rate) == 0 and float(self.rate) < 0:
+                raise ValueError(
+                    f"{where}: rate = {self.rate}; a rate is >= 0, or -1 (rate modelled by "
+                    "the compartment's R parameter, NONMEM RATE -1) or -2 (duration "
+                    "modelled by its D parameter, RATE -2)"
+                )
+            _num(self.rate, "rate", where)
         _num(self.dur, "dur", where)
         _num(self.ii, "ii", where)
         _num(self.addl, "addl", where, integer=True)
@@ -92,8 +114,13 @@ class Dose:
                 f"{where}: evid = {self.evid}; a Dose has evid 1 (dose) or 4 (reset and dose); "
                 "use Reset for evid 3"
             )
-        if _concrete(self.rate) and _concrete(self.dur) and self.rate > 0 and self.dur > 0:
+        if _concrete(self.rate) and _concrete(self.dur) and self.rate != 0 and self.dur > 0:
             raise ValueError(f"{where}: give rate or dur for an infusion, not both")
+        if self.modelled and _concrete(self.amt) and not self.amt > 0:
+            raise ValueError(
+                f"{where}: rate = {int(self.rate)} (modelled "
+                f"{'rate' if self.rate == -1 else 'duration'}) needs amt > 0"
+            )
         if self.is_constant_infusion:
             if _concrete(self.addl) and self.addl > 0:
                 raise ValueError(
@@ -110,8 +137,15 @@ class Dose:
             raise ValueError(f"{where}: addl > 0 needs an interdose interval ii > 0")
 
     @property
+    def modelled(self) -> int:
+        """-1 or -2 for a RATE -1 / -2 record (rate / duration from the model), else 0."""
+        if _concrete(self.rate) and np.ndim(self.rate) == 0 and float(self.rate) in (-1.0, -2.0):
+            return int(self.rate)
+        return 0
+
+    @property
     def is_infusion(self) -> bool:
-        return _positive(self.rate) or _positive(self.dur)
+        return bool(self.modelled) or _positive(self.rate) or _positive(self.dur)
 
     @property
     def is_constant_infusion(self) -> bool:
@@ -156,7 +190,8 @@ class EventTable(eqx.Module):
     """A regimen compiled to arrays (one row per dose record, padded).
 
     Leading axes are patients when stacked. ``kind`` is one of NOOP, BOLUS,
-    INF_RATE, INF_DUR, RESET, INF_CONST; ``cmt`` indexes ``model.state_names``.
+    INF_RATE, INF_DUR, RESET, INF_CONST, INF_MRATE (RATE -1), INF_MDUR (RATE -2);
+    ``cmt`` indexes ``model.state_names``.
     Steady state: ``ss`` is the SS flag of each record (0, 1, 2) and ``ii`` its
     interval; ``ss_rec`` lists the record index of every steady-state record (``-1``
     pads). The implied earlier doses of a steady-state record that can still act after
@@ -286,7 +321,8 @@ def _history_count(d: Dose, kind: int, has_lag: bool) -> int:
     Dose ``k`` (``k >= 1`` intervals earlier) still acts after the record's time when
     it is an infusion with ``k * ii < lag + duration``, or a dose arriving after the
     record's time (``k * ii <= lag``). The duration is known here unless it is
-    ``F * amt / rate`` (taken with ``F = 1``); lag times are assumed below
+    ``F * amt / rate`` (taken with ``F = 1``) or a parameter (RATE -1 / -2: up to
+    ``SS_MODEL_HISTORY`` intervals); lag times are assumed below
     ``SS_EXTRA_HISTORY`` intervals. The engine checks the count and flags a patient
     whose F or lag needs more (status NONFINITE) rather than return a wrong profile.
     """
@@ -295,6 +331,8 @@ def _history_count(d: Dose, kind: int, has_lag: bool) -> int:
     extra = SS_EXTRA_HISTORY if has_lag else 0
     if kind == BOLUS:
         return extra
+    if kind in (INF_MRATE, INF_MDUR):  # the duration is a parameter
+        return SS_MODEL_HISTORY + extra
     if not all(_concrete(x) for x in (d.ii, d.dur, d.rate, d.amt)):
         return 4 + extra
     ii = float(d.ii)
@@ -315,7 +353,10 @@ def compile_regimens(
 
     dtype = dtype or _default_float()
     names = list(model.state_names)
-    dose_par = model.dose_parameters()
+    from ..model._model import dose_table
+
+    dose_par = dose_table(model)
+    none4 = (None, None, None, None)
     rows = []
     for r in regimens:
         r = r if r is not None else Regimen()
@@ -323,8 +364,22 @@ def compile_regimens(
         rows.append(r.records())
 
     def kind_of(d: Dose) -> int:
+        if d.modelled:
+            slot, what = (2, "rate") if d.modelled == -1 else (3, "duration")
+            kind = "R" if d.modelled == -1 else "D"
+            if dose_par.get(d.cmt, none4)[slot] is None:
+                num = names.index(d.cmt) + 1
+                raise ValueError(
+                    f"Dose(cmt={d.cmt!r}, time={d.time}): rate = {d.modelled} (NONMEM RATE "
+                    f"{d.modelled}: the infusion {what} is the compartment's {kind} "
+                    f"parameter) but {type(model).__name__} has no {kind} parameter on "
+                    f"{d.cmt!r}; declare it with model.with_dose_modifiers("
+                    f"{{{d.cmt!r}: ({kind!r},)}}) (parameter {kind}{num}), or give the rate "
+                    "or duration in the record"
+                )
+            return INF_MRATE if d.modelled == -1 else INF_MDUR
         if d.is_constant_infusion:
-            if dose_par.get(d.cmt, (None, None))[0] is not None:
+            if dose_par.get(d.cmt, none4)[0] is not None:
                 raise ValueError(
                     f"Dose(cmt={d.cmt!r}, time={d.time}): a steady-state constant infusion "
                     f"(amt 0, rate > 0, ii 0) into a compartment with bioavailability "
@@ -354,14 +409,16 @@ def compile_regimens(
             tab.append((d.time, d.amt, d.rate, d.dur, c, kind, d.ii, d.ss, -1, seq))
             if d.ss > 0:
                 ss_idx.append(pos)
-                has_lag = dose_par.get(d.cmt, (None, None))[1] is not None
+                has_lag = dose_par.get(d.cmt, none4)[1] is not None
                 for k in range(1, _history_count(d, kind, has_lag) + 1):
                     hist_rows.append(
                         (d.time - k * d.ii, d.amt, d.rate, d.dur, c, kind, d.ii, 0, pos, seq - 1)
                     )
         tables.append(tab + hist_rows)
         ss_lists.append(ss_idx)
-    has_inf = any(r[5] in (INF_RATE, INF_DUR, INF_CONST) for tab in tables for r in tab)
+    has_inf = any(
+        r[5] in (INF_RATE, INF_DUR, INF_CONST, INF_MRATE, INF_MDUR) for tab in tables for r in tab
+    )
     has_ss = any(ss_lists)
     k = max([len(tab) for tab in tables] + [1])
     if n_records is not None:

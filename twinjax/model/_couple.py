@@ -10,7 +10,7 @@ from fractions import Fraction
 import equinox as eqx
 import jax.numpy as jnp
 
-from ._model import TIME_UNITS, Model
+from ._model import TIME_UNITS, Model, dose_table
 from ._param import Param, State
 
 LINK_KINDS = ("direct", "linear", "emax", "sigmoid", "user")
@@ -196,8 +196,12 @@ class Coupled(Model):
             if "." in name or not name:
                 raise ValueError(f"Model name {name!r} must be non-empty and contain no '.'")
         self._time_unit, self._scales = _time_units(models, time_unit)
+        # time-valued dose parameters (lag times, modelled durations) are in the coupled
+        # unit; modelled rates (amount per time) too (see _lag_param)
         self._lags = tuple(
-            tuple(lag for _, lag in m.dose_parameters().values() if lag is not None)
+            tuple(
+                q for qs in dose_table(m).values() for q in (qs[1], qs[2], qs[3]) if q is not None
+            )
             if k != 1.0
             else ()
             for m, k in zip(models.values(), self._scales)
@@ -214,7 +218,7 @@ class Coupled(Model):
             for s in m.states
         )
         ps = [
-            _lag_param(q, n, k, self._time_unit)
+            _lag_param(q, n, k, self._time_unit, rate=q.name in _rate_names(m))
             if q.name in lags
             else q.replace(name=f"{n}.{q.name}")
             for (n, m), k, lags in zip(self.models, self._scales, self._lags)
@@ -272,11 +276,8 @@ class Coupled(Model):
     def dose_parameters(self):
         out = {}
         for n, m in self.models:
-            for cmt, (f, lag) in m.dose_parameters().items():
-                out[f"{n}.{cmt}"] = (
-                    None if f is None else f"{n}.{f}",
-                    None if lag is None else f"{n}.{lag}",
-                )
+            for cmt, qs in dose_table(m).items():
+                out[f"{n}.{cmt}"] = tuple(None if q is None else f"{n}.{q}" for q in qs)
         return out
 
     # -- helpers ---------------------------------------------------------------
@@ -287,9 +288,10 @@ class Coupled(Model):
     def _sub_params(self, p: Mapping) -> dict:
         """Each model's own parameters, lag times back in its own unit."""
         sub = {n: self._split(p, n) for n, _ in self.models}
-        for (n, _), k, lags in zip(self.models, self._scales, self._lags):
+        for (n, m), k, lags in zip(self.models, self._scales, self._lags):
+            rates = _rate_names(m)
             for lag in lags:
-                sub[n][lag] = sub[n][lag] * k
+                sub[n][lag] = sub[n][lag] / k if lag in rates else sub[n][lag] * k
         return sub
 
     def _effective(self, t, y: Mapping, p: Mapping):
@@ -345,14 +347,27 @@ def _at(t, k: float):
     return t if k == 1.0 else k * t
 
 
-def _lag_param(q: Param, name: str, k: float, unit: str | None) -> Param:
-    """A lag-time parameter of a model run at ``t_model = k * t``, in the coupled unit."""
+def _rate_names(m: Model) -> set[str]:
+    """The modelled-rate (R) dose parameters of ``m``."""
+    return {qs[2] for qs in dose_table(m).values() if qs[2] is not None}
+
+
+def _lag_param(q: Param, name: str, k: float, unit: str | None, rate: bool = False) -> Param:
+    """A lag-time or modelled-duration parameter of a model run at ``t_model = k * t``,
+    in the coupled unit; ``rate``: a modelled rate (amount per time unit), scaled by
+    ``k`` instead of ``1 / k``."""
+    s = k if rate else 1.0 / k
+    if rate:
+        per = q.unit.rsplit("/", 1)[0] if "/" in q.unit else q.unit
+        new_unit = f"{per}/{unit}"
+    else:
+        new_unit = str(unit)
     return q.replace(
         name=f"{name}.{q.name}",
-        value=q.value / k,
-        lower=q.lower / k,
-        upper=q.upper / k,
-        unit=str(unit),
+        value=q.value * s,
+        lower=q.lower * s,
+        upper=q.upper * s,
+        unit=new_unit,
         doc=f"{q.doc} (in the coupled time unit {unit})".strip(),
     )
 

@@ -48,8 +48,11 @@ class Model(eqx.Module):
     Class attributes a subclass may set:
 
     - ``stiff``: if True the default Diffrax solver is Kvaerno5 instead of Tsit5.
-    - ``dose_parameters``: ``{compartment: (F_param or None, lag_param or None)}``,
-      naming the bioavailability and lag-time parameters of dosed compartments.
+    - ``dose_parameters``: ``{compartment: (F, lag[, R[, D]])}`` naming, per dosed
+      compartment, its bioavailability, lag-time, modelled-rate and modelled-duration
+      parameters (``None`` where it has none; a shorter tuple means the rest are
+      ``None``). :meth:`with_dose_modifiers` adds them to any model under NONMEM's
+      names (``F2``, ``ALAG2``, ``R2``, ``D2`` for the second state).
     - ``reference``: the source paper of the model.
     - ``time_unit``: the unit of ``t`` in the equations, one of ``"h"``, ``"min"``,
       ``"s"``, ``"ms"`` (the unit every rate parameter is per). Every shipped model
@@ -86,9 +89,62 @@ class Model(eqx.Module):
     def observe(self, t, y: dict, p: dict) -> dict:
         """Derived outputs given time, state and parameters."""
 
-    def dose_parameters(self) -> dict[str, tuple[str | None, str | None]]:
-        """``{compartment: (bioavailability param, lag-time param)}``; empty by default."""
+    def dose_parameters(self) -> dict[str, tuple[str | None, ...]]:
+        """``{compartment: (F, lag[, R[, D]])}`` parameter names; empty by default.
+
+        ``F``: bioavailability (the amount given is ``F * AMT``); ``lag``: the lag time
+        (NONMEM ALAG); ``R``: the infusion rate of a ``rate=-1`` record (NONMEM RATE -1);
+        ``D``: the infusion duration of a ``rate=-2`` record (NONMEM RATE -2). Use
+        :func:`dose_table` to read it with every entry padded to four names.
+        """
         return {}
+
+    def with_dose_modifiers(
+        self,
+        modifiers: Mapping[str | int, Any] | None = None,
+        /,
+        *,
+        F_upper: float | Mapping[str, float] = 1.0,
+        **by_name: Any,
+    ) -> Model:
+        """This model with per-compartment dose modifiers F, ALAG, R, D (NONMEM names).
+
+        Arguments:
+            modifiers: ``{compartment: kinds}``, a compartment given by its state name or
+                its NONMEM number (1-based position in :attr:`state_names`, as
+                ``read_nonmem(compartments=model)`` numbers them), ``kinds`` a subset of
+                ``("F", "ALAG", "R", "D")``.
+            F_upper: upper bound of the bioavailability parameters (default 1; give a
+                larger one where relative bioavailability above 1 is real), one number
+                for all or ``{compartment: upper}``.
+            **by_name: the same as ``modifiers`` for state names that are Python
+                identifiers, e.g. ``central=("F", "ALAG", "R", "D")``.
+
+        Returns:
+            A model (:class:`DoseModified`) with the same states and equations whose
+            parameters add, for compartment number ``n``: ``Fn`` (bioavailability,
+            default 1, in ``[0, F_upper]``, logit transform), ``ALAGn`` (lag time,
+            default 0, ``>= 0``), ``Rn`` (the rate of a ``rate=-1`` / RATE -1 record),
+            ``Dn`` (the duration of a ``rate=-2`` / RATE -2 record). ``Rn`` and ``Dn``
+            default to 0, "not set": a patient with a record that uses one of them at
+            a value ``<= 0`` is flagged (status NONFINITE). All are ordinary
+            parameters: they vary per patient, take covariate models and IIV, and are
+            differentiable.
+
+        Raises:
+            ValueError: an unknown compartment or kind, a compartment that already
+                has that modifier (e.g. the PK models' depot ``F``/``TLAG``), a name
+                that clashes with an existing parameter, or ``F_upper < 1``.
+
+        Example:
+            ```python
+            m = pk.one_compartment("first_order").with_dose_modifiers(
+                central=("F", "ALAG", "R", "D"), F_upper=2.0
+            )
+            m.dose_parameters()["central"]  # ('F2', 'ALAG2', 'R2', 'D2')
+            ```
+        """
+        return DoseModified.build(self, dict(modifiers or {}), by_name, F_upper)
 
     # ---- tables -----------------------------------------------------------------
     @property
@@ -160,12 +216,12 @@ class Model(eqx.Module):
         pnames = [q.name for q in self.params]
         if len(set(pnames)) != len(pnames):
             raise ValueError(f"{type(self).__name__}: duplicated parameter names {pnames}")
-        for cmt, (f, lag) in self.dose_parameters().items():
+        for cmt, qs in dose_table(self).items():
             if cmt not in names:
                 raise ValueError(
                     f"{type(self).__name__}: dose_parameters names unknown state {cmt!r}"
                 )
-            for q in (f, lag):
+            for q in qs:
                 if q is not None and q not in pnames:
                     raise ValueError(
                         f"{type(self).__name__}: dose_parameters names unknown parameter {q!r}"
@@ -194,7 +250,7 @@ class Model(eqx.Module):
         if unknown:
             raise ValueError(
                 f"{type(self).__name__}: unknown parameter(s) {unknown}; valid parameters are "
-                f"{list(self.param_names)}"
+                f"{list(self.param_names)}{_dose_modifier_hint(self, unknown)}"
             )
         out = {}
         n = None
@@ -254,6 +310,191 @@ class Model(eqx.Module):
         """Inverse of :meth:`pack`: a vector (last axis) to constrained parameters."""
         names = self.param_names if names is None else tuple(names)
         return self.from_unconstrained({k: vec[..., i] for i, k in enumerate(names)})
+
+
+#: The per-compartment dose modifiers, in the order of a ``dose_parameters`` tuple.
+DOSE_MODIFIERS = ("F", "ALAG", "R", "D")
+_MODIFIER_DOC = {
+    "F": "bioavailability (the amount given is F * AMT)",
+    "ALAG": "lag time of the doses",
+    "R": "infusion rate of rate=-1 (NONMEM RATE -1) records",
+    "D": "infusion duration of rate=-2 (NONMEM RATE -2) records",
+}
+
+
+def dose_table(model) -> dict[str, tuple[str | None, str | None, str | None, str | None]]:
+    """``model.dose_parameters()`` with every entry padded to ``(F, lag, R, D)``."""
+    out = {}
+    for cmt, qs in model.dose_parameters().items():
+        qs = tuple(qs)
+        if not 1 <= len(qs) <= 4:
+            raise ValueError(
+                f"{type(model).__name__}.dose_parameters()[{cmt!r}] = {qs!r}; expected a "
+                "tuple (F, lag[, R[, D]]) of parameter names or None"
+            )
+        out[cmt] = qs + (None,) * (4 - len(qs))  # type: ignore[assignment]
+    return out  # type: ignore[return-value]
+
+
+def _dose_modifier_hint(model, unknown) -> str:
+    """How to declare a NONMEM dose modifier (F2, ALAG1, ...) that ``model`` lacks."""
+    import re
+
+    hints = []
+    states = list(model.state_names)
+    for k in unknown:
+        m = re.fullmatch(r"(F|ALAG|R|D)(\d+)", str(k))
+        if not m:
+            continue
+        kind, num = m.group(1), int(m.group(2))
+        if not 1 <= num <= len(states):
+            hints.append(
+                f"{k} would be the {kind} of compartment {num}, but "
+                f"{type(model).__name__} has {len(states)} states {states}"
+            )
+            continue
+        cmt = states[num - 1]
+        hints.append(
+            f"{k} is NONMEM's {kind} ({_MODIFIER_DOC[kind]}) of compartment {num} "
+            f"({cmt!r}); declare it with model.with_dose_modifiers({{{cmt!r}: ({kind!r},)}})"
+        )
+    return ("; " + "; ".join(hints)) if hints else ""
+
+
+class DoseModified(Model):
+    """A model with per-compartment dose modifiers (see :meth:`Model.with_dose_modifiers`).
+
+    The states, equations and outputs are those of ``base``; the parameters are the
+    base model's followed by the added ``Fn``, ``ALAGn``, ``Rn``, ``Dn``.
+    """
+
+    base: Model
+    added: tuple[Param, ...] = eqx.field(static=True)
+    table: tuple[tuple[str, tuple[str | None, str | None, str | None, str | None]], ...] = (
+        eqx.field(static=True)
+    )
+
+    @classmethod
+    def build(cls, base: Model, modifiers: dict, by_name: dict, F_upper) -> DoseModified:
+        from ._param import fraction, real
+
+        where = f"{type(base).__name__}.with_dose_modifiers"
+        states = list(base.state_names)
+        spec: dict[str, tuple[str, ...]] = {}
+        for key, kinds in list(modifiers.items()) + list(by_name.items()):
+            if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+                if not 1 <= int(key) <= len(states):
+                    raise ValueError(
+                        f"{where}: compartment number {key} is not one of 1..{len(states)} "
+                        f"(the states {states}, numbered from 1 as NONMEM numbers them)"
+                    )
+                cmt = states[int(key) - 1]
+            elif isinstance(key, str) and key in states:
+                cmt = key
+            else:
+                raise ValueError(
+                    f"{where}: unknown compartment {key!r}; give a state name of {states} or "
+                    "its number (1-based)"
+                )
+            if isinstance(kinds, str):
+                kinds = (kinds,)
+            kinds = tuple(kinds)
+            bad = [k for k in kinds if k not in DOSE_MODIFIERS]
+            if bad or not kinds:
+                raise ValueError(
+                    f"{where}: compartment {cmt!r}: modifiers {list(kinds)}; each must be one "
+                    f"of {list(DOSE_MODIFIERS)} (at least one)"
+                )
+            if cmt in spec:
+                raise ValueError(f"{where}: compartment {cmt!r} is given twice")
+            spec[cmt] = kinds
+        if not spec:
+            raise ValueError(
+                f"{where}: no compartment given; e.g. "
+                f"with_dose_modifiers({{{states[0]!r}: ('F', 'ALAG', 'R', 'D')}})"
+            )
+        if isinstance(F_upper, Mapping):
+            unknown = [c for c in F_upper if c not in spec or "F" not in spec[c]]
+            if unknown:
+                raise ValueError(
+                    f"{where}: F_upper names {unknown}, which get no F here; compartments "
+                    f"with F: {[c for c in spec if 'F' in spec[c]]}"
+                )
+            uppers = {c: float(F_upper.get(c, 1.0)) for c in spec}
+        else:
+            uppers = {c: float(F_upper) for c in spec}
+        for c, u in uppers.items():
+            if not (np.isfinite(u) and u >= 1.0):
+                raise ValueError(
+                    f"{where}: F_upper = {u} for {c!r}; it must be a finite number >= 1 "
+                    "(F defaults to 1)"
+                )
+        table = dose_table(base)
+        have = set(base.param_names)
+        tu = base.time_unit or "time unit"
+        added: list[Param] = []
+        for cmt, kinds in spec.items():
+            num = states.index(cmt) + 1
+            row = list(table.get(cmt, (None, None, None, None)))
+            unit = base.state(cmt).unit
+            for kind in kinds:
+                slot = DOSE_MODIFIERS.index(kind)
+                if row[slot] is not None:
+                    raise ValueError(
+                        f"{where}: compartment {cmt!r} already has a {kind} parameter "
+                        f"{row[slot]!r}; use it (or a model without one)"
+                    )
+                name = f"{kind}{num}"
+                if name in have:
+                    raise ValueError(
+                        f"{where}: {type(base).__name__} already has a parameter {name!r}"
+                    )
+                doc = f"{_MODIFIER_DOC[kind]}, compartment {num} ({cmt})"
+                if kind == "F":
+                    q = fraction(name, 1.0, upper=uppers[cmt], doc=doc)
+                elif kind == "ALAG":
+                    q = real(name, 0.0, tu, lower=0.0, doc=doc)
+                elif kind == "R":
+                    q = real(name, 0.0, f"{unit}/{tu}", lower=0.0, doc=doc + "; 0: not set")
+                else:
+                    q = real(name, 0.0, tu, lower=0.0, doc=doc + "; 0: not set")
+                added.append(q)
+                have.add(name)
+                row[slot] = name
+            table[cmt] = tuple(row)  # type: ignore[assignment]
+        return cls(base, tuple(added), tuple(table.items()))
+
+    @property
+    def states(self):
+        return self.base.states
+
+    @property
+    def params(self):
+        return tuple(self.base.params) + self.added
+
+    @property
+    def stiff(self):  # type: ignore[override]
+        return self.base.stiff
+
+    @property
+    def time_unit(self):  # type: ignore[override]
+        return self.base.time_unit
+
+    @property
+    def reference(self):  # type: ignore[override]
+        return self.base.reference
+
+    def dose_parameters(self):
+        return dict(self.table)
+
+    def rhs(self, t, y, p, u):
+        return self.base.rhs(t, y, p, u)
+
+    def init(self, p):
+        return self.base.init(p)
+
+    def observe(self, t, y, p):
+        return self.base.observe(t, y, p)
 
 
 def _forward(q: Param, x):

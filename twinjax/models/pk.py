@@ -45,6 +45,15 @@ class Compartmental(Model):
         elimination: ``"linear"`` (``CL``) or ``"michaelis_menten"`` (``VMAX``, ``KM``).
         effect: add an effect compartment ``"effect"`` (concentration ``Ce``, rate
             ``KE0``).
+        F_upper: upper bound of the depot bioavailability ``F`` (default 1; larger
+            where relative bioavailability above 1 is real).
+
+    Dose modifiers: the depot has bioavailability ``F`` and lag ``TLAG`` (NONMEM's F1
+    and ALAG1 of the depot). Any compartment can get ``Fn``, ``ALAGn``, ``Rn``, ``Dn``
+    (NONMEM names, ``n`` the 1-based state number) with
+    :meth:`~twinjax.Model.with_dose_modifiers`, e.g.
+    ``one_compartment("first_order").with_dose_modifiers(central=("F", "ALAG", "R", "D"))``
+    gives ``F2``, ``ALAG2``, ``R2``, ``D2`` on the central compartment.
 
     States (mg unless stated): ``depot``, ``transit1..n``, ``central``,
     ``periph`` (2-3 cmt), ``periph2`` (3 cmt), ``effect`` (mg/L), and ``eliminated``
@@ -58,6 +67,7 @@ class Compartmental(Model):
     n_transit: int = 0
     elimination: str = "linear"
     effect: bool = False
+    F_upper: float = 1.0
 
     time_unit = "h"
     reference = "Gabrielsson & Weiner 2016; Savic et al. 2007 (transit); Sheiner et al. 1979"
@@ -73,6 +83,8 @@ class Compartmental(Model):
             raise ValueError("transit absorption needs n_transit >= 1")
         if self.absorption != "transit" and self.n_transit != 0:
             raise ValueError("n_transit is only used with absorption='transit'")
+        if not (math.isfinite(self.F_upper) and self.F_upper >= 1.0):
+            raise ValueError(f"F_upper must be a finite number >= 1, got {self.F_upper}")
 
     @property
     def _oral(self) -> bool:
@@ -151,7 +163,15 @@ class Compartmental(Model):
                     doc="first-order absorption rate constant",
                 )
             )
-            q.append(fraction("F", 1.0, source=_TYPICAL, doc="bioavailability of the depot"))
+            q.append(
+                fraction(
+                    "F",
+                    1.0,
+                    upper=self.F_upper,
+                    source=_TYPICAL,
+                    doc="bioavailability of the depot (NONMEM F1)",
+                )
+            )
             q.append(
                 real(
                     "TLAG",

@@ -14,7 +14,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..dosing._regimen import BOLUS, INF_CONST, INF_DUR, INF_RATE, PAD_TIME, RESET, EventTable
+from ..dosing._regimen import (
+    BOLUS,
+    INF_CONST,
+    INF_DUR,
+    INF_MDUR,
+    INF_MRATE,
+    INF_RATE,
+    PAD_TIME,
+    RESET,
+    EventTable,
+)
+from ..model._model import dose_table
 from ._status import Status
 
 # engine event kinds
@@ -54,11 +65,12 @@ def stack_state(model, y: dict, shape):
 
 
 def _per_state(model, p, which: int, default: float, n, dtype):
-    """``(N, S)`` bioavailability (which=0) or lag (which=1) of every state."""
-    dp = model.dose_parameters()
+    """``(N, S)`` bioavailability (which=0), lag (1), modelled rate (2) or modelled
+    duration (3) of every state (``default`` where a state has none)."""
+    dp = dose_table(model)
     cols = []
     for s in model.state_names:
-        name = dp.get(s, (None, None))[which]
+        name = dp.get(s, (None,) * 4)[which]
         cols.append(p[name] if name is not None else jnp.full((n,), default, dtype))
     return jnp.stack(cols, -1)
 
@@ -71,30 +83,54 @@ def _safe(x):
     return jnp.where(x > 0, x, 1.0)
 
 
+def infusion_rate_duration(kind, amt, rate, dur, R, D):
+    """Rate and duration of each record (0 for a bolus), NONMEM's rules.
+
+    ``amt`` is the amount given (``F * AMT``). RATE > 0: duration ``amt / RATE``; DUR:
+    rate ``amt / DUR``; RATE -1 (INF_MRATE): rate ``R``, duration ``amt / R``; RATE -2
+    (INF_MDUR): duration ``D``, rate ``amt / D``; a constant infusion: its RATE. Also
+    returns where a record needs ``R`` or ``D`` and has it ``<= 0`` (not set).
+    """
+    mrate, mdur = kind == INF_MRATE, kind == INF_MDUR
+    r = jnp.select(
+        [(kind == INF_RATE) | (kind == INF_CONST), kind == INF_DUR, mrate, mdur],
+        [rate, amt / _safe(dur), R, amt / _safe(D)],
+        0.0,
+    )
+    d = jnp.select(
+        [kind == INF_RATE, kind == INF_DUR, mrate, mdur],
+        [amt / _safe(rate), dur, amt / _safe(R), D],
+        0.0,
+    )
+    unset = (mrate & ~(R > 0)) | (mdur & ~(D > 0))
+    return r, d, unset
+
+
 def dose_records(model, p, ev: EventTable, n, dtype):
     """Effective (lagged) times, amounts, rates and durations of each record.
 
     NONMEM semantics: the amount given is ``F * AMT``; with RATE the duration is
-    ``F * AMT / RATE``, with DUR the rate is ``F * AMT / DUR``; a lag time delays the
-    arrival. A steady-state constant infusion (INF_CONST) starts at its record time
-    and runs until a reset or an SS 1 record.
+    ``F * AMT / RATE``, with DUR the rate is ``F * AMT / DUR``; RATE -1 / -2 take the
+    rate / duration from the compartment's R / D parameter (see
+    :func:`infusion_rate_duration`); a lag time delays the arrival. A steady-state
+    constant infusion (INF_CONST) starts at its record time and runs until a reset or
+    an SS 1 record. Also returns, per patient, whether a record needs an R or D that
+    is not set (``<= 0``).
     """
     F = _take(_per_state(model, p, 0, 1.0, n, dtype), ev.cmt)
     lag = _take(_per_state(model, p, 1, 0.0, n, dtype), ev.cmt)
+    R = _take(_per_state(model, p, 2, 0.0, n, dtype), ev.cmt)
+    D = _take(_per_state(model, p, 3, 0.0, n, dtype), ev.cmt)
     kind = ev.kind
     const = kind == INF_CONST
-    is_dose = (kind == BOLUS) | (kind == INF_RATE) | (kind == INF_DUR)
-    is_inf = (kind == INF_RATE) | (kind == INF_DUR) | const
+    modelled = (kind == INF_MRATE) | (kind == INF_MDUR)
+    is_dose = (kind == BOLUS) | (kind == INF_RATE) | (kind == INF_DUR) | modelled
+    is_inf = (kind == INF_RATE) | (kind == INF_DUR) | const | modelled
     t_eff = ev.time + jnp.where(is_dose, lag, 0.0)
     amt = F * ev.amt
-    rate = jnp.where(
-        (kind == INF_RATE) | const,
-        ev.rate,
-        jnp.where(kind == INF_DUR, amt / _safe(ev.dur), 0.0),
-    )
-    dur = jnp.where(kind == INF_RATE, amt / _safe(ev.rate), jnp.where(kind == INF_DUR, ev.dur, 0.0))
+    rate, dur, unset = infusion_rate_duration(kind, amt, ev.rate, ev.dur, R, D)
     dur = jnp.where(const, PAD_TIME, dur)
-    return t_eff, amt, rate, dur, is_inf
+    return t_eff, amt, rate, dur, is_inf, jnp.any(unset, -1)
 
 
 def _apply(kind, rec, Y, active, amt, cmt_onehot, Y_init, ss_data, dyn):
@@ -145,7 +181,7 @@ def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
     f = vector_field(model)
     S = len(model.state_names)
     names = model.param_names
-    dp = model.dose_parameters()
+    dp = dose_table(model)
     J = ev.ss_rec.shape[-1]
     M = n * J
     idx = jnp.clip(ev.ss_rec, 0, None)  # (N, J)
@@ -163,8 +199,10 @@ def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
     )
     dyn = np.asarray([not st.cumulative for st in model.states])
     dyn2 = dyn[:, None] & dyn[None, :]
-    fname = [dp.get(s, (None, None))[0] for s in model.state_names]
-    lname = [dp.get(s, (None, None))[1] for s in model.state_names]
+    fname = [dp.get(s, (None,) * 4)[0] for s in model.state_names]
+    lname = [dp.get(s, (None,) * 4)[1] for s in model.state_names]
+    rname = [dp.get(s, (None,) * 4)[2] for s in model.state_names]
+    dname = [dp.get(s, (None,) * 4)[3] for s in model.state_names]
 
     def unpack(theta):
         q = {k: theta[:, i] for i, k in enumerate(names)}
@@ -192,17 +230,14 @@ def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
         q, d = unpack(theta)
         F = per_cmt(q, fname, 1.0, c1h)
         lag = per_cmt(q, lname, 0.0, c1h)
+        R = per_cmt(q, rname, 0.0, c1h)
+        D = per_cmt(q, dname, 0.0, c1h)
         const = kind == INF_CONST
-        periodic_inf = (kind == INF_RATE) | (kind == INF_DUR)
+        periodic_inf = (
+            (kind == INF_RATE) | (kind == INF_DUR) | (kind == INF_MRATE) | (kind == INF_MDUR)
+        )
         amt = F * d["amt"]
-        rate = jnp.where(
-            (kind == INF_RATE) | const,
-            d["rate"],
-            jnp.where(kind == INF_DUR, amt / _safe(d["dur"]), 0.0),
-        )
-        dur = jnp.where(
-            kind == INF_RATE, amt / _safe(d["rate"]), jnp.where(kind == INF_DUR, d["dur"], 0.0)
-        )
+        rate, dur, _ = infusion_rate_duration(kind, amt, d["rate"], d["dur"], R, D)
         ii = jnp.where(const | ~(d["ii"] > 0), 1.0, d["ii"])
         a = jnp.where(const, 0.0, jnp.mod(lag, ii))
         e = jnp.mod(a + dur, ii)
@@ -346,7 +381,7 @@ def _run(model, solver, p, ev: EventTable, ts, y0=None):
     K = ev.kind.shape[-1]
     f = vector_field(model)
 
-    t_eff, amt, rate, dur, is_inf = dose_records(model, p, ev, n, dtype)
+    t_eff, amt, rate, dur, is_inf, unset = dose_records(model, p, ev, n, dtype)
     kindA = jnp.select(
         [ev.kind == BOLUS, is_inf, ev.kind == RESET], [E_BOLUS, E_START, E_RESET], E_NOOP
     )
@@ -395,6 +430,8 @@ def _run(model, solver, p, ev: EventTable, ts, y0=None):
         e_key_parts.append(seq_ss - 1)
     else:
         short = jnp.zeros((n,), bool)
+    # a RATE -1 / -2 record whose R / D is not set (<= 0): flagged, never a wrong profile
+    short = short | unset
     e_time_parts.append(t_eff)
     e_kind_parts.append(kindA)
     e_rec_parts.append(rec_idx)
