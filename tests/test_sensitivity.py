@@ -250,6 +250,9 @@ def test_local_pk_cmax_against_finite_differences():
     np.testing.assert_allclose(rc.normalised, fdc.T, rtol=1e-5, atol=1e-7)
     # Cmax is proportional to F / V for fixed k and KA: d log Cmax / d log F = 1
     np.testing.assert_allclose(rc.normalised[:, 3], 1.0, rtol=1e-9)
+    # C(t) = F D / V g(t; CL / V, KA): scaling CL and V together scales C by 1 / V at
+    # every save time, so the elasticities of Cmax to CL and V add up to -1
+    np.testing.assert_allclose(rc.normalised[:, 0] + rc.normalised[:, 1], -1.0, rtol=1e-6)
 
 
 @pytest.mark.slow
