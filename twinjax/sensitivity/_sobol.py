@@ -293,7 +293,9 @@ def sobol(
         seed: seed of the Sobol' scrambling and of the bootstrap.
         scramble: scramble the Sobol' sequence (recommended).
         n_bootstrap, confidence: bootstrap resamples and interval level.
-        solver, dtype: as for :func:`twinjax.simulate`.
+        solver, dtype: as for :func:`twinjax.simulate` (default ``solvers.Diffrax()``;
+            for large designs of a non-stiff model ``solvers.Ensemble()`` is much
+            faster on CPU, see ``docs/sensitivity.md``).
 
     Returns:
         A :class:`SobolResult` (``.to_frame()``, ``.plot()``).
