@@ -1,4 +1,4 @@
-"""``solvers.Ensemble``: twinjax's batched explicit Runge-Kutta over a whole cohort.
+"""``solvers.Ensemble``: twinjax's batched Runge-Kutta and Rosenbrock over a whole cohort.
 
 One ``lax.while_loop`` advances every patient at once. State is held as
 structure-of-arrays, state-major inside the loop (``(S, N)``: one contiguous row of
@@ -7,8 +7,13 @@ broadcasts), and each patient has its own adaptive step, error control, step
 counter and status. No ``vmap`` over patients: a step is a few dozen fused,
 vectorised loops over the batch, which is what makes large cohorts fast on CPU and
 GPU. Saves are taken from the method's dense output (DOPRI5: 4th-order continuous
-extension; Tsit5 and RK4: cubic Hermite interpolation from the FSAL derivatives) and
-written in place into the result.
+extension; Tsit5 and RK4: cubic Hermite interpolation from the FSAL derivatives;
+Rodas5P: its own continuous extension) and written in place into the result.
+
+Stiff models: ``"rodas5p"`` is a linearly implicit Rosenbrock method run by the same
+loop (``solve/_rosenbrock.py``): each step a Jacobian per patient by forward-mode AD
+and a small LU per patient, both in the same state-major layout. ``"auto"`` (the
+default) takes it for models that declare ``stiff = True``.
 
 Performance notes (XLA:CPU, measured on the PK/PD cohort benchmark): the error norm
 is an unrolled sum over states (a small-axis reduction became a library call as

@@ -7,7 +7,7 @@
   first column simplifying assumption. Comput Math Appl 62:770-775, 2011.
 - Classic RK4 (Kutta 1901).
 - Rodas5P (Rosenbrock, 5th order with an embedded 4th-order error estimate and a
-  4th-order dense output): Steinebach G. Construction of Rosenbrock-Wanner method
+  continuous extension for dense output): Steinebach G. Construction of Rosenbrock-Wanner method
   Rodas5P and numerical benchmarks within the Julia differential equations package.
   BIT Numer Math 63:27, 2023. The coefficients (in the transformed, W-form variables
   of Hairer & Wanner, *Solving ODEs II*, 2nd ed., 1996, sec. IV.7, eq. (7.25)) are the
