@@ -362,8 +362,8 @@ def figure_forest(result, unit: str | None = None):
     rows = result.comparisons
     if not len(rows):
         return None
-    rows = rows[rows["endpoint"].isin(list(eps))]
-    if not len(rows):
+    rows = rows[rows["endpoint"].isin(list(eps)) & np.isfinite(rows["diff"].to_numpy(float))]
+    if not len(rows):  # nothing estimable in this unit
         return None
     arms = [a.name for a in tr.arms]
     col = _colours(arms)
@@ -426,17 +426,6 @@ def figure_power(result, endpoint: str | None = None):
     leg = ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     _legend_outside(fig, leg, 2.0)
     return fig
-
-
-def figure_endpoints(result):
-    """Every endpoint's distribution, side by side (kept for scripts; the report draws
-    one figure per endpoint, :func:`figure_endpoint`)."""
-    import matplotlib.pyplot as plt
-
-    figs = [figure_endpoint(result, e) for e in result.trial.endpoints]
-    for f in figs[1:]:
-        plt.close(f)
-    return figs[0]
 
 
 # ------------------------------------------------------------------------ sections
@@ -505,7 +494,7 @@ def _design(result) -> str:
                 if d.rate:
                     s += f", infused at {_g(d.rate)}{du}/{tu}"
                 parts.append(s)
-            reg = "; ".join(parts) + (" (and placebo response)" if a.placebo else "")
+            reg = "; ".join(parts) + (" (placebo arm)" if a.placebo else "")
         if a.params:
             reg += "; fixed " + ", ".join(f"{k} = {_g(v)}" for k, v in a.params.items())
         label = a.name + (" (control)" if a.name == tr.control else "")
