@@ -95,7 +95,11 @@ def test_bad_declarations_are_refused():
 
 
 def test_undeclared_modifier_says_how_to_declare_it():
-    with pytest.raises(ValueError, match=r"F2 is NONMEM's F .*'central'.*with_dose_modifiers"):
+    hint = (
+        r"F2 is NONMEM's bioavailability of compartment 2 \('central'\); "
+        r"declare it with model\.with_dose_modifiers\(\{'central': \('F',\)\}\)"
+    )
+    with pytest.raises(ValueError, match=hint):
         tj.simulate(BASE, dict(F2=1.0), None, jnp.asarray([1.0]))
     reg = tj.Regimen([tj.Dose(100.0, "central", rate=-1)])
     with pytest.raises(ValueError, match=r"no R parameter on 'central'.*\('R',\).*R2"):
@@ -292,7 +296,8 @@ def test_scenario_set_matches_closed_forms_via_dose_and_read_nonmem():
         errs[name] = rel(C[i], want)
         # read_nonmem gives the same regimen as Dose/Regimen
         np.testing.assert_allclose(C[n + i], C[i], rtol=1e-12, atol=1e-14, err_msg=name)
-    bad = {k: v for k, v in errs.items() if not v < 1e-6}
+    # the solver runs at rtol 1e-10; measured worst 8e-11 (the issue asks for 1e-4)
+    bad = {k: v for k, v in errs.items() if not v < 1e-8}
     assert not bad, bad
 
 

@@ -322,6 +322,14 @@ _MODIFIER_DOC = {
 }
 
 
+_MODIFIER_NAME = {
+    "F": "bioavailability",
+    "ALAG": "lag time",
+    "R": "modelled infusion rate (RATE -1)",
+    "D": "modelled infusion duration (RATE -2)",
+}
+
+
 def dose_table(model) -> dict[str, tuple[str | None, str | None, str | None, str | None]]:
     """``model.dose_parameters()`` with every entry padded to ``(F, lag, R, D)``."""
     out = {}
@@ -355,8 +363,8 @@ def _dose_modifier_hint(model, unknown) -> str:
             continue
         cmt = states[num - 1]
         hints.append(
-            f"{k} is NONMEM's {kind} ({_MODIFIER_DOC[kind]}) of compartment {num} "
-            f"({cmt!r}); declare it with model.with_dose_modifiers({{{cmt!r}: ({kind!r},)}})"
+            f"{k} is NONMEM's {_MODIFIER_NAME[kind]} of compartment {num} ({cmt!r}); "
+            f"declare it with model.with_dose_modifiers({{{cmt!r}: ({kind!r},)}})"
         )
     return ("; " + "; ".join(hints)) if hints else ""
 
