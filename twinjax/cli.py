@@ -332,7 +332,8 @@ def safety(
     protocol: Optional[str] = typer.Option(  # noqa: UP045
         None,
         help="population (ORd population, APD90 risk) | cipa (CiPA qNet protocol with "
-        "CiPAORdv1.0, torsade metric score); default population",
+        "CiPAORdv1.0, torsade metric score) | exposure (a PK regimen from the spec's "
+        "[safety.exposure] paced beat by beat); default population",
     ),
     cipa_beats: Optional[int] = typer.Option(  # noqa: UP045
         None, help="cipa: beats paced per cell at CL 2000 ms; default 1000 (the FDA's)"
@@ -391,6 +392,8 @@ def safety(
             f"[bold]{st.name}[/]: CiPA qNet protocol, {len(st.compounds)} compounds x "
             f"{n_mult} concentrations, {st.cipa_beats} beats"
         )
+    elif st.protocol == "exposure":
+        con.print(f"[bold]{st.name}[/]: PK-driven exposure of CiPAORdv1.0 to {st.compounds[0]}")
     else:
         con.print(
             f"[bold]{st.name}[/]: {st.n} ORd ({st.cell}) models x {len(st.compounds)} "
@@ -404,7 +407,11 @@ def safety(
             raise
         _error(con, err)
         raise typer.Exit(EXIT_RUN) from None
-    if st.protocol == "cipa":
+    if st.protocol == "exposure":
+        tab = res["exposure"]
+        con.print(tab.iloc[:: max(1, len(tab) // 24)].to_string(index=False))
+        con.print(f"free Cmax {res['free_cmax_nM']:.3g} nM")
+    elif st.protocol == "cipa":
         cols = ["compound", "cipa_category", "TMS", "predicted", "correct"]
         con.print(res["risk"][cols].to_string(index=False))
         con.print(res["confusion"].to_string())

@@ -51,12 +51,30 @@ from ._spec import SpecError
 __all__ = ["SafetyTrial"]
 
 CELL_TYPES = ("endo", "epi", "M")
-PROTOCOLS = ("population", "cipa")
-# keys that only one protocol reads (a spec that sets them for the other is refused)
+PROTOCOLS = ("population", "cipa", "exposure")
+# keys that only one protocol reads (a spec that sets them for another is refused)
 _ONLY = {
     "population": ("n", "cell", "beats", "drug_beats", "sigma", "seed"),
     "cipa": ("cipa_beats", "cipa_window"),
+    "exposure": ("exposure",),
 }
+# [safety.exposure]: a one-compartment oral PK regimen driving CiPAORdv1.0 beat by beat
+EXPOSURE_KEYS = {
+    "dose_mg": "dose per administration (mg)",
+    "interval_h": "dosing interval (h)",
+    "n_doses": "number of doses (integer >= 1), the first at 0 h",
+    "F": "oral bioavailability (0-1]",
+    "KA_per_h": "absorption rate constant (1/h)",
+    "CL_L_per_h": "clearance (L/h)",
+    "V_L": "volume of distribution (L)",
+    "fu": "fraction unbound in plasma (0-1]",
+    "mw_g_per_mol": "molar mass (g/mol)",
+    "hours": "exposure simulated (h)",
+    "sample_every_h": "optional: pace windows of `window` beats every this many hours "
+    "(quasi-static) instead of every beat",
+    "window": "optional: beats per window (integer >= 1, default 1)",
+}
+_EXPOSURE_OPTIONAL = ("sample_every_h", "window")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +97,8 @@ class SafetyTrial:
         seed: seed of the population sample.
         cipa_beats: ``protocol = "cipa"``: beats paced per cell (the FDA: 1000).
         cipa_window: ``protocol = "cipa"``: final beats analysed (the FDA: 250).
+        exposure: ``protocol = "exposure"``: the PK regimen, ``{key: value}`` with the
+            keys of :data:`EXPOSURE_KEYS` (a ``[safety.exposure]`` table).
     """
 
     name: str = "Cardiac safety trial"
@@ -93,6 +113,7 @@ class SafetyTrial:
     protocol: str = "population"
     cipa_beats: int = 1000
     cipa_window: int = 250
+    exposure: Mapping | None = None
 
     def __post_init__(self):
         from ..models.ep import _cipa, drugs
@@ -100,7 +121,7 @@ class SafetyTrial:
         P = _spec.Problems()
         w = "[safety]"
         d = _spec.describe
-        cipa = self.protocol == "cipa"
+        cipa = self.protocol in ("cipa", "exposure")  # both use the CiPAORd compound table
         if not isinstance(self.protocol, str) or self.protocol not in PROTOCOLS:
             P.add(
                 f"{w}.protocol",
@@ -153,6 +174,8 @@ class SafetyTrial:
             P.add(f"{w}.cell", f"cell must be one of {list(CELL_TYPES)}, got {d(self.cell)}")
         if not (_spec.is_number(self.sigma) and 0 < self.sigma <= 1):
             P.add(f"{w}.sigma", f"sigma must be a number in (0, 1], got {d(self.sigma)}")
+        if self.protocol == "exposure":
+            self._check_exposure(P)
         b, win = self.cipa_beats, self.cipa_window
         if _spec.is_int(b) and _spec.is_int(win) and b >= 1 and win > b:
             P.add(
@@ -160,6 +183,37 @@ class SafetyTrial:
                 f"cipa_window must be <= cipa_beats = {b} (the beats paced), got {win}",
             )
         P.check()
+
+    def _check_exposure(self, P):
+        w = "[safety.exposure]"
+        d = _spec.describe
+        if isinstance(self.compounds, tuple) and len(self.compounds) != 1:
+            P.add("[safety].compounds", "protocol = 'exposure' doses exactly one compound")
+        e = self.exposure
+        if not isinstance(e, Mapping):
+            P.add(
+                w,
+                f"protocol = 'exposure' needs a table [safety.exposure] with {list(EXPOSURE_KEYS)}",
+            )
+            return
+        for k in e:
+            if k not in EXPOSURE_KEYS:
+                P.add(f"{w}.{k}", f"unknown key {k!r}; allowed: {list(EXPOSURE_KEYS)}")
+        for k, what in EXPOSURE_KEYS.items():
+            if k not in e:
+                if k not in _EXPOSURE_OPTIONAL:
+                    P.add(f"{w}.{k}", f"missing: {what}")
+                continue
+            v = e[k]
+            if k in ("n_doses", "window"):
+                if not (_spec.is_int(v) and 1 <= v <= 100_000):
+                    P.add(f"{w}.{k}", f"{k} must be an integer >= 1, got {d(v)}")
+            elif not (_spec.is_number(v) and 0 < v < math.inf):
+                P.add(f"{w}.{k}", f"{k} must be a positive number ({what}), got {d(v)}")
+            elif k in ("F", "fu") and v > 1:
+                P.add(f"{w}.{k}", f"{k} must be in (0, 1], got {d(v)}")
+        if "window" in e and "sample_every_h" not in e:
+            P.add(f"{w}.window", "window is read only with sample_every_h")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -219,6 +273,8 @@ class SafetyTrial:
         out = claim(out, "safety")  # before any simulation
         if self.protocol == "cipa":
             return self._run_cipa(out, console)
+        if self.protocol == "exposure":
+            return self._run_exposure(out, console)
         t0 = time.perf_counter()
         model = ep.ORd(celltype=self.cell)
 
@@ -321,6 +377,103 @@ class SafetyTrial:
             control=res.control,
             seconds=seconds,
         )
+
+    def _run_exposure(self, out, console) -> dict:
+        """A PK regimen driving one CiPAORdv1.0 cell beat by beat; ``out`` is claimed."""
+        import jax.numpy as jnp
+        import numpy as np
+        import pandas as pd
+
+        from ..dosing import Regimen
+        from ..models.ep import CiPAORd
+        from ..models.ep import _exposure as ex
+        from ..models.ep._cipa import compounds as cipa_compounds
+        from ..models.pk import one_compartment
+        from ..solve import simulate
+
+        t0 = time.perf_counter()
+        e = dict(self.exposure or {})
+        compound = self.compounds[0]
+        pk = one_compartment("first_order")
+        hours = float(e["hours"])
+        times = np.linspace(0.0, hours, int(hours * 60) + 1)  # every minute
+        regimen = Regimen.repeat(
+            float(e["dose_mg"]), "depot", every=float(e["interval_h"]), n=int(e["n_doses"])
+        )
+        pk_params = dict(CL=e["CL_L_per_h"], V=e["V_L"], KA=e["KA_per_h"], F=e["F"])
+        res = simulate(pk, {k: float(v) for k, v in pk_params.items()}, regimen, times)
+        C = np.asarray(res.outputs["C"])  # mg/L
+        free = ex.free_nM(C, float(e["mw_g_per_mol"]), float(e["fu"]))
+        model = CiPAORd()
+        bcl = float(model.param("BCL").value)
+        tb, cb = ex.exposure_beats(
+            times,
+            free,
+            bcl_ms=bcl,
+            hours=hours - bcl / ex.MS_PER_H,
+            sample_every_h=e.get("sample_every_h"),
+            window=int(e.get("window", 1)),
+        )
+        if console is not None:
+            console.print(
+                f"{compound}: free Cmax {free.max():.3g} nM over {hours:g} h; pacing "
+                f"{len(tb)} beats of CiPAORdv1.0 at CL {bcl:g} ms"
+            )
+        r = ex.pace_exposure(model, compound, cb, params={"BCL": jnp.asarray(bcl)})
+        bio = r.biomarkers
+        table = pd.DataFrame(
+            dict(
+                beat=np.arange(1, len(tb) + 1),
+                time_h=tb,
+                conc_nM=cb,
+                qNet=np.asarray(bio["qNet"]),
+                APD90=np.asarray(bio["APD90"]),
+                max_dv=np.asarray(bio["max_dv"]),
+                EAD=np.asarray(bio["EAD"]).astype(bool),
+                DF=np.asarray(bio["DF"]).astype(bool),
+            )
+        )
+        table.to_csv(out / "exposure.csv", index=False)
+        pd.DataFrame(dict(time_h=times, C_mg_per_L=C, free_nM=free)).to_csv(
+            out / "pk.csv", index=False
+        )
+        plot_exposure(times, free, table, out / "safety.png", f"{self.name} ({compound})")
+        seconds = time.perf_counter() - t0
+        cmax_cipa = float(cipa_compounds().loc[compound, "cmax_free_nM"])
+        record = dict(
+            spec=dataclasses.asdict(self),
+            protocol="PK-driven exposure (one-compartment oral PK -> CiPAORdv1.0, per beat)",
+            free_cmax_nM=float(free.max()),
+            cipa_free_cmax_nM=cmax_cipa,
+            beats_paced=len(tb),
+            status=int(np.max(np.asarray(r.status))),
+            seconds=seconds,
+            outputs=["exposure.csv", "pk.csv", "safety.png"],
+        )
+        (out / "safety.json").write_text(json.dumps(record, indent=2))
+        return dict(exposure=table, pk=res, seconds=seconds, free_cmax_nM=float(free.max()))
+
+
+def plot_exposure(times, free, table, path, title: str = ""):
+    """Free concentration (PK) and the per-beat APD90 and qNet against time."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+    axes[0].plot(times, free, "k-", lw=1)
+    axes[0].plot(table["time_h"], table["conc_nM"], "o", ms=2)
+    axes[0].set_ylabel("free conc. (nM)")
+    axes[1].plot(table["time_h"], table["APD90"], "o", ms=2)
+    axes[1].set_ylabel("APD90 (ms)")
+    axes[2].plot(table["time_h"], table["qNet"], "o", ms=2)
+    axes[2].set_ylabel("qNet (C/F)")
+    axes[2].set_xlabel("time (h)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_qnet(doses, scores, path, title: str = ""):
