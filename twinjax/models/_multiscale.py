@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..model._couple import Coupled, Link
+from ..solve._periodic import solve_fixed_point
 from .circulation import Circulation, blood_volume, to_periodic_steady_state
 
 
@@ -110,101 +111,22 @@ def quasi_static(
 # ---------------------------------------------------------------------------------
 # fast periodic steady states for large cohorts (Anderson-accelerated beat map)
 # ---------------------------------------------------------------------------------
-def _beat_map_pieces(model):
-    from .circulation import _dynamic_mask, _phase_field
-
-    g = _phase_field(model)
-    dyn = _dynamic_mask(model)
-    return g, dyn
-
-
 @eqx.filter_jit
 def _anderson_core(model, solver, p, Y0, tol, max_beats, memory, n_save):
-    from .circulation import _reduce
+    from .circulation import _beat_map, _dynamic_mask, _last_beat
 
-    g, dyn_np = _beat_map_pieces(model)
-    n, S = Y0.shape
-    dtype = Y0.dtype
-    dyn = jnp.asarray(dyn_np)
-    idx = np.flatnonzero(dyn_np)
-    D = idx.size
-    m = memory
-    args = (p, jnp.zeros((n, S), dtype))
-    Ybase = jnp.where(dyn[None, :], Y0, 0.0)  # phase and integrals at zero
-
-    def embed(x):
-        return Ybase.at[:, idx].set(x)
-
-    def beat(x, active):
-        Z = jnp.concatenate([embed(x), jnp.zeros((n, 1), dtype)], -1)
-        s1 = jnp.where(active, 1.0, 0.0).astype(dtype)
-        _, Z1, st = solver.integrate(g, jnp.zeros((n,), dtype), s1, Z, None, args, model)
-        return Z1[:, idx], st
-
+    dyn = _dynamic_mask(model)
+    idx = np.flatnonzero(dyn)
+    Ybase = jnp.where(jnp.asarray(dyn)[None, :], Y0, 0.0)  # phase and integrals at zero
+    G, embed, g, args = _beat_map(model, solver, p, Ybase, idx)
     x0 = Y0[:, idx]
     w = 1.0 / (1.0 + jnp.abs(x0))  # the scale of the convergence test (as the model's)
-
-    def cond(c):
-        it, done = c[0], c[6]
-        return jnp.any(~done) & (it < max_beats)
-
-    def body(c):
-        it, x, dF, dG, f_prev, g_prev, done, res, beats, status = c
-        active = ~done
-        gx, st = beat(x, active)
-        status = jnp.maximum(status, jnp.where(active, st, 0))
-        f = (gx - x) * w  # scaled residual of the beat map
-        r = jnp.max(jnp.abs(f), axis=-1)
-        res = jnp.where(active, r, res)
-        beats = beats + active.astype(jnp.int32)
-        first = it == 0
-        dF = jnp.where(first, dF, jnp.concatenate([dF[..., 1:], (f - f_prev)[..., None]], -1))
-        dG = jnp.where(first, dG, jnp.concatenate([dG[..., 1:], (gx - g_prev)[..., None]], -1))
-        valid = jnp.arange(m) >= m - jnp.minimum(it, m)  # filled history columns
-        A = jnp.einsum("ndi,ndj->nij", dF, dF)
-        scale = jnp.trace(A, axis1=-2, axis2=-1)[:, None, None] / m + 1e-30
-        reg = jnp.where(valid, 1e-10, 1.0)[None, :] * jnp.eye(m, dtype=dtype)  # (m, m)
-        A = A + reg[None, :, :] * scale
-        b = jnp.einsum("ndi,nd->ni", dF, f)
-        gam = jnp.linalg.solve(A, b[..., None])[..., 0]
-        gam = jnp.where(valid[None, :], gam, 0.0)
-        x_new = gx - jnp.einsum("ndi,ni->nd", dG, gam)
-        ok = jnp.all(jnp.isfinite(x_new), axis=-1)
-        x_new = jnp.where(ok[:, None], x_new, gx)
-        conv = active & (r < tol)
-        # converged: keep the last beat's end state (a periodic orbit to tol)
-        x = jnp.where(conv[:, None], gx, jnp.where(active[:, None], x_new, x))
-        done = done | conv | (status != 0)
-        return it + 1, x, dF, dG, f, gx, done, res, beats, status
-
-    c0 = (
-        jnp.zeros((), jnp.int32),
-        x0,
-        jnp.zeros((n, D, m), dtype),
-        jnp.zeros((n, D, m), dtype),
-        jnp.zeros((n, D), dtype),
-        jnp.zeros((n, D), dtype),
-        jnp.zeros((n,), bool),
-        jnp.full((n,), jnp.inf, dtype),
-        jnp.zeros((n,), jnp.int32),
-        jnp.zeros((n,), jnp.int32),
+    fp = solve_fixed_point(
+        G, x0, method="anderson", tol=tol, max_iter=max_beats, scale=w, memory=memory
     )
-    _, x, _, _, _, _, _, res, beats, status = jax.lax.while_loop(cond, body, c0)
-    # one densely saved beat for the metrics
-    Z = jnp.concatenate([embed(x), jnp.zeros((n, 1), dtype)], -1)
-    ss = jnp.broadcast_to(jnp.linspace(0.0, 1.0, n_save, dtype=dtype), (n, n_save))
-    Zs, Z1, st = solver.integrate(
-        g, jnp.zeros((n,), dtype), jnp.ones((n,), dtype), Z, ss, args, model
-    )
-    status = jnp.maximum(status, st)
-    names = model.state_names
-    T = Z1[:, -1]
-    MAP = Z1[:, names.index("int_p_AR_SYS")] / T
-    SV = Z1[:, names.index("int_Q_AV")]
-    inside = jnp.ones(Zs.shape[:2], bool)
-    metrics = _reduce(Zs[..., names.index("p_AR_SYS")], Zs[..., names.index("V_LV")], inside,
-                      MAP, SV, T)  # fmt: skip
-    return embed(x), beats, res < tol, res, metrics, status
+    Y = embed(fp.x)
+    _, metrics, _, status = _last_beat(model, solver, g, args, Y, n_save, fp.status)
+    return Y, fp.iterations, fp.converged, fp.residual, metrics, status
 
 
 @eqx.filter_jit
@@ -243,7 +165,8 @@ def steady_state_cohort(
     ten beats from a nearby state. It is an affine combination of beat-map values,
     so the total blood volume (a linear invariant) is kept exactly. A patient has
     converged when the largest scaled beat-map residual ``|G(x) - x| / (1 + |x0|)``
-    is below ``tol``; then one more beat with ``n_save`` saves gives the metrics.
+    is below ``tol``; then one more beat with ``n_save`` saves gives the metrics. The
+    iteration is :func:`twinjax.solve._periodic.solve_fixed_point` (``"anderson"``).
 
     Arguments:
         model: a :class:`~twinjax.models.circulation.Circulation`.
@@ -264,7 +187,10 @@ def steady_state_cohort(
 
     Returns:
         ``{"state", "beats", "converged", "residual", "metrics", "status"}``, each
-        ``(N,)`` (``state`` and ``metrics`` are dicts).
+        ``(N,)`` (``state`` and ``metrics`` are dicts). ``status`` is a
+        :class:`~twinjax.Status` code: ``NOT_CONVERGED`` for a patient still above
+        ``tol`` after ``max_beats`` beats; the metrics of a patient whose status is not
+        OK are NaN (its ``state`` is its last iterate).
     """
     from ..model._model import _default_float
     from ..solve._engine import stack_state
@@ -514,9 +440,7 @@ class QuasiStaticTwin(Coupled):
                 states[k][sl] = np.asarray(out["state"][k])[:n_real]
             for k in BEAT_METRICS:
                 mets[k][sl] = np.asarray(out["metrics"][k])[:n_real]
-            st = np.asarray(out["status"])[:n_real]
-            conv = np.asarray(out["converged"])[:n_real]
-            status[sl] = np.where(st != 0, st, np.where(conv, 0, 1))  # 1: not converged
+            status[sl] = np.asarray(out["status"])[:n_real]  # NOT_CONVERGED included
             if bar is not None:
                 bar.advance(bar.task_ids[0], n_real)
         return states, mets, status

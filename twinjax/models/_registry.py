@@ -71,13 +71,6 @@ def _load_builtin():
         "1-compartment oral PK with a direct sigmoid Emax effect",
     )
     _register_organ_models()
-    for mod in ("circulation", "pbpk", "glucose", "ep"):
-        try:
-            m = __import__(f"twinjax.models.{mod}", fromlist=["register_models"])
-        except ImportError:
-            continue
-        if hasattr(m, "register_models"):
-            m.register_models(register)
 
 
 def _register_organ_models():

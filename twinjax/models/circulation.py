@@ -96,6 +96,7 @@ from ..model import Model, Param, State
 from ..model._param import fraction, positive, real
 from ..solve._diffrax import Diffrax
 from ..solve._engine import stack_state, vector_field
+from ..solve._periodic import first_failure, solve_fixed_point
 
 REGAZZONI = "Regazzoni et al. 2022, 0-D circulation defaults"
 URSINO = "Ursino 1998, Table 1"
@@ -582,10 +583,14 @@ class SteadyState(eqx.Module):
         beats: number of beats simulated before convergence (per patient).
         converged: whether the beat-to-beat change fell below ``tol``.
         change: the last beat-to-beat change (see :func:`to_periodic_steady_state`).
-        metrics: per-beat hemodynamics of one more beat (see :func:`beat_metrics`).
+        metrics: per-beat hemodynamics of one more beat (see :func:`beat_metrics`);
+            NaN for a patient whose status is not OK.
         beat: the densely saved last beat: ``{"t": ..., state and output names: ...}``
-            with a trailing axis of ``n_save`` points (``t`` from the beat's start, s).
-        status: solver status code (0: ok), per patient.
+            with a trailing axis of ``n_save`` points (``t`` from the beat's start, s);
+            NaN for a patient whose status is not OK.
+        status: :class:`~twinjax.Status` code per patient: ``OK``, an integrator's
+            failure code, or ``NOT_CONVERGED`` (``max_beats`` used up; ``state`` is then
+            the last beat's start, a start for another try).
         params: the full parameter dict used.
     """
 
@@ -620,71 +625,43 @@ def _dynamic_mask(model):
     return np.asarray([not s.cumulative for s in model.states])
 
 
-@eqx.filter_jit
-def _pss_core(model, solver, p, Y0, tol, max_beats, batch, n_save):
+def _beat_map(model, solver, p, Ybase, idx):
+    """The period map of :mod:`twinjax.solve._periodic` for the circulation: the
+    non-cumulative states ``x`` (columns ``idx``) at the start of a beat to those one
+    beat later, integrated in the phase from 0 to 1 (0 to 0 for inactive patients)
+    with the phase and cumulative integrals reset to 0 (``Ybase``); also ``embed``,
+    ``x`` back to the full state, and the phase field ``g``."""
     g = _phase_field(model)
-    n, S = Y0.shape
-    dtype = Y0.dtype
-    dyn = _dynamic_mask(model)
-    cum = ~dyn
-    rates = jnp.zeros((n, S + 1), dtype)
-    args = (p, rates[:, :S])
+    n, S = Ybase.shape
+    dtype = Ybase.dtype
+    args = (p, jnp.zeros((n, S), dtype))
 
-    def reset(Y):  # phase and cumulative integrals back to zero at each beat start
-        return jnp.where(cum[None, :], 0.0, Y)
+    def embed(x):
+        return Ybase.at[:, idx].set(x)
 
-    def beat(Z, active):
-        s0 = jnp.zeros((n,), dtype)
+    def G(x, active):
+        Z = jnp.concatenate([embed(x), jnp.zeros((n, 1), dtype)], -1)
         s1 = jnp.where(active, 1.0, 0.0).astype(dtype)
-        _, Z1, st = solver.integrate(g, s0, s1, Z, None, args, model)
-        return Z1, st
+        _, Z1, st = solver.integrate(g, jnp.zeros((n,), dtype), s1, Z, None, args, model)
+        return Z1[:, idx], st
 
-    def change(Ya, Yb):
-        d = jnp.abs(Ya - Yb) / (1.0 + jnp.abs(Yb))
-        return jnp.max(jnp.where(dyn[None, :], d, 0.0), axis=-1)
+    return G, embed, g, args
 
-    def cond(c):
-        _, _, done, _, _, it = c
-        return jnp.any(~done) & (it < max_beats)
 
-    def body(c):
-        Y, beats, done, ch, status, it = c
-        active = ~done
-
-        def one(carry, _):
-            Yc, st = carry
-            Z = jnp.concatenate([reset(Yc), jnp.zeros((n, 1), dtype)], -1)
-            Z1, st1 = beat(Z, active)
-            return (Z1[:, :S], jnp.maximum(st, st1)), None
-
-        (Yb, st), _ = jax.lax.scan(one, (Y, status), None, length=batch - 1)
-        (Yn, st), _ = one((Yb, st), None)
-        ch_new = change(reset(Yn), reset(Yb))
-        ch = jnp.where(active, ch_new, ch)
-        beats = beats + jnp.where(active, batch, 0)
-        conv = active & (ch_new < tol)
-        Y = jnp.where(active[:, None], Yn, Y)
-        done = done | conv | (st != 0)
-        return Y, beats, done, ch, st, it + batch
-
-    c0 = (
-        Y0,
-        jnp.zeros((n,), jnp.int32),
-        jnp.zeros((n,), bool),
-        jnp.full((n,), jnp.inf, dtype),
-        jnp.zeros((n,), jnp.int32),
-        jnp.zeros((), jnp.int32),
-    )
-    Y, beats, _, ch, status, _ = jax.lax.while_loop(cond, body, c0)
-    converged = ch < tol
-    # one more beat, densely saved, for the metrics
-    Z = jnp.concatenate([reset(Y), jnp.zeros((n, 1), dtype)], -1)
+def _last_beat(model, solver, g, args, Y, n_save, status):
+    """One more beat from the steady state ``Y`` (phase and integrals at 0), densely
+    saved: ``(state, metrics, dense, status)``; NaN metrics and dense beat for a
+    patient whose status is not OK."""
+    n = Y.shape[0]
+    dtype = Y.dtype
+    Z = jnp.concatenate([Y, jnp.zeros((n, 1), dtype)], -1)
     ss = jnp.broadcast_to(jnp.linspace(0.0, 1.0, n_save, dtype=dtype), (n, n_save))
     Zs, Z1, st = solver.integrate(
         g, jnp.zeros((n,), dtype), jnp.ones((n,), dtype), Z, ss, args, model
     )
-    status = jnp.maximum(status, st)
+    status = first_failure(status, st)
     names = model.state_names
+    p = args[0]
     states = {k: Zs[..., i] for i, k in enumerate(names)}
     t = Zs[..., -1]
     pe = {k: v[:, None] for k, v in p.items()}
@@ -696,8 +673,22 @@ def _pss_core(model, solver, p, Y0, tol, max_beats, batch, n_save):
     inside = jnp.ones(Zs.shape[:2], bool)
     metrics = _reduce(states["p_AR_SYS"], states["V_LV"], inside, MAP, SV, T)
     dense = {"t": t, **states, **{k: jnp.broadcast_to(v, t.shape) for k, v in outputs.items()}}
+    bad = status != 0
+    metrics = {k: jnp.where(bad, jnp.nan, v) for k, v in metrics.items()}
+    dense = {k: jnp.where(bad[:, None], jnp.nan, v) for k, v in dense.items()}
     Y0s = {k: Z[:, i] for i, k in enumerate(names)}
-    return Y0s, beats, converged, ch, metrics, dense, status
+    return Y0s, metrics, dense, status
+
+
+@eqx.filter_jit
+def _pss_core(model, solver, p, Y0, tol, max_beats, batch, n_save):
+    dyn = _dynamic_mask(model)
+    idx = np.flatnonzero(dyn)
+    Ybase = jnp.where(jnp.asarray(dyn)[None, :], Y0, 0.0)  # phase and integrals at 0
+    G, embed, g, args = _beat_map(model, solver, p, Ybase, idx)
+    fp = solve_fixed_point(G, Y0[:, idx], method="plain", tol=tol, max_iter=max_beats, batch=batch)
+    Y0s, metrics, dense, status = _last_beat(model, solver, g, args, embed(fp.x), n_save, fp.status)
+    return Y0s, fp.iterations, fp.converged, fp.residual, metrics, dense, status
 
 
 def to_periodic_steady_state(
@@ -720,8 +711,9 @@ def to_periodic_steady_state(
     patient has converged when the largest change of a non-cumulative state between
     the starts of two consecutive beats, relative to ``1 + |y|`` (mL, mmHg, mL/s),
     falls below ``tol``; converged patients stop (their segments have zero length)
-    while the others go on. Then one more beat is integrated with ``n_save`` saves
-    and reduced to per-beat metrics.
+    while the others go on (plain fixed-point iteration of the beat map, with
+    :func:`twinjax.solve._periodic.solve_fixed_point`). Then one more beat is
+    integrated with ``n_save`` saves and reduced to per-beat metrics.
 
     Arguments:
         model: a :class:`Circulation` (with or without baroreflex).
@@ -729,7 +721,8 @@ def to_periodic_steady_state(
         solver: ``solvers.Ensemble(...)`` or ``solvers.Diffrax(...)`` (default Diffrax
             with rtol 1e-6, atol 1e-6).
         tol: convergence tolerance of the beat-to-beat change.
-        max_beats: give up after this many beats (``converged`` is then False).
+        max_beats: give up after this many beats (``converged`` is then False and the
+            status ``Status.NOT_CONVERGED``).
         batch: beats per convergence check (``beats`` is then a multiple of it).
         n_save: saves over the reduced beat (extremes are taken over them).
         y0: initial state (default ``model.init(params)``), e.g. a previous steady state.

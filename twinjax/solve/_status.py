@@ -18,6 +18,14 @@ How a failure gets its code (the same rules in ``solvers.Diffrax`` and
 
 A failed patient's states and outputs are NaN at every save time (``simulate``,
 ``simulate_cohort``); summaries over a cohort count and exclude failed patients.
+
+Periodic steady states (``solve/_periodic.py``: the circulation's
+``to_periodic_steady_state`` and ``steady_state_cohort``, the quasi-static twin's
+trials) have one more code: ``NOT_CONVERGED``, a patient whose fixed-point iteration
+(plain, Anderson or Newton) used up its iterations (beats) with its residual still
+above the tolerance; a failed integration inside the iteration keeps its own code
+(rules 1-3). Such a patient's per-beat outputs are NaN; its last iterate is kept as
+its state (a start for another try).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ class Status(enum.IntEnum):
     NONFINITE = 2
     STEP_TOO_SMALL = 3
     SOLVER_FAILED = 4
+    NOT_CONVERGED = 5
 
     @property
     def message(self) -> str:
@@ -46,4 +55,8 @@ _MESSAGES = {
     Status.NONFINITE: "a state or the vector field became NaN or infinite",
     Status.STEP_TOO_SMALL: "the step size fell below its minimum (the problem may be stiff)",
     Status.SOLVER_FAILED: "the solver failed (implicit solver did not converge)",
+    Status.NOT_CONVERGED: (
+        "the periodic steady state did not converge (its iteration reached the maximum "
+        "number of beats with the residual above the tolerance)"
+    ),
 }

@@ -36,6 +36,7 @@ import numpy as np
 from ...model._model import _default_float
 from ...solve._engine import stack_state, vector_field
 from ...solve._ensemble import Ensemble
+from ...solve._status import Status
 from ._metrics import outcomes
 from ._uva_padova import STATE_NAMES, U_TO_PMOL, UvaPadova
 
@@ -232,7 +233,8 @@ class ClosedLoopResult(eqx.Module):
         cgm: ``(N, T)`` CGM readings (mg/dL).
         insulin: ``(N, T)`` insulin rate set by the controller (U/min).
         cho: ``(N, T)`` carbohydrate eaten in each interval (g).
-        status: ``(N,)`` solver status codes (0 = ok).
+        status: ``(N,)`` :class:`~twinjax.Status` codes (``OK`` = 0; ``NONFINITE`` when
+            the glucose became NaN or infinite).
     """
 
     times: jax.Array
@@ -311,7 +313,7 @@ def _closed_loop_core(model, solver, controller, sensor, p, meal_t, meal_g, err,
     c, (bg, cgm, ins, cho) = jax.lax.scan(sample_step, c0, jnp.arange(n_samples))
     status = c[6]
     bad = ~jnp.all(jnp.isfinite(bg), axis=0)
-    status = jnp.where(bad & (status == 0), 2, status)
+    status = jnp.where(bad & (status == 0), Status.NONFINITE, status).astype(jnp.int32)
     return bg.T, cgm.T, ins.T, cho.T, status
 
 

@@ -1,0 +1,109 @@
+"""The periodic-steady-state solver family (solve/_periodic.py) and its status codes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import twinjax as tj
+from twinjax.models import circulation as circ
+from twinjax.models._multiscale import steady_state_cohort
+from twinjax.solve._periodic import solve_fixed_point
+
+# three patients, each an affine map G(x) = A x + b on R^3 (patients independent):
+# 0 and 1 contract (spectral radius 0.9 and 0.6: slow and fast), 2 is a shift x + 1
+# with no fixed point at all
+_A = np.stack([
+    [[0.9, 0.05, 0.0], [0.0, 0.5, 0.1], [0.02, 0.0, 0.3]],
+    [[0.6, 0.0, 0.0], [0.1, 0.4, 0.0], [0.0, 0.2, 0.2]],
+    np.eye(3),
+])  # fmt: skip
+_B = np.array([[1.0, -2.0, 0.5], [3.0, 1.0, -1.0], [1.0, 1.0, 1.0]])
+
+
+def _affine(x, active):
+    gx = jnp.einsum("nij,nj->ni", jnp.asarray(_A), x) + jnp.asarray(_B)
+    bad = ~jnp.all(jnp.isfinite(gx), axis=-1)
+    return gx, jnp.where(bad, int(tj.Status.NONFINITE), 0).astype(jnp.int32)
+
+
+def _exact(i):
+    return np.linalg.solve(np.eye(3) - _A[i], _B[i])
+
+
+@pytest.mark.parametrize("method", ["plain", "anderson", "newton"])
+def test_fixed_points_per_patient_and_not_converged_code(method):
+    x0 = jnp.zeros((3, 3))
+    one = jnp.ones((3, 3))  # absolute residuals
+    fp = jax.jit(
+        lambda x: solve_fixed_point(_affine, x, method=method, tol=1e-10, max_iter=400, scale=one)
+    )(x0)
+    st = np.asarray(fp.status)
+    assert st.tolist() == [tj.Status.OK, tj.Status.OK, tj.Status.NOT_CONVERGED]
+    assert np.asarray(fp.converged).tolist() == [True, True, False]
+    for i in (0, 1):  # the converged ones are the exact fixed points
+        np.testing.assert_allclose(np.asarray(fp.x[i]), _exact(i), rtol=1e-9, atol=1e-9)
+    it = np.asarray(fp.iterations)
+    assert it[2] == 400  # the one without a fixed point used up its iterations
+    if method == "plain":  # contraction 0.90 and 0.6 per step (spectral radii)
+        assert 150 < it[0] < 300 and 30 < it[1] < 80
+    elif method == "anderson":  # a 3-dimensional affine map: exact after ~ 3 + 1 steps
+        assert it[0] <= 8 and it[1] <= 8
+    else:  # Newton is exact for an affine map: one step, one check
+        assert it[0] == 2 and it[1] == 2
+
+
+def test_newton_user_jacobian_equals_ad_and_nan_patient_stops():
+    A = jnp.asarray(_A)
+    x0 = jnp.zeros((3, 3)).at[1, 0].set(jnp.nan)  # patient 1 starts from NaN
+    run = lambda jac: solve_fixed_point(  # noqa: E731
+        _affine, x0, method="newton", tol=1e-12, max_iter=20, scale=jnp.ones((3, 3)), jac=jac
+    )
+    ad = run(None)
+    user = run(lambda x, active: jnp.broadcast_to(A, (x.shape[0], 3, 3)))
+    for fp in (ad, user):
+        assert np.asarray(fp.status).tolist() == [
+            tj.Status.OK, tj.Status.NONFINITE, tj.Status.NOT_CONVERGED
+        ]  # fmt: skip
+        assert int(fp.iterations[1]) == 1  # stopped at its failing evaluation
+        np.testing.assert_allclose(np.asarray(fp.x[0]), _exact(0), rtol=1e-12)
+    np.testing.assert_array_equal(np.asarray(ad.x[0]), np.asarray(user.x[0]))
+
+
+def test_bad_options_are_refused_before_tracing():
+    x0 = jnp.zeros((1, 3))
+    with pytest.raises(ValueError, match="method must be one of"):
+        solve_fixed_point(_affine, x0, method="broyden", tol=1e-6, max_iter=5)
+    with pytest.raises(ValueError, match="batch > 1 is only for method='plain'"):
+        solve_fixed_point(_affine, x0, method="anderson", tol=1e-6, max_iter=5, batch=2)
+    with pytest.raises(ValueError, match="memory must be >= 1"):
+        solve_fixed_point(_affine, x0, method="anderson", tol=1e-6, max_iter=5, memory=0)
+
+
+def test_circulation_not_converged_patient_is_nan_others_intact():
+    """A patient that runs out of beats gets NOT_CONVERGED and NaN beat metrics; a
+    warm-started one in the same batch converges to the same steady state as alone."""
+    m = circ.Circulation()
+    p = {"HR": jnp.array([70.0, 70.0]), "R_AR_SYS": jnp.array([0.8, 1.1])}
+    full = steady_state_cohort(m, p)  # cold start, both converge (Anderson)
+    assert np.asarray(full["status"]).tolist() == [tj.Status.OK] * 2
+    warm = {k: jnp.stack([v[0], m.init({"HR": 70.0})[k]]) for k, v in full["state"].items()}
+    # patient 0 from its steady state, patient 1 from rest: 3 beats are too few for it
+    short = steady_state_cohort(m, p, warm, max_beats=3)
+    assert np.asarray(short["status"]).tolist() == [tj.Status.OK, tj.Status.NOT_CONVERGED]
+    assert np.asarray(short["converged"]).tolist() == [True, False]
+    assert int(short["beats"][1]) == 3 and int(short["beats"][0]) <= 2
+    for k, v in short["metrics"].items():
+        assert np.isnan(float(v[1])), k
+        assert float(v[0]) == pytest.approx(float(full["metrics"][k][0]), rel=1e-3), k
+    # the last iterate is kept as the state (a start for another try)
+    assert np.all(np.isfinite([float(v[1]) for v in short["state"].values()]))
+    # the plain beat-by-beat iteration: the same code and NaN metrics
+    ss = circ.to_periodic_steady_state(
+        m, p, tj.solvers.Ensemble("rk4", dt=1 / 400), y0=warm, max_beats=3
+    )
+    assert np.asarray(ss.status).tolist() == [tj.Status.OK, tj.Status.NOT_CONVERGED]
+    assert np.asarray(ss.beats).tolist()[1] == 3
+    assert np.isnan(float(ss.metrics["MAP"][1])) and np.all(np.isnan(ss.beat["p_LV"][1]))
+    assert float(ss.metrics["MAP"][0]) == pytest.approx(float(full["metrics"]["MAP"][0]), rel=2e-3)
+    assert tj.Status(int(ss.status[1])).message.startswith("the periodic steady state did not")
