@@ -162,6 +162,20 @@ def trial(
             f"[yellow]warning:[/] {failed} of {len(res.table)} patients failed to simulate "
             "(status != 0 in endpoints.csv) and are left out of the statistics"
         )
+    # the report's sample-size warnings (the --n one was printed before the run)
+    from rich.markup import escape
+
+    shown_warnings = res.warnings[1:] if t.dropped_power_sizes else res.warnings
+    for w in shown_warnings:
+        con.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+    if res.sensitivity and t.sensitivity is not None:
+        for note in res.sensitivity["notes"]:
+            con.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
+        con.print(
+            f"sensitivity analysis of {escape(t.sensitivity.endpoint)}: see the report's "
+            "Sensitivity section and summary.json",
+            highlight=False,
+        )
     con.print(f"simulated in {res.seconds:.1f} s; report: [bold]{report.resolve()}[/]")
 
 

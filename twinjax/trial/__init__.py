@@ -6,6 +6,7 @@ from ._report import figure_bands as figure_bands
 from ._safety import SafetyTrial as SafetyTrial
 from ._trial import Arm as Arm
 from ._trial import Inclusion as Inclusion
+from ._trial import Sensitivity as Sensitivity
 from ._trial import SpecError as SpecError
 from ._trial import Trial as Trial
 from ._trial import TrialResult as TrialResult

@@ -15,7 +15,9 @@ Layout (what a trial team presents, first page first):
    its distribution per arm, its power curve (legend outside the axes);
 6. one forest plot per unit family (differences in mmHg, in percentage points, in mg/L
    ... never on one axis);
-7. time courses; subgroups and power tables folded away (``<details>``); methods.
+7. time courses; the sensitivity analysis when the trial asks for one (a tornado of
+   the local sensitivities with their table, Sobol' indices with their intervals);
+   subgroups and power tables folded away (``<details>``); methods.
 
 Every number carries its unit (in the cell or the column header); a missing value is an
 empty cell, never ``nan``. Units come from :func:`output_unit`: a model's
@@ -785,6 +787,132 @@ def _forests(result) -> str:
     return "\n".join(parts)
 
 
+def figure_tornado(result):
+    """The tornado plot of the local sensitivities (None when there is none to draw)."""
+    r = result.sensitivity
+    if not r or r.get("local") is None or r.get("local_summary") is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    loc = r["local"]
+    fig, ax = plt.subplots(figsize=(7.0, 0.42 * len(loc.parameters) + 1.6))
+    loc.plot(ax=ax)
+    ax.set_title(
+        f"Local sensitivity of {loc.quantity}, {result.trial.sensitivity.arm} "
+        f"({loc.n_patients} patients: median, 25-75 % box, 5-95 % whiskers)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def figure_sobol(result):
+    """The Sobol' indices with their bootstrap intervals (None when not estimated)."""
+    r = result.sensitivity
+    if not r or r.get("sobol") is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    sob = r["sobol"]
+    k = len(sob.parameters)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * k + 3.0), 3.6))
+    sob.plot(ax=ax)
+    leg = ax.get_legend()
+    if leg is not None:
+        _legend_outside(fig, leg, 1.6)
+    return fig
+
+
+def _sensitivity(result) -> str:
+    """The sensitivity section: what was analysed, tornado and Sobol' figures, tables."""
+    s, r = result.trial.sensitivity, result.sensitivity
+    if s is None or not r:
+        return ""
+    tr = result.trial
+    e = next(x for x in tr.endpoints if x.name == s.endpoint)
+    unit = endpoint_unit(tr, e)
+    parts = [
+        "<h2 id='sensitivity'>Sensitivity</h2>",
+        f"<p>Which parameters drive <b>{_esc(e.name)}</b> ({_esc(_describe(tr, e))}; "
+        f"{_esc(unit or 'unit not declared')}) in arm <b>{_esc(s.arm)}</b>: the twin's "
+        "endpoint under the arm's regimen as prescribed, without measurement error, placebo "
+        "response, dropout or missed doses.</p>",
+    ]
+    parts += [f"<div class='warn'>{_esc(n)}</div>" for n in r.get("notes", [])]
+    loc, summ = r.get("local"), r.get("local_summary")
+    if loc is not None:
+        failed = int((loc.status != 0).sum())
+        parts.append(
+            "<h3 id='sensitivity-local'>Local sensitivities</h3>"
+            f"<p>Normalised sensitivities d log {_esc(e.name)} / d log parameter (the % "
+            "change of the endpoint for a 1 % change of the parameter) by forward-mode "
+            f"automatic differentiation, for each of {loc.n_patients} patients of "
+            f"{_esc(s.arm)} at their own parameter values"
+            + (f" ({failed} failed simulations left out)" if failed else "")
+            + "; median, interquartile range and 5-95 % over the patients, largest "
+            "|median| first.</p>"
+        )
+        if summ is not None:
+            rows = [
+                [
+                    str(k),
+                    fmt(row["median"]),
+                    _ci(row["q25"], row["q75"]),
+                    _ci(row["q05"], row["q95"]),
+                ]
+                for k, row in summ.iterrows()
+            ]
+            fig = figure_tornado(result)
+            parts += [
+                "<div class='row'>",
+                _table(["parameter", "median", "IQR (25-75 %)", "5-95 %"], rows, "t sens"),
+                _img(fig, f"Local sensitivities of {e.name} (tornado)", "tornado"),
+                "</div>",
+            ]
+    sob = r.get("sobol")
+    if sob is not None:
+        fixed = r.get("typical", {})
+        pct = f"{100 * sob.confidence:g} %"
+        parts.append(
+            "<h3 id='sensitivity-sobol'>Global sensitivity (Sobol' indices)</h3>"
+            f"<p>First-order (S1) and total (ST) Sobol' indices of {_esc(e.name)} for the "
+            f"typical patient of {_esc(s.arm)} with "
+            + ", ".join(
+                f"{_esc(k)} uniform on [{_g(lo)}, {_g(hi)}]" for k, (lo, hi) in sob.bounds.items()
+            )
+            + f"; the other {len(fixed)} parameters at their typical values (summary.json). "
+            f"Saltelli design, N = {sob.n} base samples, {sob.samples.shape[0]} runs in one "
+            f"batched cohort, seed {sob.seed}; {pct} bootstrap intervals "
+            f"({sob.n_bootstrap} resamples)"
+            + (
+                f"; {sob.n_dropped} base samples with a failed run left out"
+                if sob.n_dropped
+                else ""
+            )
+            + ". S1: share of the variance explained by the parameter alone; ST: including "
+            "its interactions.</p>"
+        )
+        rows = [
+            [
+                k,
+                f"[{_g(sob.bounds[k][0])}, {_g(sob.bounds[k][1])}]",
+                fmt(sob.S1[j]),
+                _ci(*sob.S1_ci[j]),
+                fmt(sob.ST[j]),
+                _ci(*sob.ST_ci[j]),
+            ]
+            for j, k in enumerate(sob.parameters)
+        ]
+        head = ["parameter", "range", "S1", f"S1 {pct} CI", "ST", f"ST {pct} CI"]
+        parts += [
+            "<div class='row'>",
+            _table(head, rows, "t sens"),
+            _img(figure_sobol(result), f"Sobol' indices of {e.name}", "sobol"),
+            "</div>",
+        ]
+    return "\n".join(parts)
+
+
 def _subgroups(result) -> str:
     sg = result.subgroups
     if not len(sg):
@@ -919,7 +1047,8 @@ def write_report(result, path) -> pathlib.Path:
         "<nav><a href='#design'>Design</a><a href='#patients'>Patients</a>"
         "<a href='#primary'>Primary endpoint</a><a href='#endpoints'>Endpoints</a>"
         "<a href='#forest'>Forest plots</a><a href='#time'>Time courses</a>"
-        "<a href='#methods'>Methods</a></nav>",
+        + ("<a href='#sensitivity'>Sensitivity</a>" if result.sensitivity else "")
+        + "<a href='#methods'>Methods</a></nav>",
         _design(result),
         _warnings(result),
         _patients(result),
@@ -932,7 +1061,13 @@ def write_report(result, path) -> pathlib.Path:
         "<h2 id='time'>Time courses</h2>"
         + _img(figure_bands(result), "Median and 5-95 % of the simulated outputs", "bands")
     )
-    parts += [_subgroups(result), _power_tables(result), _methods(result), "</body></html>"]
+    parts += [
+        _sensitivity(result),
+        _subgroups(result),
+        _power_tables(result),
+        _methods(result),
+        "</body></html>",
+    ]
     path = pathlib.Path(path)
     path.write_text("\n".join(p for p in parts if p))
     return path

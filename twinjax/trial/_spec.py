@@ -24,6 +24,7 @@ The rules:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import numbers
@@ -402,6 +403,16 @@ PY_LABELS = {
     "var_error": "variability.errors[{i}]",
     "var_placebo": "variability.placebo[{i}]",
     "var_outcome": "variability.dropout.outcome",
+    "sensitivity": "sensitivity",
+    "sens.endpoint": "sensitivity.endpoint",
+    "sens.arm": "sensitivity.arm",
+    "sens.local": "sensitivity.local",
+    "sens.parameters": "sensitivity.parameters",
+    "sens.patients": "sensitivity.patients",
+    "sens.sobol": "sensitivity.sobol",
+    "sens.sobol_n": "sensitivity.sobol_n",
+    "sens.sobol_seed": "sensitivity.sobol_seed",
+    "sens.sobol_bootstrap": "sensitivity.sobol_bootstrap",
 }
 
 TOML_LABELS = {
@@ -427,6 +438,16 @@ TOML_LABELS = {
     "var_error": "[variability.error][{i}]",
     "var_placebo": "[variability.placebo][{i}]",
     "var_outcome": "[variability.dropout].outcome",
+    "sensitivity": "[sensitivity]",
+    "sens.endpoint": "[sensitivity].endpoint",
+    "sens.arm": "[sensitivity].arm",
+    "sens.local": "[sensitivity].local",
+    "sens.parameters": "[sensitivity].parameters",
+    "sens.patients": "[sensitivity].patients",
+    "sens.sobol": "[sensitivity.sobol].parameters",
+    "sens.sobol_n": "[sensitivity.sobol].n",
+    "sens.sobol_seed": "[sensitivity.sobol].seed",
+    "sens.sobol_bootstrap": "[sensitivity.sobol].n_bootstrap",
 }
 
 
@@ -458,6 +479,7 @@ def check_trial(a: dict, probs: Problems, labels: Mapping[str, str], complete: b
     out["beat_times"], out["outputs"] = (), ()
     if a["model"] is not INVALID and a["model"] is not None:
         _check_model(a, out, probs, labels)
+    _check_sensitivity(a, out, probs, labels, complete)
     return out
 
 
@@ -801,8 +823,194 @@ def _read_times(e) -> list[float]:
     return []
 
 
+# ============================================================================ sensitivity
+def _power_of_two(n: int) -> bool:
+    return n >= 2 and (n & (n - 1)) == 0
+
+
+def check_sensitivity_fields(f: Mapping, probs: Problems, L: Mapping[str, str]) -> dict:
+    """Types and ranges of the fields of a :class:`~twinjax.trial.Sensitivity`
+    (``endpoint, arm, local, parameters, patients, sobol, sobol_n, sobol_seed,
+    sobol_bootstrap``); names are checked against the trial by :func:`check_trial`.
+
+    Returns the normalised fields (INVALID where a check failed)."""
+    out: dict[str, Any] = {}
+    out["endpoint"] = string(f["endpoint"], L["sens.endpoint"], probs)
+    arm = f["arm"]
+    out["arm"] = None if arm is None else string(arm, L["sens.arm"], probs)
+    local = boolean(f["local"], L["sens.local"], probs)
+    out["local"] = local
+    params = f["parameters"]
+    if params is not None:
+        params = listof(params, L["sens.parameters"], probs, string)
+        if ok(params) and not params:
+            probs.add(
+                L["sens.parameters"], "must name at least one parameter (or be left out: all)"
+            )
+            params = INVALID
+        elif ok(params) and len(set(params)) != len(params):
+            probs.add(L["sens.parameters"], f"parameters must be unique, got {params}")
+            params = INVALID
+        elif ok(params):
+            params = tuple(params)
+    out["parameters"] = params
+    patients = f["patients"]
+    if patients is not None:
+        patients = integer(patients, L["sens.patients"], probs, lo=1)
+    out["patients"] = patients
+    if local is False:
+        for k in ("parameters", "patients"):
+            if f[k] is not None:
+                probs.add(L[f"sens.{k}"], "is for the local sensitivities; local is false")
+    bounds = f["sobol"]
+    w = L["sens.sobol"]
+    if bounds is not None and bounds is not INVALID:  # INVALID: reported already
+        if table(bounds, w, probs) is INVALID:
+            bounds = INVALID
+        elif not bounds:
+            probs.add(w, "must name at least one parameter: {NAME = [lower, upper], ...}")
+            bounds = INVALID
+        else:
+            b: dict[str, Any] = {}
+            for name, v in bounds.items():
+                bw = f"{w}.{name}"
+                if isinstance(v, (str, bytes, Mapping)) or not isinstance(
+                    v, (Sequence, np.ndarray)
+                ):
+                    probs.add(bw, f"expected [lower, upper], got {describe(v)}")
+                    b[name] = INVALID
+                    continue
+                if len(v) != 2:
+                    probs.add(bw, f"expected [lower, upper] (2 numbers), got {len(v)} item(s)")
+                    b[name] = INVALID
+                    continue
+                lo = number(v[0], f"{bw}[0]", probs)
+                hi = number(v[1], f"{bw}[1]", probs)
+                if ok(lo, hi) and not lo < hi:
+                    probs.add(bw, f"lower must be < upper, got [{lo:g}, {hi:g}]")
+                    lo = INVALID
+                b[name] = (lo, hi) if ok(lo, hi) else INVALID
+            bounds = b if ok(*b.values()) else INVALID
+    out["sobol"] = bounds
+    n = integer(f["sobol_n"], L["sens.sobol_n"], probs, lo=2)
+    if ok(n) and not _power_of_two(n):
+        up = 1 << (n - 1).bit_length()
+        probs.add(
+            L["sens.sobol_n"],
+            f"base samples must be a power of two >= 2 (the balance properties of Sobol' "
+            f"points need it), got {n}; e.g. {up // 2} or {up}",
+        )
+        n = INVALID
+    out["sobol_n"] = n
+    seed = f["sobol_seed"]
+    out["sobol_seed"] = (
+        None if seed is None else integer(seed, L["sens.sobol_seed"], probs, lo=0, hi=MAX_SEED)
+    )
+    out["sobol_bootstrap"] = integer(f["sobol_bootstrap"], L["sens.sobol_bootstrap"], probs, lo=0)
+    if local is False and bounds is None:
+        probs.add(
+            L["sensitivity"],
+            "asks for nothing: set local = true and/or give the Sobol' parameter ranges "
+            "(sobol = {parameters = {NAME = [lower, upper], ...}})",
+        )
+    return out
+
+
+def _check_sensitivity(
+    a: dict, out: dict, probs: Problems, L: Mapping[str, str], complete: bool
+) -> None:
+    """A :class:`~twinjax.trial.Sensitivity` or None, against the trial: an ODE model,
+    a known endpoint (one with a derivative for local sensitivities), a known arm (default:
+    the first arm that is not the control), known parameters and admissible ranges."""
+    from ..model._model import Model
+    from ..sensitivity._quantity import SMOOTH_KINDS, check_bounds
+    from ._trial import Sensitivity
+
+    s = a.get("sensitivity")
+    out["sensitivity"] = s
+    if s is None or s is INVALID:
+        return
+    W = L["sensitivity"]
+    if not isinstance(s, Sensitivity):
+        probs.add(W, f"expected a Sensitivity or None, got {describe(s)}")
+        out["sensitivity"] = INVALID
+        return
+    n0 = len(probs)
+    model, endpoints, arms = a["model"], out["endpoints"], out["arms"]
+    if model is not INVALID and model is not None:
+        if not isinstance(model, Model) or hasattr(model, "trial_simulate"):
+            probs.add(
+                W,
+                f"sensitivity analysis needs an ODE model (a twinjax Model); the trial's "
+                f"{type(model).__name__} is not one",
+            )
+            model = INVALID
+    if ok(endpoints) and complete:
+        names = [e.name for e in endpoints]
+        ep = next((e for e in endpoints if e.name == s.endpoint), None)
+        if ep is None:
+            probs.add(
+                L["sens.endpoint"],
+                f"unknown endpoint {s.endpoint!r}; the trial's endpoints are {names}",
+            )
+        elif s.local and ep.kind not in SMOOTH_KINDS:
+            probs.add(
+                L["sens.endpoint"],
+                f"endpoint {s.endpoint!r} of kind {ep.kind!r} is piecewise constant in the "
+                "parameters (its derivative is zero almost everywhere); local sensitivities "
+                f"need one of the kinds {list(SMOOTH_KINDS)}: choose another endpoint, or "
+                "set local = false and keep only the Sobol' analysis",
+            )
+    arm = s.arm
+    the_arm = None
+    if ok(arms) and complete and arms:
+        names = [x.name for x in arms]
+        if arm is None:
+            ctl = out.get("control")
+            arm = next((x.name for x in arms if x.name != ctl), names[0])
+        if arm not in names:
+            probs.add(L["sens.arm"], f"unknown arm {arm!r}; the arms are {names}")
+        else:
+            the_arm = next(x for x in arms if x.name == arm)
+    if ok(model) and model is not None:
+        pnames = list(model.param_names)
+        if s.parameters is not None:
+            bad = [k for k in s.parameters if k not in pnames]
+            if bad:
+                probs.add(
+                    L["sens.parameters"], f"unknown parameter(s) {bad}; the model's are {pnames}"
+                )
+        if s.sobol is not None:
+            bad = [k for k in s.sobol if k not in pnames]
+            if bad:
+                probs.add(L["sens.sobol"], f"unknown parameter(s) {bad}; the model's are {pnames}")
+            else:
+                try:
+                    check_bounds(s.sobol, model, L["sens.sobol"])
+                except ValueError as err:
+                    probs.add("", str(err))
+            if the_arm is not None and the_arm.params:
+                fixed = sorted(set(s.sobol) & set(the_arm.params))
+                if fixed:
+                    probs.add(
+                        L["sens.sobol"],
+                        f"parameter(s) {fixed} are fixed by arm {arm!r} (its params); they "
+                        "cannot also be varied",
+                    )
+    if len(probs) == n0 and arm != s.arm:
+        out["sensitivity"] = dataclasses.replace(s, arm=arm)
+
+
 # ============================================================================ TOML
-TOP_KEYS = {"trial", "population", "arms", "endpoints", "statistics", "variability"}
+TOP_KEYS = {
+    "trial",
+    "population",
+    "arms",
+    "endpoints",
+    "statistics",
+    "variability",
+    "sensitivity",
+}
 TRIAL_KEYS = {
     "name",
     "seed",
@@ -841,6 +1049,8 @@ ENDPOINT_KEYS = {
     "high",
 }
 STATISTICS_KEYS = {"alpha", "replicates", "power_sizes", "subgroups", "control"}
+SENSITIVITY_KEYS = {"endpoint", "arm", "local", "parameters", "patients", "sobol"}
+SOBOL_KEYS = {"parameters", "n", "seed", "n_bootstrap"}
 SOLVERS = ("ensemble", "diffrax")
 
 
@@ -1088,6 +1298,7 @@ def trial_from_dict(cls, spec: Mapping):
     if "duration" not in tr:
         P.add("[trial]", "needs a duration (in the model's time unit)")
     variability = variability_from_toml(spec.get("variability"), P)
+    sensitivity = sensitivity_from_toml(spec.get("sensitivity"), P)
 
     kw = dict(
         duration=tr.get("duration", INVALID),
@@ -1112,6 +1323,7 @@ def trial_from_dict(cls, spec: Mapping):
             endpoints=endpoints,
             inclusion=inclusion,
             variability=variability,
+            sensitivity=sensitivity,
             known_covariates=known if ok(demographics) else None,
         ),
         P,
@@ -1127,8 +1339,61 @@ def trial_from_dict(cls, spec: Mapping):
         inclusion=inclusion,
         solver=solver,
         variability=variability,
+        sensitivity=sensitivity,
         **kw,
     )
+
+
+def sensitivity_from_toml(v, probs: Problems):
+    """The ``[sensitivity]`` table as a :class:`~twinjax.trial.Sensitivity`, None when
+    absent, INVALID after adding its problems (every one, named ``[sensitivity].key``)."""
+    from ._trial import Sensitivity
+
+    if v is None:
+        return None
+    if table(v, "[sensitivity]", probs) is INVALID:
+        return INVALID
+    unknown_keys(v, "[sensitivity]", SENSITIVITY_KEYS, probs)  # the rest is still checked
+    n0 = len(probs)
+    if "endpoint" not in v:
+        probs.add("[sensitivity]", 'needs endpoint = "NAME" (one of the [[endpoints]])')
+    sob = v.get("sobol")
+    fields: dict[str, Any] = {
+        "endpoint": v.get("endpoint", INVALID),
+        "arm": v.get("arm"),
+        "local": v.get("local", True),
+        "parameters": v.get("parameters"),
+        "patients": v.get("patients"),
+        "sobol": None,
+        "sobol_n": 256,
+        "sobol_seed": None,
+        "sobol_bootstrap": 1000,
+    }
+    if sob is not None:
+        if table(sob, "[sensitivity.sobol]", probs) is INVALID:
+            fields["sobol"] = INVALID
+        else:
+            q = Problems()
+            unknown_keys(sob, "[sensitivity.sobol]", SOBOL_KEYS, q)
+            probs.items[n0:n0] = q.items  # reported, without making the table invalid
+            n0 += len(q)
+            if "parameters" not in sob:
+                probs.add(
+                    "[sensitivity.sobol]",
+                    "needs parameters = {NAME = [lower, upper], ...} (the ranges sampled)",
+                )
+                fields["sobol"] = INVALID
+            else:
+                fields["sobol"] = sob["parameters"]
+            fields["sobol_n"] = sob.get("n", 256)
+            fields["sobol_seed"] = sob.get("seed")
+            fields["sobol_bootstrap"] = sob.get("n_bootstrap", 1000)
+    if fields["endpoint"] is INVALID:
+        fields["endpoint"] = "?"  # reported above; check the other fields
+    norm = check_sensitivity_fields(fields, probs, TOML_LABELS)
+    if len(probs) > n0:
+        return INVALID
+    return Sensitivity(**norm)
 
 
 def known_covariates_for(demographics) -> tuple[str, ...]:

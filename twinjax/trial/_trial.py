@@ -22,7 +22,7 @@ from ._endpoints import Endpoint
 from ._spec import SpecError
 from ._variability import Variability
 
-__all__ = ["Arm", "Inclusion", "SpecError", "Trial", "TrialResult"]
+__all__ = ["Arm", "Inclusion", "Sensitivity", "SpecError", "Trial", "TrialResult"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +68,57 @@ class Inclusion:
         probs.check()
 
 
+@dataclasses.dataclass(frozen=True)
+class Sensitivity:
+    """A sensitivity analysis of one endpoint in one arm, run with the trial.
+
+    Both analyses are of the twin's endpoint under the arm's regimen (as prescribed) on
+    the trial's save grid, with the trial's solver; measurement error, placebo response,
+    dropout and missed doses are not applied (they are not functions of the parameters).
+
+    Arguments:
+        endpoint: the name of one of the trial's endpoints.
+        arm: the arm (default: the first arm that is not the control).
+        local: normalised local sensitivities ``d log y / d log theta`` per patient of the
+            arm's cohort (the trial's own patients, arm parameters applied), by
+            forward-mode AD (:func:`twinjax.sensitivity.local`); the report gives their
+            median, quartiles and 5-95 % over the patients and a tornado plot. Needs an
+            endpoint with a derivative (kinds ``value``, ``change``, ``cmax``, ``auc``,
+            ``ctrough``).
+        parameters: the parameters of the local analysis (default: every parameter).
+        patients: analyse the arm's first ``patients`` patients (default: all of them).
+        sobol: ``{name: (lower, upper)}``: first-order and total Sobol' indices of the
+            endpoint for the arm's typical patient (the population's typical values and
+            the arm's parameters) with these parameters uniform on their ranges
+            (:func:`twinjax.sensitivity.sobol`); None: no global analysis.
+        sobol_n: Sobol' base samples, a power of two (the model runs ``n (k + 2)`` times).
+        sobol_seed: seed of the Sobol' design and bootstrap (default: the trial's seed).
+        sobol_bootstrap: bootstrap resamples for the 95 % intervals.
+
+    Raises:
+        SpecError: for values of the wrong type or range; names are checked against the
+            trial by :class:`Trial` (before any simulation).
+    """
+
+    endpoint: str
+    arm: str | None = None
+    local: bool = True
+    parameters: Sequence[str] | None = None
+    patients: int | None = None
+    sobol: Mapping[str, tuple[float, float]] | None = None
+    sobol_n: int = 256
+    sobol_seed: int | None = None
+    sobol_bootstrap: int = 1000
+
+    def __post_init__(self):
+        probs = _spec.Problems()
+        f = {k.name: getattr(self, k.name) for k in dataclasses.fields(self)}
+        v = _spec.check_sensitivity_fields(f, probs, _spec.PY_LABELS)
+        probs.check()
+        for k, x in v.items():  # normalised: tuples, floats
+            object.__setattr__(self, k, x)
+
+
 class Trial:
     """A virtual clinical trial (parallel groups, randomised to arms).
 
@@ -93,6 +144,8 @@ class Trial:
             ``baseline_time`` of the endpoints that read them); they join the save grid.
         variability: a :class:`~twinjax.trial.Variability` (measurement error, placebo
             response, dropout, adherence; see ``docs/trials.md``), or None (none).
+        sensitivity: a :class:`Sensitivity`: local and/or Sobol' sensitivity analysis of
+            one endpoint, run after the arms and shown in the report; or None.
 
     Raises:
         SpecError: before anything is simulated, listing every problem of the arguments
@@ -121,6 +174,7 @@ class Trial:
         outputs: Sequence[str] | None = None,
         beat_times: Sequence[float] | None = None,
         variability: Variability | None = None,
+        sensitivity: Sensitivity | None = None,
     ):
         probs = _spec.Problems()
         v = _spec.check_trial(
@@ -143,6 +197,7 @@ class Trial:
                 outputs=outputs,
                 beat_times=beat_times,
                 variability=variability,
+                sensitivity=sensitivity,
             ),
             probs,
             _spec.PY_LABELS,
@@ -167,6 +222,8 @@ class Trial:
         self.beat_times: tuple[float, ...] = v["beat_times"]
         self.outputs: tuple[str, ...] = v["outputs"]
         self.variability: Variability | None = variability
+        #: the sensitivity analysis, its arm resolved (None: none)
+        self.sensitivity: Sensitivity | None = v["sensitivity"]
         self.dropped_power_sizes: tuple[int, ...] = ()
         self._control_arg = control
         self._outputs_arg = outputs
@@ -204,6 +261,7 @@ class Trial:
             outputs=self._outputs_arg,
             beat_times=self._beat_times_arg,
             variability=self.variability,
+            sensitivity=self.sensitivity,
         )
         t.dropped_power_sizes = tuple(s for s in self.power_sizes if s > n)
         return t
@@ -298,17 +356,15 @@ class Trial:
         if out is not None:
             claim(out, "trial")  # before any simulation: never into a folder of user files
         stores = {a.name: None if out is None else _spec.store_path(out, a.name) for a in self.arms}
-        key = jax.random.key(self.seed)
         times = self.times
         tables, bands = [], {}
         var = self.variability
         t0 = _time.perf_counter()
+        cohorts = {}
         for i, arm in enumerate(self.arms):
             n = arm.n or self.n_per_arm
-            cohort = self._draw(jax.random.fold_in(key, i), n)
-            if arm.params:
-                fixed = {k: np.full(n, float(v)) for k, v in arm.params.items()}
-                cohort = dataclasses.replace(cohort, params={**cohort.params, **fixed})
+            cohort = self.arm_cohort(arm.name)
+            cohorts[arm.name] = cohort
             store = stores[arm.name]
             regimen = arm.regimen
             if var is not None:  # missed doses: one regimen per patient
@@ -361,7 +417,82 @@ class Trial:
             tables.append(tab)
             bands[arm.name] = {o: _bands(v[status == 0]) for o, v in vals.items()}
         table = pd.concat(tables, ignore_index=True)
-        return TrialResult(self, table, bands, times, _time.perf_counter() - t0)
+        seconds = _time.perf_counter() - t0
+        sens = self._sensitivity(cohorts) if self.sensitivity is not None else {}
+        return TrialResult(self, table, bands, times, seconds, sens)
+
+    def arm_cohort(self, arm: str):
+        """The patients of arm ``arm`` as :meth:`run` simulates them: drawn from the
+        population (inclusion criteria applied; the same seed gives the same patients)
+        with the arm's fixed parameters."""
+        i = next((j for j, a in enumerate(self.arms) if a.name == arm), None)
+        if i is None:
+            raise ValueError(f"unknown arm {arm!r}; the arms are {[a.name for a in self.arms]}")
+        a = self.arms[i]
+        n = a.n or self.n_per_arm
+        cohort = self._draw(jax.random.fold_in(jax.random.key(self.seed), i), n)
+        if a.params:
+            fixed = {k: np.full(n, float(v)) for k, v in a.params.items()}
+            cohort = dataclasses.replace(cohort, params={**cohort.params, **fixed})
+        return cohort
+
+    def _sensitivity(self, cohorts) -> dict:
+        """Run the :class:`Sensitivity` analyses (see ``docs/trials.md``).
+
+        Returns ``{"local": LocalResult | None, "local_summary": DataFrame | None,
+        "sobol": SobolResult | None, "typical": {name: value}, "notes": [str],
+        "seconds": float}``."""
+        from .. import sensitivity as sa
+
+        s = self.sensitivity
+        assert s is not None and s.arm is not None
+        arm = next(a for a in self.arms if a.name == s.arm)
+        ep = next(e for e in self.endpoints if e.name == s.endpoint)
+        out: dict = {"local": None, "local_summary": None, "sobol": None, "notes": []}
+        t0 = _time.perf_counter()
+        if s.local:
+            cohort = cohorts[arm.name]
+            m = min(s.patients or cohort.n, cohort.n)
+            params = {k: np.asarray(v)[:m] for k, v in cohort.params.items()}
+            res = sa.local(
+                self.model,
+                params,
+                arm.regimen,
+                self.times,
+                endpoint=ep,
+                parameters=s.parameters,
+                solver=self.solver,
+            )
+            out["local"] = res
+            try:
+                out["local_summary"] = res.summary()
+            except ValueError:  # every patient failed or has y = 0 (e.g. no drug)
+                out["notes"].append(
+                    f"Local sensitivities: no patient of {arm.name} has a finite normalised "
+                    f"sensitivity of {ep.name} (failed simulations, or {ep.name} = 0)."
+                )
+        if s.sobol is not None:
+            typical = dict(self.population.typical)
+            typical.update(arm.params or {})
+            fixed = {k: float(v) for k, v in typical.items() if k not in s.sobol}
+            out["typical"] = fixed
+            try:
+                out["sobol"] = sa.sobol(
+                    self.model,
+                    dict(s.sobol),
+                    params=fixed,
+                    regimen=arm.regimen,
+                    times=self.times,
+                    endpoint=ep,
+                    n=s.sobol_n,
+                    seed=self.seed if s.sobol_seed is None else s.sobol_seed,
+                    n_bootstrap=s.sobol_bootstrap,
+                    solver=self.solver,
+                )
+            except (ValueError, RuntimeError) as err:  # a constant endpoint, or all failed
+                out["notes"].append(f"Sobol' indices of {ep.name} not estimated: {err}")
+        out["seconds"] = _time.perf_counter() - t0
+        return out
 
 
 @dataclasses.dataclass
@@ -373,6 +504,8 @@ class TrialResult:
     bands: dict
     times: np.ndarray
     seconds: float
+    #: the :class:`Sensitivity` analyses (``{}``: none asked for; see ``Trial._sensitivity``)
+    sensitivity: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         tr = self.trial
@@ -487,7 +620,43 @@ class TrialResult:
             "warnings": self.warnings,
             **({"dropout": self.dropout.to_dict(orient="records")} if len(self.dropout) else {}),
             **({"variability": _variability_json(tr.variability)} if tr.variability else {}),
+            **({"sensitivity": self.sensitivity_json()} if self.sensitivity else {}),
         }
+
+    def sensitivity_json(self) -> dict:
+        """The sensitivity analyses' settings and numbers (for ``summary.json``)."""
+        s, r = self.trial.sensitivity, self.sensitivity
+        assert s is not None
+        out: dict = {"endpoint": s.endpoint, "arm": s.arm, "notes": list(r["notes"])}
+        loc, summ = r.get("local"), r.get("local_summary")
+        if loc is not None:
+            out["local"] = {
+                "patients": loc.n_patients,
+                "failed": int((loc.status != 0).sum()),
+                "parameters": list(loc.parameters),
+                "statistic": "d log endpoint / d log parameter over the patients",
+                "summary": []
+                if summ is None
+                else [{"parameter": k, **row} for k, row in summ.to_dict(orient="index").items()],
+            }
+        sob = r.get("sobol")
+        if sob is not None:
+            fr = sob.to_frame()
+            out["sobol"] = {
+                "n": sob.n,
+                "runs": int(sob.samples.shape[0]),
+                "seed": sob.seed,
+                "n_bootstrap": sob.n_bootstrap,
+                "confidence": sob.confidence,
+                "n_dropped": sob.n_dropped,
+                "bounds": {k: list(v) for k, v in sob.bounds.items()},
+                "fixed": r.get("typical", {}),
+                "indices": [
+                    {"parameter": k, "lower": sob.bounds[k][0], "upper": sob.bounds[k][1], **row}
+                    for k, row in fr.to_dict(orient="index").items()
+                ],
+            }
+        return out
 
     def write(self, out) -> pathlib.Path:
         """Write ``summary.json``, ``endpoints.csv`` and ``report.html`` to ``out``."""
