@@ -14,6 +14,8 @@ Methods, both through ``twinjax.simulate`` on one device (one CPU core):
 - ``rodas5p``: ``solvers.Ensemble("rodas5p", rtol, atol)``: one step loop over the
   whole cohort (structure-of-arrays state, per-patient steps, Jacobians by forward
   AD and a 3x3 LU per patient per step).
+- ``dopri5``: ``solvers.Ensemble("dopri5", rtol, atol)``, the explicit method in the
+  same loop, for context (how much the stiffness costs an explicit method).
 
 Accuracy: both against a tight reference, ``Diffrax("kvaerno5", rtol=1e-10,
 atol=1e-12)``, on the first ``--ref-n`` patients: ``rel_err`` = max over patients and
@@ -30,6 +32,7 @@ Run: ``python benchmarks/stiff_cohort.py`` (full), ``--quick`` (small N, < 2 min
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -155,12 +158,15 @@ def main(argv=None):
             args.n,
             last_ok,
         )
+    con.rule("dopri5 (Ensemble, explicit) for context")
+    explicit = measure("dopri5", tj.solvers.Ensemble("dopri5", rtol=RTOL, atol=ATOL), args.n, RTOL)
     ratio_same = kv["us_per_patient"] / same["us_per_patient"]
     ratio_matched = kv["us_per_patient"] / matched["us_per_patient"]
     summary = dict(
         speedup_same_rtol=ratio_same,
         speedup_equal_accuracy=ratio_matched,
         equal_accuracy_row=matched["method"],
+        rodas5p_vs_explicit_dopri5_same_rtol=explicit["us_per_patient"] / same["us_per_patient"],
         accuracy_ok=matched["rel_err"] <= kv["rel_err"],
         note=(
             "per-patient times measured in one run; kvaerno5 on kvaerno_n patients, "
@@ -193,6 +199,7 @@ def main(argv=None):
         rows=rows,
         summary=summary,
         machine=C.machine_info(),
+        load_average_at_end=list(os.getloadavg()),
     )
     name = "stiff_cohort_quick.json" if args.quick else "stiff_cohort.json"
     path = C.write_json(name, payload, args.out)
