@@ -90,7 +90,7 @@ def test_cipa_spec_reads_the_example():
 @pytest.mark.parametrize(
     "change, match",
     [
-        (dict(protocol="qnet"), "protocol must be one of \\['population', 'cipa'\\]"),
+        (dict(protocol="qnet"), "protocol must be one of \\['population', 'cipa', 'exposure'\\]"),
         (dict(compounds=["aspirinx"]), "unknown \\['aspirinx'\\]"),
         (dict(cipa_beats=0), "cipa_beats must be an integer >= 1"),
         (dict(cipa_window=1001), "cipa_window must be <= cipa_beats = 1000"),
