@@ -96,7 +96,7 @@ def test_unknown_output_is_refused_before_compiling(monkeypatch):
         prepare_data(PKPD, ds, {"pk.C": ERRORS["pk.C"], "E": ERRORS["pd.E"]})
     # two outputs in the data, one fitted: refused rather than mixed
     with pytest.raises(ValueError, match=r"DVID values \[1, 2\] but one output 'pk.C'"):
-        prepare_data(PKPD, tj.data.Dataset(_simulate(2, 0)[0], compartments=COMP), ERRORS["pk.C"])
+        prepare_data(PKPD, ds.subset([2]), ERRORS["pk.C"], output="pk.C")
 
 
 def test_joint_map_fits_recover_the_subjects():

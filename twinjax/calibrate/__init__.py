@@ -5,7 +5,11 @@
   standard errors, IPRED, IWRES and eta-shrinkage (:class:`FitResult`).
 - :func:`fit_population`: FOCE-I population fits (theta, Omega, sigma) with standard
   errors and NONMEM-convention OFV (:class:`PopulationFitResult`).
-- :class:`ErrorModel`: additive, proportional, combined and log residual errors.
+- :class:`ErrorModel`: additive, proportional, combined and log residual errors; one per
+  output (``error={output: ErrorModel}``, records tagged by ``DVID``) for joint fits
+  of several outputs (e.g. PK/PD).
+- Censored records (``CENS``/``BLQ``/``LLOQ`` columns or ``lloq=``): M3 / M4 likelihood
+  in MAP and FOCE-I fits (``censoring=``).
 - :func:`forecast` and :func:`optimise_dose`: use a fitted twin.
 - :func:`cwres`, :func:`simulate_replicates`: diagnostics (see also
   ``twinjax.plot.vpc``).

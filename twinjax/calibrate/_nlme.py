@@ -595,7 +595,7 @@ def fit(
     model: Model,
     data,
     prior,
-    error: ErrorModel | None = None,
+    error: ErrorModel | Mapping[str, ErrorModel] | None = None,
     *,
     population: bool = False,
     **kwargs,
@@ -607,7 +607,8 @@ def fit(
         data: a :class:`~twinjax.data.Dataset` (or a mapping of arrays).
         prior: a :class:`~twinjax.Population` (or ``dict(typical=, omega=, iiv=)``): the
             prior of individual fits, the starting point of a population fit.
-        error: the residual :class:`ErrorModel` (default additive, SD 1).
+        error: the residual :class:`ErrorModel` (default additive, SD 1), or one per
+            output ``{output: ErrorModel}``.
         population: False (default): :func:`fit_individual`; True: :func:`fit_population`.
         **kwargs: passed on.
 
