@@ -273,3 +273,22 @@ def test_batched_lu_solves_with_pivoting(S):
     M = np.eye(S)[None] - hg[:, None, None] * J
     want = np.linalg.solve(M, b.T[..., None])[..., 0].T
     np.testing.assert_allclose(x, want, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_many_states_use_the_batched_lapack_path():
+    """An 8-state model (3-compartment PK with 3 transit compartments: S > UNROLL_MAX)
+    through the whole loop against DOPRI5 at a tight tolerance."""
+    model = pk.three_compartment("transit", n_transit=3)
+    assert len(model.state_names) > _rosenbrock.UNROLL_MAX
+    reg = tj.Regimen.repeat(100.0, "depot", every=12.0, n=3)
+    times = jnp.linspace(0.0, 48.0, 49)
+    p = {"CL": jnp.array([2.0, 5.0, 10.0])}
+    ref = tj.simulate(
+        model, p, reg, times, solver=tj.solvers.Ensemble("dopri5", rtol=1e-11, atol=1e-12)
+    )
+    got = tj.simulate(
+        model, p, reg, times, solver=tj.solvers.Ensemble("rodas5p", rtol=1e-9, atol=1e-11)
+    )
+    assert np.all(np.asarray(got.status) == 0)
+    assert _rel(got["C"], ref["C"]) < 1e-8
