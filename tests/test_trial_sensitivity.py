@@ -74,6 +74,11 @@ def test_report_has_the_sensitivity_section_with_both_figures(run):
     t, res, text, _ = run
     assert t.sensitivity.arm == ARM and res.sensitivity["notes"] == []
     assert "<a href='#sensitivity'>Sensitivity</a>" in text
+    design = text[text.index("id='design'") : text.index("id='patients'")]
+    assert (
+        "Sensitivity analysis:</b> local sensitivities and Sobol&#x27; indices over pk.CL, "
+        "pk.KA of AUC_day7 in 15 mg q12h"
+    ) in design
     sec = _section(text)
     for fig in ("tornado", "sobol"):
         start = sec.index(f"<figure class='{fig}'")

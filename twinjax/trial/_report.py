@@ -575,6 +575,16 @@ def _design(result) -> str:
         f"{k} comparison{'s' if k != 1 else ''} of each endpoint (methods at the end). "
         f"Primary endpoint: <b>{_esc(tr.endpoints[0].name)}</b> (the first endpoint).</p>"
     )
+    sa = tr.sensitivity
+    if sa is not None:
+        what = (["local sensitivities"] if sa.local else []) + (
+            [f"Sobol' indices over {', '.join(sa.sobol)}"] if sa.sobol is not None else []
+        )
+        out.append(
+            f"<p><b>Sensitivity analysis:</b> {_esc(' and '.join(what))} of "
+            f"{_esc(sa.endpoint)} in {_esc(sa.arm)} "
+            "(<a href='#sensitivity'>Sensitivity</a>).</p>"
+        )
     return "\n".join(out)
 
 
