@@ -6,6 +6,7 @@ closed-form single-dose responses (superposition); steady states are sums over t
 implied earlier doses (``N_IMPLIED`` intervals, far beyond the 5 h half-life).
 """
 
+import dataclasses
 import io
 
 import jax
@@ -16,6 +17,7 @@ import pytest
 
 import twinjax as tj
 from twinjax.data import DatasetError, read_nonmem
+from twinjax.dosing._regimen import compile_regimens
 from twinjax.model._param import fraction, real
 from twinjax.models import pk
 
@@ -40,16 +42,41 @@ class IVWithF(pk.Compartmental):
 
 
 MODEL = IVWithF()
+PLAIN = pk.one_compartment()  # no F on the central compartment (constant infusions)
 
 
 def params(F=1.0, lag=0.0):
     return dict(CL=CL, V=V, F2=F, ALAG2=lag)
 
 
+# Every single-patient simulation of MODEL runs one compiled program: event tables are
+# padded to the same shape (N_RECORDS rows, N_SS steady-state slots, the infusion and
+# steady-state code paths on) and save times to N_TIMES. Padding is what the engine does
+# for a batch of patients with different regimens (tested at the end of this file); here
+# it keeps the file to a few compilations instead of one per regimen.
+N_RECORDS, N_SS, N_TIMES = 48, 2, 16
+
+
+def padded_table(regimen, model=MODEL):
+    ev = compile_regimens([regimen], model, n_records=N_RECORDS)
+    ss_rec = jnp.pad(ev.ss_rec, ((0, 0), (0, N_SS - ev.ss_rec.shape[-1])), constant_values=-1)
+    return dataclasses.replace(ev, ss_rec=ss_rec, has_infusion=True, has_ss=True)
+
+
+def padded_times(times):
+    times = np.asarray(times, float)
+    return jnp.asarray(np.concatenate([times, np.full(N_TIMES - len(times), times[-1])]))
+
+
+def run(regimen, times, model=MODEL, **p):
+    r = tj.simulate(model, p, padded_table(regimen, model), padded_times(times), solver=TIGHT)
+    return r, len(times)
+
+
 def sim(regimen, times, F=1.0, lag=0.0):
-    r = tj.simulate(MODEL, params(F, lag), regimen, jnp.asarray(times), solver=TIGHT)
-    assert int(r.status) == 0
-    return np.asarray(r.outputs["C"])
+    r, n = run(regimen, times, **params(F, lag))
+    assert int(r.status[0]) == 0
+    return np.asarray(r.outputs["C"])[0, :n]
 
 
 def c_bolus(times, arrivals):
@@ -147,8 +174,9 @@ def test_lag_beyond_compiled_history_is_flagged_not_wrong():
     """A lag of several intervals needs implied doses that were not compiled: the
     patient is flagged (status != 0) instead of returning a wrong profile."""
     reg = tj.Regimen([tj.Dose(100.0, "central", 0.0, ii=12.0, ss=1)])
-    r = tj.simulate(MODEL, params(1.0, 30.0), reg, jnp.asarray(TIMES), solver=TIGHT)
-    assert int(r.status) != 0
+    r, _ = run(reg, TIMES, **params(1.0, 30.0))
+    assert int(r.status[0]) != 0
+    assert np.all(np.isnan(np.asarray(r.outputs["C"])))
 
 
 # ----------------------------------------------------------------------------- SS = 2
@@ -176,9 +204,9 @@ def test_ss_constant_infusion():
         + [tj.Dose(50.0, "central", 10.0)]
     )
     times = np.array([1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0])
-    r = tj.simulate(pk.one_compartment(), dict(CL=CL, V=V), reg, jnp.asarray(times), solver=TIGHT)
-    assert int(r.status) == 0
-    got = np.asarray(r.outputs["C"])
+    r, n = run(reg, times, PLAIN, CL=CL, V=V)
+    assert int(r.status[0]) == 0
+    got = np.asarray(r.outputs["C"])[0, :n]
     css = 8.0 / CL
     want = np.where((times >= 2.0) & (times < 20.0), css, 0.0)
     want = want + np.where(times < 20.0, c_bolus(times, [(50.0, 10.0)]), 0.0)
@@ -214,12 +242,13 @@ def test_two_ss_records_in_one_subject():
 
 
 def test_gradient_through_ss_with_f_and_lag_matches_finite_differences():
-    times = jnp.asarray([0.5, 3.0, 7.0])
-    reg = tj.Regimen([tj.Dose(100.0, "central", 0.0, dur=15.0, ii=12.0, ss=1)])
+    times = padded_times([0.5, 3.0, 7.0])
+    weights = jnp.zeros(N_TIMES).at[:3].set(jnp.asarray([1.0, 0.3, 2.0]))
+    ev = padded_table(tj.Regimen([tj.Dose(100.0, "central", 0.0, dur=15.0, ii=12.0, ss=1)]))
 
     def out(F, lag):
-        r = tj.simulate(MODEL, dict(params(), F2=F, ALAG2=lag), reg, times, solver=TIGHT)
-        return jnp.sum(r.outputs["C"] * jnp.asarray([1.0, 0.3, 2.0]))
+        r = tj.simulate(MODEL, dict(params(), F2=F, ALAG2=lag), ev, times, solver=TIGHT)
+        return jnp.sum(r.outputs["C"][0] * weights)
 
     g = jax.grad(out, argnums=(0, 1))(0.8, 1.5)
     h = 1e-5
@@ -255,8 +284,8 @@ def test_read_nonmem_ss_records_match_closed_forms():
     regs = ds.regimens
     F, lag = 0.8, 1.5
     got = [sim(r, TIMES, F, lag) for r in regs[:4] + regs[5:]]
-    plain = tj.simulate(pk.one_compartment(), dict(CL=CL, V=V), regs[4], TIMES, solver=TIGHT)
-    got.insert(4, np.asarray(plain.outputs["C"]))
+    plain, n = run(regs[4], TIMES, PLAIN, CL=CL, V=V)
+    got.insert(4, np.asarray(plain.outputs["C"])[0, :n])
     want = [
         c_bolus(TIMES, ss_bolus(0.0, 100.0, 12.0, F, lag, addl=1)),
         c_inf(TIMES, ss_inf(0.0, 100.0, 12.0, F * 100.0 / 5.0, F, lag)),
@@ -274,9 +303,11 @@ def test_read_nonmem_ss_records_match_closed_forms():
         assert rel(g, w) < 1e-7, i + 1
 
 
-def test_read_nonmem_still_refuses_modelled_rate():
-    with pytest.raises(DatasetError, match="RATE -1"):
-        read(["1,0,.,100,1,1,-1,0,0,0,0,1"])
+def test_read_nonmem_refuses_modelled_rate_without_r_parameter():
+    """RATE -1 needs R1 on the dosed compartment; MODEL has F2/ALAG2 but no R2."""
+    text = HEADER + "\n1,0,.,100,1,1,-1,0,0,0,0,1\n"
+    with pytest.raises(DatasetError, match="RATE -1.*R1"):
+        read_nonmem(io.StringIO(text), compartments=MODEL)
 
 
 def test_read_nonmem_refuses_time_varying_covariate():
