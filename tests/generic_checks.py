@@ -1,0 +1,184 @@
+"""Model-generic checks run over the catalogue of every shipped model.
+
+The checks are collected by ``tests/test_catalogue*.py``, each over a part of the
+catalogue (``catalogue.py``), so that the parts run in parallel processes. Every check
+of one entry uses the same tight reference solver (``tight(e)``): the float64 run, the
+per-patient references of the Ensemble check and the finite differences of the gradient
+check share one compiled program.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import twinjax as tj
+from twinjax.solve._simulate import TRACES
+
+__all__ = [
+    "test_parameter_table",
+    "test_unconstrained_round_trip",
+    "test_out_of_bounds_parameter_raises_before_compiling",
+    "test_float32_and_float64_agree",
+    "test_batch_equals_single_and_no_recompile",
+    "test_ensemble_agrees_with_diffrax",
+    "test_gradients_match_finite_differences",
+]
+
+
+def _rel(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-300))
+
+
+def tight(e):
+    return tj.solvers.Diffrax(rtol=e.tight_rtol, atol=e.tight_atol)
+
+
+def maybe_skip(e, name):
+    if name in e.skip:
+        pytest.skip(e.skip[name])
+
+
+def test_parameter_table(e):
+    maybe_skip(e, "test_parameter_table")
+    m = e.model
+    assert m.params, "a model has parameters"
+    for q in m.params:
+        assert q.unit and q.lower <= q.value <= q.upper
+        assert q.source or q.name.startswith("link") or "." in q.name or q.doc
+    for s in m.states:
+        assert s.unit
+    table = m.param_table()
+    assert list(table.index) == list(m.param_names)
+    assert set(m.output_names) >= {e.output}
+
+
+def test_unconstrained_round_trip(e):
+    maybe_skip(e, "test_unconstrained_round_trip")
+    p, _ = e.model.complete(e.params)
+    z = e.model.pack(p)
+    back = e.model.unpack(z)
+    for k in e.model.param_names:
+        np.testing.assert_allclose(back[k], p[k], rtol=1e-12, atol=1e-12)
+
+
+def test_out_of_bounds_parameter_raises_before_compiling(e):
+    maybe_skip(e, "test_out_of_bounds_parameter_raises_before_compiling")
+    q = next(q for q in e.model.params if q.lower == 0.0 and q.transform == "log")
+    before = TRACES["simulate"]
+    with pytest.raises(ValueError, match=rf"{q.name}.*bounds"):
+        tj.simulate(e.model, {**e.params, q.name: -1.0}, e.regimen(), e.times)
+    assert TRACES["simulate"] == before
+
+
+def test_float32_and_float64_agree(e):
+    maybe_skip(e, "test_float32_and_float64_agree")
+    r64 = tj.simulate(e.model, e.params, e.regimen(), e.times, solver=tight(e))
+    r32 = tj.simulate(
+        e.model,
+        e.params,
+        e.regimen(),
+        e.times,
+        dtype=jnp.float32,
+        solver=tj.solvers.Diffrax(rtol=1e-6, atol=1e-6),
+    )
+    assert int(r64.status) == 0 and int(r32.status) == 0
+    assert r32.outputs[e.output].dtype == jnp.float32
+    a, b = np.asarray(r32.outputs[e.output]), np.asarray(r64.outputs[e.output])
+    scale = np.max(np.abs(b))
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_batch_equals_single_and_no_recompile(e):
+    maybe_skip(e, "test_batch_equals_single_and_no_recompile")
+    names = [q.name for q in e.model.params if q.transform == "log"][:2]
+    base, _ = e.model.complete(e.params)
+    scales = jnp.array([1.0, 0.8, 1.25])
+    batch = {k: base[k] * scales for k in names}
+    pb = {**e.params, **batch}
+    rb = tj.simulate(e.model, pb, e.regimen(), e.times)
+    for i in range(3):
+        ri = tj.simulate(
+            e.model, {**e.params, **{k: v[i] for k, v in batch.items()}}, e.regimen(), e.times
+        )
+        np.testing.assert_allclose(
+            rb.outputs[e.output][i], ri.outputs[e.output], rtol=1e-9, atol=1e-12
+        )
+    n0 = TRACES["simulate"]
+    tj.simulate(
+        e.model, {**e.params, **{k: v * 1.1 for k, v in batch.items()}}, e.regimen(), e.times
+    )
+    assert TRACES["simulate"] == n0, "a second batch of the same size must not recompile"
+
+
+def test_ensemble_agrees_with_diffrax(e):
+    maybe_skip(e, "test_ensemble_agrees_with_diffrax")
+    names = [q.name for q in e.model.params if q.transform == "log"][:2]
+    base, _ = e.model.complete(e.params)
+    batch = {**e.params, **{k: base[k] * jnp.array([1.0, 0.7, 1.4]) for k in names}}
+    # the reference: each patient alone with the entry's tight solver (the program of
+    # the float64 check and of the finite differences)
+    singles = [
+        tj.simulate(
+            e.model,
+            {k: (v[i] if k in names else v) for k, v in batch.items()},
+            e.regimen(),
+            e.times,
+            solver=tight(e),
+        )
+        for i in range(3)
+    ]
+    ref_outputs = {
+        k: np.stack([np.asarray(r.outputs[k]) for r in singles]) for k in singles[0].outputs
+    }
+    for method in ("dopri5", "tsit5"):
+        got = tj.simulate(
+            e.model,
+            batch,
+            e.regimen(),
+            e.times,
+            solver=tj.solvers.Ensemble(method, rtol=1e-9, atol=1e-11),
+        )
+        assert np.all(np.asarray(got.status) == 0)
+        for k in ref_outputs:
+            assert _rel(got.outputs[k], ref_outputs[k]) < 1e-6, (method, k)
+    if e.rk4_dt is None:
+        return
+    rk4 = tj.simulate(
+        e.model, batch, e.regimen(), e.times, solver=tj.solvers.Ensemble("rk4", dt=e.rk4_dt)
+    )
+    assert _rel(rk4.outputs[e.output], ref_outputs[e.output]) < 1e-6
+
+
+def test_gradients_match_finite_differences(e):
+    maybe_skip(e, "test_gradients_match_finite_differences")
+    """d(sum of output)/d(every parameter, dose amount, dose time) vs central FD."""
+    p0, _ = e.model.complete(e.params)
+    p0 = {k: float(v) for k, v in p0.items()}
+    dosing = e.dose_cmt is not None
+
+    def objective(p, amt, time):
+        reg = e.regimen(amt, time) if dosing else None
+        r = tj.simulate(e.model, p, reg, e.times, solver=tight(e))
+        return jnp.sum(r.outputs[e.output])
+
+    g_p, g_a, g_t = jax.grad(objective, argnums=(0, 1, 2))(p0, e.dose_amt, e.dose_time)
+
+    def fd(fn, x, lower=-np.inf):
+        h = 1e-5 * max(abs(x), 1e-2)
+        if x - h < lower:  # second-order one-sided difference at a bound
+            return (-3 * fn(x) + 4 * fn(x + h) - fn(x + 2 * h)) / (2 * h)
+        return (fn(x + h) - fn(x - h)) / (2 * h)
+
+    scale = max(abs(float(v)) for v in jax.tree.leaves(g_p)) + 1e-30
+    for k in e.grad_params if e.grad_params is not None else p0:
+        lower = e.model.param(k).lower
+        want = fd(lambda x: objective({**p0, k: x}, e.dose_amt, e.dose_time), p0[k], lower)
+        got = float(g_p[k])
+        assert got == pytest.approx(float(want), rel=1e-5, abs=1e-7 * scale * max(1, abs(p0[k]))), k
+    if dosing:
+        want_a = fd(lambda x: objective(p0, x, e.dose_time), e.dose_amt)
+        want_t = fd(lambda x: objective(p0, e.dose_amt, x), e.dose_time)
+        assert float(g_a) == pytest.approx(float(want_a), rel=1e-5, abs=1e-9)
+        assert float(g_t) == pytest.approx(float(want_t), rel=1e-5, abs=1e-9)
