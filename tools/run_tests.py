@@ -22,19 +22,26 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # the longest files (measured on the 2-core CI machine) start first
 LONGEST_FIRST = (
     "test_catalogue.py",
-    "test_ensemble.py",
+    "test_catalogue_organs.py",
     "test_nonmem_dosing.py",
     "test_notebooks.py",
     "test_calibrate.py",
+    "test_stiff.py",
     "test_cipa.py",
     "test_ep.py",
     "test_pk_analytic.py",
     "test_circulation.py",
     "test_trial.py",
+    "test_dose_modifiers.py",
     "test_glucose.py",
+    "test_censoring.py",
+    "test_multi_output.py",
     "test_foce_exact.py",
+    "test_sensitivity.py",
     "test_variability.py",
+    "test_report.py",
     "test_failures.py",
+    "test_ensemble.py",
 )
 KINDS = ("passed", "failed", "skipped", "errors", "deselected")
 
