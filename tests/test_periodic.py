@@ -7,7 +7,8 @@ import pytest
 
 import twinjax as tj
 from twinjax.models import circulation as circ
-from twinjax.models._multiscale import steady_state_cohort
+from twinjax.models import pk
+from twinjax.models._multiscale import QuasiStaticTwin, steady_state_cohort
 from twinjax.solve._periodic import solve_fixed_point
 
 # three patients, each an affine map G(x) = A x + b on R^3 (patients independent):
@@ -80,6 +81,9 @@ def test_bad_options_are_refused_before_tracing():
         solve_fixed_point(_affine, x0, method="anderson", tol=1e-6, max_iter=5, memory=0)
 
 
+VASO = tj.Link("pk.C", "circ.R_AR_SYS", "emax", {"Emax": -0.5, "EC50": 2.0})
+
+
 def test_circulation_not_converged_patient_is_nan_others_intact():
     """A patient that runs out of beats gets NOT_CONVERGED and NaN beat metrics; a
     warm-started one in the same batch converges to the same steady state as alone."""
@@ -107,3 +111,11 @@ def test_circulation_not_converged_patient_is_nan_others_intact():
     assert np.isnan(float(ss.metrics["MAP"][1])) and np.all(np.isnan(ss.beat["p_LV"][1]))
     assert float(ss.metrics["MAP"][0]) == pytest.approx(float(full["metrics"]["MAP"][0]), rel=2e-3)
     assert tj.Status(int(ss.status[1])).message.startswith("the periodic steady state did not")
+    # a quasi-static trial's steady states (QuasiStaticTwin._solve, chunks of 16 rows):
+    # the same code per row, NaN metrics for that row only
+    twin = QuasiStaticTwin(pk.one_compartment("first_order"), [VASO], max_beats=3)
+    npy = lambda d: {k: np.asarray(v) for k, v in d.items()}  # noqa: E731
+    _, mets, status = twin._solve(npy(p), npy(warm), tj.solvers.Ensemble("rk4", dt=1 / 400), None)
+    assert status.tolist() == [tj.Status.OK, tj.Status.NOT_CONVERGED]
+    assert np.isnan(mets["MAP"][1])
+    assert mets["MAP"][0] == pytest.approx(float(full["metrics"]["MAP"][0]), rel=1e-3)
