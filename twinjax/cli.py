@@ -57,7 +57,9 @@ def _error(con, err, where=None):
     from rich.markup import escape
 
     head = f"error in {escape(str(where))}:" if where else "error:"
-    con.print(f"[red]{head}[/] {escape(str(err))}")
+    # soft_wrap: the message is never broken into lines at the console width (a long
+    # path in it moved the breaks, and a wrapped message cannot be searched or copied)
+    con.print(f"[red]{head}[/] {escape(str(err))}", soft_wrap=True)
 
 
 @contextlib.contextmanager
