@@ -284,14 +284,17 @@ def _simulate_blq(n, seed):
 
 
 @pytest.mark.slow
-def test_m3_recovers_what_ignoring_blq_biases():
+def test_m3_recovers_the_fixed_effects_with_a_quarter_blq():
     """60 subjects, 8 samples weighted to the elimination phase, additive error 0.4 mg/L,
     LLOQ 0.8 mg/L (26 % of the records below): FOCE-I with M3 recovers the fixed
-    effects within 3 of their standard errors and the residual SD within 15 %. Ignoring
-    the BLQ flag (the censored DV = LLOQ fitted as measured values, what a CENS column
-    read as a covariate gave before) biases CL low by more than 3 SE. Leaving the BLQ
-    records out (M1) is also fitted and must converge; in this design it moved CL by
-    only -2.5 % (z -0.6) when measured, so no bias is asserted for it."""
+    effects within 3 of their standard errors and the residual SD within 15 %.
+
+    The two ways of ignoring BLQ are fitted beside it: leaving the records out (M1) and
+    fitting the censored DV = LLOQ as if measured (what a CENS column read as a
+    covariate gave before). Both move CL down and V up from the M3 estimates, the
+    direction of their known bias, but in this design by less than 3 SE (measured:
+    CL -2.5 % and -4.8 %, z -0.6 and -1.1; see docs/calibration.md), so only the
+    direction is asserted."""
     frame = _simulate_blq(60, 3)
     ds = Dataset(frame, compartments=COMP)
     frac = float(frame.loc[frame["AMT"] == 0, "CENS"].mean())
@@ -310,11 +313,9 @@ def test_m3_recovers_what_ignoring_blq_biases():
     assert drop.n_censored == 0 and drop.n_obs == m3.n_obs
     assert ign.n_obs == m3.n_obs + m3.n_censored
     est = m3.estimates
-    z = {}
-    for name, r in (("m3", m3), ("ignore", ign), ("drop", drop)):
-        z[name] = {k: (r.theta[k] - v) / float(est.loc[k, "se"]) for k, v in TRUE.items()}
-        print(f"\n{name}: {r.theta} sigma {r.errors['C']} z {z[name]}")
     assert all(np.isfinite(float(est.loc[k, "se"])) for k in TRUE)
-    assert all(abs(v) < 3 for v in z["m3"].values()), z["m3"]
-    assert z["ignore"]["CL"] < -3, z["ignore"]
+    z = {k: (m3.theta[k] - v) / float(est.loc[k, "se"]) for k, v in TRUE.items()}
+    assert all(abs(v) < 3 for v in z.values()), z
     assert m3.errors["C"].add == pytest.approx(ADD, rel=0.15)
+    for r in (ign, drop):
+        assert r.theta["CL"] < m3.theta["CL"] and r.theta["V"] > m3.theta["V"], r.theta
