@@ -113,13 +113,9 @@ def quasi_static(
 # ---------------------------------------------------------------------------------
 @eqx.filter_jit
 def _anderson_core(model, solver, p, Y0, tol, max_beats, memory, n_save):
-    from .circulation import _beat_map, _dynamic_mask, _last_beat
+    from .circulation import _beat_map, _last_beat
 
-    dyn = _dynamic_mask(model)
-    idx = np.flatnonzero(dyn)
-    Ybase = jnp.where(jnp.asarray(dyn)[None, :], Y0, 0.0)  # phase and integrals at zero
-    G, embed, g, args = _beat_map(model, solver, p, Ybase, idx)
-    x0 = Y0[:, idx]
+    G, embed, g, args, x0 = _beat_map(model, solver, p, Y0)
     w = 1.0 / (1.0 + jnp.abs(x0))  # the scale of the convergence test (as the model's)
     fp = solve_fixed_point(
         G, x0, method="anderson", tol=tol, max_iter=max_beats, scale=w, memory=memory

@@ -625,15 +625,19 @@ def _dynamic_mask(model):
     return np.asarray([not s.cumulative for s in model.states])
 
 
-def _beat_map(model, solver, p, Ybase, idx):
-    """The period map of :mod:`twinjax.solve._periodic` for the circulation: the
-    non-cumulative states ``x`` (columns ``idx``) at the start of a beat to those one
-    beat later, integrated in the phase from 0 to 1 (0 to 0 for inactive patients)
-    with the phase and cumulative integrals reset to 0 (``Ybase``); also ``embed``,
-    ``x`` back to the full state, and the phase field ``g``."""
+def _beat_map(model, solver, p, Y0):
+    """The period map of :mod:`twinjax.solve._periodic` for the circulation:
+    ``(G, embed, g, args, x0)``. ``G`` maps the non-cumulative states ``x`` at the start
+    of a beat to those one beat later, integrated in the phase from 0 to 1 (0 to 0 for
+    inactive patients) with the phase and cumulative integrals reset to 0; ``embed``
+    puts ``x`` back into the full state, ``g`` is the phase field and ``x0`` the start
+    (the non-cumulative part of ``Y0``)."""
     g = _phase_field(model)
-    n, S = Ybase.shape
-    dtype = Ybase.dtype
+    n, S = Y0.shape
+    dtype = Y0.dtype
+    dyn = _dynamic_mask(model)
+    idx = np.flatnonzero(dyn)
+    Ybase = jnp.where(jnp.asarray(dyn)[None, :], Y0, 0.0)  # phase and integrals at 0
     args = (p, jnp.zeros((n, S), dtype))
 
     def embed(x):
@@ -645,7 +649,7 @@ def _beat_map(model, solver, p, Ybase, idx):
         _, Z1, st = solver.integrate(g, jnp.zeros((n,), dtype), s1, Z, None, args, model)
         return Z1[:, idx], st
 
-    return G, embed, g, args
+    return G, embed, g, args, Y0[:, idx]
 
 
 def _last_beat(model, solver, g, args, Y, n_save, status):
@@ -682,11 +686,8 @@ def _last_beat(model, solver, g, args, Y, n_save, status):
 
 @eqx.filter_jit
 def _pss_core(model, solver, p, Y0, tol, max_beats, batch, n_save):
-    dyn = _dynamic_mask(model)
-    idx = np.flatnonzero(dyn)
-    Ybase = jnp.where(jnp.asarray(dyn)[None, :], Y0, 0.0)  # phase and integrals at 0
-    G, embed, g, args = _beat_map(model, solver, p, Ybase, idx)
-    fp = solve_fixed_point(G, Y0[:, idx], method="plain", tol=tol, max_iter=max_beats, batch=batch)
+    G, embed, g, args, x0 = _beat_map(model, solver, p, Y0)
+    fp = solve_fixed_point(G, x0, method="plain", tol=tol, max_iter=max_beats, batch=batch)
     Y0s, metrics, dense, status = _last_beat(model, solver, g, args, embed(fp.x), n_save, fp.status)
     return Y0s, fp.iterations, fp.converged, fp.residual, metrics, dense, status
 
