@@ -135,6 +135,7 @@ def test_joint_pkpd_focei_recovers_population_and_both_residual_errors():
     r = fit_population(PKPD, ds, start, errors0, estimate=("pk.CL", "pk.V", "pd.EC50", "pd.EMAX"))
     assert r.converged, r.message
     est = r.estimates
+    print("\n" + r.summary())
     truth = {
         "pk.CL": TRUE["pk.CL"],
         "pk.V": TRUE["pk.V"],
