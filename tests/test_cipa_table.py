@@ -62,8 +62,8 @@ def test_loaded_table_is_the_file():
 # copy extracted by calibration/cipa_validation_sources.py with `git show` from
 # CardiacModelling/hERG-binding-mechanisms@4fdb8a3 methods/parameters.py (Li 2019 supplement
 # S2 pp. 13-14) and FDA/CiPA@a0924b5 (Model-Validation-2018) AP_simulation/data/newCiPA.csv.
-# The table rows were compiled separately (from /work/shared/references/cipa, itself compiled
-# from the same sources); the two agree to the last digit.
+# The table rows were compiled separately, by hand from the same sources; the two agree to
+# the last digit.
 from twinjax.models.ep import _cipa  # noqa: E402
 
 VAL = pd.read_csv(

@@ -28,6 +28,8 @@ LONGEST_FIRST = (
     "test_calibrate.py",
     "test_stiff.py",
     "test_cipa.py",
+    "test_cipa_safety.py",
+    "test_cipa_exposure.py",
     "test_ep.py",
     "test_pk_analytic.py",
     "test_circulation.py",
@@ -40,6 +42,8 @@ LONGEST_FIRST = (
     "test_sensitivity.py",
     "test_variability.py",
     "test_report.py",
+    "test_trial_sensitivity.py",
+    "test_periodic.py",
     "test_failures.py",
     "test_ensemble.py",
 )
