@@ -493,8 +493,16 @@ def _design(result) -> str:
                 s = f"{_g(d.amt)}{du} into {d.cmt} at {_g(d.time)} {tu}"
                 if d.addl:
                     s += f", then every {_g(d.ii)} {tu} ({d.addl + 1} doses)"
-                if d.rate:
+                if d.rate == -1:
+                    s += ", infused at the modelled rate (RATE -1)"
+                elif d.rate == -2:
+                    s += ", infused over the modelled duration (RATE -2)"
+                elif d.rate:
                     s += f", infused at {_g(d.rate)}{du}/{tu}"
+                elif getattr(d, "dur", 0):
+                    s += f", infused over {_g(d.dur)} {tu}"
+                if getattr(d, "ss", 0):
+                    s += f", at steady state (SS {d.ss})"
                 parts.append(s)
             reg = "; ".join(parts) + (" (placebo arm)" if a.placebo else "")
         if a.params:
