@@ -29,7 +29,7 @@ from ..model._model import dose_table
 from ._status import Status
 
 # engine event kinds
-E_NOOP, E_BOLUS, E_START, E_STOP, E_RESET, E_SS = 0, 1, 2, 3, 4, 5
+E_NOOP, E_BOLUS, E_START, E_STOP, E_RESET, E_SS, E_PARAM = 0, 1, 2, 3, 4, 5, 6
 
 SS_NEWTON_ITERS = 6
 
@@ -64,15 +64,19 @@ def stack_state(model, y: dict, shape):
     return jnp.stack([jnp.broadcast_to(y[s], shape) for s in model.state_names], -1)
 
 
-def _per_state(model, p, which: int, default: float, n, dtype):
-    """``(N, S)`` bioavailability (which=0), lag (1), modelled rate (2) or modelled
-    duration (3) of every state (``default`` where a state has none)."""
+def _per_record(model, p, which: int, default: float, cmt, dtype):
+    """``(N, K)`` bioavailability (which=0), lag (1), modelled rate (2) or modelled
+    duration (3) of the compartment of every record (``default`` where it has none).
+    A parameter is ``(N,)``, or ``(N, K)`` when it changes in time (its value at each
+    record's time)."""
     dp = dose_table(model)
-    cols = []
-    for s in model.state_names:
+    out = jnp.full(cmt.shape, default, dtype)
+    for i, s in enumerate(model.state_names):
         name = dp.get(s, (None,) * 4)[which]
-        cols.append(p[name] if name is not None else jnp.full((n,), default, dtype))
-    return jnp.stack(cols, -1)
+        if name is not None:
+            v = p[name]
+            out = jnp.where(cmt == i, v[:, None] if v.ndim == 1 else v, out)
+    return out
 
 
 def _take(a, idx):
@@ -115,12 +119,13 @@ def dose_records(model, p, ev: EventTable, n, dtype):
     :func:`infusion_rate_duration`); a lag time delays the arrival. A steady-state
     constant infusion (INF_CONST) starts at its record time and runs until a reset or
     an SS 1 record. Also returns, per patient, whether a record needs an R or D that
-    is not set (``<= 0``).
+    is not set (``<= 0``). A parameter that changes in time is given as ``(N, K)``, its
+    value at each record (NONMEM: the dose record's own F, ALAG, R, D).
     """
-    F = _take(_per_state(model, p, 0, 1.0, n, dtype), ev.cmt)
-    lag = _take(_per_state(model, p, 1, 0.0, n, dtype), ev.cmt)
-    R = _take(_per_state(model, p, 2, 0.0, n, dtype), ev.cmt)
-    D = _take(_per_state(model, p, 3, 0.0, n, dtype), ev.cmt)
+    F = _per_record(model, p, 0, 1.0, ev.cmt, dtype)
+    lag = _per_record(model, p, 1, 0.0, ev.cmt, dtype)
+    R = _per_record(model, p, 2, 0.0, ev.cmt, dtype)
+    D = _per_record(model, p, 3, 0.0, ev.cmt, dtype)
     kind = ev.kind
     const = kind == INF_CONST
     modelled = (kind == INF_MRATE) | (kind == INF_MDUR)
@@ -137,8 +142,9 @@ def _apply(kind, rec, Y, active, amt, cmt_onehot, Y_init, ss_data, dyn):
     """Apply one event per patient. kind, rec: (N,); for E_SS ``rec`` is the slot."""
     K = active.shape[-1]
     rec1h = jax.nn.one_hot(rec, K, dtype=bool)
-    a = jnp.take_along_axis(amt, rec[:, None], -1)[:, 0]
-    c1h = jnp.take_along_axis(cmt_onehot, rec[:, None, None], 1)[:, 0, :]
+    r = jnp.clip(rec, 0, K - 1)  # other kinds' indices (E_SS, E_PARAM) may exceed K
+    a = jnp.take_along_axis(amt, r[:, None], -1)[:, 0]
+    c1h = jnp.take_along_axis(cmt_onehot, r[:, None, None], 1)[:, 0, :]
     Y = Y + jnp.where(kind == E_BOLUS, a, 0.0)[:, None] * c1h
     active = active | (rec1h & (kind == E_START)[:, None])
     active = active & ~(rec1h & (kind == E_STOP)[:, None])
@@ -192,8 +198,11 @@ def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
     def rep(x):
         return jnp.repeat(x, J, axis=0)
 
+    def par(v):  # (N,), or (N, J) for a parameter that changes in time
+        return v.reshape(M) if v.ndim == 2 else rep(jnp.broadcast_to(v, (n,)))
+
     theta0 = jnp.stack(
-        [rep(jnp.broadcast_to(p[k], (n,))) for k in names]
+        [par(p[k]) for k in names]
         + [slot(ev.amt), slot(ev.rate), slot(ev.dur), slot(ev.ii), slot(ev.time)],
         -1,
     )
@@ -352,28 +361,33 @@ def blocked(fn, n, block, batched, shared=()):
     return jax.tree.map(lambda a: a.reshape((m,) + a.shape[2:])[:n], res)
 
 
-def run(model, solver, p, ev: EventTable, ts, y0=None):
+def run(model, solver, p, ev: EventTable, ts, y0=None, sched=None, pre=None):
     """Simulate a batch (in blocks when the solver asks for them); see ``_run``."""
     n = ev.kind.shape[0]
     block = solver.block_size(n)
     if block is None or block >= n:
-        return _run(model, solver, p, ev, ts, y0)
+        return _run(model, solver, p, ev, ts, y0, sched, pre)
+
+    def one(p, ev, y0, sched, ts, pre):
+        return _run(model, solver, p, ev, ts, y0, sched, pre)
+
     if ts.shape[0] == 1:  # shared save times
-        return blocked(
-            lambda p, ev, y0, ts: _run(model, solver, p, ev, ts, y0), n, block, (p, ev, y0), (ts,)
-        )
-    return blocked(
-        lambda p, ev, y0, ts: _run(model, solver, p, ev, ts, y0), n, block, (p, ev, y0, ts)
-    )
+        return blocked(one, n, block, (p, ev, y0, sched), (ts, pre))
+    return blocked(one, n, block, (p, ev, y0, sched, ts, pre))
 
 
-def _run(model, solver, p, ev: EventTable, ts, y0=None):
+def _run(model, solver, p, ev: EventTable, ts, y0=None, sched=None, pre=None):
     """Simulate a batch. ``p``: (N,) arrays; ``ev``: (N, K) table; ``ts``: (N, T), or
     (1, T) when every patient is saved at the same times (cheaper for solvers that
     look save times up inside their step loop).
 
     ``y0``: optional ``{state: (N,)}`` initial values replacing ``model.init`` (also
-    what a reset returns to). Returns ``(ys (N, T, S), status (N,))``.
+    what a reset returns to). ``sched``: a :class:`~twinjax.model._piecewise.Schedule`
+    of parameters that change in time (``p`` holds their values at time 0); the engine
+    switches them at their change times, and dose records and steady states use their
+    values at the record's time. ``pre``: boolean like ``ts``, True where a save at the
+    time of events is taken before them (the left limit: an observation record placed
+    before a dose record at the same time). Returns ``(ys (N, T, S), status (N,))``.
     """
     n, T = ev.kind.shape[0], ts.shape[-1]
     S = len(model.state_names)
@@ -381,7 +395,13 @@ def _run(model, solver, p, ev: EventTable, ts, y0=None):
     K = ev.kind.shape[-1]
     f = vector_field(model)
 
-    t_eff, amt, rate, dur, is_inf, unset = dose_records(model, p, ev, n, dtype)
+    p_rec = p
+    if sched is not None:
+        # dose records use the parameters at their own time; the implied earlier doses
+        # of a steady-state record, those at the steady-state record's time
+        hist_t = _take(ev.time, jnp.clip(ev.hist, 0, None))
+        p_rec = {**p, **sched.at(jnp.where(ev.hist >= 0, hist_t, ev.time))}
+    t_eff, amt, rate, dur, is_inf, unset = dose_records(model, p_rec, ev, n, dtype)
     kindA = jnp.select(
         [ev.kind == BOLUS, is_inf, ev.kind == RESET], [E_BOLUS, E_START, E_RESET], E_NOOP
     )
@@ -399,7 +419,8 @@ def _run(model, solver, p, ev: EventTable, ts, y0=None):
         sidx = jnp.clip(ev.ss_rec, 0, None)
         t_ss = jnp.where(on, _take(ev.time, sidx), PAD_TIME)  # (N, J)
         mode = jnp.where(on, _take(ev.ss, sidx), 0)
-        Y_ss, st, need = steady_state(model, solver, p, ev, Y_init, n, dtype)
+        p_ss = p if sched is None else {**p, **sched.at(_take(ev.time, sidx))}
+        Y_ss, st, need = steady_state(model, solver, p_ss, ev, Y_init, n, dtype)
         status = jnp.maximum(status, jnp.max(st, -1))
         # implied earlier doses of each SS record: ignored before its time (the steady
         # state holds them); infusions running across it stay on; doses arriving after
@@ -441,6 +462,15 @@ def _run(model, solver, p, ev: EventTable, ts, y0=None):
         e_kind_parts.append(jnp.where(is_inf, E_STOP, E_NOOP))
         e_rec_parts.append(rec_idx)
         e_key_parts.append(ev.seq + 4 * K + 4)
+    if sched is not None:
+        # parameter changes: at each change time the values that hold just after it
+        u_time = sched.change_times()
+        u_vals = sched.at(u_time, after=True)
+        U = u_time.shape[-1]
+        e_time_parts.append(u_time)
+        e_kind_parts.append(jnp.full((n, U), E_PARAM))
+        e_rec_parts.append(jnp.broadcast_to(jnp.arange(U), (n, U)))
+        e_key_parts.append(jnp.full((n, U), -1))
     e_time = jnp.concatenate(e_time_parts, -1)
     e_kind = jnp.concatenate(e_kind_parts, -1)
     e_rec = jnp.concatenate(e_rec_parts, -1)
@@ -455,6 +485,9 @@ def _run(model, solver, p, ev: EventTable, ts, y0=None):
     bounds = jnp.concatenate([t_start[:, None], e_time, t_end[:, None]], -1)
     bounds = jnp.clip(bounds, t_start[:, None], t_end[:, None])
     seg_of_save = jnp.sum(e_time[:, :, None] <= ts[:, None, :], axis=1)  # (N, T)
+    if pre is not None:  # saves before the events at their time
+        before = jnp.sum(e_time[:, :, None] < ts[:, None, :], axis=1)
+        seg_of_save = jnp.where(pre, before, seg_of_save)
     n_seg = e_time.shape[-1] + 1
     xs = (
         jnp.arange(n_seg),
@@ -468,22 +501,30 @@ def _run(model, solver, p, ev: EventTable, ts, y0=None):
     rate_by_rec = rate[..., None] * cmt1h
 
     def step(carry, x):
-        Y, active, out, status, sc = carry
+        Y, active, out, status, sc, pv = carry
         j, b0, b1, kind, rec = x
         Y, active = _apply(kind, rec, Y, active, amt, cmt1h, Y_init, ss_data, dyn)
+        if sched is not None:
+            change = kind == E_PARAM
+            r = jnp.clip(rec, 0, U - 1)[:, None]
+            pv = {
+                k: jnp.where(change, jnp.take_along_axis(u_vals[k], r, -1)[:, 0], v)
+                for k, v in pv.items()
+            }
         rates = jnp.einsum("nk,nks->ns", active.astype(dtype), rate_by_rec)
         lo = jnp.sum(seg_of_save < j, axis=-1).astype(jnp.int32)
         hi = jnp.sum(seg_of_save <= j, axis=-1).astype(jnp.int32)
         out, Y1, st, sc = solver.integrate_segment(
-            f, b0, b1, Y, ts, out, lo, hi, (p, rates), model, sc
+            f, b0, b1, Y, ts, out, lo, hi, ({**p, **pv}, rates), model, sc
         )
         status = jnp.maximum(status, st)
-        return (Y1, active, out, status, sc), None
+        return (Y1, active, out, status, sc, pv), None
 
     out0 = jnp.zeros((n, T, S), dtype)
     active0 = jnp.zeros((n, K), bool)
-    carry0 = (Y_init, active0, out0, status, solver.init_carry(n, dtype))
-    (Y, _, out, status, _), _ = jax.lax.scan(step, carry0, xs)
+    pv0 = {} if sched is None else {k: p[k] for k in sched.names}
+    carry0 = (Y_init, active0, out0, status, solver.init_carry(n, dtype), pv0)
+    (Y, _, out, status, _, _), _ = jax.lax.scan(step, carry0, xs)
     # a lag or F that makes more implied steady-state doses act than were compiled
     # (see dosing._regimen._history_count): refuse rather than return a wrong profile
     out = jnp.where(short[:, None, None], jnp.nan, out)

@@ -12,6 +12,7 @@ import numpy as np
 from ..dosing._regimen import EventTable, Regimen, compile_regimens
 from ..model._model import Model, _default_float
 from ..model._model import _is_concrete as _concrete  # noqa: E402
+from ..model._piecewise import initial_values, schedule, split_params
 from ._base import AbstractSolver
 from ._diffrax import Diffrax
 from ._engine import run
@@ -35,10 +36,35 @@ def check_times(times, dtype) -> jax.Array:
     return ts
 
 
+def _piecewise(model, params, check):
+    """Split ``Piecewise`` values off the parameters: ``(params with their values at
+    time 0, {name: Piecewise})``, after validating them."""
+    params, pw = split_params(params)
+    for k, v in pw.items():
+        if k not in model.param_names:
+            continue  # model.complete names it
+        v.validate(k)
+        if check:
+            model.check_bounds({k: v.values})
+    ns = {v.n for v in pw.values()} - {None}
+    if len(ns) > 1:
+        raise ValueError(
+            f"Piecewise parameters have different numbers of patients: "
+            f"{ {k: v.n for k, v in pw.items()} }"
+        )
+    return {**params, **initial_values(pw)}, pw
+
+
 def prepare(model, params, regimen, times, dtype, check=True):
-    """Validate inputs and build the (N,)-batched arrays the engine runs on."""
+    """Validate inputs and build the (N,)-batched arrays the engine runs on.
+
+    Returns ``(p, ev, ts, ts2, N, sched)``: ``sched`` is the schedule of the parameters
+    given as :class:`~twinjax.Piecewise` (None if there are none); ``p`` holds their
+    values at time 0.
+    """
     if not isinstance(model, Model):
         raise TypeError(f"model must be a twinjax Model, got {type(model).__name__}")
+    params, pw = _piecewise(model, params, check)
     p, n = model.complete(params, dtype=dtype, check=check)
     ts = check_times(times, dtype)
     if isinstance(regimen, EventTable):
@@ -66,19 +92,45 @@ def prepare(model, params, regimen, times, dtype, check=True):
     p = {k: jnp.broadcast_to(v, (nb,)) for k, v in p.items()}
     ev = jax.tree.map(lambda a: jnp.broadcast_to(a, (nb,) + a.shape[1:]), ev)
     ts2 = jnp.broadcast_to(ts, (nb, ts.shape[-1]))
-    return p, ev, ts, ts2, N
+    return p, ev, ts, ts2, N, schedule(pw, nb, dtype)
+
+
+def _pre_dose(pre_dose, ts):
+    """Validated pre-dose save flags (a bool array shaped like ``ts``) or None."""
+    if pre_dose is None:
+        return None
+    pre = np.asarray(pre_dose)
+    if pre.dtype != bool:
+        raise ValueError(f"pre_dose must be booleans, got dtype {pre.dtype}")
+    if pre.shape not in (ts.shape, ts.shape[-1:]):
+        raise ValueError(f"pre_dose has shape {pre.shape}; expected that of times, {ts.shape}")
+    if not pre.any():
+        return None
+    if _concrete(ts):
+        t = np.broadcast_to(np.asarray(ts), np.broadcast_shapes(ts.shape, pre.shape))
+        b = np.broadcast_to(pre, t.shape)
+        # at equal times the pre-dose saves must come first (saves are in time order,
+        # and a pre-dose save is earlier than a post-dose one at the same time)
+        bad = (np.diff(t, axis=-1) == 0) & ~b[..., :-1] & b[..., 1:]
+        if bad.any():
+            i = int(np.argwhere(bad)[0][-1])
+            raise ValueError(
+                f"pre_dose: times[{i}] and times[{i + 1}] are equal and the later one is "
+                "pre-dose; at equal times put the pre-dose saves first"
+            )
+    return jnp.asarray(pre)
 
 
 TRACES = {"simulate": 0}  # incremented at trace time: used by recompilation guards
 
 
 @eqx.filter_jit
-def _simulate_core(model, solver, p, ev, ts2, y0=None):
+def _simulate_core(model, solver, p, ev, ts2, y0=None, sched=None, pre=None):
     """Simulate a batch; ``ts2``: ``(N, T)`` save times, or ``(1, T)`` shared by all."""
     TRACES["simulate"] += 1
     n = ev.kind.shape[0]
     if model.state_names:
-        ys, status = run(model, solver, p, ev, ts2, y0)
+        ys, status = run(model, solver, p, ev, ts2, y0, sched, pre)
     else:  # algebraic model (e.g. a direct-effect PD model): nothing to integrate
         ys = jnp.zeros((n, ts2.shape[-1], 0), ts2.dtype)
         status = jnp.zeros((n,), jnp.int32)
@@ -86,6 +138,8 @@ def _simulate_core(model, solver, p, ev, ts2, y0=None):
     names = model.state_names
     states = {s: ys[..., i] for i, s in enumerate(names)}
     pe = {k: v[:, None] for k, v in p.items()}
+    if sched is not None:  # outputs see the parameters' values at their save times
+        pe.update(sched.at(ts2))
     outputs = model.observe(ts2, states, pe)
     outputs = {k: jnp.broadcast_to(v, ts2.shape) for k, v in outputs.items()}
     # A failed patient's states and outputs are NaN at every save time: values saved
@@ -113,13 +167,18 @@ def simulate(
     dtype=None,
     check: bool = True,
     y0: Mapping | None = None,
+    pre_dose=None,
 ) -> Result:
     """Simulate a model for one patient or a batch.
 
     Arguments:
         model: a :class:`~twinjax.Model`.
         params: ``{name: value}``; missing entries take their defaults. A scalar is
-            one patient; ``(N,)`` arrays make a batch of ``N`` patients.
+            one patient; ``(N,)`` arrays make a batch of ``N`` patients. A
+            :class:`~twinjax.Piecewise` value makes a parameter change in time
+            (time-varying covariates, occasions): piecewise constant between its
+            times, NONMEM's next-observation-carried-backward convention or
+            last-observation-carried-forward.
         regimen: a :class:`~twinjax.Regimen` for everyone, a list of ``N`` regimens
             (one per patient), a compiled ``EventTable``, or None (no doses).
         times: ``(T,)`` save times (or ``(N, T)``), non-decreasing, >= 0. The
@@ -129,6 +188,11 @@ def simulate(
         check: validate parameters against their bounds (skipped for traced values).
         y0: ``{state: value}`` initial states replacing ``model.init(params)`` for the
             states given (scalars or ``(N,)``); a reset (EVID 3/4) returns to them.
+        pre_dose: booleans like ``times``: True where a save at the time of a dose (or
+            other event) is taken before it, as an observation record placed before a
+            dose record at the same time in a NONMEM dataset sees the pre-dose value.
+            By default every save includes the events at its time. At equal times the
+            pre-dose saves come first.
 
     Returns:
         A :class:`Result` with a status code per patient. A failing patient never
@@ -144,7 +208,8 @@ def simulate(
         raise ValueError("simulate needs save times, e.g. times=jnp.linspace(0, 24, 97)")
     dtype = dtype or _default_float()
     solver = solver if solver is not None else Diffrax()
-    p, ev, ts, ts2, N = prepare(model, params, regimen, times, dtype, check)
+    p, ev, ts, ts2, N, sched = prepare(model, params, regimen, times, dtype, check)
+    pre = _pre_dose(pre_dose, ts)
     y0s = None
     if y0:
         unknown = [k for k in y0 if k not in model.state_names]
@@ -163,8 +228,13 @@ def simulate(
                 )
             y0s[k] = jnp.broadcast_to(v, (nb,))
     # shared save times go in as (1, T): solvers look them up more cheaply
+    shared = ts.ndim == 1
+    if pre is not None:
+        pre = pre[None] if pre.ndim == 1 else jnp.broadcast_to(pre, ts2.shape)
+        if not shared and pre.shape[0] == 1:
+            pre = jnp.broadcast_to(pre, ts2.shape)
     states, outputs, status = _simulate_core(
-        model, solver, p, ev, ts[None] if ts.ndim == 1 else ts2, y0s
+        model, solver, p, ev, ts[None] if shared else ts2, y0s, sched, pre
     )
     if N is None:
         states = {k: v[0] for k, v in states.items()}
