@@ -11,8 +11,8 @@
 - Censored records (``CENS``/``BLQ``/``LLOQ`` columns or ``lloq=``): M3 / M4 likelihood
   in MAP and FOCE-I fits (``censoring=``).
 - :func:`forecast` and :func:`optimise_dose`: use a fitted twin.
-- :func:`cwres`, :func:`simulate_replicates`: diagnostics (see also
-  ``twinjax.plot.vpc``).
+- :func:`cwres`, :func:`simulate_replicates`, :func:`npde`: diagnostics (see also
+  ``twinjax.plot.vpc``, ``gof_panel``, ``pcvpc``).
 """
 
 from ._diagnostics import cwres as cwres
@@ -28,5 +28,9 @@ from ._map import prepare_data as prepare_data
 from ._nlme import PopulationFitResult as PopulationFitResult
 from ._nlme import fit as fit
 from ._nlme import fit_population as fit_population
+from ._npde import NpdeResult as NpdeResult
+from ._npde import npde as npde
+from ._npde import npde_from_simulations as npde_from_simulations
+from ._npde import npde_test as npde_test
 from ._residual import ErrorModel as ErrorModel
 from ._uncertainty import posterior_samples as posterior_samples
