@@ -85,13 +85,50 @@ class _OuterState(TypedDict):
 
 # ============================================================================ packing
 @dataclasses.dataclass(frozen=True)
+class _Coef:
+    """One estimated covariate coefficient: its label and natural-scale bounds.
+
+    The outer vector holds it unconstrained: ``x = z`` (no bounds), ``lower + e^z``,
+    ``upper - e^z``, or ``lower + (upper - lower) sigmoid(z)`` (both bounds), as NONMEM
+    transforms bounded THETAs.
+    """
+
+    label: str
+    lower: float = -np.inf
+    upper: float = np.inf
+
+    def to_z(self, x: float) -> float:
+        lo, hi = self.lower, self.upper
+        if np.isfinite(lo) and np.isfinite(hi):
+            u = (x - lo) / (hi - lo)
+            return float(np.log(u) - np.log1p(-u))
+        if np.isfinite(lo):
+            return float(np.log(x - lo))
+        if np.isfinite(hi):
+            return float(np.log(hi - x))
+        return float(x)
+
+    def from_z(self, z):
+        lo, hi = self.lower, self.upper
+        if np.isfinite(lo) and np.isfinite(hi):
+            return lo + (hi - lo) * jax.nn.sigmoid(z)
+        if np.isfinite(lo):
+            return lo + jnp.exp(z)
+        if np.isfinite(hi):
+            return hi - jnp.exp(z)
+        return z
+
+
+@dataclasses.dataclass(frozen=True)
 class _Layout:
-    """Where each population parameter lives in the outer vector ``phi``."""
+    """Where each population parameter lives in the outer vector ``phi``:
+    ``[theta | covariate coefficients | Omega (Cholesky) | log sigma]``."""
 
     theta: tuple  # names of estimated typical values
     iiv: tuple
     full_omega: bool
     n_sigma: int
+    cov: tuple = ()  # estimated covariate coefficients (_Coef), in the order of _Covs
 
     @property
     def n_omega(self) -> int:
@@ -100,7 +137,7 @@ class _Layout:
 
     @property
     def size(self) -> int:
-        return len(self.theta) + self.n_omega + self.n_sigma
+        return len(self.theta) + len(self.cov) + self.n_omega + self.n_sigma
 
     def tril(self):
         k = len(self.iiv)
@@ -108,41 +145,82 @@ class _Layout:
 
 
 def _unpack(model: Model, lay: _Layout, phi):
-    """``phi`` -> (theta natural dict, Omega, sigma)."""
-    nt, no = len(lay.theta), lay.n_omega
+    """``phi`` -> (theta natural dict, Omega, sigma); see :func:`_coefs` for the
+    covariate coefficients."""
+    nt, nc, no = len(lay.theta), len(lay.cov), lay.n_omega
     z = phi[:nt]
     theta = model.from_unconstrained({k: z[i] for i, k in enumerate(lay.theta)})
     k = len(lay.iiv)
-    w = phi[nt : nt + no]
+    w = phi[nt + nc : nt + nc + no]
     rows, cols = lay.tril()
     diag = rows == cols
     vals = jnp.where(jnp.asarray(diag), jnp.exp(w), w)
     L = jnp.zeros((k, k), phi.dtype).at[rows, cols].set(vals)
     omega = L @ L.T
-    sigma = jnp.exp(phi[nt + no :])
+    sigma = jnp.exp(phi[nt + nc + no :])
     return theta, omega, sigma
 
 
-def _pack(model: Model, lay: _Layout, theta: dict, omega, sigma) -> np.ndarray:
+def _coefs(lay: _Layout, phi):
+    """The estimated covariate coefficients ``(n_cov,)`` on their natural scale."""
+    nt = len(lay.theta)
+    if not lay.cov:
+        return jnp.zeros((0,), phi.dtype)
+    return jnp.stack([c.from_z(phi[nt + i]) for i, c in enumerate(lay.cov)])
+
+
+def _pack(model: Model, lay: _Layout, theta: dict, omega, sigma, coefs=()) -> np.ndarray:
     z = model.to_unconstrained({k: jnp.asarray(theta[k]) for k in lay.theta}, lay.theta)
     L = np.linalg.cholesky(np.asarray(omega) + 1e-12 * np.eye(len(lay.iiv)))
     rows, cols = lay.tril()
     w = L[rows, cols]
     w = np.where(rows == cols, np.log(np.maximum(w, 1e-12)), w)
-    return np.concatenate([np.asarray([z[k] for k in lay.theta]), w, np.log(np.asarray(sigma))])
+    zc = np.asarray([c.to_z(float(v)) for c, v in zip(lay.cov, coefs)], float)
+    return np.concatenate([np.asarray([z[k] for k in lay.theta]), zc, w, np.log(np.asarray(sigma))])
 
 
-def _factors(pop: Population, covariates, n: int) -> dict:
-    """Multiplicative covariate factors ``{name: (n,)}`` (1 where no effect)."""
+def _factors(pop: Population, covariates, n: int, fixed_only: bool = False) -> dict:
+    """Multiplicative covariate factors ``{name: (n,)}`` (1 where no effect), at the
+    effects' current coefficients; ``fixed_only``: of the effects not estimated."""
     out = {q: np.ones(n) for q in pop.model.param_names}
     for c in pop.covariates:
+        if fixed_only and c.estimate:
+            continue
         x = np.asarray(covariates[c.covariate], dtype=float)
         out[c.param] = out[c.param] * np.asarray(c.factor(jnp.asarray(x)))
     return out
 
 
-def _typical(model, lay, theta, base: dict, factors: dict):
-    """Covariate-adjusted typical values ``{name: (N,)}`` for natural ``theta``."""
+class _Covs(eqx.Module):
+    """Covariate factors of a fit with estimated coefficients: the fixed effects'
+    factors (precomputed) times the estimated effects' factors, computed in JAX from
+    the coefficient vector (so the outer AD differentiates through them)."""
+
+    fixed: dict  # {param: (N,)}
+    cols: dict  # {covariate: (N,)} of the estimated effects
+    effects: tuple = eqx.field(static=True)  # the estimated Covariate effects
+
+    def evaluate(self, coefs) -> dict:
+        out = dict(self.fixed)
+        off = 0
+        for e in self.effects:
+            m = len(e.coefficients())
+            f = e.factor_from(self.cols[e.covariate], [coefs[off + j] for j in range(m)])
+            out[e.param] = out[e.param] * f
+            off += m
+        return out
+
+
+def _typical(model, lay, theta, base, factors, coefs=None):
+    """Covariate-adjusted typical values ``{name: (N,)}`` for natural ``theta``.
+
+    ``factors``: ``{name: (N,)}`` fixed factors, or a :class:`_Covs` evaluated at the
+    covariate coefficients ``coefs`` (:func:`_coefs`).
+    """
+    if isinstance(factors, _Covs):
+        if coefs is None:
+            raise ValueError("estimated covariate effects need their coefficients (coefs=)")
+        factors = factors.evaluate(coefs)
     tv = {}
     for q in model.param_names:
         v = theta[q] if q in theta else base[q]
@@ -160,7 +238,7 @@ def _exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask):
     subjects gives column ``j`` of every subject's Hessian at once (``k`` passes).
     """
     theta, omega, sigma = _unpack(spec.model, lay, phi)
-    tv = _typical(spec.model, lay, theta, base, factors)
+    tv = _typical(spec.model, lay, theta, base, factors, _coefs(lay, phi))
     oinv = jnp.linalg.inv(omega)
 
     def grad(e):
@@ -185,7 +263,7 @@ def _ofv_terms(spec, lay, base, factors, phi, eta, ev, ts, y, mask, hess):
     """
     model = spec.model
     theta, omega, sigma = _unpack(model, lay, phi)
-    tv = _typical(model, lay, theta, base, factors)
+    tv = _typical(model, lay, theta, base, factors, _coefs(lay, phi))
     oinv = jnp.linalg.inv(omega)
     eta_s = jax.lax.stop_gradient(eta)
     O, G, H, _, _, ok = posterior_terms(spec, tv, eta_s, ev, ts, y, mask, sigma, oinv)
@@ -225,8 +303,99 @@ def _ofv_and_grad(spec, lay, base, factors, phi, eta, ev, ts, y, mask):
 @eqx.filter_jit
 def _inner(spec, lay, base, factors, phi, eta0, ev, ts, y, mask, max_iter, tol):
     theta, omega, sigma = _unpack(spec.model, lay, phi)
-    tv = _typical(spec.model, lay, theta, base, factors)
+    tv = _typical(spec.model, lay, theta, base, factors, _coefs(lay, phi))
     return lm_batched(spec, tv, eta0, ev, ts, y, mask, sigma, jnp.linalg.inv(omega), max_iter, tol)
+
+
+# ============================================================================ covariates
+def _covariate_model(pop: Population, fd, model: Model, estimate) -> tuple:
+    """Check the covariate effects against the data (before anything compiles) and
+    return ``(estimated effects, their _Coef slots, initial coefficients)``.
+
+    Raises:
+        ValueError: a covariate column missing or not finite, a factor that is not
+            positive and finite at the starting coefficients, an estimated coefficient
+            the data cannot inform (a constant covariate, a category no subject has, a
+            categorical with no reference category left), or clashing labels.
+    """
+    cov = fd.covariates
+    ids = list(fd.ids)
+    cols = {}
+    for c in pop.covariates:
+        if c.covariate not in cov.columns:
+            have = [k for k in cov.columns if str(k).upper() != "ID"]
+            raise ValueError(
+                f"covariate effect {c.describe()}: the data have no covariate column "
+                f"{c.covariate!r}; covariate columns: {have}"
+            )
+        try:
+            x = np.asarray(cov[c.covariate], dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"covariate effect {c.describe()}: column {c.covariate!r} is not numeric"
+            ) from None
+        bad = ~np.isfinite(x)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"covariate effect {c.describe()}: {c.covariate} of subject ID {ids[i]} is "
+                f"{x[i]} (missing or not finite); every subject needs a value"
+            )
+        cols[c.covariate] = x
+        f = np.asarray(c.factor(jnp.asarray(x)), dtype=float)
+        badf = ~(np.isfinite(f) & (f > 0))
+        if badf.any():
+            i = int(np.flatnonzero(badf)[0])
+            raise ValueError(
+                f"covariate effect {c.describe()}: its factor is {f[i]} for subject ID "
+                f"{ids[i]} ({c.covariate} = {x[i]}) at the starting coefficients "
+                f"{c.coefficients()}; it must be positive and finite for every subject"
+            )
+    effects = tuple(c for c in pop.covariates if c.estimate)
+    slots, init = [], []
+    for c in effects:
+        x = cols[c.covariate]
+        groups = c.groups() if hasattr(c, "groups") else None
+        if groups is None:
+            if np.ptp(x) == 0:
+                raise ValueError(
+                    f"covariate effect {c.describe()} is estimated but {c.covariate} is "
+                    f"{x[0]} for every subject: the data cannot inform its coefficient"
+                )
+        else:
+            for label, grp in zip(c.coefficients(), groups):
+                if not np.isin(x, np.asarray(grp, float)).any():
+                    raise ValueError(
+                        f"covariate effect {c.describe()} is estimated but no subject has "
+                        f"{c.covariate} in {list(grp)} (coefficient {label}); categories in "
+                        f"the data: {sorted(set(x.tolist()))}"
+                    )
+            listed = np.asarray([v for g in groups for v in g], float)
+            if np.isin(x, listed).all():
+                raise ValueError(
+                    f"covariate effect {c.describe()} estimates a factor for every "
+                    f"category in the data {sorted(set(x.tolist()))}: leave the reference "
+                    "category (factor 1) out, or the factors and the typical value "
+                    f"of {c.param!r} cannot be told apart"
+                )
+        lo, hi = c.coefficient_bounds()
+        for label, v in c.coefficients().items():
+            slots.append(_Coef(label, lo, hi))
+            init.append(v)
+    labels = [s.label for s in slots]
+    dup = sorted({k for k in labels if labels.count(k) > 1})
+    if dup:
+        raise ValueError(
+            f"estimated covariate coefficients share the labels {dup}: give each effect "
+            "its own name= (e.g. Power(..., name='CL~WT_exp'))"
+        )
+    clash = [k for k in labels if k in model.param_names]
+    if clash:
+        raise ValueError(
+            f"estimated covariate coefficient labels {clash} are model parameter names; "
+            "choose another name="
+        )
+    return effects, tuple(slots), np.asarray(init, float)
 
 
 # ============================================================================ result
@@ -249,8 +418,12 @@ class PopulationFitResult:
         aic, bic: from ``minus2ll``.
         n_obs, n_subjects, n_params: counts.
         estimates: a DataFrame (parameter, estimate, SE, RSE %) on the natural scale:
-            typical values, ``OMEGA(a,b)`` (variances and covariances), ``SIGMA_add`` /
-            ``SIGMA_prop`` (SDs).
+            typical values, estimated covariate coefficients (labelled
+            ``"<param>~<covariate>"`` or the effect's ``name``), ``OMEGA(a,b)``
+            (variances and covariances), ``SIGMA_add`` / ``SIGMA_prop`` (SDs).
+        covariate_effects: ``{label: value}`` of the estimated covariate coefficients
+            (empty when every effect is fixed); ``population.covariates`` holds the
+            effects with these values.
         cov_phi: covariance of the outer vector (NaN when not computed).
         individual: the post-hoc :class:`FitResult` (MAP etas at the estimates, PRED,
             IPRED, IWRES, shrinkage).
@@ -285,6 +458,7 @@ class PopulationFitResult:
     errors: dict = dataclasses.field(default_factory=dict)
     censoring: str = "none"
     n_censored: int = 0
+    covariate_effects: dict = dataclasses.field(default_factory=dict)
 
     def summary(self) -> str:
         """A short text summary (estimates table and OFV)."""
@@ -297,7 +471,7 @@ class PopulationFitResult:
         )
 
     def __repr__(self) -> str:
-        th = ", ".join(f"{k}={v:.4g}" for k, v in self.theta.items())
+        th = ", ".join(f"{k}={v:.4g}" for k, v in {**self.theta, **self.covariate_effects}.items())
         return f"PopulationFitResult({th}; OFV={self.ofv:.3f})"
 
 
@@ -329,8 +503,10 @@ def fit_population(
     Arguments:
         model: the model.
         data: a :class:`~twinjax.data.Dataset` (or mapping, see ``prepare_data``).
-        population: the initial population (typical values, fixed covariate effects,
-            Omega over the parameters with IIV).
+        population: the initial population (typical values, covariate effects,
+            Omega over the parameters with IIV). Covariate effects made with
+            ``estimate=True`` have their coefficients estimated (from their values,
+            inside their ``bounds``); the others stay fixed.
         error: the residual error model with initial SDs (all estimated), or one per
             output ``{output: ErrorModel}`` (a joint fit of several outputs; see
             :func:`~twinjax.calibrate.fit_individual` for ``dvid`` / ``output_column``).
@@ -356,7 +532,10 @@ def fit_population(
         A :class:`PopulationFitResult`.
 
     Raises:
-        ValueError: unknown names, or an Omega option other than diagonal/full.
+        ValueError: unknown names, an Omega option other than diagonal/full, or
+            covariate effects the data cannot support (a missing column, a factor that
+            is not positive, a coefficient the data cannot inform), before anything is
+            compiled.
     """
     import pandas as pd
     import scipy.optimize as so
@@ -385,14 +564,24 @@ def fit_population(
     cmode = fit_censoring(fd, censoring)
     spec = make_spec(model, solver, pop.iiv, errors, outputs, cmode)
     n_sigma = sum(len(e.names) for e in errors)
-    lay = _Layout(estimate, tuple(pop.iiv), omega == "full", n_sigma)
+    effects, slots, coef0 = _covariate_model(pop, fd, model, estimate)
+    lay = _Layout(estimate, tuple(pop.iiv), omega == "full", n_sigma, slots)
     base = {k: float(v) for k, v in pop.typical.items()}
-    factors = {k: jnp.asarray(v) for k, v in _factors(pop, fd.covariates, N).items()}
+    factors: dict | _Covs
+    if effects:  # estimated coefficients: their factors are computed from phi in JAX
+        fixed = _factors(pop, fd.covariates, N, fixed_only=True)
+        factors = _Covs(
+            {k: jnp.asarray(v) for k, v in fixed.items()},
+            {c.covariate: jnp.asarray(fd.covariates[c.covariate], float) for c in effects},
+            effects,
+        )
+    else:
+        factors = {k: jnp.asarray(v) for k, v in _factors(pop, fd.covariates, N).items()}
     om0 = np.asarray(pop.omega)
     if omega == "diagonal":
         om0 = np.diag(np.diag(om0))
     sigma0 = np.concatenate([np.asarray(e.sigma()) for e in errors])
-    phi0 = _pack(model, lay, {k: base[k] for k in estimate}, om0, sigma0)
+    phi0 = _pack(model, lay, {k: base[k] for k in estimate}, om0, sigma0, coef0)
     ev, ts = fd.ev, jnp.asarray(fd.t_eval)
     y, mask = fd.obs(), jnp.asarray(fd.mask)
     k = len(pop.iiv)
@@ -507,6 +696,8 @@ def fit_population(
         converged = bool(res.success) or float(np.max(np.abs(grad))) < 10 * gtol
     theta, om, sig = _unpack(model, lay, jnp.asarray(phi))
     theta = {kk: float(v) for kk, v in theta.items()}
+    coefs = np.asarray(_coefs(lay, jnp.asarray(phi)), float)
+    cov_est = {c.label: float(v) for c, v in zip(lay.cov, coefs)}
     om = np.asarray(om)
     sig = np.asarray(sig)
     errs_fit, off = {}, 0
@@ -520,7 +711,8 @@ def fit_population(
 
     def natural(p):
         th, o, s = _unpack(model, lay, p)
-        return jnp.concatenate([jnp.stack([th[kk] for kk in lay.theta]), o[rows, cols], s])
+        parts = [th[kk] for kk in lay.theta]
+        return jnp.concatenate([jnp.stack(parts), _coefs(lay, p), o[rows, cols], s])
 
     nat = np.asarray(natural(jnp.asarray(phi)))
     Jn = np.asarray(jax.jacfwd(natural)(jnp.asarray(phi)))
@@ -528,6 +720,7 @@ def fit_population(
     se = np.sqrt(np.maximum(np.diag(cov_nat), 0.0))
     labels = (
         list(lay.theta)
+        + [c.label for c in lay.cov]
         + [f"OMEGA({lay.iiv[a]},{lay.iiv[b]})" for a, b in zip(rows, cols)]
         + [
             f"SIGMA_{n}" if len(outputs) == 1 else f"SIGMA_{o}_{n}"
@@ -540,10 +733,17 @@ def fit_population(
     table = pd.DataFrame(dict(parameter=labels, estimate=nat, se=se, rse_pct=rse))
     table = table.set_index("parameter")
 
+    fitted_covs, off = [], 0
+    for c in pop.covariates:
+        if c.estimate:
+            m = len(c.coefficients())
+            c = c.with_coefficients(coefs[off : off + m])
+            off += m
+        fitted_covs.append(c)
     fitted = Population(
         model,
         typical={**base, **theta},
-        covariates=pop.covariates,
+        covariates=fitted_covs,
         omega=om,
         iiv=list(pop.iiv),
     )
@@ -588,6 +788,7 @@ def fit_population(
         errors=errs_fit,
         censoring=cmode,
         n_censored=n_cens,
+        covariate_effects=cov_est,
     )
 
 
