@@ -23,6 +23,7 @@ from .dosing import Reset as Reset
 from .model import Link as Link
 from .model import Model as Model
 from .model import Param as Param
+from .model import Piecewise as Piecewise
 from .model import State as State
 from .model import couple as couple
 from .population import Cohort as Cohort

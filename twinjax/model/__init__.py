@@ -6,6 +6,7 @@ from ._couple import Link as Link
 from ._couple import couple as couple
 from ._model import Model as Model
 from ._param import Param as Param
+from ._piecewise import Piecewise as Piecewise
 from ._param import State as State
 from ._param import fraction as fraction
 from ._param import positive as positive

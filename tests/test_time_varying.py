@@ -1,0 +1,229 @@
+"""Parameters that change in time (``tj.Piecewise``) and pre-dose saves (issue #14, items 4-5).
+
+Every expected value is an exact propagation of the one-compartment model,
+``A' = -k(t) A + R(t)`` with ``k = CL / V``, piecewise constant between the change
+times, the dose times and the infusion ends: over a piece of length ``h``,
+``A -> A exp(-k h) + R / k (1 - exp(-k h))``. Nothing integrates an ODE numerically.
+
+Conventions (NONMEM's data semantics): with ``"nocb"`` the record that ends an interval
+supplies its value (at a record's time the value is that record's; just after it, the
+next record's); with ``"locf"`` a value holds from its time to the next one. A dose
+record uses the parameters at its own time (F, ALAG of the record); a steady-state
+record is solved with the parameters at its time; an output at a save time sees the
+parameters at that time.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import twinjax as tj
+from twinjax.models import pk
+
+TIGHT = tj.solvers.Diffrax(rtol=1e-10, atol=1e-12)
+IV = pk.one_compartment()  # central, eliminated; CL, V
+MOD = IV.with_dose_modifiers(central=("F", "ALAG"), F_upper=2.0)  # F1, ALAG1 on central
+TS = np.array([0.0, 3.0, 6.0, 10.0, 12.0, 15.0, 20.0, 23.0, 24.0, 30.0, 36.0, 48.0])
+
+
+def value(times, values, rule, t, after=False):
+    """The reference convention, written out: the value at ``t`` (or just after)."""
+    times, values = np.asarray(times, float), np.asarray(values, float)
+    if rule == "locf":
+        i = np.sum(times <= t) - 1
+    elif after:
+        i = np.sum(times <= t)
+    else:
+        i = np.sum(times < t)
+    return values[int(np.clip(i, 0, len(times) - 1))]
+
+
+def exact(doses, CL, V, ts, F=None, lag=None):
+    """Amounts/V of the 1-cmt model by exact piecewise propagation.
+
+    ``doses``: ``[(time, amt, duration)]`` (duration 0: a bolus); ``CL``, ``V``, ``F``,
+    ``lag``: ``(times, values, rule)`` or a number. A dose record's F and lag are
+    the values at its record time.
+    """
+
+    def fn(x):
+        if isinstance(x, tuple):
+            return lambda t, after=False: value(*x, t, after)
+        return lambda t, after=False: float(x)
+
+    cl, v = fn(CL), fn(V)
+    f = fn(F if F is not None else 1.0)
+    lg = fn(lag if lag is not None else 0.0)
+    arrivals = []  # (start, amount, duration)
+    for t, amt, dur in doses:
+        arrivals.append((t + lg(t), f(t) * amt, dur))
+    cuts = {0.0, *map(float, ts)}
+    for x in (CL, V):
+        if isinstance(x, tuple):
+            cuts |= set(map(float, x[0]))
+    for s, _, d in arrivals:
+        cuts |= {s, s + d}
+    cuts = sorted(c for c in cuts if c <= max(ts))
+    A, out, t = 0.0, {}, 0.0
+    for c in cuts:
+        # integrate (t, c] with the values just after t
+        h = c - t
+        if h > 0:
+            k = cl(t, True) / v(t, True)
+            R = sum(a / d for s, a, d in arrivals if d > 0 and s <= t < s + d)
+            A = A * np.exp(-k * h) + R / k * (1 - np.exp(-k * h))
+        t = c
+        A += sum(a for s, a, d in arrivals if d == 0 and s == c)
+        out[c] = A / v(c)
+    return np.array([out[float(x)] for x in ts])
+
+
+def pw(times, values, rule, n):
+    return tj.Piecewise(np.tile(times, (n, 1)), np.asarray(values, float), rule)
+
+
+# patients of one simulate call: CL and V change at 10, 24 (and 36 for V); doses at
+# change times, between them, and an infusion across a change
+CL_T = np.array([0.0, 10.0, 24.0, 36.0])
+CL_V = np.array([[2.0, 1.0, 4.0, 3.0], [1.5, 3.0, 0.5, 2.0], [2.0, 2.0, 1.0, 1.0]])
+V_T = np.array([0.0, 10.0, 24.0, 36.0])
+V_V = np.array([[20.0, 20.0, 25.0, 25.0], [10.0, 12.0, 12.0, 15.0], [30.0, 20.0, 20.0, 20.0]])
+DOSES = [
+    [(0.0, 100.0, 0.0), (24.0, 50.0, 0.0)],
+    [(0.0, 100.0, 0.0), (6.0, 80.0, 8.0)],  # an infusion from 6 to 14, across 10
+    [(10.0, 100.0, 0.0), (20.0, 100.0, 6.0)],  # a bolus at a change time
+]
+
+
+def regimen(doses):
+    return tj.Regimen(
+        [tj.Dose(a, "central", t, dur=d) if d else tj.Dose(a, "central", t) for t, a, d in doses]
+    )
+
+
+@pytest.mark.parametrize("rule", ["nocb", "locf"])
+def test_clearance_and_volume_change_as_the_convention_says(rule):
+    r = tj.simulate(
+        IV,
+        {"CL": pw(CL_T, CL_V, rule, 3), "V": pw(V_T, V_V, rule, 3)},
+        [regimen(d) for d in DOSES],
+        TS,
+        solver=TIGHT,
+    )
+    assert np.all(np.asarray(r.status) == 0)
+    for i in range(3):
+        want = exact(DOSES[i], (CL_T, CL_V[i], rule), (V_T, V_V[i], rule), TS)
+        np.testing.assert_allclose(r.outputs["C"][i], want, rtol=1e-8)
+    # the two conventions give different profiles for the same table
+    other = "locf" if rule == "nocb" else "nocb"
+    alt = exact(DOSES[0], (CL_T, CL_V[0], other), (V_T, V_V[0], other), TS)
+    assert np.max(np.abs(np.asarray(r.outputs["C"][0]) - alt)) > 0.1
+
+
+def test_ensemble_solver_switches_parameters_too():
+    r = tj.simulate(
+        IV,
+        {"CL": pw(CL_T, CL_V, "nocb", 3), "V": 20.0},
+        [regimen(d) for d in DOSES],
+        TS,
+        solver=tj.solvers.Ensemble("dopri5", rtol=1e-10, atol=1e-12),
+    )
+    for i in range(3):
+        want = exact(DOSES[i], (CL_T, CL_V[i], "nocb"), 20.0, TS)
+        np.testing.assert_allclose(r.outputs["C"][i], want, rtol=1e-7)
+
+
+def test_dose_record_uses_its_own_bioavailability_and_lag():
+    # F1 and ALAG1 change at 0, 12, 24; doses at 6 (between records), 12 and 30
+    ft, fv = np.array([0.0, 12.0, 24.0]), np.array([1.0, 0.5, 1.6])
+    lt, lv = np.array([0.0, 12.0, 24.0]), np.array([0.0, 1.0, 2.0])
+    doses = [(6.0, 100.0, 0.0), (12.0, 100.0, 0.0), (30.0, 100.0, 0.0)]
+    for rule in ("nocb", "locf"):
+        r = tj.simulate(
+            MOD,
+            {"CL": 2.0, "V": 20.0, "F1": pw(ft, fv, rule, 1), "ALAG1": pw(lt, lv, rule, 1)},
+            [regimen(doses)],
+            TS,
+            solver=TIGHT,
+        )
+        want = exact(doses, 2.0, 20.0, TS, F=(ft, fv, rule), lag=(lt, lv, rule))
+        np.testing.assert_allclose(r.outputs["C"][0], want, rtol=1e-8)
+    # the dose at 6: NOCB gives it the record at 12's F (0.5), LOCF the one at 0's (1.0)
+    nocb = exact(doses, 2.0, 20.0, TS, F=(ft, fv, "nocb"), lag=(lt, lv, "nocb"))
+    locf = exact(doses, 2.0, 20.0, TS, F=(ft, fv, "locf"), lag=(lt, lv, "locf"))
+    assert abs(nocb[3] - locf[3]) > 0.5  # at t = 10
+
+
+def test_steady_state_record_uses_the_parameters_at_its_time():
+    # SS 1 bolus every 12 h at t = 24; CL changes from 1 to 3 at 24 (LOCF), so the
+    # steady state is the one with CL 3, and the state before it is discarded
+    k, V, D, ii = 3.0 / 20.0, 20.0, 100.0, 12.0
+    reg = tj.Regimen([tj.Dose(D, "central", 0.0), tj.Dose(D, "central", 24.0, ii=ii, ss=1)])
+    ts = np.array([24.0, 27.0, 30.0, 35.9])
+    r = tj.simulate(
+        IV,
+        {"CL": tj.Piecewise([0.0, 24.0], [1.0, 3.0], "locf"), "V": V},
+        reg,
+        ts,
+        solver=TIGHT,
+    )
+    tau = ts - 24.0
+    want = D / V * np.exp(-k * tau) / (1 - np.exp(-k * ii))  # SS bolus, closed form
+    np.testing.assert_allclose(r.outputs["C"], want, rtol=1e-8)
+
+
+def test_gradients_forward_and_reverse_match_finite_differences():
+    doses = DOSES[1]
+
+    def f(v, solver=TIGHT):
+        cl = tj.Piecewise(CL_T, jnp.concatenate([jnp.array([2.0]), v]), "nocb")
+        r = tj.simulate(IV, {"CL": cl, "V": 20.0}, regimen(doses), TS, solver=solver)
+        return jnp.sum(r.outputs["C"] * jnp.arange(1.0, len(TS) + 1))
+
+    v = jnp.array([1.0, 4.0, 3.0])
+    g_rev = jax.grad(f)(v)
+    forward = tj.solvers.Diffrax(rtol=1e-10, atol=1e-12, adjoint="forward")
+    g_fwd = jax.jacfwd(lambda v: f(v, forward))(v)
+    eps = 1e-5
+    fd = np.array([(f(v.at[i].add(eps)) - f(v.at[i].add(-eps))) / (2 * eps) for i in range(3)])
+    np.testing.assert_allclose(g_rev, fd, rtol=1e-6)
+    np.testing.assert_allclose(g_fwd, fd, rtol=1e-6)
+    # the last value (from 36 on) moves the profile after 36 only
+    assert abs(fd[2]) > 0
+
+
+def test_pre_dose_saves_see_the_state_before_the_events():
+    reg = tj.Regimen(
+        [tj.Dose(100.0, "central", 0.0, ii=12.0, addl=1), tj.Dose(40.0, "central", 12.0, dur=2.0)]
+    )
+    ts = np.array([0.0, 0.0, 12.0, 12.0, 13.0])
+    pre = np.array([True, False, True, False, False])
+    r = tj.simulate(IV, {"CL": 2.0, "V": 20.0}, reg, ts, solver=TIGHT, pre_dose=pre)
+    k = 0.1
+    before = 5.0 * np.exp(-12 * k)
+    after = before + 5.0
+    at13 = after * np.exp(-k) + 20.0 / 2.0 * (1 - np.exp(-k))  # infusion 20 mg/h
+    np.testing.assert_allclose(r.outputs["C"], [0.0, 5.0, before, after, at13], rtol=1e-8)
+
+
+def test_bad_input_is_refused_before_compiling():
+    reg = regimen(DOSES[0])
+    with pytest.raises(ValueError, match="'CL'.*one value per time"):
+        tj.simulate(IV, {"CL": tj.Piecewise([0.0, 1.0], [1.0, 2.0, 3.0])}, reg, TS)
+    with pytest.raises(ValueError, match="'CL'.*non-decreasing"):
+        tj.simulate(IV, {"CL": tj.Piecewise([5.0, 1.0], [1.0, 2.0])}, reg, TS)
+    with pytest.raises(ValueError, match="'CL'.*>= 0"):
+        tj.simulate(IV, {"CL": tj.Piecewise([-1.0, 1.0], [1.0, 2.0])}, reg, TS)
+    with pytest.raises(ValueError, match="parameter 'CL' = -2"):
+        tj.simulate(IV, {"CL": tj.Piecewise([0.0, 1.0], [1.0, -2.0])}, reg, TS)
+    with pytest.raises(ValueError, match="interpolation"):
+        tj.Piecewise([0.0], [1.0], "linear")
+    with pytest.raises(ValueError, match="unknown parameter"):
+        tj.simulate(IV, {"WT": tj.Piecewise([0.0], [70.0])}, reg, TS)
+    with pytest.raises(ValueError, match="different numbers of patients"):
+        tj.simulate(IV, {"CL": pw(CL_T, CL_V, "nocb", 3), "V": pw(V_T, V_V[:2], "nocb", 2)}, reg, TS)
+    with pytest.raises(ValueError, match="pre-dose saves first"):
+        tj.simulate(IV, None, reg, [0.0, 24.0, 24.0], pre_dose=[False, False, True])
+    with pytest.raises(ValueError, match="pre_dose has shape"):
+        tj.simulate(IV, None, reg, [0.0, 24.0], pre_dose=[True])
