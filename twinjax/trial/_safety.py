@@ -34,6 +34,14 @@ Compounds: the 28 CiPA compounds (``twinjax/models/ep/cipa_compounds.csv``). Out
 - ``confusion.csv``: CiPA category (rows) x predicted category (columns);
 - ``safety.png`` (qNet against concentration per compound, the TMS per compound) and
   ``safety.json``.
+
+With ``uncertainty = {samples = N, seed = S}`` the cipa protocol also runs the
+uncertainty version (:mod:`twinjax.models.ep._uncertainty`): N samples of each
+compound's drug parameters (the FDA's bootstrap hERG fits, bootstrap refits of the Hill
+IC50 / h on the published block data), all samples x concentrations in one batch, and
+writes ``uncertainty.csv`` (P(high), P(intermediate), P(low) and the TMS percentiles
+per compound), ``uncertainty_samples.csv`` (each sample's parameters and TMS) and
+``uncertainty.png`` (probability bars per compound).
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ PROTOCOLS = ("population", "cipa", "exposure")
 # keys that only one protocol reads (a spec that sets them for another is refused)
 _ONLY = {
     "population": ("n", "cell", "beats", "drug_beats", "sigma", "seed"),
-    "cipa": ("cipa_beats", "cipa_window"),
+    "cipa": ("cipa_beats", "cipa_window", "uncertainty"),
     "exposure": ("exposure",),
 }
 # [safety.exposure]: a one-compartment oral PK regimen driving CiPAORdv1.0 beat by beat
@@ -75,6 +83,11 @@ EXPOSURE_KEYS = {
     "window": "optional: beats per window (integer >= 1, default 1)",
 }
 _EXPOSURE_OPTIONAL = ("sample_every_h", "window")
+# uncertainty = {samples = N, seed = S} (protocol = "cipa")
+UNCERTAINTY_KEYS = {
+    "samples": "uncertainty samples per compound (integer >= 1; the FDA: 2000)",
+    "seed": "optional: seed of the samples (integer >= 0, default 0)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +112,9 @@ class SafetyTrial:
         cipa_window: ``protocol = "cipa"``: final beats analysed (the FDA: 250).
         exposure: ``protocol = "exposure"``: the PK regimen, ``{key: value}`` with the
             keys of :data:`EXPOSURE_KEYS` (a ``[safety.exposure]`` table).
+        uncertainty: ``protocol = "cipa"``: ``{"samples": N, "seed": S}`` also runs
+            the uncertainty version (a probability per risk class; see the module
+            docstring).
     """
 
     name: str = "Cardiac safety trial"
@@ -114,6 +130,7 @@ class SafetyTrial:
     cipa_beats: int = 1000
     cipa_window: int = 250
     exposure: Mapping | None = None
+    uncertainty: Mapping | None = None
 
     def __post_init__(self):
         from ..models.ep import _cipa, drugs
@@ -176,6 +193,8 @@ class SafetyTrial:
             P.add(f"{w}.sigma", f"sigma must be a number in (0, 1], got {d(self.sigma)}")
         if self.protocol == "exposure":
             self._check_exposure(P)
+        if self.uncertainty is not None:
+            self._check_uncertainty(P)
         b, win = self.cipa_beats, self.cipa_window
         if _spec.is_int(b) and _spec.is_int(win) and b >= 1 and win > b:
             P.add(
@@ -183,6 +202,24 @@ class SafetyTrial:
                 f"cipa_window must be <= cipa_beats = {b} (the beats paced), got {win}",
             )
         P.check()
+
+    def _check_uncertainty(self, P):
+        w = "[safety].uncertainty"
+        d = _spec.describe
+        u = self.uncertainty
+        if not isinstance(u, Mapping):
+            P.add(w, f"uncertainty must be a table {{samples = N, seed = S}}, got {d(u)}")
+            return
+        for k in u:
+            if k not in UNCERTAINTY_KEYS:
+                P.add(f"{w}.{k}", f"unknown key {k!r}; allowed: {list(UNCERTAINTY_KEYS)}")
+        if "samples" not in u:
+            P.add(f"{w}.samples", f"missing: {UNCERTAINTY_KEYS['samples']}")
+        elif not (_spec.is_int(u["samples"]) and 1 <= u["samples"] <= 100_000):
+            P.add(f"{w}.samples", f"samples must be an integer >= 1, got {d(u['samples'])}")
+        if "seed" in u and not (_spec.is_int(u["seed"]) and 0 <= u["seed"] <= _spec.MAX_SEED):
+            P.add(f"{w}.seed", f"seed must be an integer >= 0, got {d(u['seed'])}")
+        object.__setattr__(self, "uncertainty", dict(u))  # JSON-ready
 
     def _check_exposure(self, P):
         w = "[safety.exposure]"
@@ -369,14 +406,58 @@ class SafetyTrial:
             seconds=seconds,
             outputs=["qnet.csv", "risk.csv", "confusion.csv", "safety.png"],
         )
-        (out / "safety.json").write_text(json.dumps(record, indent=2))
-        return dict(
+        result = dict(
             qnet=res.doses,
             risk=res.scores,
             confusion=confusion,
             control=res.control,
             seconds=seconds,
         )
+        if self.uncertainty is not None:
+            result["uncertainty"] = self._run_uncertainty(out, console, record)
+            result["seconds"] = record["seconds"] = time.perf_counter() - t0
+        (out / "safety.json").write_text(json.dumps(record, indent=2))
+        return result
+
+    def _run_uncertainty(self, out, console, record):
+        """The uncertainty version of the cipa protocol; adds to ``record``."""
+        from ..models.ep import _uncertainty as unc
+
+        assert self.uncertainty is not None
+        n, seed = int(self.uncertainty["samples"]), int(self.uncertainty.get("seed", 0))
+        multiples = tuple(self.multiples or ())
+        if console is not None:
+            console.print(
+                f"uncertainty: {n} samples per compound, "
+                f"{1 + n * len(self.compounds) * len(multiples)} cells in one batch"
+            )
+
+        def progress(done, seconds):
+            if console is not None:
+                console.print(f"uncertainty beat {done}/{self.cipa_beats}: {seconds:.0f} s")
+
+        u = unc.qnet_uncertainty(
+            self.compounds,
+            n=n,
+            seed=seed,
+            multiples=multiples,
+            beats=self.cipa_beats,
+            window=self.cipa_window,
+            progress=progress,
+        )
+        u.probabilities.to_csv(out / "uncertainty.csv", index=False)
+        u.samples.to_csv(out / "uncertainty_samples.csv", index=False)
+        unc.plot_probabilities(u.probabilities, out / "uncertainty.png", self.name)
+        record["uncertainty"] = dict(
+            samples=n,
+            seed=seed,
+            method="hERG: rows of the FDA bootstrap fits; Hill IC50/h: bootstrap refits of "
+            "the published block data (the FDA used MCMC for these)",
+            seconds=u.seconds,
+            probabilities=u.probabilities.to_dict(orient="records"),
+        )
+        record["outputs"] += ["uncertainty.csv", "uncertainty_samples.csv", "uncertainty.png"]
+        return u.probabilities
 
     def _run_exposure(self, out, console) -> dict:
         """A PK regimen driving one CiPAORdv1.0 cell beat by beat; ``out`` is claimed."""
