@@ -310,14 +310,18 @@ def test_read_nonmem_refuses_modelled_rate_without_r_parameter():
         read_nonmem(io.StringIO(text), compartments=MODEL)
 
 
-def test_read_nonmem_refuses_time_varying_covariate():
+def test_read_nonmem_keeps_time_varying_covariates():
+    """A covariate that changes within a subject is kept record by record (it used to
+    be refused): ``time_varying`` names it, ``covariates`` holds the baseline, and
+    ``piecewise`` gives every record's value (tests/test_time_varying.py simulates it)."""
     rows = ["1,0,.,100,1,1,0,0,0,0,0,1,70", "1,24,.,100,1,1,0,0,0,0,0,1,75"]
-    with pytest.raises(DatasetError, match=r"ID 1.*WT|WT.*ID 1"):
-        read(rows, extra_header=",WT")
-    with pytest.raises(DatasetError, match="covariate WT changes within ID 1: . on line 2"):
-        read(["1,0,.,100,1,1,0,0,0,0,0,1,.", rows[1]], extra_header=",WT")
+    ds = read(rows, extra_header=",WT")
+    assert ds.time_varying == ["WT"]
+    assert ds.covariates.loc[1, "WT"] == 70.0
+    np.testing.assert_array_equal(ds.piecewise("WT").values, [[70.0, 75.0]])
     ds = read(["1,0,.,100,1,1,0,0,0,0,0,1,70", "1,24,1.0,0,0,1,0,0,0,0,0,0,."], extra_header=",WT")
-    assert ds.covariates.loc[1, "WT"] == 70.0  # a missing later value is no change
+    assert ds.time_varying == []  # a missing later value is no change
+    assert ds.covariates.loc[1, "WT"] == 70.0
     ds = read(rows, extra_header=",WT", covariates=[])
     assert ds.covariate_names == []
 

@@ -222,8 +222,89 @@ def test_bad_input_is_refused_before_compiling():
     with pytest.raises(ValueError, match="unknown parameter"):
         tj.simulate(IV, {"WT": tj.Piecewise([0.0], [70.0])}, reg, TS)
     with pytest.raises(ValueError, match="different numbers of patients"):
-        tj.simulate(IV, {"CL": pw(CL_T, CL_V, "nocb", 3), "V": pw(V_T, V_V[:2], "nocb", 2)}, reg, TS)
+        tj.simulate(
+            IV, {"CL": pw(CL_T, CL_V, "nocb", 3), "V": pw(V_T, V_V[:2], "nocb", 2)}, reg, TS
+        )
     with pytest.raises(ValueError, match="pre-dose saves first"):
         tj.simulate(IV, None, reg, [0.0, 24.0, 24.0], pre_dose=[False, False, True])
     with pytest.raises(ValueError, match="pre_dose has shape"):
         tj.simulate(IV, None, reg, [0.0, 24.0], pre_dose=[True])
+
+
+# ---------------------------------------------------------------- from a NONMEM dataset
+
+# WT and CRCL change on later records (an EVID 2 record carries a change at 30); the
+# trough at 24 is listed before the dose at 24 (pre-dose), the one at 48 after it
+DATA = """ID,TIME,DV,AMT,EVID,CMT,WT,CRCL
+1,0,.,100,1,1,70,100
+1,12,1.0,0,0,1,70,100
+1,24,1.0,0,0,1,75,80
+1,24,.,100,1,1,75,80
+1,30,.,0,2,1,80,60
+1,36,1.0,0,0,1,80,.
+1,48,.,100,1,1,80,50
+1,48,1.0,0,0,1,80,50
+2,0,.,100,1,1,60,120
+2,24,1.0,0,0,1,60,120
+"""
+
+
+def cl_model(wt, crcl):
+    """A renal-clearance covariate model: CL = 0.5 (WT/70)^0.75 + 0.02 CRCL."""
+    return 0.5 * (wt / 70.0) ** 0.75 + 0.02 * crcl
+
+
+def read_data():
+    import io
+
+    return tj.read_nonmem(io.StringIO(DATA), compartments=IV)
+
+
+def test_dataset_keeps_every_records_covariates_and_pre_dose_order():
+    ds = read_data()
+    assert ds.time_varying == ["WT", "CRCL"]
+    wt = ds.piecewise("WT")
+    np.testing.assert_array_equal(wt.times[0], [0, 12, 24, 24, 30, 36, 48, 48])
+    np.testing.assert_array_equal(wt.values[0], [70, 70, 75, 75, 80, 80, 80, 80])
+    np.testing.assert_array_equal(wt.values[1], [60] * 8)  # padded by the last record
+    # the missing CRCL at 36 is carried backward (NOCB) or forward (LOCF)
+    assert ds.piecewise("CRCL").values[0, 5] == 50.0
+    assert ds.piecewise("CRCL", "locf").values[0, 5] == 60.0
+    pad = ds.padded()
+    np.testing.assert_array_equal(pad.pre_dose[0], [False, True, False, False])
+    with pytest.raises(KeyError, match="not a covariate"):
+        ds.piecewise("AGE")
+
+
+def test_dataset_covariates_simulate_as_a_hand_built_piecewise_table():
+    ds = read_data()
+    wt, crcl = ds.piecewise("WT"), ds.piecewise("CRCL")
+    cl = tj.Piecewise(wt.times, cl_model(wt.values, crcl.values), "nocb")
+    pad = ds.padded()
+    r = tj.simulate(
+        IV, {"CL": cl, "V": 20.0}, ds.regimens, pad.times, solver=TIGHT, pre_dose=pad.pre_dose
+    )
+    # subject 1 by hand: NOCB intervals (0,12] (12,24] (24,30] (30,36] (36,48] take the
+    # values of the records ending them
+    t1 = [0.0, 12.0, 24.0, 30.0, 36.0, 48.0]
+    v1 = [cl_model(70, 100), cl_model(70, 100), cl_model(75, 80), cl_model(80, 60)]
+    v1 += [cl_model(80, 50), cl_model(80, 50)]
+    doses = [(0.0, 100.0, 0.0), (24.0, 100.0, 0.0), (48.0, 100.0, 0.0)]
+    want = exact(doses, (np.array(t1), np.array(v1), "nocb"), 20.0, [12.0, 24.0, 36.0, 48.0])
+    # the trough at 24 is before that dose
+    want[1] -= 100.0 / 20.0
+    np.testing.assert_allclose(r.outputs["C"][0], want, rtol=1e-8)
+    want2 = exact([(0.0, 100.0, 0.0)], cl_model(60, 120), 20.0, [24.0])
+    np.testing.assert_allclose(r.outputs["C"][1, 0], want2[0], rtol=1e-8)
+
+
+def test_a_fit_refuses_a_covariate_that_changes():
+    ds = read_data()
+    pop = tj.Population(
+        IV,
+        typical={"CL": 2.0, "V": 20.0},
+        omega={"CL": 0.3},
+        covariates=[tj.population.Power("CL", "WT", 0.75, ref=70.0)],
+    )
+    with pytest.raises(ValueError, match=r"\['WT'\] change within subjects"):
+        tj.calibrate.fit_individual(IV, ds, prior=pop)

@@ -366,6 +366,7 @@ def prepare_data(
         if output_column == "DVID" and "DVID" not in [c.upper() for c in data.data.columns]:
             tags = None
         covariates = data.covariates.reset_index()
+        covariates.attrs["time_varying"] = data.time_varying
         flags = _pre_dose_flags(data)
         pre = np.zeros_like(mask)
         for i, fl in enumerate(flags):
@@ -457,7 +458,9 @@ def prepare_data(
     if np.any(shift > 0):
         s = jnp.asarray(shift, dtype)
         ev = eqx.tree_at(lambda e: (e.time, e.ss_time), ev, (ev.time + s[:, None], ev.ss_time + s))
+    tv_names = covariates.attrs.get("time_varying", [])
     covariates = covariates.reset_index(drop=True)
+    covariates.attrs["time_varying"] = tv_names
     if len(covariates) != N:
         raise ValueError(f"covariate table has {len(covariates)} rows, need {N}")
     return FitData(
@@ -499,8 +502,24 @@ def as_population(model: Model, prior) -> Population:
     raise TypeError("prior must be a twinjax Population or a dict(typical=, omega=, iiv=)")
 
 
+def refuse_time_varying(pop: Population, covariates) -> None:
+    """Raise if a covariate effect of ``pop`` uses a covariate that changes within a
+    subject: fits use one value per subject, and a changing covariate must never be
+    silently reduced to its first value."""
+    tv = set(getattr(covariates, "attrs", {}).get("time_varying", []))
+    used = [c.covariate for c in pop.covariates if c.covariate in tv]
+    if used:
+        raise ValueError(
+            f"covariate(s) {sorted(set(used))} change within subjects (time-varying); fits "
+            "use one covariate value per subject and do not support time-varying "
+            "covariates yet. Simulate with them through Dataset.piecewise (applied "
+            "piecewise constant in time), or fit with a baseline column of your own"
+        )
+
+
 def typical_values(pop: Population, covariates, n: int) -> dict:
     """Covariate-adjusted typical values ``{name: (n,)}`` of every model parameter."""
+    refuse_time_varying(pop, covariates)
     cols = {c: np.asarray(covariates[c], dtype=float) for c in covariates.columns}
     return pop.typical_values(cols, n)
 

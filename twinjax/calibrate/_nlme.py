@@ -63,6 +63,7 @@ from ._map import (
     make_spec,
     posterior_terms,
     prepare_data,
+    refuse_time_varying,
     resolve_outputs,
 )
 from ._residual import ErrorModel
@@ -182,6 +183,7 @@ def _pack(model: Model, lay: _Layout, theta: dict, omega, sigma, coefs=()) -> np
 def _factors(pop: Population, covariates, n: int, fixed_only: bool = False) -> dict:
     """Multiplicative covariate factors ``{name: (n,)}`` (1 where no effect), at the
     effects' current coefficients; ``fixed_only``: of the effects not estimated."""
+    refuse_time_varying(pop, covariates)
     out = {q: np.ones(n) for q in pop.model.param_names}
     for c in pop.covariates:
         if fixed_only and c.estimate:

@@ -58,6 +58,9 @@ class Subject:
             entries without one), an object array ``(T,)``.
         cmt: the CMT of each observation record, an object array ``(T,)``.
         obs_lines: file line numbers of the observation records, shape ``(T,)``.
+        pre_dose: per observation record, True when a dose or reset record at the same
+            time comes after it in the file: NONMEM then observes the state before
+            that dose (the left limit), shape ``(T,)``.
     """
 
     id: Any
@@ -73,6 +76,19 @@ class Subject:
     dvid: np.ndarray | None = None
     cmt: np.ndarray | None = None
     obs_lines: np.ndarray | None = None
+    pre_dose: np.ndarray | None = None
+
+
+def _hashable(v):
+    return float(v) if isinstance(v, (int, float, np.number)) else str(v)
+
+
+def _is_number(x) -> bool:
+    try:
+        float(x)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _scalar(v):
@@ -98,6 +114,8 @@ class Padded(NamedTuple):
         cmt: ``(N, T)`` object array of the CMT of observation records.
         lines: ``(N, T)`` file line numbers of the observation records (0 in the
             padding).
+        pre_dose: ``(N, T)`` bool, True for an observation record placed before a dose
+            or reset record at the same time (pass it to ``simulate(pre_dose=...)``).
     """
 
     ids: list
@@ -111,6 +129,7 @@ class Padded(NamedTuple):
     dvid: np.ndarray | None = None
     cmt: np.ndarray | None = None
     lines: np.ndarray | None = None
+    pre_dose: np.ndarray | None = None
 
 
 class Dataset:
@@ -151,7 +170,10 @@ class Dataset:
         ids: subject IDs in file order.
         data: a copy of the normalised records: columns ``ID, TIME, DV, AMT, EVID, CMT,
             RATE, DUR, II, ADDL, SS, MDV`` (defaults filled in) then the other columns.
-        covariates: baseline covariates per subject (a DataFrame indexed by ``ID``).
+        covariates: baseline covariates per subject (a DataFrame indexed by ``ID``):
+            the values on each subject's first record.
+        time_varying: the covariates whose value changes within a subject; use
+            :meth:`piecewise` to apply them in time.
         regimens: one :class:`twinjax.Regimen` per subject.
         units: the column units given, if any.
         source: where the data came from.
@@ -339,6 +361,74 @@ class Dataset:
         return out.copy()
 
     @property
+    def time_varying(self) -> list[str]:
+        """The covariates whose value changes within at least one subject (a missing
+        value on a later record is no change)."""
+        f = self._frame
+        out = []
+        for c in self._cov_names:
+            for sid in self._ids:
+                a, b = self._slices[sid]
+                vals = f[c].iloc[a:b]
+                vals = vals[~vals.isna()]
+                if len({_hashable(v) for v in vals}) > 1:
+                    out.append(c)
+                    break
+        return out
+
+    def piecewise(self, name: str, interpolation: str = "nocb"):
+        """Covariate ``name`` as a :class:`twinjax.Piecewise`, one row per subject.
+
+        Its change times are the times of every record of a subject (doses,
+        observations, EVID 2 "other" records), its values those records' values:
+        piecewise constant in between with NONMEM's convention by default (``"nocb"``:
+        the record ending an interval supplies its value) or ``"locf"``. A missing
+        value (``.``) takes the value that the convention carries to it (the next
+        record's for NOCB, the previous one's for LOCF; then the other way at the ends).
+        Rows are padded to a common length by repeating the last record.
+
+        Use it for a parameter that the data carry (e.g. ``F2`` on each dose record),
+        or map it through a covariate model:
+        ``{"CL": ds.piecewise("WT").map(lambda wt: 2.5 * (wt / 70) ** 0.75)}``.
+
+        Raises:
+            KeyError: ``name`` is not a covariate.
+            ValueError: a value is not a number, or a subject has no value at all.
+        """
+        from ..model._piecewise import Piecewise
+
+        if name not in self._cov_names:
+            raise KeyError(f"{name!r} is not a covariate; covariates are {self._cov_names}")
+        if interpolation not in ("nocb", "locf"):
+            raise ValueError(f"interpolation must be 'nocb' or 'locf', got {interpolation!r}")
+        f = self._frame
+        rows_t, rows_v = [], []
+        for sid in self._ids:
+            a, b = self._slices[sid]
+            raw = f[name].iloc[a:b]
+            try:
+                v = pd.to_numeric(raw, errors="raise").to_numpy(dtype=float)
+            except (TypeError, ValueError):
+                bad = [i for i, x in enumerate(raw) if not _is_number(x)][0]
+                raise ValueError(
+                    f"{self.source}: line {self._lines[a + bad]}, column {name}: "
+                    f"{raw.iat[bad]!r} is not a number; a time-varying covariate must be "
+                    "numeric"
+                ) from None
+            ser = pd.Series(v)
+            ser = ser.bfill().ffill() if interpolation == "nocb" else ser.ffill().bfill()
+            if ser.isna().any():
+                raise ValueError(
+                    f"{self.source}: ID {sid}: covariate {name} has no value on any record"
+                )
+            rows_t.append(f["TIME"].iloc[a:b].to_numpy(dtype=float))
+            rows_v.append(ser.to_numpy())
+        C = max(len(t) for t in rows_t)
+        times = np.stack([np.pad(t, (0, C - len(t)), mode="edge") for t in rows_t])
+        values = np.stack([np.pad(v, (0, C - len(v)), mode="edge") for v in rows_v])
+        return Piecewise(times, values, interpolation)
+
+    @property
     def observations(self) -> pd.DataFrame:
         """A copy of the observation records with a DV (EVID 0, MDV 0)."""
         f = self._frame
@@ -372,6 +462,16 @@ class Dataset:
         is_obs = rec["EVID"].to_numpy() == 0
         obs = rec[is_obs]
         info = {k: v[a:b][is_obs] for k, v in self._obs.items()}
+        # an observation followed, at the same time, by a dose or reset record
+        t_rec = rec["TIME"].to_numpy(dtype=float)
+        ev_rec = rec["EVID"].to_numpy()
+        pre = np.array(
+            [
+                bool(np.any((t_rec[j + 1 :] == t_rec[j]) & np.isin(ev_rec[j + 1 :], (1, 3, 4))))
+                for j in np.flatnonzero(is_obs)
+            ],
+            dtype=bool,
+        )
         return Subject(
             id=sid,
             times=obs["TIME"].to_numpy(dtype=float),
@@ -386,6 +486,7 @@ class Dataset:
             dvid=info["dvid"],
             cmt=obs["CMT"].to_numpy(dtype=object),
             obs_lines=self._lines[a:b][is_obs].copy(),
+            pre_dose=pre,
         )
 
     def padded(self, max_obs: int | None = None) -> Padded:
@@ -427,6 +528,7 @@ class Dataset:
         dvid = np.full((N, T), None, dtype=object)
         cmt = np.full((N, T), None, dtype=object)
         lines = np.zeros((N, T), dtype=np.int64)
+        pre = np.zeros((N, T), dtype=bool)
         for j, s in enumerate(subs):
             m = len(s.times)
             if m:
@@ -441,8 +543,9 @@ class Dataset:
                 dvid[j, :m] = s.dvid
                 cmt[j, :m] = s.cmt
                 lines[j, :m] = np.asarray(s.obs_lines)
+                pre[j, :m] = np.asarray(s.pre_dose)
         return Padded(
-            list(self._ids), times, dv, mask, regimens, cens, lloq, limit, dvid, cmt, lines
+            list(self._ids), times, dv, mask, regimens, cens, lloq, limit, dvid, cmt, lines, pre
         )
 
     # ------------------------------------------------------------------ derived datasets

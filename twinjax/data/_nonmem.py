@@ -778,36 +778,9 @@ def normalize(
         else:
             extras[c] = pd.Series(vals, dtype=float)
 
-    # covariates are one value per subject: refuse one that changes within a subject
-    # rather than silently keep its first value
-    for c in cov_names:
-        vals_c = extras[c].to_numpy()
-        first_of: dict[float, int] = {}
-        reported: set[float] = set()
-        for i in range(n):
-            sid = ids[i]
-            if not np.isfinite(sid) or sid in reported:
-                continue
-            if sid not in first_of:
-                first_of[sid] = i
-                continue
-            j = first_of[sid]
-            # a missing value on a later record is no change (the subject's value is the
-            # one on its first record); a value given after a missing first one is
-            if _key(vals_c[i]) == ("nan",) or _key(vals_c[i]) == _key(vals_c[j]):
-                continue
-            reported.add(sid)
-            problems.append(
-                Problem(
-                    int(lines[i]),
-                    c,
-                    f"covariate {c} changes within ID {fmt_num(sid)}: "
-                    f"{_show_value(vals_c[j])} on line {lines[j]}, "
-                    f"{_show_value(vals_c[i])} here; time-varying covariates are not "
-                    "supported (a subject has one value per covariate); leave the column "
-                    "out of covariates=[...] or make it constant within the subject",
-                )
-            )
+    # covariates may change within a subject (time-varying covariates): every record's
+    # value is kept; Dataset.time_varying names them, Dataset.piecewise applies them
+    # piecewise constant in time, and Dataset.covariates holds the baseline values
 
     # duplicated records (identical in every column)
     columns_now = {
@@ -954,8 +927,10 @@ def read_nonmem(
             numbered from 1 as NONMEM numbers compartments). A dose record without CMT
             (or CMT 0) goes to compartment 1. Without ``compartments`` the file's CMT
             names are used as given, and numeric CMTs leave the regimens unavailable.
-        covariates: the covariate columns; default: every non-standard column. Each must
-            be constant within a subject.
+        covariates: the covariate columns; default: every non-standard column. A
+            covariate may change within a subject (time-varying covariates): every
+            record's value is kept (see ``Dataset.time_varying`` and
+            ``Dataset.piecewise``).
         units: optional units of the columns, e.g. ``{"TIME": "h", "AMT": "mg"}``,
             stored on the dataset for display.
         encoding: the text encoding of a file or binary buffer (a text buffer is already
@@ -975,8 +950,7 @@ def read_nonmem(
             not numbers, time going backwards within a subject, doses to unknown
             compartments, negative amounts, MDV 1 with a DV (other than ``.`` or 0),
             duplicated records, EVID outside 0-4, both RATE and DUR, ADDL without II,
-            a covariate that changes within a subject (time-varying covariates are not
-            supported), RATE -1/-2 into a compartment whose model (given as
+            RATE -1/-2 into a compartment whose model (given as
             ``compartments``) has no ``Rn``/``Dn`` parameter, and unsupported NONMEM
             features (SS 3, negative CMT; see ``docs/nonmem.md``); a dataset
             without data records (a header only); bytes not valid in ``encoding``.

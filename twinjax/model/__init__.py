@@ -6,8 +6,8 @@ from ._couple import Link as Link
 from ._couple import couple as couple
 from ._model import Model as Model
 from ._param import Param as Param
-from ._piecewise import Piecewise as Piecewise
 from ._param import State as State
 from ._param import fraction as fraction
 from ._param import positive as positive
 from ._param import real as real
+from ._piecewise import Piecewise as Piecewise

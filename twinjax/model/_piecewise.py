@@ -74,7 +74,9 @@ class Piecewise(eqx.Module):
         tshape, vshape = np.shape(t), np.shape(v)
         where = f"parameter {name!r} (Piecewise)"
         if len(tshape) not in (1, 2) or tshape[-1] == 0:
-            raise ValueError(f"{where}: times must be a non-empty (C,) or (N, C) array, got {tshape}")
+            raise ValueError(
+                f"{where}: times must be a non-empty (C,) or (N, C) array, got {tshape}"
+            )
         if len(vshape) not in (1, 2) or vshape[-1] != tshape[-1]:
             raise ValueError(
                 f"{where}: values have shape {vshape}; expected one value per time, "
@@ -90,6 +92,11 @@ class Piecewise(eqx.Module):
                 raise ValueError(f"{where}: times must be >= 0; min is {a.min()}")
             if np.any(np.diff(a, axis=-1) < 0):
                 raise ValueError(f"{where}: times must be non-decreasing")
+
+    def map(self, fn) -> Piecewise:
+        """The same change times and convention with values ``fn(values)`` (a
+        covariate model applied to a time-varying covariate, elementwise)."""
+        return Piecewise(self.times, fn(jnp.asarray(self.values)), self.interpolation)
 
     @property
     def n(self) -> int | None:
