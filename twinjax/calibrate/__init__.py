@@ -10,6 +10,8 @@
   of several outputs (e.g. PK/PD).
 - Censored records (``CENS``/``BLQ``/``LLOQ`` columns or ``lloq=``): M3 / M4 likelihood
   in MAP and FOCE-I fits (``censoring=``).
+- :func:`saem`: SAEM population fits (Kuhn & Lavielle), batched over subjects, with an
+  importance-sampling OFV (:func:`importance_sampling_ofv`) comparable to FOCE-I's.
 - :func:`forecast` and :func:`optimise_dose`: use a fitted twin.
 - :func:`cwres`, :func:`simulate_replicates`, :func:`npde`: diagnostics (see also
   ``twinjax.plot.vpc``, ``gof_panel``, ``pcvpc``).
@@ -33,4 +35,8 @@ from ._npde import npde as npde
 from ._npde import npde_from_simulations as npde_from_simulations
 from ._npde import npde_test as npde_test
 from ._residual import ErrorModel as ErrorModel
+from ._saem import ImportanceSamplingOFV as ImportanceSamplingOFV
+from ._saem import SAEMResult as SAEMResult
+from ._saem import importance_sampling_ofv as importance_sampling_ofv
+from ._saem import saem as saem
 from ._uncertainty import posterior_samples as posterior_samples
