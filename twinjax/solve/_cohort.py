@@ -37,11 +37,12 @@ import numpy as np
 
 from ..dosing._regimen import Regimen, compile_regimens
 from ..model._model import _default_float
+from ..model._piecewise import Schedule
 from . import _store
 from ._devices import per_device, shard
 from ._diffrax import Diffrax
 from ._fingerprint import Fingerprint, environment_hash
-from ._simulate import _simulate_core, check_times
+from ._simulate import _piecewise, _simulate_core, check_times
 from ._store import StoreCorruptError, StoreError
 
 
@@ -455,10 +456,13 @@ class _Store:
 
 
 @eqx.filter_jit
-def _simulate_sharded(model, solver, p, ev, ts2, n_dev: int):
+def _simulate_sharded(model, solver, p, ev, ts2, n_dev: int, sched=None):
     """``_simulate_core`` with each device running its own share of the patients."""
     return per_device(
-        lambda p, ev, ts2: _simulate_core(model, solver, p, ev, ts2), n_dev, (p, ev), (ts2,)
+        lambda p, ev, sched, ts2: _simulate_core(model, solver, p, ev, ts2, None, sched),
+        n_dev,
+        (p, ev, sched),
+        (ts2,),
     )
 
 
@@ -497,7 +501,9 @@ def simulate_cohort(
 
     Arguments:
         model: the model.
-        cohort_or_params: a :class:`~twinjax.Cohort` or ``{name: (N,) array}``.
+        cohort_or_params: a :class:`~twinjax.Cohort` or ``{name: (N,) array}``; a
+            :class:`~twinjax.Piecewise` value makes a parameter change in time (e.g.
+            inter-occasion variability), as in :func:`~twinjax.simulate`.
         regimen: a shared :class:`~twinjax.Regimen`, a list of ``N`` regimens, or None.
         times: ``(T,)`` save times.
         solver: default ``solvers.Diffrax()``; ``solvers.Ensemble()`` is the fast one.
@@ -537,6 +543,7 @@ def simulate_cohort(
         params = cohort_or_params.params
     else:
         params = cohort_or_params
+    params, pw = _piecewise(model, params, True)  # parameters that change in time
     p, n = model.complete(params, dtype=dtype)
     if n is None:
         raise ValueError(
@@ -581,13 +588,26 @@ def simulate_cohort(
         chunk_size += n_dev - chunk_size % n_dev
     n_chunks = -(-n // chunk_size)
     p_np = {k: np.broadcast_to(np.asarray(v), (n,)).copy() for k, v in p.items()}
+    pw_np = {
+        k: tuple(
+            np.broadcast_to(np.asarray(a), (n, np.shape(v.times)[-1])).copy()
+            for a in (v.times, v.values)
+        )
+        for k, v in pw.items()
+    }
+    pw_interp = {k: v.interpolation for k, v in pw.items()}
+    # the fingerprint of a store covers the change tables too
+    p_fp = {**p_np}
+    for k, (tt, vv) in pw_np.items():
+        p_fp[f"{k}:piecewise_{pw_interp[k]}_times"] = tt
+        p_fp[f"{k}:piecewise_{pw_interp[k]}_values"] = vv
     mine = [c for c in range(n_chunks) if c % n_proc == rank]
 
     st: _Store | None = None
     done: set[int] = set()
     repaired: list[int] = []
     if store is not None:
-        fp, problems = _fingerprint(model, solver, names, chunk_size, p_np, ts, ev_all, dtype)
+        fp, problems = _fingerprint(model, solver, names, chunk_size, p_fp, ts, ev_all, dtype)
         st = _Store(store, fp, problems, resume, verify, n, chunk_size, n_chunks, names)
         if n_proc == 1:
             st.open(model, p_np, ts, dtype, n_proc)
@@ -645,15 +665,24 @@ def simulate_cohort(
         a, b = c * chunk_size, min((c + 1) * chunk_size, n)
         idx = np.minimum(np.arange(a, a + chunk_size), n - 1)  # pad with the last patient
         pc = {k: jnp.asarray(v[idx]) for k, v in p_np.items()}
+        sched = None
+        if pw_np:
+            sched = Schedule(
+                tables={
+                    k: (jnp.asarray(tt[idx], dtype), jnp.asarray(vv[idx], dtype))
+                    for k, (tt, vv) in pw_np.items()
+                },
+                interp=pw_interp,
+            )
         if shared:
             ev = jax.tree.map(lambda x: jnp.broadcast_to(x, (chunk_size,) + x.shape[1:]), ev_all)
         else:
             ev = jax.tree.map(lambda x: x[idx], ev_all)
         if n_dev > 1:
-            pc, ev = shard((pc, ev), n_dev)
-            states, outs, status = _simulate_sharded(model, solver, pc, ev, ts2, n_dev)
+            pc, ev, sched = shard((pc, ev, sched), n_dev)
+            states, outs, status = _simulate_sharded(model, solver, pc, ev, ts2, n_dev, sched)
         else:
-            states, outs, status = _simulate_core(model, solver, pc, ev, ts2)
+            states, outs, status = _simulate_core(model, solver, pc, ev, ts2, None, sched)
         res = {**states, **outs}
         return c, a, b, {k: res[k] for k in names}, status
 

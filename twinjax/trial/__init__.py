@@ -12,5 +12,6 @@ from ._trial import Trial as Trial
 from ._trial import TrialResult as TrialResult
 from ._variability import Dropout as Dropout
 from ._variability import MeasurementError as MeasurementError
+from ._variability import OccasionVariability as OccasionVariability
 from ._variability import PlaceboResponse as PlaceboResponse
 from ._variability import Variability as Variability

@@ -402,6 +402,7 @@ PY_LABELS = {
     "variability": "variability",
     "var_error": "variability.errors[{i}]",
     "var_placebo": "variability.placebo[{i}]",
+    "var_iov": "variability.iov[{i}]",
     "var_outcome": "variability.dropout.outcome",
     "sensitivity": "sensitivity",
     "sens.endpoint": "sensitivity.endpoint",
@@ -437,6 +438,7 @@ TOML_LABELS = {
     "variability": "[variability]",
     "var_error": "[variability.error][{i}]",
     "var_placebo": "[variability.placebo][{i}]",
+    "var_iov": "[variability.iov][{i}]",
     "var_outcome": "[variability.dropout].outcome",
     "sensitivity": "[sensitivity]",
     "sens.endpoint": "[sensitivity].endpoint",
@@ -702,6 +704,25 @@ def _check_model(a: dict, out: dict, probs: Problems, L: Mapping[str, str]) -> N
         for p in var.output_problems(valid, labels):
             probs.add("", p)
         var_outs = var.outputs & set(valid)
+        for i, o in enumerate(var.iov):
+            w = L["var_iov"].format(i=i)
+            if special is not None:
+                probs.add(
+                    w,
+                    f"inter-occasion variability needs a model simulated by the event engine; "
+                    f"{type(model).__name__} runs its own beat-to-beat loop (not supported)",
+                )
+            elif o.param not in model.param_names:
+                probs.add(
+                    f"{w}.param",
+                    f"unknown parameter {o.param!r}; parameters are {list(model.param_names)}",
+                )
+            elif ok(duration) and o.occasions[-1] >= duration:
+                probs.add(
+                    f"{w}.occasions",
+                    f"occasion start {o.occasions[-1]} is not before the end of the trial "
+                    f"({duration})",
+                )
 
     beat_outs = set(getattr(model, "beat_output_names", ()))
     out["beat_times"] = _beat_times(a, out, probs, L, beat_outs)

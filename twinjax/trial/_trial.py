@@ -7,6 +7,8 @@ import json
 import pathlib
 import time as _time
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
+from typing import Any
 
 import jax
 import numpy as np
@@ -382,9 +384,15 @@ class Trial:
                     verify=verify,
                 )
             else:
+                sim_cohort: Any = cohort
+                if var is not None and var.iov:  # parameters that change between visits
+                    sim_cohort = SimpleNamespace(
+                        params=var.occasion_params(self.model, cohort.params, self.seed, i),
+                        covariates=cohort.covariates,
+                    )
                 res = simulate_cohort(
                     self.model,
-                    cohort,
+                    sim_cohort,
                     regimen,
                     times,
                     solver=self.solver,
@@ -771,6 +779,9 @@ def _variability_json(v: Variability) -> dict:
         "placebo": [dataclasses.asdict(p) for p in v.placebo],
         "dropout": None if v.dropout is None else dataclasses.asdict(v.dropout),
         "adherence": v.adherence,
+        "iov": [
+            {"param": o.param, "sd": o.kappa_sd, "occasions": list(o.occasions)} for o in v.iov
+        ],
     }
 
 

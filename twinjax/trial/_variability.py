@@ -12,7 +12,12 @@ zero in every patient. Each source is optional (see ``docs/trials.md``, *Variabi
   variability of ``E_i`` and ``S_i``;
 - :class:`Dropout`: random (constant hazard) and outcome-dependent dropout, with the
   analysis population (completers or last observation carried forward);
-- ``adherence``: each dose taken with probability ``p`` (per patient, per dose).
+- ``adherence``: each dose taken with probability ``p`` (per patient, per dose);
+- :class:`OccasionVariability`: inter-occasion variability (IOV) of a parameter between
+  visits: ``theta_ik = g^-1(g(theta_i) + kappa_ik)``, ``kappa_ik ~ N(0, sd**2)``
+  independent per patient and occasion (Karlsson & Sheiner 1993), ``g`` the
+  parameter's transform (log for positive parameters, so ``sd`` is about the CV), the
+  parameter piecewise constant within each occasion (``twinjax.Piecewise``, LOCF).
 
 All draws come from the trial's seed (same seed, same trial), one independent stream
 per arm and per source.
@@ -27,17 +32,18 @@ import numpy as np
 
 from ._spec import INVALID, Problems, boolean, describe, number, ok, string
 
-__all__ = ["Dropout", "MeasurementError", "PlaceboResponse", "Variability"]
+__all__ = ["Dropout", "MeasurementError", "OccasionVariability", "PlaceboResponse", "Variability"]
 
 ANALYSES = ("completers", "locf")
 ERROR_KEYS = {"output", "sd", "cv"}
 PLACEBO_KEYS = {"output", "emax", "t50", "sd", "slope", "slope_sd"}
 DROPOUT_KEYS = {"hazard", "analysis", "outcome"}
 OUTCOME_KEYS = {"output", "hazard", "threshold", "direction", "change"}
-VARIABILITY_KEYS = {"error", "placebo", "dropout", "adherence"}
+IOV_KEYS = {"param", "sd", "cv", "occasions"}
+VARIABILITY_KEYS = {"error", "placebo", "dropout", "adherence", "iov"}
 
 # independent random streams (with the seed and the arm's index)
-_STREAM_PLACEBO, _STREAM_ERROR, _STREAM_DROPOUT, _STREAM_ADHERENCE = 1, 2, 3, 4
+_STREAM_PLACEBO, _STREAM_ERROR, _STREAM_DROPOUT, _STREAM_ADHERENCE, _STREAM_IOV = 1, 2, 3, 4, 5
 
 
 def rng_for(seed: int, arm: int, stream: int) -> np.random.Generator:
@@ -107,6 +113,64 @@ class PlaceboResponse:
         e = self.emax + self.sd * rng.standard_normal(n)
         s = self.slope + self.slope_sd * rng.standard_normal(n)
         return e[:, None] * (t / (self.t50 + t))[None, :] + s[:, None] * t[None, :]
+
+
+@dataclasses.dataclass(frozen=True)
+class OccasionVariability:
+    """Inter-occasion variability of parameter ``param`` between visits.
+
+    Occasion ``k`` runs from ``occasions[k]`` to ``occasions[k + 1]`` (the last one to
+    the end). On it the parameter is ``g^-1(g(theta_i) + kappa_ik)`` with ``kappa_ik ~
+    N(0, sd**2)`` drawn per patient and occasion, ``g`` the parameter's transform
+    (log, logit or identity, as for the between-patient variability), so a
+    log-transformed parameter varies by a factor ``exp(kappa)``.
+
+    Arguments:
+        param: the model parameter (e.g. ``"pk.CL"``).
+        sd: SD of ``kappa`` in the transformed coordinate, >= 0.
+        cv: instead of ``sd``, for a log-transformed parameter: the CV of the
+            occasion factor, ``sd = sqrt(log(1 + cv**2))``.
+        occasions: the start time of each occasion (model time unit), increasing,
+            the first one 0.
+    """
+
+    param: str
+    sd: float = 0.0
+    cv: float = 0.0
+    occasions: Sequence[float] = (0.0,)
+
+    def __post_init__(self):
+        probs = Problems()
+        check_iov(dataclasses.asdict(self), f"OccasionVariability({self.param!r})", probs)
+        probs.check()
+        object.__setattr__(self, "occasions", tuple(float(t) for t in self.occasions))
+
+    @property
+    def kappa_sd(self) -> float:
+        return float(self.sd) if self.sd > 0 else float(np.sqrt(np.log1p(self.cv**2)))
+
+    def piecewise(self, model, values, rng: np.random.Generator):
+        """The parameter as a :class:`~twinjax.Piecewise` (LOCF at the occasion starts)
+        for the ``(n,)`` patient values ``values``."""
+        import jax.numpy as jnp
+
+        from ..model import Piecewise
+
+        v = np.asarray(values, float)
+        n, K = v.shape[0], len(self.occasions)
+        kappa = self.kappa_sd * rng.standard_normal((n, K))
+        q = model.param(self.param)
+        if q.transform == "identity":
+            vals = v[:, None] + kappa
+        else:
+            z = np.asarray(
+                model.to_unconstrained({self.param: jnp.asarray(v)}, [self.param])[self.param]
+            )
+            vals = np.asarray(
+                model.from_unconstrained({self.param: jnp.asarray(z[:, None] + kappa)})[self.param]
+            )
+        times = np.broadcast_to(np.asarray(self.occasions), (n, K))
+        return Piecewise(times, vals, "locf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,12 +263,14 @@ class Variability:
         adherence: probability that each dose is taken (per patient and dose), in
             [0, 1]; None: every dose taken. Steady-state (``ss``) records are always
             taken.
+        iov: :class:`OccasionVariability` per parameter (at most one per parameter).
     """
 
     errors: Sequence[MeasurementError] = ()
     placebo: Sequence[PlaceboResponse] = ()
     dropout: Dropout | None = None
     adherence: float | None = None
+    iov: Sequence[OccasionVariability] = ()
 
     def __post_init__(self):
         probs = Problems()
@@ -212,6 +278,7 @@ class Variability:
         probs.check()
         object.__setattr__(self, "errors", tuple(self.errors))
         object.__setattr__(self, "placebo", tuple(self.placebo))
+        object.__setattr__(self, "iov", tuple(self.iov))
 
     @property
     def outputs(self) -> set[str]:
@@ -253,6 +320,17 @@ class Variability:
                 if not taken[j, k]:  # a missed dose: same record, nothing given
                     recs[i] = dataclasses.replace(recs[i], amt=0.0, rate=0.0, dur=0.0)
             out.append(Regimen(recs))
+        return out
+
+    def occasion_params(self, model, params: Mapping, seed: int, arm: int) -> dict:
+        """The patients' parameters with the IOV parameters as ``Piecewise`` values
+        (the same dict if there is no IOV)."""
+        if not self.iov:
+            return dict(params)
+        rng = rng_for(seed, arm, _STREAM_IOV)
+        out = dict(params)
+        for o in self.iov:
+            out[o.param] = o.piecewise(model, params[o.param], rng)
         return out
 
     def add_placebo(self, times, vals: dict, seed: int, arm: int) -> dict:
@@ -323,6 +401,27 @@ def check_dropout(f: Mapping, where: str, probs: Problems) -> None:
     boolean(o.get("change", False), f"{w}.change", probs)
 
 
+def check_iov(f: Mapping, where: str, probs: Problems) -> None:
+    string(f.get("param"), f"{where}.param", probs)
+    sd = number(f.get("sd", 0.0), f"{where}.sd", probs, lo=0)
+    cv = number(f.get("cv", 0.0), f"{where}.cv", probs, lo=0)
+    if ok(sd, cv):
+        if sd == 0 and cv == 0:
+            probs.add(where, "give sd (> 0) or cv (> 0)")
+        elif sd > 0 and cv > 0:
+            probs.add(where, "give sd or cv, not both")
+    occ = f.get("occasions", (0.0,))
+    if isinstance(occ, str) or not isinstance(occ, Sequence) or len(occ) == 0:
+        probs.add(f"{where}.occasions", f"expected a non-empty list of times, got {describe(occ)}")
+        return
+    vals = [number(t, f"{where}.occasions[{i}]", probs, lo=0) for i, t in enumerate(occ)]
+    if ok(*vals):
+        if vals[0] != 0:
+            probs.add(f"{where}.occasions", f"the first occasion must start at 0, got {vals[0]}")
+        if any(b <= a for a, b in zip(vals, vals[1:])):
+            probs.add(f"{where}.occasions", f"occasion start times must increase: {list(vals)}")
+
+
 def check_adherence(v, where: str, probs: Problems) -> None:
     if v is not None:
         number(v, where, probs, lo=0, hi=1)
@@ -341,6 +440,13 @@ def check_variability_objects(v: Variability, where: str, probs: Problems) -> No
     if v.dropout is not None and not isinstance(v.dropout, Dropout):
         probs.add(f"{where}.dropout", f"expected a Dropout or None, got {describe(v.dropout)}")
     check_adherence(v.adherence, f"{where}.adherence", probs)
+    for i, x in enumerate(v.iov):
+        if not isinstance(x, OccasionVariability):
+            probs.add(f"{where}.iov[{i}]", f"expected an OccasionVariability, got {describe(x)}")
+    pars = [x.param for x in v.iov if isinstance(x, OccasionVariability)]
+    dup_p = sorted({q for q in pars if pars.count(q) > 1})
+    if dup_p:
+        probs.add(f"{where}.iov", f"one occasion variability per parameter, repeated: {dup_p}")
     errs = [e.output for e in v.errors if isinstance(e, MeasurementError)]
     dup = sorted({o for o in errs if errs.count(o) > 1})
     if dup:
@@ -353,7 +459,7 @@ def variability_from_toml(d, probs: Problems):
     Layout: ``[[variability.error]]`` (output, sd, cv), ``[[variability.placebo]]``
     (output, emax, t50, sd, slope, slope_sd), ``[variability.dropout]`` (hazard,
     analysis, and an ``outcome`` table: output, hazard, threshold, direction, change),
-    ``adherence``.
+    ``adherence``, ``[[variability.iov]]`` (param, sd or cv, occasions).
     """
     if d is None:
         return None
@@ -370,6 +476,7 @@ def variability_from_toml(d, probs: Problems):
     for key, keys, check in (
         ("error", ERROR_KEYS, check_error),
         ("placebo", PLACEBO_KEYS, check_placebo),
+        ("iov", IOV_KEYS, check_iov),
     ):
         items = d.get(key, [])
         w0 = f"[variability.{key}]"
@@ -406,6 +513,10 @@ def variability_from_toml(d, probs: Problems):
     dup = sorted({str(o) for o in errs if errs.count(o) > 1})
     if dup:
         probs.add("[variability.error]", f"one measurement error per output, repeated: {dup}")
+    pars = [t.get("param") for t in lists.get("iov", [])]
+    dup = sorted({str(o) for o in pars if pars.count(o) > 1})
+    if dup:
+        probs.add("[variability.iov]", f"one occasion variability per parameter, repeated: {dup}")
     if len(probs) > n0:
         return INVALID
     dropout = None
@@ -426,4 +537,5 @@ def variability_from_toml(d, probs: Problems):
         placebo=[PlaceboResponse(**t) for t in lists.get("placebo", [])],
         dropout=dropout,
         adherence=None if adherence is None else float(adherence),
+        iov=[OccasionVariability(**t) for t in lists.get("iov", [])],
     )
