@@ -439,6 +439,84 @@ def safety(
 
 
 @app.command()
+def fit(
+    spec: pathlib.Path = typer.Argument(
+        ..., help="fit specification (TOML, e.g. examples/fit_theophylline.toml)"
+    ),
+    data: Optional[pathlib.Path] = typer.Argument(  # noqa: UP045
+        None, help="NONMEM-format data (CSV); default: the specification's [fit].data dataset"
+    ),
+    out: pathlib.Path = typer.Option(pathlib.Path("fit_output"), "--out", help="output folder"),
+    progress: bool = typer.Option(True, help="show the progress of the fit"),
+):
+    """Fit a model to data (FOCE-I population fit or MAP twins) and write the fit report.
+
+    Writes report.html (estimates with SE, RSE and 95 % CI, OFV, shrinkage, NPDE, the
+    GOF panel, eta-covariate plots, VPC and pcVPC, run record), estimates.csv,
+    individual.csv, observations.csv, fit.json and the figures. The specification and
+    the data are checked before anything is fitted.
+    """
+    from rich.console import Console
+
+    from .calibrate._fitspec import load_data, load_fit_spec
+
+    con = Console()
+    _x64()
+    with _user_errors(con, spec):
+        fs = load_fit_spec(spec)
+    with _user_errors(con, data if data is not None else spec):
+        ds, sha, source = load_data(fs, data)
+    with _user_errors(con):
+        _out_folder(out, "fit")
+    con.print(
+        f"[bold]{fs.name}[/]: {fs.model_name}, {fs.method.upper()}, {len(ds)} subjects "
+        f"from {source}",
+        highlight=False,
+    )
+    from rich.status import Status
+
+    from .calibrate._report import run_fit, write_fit
+
+    status = Status("fitting...", console=con) if progress else None
+    t_fit = [0.0]
+
+    def say(stage: str, detail: str = "") -> None:
+        import time as _time
+
+        if stage == "outer":
+            # "outer N OFV x" lines of the FOCE-I outer loop
+            text = f"FOCE-I {detail.strip()} ({_time.perf_counter() - t_fit[0]:.0f} s)"
+        else:
+            text = f"{stage}: {detail}"
+            if stage == "fit":
+                t_fit[0] = _time.perf_counter()
+                con.print(text, highlight=False)
+        if status is not None:
+            status.update(text)
+
+    with (
+        _user_errors(con, code=EXIT_RUN),
+        status if status is not None else contextlib.nullcontext(),
+    ):
+        run = run_fit(fs, ds, data_sha256=sha, data_source=source, progress=say)
+        report = write_fit(run, out, progress=say)
+    con.print(run.estimates[["estimate", "se", "rse_pct", "ci95_lo", "ci95_hi"]].to_string())
+    if fs.method == "foce-i":
+        con.print(f"OFV {run.ofv:.3f}; {run.message}", highlight=False)
+    if run.npde is not None and run.npde.test:
+        t = run.npde.test
+        con.print(
+            f"NPDE: mean {t['mean']:.3f}, variance {t['variance']:.3f}, "
+            f"global p {t['p_global']:.3g}",
+            highlight=False,
+        )
+    con.print(f"fitted in {run.wall_s:.1f} s; report: [bold]{report.resolve()}[/]")
+    if not run.converged:
+        _error(con, f"the fit did not converge ({run.message}); see the report")
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
 def bench(
     which: str = typer.Argument("cohort", help="cohort | lorenz"),
     quick: bool = typer.Option(True, help="small sizes (a smoke run)"),

@@ -21,7 +21,9 @@ Censored records (BLQ): ``censored="omit"`` (default) leaves them out (NaN, and 
 the decorrelation); ``censored="cdf"`` imputes them as the npde package does (Nguyen,
 Comets, Mentre 2012): ``pd_LOQ = P(y_sim < LLOQ)`` from the simulations, a ``pd`` drawn
 uniformly in ``(0, pd_LOQ)``, and the observation replaced by the simulated
-distribution's quantile at that ``pd`` before the decorrelation.
+distribution's quantile at that ``pd``; the simulated values below the LLOQ are imputed
+the same way (so that observations and simulations share the imputation's correlation
+structure), then both are decorrelated.
 
 References:
     - Brendel K, Comets E, Laffont C, Laveille C, Mentre F. Metrics for external model
@@ -106,6 +108,7 @@ def npde_from_simulations(
     *,
     censored=None,
     method: str = "omit",
+    lloq=None,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """NPDE from observations and simulated replicates (numpy; no model needed).
@@ -116,6 +119,10 @@ def npde_from_simulations(
         mask: ``(N, T)`` bool, the records to evaluate.
         censored: ``(N, T)`` bool, records below their LLOQ (``obs``) (default none).
         method: ``"omit"`` or ``"cdf"`` for censored records (see the module doc).
+        lloq: ``(N, T)`` (or a scalar) LLOQ of every record, NaN where none, used by
+            ``"cdf"`` to impute the simulated values below it as well (the npde
+            package's rule, which keeps observations and simulations alike); default:
+            the censored records' ``obs``.
         seed: seed of the uniform draws of ``"cdf"``.
 
     Returns:
@@ -140,6 +147,11 @@ def npde_from_simulations(
     if K < 2:
         raise ValueError(f"need at least 2 simulated replicates, got {K}")
     cens = np.zeros(obs.shape, bool) if censored is None else np.asarray(censored, bool) & mask
+    if lloq is None:
+        lq = np.where(cens, obs, np.nan)
+    else:
+        lq = np.broadcast_to(np.asarray(lloq, float), obs.shape)
+        lq = np.where(cens, obs, lq)
     rng = np.random.default_rng(seed)
     N = obs.shape[0]
     out_npde = np.full(obs.shape, np.nan)
@@ -156,15 +168,24 @@ def npde_from_simulations(
         k = S.shape[0]
         if k < 2:
             continue
+        pd_i = np.mean(S < y, axis=0)
         c = cens[i, use]
-        if c.any():  # "cdf": impute from the simulated distribution below the LLOQ
-            pd_loq = np.mean(S[:, c] < y[c], axis=0)
-            u = rng.uniform(0.0, 1.0, c.sum()) * pd_loq
-            y[c] = np.array(
-                [np.quantile(S[:, j], q) for j, q in zip(np.nonzero(c)[0], u)], dtype=float
-            )
+        if method == "cdf":  # impute below the LLOQ: the observations and the simulations
+            lim = lq[i, use]
+            has = np.isfinite(lim)
+            S = S.copy()
+            srt = np.sort(S, axis=0)
+            ploq = np.where(has, np.mean(S < np.where(has, lim, -np.inf), axis=0), 0.0)
+            for j in np.nonzero(c)[0]:
+                pd_i[j] = rng.uniform(0.0, ploq[j])
+                y[j] = srt[min(int(pd_i[j] * k), k - 1), j]
+            for j in np.nonzero(has)[0]:
+                below = S[:, j] < lim[j]
+                if below.any():
+                    u = rng.uniform(0.0, ploq[j], below.sum())
+                    S[below, j] = srt[np.minimum((u * k).astype(int), k - 1), j]
         dv[i, use] = y
-        out_pd[i, use] = _edges(np.mean(S < y, axis=0), k)
+        out_pd[i, use] = _edges(pd_i, k)
         E = S.mean(axis=0)
         V = np.atleast_2d(np.cov(S, rowvar=False))
         try:

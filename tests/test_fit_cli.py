@@ -1,0 +1,215 @@
+"""`twinjax fit SPEC.toml [DATA.csv] --out DIR` (issue #17 item 8): the theophylline fit
+writes the report and tables with nlmixr2's FOCEi estimates; bad specifications and
+data are refused, naming the key (or line and column), before anything is fitted; a
+folder twinjax did not write is never overwritten."""
+
+import hashlib
+import json
+import pathlib
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import twinjax as tj
+from twinjax.calibrate._fitspec import fit_spec_from_dict
+from twinjax.cli import app
+from twinjax.trial import SpecError
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "fit_theophylline.toml"
+REFERENCE = ROOT / "calibration" / "results" / "theophylline_population.csv"
+
+GOOD = {
+    "fit": {"model": "pk1_oral", "method": "foce-i", "data": "theophylline"},
+    "parameters": {
+        "KA": {"value": 1.0, "iiv": 0.3},
+        "CL": {"value": 3.0, "iiv": 0.3},
+        "V": {"value": 30.0, "iiv": 0.3},
+    },
+    "error": {"kind": "additive", "add": 1.0},
+}
+
+
+def _with(**changes):
+    """GOOD with some tables replaced (a value None deletes the table)."""
+    spec = json.loads(json.dumps(GOOD))
+    for k, v in changes.items():
+        if v is None:
+            spec.pop(k, None)
+        else:
+            spec[k] = v
+    return spec
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (_with(fit={**GOOD["fit"], "methd": "map"}), "unknown key 'methd' in [fit]"),
+        (_with(fit={**GOOD["fit"], "method": "saem"}), "[fit].method: 'saem' is not one of"),
+        (_with(fit={**GOOD["fit"], "model": "pk9"}), "[fit].model"),
+        (_with(fit={"method": "foce-i"}), "[fit].model: missing"),
+        (
+            _with(parameters={**GOOD["parameters"], "CLX": {"value": 1}}),
+            "[parameters.CLX]: unknown parameter 'CLX'",
+        ),
+        (
+            _with(parameters={**GOOD["parameters"], "KA": {"value": 50.0, "upper": 20.0}}),
+            "[parameters.KA].value: 50 is outside the bounds",
+        ),
+        (
+            _with(parameters={**GOOD["parameters"], "V": {"value": -3.0, "iiv": 0.3}}),
+            "[parameters.V].value",
+        ),
+        (
+            _with(parameters={**GOOD["parameters"], "CL": {"value": 3.0, "iiv": "0.3"}}),
+            "[parameters.CL].iiv: expected a number",
+        ),
+        (_with(error={"kind": "proportional", "add": 1.0}), "[error].prop: missing"),
+        (_with(error={"kind": "poisson"}), "[error].kind: 'poisson' is not one of"),
+        (_with(error=None), "[error]: missing"),
+        (
+            _with(covariates=[{"parameter": "CL", "covariate": "WT", "model": "allometric"}]),
+            "[[covariates]][0].model: 'allometric' is not one of",
+        ),
+        (
+            _with(covariates=[{"parameter": "CL", "covariate": "WT", "model": "power"}]),
+            "[[covariates]][0].theta: missing",
+        ),
+        (_with(censoring={"method": "m5"}), "[censoring].method: 'm5' is not one of"),
+        (_with(diagnostics={"n_sim": 5}), "[diagnostics].n_sim: must be in [20, 100000]"),
+    ],
+)
+def test_bad_specifications_name_their_key(spec, message):
+    with pytest.raises(SpecError) as err:
+        fit_spec_from_dict(spec)
+    assert message in str(err.value)
+
+
+def test_the_example_and_covariate_effects_parse():
+    from twinjax.calibrate._fitspec import load_fit_spec
+
+    fs = load_fit_spec(EXAMPLE)
+    assert fs.method == "foce-i" and fs.estimate == ("KA", "CL", "V")
+    assert fs.bounds["KA"] == (0.05, 20.0) and fs.data == "theophylline"
+    assert fs.population.omega.shape == (3, 3) and len(fs.sha256) == 64
+    cov = [{"parameter": "CL", "covariate": "WT", "model": "power", "theta": 0.75}]
+    fs = fit_spec_from_dict(_with(covariates=cov))
+    (c,) = fs.population.covariates
+    assert type(c).__name__ == "Power" and c.theta == 0.75 and c.ref == 70.0
+
+
+def _cli(*args):
+    return CliRunner().invoke(app, ["fit", *map(str, args)])
+
+
+def _theo_csv(tmp_path, edit=None):
+    text = tj.data.datasets.path("theophylline").read_text().splitlines()
+    if edit:
+        edit(text)
+    p = tmp_path / "theo.csv"
+    p.write_text("\n".join(text) + "\n")
+    return p
+
+
+def test_bad_spec_file_and_data_rows_refused_before_fitting(tmp_path):
+    out = tmp_path / "out"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(EXAMPLE.read_text().replace("[parameters.CL]", "[parameters.CLEARANCE]"))
+    r = _cli(bad, "--out", out)
+    assert r.exit_code == 2, r.output
+    assert "[parameters.CLEARANCE]: unknown parameter 'CLEARANCE'" in r.output
+    assert not out.exists()  # nothing claimed, nothing fitted
+
+    def text_time(lines):  # line 5 of the file: a TIME that is not a number
+        f = lines[4].split(",")
+        f[1] = "1.5h"
+        lines[4] = ",".join(f)
+
+    r = _cli(EXAMPLE, _theo_csv(tmp_path, text_time), "--out", out)
+    assert r.exit_code == 2, r.output
+    assert "line 5" in r.output and "TIME" in r.output and "1.5h" in r.output
+    assert not out.exists()
+
+    def backwards(lines):  # line 6 earlier than line 5 within subject 1
+        f = lines[5].split(",")
+        f[1] = "0.1"
+        lines[5] = ",".join(f)
+
+    r = _cli(EXAMPLE, _theo_csv(tmp_path, backwards), "--out", out)
+    assert r.exit_code == 2, r.output
+    assert "line 6" in r.output and "TIME" in r.output
+    assert not out.exists()
+
+    cov = tmp_path / "cov.toml"
+    cov.write_text(
+        EXAMPLE.read_text()
+        + '\n[[covariates]]\nparameter = "CL"\ncovariate = "AGE"\nmodel = "linear"\n'
+        "theta = 0.01\nreference = 40.0\n"
+    )
+    r = _cli(cov, "--out", out)
+    assert r.exit_code == 2, r.output
+    assert "[[covariates]][0].covariate: 'AGE' is not a column of the dataset" in r.output
+    assert "'WT'" in r.output
+    assert not out.exists()
+
+
+def test_a_user_folder_is_never_overwritten(tmp_path):
+    mine = tmp_path / "results"
+    mine.mkdir()
+    (mine / "estimates.csv").write_text("my own estimates")
+    r = _cli(EXAMPLE, "--out", mine)
+    assert r.exit_code == 2, r.output
+    assert "not empty and was not written by twinjax" in r.output
+    assert (mine / "estimates.csv").read_text() == "my own estimates"
+    assert sorted(p.name for p in mine.iterdir()) == ["estimates.csv"]
+
+
+@pytest.fixture(scope="module")
+def theo_fit(tmp_path_factory):
+    """The one FOCE-I fit of this file: the shipped example on the shipped data."""
+    out = tmp_path_factory.mktemp("fit") / "theo"
+    r = _cli(EXAMPLE, "--out", out, "--no-progress")
+    return r, out
+
+
+@pytest.mark.slow
+def test_theophylline_fit_writes_report_and_matches_the_reference(theo_fit):
+    r, out = theo_fit
+    print(r.output)
+    assert r.exit_code == 0, r.output
+    files = {p.name for p in out.iterdir()}
+    want = {"report.html", "estimates.csv", "individual.csv", "observations.csv", "fit.json"}
+    assert want | {"gof.png", "eta_covariates.png", "vpc.png", "pcvpc.png"} <= files
+    est = pd.read_csv(out / "estimates.csv", index_col="parameter")
+    ref = pd.read_csv(REFERENCE, index_col="parameter")
+    for p in ("KA", "CL", "V"):
+        assert est.loc[p, "estimate"] == pytest.approx(ref.loc[p, "estimate"], rel=0.01)
+        lo, hi = est.loc[p, "ci95_lo"], est.loc[p, "ci95_hi"]
+        assert lo < est.loc[p, "estimate"] < hi and est.loc[p, "rse_pct"] > 0
+    # nlmixr2 FOCEi (issue #17): ka 1.59, CL 2.75, V 31.8
+    for p, v in {"KA": 1.59, "CL": 2.75, "V": 31.8}.items():
+        assert est.loc[p, "estimate"] == pytest.approx(v, rel=0.01)
+    assert est.loc["SIGMA_add", "estimate"] == pytest.approx(0.694, rel=0.02)
+    ind = pd.read_csv(out / "individual.csv")
+    assert len(ind) == 12 and {"ETA_KA", "ETA_CL", "ETA_V", "SE_CL"} <= set(ind.columns)
+    obs = pd.read_csv(out / "observations.csv")
+    assert len(obs) == 132 and obs[["CWRES", "NPDE"]].notna().all().all()
+    rec = json.loads((out / "fit.json").read_text())
+    shipped = tj.data.datasets.path("theophylline").read_bytes()
+    assert rec["record"]["data_sha256"] == hashlib.sha256(shipped).hexdigest()
+    assert rec["record"]["spec_sha256"] == hashlib.sha256(EXAMPLE.read_bytes()).hexdigest()
+    assert rec["summary"]["ofv"] == pytest.approx(116.80, abs=0.05)
+    assert rec["summary"]["converged"] is True
+    assert set(rec["summary"]["shrinkage"]) == {"KA", "CL", "V"}
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4
+    # "nlmixr2": from the specification's comments, whose text the run record embeds
+    for text in ("OFV", "Eta-shrinkage", "NPDE", "95 % CI", "Run record", "nlmixr2"):
+        assert text in html
+    # a rerun may reuse its own folder, but not another kind of run's
+    trial_out = out.parent / "trial_folder"
+    trial_out.mkdir()
+    (trial_out / ".twinjax").write_text(json.dumps({"kind": "trial"}))
+    r2 = _cli(EXAMPLE, "--out", trial_out)
+    assert r2.exit_code == 2 and "not of a fit run" in r2.output
