@@ -7,6 +7,9 @@ tiny (1 beat, 3 samples, one compiled batch shape): they check the machinery, no
 published probabilities (calibration/cipa_uncertainty.py).
 """
 
+import json
+import pathlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,6 +19,7 @@ from twinjax.models.ep import _uncertainty as U
 from twinjax.models.ep._cipa import compounds
 from twinjax.trial import SafetyTrial, SpecError
 
+EXAMPLE = pathlib.Path(__file__).parents[1] / "examples" / "cardiac_safety_cipa_uncertainty.toml"
 N = 3  # samples per compound: 1 + 4 x 3 = 13 cells, the batch of 3 compounds x 4 doses
 POINT_COMPOUNDS = ["dofetilide", "verapamil", "metoprolol"]
 
@@ -147,6 +151,8 @@ def test_safety_spec_uncertainty_key_is_checked():
         }
     )
     assert st.uncertainty == {"samples": 10, "seed": 2}
+    ex = SafetyTrial.from_toml(EXAMPLE)  # the shipped example parses
+    assert ex.protocol == "cipa" and ex.uncertainty == {"samples": 20, "seed": 0}
     bad = [
         ({"samples": 0}, "samples must be an integer >= 1"),
         ({"samples": 5, "seeds": 1}, "unknown key 'seeds'"),
@@ -158,3 +164,23 @@ def test_safety_spec_uncertainty_key_is_checked():
             SafetyTrial.from_dict({"safety": {"protocol": "cipa", "uncertainty": u}})
     with pytest.raises(SpecError, match="uncertainty is read only by protocol = 'cipa'"):
         SafetyTrial.from_dict({"safety": {"uncertainty": {"samples": 2}}})
+
+
+def test_safety_trial_writes_the_uncertainty_outputs(runs, tmp_path):
+    # 3 compounds x 4 doses + control and 3 x 1 sample x 4 + control: the 13-cell,
+    # 1-beat program the fixture compiled
+    st = SafetyTrial.from_dict(
+        {"safety": {"protocol": "cipa", "compounds": POINT_COMPOUNDS, "cipa_beats": 1,
+                    "cipa_window": 1, "uncertainty": {"samples": 1, "seed": 4}}}
+    )  # fmt: skip
+    res = st.run(tmp_path / "out")
+    out = tmp_path / "out"
+    for f in ("uncertainty.csv", "uncertainty_samples.csv", "uncertainty.png", "risk.csv"):
+        assert (out / f).exists(), f
+    u = pd.read_csv(out / "uncertainty.csv")
+    assert list(u["compound"]) == POINT_COMPOUNDS
+    np.testing.assert_allclose(u[["P_high", "P_intermediate", "P_low", "P_na"]].sum(axis=1), 1.0)
+    rec = json.loads((out / "safety.json").read_text())
+    assert rec["uncertainty"]["samples"] == 1 and rec["spec"]["uncertainty"]["seed"] == 4
+    assert "uncertainty.png" in rec["outputs"]
+    assert res["uncertainty"].shape[0] == 3
