@@ -116,8 +116,8 @@ def test_bad_iov_specs_are_refused_before_simulating(iov, match):
 
 def test_iov_on_a_model_with_its_own_beat_loop_is_refused():
     t = Trial.from_toml("examples/antihypertensive_trial.toml")
-    var = Variability(iov=[OccasionVariability("circ.R_sys", sd=0.1, occasions=[0.0])])
-    with pytest.raises(SpecError, match="inter-occasion variability needs a model"):
+    var = Variability(iov=[OccasionVariability("circ.R_AR_SYS", sd=0.1, occasions=[0.0])])
+    with pytest.raises(SpecError, match="only its pk.. parameters can have IOV"):
         Trial(
             t.model,
             t.population,

@@ -303,6 +303,7 @@ def test_antihypertensive_example_declares_variability():
     assert v is not None and {e.output for e in v.errors} >= {"circ.MAP", "circ.SBP"}
     assert {p.output for p in v.placebo} >= {"circ.MAP"} and v.dropout is not None
     assert 0 < v.adherence < 1
+    assert [o.param for o in v.iov] == ["pk.CL"]  # inter-occasion variability (tests/test_iov.py)
 
 
 @pytest.mark.slow

@@ -342,7 +342,15 @@ class QuasiStaticTwin(Coupled):
         from ..solve._ensemble import Ensemble
 
         times = np.asarray(times, float)
-        N = int(np.shape(next(iter(params.values())))[0])
+        # a pk.* parameter may change in time (a Piecewise, e.g. inter-occasion
+        # variability): the PK simulation applies it; circulation parameters may not
+        bad = [k for k, v in params.items() if not k.startswith("pk.") and np.ndim(v) != 1]
+        if bad:
+            raise ValueError(
+                f"QuasiStaticTwin.trial_simulate: parameter(s) {bad} must be (N,) arrays; "
+                "only pk.* parameters may change in time"
+            )
+        N = int(np.shape(next(v for k, v in params.items() if not k.startswith("pk.")))[0])
         pkm = couple({"pk": self.pk_model})
         pk_params = {k: v for k, v in params.items() if k.startswith("pk.")}
         pk_out = [o for o in outputs if o.startswith("pk.")]

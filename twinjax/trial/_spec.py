@@ -706,11 +706,12 @@ def _check_model(a: dict, out: dict, probs: Problems, L: Mapping[str, str]) -> N
         var_outs = var.outputs & set(valid)
         for i, o in enumerate(var.iov):
             w = L["var_iov"].format(i=i)
-            if special is not None:
+            if special is not None and not o.param.startswith("pk."):
                 probs.add(
                     w,
-                    f"inter-occasion variability needs a model simulated by the event engine; "
-                    f"{type(model).__name__} runs its own beat-to-beat loop (not supported)",
+                    f"inter-occasion variability of {o.param!r}: {type(model).__name__} "
+                    "computes its organ's beats in its own loop, where parameters cannot "
+                    "change between visits; only its pk.* parameters can have IOV",
                 )
             elif o.param not in model.param_names:
                 probs.add(

@@ -371,9 +371,12 @@ class Trial:
             regimen = arm.regimen
             if var is not None:  # missed doses: one regimen per patient
                 regimen = var.regimens(arm.regimen, n, self.seed, i)
+            params = cohort.params
+            if var is not None and var.iov:  # parameters that change between visits
+                params = var.occasion_params(self.model, cohort.params, self.seed, i)
             if hasattr(self.model, "trial_simulate"):
                 vals, status = self.model.trial_simulate(
-                    cohort.params,
+                    params,
                     regimen,
                     times,
                     beat_times=self.beat_times,
@@ -385,11 +388,8 @@ class Trial:
                 )
             else:
                 sim_cohort: Any = cohort
-                if var is not None and var.iov:  # parameters that change between visits
-                    sim_cohort = SimpleNamespace(
-                        params=var.occasion_params(self.model, cohort.params, self.seed, i),
-                        covariates=cohort.covariates,
-                    )
+                if params is not cohort.params:
+                    sim_cohort = SimpleNamespace(params=params, covariates=cohort.covariates)
                 res = simulate_cohort(
                     self.model,
                     sim_cohort,
