@@ -63,7 +63,7 @@ def _spec(iov=None, n=300):
     return spec
 
 
-def test_trial_with_iov_simulates_each_patients_occasion_parameters():
+def test_trial_with_iov_simulates_each_patients_occasion_parameters(tmp_path):
     iov = [{"param": "CL", "cv": 0.4, "occasions": OCC}]
     tr = Trial.from_dict(_spec(iov))
     res = tr.run(progress=False)
@@ -91,6 +91,8 @@ def test_trial_with_iov_simulates_each_patients_occasion_parameters():
     r_base = np.log(base["C_34"] / base["C_10"])
     assert r_iov.std() > 3 * r_base.std()
     assert res.to_json()["variability"]["iov"][0]["param"] == "CL"
+    html = res.write(tmp_path / "out").read_text()
+    assert "inter-occasion variability of CL" in html
 
 
 @pytest.mark.parametrize(

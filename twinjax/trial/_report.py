@@ -575,6 +575,13 @@ def _design(result) -> str:
             out.append(f"<li>{_esc(s)}</li>")
         if v.adherence is not None:
             out.append(f"<li>adherence: each dose taken with probability {_g(v.adherence)}</li>")
+        for o in v.iov:
+            occ = ", ".join(_g(t) for t in o.occasions)
+            out.append(
+                f"<li>inter-occasion variability of {_esc(o.param)}: SD {_esc(_g(o.kappa_sd))} "
+                f"(in its transformed coordinate) per patient and occasion; occasions start "
+                f"at {_esc(occ)} {tu}</li>"
+            )
     out.append("</ul>")
     k = len(tr.arms) - 1
     out.append(
