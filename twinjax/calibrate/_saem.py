@@ -817,6 +817,12 @@ def saem(
             f"{no_iiv} have none: give them IIV in the population or leave them out of "
             f"estimate (IIV parameters: {list(pop0.iiv)})"
         )
+    est_cov = [c for c in pop0.covariates if getattr(c, "estimate", False)]
+    if est_cov:
+        raise ValueError(
+            f"saem does not estimate covariate coefficients: {est_cov[0].describe()} has "
+            "estimate=True; fix it (estimate=False) or fit it by FOCE-I (fit_population)"
+        )
     pop, outputs, errors, solver, fd, cmode, spec, P = _prepare(
         model, data, pop0, error, output, solver, censoring, lloq, dvid, output_column
     )
