@@ -46,7 +46,7 @@ def _with(**changes):
     "spec, message",
     [
         (_with(fit={**GOOD["fit"], "methd": "map"}), "unknown key 'methd' in [fit]"),
-        (_with(fit={**GOOD["fit"], "method": "saem"}), "[fit].method: 'saem' is not one of"),
+        (_with(fit={**GOOD["fit"], "method": "nuts"}), "[fit].method: 'nuts' is not one of"),
         (_with(fit={**GOOD["fit"], "model": "pk9"}), "[fit].model"),
         (_with(fit={"method": "foce-i"}), "[fit].model: missing"),
         (
@@ -78,6 +78,33 @@ def _with(**changes):
         ),
         (_with(censoring={"method": "m5"}), "[censoring].method: 'm5' is not one of"),
         (_with(diagnostics={"n_sim": 5}), "[diagnostics].n_sim: must be in [20, 100000]"),
+        (_with(saem={"n_em": 100}), "[saem]: only used with method = 'saem'"),
+        (
+            _with(fit={**GOOD["fit"], "method": "saem"}, saem={"n_em": 0}),
+            "[saem].n_em: must be in [1, 100000]",
+        ),
+        (
+            _with(
+                fit={**GOOD["fit"], "method": "saem"},
+                parameters={**GOOD["parameters"], "F": {"value": 0.9}},
+            ),
+            "saem estimates only typical values with IIV; ['F'] have no iiv",
+        ),
+        (
+            _with(
+                fit={**GOOD["fit"], "method": "map"},
+                covariates=[
+                    {"parameter": "CL", "covariate": "WT", "theta": 0.75, "estimate": True}
+                ],
+            ),
+            "[[covariates]][0].estimate: covariate coefficients are estimated by foce-i only",
+        ),
+        (
+            _with(
+                covariates=[{"parameter": "CL", "covariate": "WT", "theta": 0.75, "bounds": [1, 0]}]
+            ),
+            "[[covariates]][0].bounds: expected [lower, upper] with lower < upper",
+        ),
     ],
 )
 def test_bad_specifications_name_their_key(spec, message):
@@ -97,6 +124,12 @@ def test_the_example_and_covariate_effects_parse():
     fs = fit_spec_from_dict(_with(covariates=cov))
     (c,) = fs.population.covariates
     assert type(c).__name__ == "Power" and c.theta == 0.75 and c.ref == 70.0
+    assert not c.estimate
+    cov[0].update(estimate=True, bounds=[0.0, 2.0], name="CL_WT")
+    (c,) = fit_spec_from_dict(_with(covariates=cov)).population.covariates
+    assert c.estimate and c.bounds == (0.0, 2.0) and c.label() == "CL_WT"
+    fs = fit_spec_from_dict(_with(fit={**GOOD["fit"], "method": "saem"}, saem={"n_em": 50}))
+    assert fs.method == "saem" and fs.saem == {"n_em": 50}
 
 
 def _cli(*args):

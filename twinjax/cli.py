@@ -449,7 +449,7 @@ def fit(
     out: pathlib.Path = typer.Option(pathlib.Path("fit_output"), "--out", help="output folder"),
     progress: bool = typer.Option(True, help="show the progress of the fit"),
 ):
-    """Fit a model to data (FOCE-I population fit or MAP twins) and write the fit report.
+    """Fit a model to data (FOCE-I or SAEM population fit, or MAP twins); write the report.
 
     Writes report.html (estimates with SE, RSE and 95 % CI, OFV, shrinkage, NPDE, the
     GOF panel, eta-covariate plots, VPC and pcVPC, run record), estimates.csv,
@@ -483,9 +483,10 @@ def fit(
     def say(stage: str, detail: str = "") -> None:
         import time as _time
 
-        if stage == "outer":
-            # "outer N OFV x" lines of the FOCE-I outer loop
-            text = f"FOCE-I {detail.strip()} ({_time.perf_counter() - t_fit[0]:.0f} s)"
+        if stage in ("outer", "iteration"):
+            # "outer N OFV x" lines of the FOCE-I outer loop, SAEM's iteration lines
+            head = "FOCE-I" if stage == "outer" else "SAEM"
+            text = f"{head} {detail.strip()} ({_time.perf_counter() - t_fit[0]:.0f} s)"
         else:
             text = f"{stage}: {detail}"
             if stage == "fit":
@@ -501,7 +502,7 @@ def fit(
         run = run_fit(fs, ds, data_sha256=sha, data_source=source, progress=say)
         report = write_fit(run, out, progress=say)
     con.print(run.estimates[["estimate", "se", "rse_pct", "ci95_lo", "ci95_hi"]].to_string())
-    if fs.method == "foce-i":
+    if fs.method != "map":
         con.print(f"OFV {run.ofv:.3f}; {run.message}", highlight=False)
     if run.npde is not None and run.npde.test:
         t = run.npde.test

@@ -11,7 +11,8 @@ key before any data are read or anything is compiled; the data are then checked
 [fit]
 name = "Theophylline, FOCE-I"
 model = "pk1_oral"            # a registered model (`twinjax models`)
-method = "foce-i"             # or "map" (individual fits, the parameters are the prior)
+method = "foce-i"             # or "saem" ([saem] n_burn, n_em, n_chains, seed, n_is),
+                              # or "map" (individual fits, the parameters are the prior)
 data = "theophylline"         # optional: a shipped dataset when no DATA.csv is given
 
 [parameters.KA]
@@ -62,13 +63,13 @@ from ..trial._spec import (
 
 __all__ = ["FitSpec", "load_data", "load_fit_spec"]
 
-METHODS = ("foce-i", "map")
+METHODS = ("foce-i", "saem", "map")
 OMEGA_KINDS = ("diagonal", "full")
 CENSORING = ("m3", "m4", "drop")
 ERROR_KINDS = ("additive", "proportional", "combined", "log")
 COVARIATE_MODELS = ("power", "linear", "exponential", "categorical")
 
-_TOP = ("fit", "parameters", "error", "covariates", "censoring", "diagnostics")
+_TOP = ("fit", "parameters", "error", "covariates", "censoring", "diagnostics", "saem")
 _FIT = ("name", "model", "method", "omega", "data", "output", "compartments")
 _PARAM = ("value", "iiv", "lower", "upper", "fixed")
 _ERROR = ("kind", "add", "prop", "dvid")
@@ -86,6 +87,7 @@ _COV = (
 )
 _CENS = ("method", "lloq")
 _DIAG = ("n_sim", "seed", "npde", "vpc_bins", "log_y")
+_SAEM = ("n_burn", "n_em", "n_chains", "seed", "n_is")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -94,7 +96,9 @@ class FitSpec:
 
     Attributes:
         name: the fit's title; model_name: the registered model; model: the model.
-        method: ``"foce-i"`` or ``"map"``; omega: ``"diagonal"`` or ``"full"``.
+        method: ``"foce-i"``, ``"saem"`` or ``"map"``; omega: ``"diagonal"`` or
+            ``"full"``; saem: the ``[saem]`` settings (keyword arguments of
+            :func:`~twinjax.calibrate.saem`).
         population: the initial (foce-i) or prior (map) :class:`~twinjax.Population`.
         estimate: the typical values estimated (foce-i); fixed ones stay.
         bounds: ``{name: (lower, upper)}`` from the specification.
@@ -125,6 +129,7 @@ class FitSpec:
     vpc_bins: int
     log_y: bool
     raw: dict
+    saem: dict = dataclasses.field(default_factory=dict)
     path: pathlib.Path | None = None
     sha256: str = ""
     text: str = ""
@@ -463,18 +468,55 @@ def fit_spec_from_dict(spec: Mapping, path=None, sha256: str = "", text: str = "
         bins = integer(d.get("vpc_bins", 8), "[diagnostics].vpc_bins", probs, lo=2, hi=50)
         log_y = boolean(d.get("log_y", False), "[diagnostics].log_y", probs)
 
+    # ---- SAEM settings
+    sa = spec.get("saem", {})
+    saem_kw: dict = {}
+    if table(sa, "[saem]", probs) is not INVALID:
+        unknown_keys(sa, "[saem]", _SAEM, probs)
+        if sa and method != "saem":
+            probs.add("[saem]", f"only used with method = 'saem', not {method!r}")
+        limits = {
+            "n_burn": (0, 100_000),
+            "n_em": (1, 100_000),
+            "n_chains": (1, 100),
+            "seed": (0, 2**31 - 1),
+            "n_is": (0, 1_000_000),
+        }
+        for k, (a, b) in limits.items():
+            if k in sa:
+                v = integer(sa[k], f"[saem].{k}", probs, lo=a, hi=b)
+                if v is not INVALID:
+                    saem_kw[k] = v
+
     population = INVALID
     if model is not INVALID and not probs.items:
         try:
             population = Population(model, typical=typical, covariates=covs, omega=omega or None)
         except (ValueError, TypeError) as exc:
             probs.add("[parameters]", str(exc))
-        if method == "foce-i" and not estimate:
+        if method != "map" and not estimate:
             probs.add("[parameters]", "every parameter is fixed: nothing to estimate")
-        if method == "foce-i" and not omega:
+        if method != "map" and not omega:
             probs.add(
-                "[parameters]", "a foce-i fit needs IIV: give iiv = <variance> for some parameter"
+                "[parameters]",
+                f"a {method} fit needs IIV: give iiv = <variance> for some parameter",
             )
+        for i, c in enumerate(covs):
+            if c.estimate and method != "foce-i":
+                probs.add(
+                    f"[[covariates]][{i}].estimate",
+                    f"covariate coefficients are estimated by foce-i only, not {method} "
+                    "(map fits use the given value): set estimate = false or method = "
+                    "'foce-i'",
+                )
+        if method == "saem":
+            no_iiv = [k for k in estimate if k not in omega]
+            if no_iiv:
+                probs.add(
+                    "[parameters]",
+                    f"saem estimates only typical values with IIV; {no_iiv} have no iiv: "
+                    "give them iiv = <variance> or fixed = true",
+                )
     probs.check(str(path) if path else "the specification")
     return FitSpec(
         name=name,
@@ -497,6 +539,7 @@ def fit_spec_from_dict(spec: Mapping, path=None, sha256: str = "", text: str = "
         vpc_bins=bins,
         log_y=log_y,
         raw=dict(spec),
+        saem=saem_kw,
         path=pathlib.Path(path) if path else None,
         sha256=sha256,
         text=text,
@@ -554,12 +597,20 @@ def load_data(spec: FitSpec, data=None):
     sha = hashlib.sha256(file.read_bytes()).hexdigest()
     probs = Problems()
     cols = list(ds.covariate_names)
+    changing = set(getattr(ds, "time_varying", []) or [])
     for i, c in enumerate(spec.population.covariates):
         if c.covariate not in cols:
             probs.add(
                 f"[[covariates]][{i}].covariate",
                 f"{c.covariate!r} is not a column of the dataset {source}; its covariate "
                 f"columns are {cols}",
+            )
+        elif c.covariate in changing:
+            probs.add(
+                f"[[covariates]][{i}].covariate",
+                f"{c.covariate!r} changes within subjects in {source} (time-varying); "
+                "fits use one value per subject and do not support time-varying "
+                "covariates yet",
             )
     probs.check(str(spec.path) if spec.path else "the specification")
     # output tags, censoring flags, empty subjects: checked here, before any compile

@@ -96,59 +96,54 @@ def _versions() -> dict:
 
 
 def _population_estimates(spec, res):
-    """The FOCE-I estimates with 95 % intervals.
+    """The population estimates with 95 % intervals (FOCE-I and SAEM).
 
-    Typical values: the interval of the unconstrained coordinate (``log(x - lower)``
-    for log-transformed parameters) transformed back, so it stays inside the bounds;
-    diagonal Omega and the residual SDs: log-scale intervals (they are estimated as
-    log Cholesky diagonal and log SD); covariances (full Omega): Wald intervals.
+    Each interval is symmetric on the scale the fit estimates the quantity on, mapped
+    back (so it stays inside the bounds), with that scale's SE from the natural-scale
+    SE by the delta method: typical values on their unconstrained coordinate
+    (``log(x - lower)`` for log-transformed parameters), estimated covariate
+    coefficients on their bounded transform (``_Coef``: identity, log, logit), variances
+    of Omega and residual SDs on the log scale (FOCE-I estimates log Cholesky diagonals
+    and log SDs); Omega covariances (full Omega): Wald.
     """
+    import jax
     import jax.numpy as jnp
 
     model = spec.model
     est = res.estimates.copy()
-    cov = np.asarray(res.cov_phi)
-    se_phi = np.sqrt(np.maximum(np.diag(cov), 0.0)) if cov.size else np.array([])
-    lo, hi, how = [], [], []
-    nt = len(spec.estimate)
-    # estimated covariate coefficients follow the typical values in the outer vector,
-    # each unconstrained by its bounds as NONMEM transforms bounded THETAs
     coef_bounds = {}
     for c in spec.population.covariates:
         if getattr(c, "estimate", False):
             for label in c.coefficients():
                 coef_bounds[label] = c.coefficient_bounds()
-    nc = len(coef_bounds)
-    k = len(res.population.iiv)
-    no = k * (k + 1) // 2 if spec.omega == "full" else k
-    for j, (name, row) in enumerate(est.iterrows()):
+    lo, hi, how = [], [], []
+    for name, row in est.iterrows():
+        name = str(name)
         x, s = float(row["estimate"]), float(row["se"])
-        sp = float(se_phi[j]) if j < se_phi.size else float("nan")
-        if j < nt:
+        if name in model.param_names:
+
+            def back(z, name=name):
+                return model.from_unconstrained({name: z})[name]
+
             z = float(model.to_unconstrained({name: jnp.asarray(x)}, (name,))[name])
-            a = model.from_unconstrained({name: jnp.asarray(z - Z95 * sp)})[name]
-            b = model.from_unconstrained({name: jnp.asarray(z + Z95 * sp)})[name]
-            lo.append(float(a))
-            hi.append(float(b))
+            sz = s / abs(float(jax.grad(back)(jnp.asarray(z, float))))
+            lo.append(float(back(jnp.asarray(z - Z95 * sz))))
+            hi.append(float(back(jnp.asarray(z + Z95 * sz))))
             how.append(f"{model.param(name).transform} scale")
-        elif j < nt + nc:
-            clo, chi = coef_bounds.get(str(name), (-math.inf, math.inf))
-            a, b, h = _bounded_interval(x, sp, clo, chi)
+        elif name in coef_bounds:
+            a, b, h = _bounded_interval(x, s, *coef_bounds[name])
             lo.append(a)
             hi.append(b)
             how.append(h)
-        elif j < nt + nc + no and spec.omega == "full":
+        elif (name.startswith("OMEGA(") and _diagonal(name)) or name.startswith("SIGMA"):
+            sl = s / x if x > 0 else float("nan")
+            lo.append(x * math.exp(-Z95 * sl))
+            hi.append(x * math.exp(Z95 * sl))
+            how.append("log scale")
+        else:
             lo.append(x - Z95 * s)
             hi.append(x + Z95 * s)
             how.append("Wald")
-        elif j < nt + nc + no:  # omega_kk = exp(2 w)
-            lo.append(x * math.exp(-2 * Z95 * sp))
-            hi.append(x * math.exp(2 * Z95 * sp))
-            how.append("log scale")
-        else:  # sigma = exp(w)
-            lo.append(x * math.exp(-Z95 * sp))
-            hi.append(x * math.exp(Z95 * sp))
-            how.append("log scale")
     est["ci95_lo"], est["ci95_hi"], est["ci_method"] = lo, hi, how
     notes = []
     for name in est.index:
@@ -166,21 +161,29 @@ def _population_estimates(spec, res):
     return est
 
 
-def _bounded_interval(x: float, sp: float, lo: float, hi: float):
-    """95 % interval of a coefficient estimated as ``z`` with SE ``sp`` (``_Coef``'s
-    transforms: identity, ``lo + e^z``, ``hi - e^z`` or a scaled logistic)."""
+def _diagonal(label: str) -> bool:
+    """``OMEGA(a,a)``: a variance."""
+    inner = label[label.index("(") + 1 : label.rindex(")")]
+    a, _, b = inner.partition(",")
+    return a == b
+
+
+def _bounded_interval(x: float, s: float, lo: float, hi: float):
+    """95 % interval of a coefficient with natural-scale SE ``s`` estimated on
+    ``_Coef``'s transform (identity, ``lo + e^z``, ``hi - e^z`` or a scaled logistic)."""
     if math.isfinite(lo) and math.isfinite(hi):
         u = (x - lo) / (hi - lo)
         z = math.log(u) - math.log1p(-u)
+        sz = s / ((x - lo) * (hi - x) / (hi - lo))
         f = lambda t: lo + (hi - lo) / (1 + math.exp(-t))  # noqa: E731
-        return f(z - Z95 * sp), f(z + Z95 * sp), "logit scale"
+        return f(z - Z95 * sz), f(z + Z95 * sz), "logit scale"
     if math.isfinite(lo):
-        z = math.log(x - lo)
-        return lo + math.exp(z - Z95 * sp), lo + math.exp(z + Z95 * sp), "log scale"
+        z, sz = math.log(x - lo), s / (x - lo)
+        return lo + math.exp(z - Z95 * sz), lo + math.exp(z + Z95 * sz), "log scale"
     if math.isfinite(hi):
-        z = math.log(hi - x)
-        return hi - math.exp(z + Z95 * sp), hi - math.exp(z - Z95 * sp), "log scale"
-    return x - Z95 * sp, x + Z95 * sp, "Wald"
+        z, sz = math.log(hi - x), s / (hi - x)
+        return hi - math.exp(z + Z95 * sz), hi - math.exp(z - Z95 * sz), "log scale"
+    return x - Z95 * s, x + Z95 * s, "Wald"
 
 
 def _map_estimates(spec, ind):
@@ -278,6 +281,30 @@ def run_fit(spec, dataset, *, data_sha256: str = "", data_source: str = "", prog
         ind = res.individual
         est = _population_estimates(spec, res)
         ofv, converged, message = float(res.ofv), bool(res.converged), res.message
+    elif spec.method == "saem":
+        from ._saem import saem
+
+        say("fit", f"SAEM: {len(spec.estimate)} typical values, Omega {spec.omega}")
+
+        def line_saem(s: str):
+            say("iteration", s)
+
+        with contextlib.redirect_stdout(_Lines(line_saem)):
+            res = saem(
+                spec.model,
+                dataset,
+                spec.population,
+                spec.error_arg(),
+                estimate=spec.estimate,
+                omega=spec.omega,
+                verbose=True,
+                **spec.saem,
+                **kw,
+            )
+        ind = res.individual
+        est = _population_estimates(spec, res)
+        ofv, converged = float(res.ofv), bool(res.converged)
+        message = res.message or f"OFV by importance sampling +- {res.ofv_se:.3f}"
     else:
         say("fit", "MAP: individual fits with the specification's population as the prior")
         res = fit_individual(spec.model, dataset, spec.population, spec.error_arg(), **kw)
@@ -287,7 +314,7 @@ def run_fit(spec, dataset, *, data_sha256: str = "", data_source: str = "", prog
         converged = bool(np.all(ind.converged))
         message = f"{int(np.sum(ind.converged))} of {ind.n} subjects converged"
     say("diagnostics", "CWRES")
-    cw = res.cwres if spec.method == "foce-i" else cwres(ind)
+    cw = res.cwres if spec.method != "map" else cwres(ind)
     nres = None
     if spec.npde:
         say("diagnostics", f"NPDE ({spec.n_sim} simulated replicates)")
@@ -428,7 +455,7 @@ def write_fit(run: FitRun, out, *, progress=None) -> pathlib.Path:
             for k, r in est.to_dict(orient="index").items()
         },
     )
-    if spec.method == "foce-i":
+    if spec.method != "map":
         summary.update(minus2ll=float(res.minus2ll), aic=float(res.aic), bic=float(res.bic))
     if run.npde is not None:
         summary["npde_test"] = run.npde.test
@@ -468,7 +495,14 @@ def write_fit(run: FitRun, out, *, progress=None) -> pathlib.Path:
         + f"; {conv} ({_esc(run.message)}); {run.wall_s:.1f} s.</p>",
     ]
     parts = head + ["<h2 id='estimates'>Estimates</h2>"]
-    if spec.method == "foce-i":
+    if spec.method == "saem":
+        parts.append(
+            f"<p>SAEM (Kuhn &amp; Lavielle 2005); OFV by importance sampling (NONMEM "
+            f"convention, without n·log 2π) <b>{run.ofv:.3f}</b> ± {res.ofv_se:.3f}; "
+            f"−2LL {res.minus2ll:.3f}; AIC {res.aic:.3f}; BIC {res.bic:.3f}. SE from "
+            "Louis' observed information.</p>"
+        )
+    elif spec.method == "foce-i":
         parts.append(
             f"<p>OFV (NONMEM convention, without n·log 2π) <b>{run.ofv:.3f}</b>; "
             f"−2LL {res.minus2ll:.3f}; AIC {res.aic:.3f}; BIC {res.bic:.3f}.</p>"
