@@ -64,6 +64,7 @@ def theo():
     return tj.data.datasets.theophylline()
 
 
+@pytest.mark.slow
 def test_saem_theophylline_matches_nlmixr2(theo):
     """nlmixr2's default SAEM settings (seed 99, 200 + 300 iterations, 3 chains, kernels
     2/2/2): fixed effects and residual SD within 2 % of nlmixr2's SAEM, Omega within
