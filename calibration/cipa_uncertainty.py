@@ -17,7 +17,8 @@ Two parts (``twinjax.models.ep._uncertainty``):
    and ``cipa_uncertainty.png`` (probability bars).
 
 Run: ``python calibration/cipa_uncertainty.py --compounds dofetilide clarithromycin
---samples 10 --beats 100 --window 25`` (``--refit-only`` for part 1 alone).
+--samples 10 --beats 100 --window 25`` (``--refit-only`` for part 1 alone; ``--tag T``
+writes ``cipa_uncertainty_T.*``).
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def main():
     ap.add_argument("--window", type=int, default=250)
     ap.add_argument("--chunk", type=int, default=25)
     ap.add_argument("--refit-only", action="store_true")
+    ap.add_argument("--tag", default="", help="write cipa_uncertainty_<tag>.* instead")
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     refit = refit_check()
@@ -107,6 +109,8 @@ def main():
     argv = ["calibration/cipa_uncertainty.py"] + sys.argv[1:]
     command = "python " + " ".join(shlex.quote(a) for a in argv)
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+    stem = "cipa_uncertainty" + (f"_{args.tag}" if args.tag else "")
 
     def progress(done, seconds):
         print(f"uncertainty beat {done}/{args.beats}: {seconds:.0f} s", flush=True)
@@ -128,11 +132,11 @@ def main():
         ),
         on="compound",
     )
-    probs.to_csv(RESULTS / "cipa_uncertainty.csv", index=False, float_format="%.6g")
-    u.samples.to_csv(RESULTS / "cipa_uncertainty_samples.csv", index=False, float_format="%.6g")
+    probs.to_csv(RESULTS / f"{stem}.csv", index=False, float_format="%.6g")
+    u.samples.to_csv(RESULTS / f"{stem}_samples.csv", index=False, float_format="%.6g")
     U.plot_probabilities(
         probs,
-        RESULTS / "cipa_uncertainty.png",
+        RESULTS / f"{stem}.png",
         f"CiPA uncertainty: {args.samples} samples/compound, {args.beats} beats",
     )
     record = dict(
@@ -154,7 +158,7 @@ def main():
         probabilities=probs.to_dict(orient="records"),
         dropped_doses=int(u.doses["dropped"].sum()),
     )
-    (RESULTS / "cipa_uncertainty.json").write_text(json.dumps(record, indent=1))
+    (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=1))
     cols = ["compound", "cipa_category", "P_high", "P_intermediate", "P_low", "TMS_p2.5",
             "TMS_p50", "TMS_p97.5", "TMS_point", "predicted_point"]  # fmt: skip
     print(probs[cols].to_string(index=False))

@@ -529,7 +529,8 @@ def qnet_uncertainty(
 
 def plot_probabilities(probabilities, path, title: str = ""):
     """Stacked bars of P(high), P(intermediate), P(low) per compound, CiPA category
-    marked, and the TMS median with its 2.5-97.5 % range."""
+    marked, and the TMS median with its 2.5-97.5 % range (and ``TMS_point``, the point
+    protocol's TMS, when the table has that column)."""
     import matplotlib.pyplot as plt
 
     from ._cipa_protocol import THRESHOLDS
@@ -552,6 +553,9 @@ def plot_probabilities(probabilities, path, title: str = ""):
     axes[0].legend(fontsize=7, loc="lower right")
     med, lo, hi = (s[f"TMS_p{q:g}"].to_numpy(float) for q in (50.0, 2.5, 97.5))
     axes[1].errorbar(med, y, xerr=[med - lo, hi - med], fmt="o", color="k", ms=3, lw=1)
+    if "TMS_point" in s:  # the point protocol (table values), when given
+        axes[1].plot(s["TMS_point"], y, "x", color="C1", label="point (table values)")
+        axes[1].legend(fontsize=7)
     for thr in THRESHOLDS:
         axes[1].axvline(thr, ls="--", c="0.5")
     axes[1].set_yticks(y, list(s["compound"]), fontsize=7)
