@@ -200,9 +200,10 @@ def test_a_user_folder_is_never_overwritten(tmp_path):
 
 @pytest.fixture(scope="module")
 def theo_fit(tmp_path_factory):
-    """The one FOCE-I fit of this file: the shipped example on the shipped data."""
+    """The one FOCE-I fit of this file: the shipped example on the shipped data (with
+    the progress display, which a non-terminal console shows without animation)."""
     out = tmp_path_factory.mktemp("fit") / "theo"
-    r = _cli(EXAMPLE, "--out", out, "--no-progress")
+    r = _cli(EXAMPLE, "--out", out)
     return r, out
 
 
@@ -211,6 +212,7 @@ def test_theophylline_fit_writes_report_and_matches_the_reference(theo_fit):
     r, out = theo_fit
     print(r.output)
     assert r.exit_code == 0, r.output
+    assert "fit: FOCE-I: 3 typical values, Omega diagonal" in r.output
     files = {p.name for p in out.iterdir()}
     want = {"report.html", "estimates.csv", "individual.csv", "observations.csv", "fit.json"}
     assert want | {"gof.png", "eta_covariates.png", "vpc.png", "pcvpc.png"} <= files

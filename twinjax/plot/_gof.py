@@ -133,7 +133,7 @@ def eta_covariates(fit, covariates=None):
     Arguments:
         fit: a ``PopulationFitResult`` or ``FitResult``.
         covariates: the covariate columns to show (default: every numeric column of
-            the dataset's covariates).
+            the dataset's covariates but ID).
 
     Returns:
         The matplotlib Figure (a note in the figure when there are no covariates).
@@ -144,7 +144,11 @@ def eta_covariates(fit, covariates=None):
     cov = ind.data.covariates
     cols = list(covariates) if covariates is not None else []
     if covariates is None and cov is not None:
-        cols = [c for c in cov.columns if np.issubdtype(np.asarray(cov[c]).dtype, np.number)]
+        cols = [
+            c
+            for c in cov.columns
+            if str(c).upper() != "ID" and np.issubdtype(np.asarray(cov[c]).dtype, np.number)
+        ]
     names = list(ind.names)
     if not cols or not names:
         fig, ax = plt.subplots(figsize=(5, 3))
