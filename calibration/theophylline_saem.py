@@ -14,7 +14,7 @@ References:
     - nlmixr2 SAEM on ``theo_sd`` (nlmixr2est reference page of ``addCwres()``, example
       ``one.cmt`` with ``est="saem"``): tka 0.46 (ka 1.58 1/h), tcl 1.01 (CL 2.74 L/h),
       tv 3.45 (V 31.6 L), add.sd 0.695, BSV(CV %) 71.0 / 27.0 / 13.4 (Omega =
-      log(1 + CV^2): 0.405 / 0.0704 / 0.0178); its FOCEi objective at these estimates
+      log(1 + CV^2): 0.408 / 0.0704 / 0.0178); its FOCEi objective at these estimates
       116.8908. The nlmixr2 README's SAEM run: 1.58 / 2.75 / 31.6, add.sd 0.694.
     - twinjax FOCE-I (``calibration/theophylline.py``): KA 1.590, CL 2.752, V 31.81,
       OFV 116.803 (nlmixr2 FOCEi 1.59 / 2.75 / 31.8, 116.80).
