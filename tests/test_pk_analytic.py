@@ -1,5 +1,7 @@
 """Linear PK against closed-form solutions, superposition, steady state, mass balance."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,21 +47,39 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("n,route,multiple", CASES)
-def test_closed_form_float64(n, route, multiple):
-    absorption = "first_order" if route == "oral" else "iv"
+def _doses(route, multiple):
+    dur = 2.5 if route == "infusion" else 0.0
+    return [(0.0, 100.0, dur)] + ([(12.0, 50.0, dur), (24.0, 80.0, dur)] if multiple else [])
+
+
+@functools.cache
+def _closed_form_runs(n, absorption):
+    """Every (route, multiple) case of one model, as the patients of one simulate call.
+
+    One compiled program per model instead of one per regimen shape (one or three
+    records, bolus or infusion): ``solvers.Diffrax`` integrates each patient of a batch
+    on its own (its own adaptive steps), so each case is the same solve as alone.
+    """
+    routes = ("oral",) if absorption == "first_order" else ("bolus", "infusion")
+    cases = [(route, multiple) for route in routes for multiple in (False, True)]
     model = pk.Compartmental(n_cmt=n, absorption=absorption)
     p = dict(PARAMS[n])
-    cmt = "depot" if route == "oral" else "central"
-    if route == "oral":
+    cmt = "depot" if absorption == "first_order" else "central"
+    if absorption == "first_order":
         p.update(KA=1.3, F=0.7, TLAG=0.25)
-    dur = 2.5 if route == "infusion" else 0.0
-    doses = [(0.0, 100.0, dur)] + ([(12.0, 50.0, dur), (24.0, 80.0, dur)] if multiple else [])
-    reg = tj.Regimen([tj.Dose(amt, cmt, t0, dur=dur) for t0, amt, dur in doses])
-    r = tj.simulate(model, p, reg, TIMES, solver=tj.solvers.Diffrax(rtol=1e-8, atol=1e-10))
-    assert int(r.status) == 0
-    want = _expected(n, route, doses, PARAMS[n], ka=1.3, F=0.7, tlag=0.25)
-    assert _maxrel(r.outputs["C"], want) < 1e-6
+    regimens = [
+        tj.Regimen([tj.Dose(amt, cmt, t0, dur=dur) for t0, amt, dur in _doses(*c)]) for c in cases
+    ]
+    r = tj.simulate(model, p, regimens, TIMES, solver=tj.solvers.Diffrax(rtol=1e-8, atol=1e-10))
+    return {c: (int(r.status[i]), np.asarray(r.outputs["C"][i])) for i, c in enumerate(cases)}
+
+
+@pytest.mark.parametrize("n,route,multiple", CASES)
+def test_closed_form_float64(n, route, multiple):
+    status, c = _closed_form_runs(n, "first_order" if route == "oral" else "iv")[(route, multiple)]
+    assert status == 0
+    want = _expected(n, route, _doses(route, multiple), PARAMS[n], ka=1.3, F=0.7, tlag=0.25)
+    assert _maxrel(c, want) < 1e-6
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
@@ -118,39 +138,44 @@ def test_michaelis_menten_against_scipy_radau():
 def test_superposition(absorption, cmt):
     model = pk.two_compartment(absorption)
     times = jnp.linspace(0.0, 72.0, 145)
-    multi = tj.simulate(
-        model, P2, tj.Regimen.repeat(100.0, cmt, every=12.0, n=5), times, solver=TIGHT
-    )
+    # the five-dose regimen and each of its doses alone: six patients of one call (one
+    # compiled program; each patient integrated on its own adaptive steps)
+    regimens = [tj.Regimen.repeat(100.0, cmt, every=12.0, n=5)] + [
+        tj.Regimen([tj.Dose(100.0, cmt, 12.0 * k)]) for k in range(5)
+    ]
+    r = tj.simulate(model, P2, regimens, times, solver=TIGHT)
+    c = np.asarray(r.outputs["C"])
     total = np.zeros(times.shape)
     for k in range(5):
-        single = tj.simulate(
-            model, P2, tj.Regimen([tj.Dose(100.0, cmt, 12.0 * k)]), times, solver=TIGHT
-        )
-        total += np.asarray(single.outputs["C"])
-    assert _maxrel(multi.outputs["C"], total) < 1e-8
+        total += c[1 + k]
+    assert _maxrel(c[0], total) < 1e-8
+
+
+@functools.cache
+def _steady_state_runs(absorption):
+    """For each kind of dose of one model: 60 repeated doses and the SS=1 record, as
+    patients of one simulate call (bolus and infusion share the IV model's program)."""
+    model = pk.two_compartment(absorption)
+    kinds = ("oral",) if absorption == "first_order" else ("bolus", "infusion")
+    cmt = "depot" if absorption == "first_order" else "central"
+    p = dict(P2, KA=1.0) if absorption == "first_order" else P2
+    tau, n = 12.0, 60  # 60 doses = 720 h >> the terminal half-life (~16 h)
+    t_last = tau * (n - 1)
+    times = t_last + jnp.linspace(0.0, tau, 25)
+    regimens = []
+    for kind in kinds:
+        dur = 2.0 if kind == "infusion" else 0.0
+        regimens.append(tj.Regimen.repeat(100.0, cmt, every=tau, n=n, dur=dur))
+        regimens.append(tj.Regimen([tj.Dose(100.0, cmt, t_last, dur=dur, ii=tau, ss=1)]))
+    r = tj.simulate(model, p, regimens, times, solver=TIGHT)
+    c = np.asarray(r.outputs["C"])
+    return {kind: (c[2 * i], c[2 * i + 1]) for i, kind in enumerate(kinds)}
 
 
 @pytest.mark.parametrize("kind", ["bolus", "oral", "infusion"])
 def test_steady_state_equals_limit_of_repeated_doses(kind):
-    absorption = "first_order" if kind == "oral" else "iv"
-    model = pk.two_compartment(absorption)
-    cmt = "depot" if kind == "oral" else "central"
-    dur = 2.0 if kind == "infusion" else 0.0
-    p = dict(P2, KA=1.0) if kind == "oral" else P2
-    tau, n = 12.0, 60  # 60 doses = 720 h >> the terminal half-life (~16 h)
-    t_last = tau * (n - 1)
-    times = t_last + jnp.linspace(0.0, tau, 25)
-    many = tj.simulate(
-        model, p, tj.Regimen.repeat(100.0, cmt, every=tau, n=n, dur=dur), times, solver=TIGHT
-    )
-    ss = tj.simulate(
-        model,
-        p,
-        tj.Regimen([tj.Dose(100.0, cmt, t_last, dur=dur, ii=tau, ss=1)]),
-        times,
-        solver=TIGHT,
-    )
-    assert _maxrel(ss.outputs["C"], many.outputs["C"]) < 1e-7
+    many, ss = _steady_state_runs("first_order" if kind == "oral" else "iv")[kind]
+    assert _maxrel(ss, many) < 1e-7
 
 
 @pytest.mark.parametrize(
