@@ -174,6 +174,23 @@ def test_bad_spec_file_and_data_rows_refused_before_fitting(tmp_path):
     assert "line 6" in r.output and "TIME" in r.output
     assert not out.exists()
 
+    def dvid(lines):  # a DVID column; the observation on line 7 tagged 3 (not fitted)
+        lines[0] += ",DVID"
+        for i in range(1, len(lines)):
+            lines[i] += ",3" if i == 6 else ",1"
+
+    tagged = _theo_csv(tmp_path, dvid)
+    r = _cli(EXAMPLE, tagged, "--out", out)
+    assert r.exit_code == 2, r.output
+    assert "[error]: the data tag observations with DVID values [1, 3]" in r.output
+    assert not out.exists()
+    one = tmp_path / "dvid1.toml"
+    one.write_text(EXAMPLE.read_text().replace("add = 1.0 ", "add = 1.0\ndvid = 1 "))
+    r = _cli(one, tagged, "--out", out)
+    assert r.exit_code == 2, r.output
+    assert "line 7" in r.output and "DVID" in r.output and "3" in r.output
+    assert not out.exists()
+
     cov = tmp_path / "cov.toml"
     cov.write_text(
         EXAMPLE.read_text()
@@ -248,3 +265,21 @@ def test_theophylline_fit_writes_report_and_matches_the_reference(theo_fit):
     (trial_out / ".twinjax").write_text(json.dumps({"kind": "trial"}))
     r2 = _cli(EXAMPLE, "--out", trial_out)
     assert r2.exit_code == 2 and "not of a fit run" in r2.output
+
+
+def test_several_outputs_in_a_specification():
+    errors = {
+        "pk.C": {"kind": "proportional", "prop": 0.2, "dvid": 1},
+        "pd.E": {"kind": "additive", "add": 3.0, "dvid": 2},
+    }
+    spec = {
+        "fit": {"model": "pkpd_emax"},
+        "parameters": {"pk.CL": {"value": 2.0, "iiv": 0.1}, "pd.EC50": {"value": 3.0}},
+        "error": errors,
+    }
+    fs = fit_spec_from_dict(spec)
+    assert fs.outputs == ("pk.C", "pd.E") and fs.dvid == {1: "pk.C", 2: "pd.E"}
+    assert fs.errors["pd.E"].kind == "additive" and fs.estimate == ("pk.CL", "pd.EC50")
+    spec["error"] = {**errors, "pd.X": {"kind": "additive", "add": 1.0}}
+    with pytest.raises(SpecError, match=r"\[error\.pd\.X\]: unknown output 'pd\.X'"):
+        fit_spec_from_dict(spec)

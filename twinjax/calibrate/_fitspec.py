@@ -418,9 +418,9 @@ def fit_spec_from_dict(spec: Mapping, path=None, sha256: str = "", text: str = "
                     dvid[tag] = o
         else:
             em, tag = _error_model(err_t, "[error]", probs)
-            if tag is not None:
-                probs.add("[error].dvid", "only used with several outputs ([error.OUTPUT])")
             errors[f.get("output") or ""] = em
+            if tag is not None:
+                dvid[tag] = f.get("output") or ""
     if model is not INVALID:
         fixed_errors = {}
         for o, em in errors.items():
@@ -433,6 +433,7 @@ def fit_spec_from_dict(spec: Mapping, path=None, sha256: str = "", text: str = "
                 )
             fixed_errors[o] = em
         errors = fixed_errors
+        dvid = {t: (o or next(iter(errors))) for t, o in dvid.items()}
 
     # ---- covariates
     covs = []
@@ -614,14 +615,25 @@ def load_data(spec: FitSpec, data=None):
             )
     probs.check(str(spec.path) if spec.path else "the specification")
     # output tags, censoring flags, empty subjects: checked here, before any compile
-    fd = prepare_data(
-        spec.model,
-        ds,
-        spec.error_arg(),
-        lloq=spec.lloq,
-        censoring=spec.censoring,
-        dvid=spec.dvid,
-    )
+    single = len(spec.errors) == 1
+    try:
+        fd = prepare_data(
+            spec.model,
+            ds,
+            spec.error_arg(),
+            output=spec.outputs[0] if single else None,
+            lloq=spec.lloq,
+            censoring=spec.censoring,
+            dvid=spec.dvid,
+        )
+    except ValueError as err:
+        if single and spec.dvid is None and "DVID values" in str(err):
+            raise SpecError(
+                f"[error]: {err}. In a fit specification: [error].dvid = the tag of the "
+                "fitted output's records (records with other tags are then refused by "
+                "line), or one [error.OUTPUT] table per output, each with its dvid"
+            ) from None
+        raise
     if int(fd.mask.sum()) == 0:
         raise SpecError(f"the dataset {source} has no observations to fit")
     return ds, sha, source
