@@ -280,6 +280,8 @@ def test_several_outputs_in_a_specification():
     fs = fit_spec_from_dict(spec)
     assert fs.outputs == ("pk.C", "pd.E") and fs.dvid == {1: "pk.C", 2: "pd.E"}
     assert fs.errors["pd.E"].kind == "additive" and fs.estimate == ("pk.CL", "pd.EC50")
+    with pytest.raises(SpecError, match=r"\[fit\]\.output: not used with one"):
+        fit_spec_from_dict({**spec, "fit": {"model": "pkpd_emax", "output": "pk.C"}})
     spec["error"] = {**errors, "pd.X": {"kind": "additive", "add": 1.0}}
     with pytest.raises(SpecError, match=r"\[error\.pd\.X\]: unknown output 'pd\.X'"):
         fit_spec_from_dict(spec)

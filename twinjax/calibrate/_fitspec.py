@@ -411,6 +411,11 @@ def fit_spec_from_dict(spec: Mapping, path=None, sha256: str = "", text: str = "
         probs.add("[error]", "missing: the residual error model, e.g. kind = 'additive', add = 1")
     elif table(err_t, "[error]", probs) is not INVALID:
         if all(isinstance(v, Mapping) for v in err_t.values()) and err_t:
+            if "output" in f:
+                probs.add(
+                    "[fit].output",
+                    "not used with one [error.OUTPUT] table per output (they name the outputs)",
+                )
             for o, e in err_t.items():
                 em, tag = _error_model(e, f"[error.{o}]", probs)
                 errors[o] = em
