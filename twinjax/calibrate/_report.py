@@ -261,8 +261,12 @@ def run_fit(spec, dataset, *, data_sha256: str = "", data_source: str = "", prog
     )
     res: Any
     ind: Any
+    n_coef = sum(
+        len(c.coefficients()) for c in spec.population.covariates if getattr(c, "estimate", False)
+    )
+    coefs = f", {n_coef} covariate coefficient(s)" if n_coef else ""
     if spec.method == "foce-i":
-        say("fit", f"FOCE-I: {len(spec.estimate)} typical values, Omega {spec.omega}")
+        say("fit", f"FOCE-I: {len(spec.estimate)} typical values{coefs}, Omega {spec.omega}")
 
         def line(s: str):
             say("outer", s)
