@@ -100,6 +100,12 @@ def main():
     ap.add_argument("--chunk", type=int, default=25)
     ap.add_argument("--refit-only", action="store_true")
     ap.add_argument("--tag", default="", help="write cipa_uncertainty_<tag>.* instead")
+    ap.add_argument(
+        "--point-from",
+        default=None,
+        help="take the point TMS from this cipa_qnet.py result (same beats and window "
+        "required) instead of running the point protocol",
+    )
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     refit = refit_check()
@@ -125,9 +131,17 @@ def main():
         chunk=args.chunk,
         progress=progress,
     )
-    point = qnet_protocol(names, beats=args.beats, window=args.window, chunk=args.chunk)
+    if args.point_from:
+        ref = json.loads(Path(args.point_from).read_text())
+        if f"--beats {args.beats} --window {args.window}" not in ref["command"]:
+            raise SystemExit(f"{args.point_from} was run as {ref['command']!r}")
+        point_scores = pd.DataFrame(ref["scores"])
+        point_s, point_src = None, f"{args.point_from} ({ref['command']})"
+    else:
+        point = qnet_protocol(names, beats=args.beats, window=args.window, chunk=args.chunk)
+        point_scores, point_s, point_src = point.scores, point.seconds, "run here"
     probs = u.probabilities.merge(
-        point.scores[["compound", "TMS", "predicted"]].rename(
+        point_scores[["compound", "TMS", "predicted"]].rename(
             columns={"TMS": "TMS_point", "predicted": "predicted_point"}
         ),
         on="compound",
@@ -152,7 +166,8 @@ def main():
         method=U.__doc__,
         thresholds_li2019=dict(high_below=THRESHOLDS[0], low_from=THRESHOLDS[1]),
         cells_in_batch=1 + len(samples) * 4,
-        seconds=dict(draw_samples=draw_s, uncertainty_run=u.seconds, point_run=point.seconds),
+        seconds=dict(draw_samples=draw_s, uncertainty_run=u.seconds, point_run=point_s),
+        point_protocol=point_src,
         control=u.control,
         hill_refit_check=refit,
         probabilities=probs.to_dict(orient="records"),
