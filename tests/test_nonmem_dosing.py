@@ -344,3 +344,47 @@ def test_batch_of_regimens_with_different_ss_records_matches_single_patients():
     for i, r in enumerate(regs):
         one = sim(r, TIMES, 0.9, 1.0)
         np.testing.assert_allclose(np.asarray(batch.outputs["C"])[i], one, rtol=1e-9, atol=1e-12)
+
+
+def test_nonlinear_steady_state_converges_or_is_flagged():
+    """Michaelis-Menten elimination, 100 mg every 12 h (8.33 mg/h on average): near
+    saturation (VMAX 8.4 mg/h) Newton's method needs many iterations; a fixed 6 used to
+    return C = 123.6 with status 0 where the steady state is 130.07 (5 % off). Newton now
+    iterates to a relative step of 1e-6 and flags a patient that does not converge; with
+    VMAX below the mean input rate there is no steady state at all."""
+    from scipy.integrate import solve_ivp
+    from scipy.optimize import brentq
+
+    model = pk.one_compartment(elimination="michaelis_menten")
+    vmax = np.array([20.0, 10.0, 8.6, 8.4, 5.0])
+    V, KM, D, ii = 10.0, 1.0, 100.0, 12.0
+    ts = np.array([0.0, 6.0, 11.9])
+    r = tj.simulate(
+        model,
+        {"VMAX": vmax, "KM": np.full(5, KM), "V": np.full(5, V)},
+        tj.Regimen([tj.Dose(D, "central", 0.0, ii=ii, ss=1)]),
+        ts,
+        solver=tj.solvers.Diffrax(rtol=1e-10, atol=1e-12),
+    )
+    status = np.asarray(r.status)
+
+    def after_one_interval(c0, vm):  # concentration ii after the dose, from trough c0
+        sol = solve_ivp(
+            lambda t, c: [-vm * c[0] / (KM + c[0]) / V],
+            (0.0, ii),
+            [c0 + D / V],
+            method="Radau",
+            rtol=1e-12,
+            atol=1e-14,
+            dense_output=True,
+        )
+        return sol
+
+    for i, vm in enumerate(vmax[:4]):
+        trough = brentq(
+            lambda c, vm=vm: after_one_interval(c, vm).y[0, -1] - c, 0.0, 1e4, xtol=1e-13
+        )
+        want = after_one_interval(trough, vm).sol(ts)[0]
+        assert status[i] == 0
+        assert rel(r.outputs["C"][i], want) < 1e-6, (vm, r.outputs["C"][i], want)
+    assert status[4] != 0 and np.all(np.isnan(np.asarray(r.outputs["C"][4])))

@@ -31,7 +31,9 @@ from ._status import Status
 # engine event kinds
 E_NOOP, E_BOLUS, E_START, E_STOP, E_RESET, E_SS, E_PARAM = 0, 1, 2, 3, 4, 5, 6
 
-SS_NEWTON_ITERS = 6
+SS_MAX_ITERS = 40
+#: relative size of Newton's last step above which a steady state is NOT_CONVERGED
+SS_RTOL = {"float64": 1e-6, "float32": 1e-4}
 
 
 def vector_field(model):
@@ -297,21 +299,45 @@ def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
 
         return jnp.moveaxis(jax.vmap(col)(jnp.eye(S, dtype=dtype)), 0, -1)  # (M, S, S)
 
+    tol = SS_RTOL[jnp.dtype(dtype).name]
+
+    def dyn_max(a):
+        return jnp.max(jnp.where(dyn[None, :], jnp.abs(a), 0.0), -1)
+
     @jax.custom_jvp
     def ss(theta, aux):
-        def body(Y, _):
+        """The fixed point, and the size of Newton's last step (an error estimate).
+
+        Newton's method until every patient's last step is below ``tol`` relative to
+        its state (quadratic convergence: usually 2 iterations for linear kinetics, a
+        few for nonlinear ones) or ``SS_MAX_ITERS``; a patient whose iterate is not
+        finite stops counting."""
+
+        def cond(c):
+            Y, step, k = c
+            going = jnp.isfinite(step) & ~(step <= tol * dyn_max(Y) + 1e-30)
+            return (k < SS_MAX_ITERS) & jnp.any(going)
+
+        def body(c):
+            Y, _, k = c
             r = jnp.where(dyn[None, :], phi(Y, theta, aux)[0] - Y, 0.0)
             A = newton_matrix(jac_y(Y, theta, aux))
-            return Y - jnp.linalg.solve(A, r[..., None])[..., 0], None
+            step = jnp.linalg.solve(A, r[..., None])[..., 0]
+            return Y - step, dyn_max(step), k + 1
 
-        Y, _ = jax.lax.scan(body, aux[2], None, length=SS_NEWTON_ITERS)
-        return Y
+        Y0 = aux[2]
+        Y, last, _ = jax.lax.while_loop(
+            cond,
+            body,
+            (Y0, jnp.full(Y0.shape[:1], jnp.finfo(dtype).max, dtype), jnp.zeros((), jnp.int32)),
+        )
+        return Y, last
 
     @ss.defjvp
     def ss_jvp(primals, tangents):
         theta, aux = primals
         dtheta = tangents[0]
-        Y = ss(theta, aux)
+        Y, last = ss(theta, aux)
         P = theta.shape[-1]
 
         def col(e):
@@ -322,7 +348,8 @@ def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
         Jt = jnp.moveaxis(jax.vmap(col)(jnp.eye(P, dtype=dtype)), 0, -1)  # (M, S, P)
         rhs = jnp.where(dyn[None, :], jnp.einsum("nsp,np->ns", Jt, dtheta), 0.0)
         A = newton_matrix(jac_y(Y, theta, aux))
-        return Y, -jnp.linalg.solve(A, rhs[..., None])[..., 0]
+        dY = -jnp.linalg.solve(A, rhs[..., None])[..., 0]
+        return (Y, last), (dY, jnp.zeros_like(last))
 
     kind = slot(ev.kind)
     aux = (
@@ -330,8 +357,15 @@ def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
         kind,
         jax.lax.stop_gradient(rep(Y_init)),
     )
-    Y = ss(theta0, aux)
-    _, st = phi(jax.lax.stop_gradient(Y), jax.lax.stop_gradient(theta0), aux)
+    Y, last = ss(theta0, aux)
+    Ys = jax.lax.stop_gradient(Y)
+    Y1, st = phi(Ys, jax.lax.stop_gradient(theta0), aux)
+    # a patient whose last Newton step is not negligible (no periodic steady state, or
+    # a map so close to neutral that Newton has not converged) is flagged
+    # NOT_CONVERGED, never returned as a steady state
+    size = jnp.maximum(dyn_max(Y1), dyn_max(Ys))
+    converged = jax.lax.stop_gradient(last) <= tol * size + 1e-30
+    st = jnp.where((st == Status.OK) & ~converged, Status.NOT_CONVERGED, st)
     need = schedule(jax.lax.stop_gradient(theta0), aux)[-1]
     on = (ev.ss_rec >= 0).reshape(M)
     st = jnp.where(on, st, 0)
