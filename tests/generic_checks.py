@@ -1,10 +1,20 @@
 """Model-generic checks run over the catalogue of every shipped model.
 
 The checks are collected by ``tests/test_catalogue*.py``, each over a part of the
-catalogue (``catalogue.py``), so that the parts run in parallel processes. Every check
-of one entry uses the same tight reference solver (``tight(e)``): the float64 run, the
-per-patient references of the Ensemble check and the finite differences of the gradient
-check share one compiled program.
+catalogue (``catalogue.py``), so that the parts run in parallel processes.
+
+Nearly all of their time is XLA compilation (one program per model, solver, dtype and
+batch size), so the checks share programs wherever that changes nothing they assert:
+
+- The single-patient float64 solves share one compiled program: the tight reference
+  (``tight(e)``) of the float32 check, the per-patient references of the Ensemble
+  check, the finite differences of the gradient check, and the single runs of the
+  batch check (``default_single()``). Their ``solvers.Diffrax`` tolerances are given
+  as arrays, which ``simulate`` traces as values rather than compiling them in, so
+  one program serves every tolerance (the numbers were bitwise those of the same
+  tolerances as Python floats, checked on ``two_compartment``, default and tight).
+- The gradient check's ``jax.grad`` is jitted: one program (forward and reverse
+  passes) instead of two.
 """
 
 import jax
@@ -31,8 +41,23 @@ def _rel(a, b):
     return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-300))
 
 
+def _traced_tolerances(rtol, atol):
+    """``solvers.Diffrax`` with its tolerances as arrays: values of the compiled program,
+    not constants in it (every single-patient float64 solve of an entry shares it)."""
+    return tj.solvers.Diffrax(
+        rtol=jnp.asarray(rtol, jnp.float64), atol=jnp.asarray(atol, jnp.float64)
+    )
+
+
 def tight(e):
-    return tj.solvers.Diffrax(rtol=e.tight_rtol, atol=e.tight_atol)
+    return _traced_tolerances(e.tight_rtol, e.tight_atol)
+
+
+def default_single():
+    """The default solver (``solvers.Diffrax()``: method, tolerances and all) for the
+    single runs of the batch check, its tolerances as arrays (see ``tight``)."""
+    d = tj.solvers.Diffrax()
+    return _traced_tolerances(d.rtol, d.atol)
 
 
 def maybe_skip(e, name):
@@ -97,10 +122,14 @@ def test_batch_equals_single_and_no_recompile(e):
     scales = jnp.array([1.0, 0.8, 1.25])
     batch = {k: base[k] * scales for k in names}
     pb = {**e.params, **batch}
-    rb = tj.simulate(e.model, pb, e.regimen(), e.times)
+    rb = tj.simulate(e.model, pb, e.regimen(), e.times)  # the default solver
     for i in range(3):
         ri = tj.simulate(
-            e.model, {**e.params, **{k: v[i] for k, v in batch.items()}}, e.regimen(), e.times
+            e.model,
+            {**e.params, **{k: v[i] for k, v in batch.items()}},
+            e.regimen(),
+            e.times,
+            solver=default_single(),
         )
         np.testing.assert_allclose(
             rb.outputs[e.output][i], ri.outputs[e.output], rtol=1e-9, atol=1e-12
@@ -157,13 +186,16 @@ def test_gradients_match_finite_differences(e):
     p0, _ = e.model.complete(e.params)
     p0 = {k: float(v) for k, v in p0.items()}
     dosing = e.dose_cmt is not None
+    solver = tight(e)  # made outside the jitted function: its tolerances are concrete
 
     def objective(p, amt, time):
         reg = e.regimen(amt, time) if dosing else None
-        r = tj.simulate(e.model, p, reg, e.times, solver=tight(e))
+        r = tj.simulate(e.model, p, reg, e.times, solver=solver)
         return jnp.sum(r.outputs[e.output])
 
-    g_p, g_a, g_t = jax.grad(objective, argnums=(0, 1, 2))(p0, e.dose_amt, e.dose_time)
+    # reverse mode, jitted: one compiled program for the forward and reverse passes
+    grad = jax.jit(jax.grad(objective, argnums=(0, 1, 2)))
+    g_p, g_a, g_t = grad(p0, e.dose_amt, e.dose_time)
 
     def fd(fn, x, lower=-np.inf):
         h = 1e-5 * max(abs(x), 1e-2)
