@@ -13,8 +13,6 @@ batch size), so the checks share programs wherever that changes nothing they ass
   as arrays, which ``simulate`` traces as values rather than compiling them in, so
   one program serves every tolerance (the numbers were bitwise those of the same
   tolerances as Python floats, checked on ``two_compartment``, default and tight).
-- The gradient check's ``jax.grad`` is jitted: one program (forward and reverse
-  passes) instead of two.
 """
 
 import jax
@@ -186,16 +184,14 @@ def test_gradients_match_finite_differences(e):
     p0, _ = e.model.complete(e.params)
     p0 = {k: float(v) for k, v in p0.items()}
     dosing = e.dose_cmt is not None
-    solver = tight(e)  # made outside the jitted function: its tolerances are concrete
+    solver = tight(e)
 
     def objective(p, amt, time):
         reg = e.regimen(amt, time) if dosing else None
         r = tj.simulate(e.model, p, reg, e.times, solver=solver)
         return jnp.sum(r.outputs[e.output])
 
-    # reverse mode, jitted: one compiled program for the forward and reverse passes
-    grad = jax.jit(jax.grad(objective, argnums=(0, 1, 2)))
-    g_p, g_a, g_t = grad(p0, e.dose_amt, e.dose_time)
+    g_p, g_a, g_t = jax.grad(objective, argnums=(0, 1, 2))(p0, e.dose_amt, e.dose_time)
 
     def fd(fn, x, lower=-np.inf):
         h = 1e-5 * max(abs(x), 1e-2)
