@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._vpc import binned_percentiles
+
 __all__ = ["eta_covariates", "gof_panel", "pcvpc", "pcvpc_table"]
 
 
@@ -200,7 +202,6 @@ def pcvpc_table(
         sim_median, sim_lo, sim_hi, n_obs.
     """
     import jax
-    import pandas as pd
 
     from ..calibrate import simulate_replicates
 
@@ -212,35 +213,7 @@ def pcvpc_table(
     obs = ind.dv[mask]
     pred = ind.pred[mask]
     simv = sim[:, mask]
-    if np.ndim(bins) == 0:
-        edges = np.unique(np.quantile(t, np.linspace(0, 1, int(bins) + 1)))
-    else:
-        edges = np.asarray(bins, float)
-    idx = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
-    a = (1 - level) / 2
-    rows = []
-    for b in range(len(edges) - 1):
-        sel = idx == b
-        if not sel.any():
-            continue
-        corr = np.median(pred[sel]) / pred[sel]
-        o = obs[sel] * corr
-        s = simv[:, sel] * corr
-        for p in percentiles:
-            sp = np.percentile(s, p, axis=1)
-            rows.append(
-                dict(
-                    bin=b,
-                    time=float(np.median(t[sel])),
-                    percentile=p,
-                    observed=float(np.percentile(o, p)),
-                    sim_median=float(np.median(sp)),
-                    sim_lo=float(np.quantile(sp, a)),
-                    sim_hi=float(np.quantile(sp, 1 - a)),
-                    n_obs=int(sel.sum()),
-                )
-            )
-    return pd.DataFrame(rows)
+    return binned_percentiles(t, obs, simv, bins, percentiles, level, pred=pred)
 
 
 def pcvpc(

@@ -33,7 +33,6 @@ def vpc_table(
         percentile.
     """
     import jax
-    import pandas as pd
 
     from ..calibrate import simulate_replicates
 
@@ -44,6 +43,18 @@ def vpc_table(
     t = ind.times[mask]
     obs = ind.dv[mask]
     simv = sim[:, mask]  # (R, n_obs)
+    return binned_percentiles(t, obs, simv, bins, percentiles, level)
+
+
+def binned_percentiles(t, obs, simv, bins, percentiles, level, pred=None):
+    """The VPC table: per time bin and percentile, the observed percentile and the
+    median and ``level`` interval of the simulated one (``simv``: ``(R, n_obs)``).
+
+    ``pred``: the population predictions of the observations, for a prediction-corrected
+    VPC: every value in a bin is scaled by ``median(pred in bin) / pred``.
+    """
+    import pandas as pd
+
     if np.ndim(bins) == 0:
         edges = np.unique(np.quantile(t, np.linspace(0, 1, int(bins) + 1)))
     else:
@@ -55,14 +66,17 @@ def vpc_table(
         sel = idx == b
         if not sel.any():
             continue
+        corr = 1.0 if pred is None else np.median(pred[sel]) / pred[sel]
+        o = obs[sel] * corr
+        s = simv[:, sel] * corr
         for p in percentiles:
-            sp = np.percentile(simv[:, sel], p, axis=1)
+            sp = np.percentile(s, p, axis=1)
             rows.append(
                 dict(
                     bin=b,
                     time=float(np.median(t[sel])),
                     percentile=p,
-                    observed=float(np.percentile(obs[sel], p)),
+                    observed=float(np.percentile(o, p)),
                     sim_median=float(np.median(sp)),
                     sim_lo=float(np.quantile(sp, a)),
                     sim_hi=float(np.quantile(sp, 1 - a)),
