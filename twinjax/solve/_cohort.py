@@ -42,7 +42,7 @@ from . import _store
 from ._devices import per_device, shard
 from ._diffrax import Diffrax
 from ._fingerprint import Fingerprint, environment_hash
-from ._simulate import _piecewise, _simulate_core, check_times
+from ._simulate import _simulate_core, check_times, piecewise_params
 from ._store import StoreCorruptError, StoreError
 
 
@@ -543,7 +543,7 @@ def simulate_cohort(
         params = cohort_or_params.params
     else:
         params = cohort_or_params
-    params, pw = _piecewise(model, params, True)  # parameters that change in time
+    params, pw = piecewise_params(model, params, True)  # parameters that change in time
     p, n = model.complete(params, dtype=dtype)
     if n is None:
         raise ValueError(

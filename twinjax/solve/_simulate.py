@@ -36,7 +36,7 @@ def check_times(times, dtype) -> jax.Array:
     return ts
 
 
-def _piecewise(model, params, check):
+def piecewise_params(model, params, check):
     """Split ``Piecewise`` values off the parameters: ``(params with their values at
     time 0, {name: Piecewise})``, after validating them."""
     params, pw = split_params(params)
@@ -64,7 +64,7 @@ def prepare(model, params, regimen, times, dtype, check=True):
     """
     if not isinstance(model, Model):
         raise TypeError(f"model must be a twinjax Model, got {type(model).__name__}")
-    params, pw = _piecewise(model, params, check)
+    params, pw = piecewise_params(model, params, check)
     p, n = model.complete(params, dtype=dtype, check=check)
     ts = check_times(times, dtype)
     if isinstance(regimen, EventTable):
