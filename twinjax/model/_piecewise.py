@@ -93,6 +93,55 @@ class Piecewise(eqx.Module):
             if np.any(np.diff(a, axis=-1) < 0):
                 raise ValueError(f"{where}: times must be non-decreasing")
 
+    # numpy defers ``array * piecewise`` to __rmul__ instead of looping over elements
+    __array_ufunc__ = None
+
+    def _binary(self, other, op) -> Piecewise:
+        """``op`` of two values that are piecewise constant in time (or constant).
+
+        A constant is a scalar or ``(N,)`` (one value per patient). Two Piecewise values
+        on the same change times combine value by value; on different ones, on the
+        union of their change times (each read with its own convention there, which is
+        exact: both are constant between consecutive times of the union).
+        """
+        if isinstance(other, Piecewise):
+            if other.interpolation != self.interpolation:
+                raise ValueError(
+                    "Piecewise: cannot combine a 'nocb' and a 'locf' value; give both the "
+                    "same interpolation"
+                )
+            if other.times is self.times or _same(self.times, other.times):
+                return Piecewise(self.times, op(self.values, other.values), self.interpolation)
+            n = max(self.n or 1, other.n or 1)
+            t1, v1 = self.arrays(n, _dtype(self, other))
+            t2, v2 = other.arrays(n, _dtype(self, other))
+            t = jnp.sort(jnp.concatenate([t1, t2], -1), -1)
+            a = value_at(t1, v1, self.interpolation, t)
+            b = value_at(t2, v2, self.interpolation, t)
+            return Piecewise(t, op(a, b), self.interpolation)
+        x = jnp.asarray(other)
+        v = jnp.asarray(self.values)
+        if x.ndim == 0:
+            return Piecewise(self.times, op(v, x), self.interpolation)
+        if x.ndim != 1:
+            raise ValueError(
+                f"Piecewise: can combine with a scalar or one value per patient (N,), got "
+                f"shape {x.shape}"
+            )
+        if self.n is not None and self.n != x.shape[0]:
+            raise ValueError(f"Piecewise: {self.n} patients, the other value has {x.shape[0]}")
+        t, v = self.arrays(x.shape[0], jnp.result_type(v, x))
+        return Piecewise(t, op(v, x[:, None]), self.interpolation)
+
+    def __mul__(self, other) -> Piecewise:
+        return self._binary(other, lambda a, b: a * b)
+
+    def __rmul__(self, other) -> Piecewise:
+        return self._binary(other, lambda a, b: b * a)
+
+    def __truediv__(self, other) -> Piecewise:
+        return self._binary(other, lambda a, b: a / b)
+
     def map(self, fn) -> Piecewise:
         """The same change times and convention with values ``fn(values)`` (a
         covariate model applied to a time-varying covariate, elementwise)."""
@@ -118,6 +167,18 @@ class Piecewise(eqx.Module):
             f"Piecewise(times={np.asarray(self.times).tolist()}, values=<{np.shape(self.values)}>, "
             f"interpolation={self.interpolation!r})"
         )
+
+
+def _same(a, b) -> bool:
+    """Whether two change-time tables are concretely equal (False when traced)."""
+    if not (_concrete(a) and _concrete(b)):
+        return False
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def _dtype(*pws):
+    return jnp.result_type(*[jnp.asarray(p.values) for p in pws])
 
 
 def value_at(times, values, interpolation: str, t, *, after: bool = False):
