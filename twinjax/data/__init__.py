@@ -34,6 +34,6 @@ from ._dataset import Padded as Padded
 from ._dataset import Subject as Subject
 from ._nonmem import DatasetError as DatasetError
 from ._nonmem import Problem as Problem
-from ._nonmem import read_nonmem as read_nonmem
+from ._read import read_nonmem as read_nonmem
 
 __all__ = ["Dataset", "DatasetError", "Padded", "Problem", "Subject", "datasets", "read_nonmem"]

@@ -17,9 +17,9 @@ from ._nonmem import (
     STANDARD,
     DatasetError,
     Problem,
-    _missing_mask,
     fmt_num,
     format_frame,
+    missing_mask,
     normalize,
     parse_numeric,
     resolve_compartments,
@@ -736,7 +736,7 @@ def _observation_info(table, frame, lines, source, convention) -> dict[str, np.n
         )
     # MDV given explicitly on the record?
     if "MDV" in raw:
-        mdv_given = ~_missing_mask(raw["MDV"])
+        mdv_given = ~missing_mask(raw["MDV"])
     else:
         mdv_given = np.zeros(n, dtype=bool)
     for i in np.flatnonzero(cens != 0):

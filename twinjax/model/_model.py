@@ -19,7 +19,8 @@ _LOGIT_EPS = 1e-12
 TIME_UNITS: dict[str, int] = {"ms": 1, "s": 1_000, "min": 60_000, "h": 3_600_000}
 
 
-def _is_concrete(x) -> bool:
+def is_concrete(x) -> bool:
+    """Whether ``x`` is a concrete value (not a tracer inside ``jit``/``grad``)."""
     return not isinstance(x, jax.core.Tracer)
 
 
@@ -60,11 +61,60 @@ class Model(eqx.Module):
       not say): :func:`~twinjax.couple` refuses to join two declared units that
       differ (unless asked to convert), and an undeclared model takes the unit of
       the models it is coupled with.
+    - ``runs_own_trials`` with :meth:`trial_simulate`, :attr:`trial_output_names`,
+      :attr:`default_trial_outputs`, :attr:`beat_output_names`, :attr:`output_units`
+      and :meth:`varies_in_time`: what a virtual trial may ask of the model (the
+      defaults describe an ODE model simulated by ``simulate_cohort``).
     """
 
     stiff: ClassVar[bool] = False
     reference: ClassVar[str] = ""
     time_unit: ClassVar[str | None] = None
+
+    # ---- what a virtual trial may ask of the model (declared capabilities) ------
+    # A model with its own way of running a trial arm (an organ solved to periodic
+    # steady states at beat times: ``models._multiscale.QuasiStaticTwin``) overrides
+    # these; ``trial/`` reads them instead of probing the object for attributes.
+
+    #: True: a trial runs an arm with :meth:`trial_simulate`; False (the default): with
+    #: ``simulate_cohort``, and the model is an ODE system open to sensitivity analysis.
+    runs_own_trials: ClassVar[bool] = False
+
+    @property
+    def trial_output_names(self) -> tuple[str, ...]:
+        """What a trial's endpoints and outputs may read: the outputs, then the states."""
+        return tuple(self.output_names) + tuple(self.state_names)
+
+    @property
+    def default_trial_outputs(self) -> tuple[str, ...]:
+        """What a trial keeps (with its endpoints' outputs) when not told: the outputs."""
+        return tuple(self.output_names)
+
+    @property
+    def beat_output_names(self) -> tuple[str, ...]:
+        """Outputs computed per beat, at a trial's ``beat_times`` only (default none)."""
+        return ()
+
+    @property
+    def output_units(self) -> dict[str, str]:
+        """Units of outputs the model declares itself (default none; reports derive
+        the others from the states and parameters)."""
+        return {}
+
+    def varies_in_time(self, name: str) -> bool:
+        """Whether parameter ``name`` may change during a simulation (a
+        :class:`~twinjax.Piecewise`, inter-occasion variability): for an ODE model,
+        every parameter may."""
+        return True
+
+    def trial_simulate(self, params, regimen, times, *, beat_times, solver=None, outputs=(),
+                       progress=True, store=None, verify=False):  # fmt: skip
+        """Simulate a trial arm: ``({output: (N, T)}, status (N,))``, for a model that
+        declares :attr:`runs_own_trials`; the others are simulated by the trial."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not run trial arms itself (runs_own_trials is "
+            "False): trials simulate it with simulate_cohort"
+        )
 
     # ---- structure and equations (abstract) -------------------------------------
     @property
@@ -181,7 +231,7 @@ class Model(eqx.Module):
 
     def defaults(self, dtype=None) -> dict[str, jax.Array]:
         """The default (typical) parameter values as scalar arrays."""
-        dtype = dtype or _default_float()
+        dtype = dtype or default_float()
         return {q.name: jnp.asarray(q.value, dtype) for q in self.params}
 
     def param_table(self):
@@ -244,7 +294,7 @@ class Model(eqx.Module):
             ValueError: unknown parameter names, inconsistent batch sizes, or a value
                 outside its bounds (naming the parameter, the patient and the bounds).
         """
-        dtype = dtype or _default_float()
+        dtype = dtype or default_float()
         p = dict(p or {})
         unknown = [k for k in p if k not in self.param_names]
         if unknown:
@@ -277,7 +327,7 @@ class Model(eqx.Module):
     def check_bounds(self, p: Mapping[str, Any]) -> None:
         """Raise a ValueError naming the first parameter outside its bounds."""
         for q in self.params:
-            if q.name not in p or not _is_concrete(p[q.name]):
+            if q.name not in p or not is_concrete(p[q.name]):
                 continue
             v = np.asarray(p[q.name])
             bad = ~((v >= q.lower) & (v <= q.upper))
@@ -523,5 +573,6 @@ def _inverse(q: Param, z):
     return z
 
 
-def _default_float():
+def default_float():
+    """The default floating dtype: float64 with ``jax_enable_x64`` on, else float32."""
     return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32

@@ -1,17 +1,19 @@
-"""Quasi-static multi-scale coupling: an organ's periodic steady state at the drug
-concentrations of chosen times.
+"""Quasi-static multi-scale coupling above the organ models: a drug's PK driving the
+circulation's periodic steady states.
 
 When the drug kinetics (hours) is much slower than the organ's own dynamics (a few
 beats), the organ is, at every time, at the periodic steady state of its parameters
-modified by the current concentration. :func:`quasi_static` takes a PK simulation,
-reads the concentration at chosen times, applies the same :class:`~twinjax.Link`
-objects a full :func:`~twinjax.couple` would use, and runs the circulation to its
-periodic steady state for every (patient, time) pair in one batch.
+modified by the current concentration. This module sits above both the circulation
+(:mod:`twinjax.models.circulation`, which never imports it) and the PK machinery
+(``couple``, ``simulate_cohort``): :func:`steady_state_cohort` solves a cohort's
+periodic steady states (Anderson-accelerated), and :class:`QuasiStaticTwin` runs
+virtual-trial arms with them. The organ-level ``circulation.quasi_static`` (steady
+states at the concentrations of a given PK result) lives with the circulation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import ClassVar, cast
 
 import equinox as eqx
@@ -19,93 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model._couple import Coupled, Link
+from ..model import Coupled, Link, Model
 from ..solve._periodic import solve_fixed_point
-from .circulation import Circulation, blood_volume, to_periodic_steady_state
-
-
-def _interp(tq, t, c):
-    if t.ndim == 1 and c.ndim == 1:
-        return jnp.interp(tq, t, c)
-    t2 = jnp.broadcast_to(t, c.shape)
-    return jax.vmap(lambda a, b: jnp.interp(tq, a, b))(t2, c)
-
-
-def quasi_static(
-    model: Circulation,
-    pk_result,
-    times,
-    links: Sequence[Link],
-    params: Mapping | None = None,
-    solver=None,
-    **steady_state_kw,
-) -> dict:
-    """Periodic steady states of the circulation at the concentrations of chosen times.
-
-    Arguments:
-        model: the organ model (a :class:`~twinjax.models.circulation.Circulation`).
-        pk_result: a :class:`~twinjax.Result` of the drug's PK (one patient or ``N``).
-        times: ``(K,)`` times, in the PK model's time unit, inside its saved range.
-        links: :class:`~twinjax.Link` objects ``Link("pk.<output>", "<any>.<param>",
-            kind, params)``: the PK output (e.g. ``"pk.C"``) modifies a parameter of
-            ``model`` exactly as in :func:`~twinjax.couple`.
-        params: the organ's parameters (scalars, or ``(N,)`` matching the PK batch).
-        solver: passed to :func:`to_periodic_steady_state`.
-        **steady_state_kw: ``tol``, ``max_beats``, ``batch``, ``n_save``.
-
-    Returns:
-        ``{"times": (K,), "C": {output: (K,) or (N, K)}, "metrics": {name: (K,) or (N,
-        K)}, "beats": ..., "converged": ..., "steady_state": SteadyState}`` (the
-        steady state is flattened over ``N * K``).
-
-    Raises:
-        ValueError: a link whose target is not a parameter of ``model`` or whose
-            source is not an output of the PK result.
-    """
-    ts = jnp.asarray(times, pk_result.times.dtype)
-    if ts.ndim != 1:
-        raise ValueError(f"times must be a (K,) array, got shape {ts.shape}")
-    K = ts.shape[0]
-    N = pk_result.n_patients
-    base, n_p = model.complete(params, dtype=ts.dtype)
-    if n_p is not None and N is not None and n_p != N:
-        raise ValueError(f"params have {n_p} patients but the PK result has {N}")
-    nb = N or n_p
-    conc = {}
-    for ln in links:
-        _, so = ln.source.split(".", 1)
-        _, tp = ln.target.split(".", 1)
-        if so not in pk_result.outputs:
-            raise ValueError(f"Link source {ln.source!r}: no output {so!r} in the PK result")
-        if tp not in model.param_names:
-            raise ValueError(f"Link target {ln.target!r}: {type(model).__name__} has no {tp!r}")
-        if so not in conc:
-            conc[so] = _interp(ts, pk_result.times, pk_result.outputs[so])  # (K,) or (N, K)
-
-    def grid(v):  # -> (N, K) or (K,)
-        v = jnp.asarray(v)
-        if nb is None:
-            return jnp.broadcast_to(v, (K,))
-        return jnp.broadcast_to(v[:, None] if v.ndim == 1 else v, (nb, K))
-
-    p = {k: grid(v) for k, v in base.items()}
-    for ln in links:
-        _, so = ln.source.split(".", 1)
-        _, tp = ln.target.split(".", 1)
-        q = {x.name: x.value for x in ln.param_table()}
-        p[tp] = ln.apply(grid(conc[so]), p[tp], q)
-    shape = p["HR"].shape
-    flat = {k: v.reshape(-1) for k, v in p.items()}
-    ss = to_periodic_steady_state(model, flat, solver, **steady_state_kw)
-    unflat = lambda v: v.reshape(shape)  # noqa: E731
-    return dict(
-        times=ts,
-        C={k: grid(v) for k, v in conc.items()},
-        metrics={k: unflat(v) for k, v in ss.metrics.items()},
-        beats=unflat(ss.beats),
-        converged=unflat(ss.converged),
-        steady_state=ss,
-    )
+from .circulation import METRIC_UNITS, Circulation, beat_map, blood_volume, last_beat
 
 
 # ---------------------------------------------------------------------------------
@@ -113,15 +31,13 @@ def quasi_static(
 # ---------------------------------------------------------------------------------
 @eqx.filter_jit
 def _anderson_core(model, solver, p, Y0, tol, max_beats, memory, n_save):
-    from .circulation import _beat_map, _last_beat
-
-    G, embed, g, args, x0 = _beat_map(model, solver, p, Y0)
+    G, embed, g, args, x0 = beat_map(model, solver, p, Y0)
     w = 1.0 / (1.0 + jnp.abs(x0))  # the scale of the convergence test (as the model's)
     fp = solve_fixed_point(
         G, x0, method="anderson", tol=tol, max_iter=max_beats, scale=w, memory=memory
     )
     Y = embed(fp.x)
-    _, metrics, _, status = _last_beat(model, solver, g, args, Y, n_save, fp.status)
+    _, metrics, _, status = last_beat(model, solver, g, args, Y, n_save, fp.status)
     return Y, fp.iterations, fp.converged, fp.residual, metrics, status
 
 
@@ -188,11 +104,11 @@ def steady_state_cohort(
         ``tol`` after ``max_beats`` beats; the metrics of a patient whose status is not
         OK are NaN (its ``state`` is its last iterate).
     """
-    from ..model._model import _default_float
+    from ..model._model import default_float
     from ..solve._engine import stack_state
     from ..solve._ensemble import Ensemble
 
-    dtype = dtype or _default_float()
+    dtype = dtype or default_float()
     solver = solver if solver is not None else Ensemble("rk4", dt=1.0 / 400.0)
     p, N = model.complete(params, dtype=dtype)
     nb = N or 1
@@ -227,7 +143,7 @@ def steady_state_cohort(
 BEAT_METRICS = ("MAP", "SBP", "DBP", "SV", "EF", "CO", "EDV", "ESV", "HR")
 
 
-class QuasiStaticTwin(Coupled):
+class QuasiStaticTwin(Model):
     """A drug's PK (hours) driving a circulation (seconds), coupled quasi-statically.
 
     The parameters are those of ``couple({"pk": pk, "circ": Circulation()}, links)``
@@ -250,11 +166,16 @@ class QuasiStaticTwin(Coupled):
     is the PK model's (:attr:`pk_time_unit`, hours for the shipped PK models; an
     undeclared PK model is taken to be in hours), and the circulation runs in its own
     seconds (:attr:`organ_time_unit`): a periodic steady state is a function of the
-    concentration only, never of the PK's clock. As a :class:`~twinjax.Coupled`
-    model (its ``rhs``, not used by trials) it is ``couple(..., time_unit=pk unit)``:
-    the circulation converted exactly to the PK's unit.
+    concentration only, never of the PK's clock.
+
+    Structure: the twin *holds* the :class:`~twinjax.Coupled` model
+    ``couple(..., time_unit=pk unit)`` (:attr:`coupled`, the circulation converted
+    exactly to the PK's unit) and takes its states, parameters, dosing and equations
+    from it (its ``rhs`` is not used by trials); it declares the trial capabilities of
+    :class:`~twinjax.Model` (:attr:`runs_own_trials` and the per-beat outputs).
     """
 
+    coupled: Coupled
     tol: float = 1e-4
     max_beats: int = 60
     chunk: int = 1024
@@ -262,6 +183,8 @@ class QuasiStaticTwin(Coupled):
 
     #: the circulation's own time unit (beats, ``dt_beat``, the steady states)
     organ_time_unit: ClassVar[str] = "s"
+    #: a trial runs an arm with :meth:`trial_simulate` (PK, then steady states)
+    runs_own_trials: ClassVar[bool] = True
 
     def __init__(self, pk_model, links, *, tol=1e-4, max_beats=60, chunk=1024, dt_beat=1 / 400):
         circ = Circulation()
@@ -271,8 +194,8 @@ class QuasiStaticTwin(Coupled):
                 f"{self.organ_time_unit} (dt_beat and the beat metrics are in it)"
             )
         unit = pk_model.time_unit or "h"
-        super().__init__({"pk": pk_model, "circ": circ}, links, time_unit=unit)
-        for ln in self.links:
+        self.coupled = Coupled({"pk": pk_model, "circ": circ}, links, time_unit=unit)
+        for ln in self.coupled.links:
             if not (ln.source.startswith("pk.") and ln.target.startswith("circ.")):
                 raise ValueError(f"QuasiStaticTwin links go from pk.* to circ.*, got {ln}")
         self.tol = float(tol)
@@ -280,6 +203,50 @@ class QuasiStaticTwin(Coupled):
         self.chunk = int(chunk)
         self.dt_beat = float(dt_beat)
 
+    # ---- the coupled model's structure and equations ------------------------------
+    @property
+    def models(self) -> tuple[tuple[str, Model], ...]:
+        """``(("pk", pk_model), ("circ", Circulation()))``, as :attr:`Coupled.models`."""
+        return self.coupled.models
+
+    @property
+    def links(self) -> tuple[Link, ...]:
+        return self.coupled.links
+
+    @property
+    def states(self):
+        return self.coupled.states
+
+    @property
+    def params(self):
+        return self.coupled.params
+
+    @property
+    def stiff(self):  # type: ignore[override]
+        return self.coupled.stiff
+
+    @property
+    def time_unit(self):  # type: ignore[override]
+        """The twin's time axis: the PK model's unit (its declared one, else ``"h"``)."""
+        return self.coupled.time_unit
+
+    @property
+    def time_scales(self) -> dict[str, float]:
+        return self.coupled.time_scales
+
+    def dose_parameters(self):
+        return self.coupled.dose_parameters()
+
+    def rhs(self, t, y, p, u):
+        return self.coupled.rhs(t, y, p, u)
+
+    def init(self, p):
+        return self.coupled.init(p)
+
+    def observe(self, t, y, p):
+        return self.coupled.observe(t, y, p)
+
+    # ---- the parts ----------------------------------------------------------------
     @property
     def pk_model(self):
         return dict(self.models)["pk"]
@@ -293,6 +260,7 @@ class QuasiStaticTwin(Coupled):
     def circulation(self) -> Circulation:
         return cast(Circulation, dict(self.models)["circ"])  # a Circulation(), see __init__
 
+    # ---- trial capabilities (see Model) -------------------------------------------
     @property
     def beat_output_names(self) -> tuple[str, ...]:
         return tuple(f"circ.{k}" for k in BEAT_METRICS)
@@ -306,6 +274,22 @@ class QuasiStaticTwin(Coupled):
             + tuple(f"pk.{k}" for k in pk.state_names)
             + self.beat_output_names
         )
+
+    @property
+    def default_trial_outputs(self) -> tuple[str, ...]:
+        """The drug concentrations the links read (``pk.C``) and the per-beat metrics."""
+        sources = tuple(dict.fromkeys(ln.source for ln in self.links))
+        return sources + self.beat_output_names
+
+    @property
+    def output_units(self) -> dict[str, str]:
+        """The per-beat metrics' units (``circ.MAP``: mmHg, ...)."""
+        return {f"circ.{k}": METRIC_UNITS[k] for k in BEAT_METRICS}
+
+    def varies_in_time(self, name: str) -> bool:
+        """Only ``pk.*`` parameters: the circulation's beats are computed in their own
+        loop, where parameters cannot change between visits."""
+        return name.startswith("pk.")
 
     def _typical_state(self, p_typ):
         key = tuple(sorted((k, float(v)) for k, v in p_typ.items()))

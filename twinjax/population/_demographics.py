@@ -340,7 +340,7 @@ class Demographics:
         """
         n, start = int(n), int(start)
         cols = [self._columns(k, m) for k, m in key_blocks(key, n, start)]
-        return self._frame(_concat(cols), np.arange(start, start + n))
+        return self._frame(concat_columns(cols), np.arange(start, start + n))
 
     def sample_keys(self, keys, index=None):
         """Draw one patient per key (see :func:`patient_keys`).
@@ -415,8 +415,8 @@ class Demographics:
         return pd.DataFrame(cols, index=pd.Index(np.asarray(index), name="ID"))
 
 
-def _concat(parts: list[dict]) -> dict:
-    """Concatenate lists of ``{column: array}`` blocks."""
+def concat_columns(parts: list[dict]) -> dict:
+    """Concatenate lists of ``{column: array}`` blocks (shared with ``_population.py``)."""
     if len(parts) == 1:
         return parts[0]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

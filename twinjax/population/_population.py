@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..model import Model
-from ._demographics import Demographics, _concat, float64_draws, key_blocks
+from ._demographics import Demographics, concat_columns, float64_draws, key_blocks
 
 __all__ = [
     "Categorical",
@@ -766,7 +766,7 @@ class Population:
             cov.index = pd.Index(index, name="ID")
         elif self.demographics is not None:
             d = self.demographics
-            cov = d._frame(_concat([d._columns(k, m) for k, _, m in blocks]), index)
+            cov = d._frame(concat_columns([d._columns(k, m) for k, _, m in blocks]), index)
         elif self.covariates:
             raise ValueError(
                 "Population.sample: the covariate effects "

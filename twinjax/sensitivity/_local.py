@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model._model import _default_float
+from ..model._model import default_float
 from ..solve._diffrax import Diffrax
 from ..solve._simulate import simulate
 from ._quantity import (
@@ -241,13 +241,13 @@ def local(
         model, times, output, endpoint, where, differentiable=True
     )
     if is_model(model):
-        dtype = dtype or _default_float()
+        dtype = dtype or default_float()
         full, n = model.complete(p, dtype=dtype, check=True)
         allowed = model.param_names
     else:
         if not p:
             raise ValueError(f"{where}: a function needs params= (the values to differentiate at)")
-        dtype = dtype or _default_float()
+        dtype = dtype or default_float()
         full = {k: jnp.asarray(v, dtype) for k, v in p.items()}
         shapes = {k: v.shape for k, v in full.items() if v.ndim > 0}
         if any(v.ndim > 1 for v in full.values()) or len(set(shapes.values())) > 1:

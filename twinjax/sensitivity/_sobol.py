@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import norm, qmc
 
-from ..model._model import _default_float
+from ..model._model import default_float
 from ..solve._simulate import simulate
 from ._quantity import (
     check_bounds,
@@ -332,7 +332,7 @@ def sobol(
             "indices are of one number per sample"
         )
     name, ts, ep, _ = quantity_spec(model, times, None, endpoint, where, differentiable=False)
-    dtype = dtype or _default_float()
+    dtype = dtype or default_float()
     if is_model(model):
         full, nfix = model.complete(p, dtype=dtype, check=True)
         if nfix is not None:

@@ -36,13 +36,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..dosing._regimen import Regimen, compile_regimens
-from ..model._model import _default_float
+from ..model._model import default_float
 from ..model._piecewise import Schedule
 from . import _store
 from ._devices import per_device, shard
 from ._diffrax import Diffrax
 from ._fingerprint import Fingerprint, environment_hash
-from ._simulate import _simulate_core, check_times, piecewise_params
+from ._simulate import check_times, piecewise_params, simulate_core
 from ._store import StoreCorruptError, StoreError
 
 
@@ -457,9 +457,9 @@ class _Store:
 
 @eqx.filter_jit
 def _simulate_sharded(model, solver, p, ev, ts2, n_dev: int, sched=None):
-    """``_simulate_core`` with each device running its own share of the patients."""
+    """``simulate_core`` with each device running its own share of the patients."""
     return per_device(
-        lambda p, ev, sched, ts2: _simulate_core(model, solver, p, ev, ts2, None, sched),
+        lambda p, ev, sched, ts2: simulate_core(model, solver, p, ev, ts2, None, sched),
         n_dev,
         (p, ev, sched),
         (ts2,),
@@ -535,7 +535,7 @@ def simulate_cohort(
     """
     if times is None:
         raise ValueError("simulate_cohort needs save times")
-    dtype = dtype or _default_float()
+    dtype = dtype or default_float()
     solver = solver if solver is not None else Diffrax()
     covariates = None
     if hasattr(cohort_or_params, "params"):
@@ -682,7 +682,7 @@ def simulate_cohort(
             pc, ev, sched = shard((pc, ev, sched), n_dev)
             states, outs, status = _simulate_sharded(model, solver, pc, ev, ts2, n_dev, sched)
         else:
-            states, outs, status = _simulate_core(model, solver, pc, ev, ts2, None, sched)
+            states, outs, status = simulate_core(model, solver, pc, ev, ts2, None, sched)
         res = {**states, **outs}
         return c, a, b, {k: res[k] for k in names}, status
 

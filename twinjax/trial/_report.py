@@ -20,9 +20,9 @@ Layout (what a trial team presents, first page first):
    subgroups and power tables folded away (``<details>``); methods.
 
 Every number carries its unit (in the cell or the column header); a missing value is an
-empty cell, never ``nan``. Units come from :func:`output_unit`: a model's
-``output_units`` mapping when it has one, the unit of a state, the per-beat metrics of
-the circulation, or the table :data:`OUTPUT_UNITS` of the shipped models' derived
+empty cell, never ``nan``. Units come from :func:`output_unit`: the units a model
+declares (``Model.output_units``, e.g. the quasi-static twin's per-beat metrics), the
+unit of a state, or the table :data:`OUTPUT_UNITS` of the shipped models' derived
 outputs; an endpoint's unit follows from its kind (:func:`endpoint_unit`).
 """
 
@@ -33,7 +33,6 @@ import html
 import io
 import math
 import pathlib
-from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -78,18 +77,13 @@ def output_unit(model, output: str | None) -> str | None:
     """The unit of a model output or state (``None`` when the model does not say)."""
     if output is None:
         return None
-    declared = getattr(model, "output_units", None)
-    if isinstance(declared, Mapping) and output in declared:
+    declared = model.output_units  # e.g. per-beat metrics (QuasiStaticTwin)
+    if output in declared:
         return str(declared[output])
     subs = dict(getattr(model, "models", ()) or ())
     if "." in output and subs:
         head, rest = output.split(".", 1)
         if head in subs:
-            if head == "circ" and hasattr(model, "beat_output_names"):
-                from ..models.circulation import METRIC_UNITS
-
-                if rest in METRIC_UNITS:
-                    return METRIC_UNITS[rest]
             return output_unit(subs[head], rest)
     try:
         return model.state(output).unit

@@ -469,6 +469,7 @@ def check_trial(a: dict, probs: Problems, labels: Mapping[str, str], complete: b
     Returns:
         A dict of the normalised values plus ``control``, ``beat_times`` and ``outputs``.
     """
+    from ..model._model import Model
     from ._endpoints import Endpoint
     from ._trial import Arm, Inclusion
 
@@ -480,7 +481,10 @@ def check_trial(a: dict, probs: Problems, labels: Mapping[str, str], complete: b
     _check_variability(a, out, probs, labels)
     out["beat_times"], out["outputs"] = (), ()
     if a["model"] is not INVALID and a["model"] is not None:
-        _check_model(a, out, probs, labels)
+        if isinstance(a["model"], Model):  # its declared trial capabilities are read
+            _check_model(a, out, probs, labels)
+        else:
+            probs.add("model", f"expected a twinjax Model, got {describe(a['model'])}")
     _check_sensitivity(a, out, probs, labels, complete)
     return out
 
@@ -669,10 +673,7 @@ def _check_model(a: dict, out: dict, probs: Problems, L: Mapping[str, str]) -> N
     """Arm parameters and regimens, outputs, endpoint times, beat times, the save grid."""
     model, duration = a["model"], out["duration"]
     arms, inclusion, endpoints = out["arms"], out["inclusion"], out["endpoints"]
-    special = getattr(model, "trial_output_names", None)
-    valid = (
-        list(special) if special is not None else list(model.output_names) + list(model.state_names)
-    )
+    valid = list(model.trial_output_names)
     if ok(arms):
         for i, arm in enumerate(arms):
             w = L["arm"].format(i=i)
@@ -706,7 +707,7 @@ def _check_model(a: dict, out: dict, probs: Problems, L: Mapping[str, str]) -> N
         var_outs = var.outputs & set(valid)
         for i, o in enumerate(var.iov):
             w = L["var_iov"].format(i=i)
-            if special is not None and not o.param.startswith("pk."):
+            if not model.varies_in_time(o.param):
                 probs.add(
                     w,
                     f"inter-occasion variability of {o.param!r}: {type(model).__name__} "
@@ -725,13 +726,10 @@ def _check_model(a: dict, out: dict, probs: Problems, L: Mapping[str, str]) -> N
                     f"({duration})",
                 )
 
-    beat_outs = set(getattr(model, "beat_output_names", ()))
+    beat_outs = set(model.beat_output_names)
     out["beat_times"] = _beat_times(a, out, probs, L, beat_outs)
     _check_grid(out, probs, L, beat_outs)
-    if special is not None:  # e.g. the drug concentration and the per-beat metrics
-        default_outs = {o for o in special if o in beat_outs or o == "pk.C"}
-    else:
-        default_outs = set(model.output_names)
+    default_outs = set(model.default_trial_outputs)  # e.g. a drug concentration, per-beat
     outputs = a["outputs"]
     if outputs:
         outputs = listof(outputs, L["outputs"], probs, string)
@@ -960,7 +958,7 @@ def _check_sensitivity(
     n0 = len(probs)
     model, endpoints, arms = a["model"], out["endpoints"], out["arms"]
     if model is not INVALID and model is not None:
-        if not isinstance(model, Model) or hasattr(model, "trial_simulate"):
+        if not isinstance(model, Model) or model.runs_own_trials:
             probs.add(
                 W,
                 f"sensitivity analysis needs an ODE model (a twinjax Model); the trial's "

@@ -374,7 +374,7 @@ class Trial:
             params = cohort.params
             if var is not None and var.iov:  # parameters that change between visits
                 params = var.occasion_params(self.model, cohort.params, self.seed, i)
-            if hasattr(self.model, "trial_simulate"):
+            if self.model.runs_own_trials:  # e.g. organ steady states at beat times
                 vals, status = self.model.trial_simulate(
                     params,
                     regimen,

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from .._dataset import Dataset
-from .._nonmem import read_nonmem
+from .._read import read_nonmem
 
 NAMES = ("theophylline", "phenobarbital", "indomethacin")
 

@@ -48,7 +48,7 @@ from ...model._param import real
 from ...solve._status import Status
 from . import _biomarkers as bm
 from . import _herg as herg
-from ._ord import _GATES, _OTHER, ORd
+from ._ord import GATES, OTHER_STATES, ORd
 from ._solver import PacingResult, RushLarsen, batched_inputs
 
 FDA = "FDA/CiPA@e881df6766d1067a08b65184d7a320804aef73d6"
@@ -77,7 +77,7 @@ class CiPASteps(RushLarsen):
 
 CIPA_SOLVER = CiPASteps(dt_max=0.5, dt_min=0.001, dv_max=0.05, dy_rel=0.01)
 
-_GATES_CIPA = tuple(g for g in _GATES if g not in ("xrf", "xrs"))
+_GATES_CIPA = tuple(g for g in GATES if g not in ("xrf", "xrs"))
 
 # control state at CL 2000 ms, endocardial (FDA/CiPA@e881df6:
 # AP_simulation/models/newordherg_states_CL2000.txt; ORd state names of twinjax)
@@ -160,7 +160,7 @@ class CiPAORd(ORd):
 
     @property
     def states(self) -> tuple[State, ...]:  # type: ignore[override]
-        keep = set(_OTHER) | set(_GATES_CIPA)
+        keep = set(OTHER_STATES) | set(_GATES_CIPA)
         out = [s for s in super().states if s.name in keep]
         out += [State(s, "1", "hERG Markov state occupancy") for s in herg.STATES]
         return tuple(out)
@@ -311,7 +311,7 @@ def _beat(model, solver, p, y):
         dt = solver.dv_max / (jnp.abs(dvdt0) + 1e-12)
         dy_rel = getattr(solver, "dy_rel", math.inf)
         if math.isfinite(dy_rel):
-            for k in _OTHER[1:]:
+            for k in OTHER_STATES[1:]:
                 dt = jnp.minimum(dt, dy_rel * jnp.abs(y[k]) / (jnp.abs(d0[k]) + 1e-30))
         dt = jnp.clip(dt, solver.dt_min, solver.dt_max)
         in_stim = t < p["stim_dur"]

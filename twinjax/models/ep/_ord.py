@@ -52,7 +52,9 @@ _F = dict(
 )
 _CIPA = dict(GKr=1.119, GKs=1.648, GK1=1.414, PCa=1.018, GNaL=2.274)
 
-_GATES = (
+#: ORd's gating variables (Rush-Larsen integrates them), in state order after
+#: :data:`OTHER_STATES`; shared with the CiPA variant (``_cipa.py``).
+GATES = (
     "m",
     "hf",
     "hs",
@@ -85,7 +87,10 @@ _GATES = (
     "Jrelnp",
     "Jrelp",
 )
-_OTHER = ("V", "Na_i", "Na_ss", "K_i", "K_ss", "Ca_i", "Ca_ss", "Ca_nsr", "Ca_jsr", "CaMKt")
+#: ORd's states that are not gates: the voltage, concentrations and CaMKt.
+OTHER_STATES = (
+    "V", "Na_i", "Na_ss", "K_i", "K_ss", "Ca_i", "Ca_ss", "Ca_nsr", "Ca_jsr", "CaMKt"
+)  # fmt: skip
 
 _UNITS = dict(
     V="mV",
@@ -247,7 +252,7 @@ class ORd(CellModel):
     celltype: str = "endo"
     cipa: bool = False
 
-    gates: ClassVar[tuple[str, ...]] = _GATES
+    gates: ClassVar[tuple[str, ...]] = GATES
     qnet_currents: ClassVar[tuple[str, ...]] = ("INaL", "ICaL", "Ito", "IKr", "IKs", "IK1")
     time_unit = "ms"
     reference = "O'Hara T, Virag L, Varro A, Rudy Y. PLoS Comput Biol 7:e1002061, 2011"
@@ -262,8 +267,8 @@ class ORd(CellModel):
 
     @property
     def states(self) -> tuple[State, ...]:  # type: ignore[override]
-        out = [State(k, _UNITS.get(k, "1"), _DOCS.get(k, "")) for k in _OTHER]
-        out += [State(k, _UNITS.get(k, "1"), _DOCS.get(k, "gating variable")) for k in _GATES]
+        out = [State(k, _UNITS.get(k, "1"), _DOCS.get(k, "")) for k in OTHER_STATES]
+        out += [State(k, _UNITS.get(k, "1"), _DOCS.get(k, "gating variable")) for k in GATES]
         return tuple(out)
 
     @property

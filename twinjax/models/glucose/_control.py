@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...model._model import _default_float
+from ...model._model import default_float
 from ...solve._engine import stack_state, vector_field
 from ...solve._ensemble import Ensemble
 from ...solve._status import Status
@@ -360,7 +360,7 @@ def simulate_closed_loop(
         ValueError: parameters out of bounds, or ``duration``/``sample_time``/``dt``
             not commensurate.
     """
-    dtype = dtype or _default_float()
+    dtype = dtype or default_float()
     model = UvaPadova(basal_infusion=False)
     controller = OpenLoop() if controller is None else controller
     sensor = CGM(noise=False) if sensor is None else sensor

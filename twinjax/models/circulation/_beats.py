@@ -1,0 +1,379 @@
+"""Beat-level results of the circulation: per-beat hemodynamics of a saved trajectory,
+the periodic steady state (beat map, plain iteration), the pressure-volume loop, and
+the quasi-static steady states at given drug concentrations (:func:`quasi_static`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ...model import Link
+from ...model._model import default_float
+from ...solve._diffrax import Diffrax
+from ...solve._engine import stack_state, vector_field
+from ...solve._periodic import first_failure, solve_fixed_point
+from ._model import CHAMBERS, Circulation
+
+# ---------------------------------------------------------------------------------
+# per-beat reduction
+# ---------------------------------------------------------------------------------
+METRICS = ("SBP", "DBP", "MAP", "SV", "EF", "CO", "EDV", "ESV", "HR")
+METRIC_UNITS = dict(
+    SBP="mmHg", DBP="mmHg", MAP="mmHg", SV="mL", EF="%", CO="L/min", EDV="mL", ESV="mL",
+    HR="1/min",
+)  # fmt: skip
+
+
+def _interp_rows(xq, x, f):
+    """Linear interpolation along the last axis, row by row (``x`` increasing)."""
+    fn = lambda a, b, c: jnp.interp(a, b, c)  # noqa: E731
+    for _ in range(x.ndim - 1):
+        fn = jax.vmap(fn)
+    return fn(xq, x, f)
+
+
+def beat_metrics(result, beat: int | None = None, prefix: str = "") -> dict:
+    """Per-beat hemodynamics of one beat of a saved trajectory of :class:`Circulation`.
+
+    The beat is located with the phase state ``phi``: beat ``k`` spans ``k <= phi <
+    k + 1``. Mean arterial pressure and stroke volume come from the cumulative
+    integrals ``int_p_AR_SYS`` and ``int_Q_AV`` interpolated at the beat's ends (so
+    they are accurate even on a coarse save grid); extremes (systolic and diastolic
+    pressure, end-diastolic and end-systolic volumes) are taken over the saves
+    inside the beat, so save densely (>= 100 points per beat) for those.
+
+    Arguments:
+        result: a :class:`~twinjax.Result` of a :class:`Circulation` (one patient or a
+            batch; times shared or per patient).
+        beat: which beat (0-based); default the last complete beat (per patient).
+        prefix: namespace of the circulation's states in a coupled model (``"circ."``).
+
+    Returns:
+        ``{name: value}`` with ``SBP, DBP, MAP`` (mmHg), ``SV`` (mL, ejected through the
+        aortic valve), ``EF`` (%, ``SV / EDV``), ``CO`` (L/min), ``EDV, ESV`` (mL, max
+        and min LV volume), ``HR`` (1/min, from the beat's duration); scalars or
+        ``(N,)``.
+    """
+    st = {k[len(prefix) :]: v for k, v in result.states.items() if k.startswith(prefix)}
+    phi = st["phi"]
+    t = jnp.broadcast_to(result.times, phi.shape)
+    k = jnp.floor(phi[..., -1:]) - 1.0 if beat is None else jnp.full(phi[..., -1:].shape, beat)
+    k = k.astype(phi.dtype)
+    t0 = _interp_rows(k, phi, t)
+    t1 = _interp_rows(k + 1.0, phi, t)
+    T = (t1 - t0)[..., 0]
+    ip = st["int_p_AR_SYS"]
+    iq = st["int_Q_AV"]
+    MAP = (_interp_rows(k + 1.0, phi, ip) - _interp_rows(k, phi, ip))[..., 0] / T
+    SV = (_interp_rows(k + 1.0, phi, iq) - _interp_rows(k, phi, iq))[..., 0]
+    inside = (phi >= k) & (phi <= k + 1.0)
+    return _reduce(st["p_AR_SYS"], st["V_LV"], inside, MAP, SV, T)
+
+
+def _reduce(p_ar, v_lv, inside, MAP, SV, T):
+    big = jnp.asarray(jnp.inf, p_ar.dtype)
+    SBP = jnp.max(jnp.where(inside, p_ar, -big), axis=-1)
+    DBP = jnp.min(jnp.where(inside, p_ar, big), axis=-1)
+    EDV = jnp.max(jnp.where(inside, v_lv, -big), axis=-1)
+    ESV = jnp.min(jnp.where(inside, v_lv, big), axis=-1)
+    return dict(
+        SBP=SBP,
+        DBP=DBP,
+        MAP=MAP,
+        SV=SV,
+        EF=100.0 * SV / EDV,
+        CO=SV / T * 60.0 / 1000.0,
+        EDV=EDV,
+        ESV=ESV,
+        HR=60.0 / T,
+    )
+
+
+# ---------------------------------------------------------------------------------
+# periodic steady state
+# ---------------------------------------------------------------------------------
+class SteadyState(eqx.Module):
+    """The outcome of :func:`to_periodic_steady_state`.
+
+    Attributes:
+        state: ``{state: (N,)}`` (scalars for one patient) at the start of the reduced
+            beat, on the periodic orbit (phase reset to 0, cumulative integrals to 0).
+        beats: number of beats simulated before convergence (per patient).
+        converged: whether the beat-to-beat change fell below ``tol``.
+        change: the last beat-to-beat change (see :func:`to_periodic_steady_state`).
+        metrics: per-beat hemodynamics of one more beat (see :func:`beat_metrics`);
+            NaN for a patient whose status is not OK.
+        beat: the densely saved last beat: ``{"t": ..., state and output names: ...}``
+            with a trailing axis of ``n_save`` points (``t`` from the beat's start, s);
+            NaN for a patient whose status is not OK.
+        status: :class:`~twinjax.Status` code per patient: ``OK``, an integrator's
+            failure code, or ``NOT_CONVERGED`` (``max_beats`` used up; ``state`` is then
+            the last beat's start, a start for another try).
+        params: the full parameter dict used.
+    """
+
+    state: dict
+    beats: jax.Array
+    converged: jax.Array
+    change: jax.Array
+    metrics: dict
+    beat: dict
+    status: jax.Array
+    params: dict
+
+
+def _phase_field(model):
+    """The vector field with the phase as independent variable, plus elapsed time.
+
+    ``dY/dphi = f(Y) / (dphi/dt)`` and ``dt/dphi = 1 / (dphi/dt)`` (appended last), so
+    that integrating over ``[k, k + 1]`` is exactly one beat whatever the heart rate.
+    """
+    f = vector_field(model)
+    i_phi = model.state_names.index("phi")
+
+    def g(s, Z, args):
+        dY = f(s, Z[..., :-1], args)
+        rate = dY[..., i_phi : i_phi + 1]
+        return jnp.concatenate([dY / rate, 1.0 / rate], -1)
+
+    return g
+
+
+def _dynamic_mask(model):
+    return np.asarray([not s.cumulative for s in model.states])
+
+
+def beat_map(model, solver, p, Y0):
+    """The period map of :mod:`twinjax.solve._periodic` for the circulation:
+    ``(G, embed, g, args, x0)``. ``G`` maps the non-cumulative states ``x`` at the start
+    of a beat to those one beat later, integrated in the phase from 0 to 1 (0 to 0 for
+    inactive patients) with the phase and cumulative integrals reset to 0; ``embed``
+    puts ``x`` back into the full state, ``g`` is the phase field and ``x0`` the start
+    (the non-cumulative part of ``Y0``)."""
+    g = _phase_field(model)
+    n, S = Y0.shape
+    dtype = Y0.dtype
+    dyn = _dynamic_mask(model)
+    idx = np.flatnonzero(dyn)
+    Ybase = jnp.where(jnp.asarray(dyn)[None, :], Y0, 0.0)  # phase and integrals at 0
+    args = (p, jnp.zeros((n, S), dtype))
+
+    def embed(x):
+        return Ybase.at[:, idx].set(x)
+
+    def G(x, active):
+        Z = jnp.concatenate([embed(x), jnp.zeros((n, 1), dtype)], -1)
+        s1 = jnp.where(active, 1.0, 0.0).astype(dtype)
+        _, Z1, st = solver.integrate(g, jnp.zeros((n,), dtype), s1, Z, None, args, model)
+        return Z1[:, idx], st
+
+    return G, embed, g, args, Y0[:, idx]
+
+
+def last_beat(model, solver, g, args, Y, n_save, status):
+    """One more beat from the steady state ``Y`` (phase and integrals at 0), densely
+    saved: ``(state, metrics, dense, status)``; NaN metrics and dense beat for a
+    patient whose status is not OK."""
+    n = Y.shape[0]
+    dtype = Y.dtype
+    Z = jnp.concatenate([Y, jnp.zeros((n, 1), dtype)], -1)
+    ss = jnp.broadcast_to(jnp.linspace(0.0, 1.0, n_save, dtype=dtype), (n, n_save))
+    Zs, Z1, st = solver.integrate(
+        g, jnp.zeros((n,), dtype), jnp.ones((n,), dtype), Z, ss, args, model
+    )
+    status = first_failure(status, st)
+    names = model.state_names
+    p = args[0]
+    states = {k: Zs[..., i] for i, k in enumerate(names)}
+    t = Zs[..., -1]
+    pe = {k: v[:, None] for k, v in p.items()}
+    outputs = model.observe(t, states, pe)
+    T = Z1[:, -1]
+    i_p, i_q = names.index("int_p_AR_SYS"), names.index("int_Q_AV")
+    MAP = Z1[:, i_p] / T
+    SV = Z1[:, i_q]
+    inside = jnp.ones(Zs.shape[:2], bool)
+    metrics = _reduce(states["p_AR_SYS"], states["V_LV"], inside, MAP, SV, T)
+    dense = {"t": t, **states, **{k: jnp.broadcast_to(v, t.shape) for k, v in outputs.items()}}
+    bad = status != 0
+    metrics = {k: jnp.where(bad, jnp.nan, v) for k, v in metrics.items()}
+    dense = {k: jnp.where(bad[:, None], jnp.nan, v) for k, v in dense.items()}
+    Y0s = {k: Z[:, i] for i, k in enumerate(names)}
+    return Y0s, metrics, dense, status
+
+
+@eqx.filter_jit
+def _pss_core(model, solver, p, Y0, tol, max_beats, batch, n_save):
+    G, embed, g, args, x0 = beat_map(model, solver, p, Y0)
+    fp = solve_fixed_point(G, x0, method="plain", tol=tol, max_iter=max_beats, batch=batch)
+    Y0s, metrics, dense, status = last_beat(model, solver, g, args, embed(fp.x), n_save, fp.status)
+    return Y0s, fp.iterations, fp.converged, fp.residual, metrics, dense, status
+
+
+def to_periodic_steady_state(
+    model: Circulation,
+    params: Mapping | None = None,
+    solver=None,
+    *,
+    tol: float = 1e-3,
+    max_beats: int = 200,
+    batch: int = 1,
+    n_save: int = 201,
+    y0: Mapping | None = None,
+    dtype=None,
+) -> SteadyState:
+    """Run the circulation beat by beat until it reaches its periodic steady state.
+
+    Each beat is integrated with the phase ``phi`` as the independent variable, from
+    ``phi = 0`` to 1 (so a beat is exactly one cycle even when the heart rate changes
+    within it, as with the baroreflex); the elapsed time is integrated alongside. A
+    patient has converged when the largest change of a non-cumulative state between
+    the starts of two consecutive beats, relative to ``1 + |y|`` (mL, mmHg, mL/s),
+    falls below ``tol``; converged patients stop (their segments have zero length)
+    while the others go on (plain fixed-point iteration of the beat map, with
+    :func:`twinjax.solve._periodic.solve_fixed_point`). Then one more beat is
+    integrated with ``n_save`` saves and reduced to per-beat metrics.
+
+    Arguments:
+        model: a :class:`Circulation` (with or without baroreflex).
+        params: ``{name: value}``; scalars for one patient, ``(N,)`` arrays for a batch.
+        solver: ``solvers.Ensemble(...)`` or ``solvers.Diffrax(...)`` (default Diffrax
+            with rtol 1e-6, atol 1e-6).
+        tol: convergence tolerance of the beat-to-beat change.
+        max_beats: give up after this many beats (``converged`` is then False and the
+            status ``Status.NOT_CONVERGED``).
+        batch: beats per convergence check (``beats`` is then a multiple of it).
+        n_save: saves over the reduced beat (extremes are taken over them).
+        y0: initial state (default ``model.init(params)``), e.g. a previous steady state.
+        dtype: floating dtype (default float64 with x64 on, else float32).
+
+    Returns:
+        A :class:`SteadyState`: per patient the number of beats, convergence flag,
+        the state at beat start, metrics ``SBP, DBP, MAP, SV, EF, CO, EDV, ESV, HR``
+        and the densely saved beat (for :func:`pv_loop`).
+    """
+    if not isinstance(model, Circulation):
+        raise TypeError(f"to_periodic_steady_state needs a Circulation, got {type(model)}")
+    if not (tol > 0 and max_beats >= 1 and batch >= 1 and n_save >= 3):
+        raise ValueError("need tol > 0, max_beats >= 1, batch >= 1 and n_save >= 3")
+    dtype = dtype or default_float()
+    solver = solver if solver is not None else Diffrax(rtol=1e-6, atol=1e-6)
+    p, N = model.complete(params, dtype=dtype)
+    nb = N or 1
+    p = {k: jnp.broadcast_to(v, (nb,)) for k, v in p.items()}
+    y = model.init(p) if y0 is None else {k: jnp.asarray(v, dtype) for k, v in y0.items()}
+    Y0 = stack_state(model, y, (nb,)).astype(dtype)
+    out = _pss_core(model, solver, p, Y0, tol, int(max_beats), int(batch), int(n_save))
+    Ys, beats, conv, ch, metrics, dense, status = out
+    if N is None:
+        pick = lambda d: {k: v[0] for k, v in d.items()}  # noqa: E731
+        Ys, metrics, dense, p = pick(Ys), pick(metrics), pick(dense), pick(p)
+        beats, conv, ch, status = beats[0], conv[0], ch[0], status[0]
+    return SteadyState(Ys, beats, conv, ch, metrics, dense, status, p)
+
+
+def pv_loop(ss: SteadyState, chamber: str = "LV"):
+    """The pressure-volume loop of a chamber over the reduced steady-state beat.
+
+    Arguments:
+        ss: a :class:`SteadyState` from :func:`to_periodic_steady_state`.
+        chamber: ``"LV"``, ``"RV"``, ``"LA"`` or ``"RA"``.
+
+    Returns:
+        ``(V, p)``: volumes (mL) and pressures (mmHg), trailing axis ``n_save``.
+    """
+    if chamber not in CHAMBERS:
+        raise ValueError(f"chamber must be one of {CHAMBERS}, got {chamber!r}")
+    return ss.beat[f"V_{chamber}"], ss.beat[f"p_{chamber}"]
+
+
+# ---------------------------------------------------------------------------------
+# quasi-static steady states at the concentrations of chosen times
+# ---------------------------------------------------------------------------------
+def _interp(tq, t, c):
+    if t.ndim == 1 and c.ndim == 1:
+        return jnp.interp(tq, t, c)
+    t2 = jnp.broadcast_to(t, c.shape)
+    return jax.vmap(lambda a, b: jnp.interp(tq, a, b))(t2, c)
+
+
+def quasi_static(
+    model: Circulation,
+    pk_result,
+    times,
+    links: Sequence[Link],
+    params: Mapping | None = None,
+    solver=None,
+    **steady_state_kw,
+) -> dict:
+    """Periodic steady states of the circulation at the concentrations of chosen times.
+
+    Arguments:
+        model: the organ model (a :class:`~twinjax.models.circulation.Circulation`).
+        pk_result: a :class:`~twinjax.Result` of the drug's PK (one patient or ``N``).
+        times: ``(K,)`` times, in the PK model's time unit, inside its saved range.
+        links: :class:`~twinjax.Link` objects ``Link("pk.<output>", "<any>.<param>",
+            kind, params)``: the PK output (e.g. ``"pk.C"``) modifies a parameter of
+            ``model`` exactly as in :func:`~twinjax.couple`.
+        params: the organ's parameters (scalars, or ``(N,)`` matching the PK batch).
+        solver: passed to :func:`to_periodic_steady_state`.
+        **steady_state_kw: ``tol``, ``max_beats``, ``batch``, ``n_save``.
+
+    Returns:
+        ``{"times": (K,), "C": {output: (K,) or (N, K)}, "metrics": {name: (K,) or (N,
+        K)}, "beats": ..., "converged": ..., "steady_state": SteadyState}`` (the
+        steady state is flattened over ``N * K``).
+
+    Raises:
+        ValueError: a link whose target is not a parameter of ``model`` or whose
+            source is not an output of the PK result.
+    """
+    ts = jnp.asarray(times, pk_result.times.dtype)
+    if ts.ndim != 1:
+        raise ValueError(f"times must be a (K,) array, got shape {ts.shape}")
+    K = ts.shape[0]
+    N = pk_result.n_patients
+    base, n_p = model.complete(params, dtype=ts.dtype)
+    if n_p is not None and N is not None and n_p != N:
+        raise ValueError(f"params have {n_p} patients but the PK result has {N}")
+    nb = N or n_p
+    conc = {}
+    for ln in links:
+        _, so = ln.source.split(".", 1)
+        _, tp = ln.target.split(".", 1)
+        if so not in pk_result.outputs:
+            raise ValueError(f"Link source {ln.source!r}: no output {so!r} in the PK result")
+        if tp not in model.param_names:
+            raise ValueError(f"Link target {ln.target!r}: {type(model).__name__} has no {tp!r}")
+        if so not in conc:
+            conc[so] = _interp(ts, pk_result.times, pk_result.outputs[so])  # (K,) or (N, K)
+
+    def grid(v):  # -> (N, K) or (K,)
+        v = jnp.asarray(v)
+        if nb is None:
+            return jnp.broadcast_to(v, (K,))
+        return jnp.broadcast_to(v[:, None] if v.ndim == 1 else v, (nb, K))
+
+    p = {k: grid(v) for k, v in base.items()}
+    for ln in links:
+        _, so = ln.source.split(".", 1)
+        _, tp = ln.target.split(".", 1)
+        q = {x.name: x.value for x in ln.param_table()}
+        p[tp] = ln.apply(grid(conc[so]), p[tp], q)
+    shape = p["HR"].shape
+    flat = {k: v.reshape(-1) for k, v in p.items()}
+    ss = to_periodic_steady_state(model, flat, solver, **steady_state_kw)
+    unflat = lambda v: v.reshape(shape)  # noqa: E731
+    return dict(
+        times=ts,
+        C={k: grid(v) for k, v in conc.items()},
+        metrics={k: unflat(v) for k, v in ss.metrics.items()},
+        beats=unflat(ss.beats),
+        converged=unflat(ss.converged),
+        steady_state=ss,
+    )
