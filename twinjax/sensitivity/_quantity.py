@@ -77,8 +77,8 @@ def quantity_spec(model, times, output, endpoint, where: str, *, differentiable:
                 f"{where}: unknown output {output!r}; the model's outputs and states are {names}"
             )
         return output, ts, None, output
+    from ..trial._check import SpecError
     from ..trial._endpoints import Endpoint
-    from ..trial._spec import SpecError
 
     if isinstance(endpoint, Endpoint):
         problems = endpoint.problems(names, float(ts[-1]))

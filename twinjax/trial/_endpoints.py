@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ._spec import INVALID, Problems, SpecError, boolean, describe, number, ok, string
+from ._check import INVALID, Problems, SpecError, boolean, describe, number, ok, string
 
 KINDS = (
     "value",

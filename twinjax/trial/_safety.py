@@ -54,7 +54,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from . import _spec
-from ._spec import SpecError
+from ._check import SpecError
 
 __all__ = ["SafetyTrial"]
 

@@ -20,14 +20,17 @@ The rules:
   covariates of the population, outputs and parameters those of the model, arm and
   endpoint names unique, and arm names safe as folder names (see
   :func:`arm_name_problem`).
+
+Layout: the checks of single values and the :class:`SpecError` are in ``_check.py``,
+the arms, inclusion criteria and sensitivity settings with their field checks in
+``_arms.py`` (both re-exported here); this module checks a whole trial against its
+model and population and builds one from TOML (:func:`trial_from_dict`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import numbers
 import pathlib
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,262 +38,38 @@ from typing import Any
 
 import numpy as np
 
+from ._arms import Arm as Arm
+from ._arms import Inclusion as Inclusion
+from ._arms import Sensitivity as Sensitivity
+from ._arms import check_arm as check_arm
+from ._arms import check_inclusion as check_inclusion
+from ._arms import check_sensitivity_fields as check_sensitivity_fields
+from ._check import ARM_NAME_CHARS as ARM_NAME_CHARS
+from ._check import ARM_NAME_MAX as ARM_NAME_MAX
+from ._check import INVALID as INVALID
+from ._check import MAX_SEED as MAX_SEED
+from ._check import PY_LABELS as PY_LABELS
+from ._check import RESERVED_COLUMNS as RESERVED_COLUMNS
+from ._check import TOML_LABELS as TOML_LABELS
+from ._check import Problems as Problems
+from ._check import SpecError as SpecError
+from ._check import arm_name_problem as arm_name_problem
+from ._check import boolean as boolean
+from ._check import describe as describe
+from ._check import format_problems as format_problems
+from ._check import integer as integer
+from ._check import is_bool as is_bool
+from ._check import is_int as is_int
+from ._check import is_number as is_number
+from ._check import listof as listof
+from ._check import number as number
+from ._check import ok as ok
+from ._check import store_path as store_path
+from ._check import string as string
+from ._check import table as table
+from ._check import unknown_keys as unknown_keys
+
 __all__ = ["SpecError", "Problems"]
-
-MAX_SEED = 2**63 - 1
-ARM_NAME_CHARS = " _-+.()%"
-ARM_NAME_MAX = 100
-RESERVED_COLUMNS = ("arm", "patient", "status")
-
-
-class SpecError(ValueError):
-    """A malformed trial specification (raised before any simulation).
-
-    ``problems`` lists every problem found; the message shows them all.
-    """
-
-    def __init__(self, problems: str | Sequence[str], subject: str = "the specification"):
-        if isinstance(problems, str):
-            problems = [problems]
-        self.problems: tuple[str, ...] = tuple(str(p) for p in problems)
-        self.subject = subject
-        super().__init__(format_problems(self.problems, subject))
-
-    def __reduce__(self):
-        return (type(self), (list(self.problems), self.subject))
-
-
-def format_problems(problems: Sequence[str], subject: str = "the specification") -> str:
-    if len(problems) == 1:
-        return problems[0]
-    lines = "\n".join(f"  - {p}" for p in problems)
-    return f"{len(problems)} problems in {subject}:\n{lines}"
-
-
-class Problems:
-    """A collector of specification problems; :meth:`check` raises them as one SpecError."""
-
-    def __init__(self):
-        self.items: list[str] = []
-
-    def add(self, where: str, msg: str) -> None:
-        self.items.append(f"{where}: {msg}" if where else msg)
-
-    def absorb(self, err: BaseException, where: str = "") -> None:
-        """Add the problem(s) of an exception (a SpecError's list, else its text)."""
-        for p in getattr(err, "problems", None) or [str(err)]:
-            self.add(where, p)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def check(self, subject: str = "the specification") -> None:
-        if self.items:
-            raise SpecError(self.items, subject)
-
-
-class _Invalid:
-    """The value of an entry that failed its check (later checks that need it skip)."""
-
-    def __repr__(self):
-        return "INVALID"
-
-
-INVALID: Any = _Invalid()
-
-
-# ============================================================================ value checks
-def is_bool(v) -> bool:
-    return isinstance(v, (bool, np.bool_))
-
-
-def is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not is_bool(v)
-
-
-def is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not is_bool(v)
-
-
-def describe(v) -> str:
-    """How a value reads in a message: ``the string "false"``, ``the number 7.9``."""
-    if is_bool(v):
-        return f"the boolean {'true' if v else 'false'}"
-    if isinstance(v, str):
-        return f"the string {json.dumps(v, ensure_ascii=False)}"
-    if is_int(v):
-        return f"the integer {int(v)}"
-    if is_number(v):
-        return f"the number {float(v)!r}"
-    if v is None:
-        return "nothing (None)"
-    if isinstance(v, Mapping):
-        return "a table"
-    if isinstance(v, (list, tuple)):
-        return f"a list of {len(v)} item(s)"
-    return f"a {type(v).__name__}"
-
-
-def boolean(v, where: str, probs: Problems):
-    """A bool (True/False), or INVALID after adding a problem."""
-    if is_bool(v):
-        return bool(v)
-    hint = ""
-    if isinstance(v, str) and v.strip().lower() in ("true", "false", "yes", "no", "on", "off"):
-        hint = " (write true or false, without quotes)"
-    elif is_int(v) and v in (0, 1):
-        hint = " (write true or false)"
-    probs.add(where, f"expected a boolean (true/false), got {describe(v)}{hint}")
-    return INVALID
-
-
-def _range_text(lo, hi, lo_open, hi_open) -> str:
-    if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    if lo is not None:
-        return f"{'>' if lo_open else '>='} {lo:g}"
-    return f"{'<' if hi_open else '<='} {hi:g}"
-
-
-def _in_range(v, lo, hi, lo_open, hi_open) -> bool:
-    if lo is not None and (v <= lo if lo_open else v < lo):
-        return False
-    if hi is not None and (v >= hi if hi_open else v > hi):
-        return False
-    return True
-
-
-def integer(v, where: str, probs: Problems, *, lo=None, hi=None):
-    """An int (a bool or a float is refused, never truncated), or INVALID."""
-    if not is_int(v):
-        hint = ""
-        if is_number(v):
-            hint = " (fractional values are not rounded)"
-        elif isinstance(v, str):
-            hint = " (write the number without quotes)"
-        probs.add(where, f"expected an integer, got {describe(v)}{hint}")
-        return INVALID
-    v = int(v)
-    if not _in_range(v, lo, hi, False, False):
-        probs.add(where, f"must be {_range_text(lo, hi, False, False)}, got {v}")
-        return INVALID
-    return v
-
-
-def number(
-    v,
-    where: str,
-    probs: Problems,
-    *,
-    lo=None,
-    hi=None,
-    lo_open: bool = False,
-    hi_open: bool = False,
-    finite: bool = True,
-):
-    """A float (an int is accepted; a bool or a string is not), or INVALID."""
-    if not is_number(v):
-        hint = " (write the number without quotes)" if isinstance(v, str) else ""
-        probs.add(where, f"expected a number, got {describe(v)}{hint}")
-        return INVALID
-    v = float(v)
-    if math.isnan(v) or (finite and math.isinf(v)):
-        probs.add(where, f"must be a finite number, got {v}")
-        return INVALID
-    if not _in_range(v, lo, hi, lo_open, hi_open):
-        probs.add(where, f"must be {_range_text(lo, hi, lo_open, hi_open)}, got {v:g}")
-        return INVALID
-    return v
-
-
-def string(v, where: str, probs: Problems, *, choices: Sequence[str] | None = None):
-    """A non-empty str (optionally one of ``choices``), or INVALID."""
-    if not isinstance(v, str):
-        probs.add(where, f"expected a string, got {describe(v)}")
-        return INVALID
-    if not v.strip():
-        probs.add(where, "must not be empty")
-        return INVALID
-    if choices is not None and v not in choices:
-        probs.add(where, f"{v!r} is not one of {list(choices)}")
-        return INVALID
-    return v
-
-
-def listof(v, where: str, probs: Problems, item, **kw):
-    """A list whose items pass ``item(x, where[i], probs, **kw)``, or INVALID."""
-    if isinstance(v, (str, bytes, Mapping)) or not isinstance(v, (Sequence, np.ndarray)):
-        probs.add(where, f"expected a list, got {describe(v)}")
-        return INVALID
-    n0 = len(probs)
-    out = [item(x, f"{where}[{i}]", probs, **kw) for i, x in enumerate(v)]
-    return INVALID if len(probs) > n0 else out
-
-
-def table(v, where: str, probs: Problems):
-    """A Mapping, or INVALID."""
-    if not isinstance(v, Mapping):
-        probs.add(where, f"expected a table, got {describe(v)}")
-        return INVALID
-    return v
-
-
-def unknown_keys(d: Mapping, table_name: str, allowed, probs: Problems) -> None:
-    """One problem per key of ``d`` not in ``allowed`` (``table_name`` like ``[trial]``)."""
-    for k in d:
-        if k not in allowed:
-            probs.add(
-                "", f"unknown key {k!r} in {table_name}; allowed keys: {sorted(map(str, allowed))}"
-            )
-
-
-def ok(*values) -> bool:
-    """None of the values failed its check."""
-    return not any(v is INVALID for v in values)
-
-
-# ============================================================================ names
-def arm_name_problem(name) -> str | None:
-    """Why ``name`` cannot name an arm, or None.
-
-    An arm's name is a folder of the results store (``OUT/results.zarr/NAME``), so it
-    must be a plain, non-empty name: letters, digits, spaces and ``_-+.()%``, no path
-    separator, no leading dot (so no ``..``), no leading or trailing space, no trailing
-    dot, at most 100 characters.
-    """
-    if not isinstance(name, str):
-        return f"expected a string, got {describe(name)}"
-    if not name.strip():
-        return "an arm needs a non-empty name"
-    if "/" in name or "\\" in name:
-        return f"{name!r}: an arm name must not contain a path separator (/ or \\)"
-    if name.startswith(".") or ".." in name:
-        return f"{name!r}: an arm name must not start with a dot nor contain '..'"
-    if name != name.strip() or name.endswith("."):
-        return f"{name!r}: an arm name must not start or end with a space, nor end with a dot"
-    bad = sorted({c for c in name if not (c.isalnum() or c in ARM_NAME_CHARS)})
-    if bad:
-        return (
-            f"{name!r}: characters {bad} are not allowed in an arm name (it names a folder); "
-            f"use letters, digits, spaces and {ARM_NAME_CHARS.strip()}"
-        )
-    if len(name) > ARM_NAME_MAX:
-        return f"an arm name has at most {ARM_NAME_MAX} characters, got {len(name)}"
-    return None
-
-
-def store_path(out, arm_name: str) -> pathlib.Path:
-    """``out/results.zarr/<arm_name>``, refused (SpecError) unless it resolves inside."""
-    root = (pathlib.Path(out) / "results.zarr").resolve()
-    problem = arm_name_problem(arm_name)
-    if problem is not None:
-        raise SpecError(f"arm {arm_name!r}: {problem}")
-    path = (root / arm_name).resolve()
-    if path.parent != root:
-        raise SpecError(
-            f"arm {arm_name!r}: its results store {path} would be outside {root}; rename the arm"
-        )
-    return path
 
 
 def known_covariates(population) -> tuple[str, ...] | None:
@@ -340,119 +119,7 @@ def param_problem(model, name: str, value) -> str | None:
     return None
 
 
-# ============================================================================ arms, inclusion
-def check_arm(name, regimen, n, placebo, params, where: str, probs: Problems) -> None:
-    """The fields of an :class:`Arm` (``where``: ``[arms][1]`` or ``Arm('x')``)."""
-    from ..dosing import Regimen
-
-    p = arm_name_problem(name)
-    if p is not None:
-        probs.add(f"{where}.name", p)
-    placebo = boolean(placebo, f"{where}.placebo", probs)
-    if n is not None:
-        integer(n, f"{where}.n", probs, lo=2)
-    if regimen is not None and not isinstance(regimen, Regimen):
-        probs.add(f"{where}.regimen", f"expected a Regimen or None, got {describe(regimen)}")
-    if regimen is None and placebo is False:
-        probs.add(where, f"arm {name!r} has no regimen; give doses or mark it placebo = true")
-    if regimen is not None and placebo is True:
-        probs.add(where, f"arm {name!r} is a placebo arm with doses; drop one or the other")
-    if params is not None:
-        if not isinstance(params, Mapping):
-            probs.add(f"{where}.params", f"expected a table of numbers, got {describe(params)}")
-        else:
-            for k, v in params.items():
-                number(v, f"{where}.params.{k}", probs)
-
-
-def check_inclusion(minimum, maximum, covariate, output, where: str, probs: Problems) -> None:
-    """The fields of an :class:`Inclusion` criterion (names are checked by the trial)."""
-    lo = number(minimum, f"{where}.min", probs, finite=False)
-    hi = number(maximum, f"{where}.max", probs, finite=False)
-    if ok(lo, hi) and lo > hi:
-        probs.add(where, f"min {lo:g} > max {hi:g}: no patient can be included")
-    if covariate is not None:
-        string(covariate, f"{where}.covariate", probs)
-    if output is not None:
-        string(output, f"{where}.output", probs)
-    if (covariate is None) == (output is None):
-        probs.add(where, "an inclusion criterion names exactly one covariate or output")
-
-
 # ============================================================================ the trial
-PY_LABELS = {
-    "duration": "duration",
-    "save_every": "save_every",
-    "n_per_arm": "n_per_arm",
-    "replicates": "replicates",
-    "power_sizes": "power_sizes",
-    "subgroup_covariates": "subgroup_covariates",
-    "alpha": "alpha",
-    "seed": "seed",
-    "control": "control",
-    "name": "name",
-    "outputs": "outputs",
-    "beat_times": "beat_times",
-    "arms": "arms",
-    "arm": "arms[{i}]",
-    "endpoints": "endpoints",
-    "endpoint": "endpoints[{i}]",
-    "inclusion": "inclusion[{i}]",
-    "covariate_effect": "population.covariates[{i}]",
-    "variability": "variability",
-    "var_error": "variability.errors[{i}]",
-    "var_placebo": "variability.placebo[{i}]",
-    "var_iov": "variability.iov[{i}]",
-    "var_outcome": "variability.dropout.outcome",
-    "sensitivity": "sensitivity",
-    "sens.endpoint": "sensitivity.endpoint",
-    "sens.arm": "sensitivity.arm",
-    "sens.local": "sensitivity.local",
-    "sens.parameters": "sensitivity.parameters",
-    "sens.patients": "sensitivity.patients",
-    "sens.sobol": "sensitivity.sobol",
-    "sens.sobol_n": "sensitivity.sobol_n",
-    "sens.sobol_seed": "sensitivity.sobol_seed",
-    "sens.sobol_bootstrap": "sensitivity.sobol_bootstrap",
-}
-
-TOML_LABELS = {
-    "duration": "[trial].duration",
-    "save_every": "[trial].save_every",
-    "n_per_arm": "[population].n_per_arm",
-    "replicates": "[statistics].replicates",
-    "power_sizes": "[statistics].power_sizes",
-    "subgroup_covariates": "[statistics].subgroups",
-    "alpha": "[statistics].alpha",
-    "seed": "[trial].seed",
-    "control": "[statistics].control",
-    "name": "[trial].name",
-    "outputs": "[trial].outputs",
-    "beat_times": "[trial].beat_times",
-    "arms": "[[arms]]",
-    "arm": "[arms][{i}]",
-    "endpoints": "[[endpoints]]",
-    "endpoint": "[endpoints][{i}]",
-    "inclusion": "[population.inclusion][{i}]",
-    "covariate_effect": "[population.covariates][{i}]",
-    "variability": "[variability]",
-    "var_error": "[variability.error][{i}]",
-    "var_placebo": "[variability.placebo][{i}]",
-    "var_iov": "[variability.iov][{i}]",
-    "var_outcome": "[variability.dropout].outcome",
-    "sensitivity": "[sensitivity]",
-    "sens.endpoint": "[sensitivity].endpoint",
-    "sens.arm": "[sensitivity].arm",
-    "sens.local": "[sensitivity].local",
-    "sens.parameters": "[sensitivity].parameters",
-    "sens.patients": "[sensitivity].patients",
-    "sens.sobol": "[sensitivity.sobol].parameters",
-    "sens.sobol_n": "[sensitivity.sobol].n",
-    "sens.sobol_seed": "[sensitivity.sobol].seed",
-    "sens.sobol_bootstrap": "[sensitivity.sobol].n_bootstrap",
-}
-
-
 def check_trial(a: dict, probs: Problems, labels: Mapping[str, str], complete: bool = True):
     """Check the arguments of a :class:`Trial`; return them normalised.
 
@@ -471,7 +138,6 @@ def check_trial(a: dict, probs: Problems, labels: Mapping[str, str], complete: b
     """
     from ..model._model import Model
     from ._endpoints import Endpoint
-    from ._trial import Arm, Inclusion
 
     out: dict[str, Any] = {}
     _check_numbers(a, out, probs, labels)
@@ -844,98 +510,6 @@ def _read_times(e) -> list[float]:
 
 
 # ============================================================================ sensitivity
-def _power_of_two(n: int) -> bool:
-    return n >= 2 and (n & (n - 1)) == 0
-
-
-def check_sensitivity_fields(f: Mapping, probs: Problems, L: Mapping[str, str]) -> dict:
-    """Types and ranges of the fields of a :class:`~twinjax.trial.Sensitivity`
-    (``endpoint, arm, local, parameters, patients, sobol, sobol_n, sobol_seed,
-    sobol_bootstrap``); names are checked against the trial by :func:`check_trial`.
-
-    Returns the normalised fields (INVALID where a check failed)."""
-    out: dict[str, Any] = {}
-    out["endpoint"] = string(f["endpoint"], L["sens.endpoint"], probs)
-    arm = f["arm"]
-    out["arm"] = None if arm is None else string(arm, L["sens.arm"], probs)
-    local = boolean(f["local"], L["sens.local"], probs)
-    out["local"] = local
-    params = f["parameters"]
-    if params is not None:
-        params = listof(params, L["sens.parameters"], probs, string)
-        if ok(params) and not params:
-            probs.add(
-                L["sens.parameters"], "must name at least one parameter (or be left out: all)"
-            )
-            params = INVALID
-        elif ok(params) and len(set(params)) != len(params):
-            probs.add(L["sens.parameters"], f"parameters must be unique, got {params}")
-            params = INVALID
-        elif ok(params):
-            params = tuple(params)
-    out["parameters"] = params
-    patients = f["patients"]
-    if patients is not None:
-        patients = integer(patients, L["sens.patients"], probs, lo=1)
-    out["patients"] = patients
-    if local is False:
-        for k in ("parameters", "patients"):
-            if f[k] is not None:
-                probs.add(L[f"sens.{k}"], "is for the local sensitivities; local is false")
-    bounds = f["sobol"]
-    w = L["sens.sobol"]
-    if bounds is not None and bounds is not INVALID:  # INVALID: reported already
-        if table(bounds, w, probs) is INVALID:
-            bounds = INVALID
-        elif not bounds:
-            probs.add(w, "must name at least one parameter: {NAME = [lower, upper], ...}")
-            bounds = INVALID
-        else:
-            b: dict[str, Any] = {}
-            for name, v in bounds.items():
-                bw = f"{w}.{name}"
-                if isinstance(v, (str, bytes, Mapping)) or not isinstance(
-                    v, (Sequence, np.ndarray)
-                ):
-                    probs.add(bw, f"expected [lower, upper], got {describe(v)}")
-                    b[name] = INVALID
-                    continue
-                if len(v) != 2:
-                    probs.add(bw, f"expected [lower, upper] (2 numbers), got {len(v)} item(s)")
-                    b[name] = INVALID
-                    continue
-                lo = number(v[0], f"{bw}[0]", probs)
-                hi = number(v[1], f"{bw}[1]", probs)
-                if ok(lo, hi) and not lo < hi:
-                    probs.add(bw, f"lower must be < upper, got [{lo:g}, {hi:g}]")
-                    lo = INVALID
-                b[name] = (lo, hi) if ok(lo, hi) else INVALID
-            bounds = b if ok(*b.values()) else INVALID
-    out["sobol"] = bounds
-    n = integer(f["sobol_n"], L["sens.sobol_n"], probs, lo=2)
-    if ok(n) and not _power_of_two(n):
-        up = 1 << (n - 1).bit_length()
-        probs.add(
-            L["sens.sobol_n"],
-            f"base samples must be a power of two >= 2 (the balance properties of Sobol' "
-            f"points need it), got {n}; e.g. {up // 2} or {up}",
-        )
-        n = INVALID
-    out["sobol_n"] = n
-    seed = f["sobol_seed"]
-    out["sobol_seed"] = (
-        None if seed is None else integer(seed, L["sens.sobol_seed"], probs, lo=0, hi=MAX_SEED)
-    )
-    out["sobol_bootstrap"] = integer(f["sobol_bootstrap"], L["sens.sobol_bootstrap"], probs, lo=0)
-    if local is False and bounds is None:
-        probs.add(
-            L["sensitivity"],
-            "asks for nothing: set local = true and/or give the Sobol' parameter ranges "
-            "(sobol = {parameters = {NAME = [lower, upper], ...}})",
-        )
-    return out
-
-
 def _check_sensitivity(
     a: dict, out: dict, probs: Problems, L: Mapping[str, str], complete: bool
 ) -> None:
@@ -944,7 +518,6 @@ def _check_sensitivity(
     the first arm that is not the control), known parameters and admissible ranges."""
     from ..model._model import Model
     from ..sensitivity._quantity import SMOOTH_KINDS, check_bounds
-    from ._trial import Sensitivity
 
     s = a.get("sensitivity")
     out["sensitivity"] = s
@@ -1118,7 +691,6 @@ def trial_from_dict(cls, spec: Mapping):
     from ..population._population import Categorical, Exponential, Linear, Power
     from ..solve import solvers
     from ._endpoints import Endpoint, check_endpoint_fields
-    from ._trial import Arm, Inclusion
     from ._variability import variability_from_toml
 
     P = Problems()
@@ -1367,7 +939,6 @@ def trial_from_dict(cls, spec: Mapping):
 def sensitivity_from_toml(v, probs: Problems):
     """The ``[sensitivity]`` table as a :class:`~twinjax.trial.Sensitivity`, None when
     absent, INVALID after adding its problems (every one, named ``[sensitivity].key``)."""
-    from ._trial import Sensitivity
 
     if v is None:
         return None

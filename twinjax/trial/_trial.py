@@ -15,110 +15,16 @@ import numpy as np
 import pandas as pd
 
 from .._outdir import claim
-from ..dosing import Regimen
 from ..population import Population
 from ..solve import solvers
 from ..solve._cohort import simulate_cohort
 from . import _spec, _stats
+from ._arms import Arm, Inclusion, Sensitivity
 from ._endpoints import Endpoint
 from ._spec import SpecError
 from ._variability import Variability
 
 __all__ = ["Arm", "Inclusion", "Sensitivity", "SpecError", "Trial", "TrialResult"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Arm:
-    """A trial arm: a name, a regimen (None for placebo) and its sample size.
-
-    Arguments:
-        name: the arm's name.
-        regimen: a :class:`~twinjax.Regimen`; ``None`` only with ``placebo=True``.
-        n: patients in this arm (default: the trial's ``n_per_arm``).
-        placebo: the arm receives no drug.
-        params: fixed parameter values for every patient of this arm, replacing the
-            sampled ones (e.g. the Child-Pugh multipliers of a hepatic-impairment arm,
-            or the drug-free ``EA_LV`` of a heart-failure arm).
-    """
-
-    name: str
-    regimen: Regimen | None = None
-    n: int | None = None
-    placebo: bool = False
-    params: Mapping[str, float] | None = None
-
-    def __post_init__(self):
-        probs = _spec.Problems()
-        _spec.check_arm(
-            self.name, self.regimen, self.n, self.placebo, self.params, f"Arm({self.name!r})", probs
-        )
-        probs.check()
-
-
-@dataclasses.dataclass(frozen=True)
-class Inclusion:
-    """An inclusion criterion on a covariate or on a baseline (time-0) model output."""
-
-    min: float = -np.inf
-    max: float = np.inf
-    covariate: str | None = None
-    output: str | None = None
-
-    def __post_init__(self):
-        probs = _spec.Problems()
-        _spec.check_inclusion(self.min, self.max, self.covariate, self.output, "Inclusion", probs)
-        probs.check()
-
-
-@dataclasses.dataclass(frozen=True)
-class Sensitivity:
-    """A sensitivity analysis of one endpoint in one arm, run with the trial.
-
-    Both analyses are of the twin's endpoint under the arm's regimen (as prescribed) on
-    the trial's save grid, with the trial's solver; measurement error, placebo response,
-    dropout and missed doses are not applied (they are not functions of the parameters).
-
-    Arguments:
-        endpoint: the name of one of the trial's endpoints.
-        arm: the arm (default: the first arm that is not the control).
-        local: normalised local sensitivities ``d log y / d log theta`` per patient of the
-            arm's cohort (the trial's own patients, arm parameters applied), by
-            forward-mode AD (:func:`twinjax.sensitivity.local`); the report gives their
-            median, quartiles and 5-95 % over the patients and a tornado plot. Needs an
-            endpoint with a derivative (kinds ``value``, ``change``, ``cmax``, ``auc``,
-            ``ctrough``).
-        parameters: the parameters of the local analysis (default: every parameter).
-        patients: analyse the arm's first ``patients`` patients (default: all of them).
-        sobol: ``{name: (lower, upper)}``: first-order and total Sobol' indices of the
-            endpoint for the arm's typical patient (the population's typical values and
-            the arm's parameters) with these parameters uniform on their ranges
-            (:func:`twinjax.sensitivity.sobol`); None: no global analysis.
-        sobol_n: Sobol' base samples, a power of two (the model runs ``n (k + 2)`` times).
-        sobol_seed: seed of the Sobol' design and bootstrap (default: the trial's seed).
-        sobol_bootstrap: bootstrap resamples for the 95 % intervals.
-
-    Raises:
-        SpecError: for values of the wrong type or range; names are checked against the
-            trial by :class:`Trial` (before any simulation).
-    """
-
-    endpoint: str
-    arm: str | None = None
-    local: bool = True
-    parameters: Sequence[str] | None = None
-    patients: int | None = None
-    sobol: Mapping[str, tuple[float, float]] | None = None
-    sobol_n: int = 256
-    sobol_seed: int | None = None
-    sobol_bootstrap: int = 1000
-
-    def __post_init__(self):
-        probs = _spec.Problems()
-        f = {k.name: getattr(self, k.name) for k in dataclasses.fields(self)}
-        v = _spec.check_sensitivity_fields(f, probs, _spec.PY_LABELS)
-        probs.check()
-        for k, x in v.items():  # normalised: tuples, floats
-            object.__setattr__(self, k, x)
 
 
 class Trial:

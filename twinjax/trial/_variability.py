@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ._spec import INVALID, Problems, boolean, describe, number, ok, string
+from ._check import INVALID, Problems, boolean, describe, number, ok, string
 
 __all__ = ["Dropout", "MeasurementError", "OccasionVariability", "PlaceboResponse", "Variability"]
 
