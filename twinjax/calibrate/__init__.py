@@ -12,11 +12,18 @@
   in MAP and FOCE-I fits (``censoring=``).
 - :func:`saem`: SAEM population fits (Kuhn & Lavielle), batched over subjects, with an
   importance-sampling OFV (:func:`importance_sampling_ofv`) comparable to FOCE-I's.
+- :func:`covariance_step` (NONMEM's sandwich / R / S), :func:`profile_likelihood`,
+  :func:`bootstrap` (resamples refitted together): uncertainty of FOCE-I fits.
 - :func:`forecast` and :func:`optimise_dose`: use a fitted twin.
 - :func:`cwres`, :func:`simulate_replicates`, :func:`npde`: diagnostics (see also
   ``twinjax.plot.vpc``, ``gof_panel``, ``pcvpc``).
 """
 
+from ._bootstrap import BootstrapResult as BootstrapResult
+from ._bootstrap import bootstrap as bootstrap
+from ._bootstrap import resample_counts as resample_counts
+from ._covstep import CovarianceStep as CovarianceStep
+from ._covstep import covariance_step as covariance_step
 from ._diagnostics import cwres as cwres
 from ._diagnostics import simulate_replicates as simulate_replicates
 from ._forecast import DoseResult as DoseResult
@@ -34,6 +41,9 @@ from ._npde import NpdeResult as NpdeResult
 from ._npde import npde as npde
 from ._npde import npde_from_simulations as npde_from_simulations
 from ._npde import npde_test as npde_test
+from ._profile import Profile as Profile
+from ._profile import plot_profile as plot_profile
+from ._profile import profile_likelihood as profile_likelihood
 from ._residual import ErrorModel as ErrorModel
 from ._saem import ImportanceSamplingOFV as ImportanceSamplingOFV
 from ._saem import SAEMResult as SAEMResult
