@@ -12,6 +12,8 @@ sigma_hat^2) + SSW (1 / s^2 - 1 / sigma_hat^2)``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -238,3 +240,77 @@ def test_bootstrap_refits_match_the_closed_form(lin_fit):
     same = bootstrap(lin_fit, DATA, n=8, seed=1, batch=3, tol=1e-8)
     np.testing.assert_array_equal(same.counts, W)
     np.testing.assert_allclose(same.estimates, bs.estimates, rtol=1e-8)
+
+
+# ------------------------------------------------------------------ published models
+def _at(model, data, pop, error, **kw):
+    """A ``PopulationFitResult`` at given estimates (no outer iteration)."""
+    return fit_population(
+        model, data, pop, error, max_outer=0, polish=False, covariance=False, **kw
+    )
+
+
+@pytest.mark.slow
+def test_pheno_sandwich_matches_nonmem_covariance_step():
+    """NONMEM 7.4.2's ``$COVARIANCE UNCONDITIONAL`` (default matrix: the sandwich) of
+    PHENO (pharmpy ``pheno_real.mod`` / ``.ext``, the reference of
+    ``calibration/phenobarbital.py``), evaluated at NONMEM's final estimates."""
+    import math
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "calibration"))
+    import phenobarbital as ph
+
+    est = {k: v[0] for k, v in ph.NONMEM.items()}
+    model, start = ph.model_and_start(1.0 + est["THETA3"])
+    pop = tj.Population(
+        model,
+        typical={"CL": est["THETA1"], "V": est["THETA2"]},
+        covariates=start.covariates,
+        omega={"CL": est["OMEGA(1,1)"], "V": est["OMEGA(2,2)"]},
+    )
+    err = ErrorModel("proportional", prop=math.sqrt(est["SIGMA(1,1)"]))
+    fit = _at(model, tj.data.datasets.phenobarbital(), pop, err)
+    assert fit.ofv == pytest.approx(ph.NONMEM_OFV, abs=1e-3)
+    c = covariance_step(fit, None, kind="sandwich")
+    mine = ph.twinjax_as_nonmem(dataclasses.replace(fit, estimates=c.table))
+    for k, (_, ref_se) in ph.NONMEM.items():
+        assert mine[k][1] == pytest.approx(ref_se, rel=0.01), k  # measured: within 0.1 %
+
+
+@pytest.mark.slow
+def test_theophylline_covariance_step():
+    """Theophylline (FOCE-I optimum, tight ODE tolerances): each subject's gradient
+    against finite differences of its own term; sandwich SEs of the magnitude of the
+    R-matrix SEs (measured ratios 0.73-1.91, see docs/calibration.md)."""
+    from twinjax.models import pk
+    from twinjax.solve._ensemble import Ensemble
+
+    oral = pk.one_compartment(absorption="first_order")
+    # the FOCE-I optimum (docs/calibration.md, calibration/theophylline.py)
+    pop = tj.Population(
+        oral,
+        typical={"KA": 1.590237, "CL": 2.751537, "V": 31.808869},
+        omega={"KA": 0.402355, "CL": 0.069095, "V": 0.019159},
+    )
+    data = tj.data.datasets.theophylline()
+    solver = Ensemble(rtol=1e-10, atol=1e-12)
+    fit = _at(oral, data, pop, ErrorModel("additive", add=0.694410), solver=solver)
+    assert fit.ofv == pytest.approx(116.803, abs=2e-3)
+    prob = _Problem.from_fit(fit, data)
+    phi = prob.phi_hat
+    v, g, _ = prob.subject_terms(phi)
+    h = 1e-4
+    fd = np.zeros_like(g)
+    for j in range(phi.size):
+        e = np.zeros(phi.size)
+        e[j] = h
+        fd[:, j] = (prob.subject_terms(phi + e)[0] - prob.subject_terms(phi - e)[0]) / (2 * h)
+    scale = max(1.0, float(np.max(np.abs(fd))))
+    np.testing.assert_allclose(g, fd, rtol=0, atol=1e-4 * scale)
+    assert np.max(np.abs(g.sum(0))) < 0.05  # at the optimum the subjects' gradients cancel
+    r = covariance_step(fit, data, kind="R").table.se
+    s = covariance_step(fit, data, kind="sandwich").table.se
+    ratio = s / r
+    assert np.all((ratio > 0.5) & (ratio < 2.5)), ratio.to_dict()
