@@ -38,7 +38,7 @@ def cwres(fit: FitResult) -> np.ndarray:
     spec, errors = _spec(fit)
     fd = fit.data
     obs = fd.obs()
-    tv = {k: jnp.asarray(v) for k, v in fit.typical.items()}
+    tv = {k: jax.tree.map(jnp.asarray, v) for k, v in fit.typical.items()}
     eta = jnp.asarray(np.nan_to_num(fit.etas))
     f, J, _ = f_and_jac(spec, tv, eta, fd.ev, jnp.asarray(fd.t_eval), obs.out)
     sigma = jnp.concatenate([e.sigma() for e in errors])
@@ -91,7 +91,7 @@ def simulate_replicates(fit: FitResult, n_rep: int, key, *, residual: bool = Tru
     L = np.linalg.cholesky(np.asarray(pop.omega) + 1e-12 * np.eye(k))
     etas = jax.random.normal(k_eta, (n_rep * N, k)) @ jnp.asarray(L).T
     tile = lambda a: jnp.concatenate([jnp.asarray(a)] * n_rep, axis=0)  # noqa: E731
-    tv = {kk: tile(v) for kk, v in fit.typical.items()}
+    tv = {kk: jax.tree.map(tile, v) for kk, v in fit.typical.items()}
     ev = jax.tree.map(tile, fd.ev)
     from ._map import individual_params
 

@@ -48,7 +48,9 @@ from jax.scipy.special import log_ndtr
 from ..data import Dataset
 from ..dosing._regimen import EventTable, Regimen, compile_regimens
 from ..model import Model
+from ..model._piecewise import Piecewise, initial_values, schedule, split_params
 from ..population import Population
+from ..population._population import shift_unconstrained
 from ..solve._base import AbstractSolver
 from ..solve._devices import per_device
 from ..solve._engine import blocked
@@ -91,6 +93,9 @@ class FitData:
         out: ``(N, T)`` int: the index in ``outputs`` of each record's output.
         outputs: the fitted outputs, in the order of the error models.
         lines: ``(N, T)`` file lines of the records (0: unknown), for messages.
+        varying: ``{covariate: Piecewise}`` the covariates that change within a
+            subject, each ``(N, C)`` on the times of every record of the subject with
+            NONMEM's convention (``"nocb"``), shifted like the event table.
     """
 
     ids: list
@@ -106,6 +111,7 @@ class FitData:
     out: np.ndarray | None = None
     outputs: tuple = ()
     lines: np.ndarray | None = None
+    varying: dict = dataclasses.field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -153,6 +159,7 @@ class FitData:
             out=take(self.out),
             outputs=self.outputs,
             lines=take(self.lines),
+            varying={k: jax.tree.map(lambda a: a[idx], v) for k, v in self.varying.items()},
         )
 
 
@@ -367,6 +374,7 @@ def prepare_data(
             tags = None
         covariates = data.covariates.reset_index()
         covariates.attrs["time_varying"] = data.time_varying
+        varying = {c: data.piecewise(c) for c in data.time_varying}
         flags = _pre_dose_flags(data)
         pre = np.zeros_like(mask)
         for i, fl in enumerate(flags):
@@ -390,6 +398,7 @@ def prepare_data(
         cov = data.get("covariates")
         covariates = pd.DataFrame(dict(cov) if cov is not None else {}, index=range(len(ids)))
         pre = np.asarray(data.get("pre_dose", np.zeros(times.shape, bool)), dtype=bool)
+        varying = {}
         cens = np.asarray(data.get("cens", np.zeros(times.shape, np.int32)), dtype=np.int32)
         limit = np.asarray(data.get("limit", np.full(times.shape, np.nan)), dtype=float)
         if cens.shape != times.shape or limit.shape != times.shape:
@@ -458,6 +467,9 @@ def prepare_data(
     if np.any(shift > 0):
         s = jnp.asarray(shift, dtype)
         ev = eqx.tree_at(lambda e: (e.time, e.ss_time), ev, (ev.time + s[:, None], ev.ss_time + s))
+    # time-varying covariates: (N, C) tables on one grid (every record's time), shifted
+    # like the event table so that doses and observations see their records' values
+    varying = _change_tables(varying, shift)
     tv_names = covariates.attrs.get("time_varying", [])
     covariates = covariates.reset_index(drop=True)
     covariates.attrs["time_varying"] = tv_names
@@ -477,7 +489,36 @@ def prepare_data(
         out=out,
         outputs=tuple(outputs),
         lines=lines,
+        varying=varying,
     )
+
+
+def _change_tables(varying: dict, shift) -> dict:
+    """The time-varying covariates' NOCB tables on one grid, keeping only the record
+    times at which some covariate changes (fewer events for the engine), shifted by
+    ``shift`` (N,); rows padded by repeating their last entry."""
+    if not varying:
+        return {}
+    names = list(varying)
+    T = np.asarray(varying[names[0]].times, float)
+    V = np.stack([np.asarray(varying[c].values, float) for c in names])  # (K, N, C)
+    for c in names:
+        if not np.array_equal(np.asarray(varying[c].times, float), T):
+            raise ValueError("time-varying covariates must share their record times")
+    N, C = T.shape
+    # NOCB: the value of record j holds on (t_{j-1}, t_j]; record j is redundant when
+    # record j + 1 carries the same values of every covariate
+    keep = np.ones((N, C), bool)
+    keep[:, :-1] = np.any(V[:, :, :-1] != V[:, :, 1:], axis=0)
+    width = int(keep.sum(1).max())
+    Tn = np.empty((N, width))
+    Vn = np.empty((len(names), N, width))
+    for i in range(N):
+        j = np.flatnonzero(keep[i])
+        j = np.concatenate([j, np.full(width - j.size, j[-1])])
+        Tn[i] = T[i, j] + shift[i]
+        Vn[:, i] = V[:, i, j]
+    return {c: Piecewise(Tn, Vn[m], "nocb") for m, c in enumerate(names)}
 
 
 # ============================================================================ priors
@@ -502,26 +543,45 @@ def as_population(model: Model, prior) -> Population:
     raise TypeError("prior must be a twinjax Population or a dict(typical=, omega=, iiv=)")
 
 
-def refuse_time_varying(pop: Population, covariates) -> None:
+def refuse_time_varying(pop: Population, covariates, varying=None, what: str = "fits") -> None:
     """Raise if a covariate effect of ``pop`` uses a covariate that changes within a
-    subject: fits use one value per subject, and a changing covariate must never be
-    silently reduced to its first value."""
-    tv = set(getattr(covariates, "attrs", {}).get("time_varying", []))
+    subject and ``varying`` (``FitData.varying``) has no table of its values: a
+    changing covariate must never be silently reduced to its first value."""
+    tv = set(getattr(covariates, "attrs", {}).get("time_varying", [])) - set(varying or {})
     used = [c.covariate for c in pop.covariates if c.covariate in tv]
     if used:
         raise ValueError(
-            f"covariate(s) {sorted(set(used))} change within subjects (time-varying); fits "
-            "use one covariate value per subject and do not support time-varying "
-            "covariates yet. Simulate with them through Dataset.piecewise (applied "
-            "piecewise constant in time), or fit with a baseline column of your own"
+            f"covariate(s) {sorted(set(used))} change within subjects (time-varying); "
+            f"{what} use one covariate value per subject and do not support time-varying "
+            "covariates. Simulate with them through Dataset.piecewise (applied "
+            "piecewise constant in time), fit them with fit_individual / fit_population, "
+            "or use a baseline column of your own"
         )
 
 
-def typical_values(pop: Population, covariates, n: int) -> dict:
-    """Covariate-adjusted typical values ``{name: (n,)}`` of every model parameter."""
-    refuse_time_varying(pop, covariates)
-    cols = {c: np.asarray(covariates[c], dtype=float) for c in covariates.columns}
-    return pop.typical_values(cols, n)
+def covariate_columns(covariates, varying=None) -> dict:
+    """``{column: (N,) array}`` of the baseline table, with each time-varying
+    covariate of ``varying`` as its :class:`~twinjax.Piecewise` instead."""
+    cols: dict = {c: np.asarray(covariates[c], dtype=float) for c in covariates.columns}
+    cols.update(varying or {})
+    return cols
+
+
+def typical_values(pop: Population, covariates, n: int, varying=None) -> dict:
+    """Covariate-adjusted typical values ``{name: (n,) or Piecewise}`` of every model
+    parameter; a parameter with an effect of a time-varying covariate (in ``varying``)
+    is a :class:`~twinjax.Piecewise` on that covariate's change times."""
+    refuse_time_varying(pop, covariates, varying)
+    return pop.typical_values(covariate_columns(covariates, varying), n)
+
+
+def baseline(tv: dict) -> dict:
+    """``tv`` with every :class:`~twinjax.Piecewise` entry replaced by its value at
+    time 0 (the subject's first record under NONMEM's convention)."""
+    if not any(isinstance(v, Piecewise) for v in tv.values()):
+        return tv
+    rest, pw = split_params(tv)
+    return {**rest, **initial_values(pw)}
 
 
 # ============================================================================ numerics
@@ -622,17 +682,29 @@ def extra_nll(spec: Spec, f, sigma, obs: Obs):
 
 
 def individual_params(spec: Spec, tv: dict, eta) -> dict:
-    """``p = g^-1(g(TV) + eta)`` for the IIV parameters, ``TV`` for the others."""
-    z = spec.model.pack(tv, spec.names)
+    """``p = g^-1(g(TV) + eta)`` for the IIV parameters, ``TV`` for the others (a
+    time-varying ``TV``, a :class:`~twinjax.Piecewise`, is shifted at every time)."""
     p = dict(tv)
-    p.update(spec.model.unpack(z + eta, spec.names))
+    steady = [k for k in spec.names if not isinstance(tv[k], Piecewise)]
+    if len(steady) == len(spec.names):
+        z = spec.model.pack(tv, spec.names)
+        p.update(spec.model.unpack(z + eta, spec.names))
+        return p
+    for j, k in enumerate(spec.names):
+        p[k] = shift_unconstrained(spec.model, k, tv[k], eta[..., j])
     return p
 
 
 def predict(spec: Spec, p: dict, ev, ts, out=None):
     """``(f, status)``: each record's fitted output at ``ts`` (N, T) and per-subject
-    status; ``out`` (N, T) selects the output of each record (default: the first)."""
-    _, outputs, status = _simulate_core(spec.model, spec.solver, p, ev, ts)
+    status; ``out`` (N, T) selects the output of each record (default: the first).
+    Parameters may be :class:`~twinjax.Piecewise` ``(N, C)`` (time-varying)."""
+    p, pw = split_params(p)
+    sched = None
+    if pw:
+        p = {**p, **initial_values(pw)}
+        sched = schedule(pw, ev.kind.shape[0], ts.dtype)
+    _, outputs, status = _simulate_core(spec.model, spec.solver, p, ev, ts, sched=sched)
     names = spec.all_outputs()
     if out is None or len(names) == 1:
         return outputs[names[0]], status
@@ -1005,6 +1077,12 @@ class FitResult:
         outputs: the fitted outputs; errors: ``{output: ErrorModel}``.
         censoring: ``"none"``, ``"m3"`` or ``"m4"``; censored: ``(N, T)`` bool, the
             censored records (their ``dv`` is the limit, their IWRES NaN).
+        typical: ``{name: (N,)}`` covariate-adjusted typical values; a parameter with
+            an effect of a time-varying covariate is a :class:`~twinjax.Piecewise`
+            ``(N, C)`` on the records' times.
+        varying: ``{name: Piecewise}`` the individual estimates of those parameters
+            over time; ``params``, ``se`` and ``ci95`` give their values at time 0
+            (the first record's covariates, NONMEM's convention).
     """
 
     ids: list
@@ -1036,6 +1114,7 @@ class FitResult:
     outputs: tuple = ()
     errors: dict = dataclasses.field(default_factory=dict)
     censoring: str = "none"
+    varying: dict = dataclasses.field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -1231,7 +1310,7 @@ def fit_individual(
         )
     spec = make_spec(model, solver, pop.iiv, errors, outputs, cmode)
     N, k = fd.n, pop.n_iiv
-    tv = typical_values(pop, fd.covariates, N)
+    tv = typical_values(pop, fd.covariates, N, fd.varying)
     omega = jnp.asarray(pop.omega)
     omega_inv = jnp.linalg.inv(omega)
     sigma = jnp.concatenate([e.sigma() for e in errors])
@@ -1318,10 +1397,16 @@ def _finish(spec, pop, fd, tv, out, omega, errors) -> FitResult:
     out = dict(out, converged=out["converged"] & ok, ok=ok)
     eta = np.where(ok[:, None], eta, np.nan)
     cov = np.where(ok[:, None, None], cov, np.nan)
-    z_tv = np.asarray(model.pack(tv, names))
+    tv0 = baseline(tv)  # time-varying typical values: estimates reported at time 0
+    z_tv = np.asarray(model.pack(tv0, names))
     params_fit, se, ci, corr = _natural(model, names, z_tv, eta, cov)
-    params = {kk: np.asarray(v) for kk, v in tv.items()}
+    params = {kk: np.asarray(v) for kk, v in tv0.items()}
     params.update(params_fit)
+    varying = {
+        kk: jax.tree.map(np.asarray, v)
+        for kk, v in individual_params(spec, tv, jnp.asarray(np.nan_to_num(eta))).items()
+        if isinstance(v, Piecewise)
+    }
     ts = jnp.asarray(fd.t_eval)
     zeros = jnp.zeros((fd.n, k))
     obs = fd.obs()
@@ -1363,7 +1448,8 @@ def _finish(spec, pop, fd, tv, out, omega, errors) -> FitResult:
         solver=spec.solver,
         output=spec.output,
         data=fd,
-        typical={kk: np.asarray(v) for kk, v in tv.items()},
+        typical={kk: jax.tree.map(np.asarray, v) for kk, v in tv.items()},
+        varying=varying,
         outputs=tuple(spec.all_outputs()),
         errors=dict(errors),
         censoring=spec.censoring,

@@ -43,20 +43,21 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import Model
+from ..model import Model, Piecewise
 from ..population import Population
 from ..solve._base import AbstractSolver
 from ..solve._ensemble import Ensemble
 from ._map import (
     FitResult,
     as_population,
+    covariate_columns,
     fit_censoring,
     fit_individual,
     lm_batched,
@@ -180,27 +181,48 @@ def _pack(model: Model, lay: _Layout, theta: dict, omega, sigma, coefs=()) -> np
     return np.concatenate([np.asarray([z[k] for k in lay.theta]), zc, w, np.log(np.asarray(sigma))])
 
 
-def _factors(pop: Population, covariates, n: int, fixed_only: bool = False) -> dict:
-    """Multiplicative covariate factors ``{name: (n,)}`` (1 where no effect), at the
-    effects' current coefficients; ``fixed_only``: of the effects not estimated."""
-    refuse_time_varying(pop, covariates)
-    out = {q: np.ones(n) for q in pop.model.param_names}
+def _factors(pop: Population, covariates, n: int, fixed_only: bool = False, varying=None) -> dict:
+    """Multiplicative covariate factors ``{name: (n,) or Piecewise}`` (1 where no
+    effect), at the effects' current coefficients; ``fixed_only``: of the effects not
+    estimated. ``varying``: ``FitData.varying`` (time-varying covariates' tables)."""
+    refuse_time_varying(pop, covariates, varying)
+    cols = covariate_columns(covariates, varying)
+    out: dict = {q: np.ones(n) for q in pop.model.param_names}
     for c in pop.covariates:
         if fixed_only and c.estimate:
             continue
-        x = np.asarray(covariates[c.covariate], dtype=float)
-        out[c.param] = out[c.param] * np.asarray(c.factor(jnp.asarray(x)))
+        x = cols[c.covariate]
+        f: Any
+        if isinstance(x, Piecewise):
+            f = x.map(lambda v, c=c: np.asarray(c.factor(v), float))
+        else:
+            f = np.asarray(c.factor(jnp.asarray(x)))
+        out[c.param] = out[c.param] * f
     return out
+
+
+def _on_grid(v, grid):
+    """A factor or covariate as an array: ``(N,)``, or ``(N, C)`` on ``grid``."""
+    if not isinstance(v, Piecewise):
+        return jnp.asarray(v)
+    if not np.array_equal(np.asarray(v.times), np.asarray(grid)):
+        raise ValueError("time-varying covariates must share one table of change times")
+    return jnp.asarray(v.values)
 
 
 class _Covs(eqx.Module):
     """Covariate factors of a fit with estimated coefficients: the fixed effects'
     factors (precomputed) times the estimated effects' factors, computed in JAX from
-    the coefficient vector (so the outer AD differentiates through them)."""
+    the coefficient vector (so the outer AD differentiates through them).
 
-    fixed: dict  # {param: (N,)}
-    cols: dict  # {covariate: (N,)} of the estimated effects
+    Time-varying covariates and factors are ``(N, C)`` arrays on one table of change
+    times ``grid`` (NOCB), turned into :class:`~twinjax.Piecewise` values at the end.
+    """
+
+    fixed: dict  # {param: (N,) or (N, C)}
+    cols: dict  # {covariate: (N,) or (N, C)} of the estimated effects
     effects: tuple = eqx.field(static=True)  # the estimated Covariate effects
+    grid: Any = None  # (N, C) change times of the (N, C) entries
 
     def evaluate(self, coefs) -> dict:
         out = dict(self.fixed)
@@ -208,9 +230,16 @@ class _Covs(eqx.Module):
         for e in self.effects:
             m = len(e.coefficients())
             f = e.factor_from(self.cols[e.covariate], [coefs[off + j] for j in range(m)])
-            out[e.param] = out[e.param] * f
+            a = out[e.param]
+            if jnp.ndim(a) < jnp.ndim(f):
+                a = a[:, None]
+            elif jnp.ndim(f) < jnp.ndim(a):
+                f = f[:, None]
+            out[e.param] = a * f
             off += m
-        return out
+        return {
+            k: Piecewise(self.grid, v, "nocb") if jnp.ndim(v) == 2 else v for k, v in out.items()
+        }
 
 
 def _typical(model, lay, theta, base, factors, coefs=None):
@@ -226,7 +255,8 @@ def _typical(model, lay, theta, base, factors, coefs=None):
     tv = {}
     for q in model.param_names:
         v = theta[q] if q in theta else base[q]
-        tv[q] = v * jnp.asarray(factors[q])
+        f = factors[q]
+        tv[q] = v * (f if isinstance(f, Piecewise) else jnp.asarray(f))
     return tv
 
 
@@ -336,21 +366,27 @@ def _covariate_model(pop: Population, fd, model: Model, estimate) -> tuple:
             raise ValueError(
                 f"covariate effect {c.describe()}: column {c.covariate!r} is not numeric"
             ) from None
+        if c.covariate in fd.varying:  # a time-varying covariate: every record's value
+            x = np.asarray(fd.varying[c.covariate].values, float)
+        x = x.reshape(len(ids), -1)  # (N, C); C = 1 for a baseline covariate
         bad = ~np.isfinite(x)
         if bad.any():
-            i = int(np.flatnonzero(bad)[0])
+            i, j = np.argwhere(bad)[0]
             raise ValueError(
                 f"covariate effect {c.describe()}: {c.covariate} of subject ID {ids[i]} is "
-                f"{x[i]} (missing or not finite); every subject needs a value"
+                f"{x[i, j]} (missing or not finite); every subject needs a value"
             )
-        cols[c.covariate] = x
         f = np.asarray(c.factor(jnp.asarray(x)), dtype=float)
+        x = x.ravel()
+        cols[c.covariate] = x
+        f = f.ravel()
         badf = ~(np.isfinite(f) & (f > 0))
         if badf.any():
             i = int(np.flatnonzero(badf)[0])
             raise ValueError(
                 f"covariate effect {c.describe()}: its factor is {f[i]} for subject ID "
-                f"{ids[i]} ({c.covariate} = {x[i]}) at the starting coefficients "
+                f"{ids[i * len(ids) // x.size]} ({c.covariate} = {x[i]}) at the starting "
+                f"coefficients "
                 f"{c.coefficients()}; it must be positive and finite for every subject"
             )
     effects = tuple(c for c in pop.covariates if c.estimate)
@@ -571,14 +607,20 @@ def fit_population(
     base = {k: float(v) for k, v in pop.typical.items()}
     factors: dict | _Covs
     if effects:  # estimated coefficients: their factors are computed from phi in JAX
-        fixed = _factors(pop, fd.covariates, N, fixed_only=True)
+        fixed = _factors(pop, fd.covariates, N, fixed_only=True, varying=fd.varying)
+        cols = covariate_columns(fd.covariates, fd.varying)
+        grid = next(iter(fd.varying.values())).times if fd.varying else None
         factors = _Covs(
-            {k: jnp.asarray(v) for k, v in fixed.items()},
-            {c.covariate: jnp.asarray(fd.covariates[c.covariate], float) for c in effects},
+            {k: _on_grid(v, grid) for k, v in fixed.items()},
+            {c.covariate: _on_grid(cols[c.covariate], grid) for c in effects},
             effects,
+            None if grid is None else jnp.asarray(grid),
         )
     else:
-        factors = {k: jnp.asarray(v) for k, v in _factors(pop, fd.covariates, N).items()}
+        factors = {
+            k: jax.tree.map(jnp.asarray, v)
+            for k, v in _factors(pop, fd.covariates, N, varying=fd.varying).items()
+        }
     om0 = np.asarray(pop.omega)
     if omega == "diagonal":
         om0 = np.diag(np.diag(om0))

@@ -78,7 +78,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import Model
+from ..model import Model, Piecewise
 from ..population import Population
 from ..solve._base import AbstractSolver
 from ..solve._ensemble import Ensemble
@@ -87,6 +87,7 @@ from ._map import (
     Obs,
     Spec,
     as_population,
+    baseline,
     extra_nll,
     fit_censoring,
     fit_individual,
@@ -125,7 +126,9 @@ class _Problem:
     """Data and fixed quantities of a fit (host side)."""
 
     st: _Static
-    tv: dict  # {name: (N,)} covariate-adjusted typical values (non-IIV params used)
+    # {name: (N,)} covariate-adjusted typical values (non-IIV params used); an IIV param
+    # with a time-varying covariate: its Piecewise course relative to its time-0 value
+    tv: dict
     off: jax.Array  # (N, k) covariate offsets of the IIV params (unconstrained)
     ev: object
     ts: jax.Array
@@ -137,9 +140,13 @@ class _Problem:
 def _problem(model, pop, fd, spec) -> _Problem:
     iiv = tuple(pop.iiv)
     N = fd.n
-    tvN = {k: jnp.asarray(v) for k, v in typical_values(pop, fd.covariates, N).items()}
+    tvN = {
+        k: jax.tree.map(jnp.asarray, v)
+        for k, v in typical_values(pop, fd.covariates, N, fd.varying).items()
+    }
+    tv0 = baseline(tvN)
     if iiv:
-        z_i = np.asarray(model.pack(tvN, iiv))
+        z_i = np.asarray(model.pack(tv0, iiv))
         z_0 = np.asarray(model.pack({k: jnp.asarray(pop.typical[k]) for k in iiv}, iiv))
         off = z_i - z_0[None]
     else:
@@ -151,6 +158,14 @@ def _problem(model, pop, fd, spec) -> _Problem:
                 f"{model.param(q).transform!r}) is not mu-referenced: SAEM supports "
                 "covariate factors on log-transformed parameters only"
             )
+        if isinstance(tvN[q], Piecewise):  # time-varying: its course relative to time 0
+            if model.param(q).transform != "log":
+                raise ValueError(
+                    f"saem: {q!r} changes with a time-varying covariate but its transform "
+                    f"is {model.param(q).transform!r}; SAEM supports covariate factors on "
+                    "log-transformed parameters only"
+                )
+            tvN[q] = tvN[q] / tv0[q]
     return _Problem(
         st=_Static(spec, iiv, N),
         tv=tvN,
@@ -199,6 +214,9 @@ def _simulate(P: _Static, z, tv, off, ev, ts, obs, mask, sigma):
     p = dict(tv)
     if P.iiv:
         p.update(spec.model.unpack(z + off, P.iiv))
+        for q in P.iiv:  # a time-varying covariate factor relative to time 0
+            if isinstance(tv[q], Piecewise):
+                p[q] = tv[q] * p[q]
     f, st = predict(spec, p, ev, ts, obs.out)
     L = _data_nll(spec, f, sigma, obs, mask)
     ok = (st == 0) & jnp.isfinite(L)

@@ -45,5 +45,10 @@ def posterior_samples(fit: FitResult, n: int, key, subject=None, *, include_mode
         z = z.at[0].set(0.0)
     etas = jnp.asarray(eta_hat)[None] + z @ jnp.asarray(L).T
     spec = Spec(fit.model, fit.solver, fit.output, fit.names, fit.error)
-    tv = {kk: jnp.full((n,), v[i]) for kk, v in fit.typical.items()}
+
+    def rows(a):  # subject i's (typical value or change table row), n times
+        a = jnp.asarray(a)
+        return jnp.broadcast_to(a[i], (n,) + a.shape[1:])
+
+    tv = {kk: jax.tree.map(rows, v) for kk, v in fit.typical.items()}
     return individual_params(spec, tv, etas), etas

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import Model
+from ..model import Model, Piecewise
 from ._demographics import Demographics, concat_columns, float64_draws, key_blocks
 
 __all__ = [
@@ -56,6 +56,19 @@ def _fmt_level(v) -> str:
     """A category value as text (``1`` for ``1.0``)."""
     f = float(v)
     return str(int(f)) if f.is_integer() else repr(f)
+
+
+def shift_unconstrained(model: Model, name: str, value, eta):
+    """``g^-1(g(value) + eta)`` for parameter ``name`` (``g``: its log / logit /
+    identity transform); ``value`` ``(N,)`` or a :class:`~twinjax.Piecewise` (then the
+    same ``eta`` shifts every one of its values)."""
+
+    def shift(v):
+        e = eta[..., None] if jnp.ndim(v) > jnp.ndim(eta) else eta
+        z = model.to_unconstrained({name: v}, (name,))[name]
+        return model.from_unconstrained({name: z + e})[name]
+
+    return value.map(shift) if isinstance(value, Piecewise) else shift(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -627,21 +640,27 @@ class Population:
 
         Arguments:
             covariates: a DataFrame or ``{column: (N,) array}`` with every covariate the
-                effects use.
+                effects use. A covariate that changes in time may be a
+                :class:`~twinjax.Piecewise` (e.g. ``Dataset.piecewise("WT")``): the
+                parameters it acts on are then Piecewise too, with its change times.
             n: number of patients (default: from the covariates).
 
         Returns:
-            ``{name: (N,) array}`` for every model parameter.
+            ``{name: (N,) array or Piecewise}`` for every model parameter.
 
         Raises:
             KeyError: if a covariate column is missing.
         """
         dtype = _float()
-        cols = {}
+        cols: dict[str, Any] = {}
         for c in self.covariates:
             if c.covariate not in cols:
                 try:
                     x = covariates[c.covariate]
+                    if isinstance(x, Piecewise):
+                        x.validate(c.covariate)
+                        cols[c.covariate] = x.map(lambda v: jnp.asarray(v, dtype))
+                        continue
                     if not isinstance(x, jax.Array):
                         x = np.asarray(x, np.float64)
                     cols[c.covariate] = jnp.asarray(x, dtype)
@@ -651,13 +670,17 @@ class Population:
                         f"not in the covariate table; available: {list(covariates.keys())}"
                     ) from None
         if n is None:
-            if cols:
-                n = int(next(iter(cols.values())).shape[0])
-            else:
-                n = len(covariates)
-        tv = {k: jnp.full((n,), v, dtype) for k, v in self.typical.items()}
+            sizes = [(x.n if isinstance(x, Piecewise) else int(x.shape[0])) for x in cols.values()]
+            sizes = [m for m in sizes if m is not None]
+            n = sizes[0] if sizes else len(covariates)
+        tv: dict[str, Any] = {k: jnp.full((n,), v, dtype) for k, v in self.typical.items()}
         for c in self.covariates:
             x = cols[c.covariate]
+            if isinstance(x, Piecewise):
+                if x.n not in (None, n):
+                    raise ValueError(f"covariate {c.covariate!r} has {x.n} patients, need {n}")
+                tv[c.param] = tv[c.param] * x.map(c.factor)
+                continue
             if x.shape != (n,):
                 raise ValueError(f"covariate {c.covariate!r} has shape {x.shape}, need ({n},)")
             tv[c.param] = tv[c.param] * jnp.asarray(c.factor(x), dtype)
@@ -675,10 +698,8 @@ class Population:
             the others.
         """
         out = dict(typical)
-        if self.n_iiv:
-            z = self.model.to_unconstrained(typical, self.iiv)
-            z = {k: z[k] + etas[..., i] for i, k in enumerate(self.iiv)}
-            out.update(self.model.from_unconstrained(z))
+        for i, k in enumerate(self.iiv):
+            out[k] = shift_unconstrained(self.model, k, typical[k], etas[..., i])
         return out
 
     # ------------------------------------------------------------------ sampling
