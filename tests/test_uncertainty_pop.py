@@ -236,8 +236,8 @@ def test_bootstrap_refits_match_the_closed_form(lin_fit):
     np.testing.assert_allclose(bs.table.ci_lo, lo, rtol=1e-4)
     np.testing.assert_allclose(bs.table.ci_hi, hi, rtol=1e-4)
     np.testing.assert_allclose(bs.table.boot_se, ref.std(0, ddof=1), rtol=2e-3)
-    # seeded draws: the same seed, the same resamples
-    same = bootstrap(lin_fit, DATA, n=8, seed=1, batch=3, tol=1e-8)
+    # seeded draws: the same seed, the same resamples (with the progress bar on)
+    same = bootstrap(lin_fit, DATA, n=8, seed=1, batch=3, tol=1e-8, progress=True)
     np.testing.assert_array_equal(same.counts, W)
     np.testing.assert_allclose(same.estimates, bs.estimates, rtol=1e-8)
 

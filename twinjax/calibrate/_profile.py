@@ -92,7 +92,8 @@ class Profile:
         ci: ``(lower, upper)`` where the profile crosses ``threshold`` (NaN on a side
             where the grid does not reach it: extend ``values``).
         threshold: ``chi2_1(level)`` (3.84 for 95 %); level: the CI level.
-        converged: ``(n,)`` whether each refit met the gradient tolerance.
+        converged: ``(n,)`` whether each refit's Newton decrement (with the fit's R
+            matrix) is below ``tol``.
         others: DataFrame of every parameter's natural-scale value at each grid point.
         n_evaluations: objective evaluations used.
     """
@@ -151,6 +152,7 @@ def profile_likelihood(
     width: float = 3.0,
     level: float = 0.95,
     gtol: float = 1e-3,
+    tol: float = 1e-3,
     max_iter: int = 100,
     censoring=None,
     lloq=None,
@@ -168,7 +170,10 @@ def profile_likelihood(
             the parameter's unconstrained coordinate over the estimate ``+- width``
             standard errors (the fit's ``MATRIX=R`` SE), the estimate included.
         level: CI level (threshold ``chi2_1(level)``, 3.84 at 0.95).
-        gtol: gradient tolerance of each refit (OFV units); max_iter: BFGS iterations.
+        gtol: BFGS gradient tolerance of each refit (in coordinates scaled by the fit's
+            R matrix); max_iter: BFGS iterations.
+        tol: a refit has converged when its Newton decrement ``g' R^-1 g`` (with the
+            fit's R restricted to the free parameters; OFV units) is below ``tol``.
         censoring, lloq, dvid, output_column: as given to ``fit_population``.
 
     Returns:
@@ -256,7 +261,8 @@ def profile_likelihood(
         )
         p = full(res.x)
         v, g, eta = prob.value_and_grad(p, state["best_eta"])
-        ok = bool(np.isfinite(v) and np.max(np.abs(g[free])) < 10 * gtol)
+        gu = L.T @ g[free]  # g' R_ff^-1 g: the Newton decrement with the fit's Hessian
+        ok = bool(np.isfinite(v) and np.all(np.isfinite(gu)) and gu @ gu < tol)
         return p, v, ok, eta
 
     i0 = int(np.argmin(np.abs(zs - phi_hat[j])))
