@@ -175,6 +175,13 @@ def test_bad_input_is_refused(lin_fit):
         covariance_step(lin_fit, other)
     with pytest.raises(TypeError, match="PopulationFitResult"):
         covariance_step(lin_fit.individual, DATA)
+    from twinjax.calibrate import SAEMResult
+
+    saem_like = SAEMResult(
+        **{f.name: getattr(lin_fit, f.name) for f in dataclasses.fields(lin_fit)}
+    )
+    with pytest.raises(TypeError, match="a SAEM fit"):
+        bootstrap(saem_like, DATA, n=4)
     with pytest.raises(ValueError, match="not a fitted parameter.*'B'"):
         profile_likelihood(lin_fit, DATA, "CL")
     with pytest.raises(ValueError, match=r"outside its domain \(0.0, inf\)"):

@@ -153,6 +153,12 @@ class _Problem:
             raise TypeError(
                 f"expected a PopulationFitResult (from fit_population), got {type(fit).__name__}"
             )
+        if type(fit).__name__ == "SAEMResult":
+            raise TypeError(
+                "a SAEM fit: the covariance step, profiles and bootstrap here use the FOCE-I "
+                "objective, whose optimum SAEM's estimates are not; SAEM's own SEs (Louis) "
+                "are in fit.estimates, or fit the model with fit_population"
+            )
         pop = fit.population
         model = pop.model
         pop = as_population(model, pop)
