@@ -12,6 +12,9 @@ Methods:
 - ``ensemble_rk4``      twinjax ``solvers.Ensemble("rk4", dt=1e-3)`` (fixed step)
 - ``diffrax_tsit5_fixed`` vmapped ``diffrax.Tsit5`` with ``ConstantStepSize`` (the
   paper's fixed-step method)
+- ``limit_proxy_rk4``  classical RK4 written out by hand on three ``(N,)`` arrays in a
+  ``lax.fori_loop`` (no status, saves or step control): the limit proxy, what the
+  arithmetic costs; ``engine_overhead_vs_limit_proxy`` is ensemble_rk4 / this
 - ``diffrax_rk4_fixed`` vmapped diffrax classical RK4 (an ``AbstractERK`` with the
   RK4 ``ButcherTableau``), the like-for-like comparison of ``ensemble_rk4``
 - ``ensemble_tsit5`` / ``ensemble_dopri5``  ``solvers.Ensemble`` adaptive
@@ -158,6 +161,36 @@ def main(argv=None):
 
         return run
 
+    # ---------------- the limit proxy: RK4 written out on three (N,) arrays ------------
+    def limit_proxy_fn():
+        """Classical RK4 by hand: ``lax.fori_loop`` over 1000 steps of three ``(N,)``
+        arrays, no status, events, saves or step control. What the hardware needs for
+        this method; the engine's overhead is the difference to ``ensemble_rk4``."""
+        n_steps = int(round(1.0 / DT))
+
+        def rhs(x, y, z, rho):
+            return SIGMA * (y - x), x * (rho - z) - y, x * y - BETA * z
+
+        @jax.jit
+        def run(rho):
+            h = jnp.asarray(DT, dtype)
+
+            def step(_, u):
+                x, y, z = u
+                a = rhs(x, y, z, rho)
+                b = rhs(x + 0.5 * h * a[0], y + 0.5 * h * a[1], z + 0.5 * h * a[2], rho)
+                c = rhs(x + 0.5 * h * b[0], y + 0.5 * h * b[1], z + 0.5 * h * b[2], rho)
+                d = rhs(x + h * c[0], y + h * c[1], z + h * c[2], rho)
+                return tuple(
+                    v + h / 6 * (a[i] + 2 * b[i] + 2 * c[i] + d[i]) for i, v in enumerate(u)
+                )
+
+            one = jnp.ones_like(rho)
+            x, y, z = jax.lax.fori_loop(0, n_steps, step, (one, 0 * one, 0 * one))
+            return jnp.stack([x, y, z], -1), jnp.zeros(rho.shape, jnp.int32)
+
+        return run
+
     # ---------------- diffrax, vmapped as its FAQ recommends ---------------------------
     class RK4(dfx.AbstractERK):
         """Classical RK4 (fixed step only: no error estimate)."""
@@ -207,6 +240,12 @@ def main(argv=None):
         return run
 
     methods = {
+        "limit_proxy_rk4": dict(
+            kind="fixed",
+            fn=limit_proxy_fn(),
+            desc="hand-written structure-of-arrays RK4 (lax.fori_loop over three (N,) "
+            "arrays, dt=1e-3): the limit proxy",
+        ),
         "ensemble_rk4": dict(
             kind="fixed",
             fn=ensemble_fn(tj.solvers.Ensemble("rk4", dt=DT)),
@@ -362,6 +401,16 @@ def main(argv=None):
         )
         summary["ns_per_traj_step_fixed"] = e["ns_per_traj_step"]
         summary["ns_per_traj_step_fixed_diffrax_rk4"] = d["ns_per_traj_step"]
+    n_lim = largest_common("ensemble_rk4", "limit_proxy_rk4")
+    if n_lim:
+        e, lim = at("ensemble_rk4", n_lim), at("limit_proxy_rk4", n_lim)
+        summary["engine_overhead_vs_limit_proxy"] = e["best_s"] / lim["best_s"]
+        summary["engine_overhead_vs_limit_proxy_n"] = n_lim
+        summary["ns_per_traj_step_limit_proxy"] = lim["ns_per_traj_step"]
+        summary["engine_overhead_vs_limit_proxy_note"] = (
+            "ensemble_rk4 time / the hand-written SoA RK4's, same steps, at the largest N "
+            "both ran (1.0 = the engine adds nothing)"
+        )
     n_t5 = largest_common("ensemble_rk4", "diffrax_tsit5_fixed")
     if n_t5:
         e, d = at("ensemble_rk4", n_t5), at("diffrax_tsit5_fixed", n_t5)
