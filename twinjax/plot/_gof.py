@@ -38,6 +38,24 @@ def _scatter_trend(ax, x, y, zero: bool = True):
             ax.plot(cx, cy, color="tab:red", lw=1.5)
 
 
+def _censored_points(ax, x, limit, below, above):
+    """Censored records at their limit (``limit``: DV of a censored record) against
+    ``x``: open red triangles pointing down (below an LLOQ) or up (above a ULOQ)."""
+    for sel, mk, lab in ((below, "v", "below LLOQ, at LLOQ"), (above, "^", "above ULOQ")):
+        if sel.any():
+            ax.scatter(
+                np.asarray(x)[sel],
+                np.asarray(limit)[sel],
+                s=16,
+                marker=mk,
+                facecolors="none",
+                edgecolors="tab:red",
+                alpha=0.8,
+                label=f"{lab} ({int(sel.sum())})",
+            )
+            ax.legend(fontsize=7, loc="best")
+
+
 def _qq(ax, v, label):
     from scipy import stats
 
@@ -59,7 +77,14 @@ def gof_panel(fit, npde=None, *, log: bool = False, title: str | None = None):
 
     DV vs PRED and DV vs IPRED (identity lines), CWRES vs TIME and vs PRED, NPDE vs
     TIME and vs PRED, QQ plots of CWRES and NPDE; the eta-shrinkage is in the title.
-    Scatter plots carry a binned median trend (red). Censored records are left out.
+    Scatter plots carry a binned median trend (red).
+
+    Censored records (BLQ): in DV vs PRED and DV vs IPRED they are drawn at their limit
+    (DV is the LLOQ; the upper limit for right-censored records) against their PRED /
+    IPRED, as open red downward triangles (upward for above an upper limit), so that a
+    model predicting far above the LLOQ where the data are below it shows; they have no
+    residual (CWRES and NPDE are NaN there, or imputed by ``npde(censored="cdf")``), so
+    the residual panels leave them out, and the figure title counts them.
 
     Arguments:
         fit: a ``PopulationFitResult`` (CWRES from ``fit.cwres``) or a ``FitResult``
@@ -80,18 +105,24 @@ def gof_panel(fit, npde=None, *, log: bool = False, title: str | None = None):
         from ..calibrate import cwres
 
         cw = cwres(ind)
-    use = ind.mask & ~np.asarray(ind.censored)
+    cmask = np.asarray(ind.censored, bool) & ind.mask
+    use = ind.mask & ~cmask
+    fd_cens = ind.data.cens
+    cflag = np.zeros(cmask.shape, np.int32) if fd_cens is None else np.asarray(fd_cens)
+    c_lo, c_hi = cmask & (cflag == 1), cmask & (cflag == -1)
     dv, pred, ipred = ind.dv[use], ind.pred[use], ind.ipred[use]
     t, c = ind.times[use], np.asarray(cw)[use]
     fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
     ax = axes[0, 0]
     ax.scatter(pred, dv, s=8, color="tab:blue", alpha=0.6)
+    _censored_points(ax, ind.pred, ind.dv, c_lo, c_hi)
     _identity(ax, pred, dv, log)
     ax.set_xlabel("PRED")
     ax.set_ylabel("DV")
     ax.set_title("DV vs PRED")
     ax = axes[0, 1]
     ax.scatter(ipred, dv, s=8, color="tab:blue", alpha=0.6)
+    _censored_points(ax, ind.ipred, ind.dv, c_lo, c_hi)
     _identity(ax, ipred, dv, log)
     ax.set_xlabel("IPRED")
     ax.set_ylabel("DV")
@@ -124,7 +155,14 @@ def gof_panel(fit, npde=None, *, log: bool = False, title: str | None = None):
     axes[1, 1].set_ylabel("NPDE")
     _qq(axes[1, 2], c, "CWRES")
     shr = ", ".join(f"{k} {100 * v:.0f}%" for k, v in ind.shrinkage.items())
-    fig.suptitle((title + "\n" if title else "") + f"eta-shrinkage: {shr}", fontsize=11)
+    head = (title + "\n" if title else "") + f"eta-shrinkage: {shr}"
+    n_c = int(cmask.sum())
+    if n_c:
+        head += (
+            f"; {n_c} censored records ({int(c_lo.sum())} below LLOQ, {int(c_hi.sum())} above "
+            "ULOQ) drawn at their limit in DV vs PRED/IPRED (triangles), no residuals"
+        )
+    fig.suptitle(head, fontsize=11)
     fig.tight_layout()
     return fig
 
