@@ -134,6 +134,16 @@ def test_vpc_figure_has_the_blq_panel_and_plain_data_are_unchanged(fits):
     labels = [c.get_label() for c in fig.axes[0].collections]
     assert "below LLOQ (27), at the LLOQ" in labels
     plt.close(fig)
+    # a caller's pair of Axes gets both panels; a single Axes the upper one only
+    fig2, pair = plt.subplots(2, 1)
+    fig, tab2 = vpc(cens, N_SIM, key, bins=BINS, ax=pair)
+    assert fig is fig2 and pair[1].get_ylabel() == "fraction < LLOQ"
+    assert tab2.equals(tab)
+    plt.close(fig)
+    fig3, one = plt.subplots()
+    fig, _ = vpc(cens, N_SIM, key, bins=BINS, ax=one)
+    assert fig is fig3 and len(fig.axes) == 1
+    plt.close(fig)
     # without censoring: one panel and the plain table, as binned_percentiles gives it
     fig, tab = vpc(plain, N_SIM, key, bins=BINS)
     assert len(fig.axes) == 1
@@ -160,3 +170,43 @@ def test_gof_panel_draws_censored_records_at_their_limit(fits):
         np.testing.assert_allclose(off[:, 0], x[c])
         np.testing.assert_allclose(off[:, 1], np.full(27, LLOQ))
     plt.close(fig)
+
+
+def test_censored_percentile_and_record_limits_without_a_model():
+    from twinjax.plot._vpc import censored_percentile, record_limits
+
+    x = np.array([-np.inf, -np.inf, 1.0, 2.0, 3.0, 4.0, np.inf])  # n = 7: index 6p/100
+    for p, want in ((0, np.nan), (30, np.nan), (100 / 3, 1.0), (50, 2.0), (80, 3.8), (90, np.nan)):
+        q, left, right = censored_percentile(x, p)
+        np.testing.assert_allclose(q, want, equal_nan=True, rtol=1e-14)
+        assert bool(left) == (p < 100 / 3) and bool(right) == (p > 500 / 6)
+    # a failed replicate (NaN) gives NaN, neither left nor right
+    q, left, right = censored_percentile(np.array([[1.0, np.nan, 2.0], [1.0, 2.0, 3.0]]), 50)
+    np.testing.assert_array_equal(q, [np.nan, 2.0])
+    assert not left.any() and not right.any()
+    # limits: a censored record's is its DV; the others take their subject's smallest,
+    # else the data's smallest; right-censored records give upper limits the same way
+    cens = np.array([[0, 1, 1], [0, 0, 1], [0, 0, 0], [0, -1, 0]])
+    dv = np.array([[3.0, 0.5, 0.4], [2.0, 1.5, 1.0], [5.0, 4.0, 3.0], [9.0, 20.0, 8.0]])
+    mask = np.ones(dv.shape, bool)
+    mask[2, 2] = False
+    ind = types.SimpleNamespace(
+        times=np.tile([1.0, 2.0, 3.0], (4, 1)),
+        mask=mask,
+        dv=dv,
+        data=types.SimpleNamespace(cens=cens),
+    )
+    lo, hi, below, above = record_limits(ind)
+    np.testing.assert_array_equal(
+        lo, [[0.4, 0.5, 0.4], [1.0, 1.0, 1.0], [0.4, 0.4, np.nan], [0.4, 0.4, 0.4]]
+    )
+    np.testing.assert_array_equal(hi[3], [20.0, 20.0, 20.0])
+    np.testing.assert_array_equal(below, cens == 1)
+    np.testing.assert_array_equal(above, cens == -1)
+    # an explicit limit: records below it count as below too; flagged ones keep their DV
+    lo, _, below, _ = record_limits(ind, 2.5)
+    np.testing.assert_array_equal(lo[1], [2.5, 2.5, 1.0])
+    np.testing.assert_array_equal(below[1], [True, True, True])
+    np.testing.assert_array_equal(below[0], [False, True, True])
+    no_cens = types.SimpleNamespace(**{**vars(ind), "data": types.SimpleNamespace(cens=None)})
+    assert record_limits(no_cens) is None
