@@ -12,6 +12,20 @@ likelihood ``p(y, z)`` belongs to the exponential family with sufficient statist
 have a closed-form (additive / proportional / log error) or low-dimensional (combined
 error, censored records) M-step.
 
+Estimated covariate coefficients (``estimate=True`` on a :class:`Power`,
+:class:`Exponential` or :class:`Categorical` effect on a log-normal parameter with
+IIV) are mu-referenced as in Monolix and saemix: ``log TV_i = mu + C_i beta`` with
+``C_i`` the subject's covariate design (``log(x / ref)``, ``x - ref``, category
+indicators; ``beta`` a power's or exponential's theta, a categorical's log factor). The
+latent variable is then ``z_i = mu + C_i beta + eta_i``, the sufficient statistics are
+per subject (``s1_i ~ E[z_i]``) plus ``S2``, and the M-step for ``(mu, beta)`` is the
+generalised least-squares regression of ``s1_i`` on ``X_i = [I, C_i]`` with weight
+``Omega^-1`` (the previous iteration's; with a diagonal Omega one ordinary least
+squares per parameter), then ``Omega = S2/N - mean_i (s1_i m_i' + m_i s1_i' - m_i
+m_i')``, ``m_i = X_i (mu, beta)``. A coefficient beyond its bounds is clipped onto
+them (the others re-solved). Linear effects (``log(1 + theta (x - ref))``, not linear in
+theta) and estimated effects of time-varying covariates are refused.
+
 Each iteration ``k`` (Kuhn & Lavielle 2005; settings of nlmixr2's ``saemControl()``,
 itself following saemix and Monolix):
 
@@ -42,7 +56,8 @@ itself following saemix and Monolix):
 Standard errors: the observed Fisher information by Louis' missing-information
 principle, ``I = sum_i (-E[d2 log p(y_i, z_i)] - Cov[d log p(y_i, z_i)])`` (posterior
 expectations over ``n_fim`` further MCMC iterations at the estimates; the derivatives
-of the complete-data log-likelihood in ``(mu, chol Omega, log sigma)`` are exact by AD).
+of the complete-data log-likelihood in ``(mu, beta, chol Omega, log sigma)`` are exact by
+AD).
 
 Objective: **importance sampling** of each subject's marginal likelihood
 ``p(y_i) = E_q[p(y_i | eta) p(eta) / q(eta)]`` with ``q`` a multivariate t (5 degrees
@@ -79,7 +94,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..model import Model, Piecewise
-from ..population import Population
+from ..population import Categorical, Exponential, Population, Power
 from ..solve._base import AbstractSolver
 from ..solve._ensemble import Ensemble
 from ._map import (
@@ -99,7 +114,7 @@ from ._map import (
     resolve_outputs,
     typical_values,
 )
-from ._nlme import PopulationFitResult
+from ._nlme import PopulationFitResult, covariate_model
 from ._residual import ErrorModel
 
 if TYPE_CHECKING:
@@ -224,7 +239,8 @@ def _simulate(P: _Static, z, tv, off, ev, ts, obs, mask, sigma):
 
 
 def _quad(z, mu, oinv):
-    d = z - mu[None]
+    """``(z - mu)' Omega^-1 (z - mu)`` per row; ``mu`` ``(k,)`` or per row ``(B, k)``."""
+    d = z - mu
     return jnp.einsum("bk,kl,bl->b", d, oinv, d)
 
 
@@ -271,11 +287,69 @@ class _Carry(eqx.Module):
     mu: jax.Array  # (k,)
     omega: jax.Array  # (k, k)
     sigma: jax.Array  # (n_sigma,)
-    s1: jax.Array
+    s1: jax.Array  # (k,); with estimated covariate coefficients (N, k), per subject
     s2: jax.Array
     s3: jax.Array  # SA of the residual variances
     d2: jax.Array  # (k,) random-walk scales, all components
     d3: jax.Array  # (k,) random-walk scales, one component
+    beta: jax.Array  # (n_beta,) estimated covariate coefficients (log-factor scale)
+
+
+class _Design(eqx.Module):
+    """Estimated covariate coefficients of a mu-referenced model: subject ``i``'s
+    prior mean is ``mu + C_i beta`` with ``C`` ``(N, k, n_beta)`` (``C[i, j, l]`` the
+    covariate column of coefficient ``l`` on IIV parameter ``j``: ``log(x / ref)``
+    for a power, ``x - ref`` for an exponential, an indicator for a category) and
+    ``beta`` the coefficients on the log-factor scale (a power's / exponential's
+    theta; the log of a categorical factor), kept inside ``[lo, hi]``."""
+
+    C: jax.Array  # (N, k, n_beta)
+    lo: jax.Array  # (n_beta,)
+    hi: jax.Array  # (n_beta,)
+
+
+def _prior_mean(mu, beta, D: _Design, R: int):
+    """The prior mean of every chain's latent: ``mu`` ``(k,)`` without estimated
+    coefficients, else ``mu + C_i beta`` ``(R N, k)`` (chains one copy after another)."""
+    if D.C.shape[-1] == 0:
+        return mu
+    m = mu[None] + jnp.einsum("nkl,l->nk", D.C, beta)
+    return jnp.tile(m, (R, 1))
+
+
+def _pinned_solve(A, b, pin, val):
+    """Solve ``A x = b`` with the components where ``pin`` is set held at ``val``."""
+    n = A.shape[0]
+    eye = jnp.eye(n, dtype=A.dtype)
+    A2 = jnp.where(pin[:, None], eye, A)
+    b2 = jnp.where(pin, val, b)
+    return jnp.linalg.solve(A2, b2)
+
+
+def _gls(s1, omega, est, mu_fixed, beta_prev, D: _Design):
+    """M-step of ``(mu, beta)``: the generalised least-squares regression of the
+    subjects' stochastic approximations ``s1_i ~ E[z_i]`` on their designs
+    ``X_i = [I_k, C_i]``, weight ``Omega^-1`` (the previous iteration's: for a diagonal
+    Omega the regression splits into one ordinary least squares per parameter, and
+    Omega drops out). Typical values not estimated stay at ``mu_fixed``; a coefficient
+    outside its bounds is clipped onto them and the other components re-solved given
+    it (exact for one active bound; with several, each is clipped once more)."""
+    N, k, nb = D.C.shape
+    dt = s1.dtype
+    X = jnp.concatenate([jnp.broadcast_to(jnp.eye(k, dtype=dt)[None], (N, k, k)), D.C], -1)
+    oinv = jnp.linalg.inv(omega)
+    A = jnp.einsum("nkp,kl,nlq->pq", X, oinv, X)
+    b = jnp.einsum("nkp,kl,nl->p", X, oinv, s1)
+    fixed = jnp.concatenate([~est, jnp.zeros((nb,), bool)])
+    val = jnp.concatenate([mu_fixed, beta_prev])
+    th = _pinned_solve(A, b, fixed, val)
+    beta = jnp.clip(th[k:], D.lo, D.hi)
+    # the clipped coefficients held on their bounds, the other components re-solved
+    # (the bound-constrained least squares when one bound is active), clipped again
+    clipped = beta != th[k:]
+    th = _pinned_solve(A, b, jnp.concatenate([~est, clipped]), jnp.concatenate([mu_fixed, beta]))
+    beta = jnp.clip(th[k:], D.lo, D.hi)
+    return th[:k], beta
 
 
 class _Settings(eqx.Module):
@@ -312,7 +386,7 @@ def _mcmc(P, S, c: _Carry, key, data, mu, omega, sigma, adapt: bool):
         z, L, f, acc = st
         kk = jax.random.fold_in(k1, i)
         ka, kb = jax.random.split(kk)
-        zp = mu[None] + jax.random.normal(ka, (B, k), dt) @ chol.T
+        zp = mu + jax.random.normal(ka, (B, k), dt) @ chol.T
         Lp, fp = sim(zp)
         a = jnp.log(jax.random.uniform(kb, (B,), dt)) < -0.5 * (Lp - L)
         return (
@@ -378,17 +452,27 @@ def _mcmc(P, S, c: _Carry, key, data, mu, omega, sigma, adapt: bool):
     return dataclasses.replace(c, z=z, L=L, f=f, d2=d2, d3=d3), acc2, acc3
 
 
-def _step(P, S, est, mu_fixed, data, c: _Carry, it, key):
+def _step(P, S, est, mu_fixed, D: _Design, data, c: _Carry, it, key):
     """One SAEM iteration: MH kernels, stochastic approximation, M-step."""
     tv, off, ev, ts, obs, mask = data
-    c, acc2, acc3 = _mcmc(P, S, c, key, data, c.mu, c.omega, c.sigma, adapt=True)
+    mean = _prior_mean(c.mu, c.beta, D, S.n_rep)
+    c, acc2, acc3 = _mcmc(P, S, c, key, data, mean, c.omega, c.sigma, adapt=True)
     g = _gamma(it, S.n_burn)
     z = c.z
     B = z.shape[0]
-    s1 = c.s1 + g * (jnp.mean(z, axis=0) - c.s1)
     s2 = c.s2 + g * (z.T @ z / B - c.s2)
-    mu = jnp.where(est, s1, mu_fixed)
-    om = s2 - jnp.outer(s1, mu) - jnp.outer(mu, s1) + jnp.outer(mu, mu)
+    beta = c.beta
+    if D.C.shape[-1] == 0:
+        s1 = c.s1 + g * (jnp.mean(z, axis=0) - c.s1)
+        mu = jnp.where(est, s1, mu_fixed)
+        om = s2 - jnp.outer(s1, mu) - jnp.outer(mu, s1) + jnp.outer(mu, mu)
+    else:  # per-subject statistics s1_i and the regression on the covariate design
+        N = D.C.shape[0]
+        zbar = jnp.mean(z.reshape(S.n_rep, N, -1), axis=0)
+        s1 = c.s1 + g * (zbar - c.s1)
+        mu, beta = _gls(s1, c.omega, est, mu_fixed, c.beta, D)
+        m = mu[None] + jnp.einsum("nkl,l->nk", D.C, beta)
+        om = s2 - (s1.T @ m + m.T @ s1) / N + m.T @ m / N
     om = 0.5 * (om + om.T)
     if S.diagonal:
         om = jnp.diag(jnp.diag(om))
@@ -401,14 +485,18 @@ def _step(P, S, est, mu_fixed, data, c: _Carry, it, key):
     om = om + jnp.diag(dg_new - dg)
     var = jnp.where(anneal, jnp.maximum(var, S.coef_sa * c.sigma**2), var)
     active = it < S.n_total
-    new = dataclasses.replace(c, mu=mu, omega=om, sigma=jnp.sqrt(var), s1=s1, s2=s2, s3=s3)
+    new = dataclasses.replace(
+        c, mu=mu, omega=om, sigma=jnp.sqrt(var), s1=s1, s2=s2, s3=s3, beta=beta
+    )
     out = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, c)
     # complete-data -2 log-likelihood per chain (for progress): data + eta prior
     oinv = jnp.linalg.inv(out.omega)
     _, ld = jnp.linalg.slogdet(out.omega)
-    cll = jnp.mean(out.L + _quad(out.z, out.mu, oinv) + ld) * P.n
+    mean_out = _prior_mean(out.mu, out.beta, D, S.n_rep)
+    cll = jnp.mean(out.L + _quad(out.z, mean_out, oinv) + ld) * P.n
     trace = dict(
         mu=out.mu,
+        beta=out.beta,
         omega=jnp.diag(out.omega),
         sigma=out.sigma,
         acc2=acc2,
@@ -419,64 +507,73 @@ def _step(P, S, est, mu_fixed, data, c: _Carry, it, key):
 
 
 @eqx.filter_jit
-def _run_chunk(P, S, est, mu_fixed, data, c, it0, key, n: int):
+def _run_chunk(P, S, est, mu_fixed, D, data, c, it0, key, n: int):
     def body(c, i):
         it = it0 + i
-        return _step(P, S, est, mu_fixed, data, c, it, jax.random.fold_in(key, it))
+        return _step(P, S, est, mu_fixed, D, data, c, it, jax.random.fold_in(key, it))
 
     return jax.lax.scan(body, c, jnp.arange(n))
 
 
 # ============================================================================ FIM (Louis)
-def _unpack_phi(phi, k, n_est, est_idx, mu_fixed, diagonal):
+def _unpack_phi(phi, k, n_est, est_idx, mu_fixed, diagonal, nb: int = 0):
+    """``phi = [mu (estimated) | beta | Omega (Cholesky, log diagonal) | log sigma]``
+    -> ``(mu, Omega, sigma, beta)``."""
     mu = mu_fixed.at[est_idx].set(phi[:n_est])
+    beta = phi[n_est : n_est + nb]
     rows, cols = np.tril_indices(k) if not diagonal else (np.arange(k), np.arange(k))
     no = len(rows)
-    w = phi[n_est : n_est + no]
+    o0 = n_est + nb
+    w = phi[o0 : o0 + no]
     vals = jnp.where(jnp.asarray(rows == cols), jnp.exp(w), w)
     Lc = jnp.zeros((k, k), phi.dtype).at[rows, cols].set(vals)
-    return mu, Lc @ Lc.T, jnp.exp(phi[n_est + no :])
+    return mu, Lc @ Lc.T, jnp.exp(phi[o0 + no :]), beta
 
 
-def _pack_phi(mu, omega, sigma, est_idx, diagonal):
+def _pack_phi(mu, omega, sigma, est_idx, diagonal, beta=()):
     k = omega.shape[0]
     Lc = np.linalg.cholesky(np.asarray(omega) + 1e-14 * np.eye(k))
     rows, cols = np.tril_indices(k) if not diagonal else (np.arange(k), np.arange(k))
     w = Lc[rows, cols]
     w = np.where(rows == cols, np.log(np.maximum(w, 1e-300)), w)
-    return np.concatenate([np.asarray(mu)[est_idx], w, np.log(np.asarray(sigma))])
+    return np.concatenate(
+        [np.asarray(mu)[est_idx], np.asarray(beta, float), w, np.log(np.asarray(sigma))]
+    )
 
 
 @eqx.filter_jit
-def _louis_terms(P, S, est_idx, mu_fixed, data, c: _Carry, phi, key, n_iter: int):
+def _louis_terms(P, S, est_idx, mu_fixed, D: _Design, data, c: _Carry, phi, key, n_iter: int):
     """Posterior means (per subject) of the complete-data score and of
     ``d2 log p + score score'`` over ``n_iter`` MCMC iterations at ``phi``."""
     tv, off, ev, ts, obs, mask = data
     k = c.z.shape[1]
     n_est = est_idx.shape[0]
-    mu, omega, sigma = _unpack_phi(phi, k, n_est, est_idx, mu_fixed, S.diagonal)
+    nb = D.C.shape[-1]
+    mu, omega, sigma, beta = _unpack_phi(phi, k, n_est, est_idx, mu_fixed, S.diagonal, nb)
+    mean = _prior_mean(mu, beta, D, S.n_rep)
+    C_r = _tile(D.C, S.n_rep)  # (B, k, nb)
     spec = P.spec
 
-    def logp(ph, z, f, o, m):  # one record set: complete-data log-likelihood
-        mu_, om_, sg_ = _unpack_phi(ph, k, n_est, est_idx, mu_fixed, S.diagonal)
+    def logp(ph, z, f, o, m, Ci):  # one record set: complete-data log-likelihood
+        mu_, om_, sg_, b_ = _unpack_phi(ph, k, n_est, est_idx, mu_fixed, S.diagonal, nb)
         obs1 = jax.tree.map(lambda a: a[None], o)
         L = _data_nll(spec, f[None], sg_, obs1, m[None])[0]
-        d = z - mu_
+        d = z - (mu_ + Ci @ b_) if nb else z - mu_
         _, ld = jnp.linalg.slogdet(om_)
         return -0.5 * (L + d @ jnp.linalg.solve(om_, d) + ld)
 
-    grad = jax.vmap(jax.grad(logp), in_axes=(None, 0, 0, 0, 0))
-    hess = jax.vmap(jax.hessian(logp), in_axes=(None, 0, 0, 0, 0))
-    c = dataclasses.replace(c, mu=mu, omega=omega, sigma=sigma)
+    grad = jax.vmap(jax.grad(logp), in_axes=(None, 0, 0, 0, 0, 0))
+    hess = jax.vmap(jax.hessian(logp), in_axes=(None, 0, 0, 0, 0, 0))
+    c = dataclasses.replace(c, mu=mu, omega=omega, sigma=sigma, beta=beta)
     P_ = phi.shape[0]
     B = c.z.shape[0]
     zero = (jnp.zeros((B, P_), phi.dtype), jnp.zeros((B, P_, P_), phi.dtype))
 
     def body(st, i):
         c, (gs, hs) = st
-        c, _, _ = _mcmc(P, S, c, jax.random.fold_in(key, i), data, mu, omega, sigma, False)
-        g = grad(phi, c.z, c.f, obs, mask)
-        h = hess(phi, c.z, c.f, obs, mask)
+        c, _, _ = _mcmc(P, S, c, jax.random.fold_in(key, i), data, mean, omega, sigma, False)
+        g = grad(phi, c.z, c.f, obs, mask, C_r)
+        h = hess(phi, c.z, c.f, obs, mask, C_r)
         return (c, (gs + g, hs + h + g[:, :, None] * g[:, None, :])), None
 
     (c, (gs, hs)), _ = jax.lax.scan(body, (c, zero), jnp.arange(n_iter))
@@ -600,6 +697,97 @@ def _is_ofv(P, data, mu, omega, sigma, etas, cov, n_samples, df, key, n_obs):
         n_obs=n_obs,
         wall_s=time.perf_counter() - t0,
     )
+
+
+def _coefficient_design(model, pop: Population, fd, iiv: tuple, estimate):
+    """The estimated covariate coefficients as a mu-referenced regression (checked
+    before anything compiles): ``(design, labels, log-scale mask, initial beta)``.
+
+    Each coefficient must enter ``log`` of its parameter linearly (Monolix's and
+    saemix's covariate model): a :class:`Power` (``theta log(x / ref)``), an
+    :class:`Exponential` (``theta (x - ref)``) or a :class:`Categorical` (``log(factor)``
+    times the category's indicator; ``beta`` is the log factor). The parameter must have
+    IIV on a log transform. A coefficient's natural-scale bounds become bounds on
+    ``beta``.
+
+    Raises:
+        ValueError: what :func:`fit_population` refuses (a missing or non-finite
+            column, a factor that is not positive, a coefficient the data cannot inform,
+            clashing labels), and a :class:`Linear` (or other non-log-linear) estimated
+            effect, an estimated effect of a time-varying covariate, or one on a
+            parameter without IIV or whose transform is not log; each naming the effect.
+    """
+    N, k = fd.n, len(iiv)
+    effects = tuple(c for c in pop.covariates if c.estimate)
+    if not effects:
+        z = jnp.zeros((0,))
+        return _Design(jnp.zeros((N, k, 0)), z, z), (), np.zeros(0, bool), np.zeros(0)
+    for c in effects:
+        if c.covariate in fd.varying:
+            raise ValueError(
+                f"saem: covariate effect {c.describe()} is estimated but {c.covariate!r} "
+                "changes within subjects (time-varying): SAEM's covariate regression needs "
+                "one value per subject. Fix its coefficient (estimate=False; SAEM fits "
+                "fixed effects of time-varying covariates) or estimate it by FOCE-I "
+                "(fit_population)"
+            )
+        if not isinstance(c, (Power, Exponential, Categorical)):
+            raise ValueError(
+                f"saem: covariate effect {c.describe()} is estimated but its log-factor is "
+                f"not linear in its coefficient ({type(c).__name__}: log(1 + theta (x - "
+                "ref))); SAEM estimates Power, Exponential and Categorical coefficients "
+                "(mu-referenced). Use Exponential (the same effect near ref), fix it "
+                "(estimate=False) or estimate it by FOCE-I (fit_population)"
+            )
+        if c.param not in iiv:
+            raise ValueError(
+                f"saem: covariate effect {c.describe()} is estimated but {c.param!r} has no "
+                f"IIV; SAEM estimates coefficients of mu-referenced parameters (with IIV: "
+                f"{list(iiv)}). Give {c.param!r} IIV, fix the coefficient or use "
+                "fit_population"
+            )
+        if model.param(c.param).transform != "log":
+            raise ValueError(
+                f"saem: covariate effect {c.describe()} is estimated but {c.param!r} has "
+                f"transform {model.param(c.param).transform!r}; SAEM supports covariate "
+                "factors on log-transformed parameters only"
+            )
+    # the checks fit_population makes (columns, factors, informative data, labels)
+    covariate_model(pop, fd, model, estimate)
+    cols, lo, hi, b0, is_log, labels = [], [], [], [], [], []
+    for c in effects:
+        x = np.asarray(fd.covariates[c.covariate], float)
+        j = iiv.index(c.param)
+        lo_n, hi_n = c.coefficient_bounds()
+        if isinstance(c, Categorical):
+            for (label, v), grp in zip(c.coefficients().items(), c.groups()):
+                col = np.zeros((N, k))
+                col[:, j] = np.isin(x, np.asarray(grp, float)).astype(float)
+                cols.append(col)
+                lo.append(math.log(lo_n) if lo_n > 0 else -math.inf)
+                hi.append(math.log(hi_n) if math.isfinite(hi_n) else math.inf)
+                b0.append(math.log(v))
+                is_log.append(True)
+                labels.append(label)
+            continue
+        ((label, v),) = c.coefficients().items()
+        col = np.zeros((N, k))
+        if isinstance(c, Power):
+            col[:, j] = np.log(x / c.ref)
+        elif isinstance(c, Exponential):
+            col[:, j] = x - c.ref
+        cols.append(col)
+        lo.append(lo_n)
+        hi.append(hi_n)
+        b0.append(v)
+        is_log.append(False)
+        labels.append(label)
+    D = _Design(
+        jnp.asarray(np.stack(cols, -1)),
+        jnp.asarray(np.asarray(lo, float)),
+        jnp.asarray(np.asarray(hi, float)),
+    )
+    return D, tuple(labels), np.asarray(is_log), np.asarray(b0, float)
 
 
 def _prepare(model, data, population, error, output, solver, censoring, lloq, dvid, oc):
@@ -768,10 +956,14 @@ def saem(
 
     See the module docstring and ``docs/calibration.md`` for the algorithm. The
     parameters with IIV are mu-referenced (``g(p_i) = g(TV) + log(covariate factors) +
-    eta_i``); their typical values (those in ``estimate``), Omega and the residual SDs
-    are estimated. After the iterations: standard errors (Louis' observed information
-    over ``n_fim`` MCMC iterations at the estimates; 0 skips them), the post-hoc MAP
-    fit, and the importance-sampling OFV (``n_is`` t draws per subject; 0 skips it).
+    eta_i``); their typical values (those in ``estimate``), Omega, the residual SDs and
+    the coefficients of covariate effects made with ``estimate=True`` (power,
+    exponential and categorical effects on log-normal IIV parameters; reported in
+    ``estimates`` and ``covariate_effects`` as ``fit_population`` labels them, and put
+    into ``population``) are estimated. After the iterations: standard errors (Louis'
+    observed information over ``n_fim`` MCMC iterations at the estimates; 0 skips
+    them), the post-hoc MAP fit, and the importance-sampling OFV (``n_is`` t draws per
+    subject; 0 skips it).
 
     Arguments:
         model, data, population, error: as for :func:`fit_population` (the population
@@ -795,7 +987,11 @@ def saem(
 
     Raises:
         ValueError: bad settings, unknown names, an estimated parameter without IIV,
-            a covariate effect on a non-log-transformed IIV parameter.
+            a covariate effect on a non-log-transformed IIV parameter; an estimated
+            covariate coefficient that SAEM cannot regress on (a :class:`Linear`
+            effect, a time-varying covariate, a parameter without IIV) or that the
+            data cannot inform (the checks of :func:`fit_population`), naming the
+            effect.
     """
     import pandas as pd
 
@@ -835,17 +1031,24 @@ def saem(
             f"{no_iiv} have none: give them IIV in the population or leave them out of "
             f"estimate (IIV parameters: {list(pop0.iiv)})"
         )
-    est_cov = [c for c in pop0.covariates if getattr(c, "estimate", False)]
+    est_cov = [c for c in pop0.covariates if c.estimate]
+    # the estimated effects leave the fixed offsets: their factors are mu + C_i beta
+    pop_fix = pop0
     if est_cov:
-        raise ValueError(
-            f"saem does not estimate covariate coefficients: {est_cov[0].describe()} has "
-            "estimate=True; fix it (estimate=False) or fit it by FOCE-I (fit_population)"
+        pop_fix = Population(
+            model,
+            typical=pop0.typical,
+            covariates=[c for c in pop0.covariates if not c.estimate],
+            omega=pop0.omega,
+            iiv=list(pop0.iiv),
         )
     pop, outputs, errors, solver, fd, cmode, spec, P = _prepare(
-        model, data, pop0, error, output, solver, censoring, lloq, dvid, output_column
+        model, data, pop_fix, error, output, solver, censoring, lloq, dvid, output_column
     )
     N, k = fd.n, len(pop.iiv)
     iiv = tuple(pop.iiv)
+    D, coef_labels, coef_log, beta0 = _coefficient_design(model, pop0, fd, iiv, estimate)
+    nb = len(coef_labels)
     est_mask = np.asarray([q in estimate for q in iiv])
     est_idx = np.flatnonzero(est_mask)
     diagonal = omega == "diagonal"
@@ -869,6 +1072,8 @@ def saem(
         om0 = np.diag(np.diag(om0))
     sig0 = np.concatenate([np.asarray(e.sigma()) for e in errors])
     z0 = jnp.broadcast_to(jnp.asarray(mu0)[None], (R * N, k))
+    if nb:  # every chain starts at its subject's prior mean
+        z0 = _prior_mean(jnp.asarray(mu0), jnp.asarray(beta0), D, R)
     tv_r, off_r, ev_r, ts_r, obs_r, mask_r = data_r
     L0, f0 = _simulate_jit(P.st, z0, tv_r, off_r, ev_r, ts_r, obs_r, mask_r, jnp.asarray(sig0))
     if not np.all(np.isfinite(np.asarray(L0))):
@@ -878,6 +1083,10 @@ def saem(
             f"likelihood is not finite) for subject(s) {bad[:10]}; change the start"
         )
     sd0 = np.sqrt(np.diag(om0))
+    s1_0, s2_0 = mu0, om0 + np.outer(mu0, mu0)
+    if nb:  # subject-specific prior means mu + C_i beta
+        m0 = mu0[None] + np.einsum("nkl,l->nk", np.asarray(D.C), beta0)
+        s1_0, s2_0 = m0, om0 + m0.T @ m0 / N
     carry = _Carry(
         z=z0,
         L=L0,
@@ -885,11 +1094,12 @@ def saem(
         mu=jnp.asarray(mu0),
         omega=jnp.asarray(om0),
         sigma=jnp.asarray(sig0),
-        s1=jnp.asarray(mu0),
-        s2=jnp.asarray(om0 + np.outer(mu0, mu0)),
+        s1=jnp.asarray(s1_0),
+        s2=jnp.asarray(s2_0),
         s3=jnp.asarray(sig0**2),
         d2=jnp.asarray(0.5 * sd0),
         d3=jnp.asarray(0.5 * sd0),
+        beta=jnp.asarray(beta0),
     )
     key = jax.random.PRNGKey(seed)
     k_iter, k_fim, k_is = jax.random.split(key, 3)
@@ -910,10 +1120,11 @@ def saem(
     t_iter = time.perf_counter()
     for it0 in range(0, n_total, _CHUNK):
         carry, tr = _run_chunk(
-            P.st, S, est_j, mu_fixed, data_r, carry, jnp.asarray(it0), k_iter, _CHUNK
+            P.st, S, est_j, mu_fixed, D, data_r, carry, jnp.asarray(it0), k_iter, _CHUNK
         )
         tr = jax.tree.map(np.asarray, tr)
         th_chunk = {q: np.asarray(v) for q, v in model.unpack(jnp.asarray(tr["mu"]), iiv).items()}
+        cf_chunk = np.where(coef_log[None], np.exp(tr["beta"]), tr["beta"])
         for i in range(_CHUNK):
             it = it0 + i
             if it >= n_total:
@@ -923,6 +1134,7 @@ def saem(
                 "phase": "burn-in" if it < n_burn else "smoothing",
             }
             row.update({q: float(th_chunk[q][i]) for q in iiv})
+            row.update({lb: float(cf_chunk[i][j]) for j, lb in enumerate(coef_labels)})
             row.update({f"OMEGA({q},{q})": float(tr["omega"][i][j]) for j, q in enumerate(iiv)})
             row.update({s: float(tr["sigma"][i][j]) for j, s in enumerate(sig_names)})
             row.update(
@@ -933,7 +1145,7 @@ def saem(
             rows.append(row)
         if verbose:
             r = rows[-1]
-            ths = " ".join(f"{q}={r[q]:.4g}" for q in iiv)
+            ths = " ".join(f"{q}={r[q]:.4g}" for q in (*iiv, *coef_labels))
             oms = " ".join(f"{r[f'OMEGA({q},{q})']:.3g}" for q in iiv)
             sgs = " ".join(f"{r[s]:.4g}" for s in sig_names)
             print(
@@ -946,18 +1158,35 @@ def saem(
     mu = np.asarray(carry.mu)
     om = np.asarray(carry.omega)
     sig = np.asarray(carry.sigma)
-    if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(om)) and np.all(np.isfinite(sig))):
+    beta = np.asarray(carry.beta)
+    if not all(np.all(np.isfinite(a)) for a in (mu, om, sig, beta)):
         raise FloatingPointError("saem: the iterations diverged (non-finite estimates)")
+    lo_b, hi_b = np.asarray(D.lo), np.asarray(D.hi)
+    tol_b = 1e-9 * np.maximum(1.0, np.abs(beta))
+    at_bound = [
+        lb
+        for lb, b, lo_, hi_, t in zip(coef_labels, beta, lo_b, hi_b, tol_b)
+        if b <= lo_ + t or b >= hi_ - t
+    ]
 
     # --------------------------------------------------------------- standard errors
-    phi = _pack_phi(mu, om, sig, est_idx, diagonal)
+    phi = _pack_phi(mu, om, sig, est_idx, diagonal, beta)
     Pn = phi.shape[0]
     cov_phi = np.full((Pn, Pn), np.nan)
     if n_fim:
         if verbose:
             print(f"  standard errors: Louis' information over {n_fim} MCMC iterations")
         _, gbar, hbar = _louis_terms(
-            P.st, S, jnp.asarray(est_idx), mu_fixed, data_r, carry, jnp.asarray(phi), k_fim, n_fim
+            P.st,
+            S,
+            jnp.asarray(est_idx),
+            mu_fixed,
+            D,
+            data_r,
+            carry,
+            jnp.asarray(phi),
+            k_fim,
+            n_fim,
         )
         gbar = np.asarray(gbar).reshape(R, N, Pn).mean(axis=0)
         hbar = np.asarray(hbar).reshape(R, N, Pn, Pn).mean(axis=0)
@@ -974,11 +1203,14 @@ def saem(
     rows_t, cols_t = np.tril_indices(k) if not diagonal else (np.arange(k), np.arange(k))
 
     def natural(p):
-        m_, o_, s_ = _unpack_phi(p, k, len(est_idx), jnp.asarray(est_idx), mu_fixed, diagonal)
+        m_, o_, s_, b_ = _unpack_phi(
+            p, k, len(est_idx), jnp.asarray(est_idx), mu_fixed, diagonal, nb
+        )
         th_ = model.unpack(m_, iiv)
         th_v = [th_[iiv[j]] for j in est_idx]
         th_s = jnp.stack(th_v) if th_v else jnp.zeros((0,), p.dtype)
-        return jnp.concatenate([th_s, o_[rows_t, cols_t], s_])
+        cf = jnp.where(jnp.asarray(coef_log), jnp.exp(b_), b_)
+        return jnp.concatenate([th_s, cf, o_[rows_t, cols_t], s_])
 
     nat = np.asarray(natural(jnp.asarray(phi)))
     Jn = np.asarray(jax.jacfwd(natural)(jnp.asarray(phi)))
@@ -986,6 +1218,7 @@ def saem(
     se = np.sqrt(np.where(np.diag(cov_nat) >= 0, np.diag(cov_nat), np.nan))
     labels = (
         [iiv[j] for j in est_idx]
+        + list(coef_labels)
         + [f"OMEGA({iiv[a]},{iiv[b]})" for a, b in zip(rows_t, cols_t)]
         + sig_names
     )
@@ -999,10 +1232,19 @@ def saem(
         errs_fit[o] = e.replace(sig[off : off + len(e.names)])
         off += len(e.names)
     err_fit = errs_fit[outputs[0]]
+    coefs = nat[len(est_idx) : len(est_idx) + nb]
+    cov_est = {lb: float(v) for lb, v in zip(coef_labels, coefs)}
+    fitted_covs, o_ = [], 0
+    for c in pop0.covariates:
+        if c.estimate:
+            m_ = len(c.coefficients())
+            c = c.with_coefficients([float(v) for v in coefs[o_ : o_ + m_]])
+            o_ += m_
+        fitted_covs.append(c)
     fitted = Population(
         model,
         typical={**pop.typical, **theta},
-        covariates=pop.covariates,
+        covariates=fitted_covs,
         omega=om,
         iiv=list(iiv),
     )
@@ -1027,9 +1269,11 @@ def saem(
     if n_is:
         if verbose:
             print(f"  importance sampling: {n_is} t({is_df:g}) draws per subject")
+        # the fitted coefficients join the fixed covariate offsets
+        P_is = _problem(model, fitted, fd, spec) if nb else P
         isr = _is_ofv(
-            P,
-            (P.tv, P.off, P.ev, P.ts, P.obs, P.mask),
+            P_is,
+            (P_is.tv, P_is.off, P_is.ev, P_is.ts, P_is.obs, P_is.mask),
             mu,
             om,
             sig,
@@ -1068,10 +1312,17 @@ def saem(
         message=(
             f"SAEM: {n_burn} exploratory + {n_em} smoothing iterations, {R} chains, "
             f"kernels {kernels}, seed {seed}; iterations {time.perf_counter() - t_iter:.1f} s"
+            + (
+                f"; covariate coefficient(s) {at_bound} at their bounds (clipped in the "
+                "M-step; their SEs are not meaningful)"
+                if at_bound
+                else ""
+            )
         ),
         errors=errs_fit,
         censoring=cmode,
         n_censored=n_cens,
+        covariate_effects=cov_est,
         ofv_se=ofv_se,
         importance=isr,
         history=history,
