@@ -193,9 +193,9 @@ def theo_m3():
     pop = M.as_population(model, tj.Population(model, **THEO_START))
     fd = prepare_data(model, tj.data.datasets.theophylline(), err, lloq=THEO_LLOQ)
     spec = M.make_spec(model, Ensemble(rtol=1e-10, atol=1e-12), pop.iiv, (err,), ("C",), "m3")
-    lay = nlme._Layout(("KA", "CL", "V"), tuple(pop.iiv), False, 1)
+    lay = nlme.Layout(("KA", "CL", "V"), tuple(pop.iiv), False, 1)
     base = {k: float(v) for k, v in pop.typical.items()}
-    fac = {k: jnp.asarray(v) for k, v in nlme._factors(pop, fd.covariates, fd.n).items()}
+    fac = {k: jnp.asarray(v) for k, v in nlme.factor_table(pop, fd.covariates, fd.n).items()}
     return dict(model=model, fd=fd, spec=spec, lay=lay, base=base, fac=fac, pop=pop)
 
 
@@ -232,13 +232,13 @@ def test_focei_gradient_with_censoring_matches_finite_differences(theo_m3):
     def value_and_grad(phi):
         phi = jnp.asarray(phi)
         eta0 = jnp.zeros((fd.n, 3))
-        out = nlme._inner(spec, lay, base, fac, phi, eta0, *args, jnp.asarray(200), 1e-14)
+        out = nlme.inner_modes(spec, lay, base, fac, phi, eta0, *args, jnp.asarray(200), 1e-14)
         assert bool(np.all(out["converged"]))
         v, g = nlme._ofv_and_grad(spec, lay, base, fac, phi, out["eta"], *args)
         return float(v), np.asarray(g)
 
     th = {"KA": 1.6, "CL": 2.7, "V": 31.0}
-    phi = nlme._pack(t["model"], lay, th, np.diag([0.45, 0.08, 0.02]), np.array([0.6]))
+    phi = nlme.pack_outer(t["model"], lay, th, np.diag([0.45, 0.08, 0.02]), np.array([0.6]))
     val, grad = value_and_grad(phi)
     assert np.isfinite(val) and np.all(np.isfinite(grad))
     h = 1e-4

@@ -126,19 +126,19 @@ class Problem:
             tuple(pop.iiv),
             ErrorModel("additive"),
         )
-        effects, slots, self.coef0 = nlme._covariate_model(pop, fd, model, ("KA", "CL", "V"))
-        self.lay = nlme._Layout(("KA", "CL", "V"), tuple(pop.iiv), False, 1, slots)
+        effects, slots, self.coef0 = nlme.covariate_model(pop, fd, model, ("KA", "CL", "V"))
+        self.lay = nlme.Layout(("KA", "CL", "V"), tuple(pop.iiv), False, 1, slots)
         self.base = {k: float(v) for k, v in pop.typical.items()}
         if effects:
-            fixed = nlme._factors(pop, fd.covariates, fd.n, fixed_only=True)
-            self.factors = nlme._Covs(
+            fixed = nlme.factor_table(pop, fd.covariates, fd.n, fixed_only=True)
+            self.factors = nlme.CovariateFactors(
                 {k: jnp.asarray(v) for k, v in fixed.items()},
                 {c.covariate: jnp.asarray(fd.covariates[c.covariate], float) for c in effects},
                 effects,
             )
         else:
             self.factors = {
-                k: jnp.asarray(v) for k, v in nlme._factors(pop, fd.covariates, fd.n).items()
+                k: jnp.asarray(v) for k, v in nlme.factor_table(pop, fd.covariates, fd.n).items()
             }
         self.args = (fd.ev, jnp.asarray(fd.t_eval), jnp.asarray(fd.dv), jnp.asarray(fd.mask))
         self.n = fd.n
@@ -147,12 +147,12 @@ class Problem:
     def phi(self, coefs):
         th = {"KA": 1.45, "CL": 2.9, "V": 31.0}
         om = np.diag([0.35, 0.08, 0.03])
-        return nlme._pack(self.model, self.lay, th, om, np.array([0.75]), coefs)
+        return nlme.pack_outer(self.model, self.lay, th, om, np.array([0.75]), coefs)
 
     def modes(self, phi):
         eta0 = jnp.zeros((self.n, len(self.lay.iiv)))
         a = (self.spec, self.lay, self.base, self.factors, jnp.asarray(phi), eta0)
-        out = nlme._inner(*a, *self.args, jnp.asarray(200), 1e-14)
+        out = nlme.inner_modes(*a, *self.args, jnp.asarray(200), 1e-14)
         assert bool(np.all(out["converged"]))
         return out["eta"]
 

@@ -58,24 +58,24 @@ class Problem:
         self.spec = Spec(
             model, solver, model.output_names[0], tuple(pop.iiv), ErrorModel("additive")
         )
-        self.lay = nlme._Layout(("KA", "CL", "V"), tuple(pop.iiv), False, 1)
+        self.lay = nlme.Layout(("KA", "CL", "V"), tuple(pop.iiv), False, 1)
         self.base = {k: float(v) for k, v in pop.typical.items()}
         self.factors = {
-            k: jnp.asarray(v) for k, v in nlme._factors(pop, fd.covariates, fd.n).items()
+            k: jnp.asarray(v) for k, v in nlme.factor_table(pop, fd.covariates, fd.n).items()
         }
         self.args = (fd.ev, jnp.asarray(fd.t_eval), jnp.asarray(fd.dv), jnp.asarray(fd.mask))
         self.n = fd.n
 
     def phi(self, ka, cl, v, om, s):
         th = {"KA": ka, "CL": cl, "V": v}
-        return nlme._pack(self.model, self.lay, th, np.diag(om), np.array([s]))
+        return nlme.pack_outer(self.model, self.lay, th, np.diag(om), np.array([s]))
 
     def value_and_grad(self, phi):
         """The objective with tightly converged modes, and the optimiser's gradient."""
         phi = jnp.asarray(phi)
         sp, lay, base, fac = self.spec, self.lay, self.base, self.factors
         eta0 = jnp.zeros((self.n, len(lay.iiv)))
-        out = nlme._inner(sp, lay, base, fac, phi, eta0, *self.args, jnp.asarray(200), 1e-14)
+        out = nlme.inner_modes(sp, lay, base, fac, phi, eta0, *self.args, jnp.asarray(200), 1e-14)
         assert bool(np.all(out["converged"]))
         v, g = nlme._ofv_and_grad(sp, lay, base, fac, phi, out["eta"], *self.args)
         return float(v), np.asarray(g)

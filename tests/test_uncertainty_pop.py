@@ -29,7 +29,7 @@ from twinjax.calibrate import (
     profile_likelihood,
     resample_counts,
 )
-from twinjax.calibrate._covstep import _Problem, _refuse_not_pd
+from twinjax.calibrate._covstep import Problem, _refuse_not_pd
 from twinjax.model import Model, State
 from twinjax.model._param import real
 
@@ -111,7 +111,7 @@ def test_covariance_step_matches_the_closed_form(lin_fit):
     np.testing.assert_allclose(fit.estimates.estimate.values, closed_mle(), rtol=2e-5)
     steps = {k: covariance_step(fit, DATA, kind=k) for k in ("R", "S", "sandwich")}
     c = steps["sandwich"]
-    phi = _Problem.from_fit(fit, DATA).phi_hat
+    phi = Problem.from_fit(fit, DATA).phi_hat
     f = jax.jit(lambda p: jnp.sum(closed_terms(p)))
     R = np.asarray(jax.hessian(f)(jnp.asarray(phi)))
     g = np.asarray(jax.jacfwd(closed_terms)(jnp.asarray(phi)))  # (N, P)
@@ -145,7 +145,7 @@ def test_covariance_step_matches_the_closed_form(lin_fit):
 def test_subject_gradients_are_derivatives_of_the_subject_terms(lin_fit):
     """Away from the optimum, each subject's gradient (modes re-solved) against central
     finite differences of its own FOCE-I term."""
-    prob = _Problem.from_fit(lin_fit, DATA)
+    prob = Problem.from_fit(lin_fit, DATA)
     phi = prob.phi_hat + np.array([0.3, -0.2, 0.1])
     v, g, _ = prob.subject_terms(phi)
     np.testing.assert_allclose(v, np.asarray(closed_terms(jnp.asarray(phi))), atol=1e-6)
@@ -305,7 +305,7 @@ def test_theophylline_covariance_step():
     solver = Ensemble(rtol=1e-10, atol=1e-12)
     fit = _at(oral, data, pop, ErrorModel("additive", add=0.694410), solver=solver)
     assert fit.ofv == pytest.approx(116.803, abs=2e-3)
-    prob = _Problem.from_fit(fit, data)
+    prob = Problem.from_fit(fit, data)
     phi = prob.phi_hat
     v, g, _ = prob.subject_terms(phi)
     h = 1e-4

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import jax.numpy as jnp
 import numpy as np
 
-from ._covstep import _Problem
+from ._covstep import Problem
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -107,7 +107,7 @@ class BootstrapResult:
 class _Batched:
     """Weighted objectives of ``B`` resamples, evaluated in chunks of ``batch``."""
 
-    def __init__(self, prob: _Problem, W: np.ndarray, batch: int):
+    def __init__(self, prob: Problem, W: np.ndarray, batch: int):
         self.prob, self.W, self.batch = prob, W.astype(float), batch
         self.calls = 0
 
@@ -200,7 +200,7 @@ def bootstrap(
     else:
         W = resample_counts(N, int(n), seed)
     B = W.shape[0]
-    prob = _Problem.from_fit(
+    prob = Problem.from_fit(
         fit, data, censoring=censoring, lloq=lloq, dvid=dvid, output_column=output_column
     )
     P = prob.size

@@ -54,10 +54,10 @@ KINDS = ("sandwich", "R", "S")
 def _subject_terms_and_grads(spec, lay, base, factors, phi, eta, ev, ts, y, mask):
     """Per-subject FOCE-I terms ``(N,)`` and their total gradients ``(N, P)`` in ``phi``
     (forward mode, one tangent per element of ``phi``)."""
-    hess = nlme._exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask)
+    hess = nlme.exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask)
 
     def F(p):
-        return nlme._ofv_terms(spec, lay, base, factors, p, eta, ev, ts, y, mask, hess)
+        return nlme.ofv_terms(spec, lay, base, factors, p, eta, ev, ts, y, mask, hess)
 
     eye = jnp.eye(phi.shape[0], dtype=phi.dtype)
     vals, tangents = jax.vmap(lambda v: jax.jvp(F, (phi,), (v,)))(eye)
@@ -69,7 +69,7 @@ def _batched_modes(spec, lay, base, factors, phis, eta0, ev, ts, y, mask, max_it
     """Modes ``(B, N, k)`` for ``B`` outer vectors at once (``vmap`` of the inner fit)."""
 
     def one(phi, e0):
-        return nlme._inner(spec, lay, base, factors, phi, e0, ev, ts, y, mask, max_iter, tol)
+        return nlme.inner_modes(spec, lay, base, factors, phi, e0, ev, ts, y, mask, max_iter, tol)
 
     out = jax.vmap(one)(phis, eta0)
     return out["eta"], out["ok"]
@@ -85,45 +85,15 @@ def _batched_terms_and_grads(spec, lay, base, factors, phis, etas, ev, ts, y, ma
     return jax.vmap(one)(phis, etas)
 
 
-def _fit_factors(pop, fd, effects):
-    """The covariate factors as ``fit_population`` builds them (with time-varying
-    covariates where ``FitData.varying`` exists)."""
-    N = fd.n
-    varying = getattr(fd, "varying", None)
-    if varying is None or not hasattr(nlme, "_on_grid"):
-        if effects:
-            fixed = nlme._factors(pop, fd.covariates, N, fixed_only=True)
-            return nlme._Covs(
-                {kk: jnp.asarray(v) for kk, v in fixed.items()},
-                {c.covariate: jnp.asarray(fd.covariates[c.covariate], float) for c in effects},
-                effects,
-            )
-        return {kk: jnp.asarray(v) for kk, v in nlme._factors(pop, fd.covariates, N).items()}
-    if effects:
-        fixed = nlme._factors(pop, fd.covariates, N, fixed_only=True, varying=varying)
-        cols = nlme.covariate_columns(fd.covariates, varying)
-        grid = next(iter(varying.values())).times if varying else None
-        return nlme._Covs(
-            {kk: nlme._on_grid(v, grid) for kk, v in fixed.items()},
-            {c.covariate: nlme._on_grid(cols[c.covariate], grid) for c in effects},
-            effects,
-            None if grid is None else jnp.asarray(grid),
-        )
-    return {
-        kk: jax.tree.map(jnp.asarray, v)
-        for kk, v in nlme._factors(pop, fd.covariates, N, varying=varying).items()
-    }
-
-
 @dataclasses.dataclass
-class _Problem:
+class Problem:
     """The FOCE-I objective of a fit, rebuilt from the fit and its data as
     ``fit_population`` built it (same spec, layout, covariate factors, outer vector)."""
 
     fit: nlme.PopulationFitResult
     model: Model
     spec: object
-    lay: nlme._Layout
+    lay: nlme.Layout
     base: dict
     factors: object
     ev: object
@@ -148,7 +118,7 @@ class _Problem:
         lloq=None,
         dvid=None,
         output_column: str = "DVID",
-    ) -> _Problem:
+    ) -> Problem:
         if not isinstance(fit, nlme.PopulationFitResult):
             raise TypeError(
                 f"expected a PopulationFitResult (from fit_population), got {type(fit).__name__}"
@@ -201,18 +171,18 @@ class _Problem:
         spec = make_spec(model, solver, pop.iiv, errors, outputs, cmode)
         n_sigma = sum(len(e.names) for e in errors)
         estimate = tuple(fit.theta)
-        effects, slots, coef = nlme._covariate_model(pop, fd, model, estimate)
+        effects, slots, coef = nlme.covariate_model(pop, fd, model, estimate)
         labels = list(fit.estimates.index)
         full = any(
             lab.startswith("OMEGA(") and lab[6:-1].split(",")[0] != lab[6:-1].split(",")[1]
             for lab in labels
         )
-        lay = nlme._Layout(estimate, tuple(pop.iiv), full, n_sigma, slots)
+        lay = nlme.Layout(estimate, tuple(pop.iiv), full, n_sigma, slots)
         base = {kk: float(v) for kk, v in pop.typical.items()}
         N = fd.n
-        factors = _fit_factors(pop, fd, effects)
+        factors = nlme.covariate_factors(pop, fd, effects)
         sigma = np.concatenate([np.asarray(e.sigma()) for e in errors])
-        phi = nlme._pack(model, lay, {kk: base[kk] for kk in estimate}, fit.omega, sigma, coef)
+        phi = nlme.pack_outer(model, lay, {kk: base[kk] for kk in estimate}, fit.omega, sigma, coef)
         eta_hat = jnp.asarray(np.nan_to_num(np.asarray(fit.individual.etas, float)))
         return cls(
             fit=fit,
@@ -243,7 +213,7 @@ class _Problem:
         """The subjects' modes at ``phi`` (warm start ``eta0``, default the fit's)."""
         eta0 = self.eta_hat if eta0 is None else eta0
         mi = jnp.asarray(self.inner_max_iter)
-        out = nlme._inner(
+        out = nlme.inner_modes(
             self.spec,
             self.lay,
             self.base,
@@ -309,9 +279,9 @@ class _Problem:
         rows, cols = lay.tril()
 
         def natural(p):
-            th, o, s = nlme._unpack(model, lay, p)
+            th, o, s = nlme.unpack_outer(model, lay, p)
             parts = [th[kk] for kk in lay.theta]
-            return jnp.concatenate([jnp.stack(parts), nlme._coefs(lay, p), o[rows, cols], s])
+            return jnp.concatenate([jnp.stack(parts), nlme.outer_coefs(lay, p), o[rows, cols], s])
 
         return natural
 
@@ -379,7 +349,7 @@ def _refuse_not_pd(name: str, M: np.ndarray, labels: list, hint: str) -> None:
     )
 
 
-def _table(prob: _Problem, phi, cov_phi):
+def _table(prob: Problem, phi, cov_phi):
     import pandas as pd
 
     nat = prob.natural(phi)
@@ -429,7 +399,7 @@ def covariance_step(
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not (np.isfinite(h) and h > 0):
         raise ValueError(f"h must be a positive step, got {h!r}")
-    prob = _Problem.from_fit(
+    prob = Problem.from_fit(
         fit, data, censoring=censoring, lloq=lloq, dvid=dvid, output_column=output_column
     )
     phi = prob.phi_hat

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import equinox as eqx
 import jax
@@ -12,9 +12,12 @@ import numpy as np
 
 from ..dosing import Dose, Regimen
 from ..dosing._regimen import NOOP, compile_regimens
-from ..solve._simulate import _simulate_core, simulate
-from ._map import FitResult, Spec
+from ..solve._simulate import simulate, simulate_core
+from ._terms import Spec
 from ._uncertainty import posterior_samples
+
+if TYPE_CHECKING:
+    from ._map import FitResult
 
 __all__ = ["DoseResult", "Forecast", "forecast", "optimise_dose"]
 
@@ -241,7 +244,7 @@ def optimise_dose(
         )
         ts = (n_doses - 1) * ii + u * ii
         ts2 = jnp.broadcast_to(ts, (S, grid))
-        _, out, _ = _simulate_core(model, spec.solver, p, e, ts2)
+        _, out, _ = simulate_core(model, spec.solver, p, e, ts2)
         c = out[fit.output]
         if target == "trough":
             v = c[:, -1]

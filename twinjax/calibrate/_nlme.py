@@ -87,7 +87,7 @@ class _OuterState(TypedDict):
 
 # ============================================================================ packing
 @dataclasses.dataclass(frozen=True)
-class _Coef:
+class Coef:
     """One estimated covariate coefficient: its label and natural-scale bounds.
 
     The outer vector holds it unconstrained: ``x = z`` (no bounds), ``lower + e^z``,
@@ -122,7 +122,7 @@ class _Coef:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Layout:
+class Layout:
     """Where each population parameter lives in the outer vector ``phi``:
     ``[theta | covariate coefficients | Omega (Cholesky) | log sigma]``."""
 
@@ -130,7 +130,7 @@ class _Layout:
     iiv: tuple
     full_omega: bool
     n_sigma: int
-    cov: tuple = ()  # estimated covariate coefficients (_Coef), in the order of _Covs
+    cov: tuple = ()  # estimated covariate coefficients (Coef), in the order of CovariateFactors
 
     @property
     def n_omega(self) -> int:
@@ -146,8 +146,8 @@ class _Layout:
         return np.tril_indices(k) if self.full_omega else (np.arange(k), np.arange(k))
 
 
-def _unpack(model: Model, lay: _Layout, phi):
-    """``phi`` -> (theta natural dict, Omega, sigma); see :func:`_coefs` for the
+def unpack_outer(model: Model, lay: Layout, phi):
+    """``phi`` -> (theta natural dict, Omega, sigma); see :func:`outer_coefs` for the
     covariate coefficients."""
     nt, nc, no = len(lay.theta), len(lay.cov), lay.n_omega
     z = phi[:nt]
@@ -163,7 +163,7 @@ def _unpack(model: Model, lay: _Layout, phi):
     return theta, omega, sigma
 
 
-def _coefs(lay: _Layout, phi):
+def outer_coefs(lay: Layout, phi):
     """The estimated covariate coefficients ``(n_cov,)`` on their natural scale."""
     nt = len(lay.theta)
     if not lay.cov:
@@ -171,7 +171,7 @@ def _coefs(lay: _Layout, phi):
     return jnp.stack([c.from_z(phi[nt + i]) for i, c in enumerate(lay.cov)])
 
 
-def _pack(model: Model, lay: _Layout, theta: dict, omega, sigma, coefs=()) -> np.ndarray:
+def pack_outer(model: Model, lay: Layout, theta: dict, omega, sigma, coefs=()) -> np.ndarray:
     z = model.to_unconstrained({k: jnp.asarray(theta[k]) for k in lay.theta}, lay.theta)
     L = np.linalg.cholesky(np.asarray(omega) + 1e-12 * np.eye(len(lay.iiv)))
     rows, cols = lay.tril()
@@ -181,7 +181,9 @@ def _pack(model: Model, lay: _Layout, theta: dict, omega, sigma, coefs=()) -> np
     return np.concatenate([np.asarray([z[k] for k in lay.theta]), zc, w, np.log(np.asarray(sigma))])
 
 
-def _factors(pop: Population, covariates, n: int, fixed_only: bool = False, varying=None) -> dict:
+def factor_table(
+    pop: Population, covariates, n: int, fixed_only: bool = False, varying=None
+) -> dict:
     """Multiplicative covariate factors ``{name: (n,) or Piecewise}`` (1 where no
     effect), at the effects' current coefficients; ``fixed_only``: of the effects not
     estimated. ``varying``: ``FitData.varying`` (time-varying covariates' tables)."""
@@ -201,7 +203,7 @@ def _factors(pop: Population, covariates, n: int, fixed_only: bool = False, vary
     return out
 
 
-def _on_grid(v, grid):
+def on_grid(v, grid):
     """A factor or covariate as an array: ``(N,)``, or ``(N, C)`` on ``grid``."""
     if not isinstance(v, Piecewise):
         return jnp.asarray(v)
@@ -210,7 +212,7 @@ def _on_grid(v, grid):
     return jnp.asarray(v.values)
 
 
-class _Covs(eqx.Module):
+class CovariateFactors(eqx.Module):
     """Covariate factors of a fit with estimated coefficients: the fixed effects'
     factors (precomputed) times the estimated effects' factors, computed in JAX from
     the coefficient vector (so the outer AD differentiates through them).
@@ -245,10 +247,10 @@ class _Covs(eqx.Module):
 def _typical(model, lay, theta, base, factors, coefs=None):
     """Covariate-adjusted typical values ``{name: (N,)}`` for natural ``theta``.
 
-    ``factors``: ``{name: (N,)}`` fixed factors, or a :class:`_Covs` evaluated at the
-    covariate coefficients ``coefs`` (:func:`_coefs`).
+    ``factors``: ``{name: (N,)}`` fixed factors, or a :class:`CovariateFactors` evaluated at the
+    covariate coefficients ``coefs`` (:func:`outer_coefs`).
     """
-    if isinstance(factors, _Covs):
+    if isinstance(factors, CovariateFactors):
         if coefs is None:
             raise ValueError("estimated covariate effects need their coefficients (coefs=)")
         factors = factors.evaluate(coefs)
@@ -260,8 +262,30 @@ def _typical(model, lay, theta, base, factors, coefs=None):
     return tv
 
 
+def covariate_factors(pop: Population, fd, effects) -> dict | CovariateFactors:
+    """The covariate factors a fit's objective uses: ``{name: (N,) or Piecewise}``
+    when no coefficient is estimated, else a :class:`CovariateFactors` (the estimated effects'
+    factors computed from the outer vector in JAX), with time-varying covariates
+    (``fd.varying``) on one table of change times."""
+    N = fd.n
+    if not effects:
+        return {
+            k: jax.tree.map(jnp.asarray, v)
+            for k, v in factor_table(pop, fd.covariates, N, varying=fd.varying).items()
+        }
+    fixed = factor_table(pop, fd.covariates, N, fixed_only=True, varying=fd.varying)
+    cols = covariate_columns(fd.covariates, fd.varying)
+    grid = next(iter(fd.varying.values())).times if fd.varying else None
+    return CovariateFactors(
+        {k: on_grid(v, grid) for k, v in fixed.items()},
+        {c.covariate: on_grid(cols[c.covariate], grid) for c in effects},
+        effects,
+        None if grid is None else jnp.asarray(grid),
+    )
+
+
 # ============================================================================ objective
-def _exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask):
+def exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask):
     """``(N, k, k)`` exact Hessians ``d^2 O_i / d eta^2`` of the individual objectives.
 
     Forward over forward mode: the MAP gradient ``G`` of ``posterior_terms`` is exact
@@ -269,8 +293,8 @@ def _exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask):
     depends only on its own ``eta_i``, so one tangent ``e_j`` broadcast over the
     subjects gives column ``j`` of every subject's Hessian at once (``k`` passes).
     """
-    theta, omega, sigma = _unpack(spec.model, lay, phi)
-    tv = _typical(spec.model, lay, theta, base, factors, _coefs(lay, phi))
+    theta, omega, sigma = unpack_outer(spec.model, lay, phi)
+    tv = _typical(spec.model, lay, theta, base, factors, outer_coefs(lay, phi))
     oinv = jnp.linalg.inv(omega)
 
     def grad(e):
@@ -285,17 +309,17 @@ def _exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask):
     return 0.5 * (H + jnp.swapaxes(H, -1, -2))
 
 
-def _ofv_terms(spec, lay, base, factors, phi, eta, ev, ts, y, mask, hess):
+def ofv_terms(spec, lay, base, factors, phi, eta, ev, ts, y, mask, hess):
     """Per-subject FOCE-I objective at ``phi`` with modes ``eta`` (N, k).
 
     ``hess``: the ``(N, k, k)`` exact Hessians of the individual objectives at ``eta``
-    (:func:`_exact_hessian`), a constant here. The value is the objective; its
+    (:func:`exact_hessian`), a constant here. The value is the objective; its
     derivative in ``phi`` is the total derivative ``dOFV/dphi`` with the modes
     following ``phi``.
     """
     model = spec.model
-    theta, omega, sigma = _unpack(model, lay, phi)
-    tv = _typical(model, lay, theta, base, factors, _coefs(lay, phi))
+    theta, omega, sigma = unpack_outer(model, lay, phi)
+    tv = _typical(model, lay, theta, base, factors, outer_coefs(lay, phi))
     oinv = jnp.linalg.inv(omega)
     eta_s = jax.lax.stop_gradient(eta)
     O, G, H, _, _, ok = posterior_terms(spec, tv, eta_s, ev, ts, y, mask, sigma, oinv)
@@ -322,10 +346,10 @@ def _ofv_terms(spec, lay, base, factors, phi, eta, ev, ts, y, mask, hess):
 @eqx.filter_jit
 def _ofv_and_grad(spec, lay, base, factors, phi, eta, ev, ts, y, mask):
     """The FOCE-I objective and its exact gradient in ``phi`` (forward mode)."""
-    hess = _exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask)
+    hess = exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask)
 
     def F(p):
-        return jnp.sum(_ofv_terms(spec, lay, base, factors, p, eta, ev, ts, y, mask, hess))
+        return jnp.sum(ofv_terms(spec, lay, base, factors, p, eta, ev, ts, y, mask, hess))
 
     eye = jnp.eye(phi.shape[0], dtype=phi.dtype)
     vals, grads = jax.vmap(lambda v: jax.jvp(F, (phi,), (v,)))(eye)
@@ -333,16 +357,16 @@ def _ofv_and_grad(spec, lay, base, factors, phi, eta, ev, ts, y, mask):
 
 
 @eqx.filter_jit
-def _inner(spec, lay, base, factors, phi, eta0, ev, ts, y, mask, max_iter, tol):
-    theta, omega, sigma = _unpack(spec.model, lay, phi)
-    tv = _typical(spec.model, lay, theta, base, factors, _coefs(lay, phi))
+def inner_modes(spec, lay, base, factors, phi, eta0, ev, ts, y, mask, max_iter, tol):
+    theta, omega, sigma = unpack_outer(spec.model, lay, phi)
+    tv = _typical(spec.model, lay, theta, base, factors, outer_coefs(lay, phi))
     return lm_batched(spec, tv, eta0, ev, ts, y, mask, sigma, jnp.linalg.inv(omega), max_iter, tol)
 
 
 # ============================================================================ covariates
-def _covariate_model(pop: Population, fd, model: Model, estimate) -> tuple:
+def covariate_model(pop: Population, fd, model: Model, estimate) -> tuple:
     """Check the covariate effects against the data (before anything compiles) and
-    return ``(estimated effects, their _Coef slots, initial coefficients)``.
+    return ``(estimated effects, their Coef slots, initial coefficients)``.
 
     Raises:
         ValueError: a covariate column missing or not finite, a factor that is not
@@ -418,7 +442,7 @@ def _covariate_model(pop: Population, fd, model: Model, estimate) -> tuple:
                 )
         lo, hi = c.coefficient_bounds()
         for label, v in c.coefficients().items():
-            slots.append(_Coef(label, lo, hi))
+            slots.append(Coef(label, lo, hi))
             init.append(v)
     labels = [s.label for s in slots]
     dup = sorted({k for k in labels if labels.count(k) > 1})
@@ -602,30 +626,15 @@ def fit_population(
     cmode = fit_censoring(fd, censoring)
     spec = make_spec(model, solver, pop.iiv, errors, outputs, cmode)
     n_sigma = sum(len(e.names) for e in errors)
-    effects, slots, coef0 = _covariate_model(pop, fd, model, estimate)
-    lay = _Layout(estimate, tuple(pop.iiv), omega == "full", n_sigma, slots)
+    effects, slots, coef0 = covariate_model(pop, fd, model, estimate)
+    lay = Layout(estimate, tuple(pop.iiv), omega == "full", n_sigma, slots)
     base = {k: float(v) for k, v in pop.typical.items()}
-    factors: dict | _Covs
-    if effects:  # estimated coefficients: their factors are computed from phi in JAX
-        fixed = _factors(pop, fd.covariates, N, fixed_only=True, varying=fd.varying)
-        cols = covariate_columns(fd.covariates, fd.varying)
-        grid = next(iter(fd.varying.values())).times if fd.varying else None
-        factors = _Covs(
-            {k: _on_grid(v, grid) for k, v in fixed.items()},
-            {c.covariate: _on_grid(cols[c.covariate], grid) for c in effects},
-            effects,
-            None if grid is None else jnp.asarray(grid),
-        )
-    else:
-        factors = {
-            k: jax.tree.map(jnp.asarray, v)
-            for k, v in _factors(pop, fd.covariates, N, varying=fd.varying).items()
-        }
+    factors = covariate_factors(pop, fd, effects)
     om0 = np.asarray(pop.omega)
     if omega == "diagonal":
         om0 = np.diag(np.diag(om0))
     sigma0 = np.concatenate([np.asarray(e.sigma()) for e in errors])
-    phi0 = _pack(model, lay, {k: base[k] for k in estimate}, om0, sigma0, coef0)
+    phi0 = pack_outer(model, lay, {k: base[k] for k in estimate}, om0, sigma0, coef0)
     ev, ts = fd.ev, jnp.asarray(fd.t_eval)
     y, mask = fd.obs(), jnp.asarray(fd.mask)
     k = len(pop.iiv)
@@ -634,11 +643,13 @@ def fit_population(
 
     def modes(phi, warm=True):
         eta0 = state["eta"] if warm else jnp.zeros((N, k))
-        out = _inner(spec, lay, base, factors, jnp.asarray(phi), eta0, ev, ts, y, mask, mi, 1e-9)
+        out = inner_modes(
+            spec, lay, base, factors, jnp.asarray(phi), eta0, ev, ts, y, mask, mi, 1e-9
+        )
         eta = out["eta"]
         good = np.asarray(out["ok"])
         if warm and not good.all():  # restart failed subjects from zero
-            out2 = _inner(
+            out2 = inner_modes(
                 spec,
                 lay,
                 base,
@@ -738,9 +749,9 @@ def fit_population(
         converged = bool(np.isfinite(dec) and 0 <= dec < outer_tol)
     else:
         converged = bool(res.success) or float(np.max(np.abs(grad))) < 10 * gtol
-    theta, om, sig = _unpack(model, lay, jnp.asarray(phi))
+    theta, om, sig = unpack_outer(model, lay, jnp.asarray(phi))
     theta = {kk: float(v) for kk, v in theta.items()}
-    coefs = np.asarray(_coefs(lay, jnp.asarray(phi)), float)
+    coefs = np.asarray(outer_coefs(lay, jnp.asarray(phi)), float)
     cov_est = {c.label: float(v) for c, v in zip(lay.cov, coefs)}
     om = np.asarray(om)
     sig = np.asarray(sig)
@@ -754,9 +765,9 @@ def fit_population(
     rows, cols = lay.tril()
 
     def natural(p):
-        th, o, s = _unpack(model, lay, p)
+        th, o, s = unpack_outer(model, lay, p)
         parts = [th[kk] for kk in lay.theta]
-        return jnp.concatenate([jnp.stack(parts), _coefs(lay, p), o[rows, cols], s])
+        return jnp.concatenate([jnp.stack(parts), outer_coefs(lay, p), o[rows, cols], s])
 
     nat = np.asarray(natural(jnp.asarray(phi)))
     Jn = np.asarray(jax.jacfwd(natural)(jnp.asarray(phi)))

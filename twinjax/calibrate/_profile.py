@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._covstep import _Problem
+from ._covstep import Problem
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,7 +38,7 @@ def _chi2_1(level: float) -> float:
     return float(chi2.ppf(level, 1))
 
 
-def _coordinate(prob: _Problem, param: str):
+def _coordinate(prob: Problem, param: str):
     """``(j, to_phi, from_phi, (lower, upper))`` of a parameter label."""
     lay, model = prob.lay, prob.model
     nt, nc, no = len(lay.theta), len(lay.cov), lay.n_omega
@@ -203,7 +203,7 @@ def profile_likelihood(
         vals = np.atleast_1d(np.asarray(values, float))
         if vals.size == 0:
             raise ValueError("values is empty")
-    prob = _Problem.from_fit(
+    prob = Problem.from_fit(
         fit, data, censoring=censoring, lloq=lloq, dvid=dvid, output_column=output_column
     )
     j, to_phi, from_phi, (lo, hi) = _coordinate(prob, param)

@@ -7,11 +7,16 @@ on the natural scale are ``g^-1(g(TV_i) + eta)``; they respect every parameter's
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._map import FitResult, Spec, individual_params
+from ._terms import Spec, individual_params
+
+if TYPE_CHECKING:
+    from ._map import FitResult
 
 __all__ = ["posterior_samples"]
 
