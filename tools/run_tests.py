@@ -7,14 +7,18 @@ keeps each process small. Files run in parallel, one process per CPU core by def
 (``TWINJAX_TEST_JOBS`` or ``-j N`` overrides), longest first. Extra arguments are
 passed to every pytest call.
 
-Most of the suite's time is XLA:CPU compiling programs (each file is a fresh process).
-The test processes compile with XLA:CPU's classic fusion code generator
-(``--xla_cpu_use_fusion_emitters=false`` in ``XLA_FLAGS``) instead of the newer
-MLIR fusion emitters, which compiled the same programs in about 0.6 times the CPU time
-(the catalogue checks and a two-compartment solve, gradient included) with results
-equal to rounding (1e-16 relative on that solve). Only where the installed jaxlib
-accepts the flag (checked once by a short subprocess); ``TWINJAX_TEST_DEFAULT_CODEGEN=1``
-or a ``xla_cpu_use_fusion_emitters`` already in ``XLA_FLAGS`` keeps XLA's own choice.
+Most of the suite's time is XLA:CPU compiling programs (each file is a fresh process),
+so the test processes compile for speed of compilation (``FAST_COMPILE`` added to
+``XLA_FLAGS``): XLA:CPU's classic fusion code generator instead of the newer MLIR fusion
+emitters (``--xla_cpu_use_fusion_emitters=false``) and no LLVM optimisation of the
+generated code (``--xla_backend_optimization_level=0``). CPU time of test files on the
+2-core machine, XLA's defaults -> the classic generator -> both flags:
+test_catalogue.py 433 -> 288 -> 250 s, test_ep.py 203 -> 107 -> 75 s; test_calibrate.py
+232 -> 131 s with both; results equal to rounding (1e-16 relative on a two-compartment
+solve). The programs differ from the ones users get by code generation only; set
+``TWINJAX_TEST_DEFAULT_CODEGEN=1`` (or any of these flags in ``XLA_FLAGS``) to test with
+XLA's defaults. The flags are used only where the installed jaxlib accepts them (XLA
+aborts on a flag it does not know; checked once by a short subprocess).
 """
 
 from __future__ import annotations
@@ -65,17 +69,18 @@ LONGEST_FIRST = (
     "test_ensemble.py",
 )
 KINDS = ("passed", "failed", "skipped", "errors", "deselected")
-FAST_CODEGEN = "--xla_cpu_use_fusion_emitters=false"
+FAST_COMPILE = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimization_level=0")
 
 
 def test_env() -> dict[str, str]:
-    """The environment of the test processes: ``FAST_CODEGEN`` added to ``XLA_FLAGS``
+    """The environment of the test processes: ``FAST_COMPILE`` added to ``XLA_FLAGS``
     where jaxlib accepts it (XLA aborts on a flag it does not know)."""
     env = dict(os.environ)
     flags = env.get("XLA_FLAGS", "")
-    if env.get("TWINJAX_TEST_DEFAULT_CODEGEN") or "xla_cpu_use_fusion_emitters" in flags:
+    names = [f.split("=")[0] for f in FAST_COMPILE]
+    if env.get("TWINJAX_TEST_DEFAULT_CODEGEN") or any(n in flags for n in names):
         return env
-    trial = dict(env, XLA_FLAGS=f"{flags} {FAST_CODEGEN}".strip())
+    trial = dict(env, XLA_FLAGS=" ".join([flags, *FAST_COMPILE]).strip())
     probe = subprocess.run(
         [sys.executable, "-c", "import jax.numpy as jnp; jnp.zeros(2).block_until_ready()"],
         env=trial,
@@ -83,7 +88,7 @@ def test_env() -> dict[str, str]:
     )
     if probe.returncode == 0:
         return trial
-    print(f"XLA_FLAGS: {FAST_CODEGEN} not accepted by this jaxlib; compiling with its default")
+    print(f"XLA_FLAGS: {' '.join(FAST_COMPILE)} not accepted by this jaxlib; its defaults used")
     return env
 
 
