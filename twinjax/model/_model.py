@@ -324,6 +324,20 @@ class Model(eqx.Module):
             self.check_bounds(out)
         return out, n
 
+    def complete_batch(
+        self, p: Mapping[str, Any] | None = None, *, dtype=None, check: bool = True
+    ) -> tuple[dict, int | None]:
+        """:meth:`complete`, with every parameter broadcast to ``(max(n, 1),)``: the
+        entry step of the batched solvers (one patient is a batch of one).
+
+        Returns:
+            ``(params, n)``: ``{name: (n or 1,)}`` and ``n`` (``None`` for one patient,
+            whose results are unbatched again by the caller).
+        """
+        out, n = self.complete(p, dtype=dtype, check=check)
+        nb = n or 1
+        return {k: jnp.broadcast_to(v, (nb,)) for k, v in out.items()}, n
+
     def check_bounds(self, p: Mapping[str, Any]) -> None:
         """Raise a ValueError naming the first parameter outside its bounds."""
         for q in self.params:

@@ -110,9 +110,8 @@ def steady_state_cohort(
 
     dtype = dtype or default_float()
     solver = solver if solver is not None else Ensemble("rk4", dt=1.0 / 400.0)
-    p, N = model.complete(params, dtype=dtype)
+    p, N = model.complete_batch(params, dtype=dtype)
     nb = N or 1
-    p = {k: jnp.broadcast_to(v, (nb,)) for k, v in p.items()}
     y = model.init(p)
     if y0 is not None:  # keep the blood volume of model.init: it selects the orbit
         target = blood_volume(y, p)

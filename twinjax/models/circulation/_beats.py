@@ -263,9 +263,8 @@ def to_periodic_steady_state(
         raise ValueError("need tol > 0, max_beats >= 1, batch >= 1 and n_save >= 3")
     dtype = dtype or default_float()
     solver = solver if solver is not None else Diffrax(rtol=1e-6, atol=1e-6)
-    p, N = model.complete(params, dtype=dtype)
+    p, N = model.complete_batch(params, dtype=dtype)
     nb = N or 1
-    p = {k: jnp.broadcast_to(v, (nb,)) for k, v in p.items()}
     y = model.init(p) if y0 is None else {k: jnp.asarray(v, dtype) for k, v in y0.items()}
     Y0 = stack_state(model, y, (nb,)).astype(dtype)
     out = _pss_core(model, solver, p, Y0, tol, int(max_beats), int(batch), int(n_save))

@@ -194,9 +194,8 @@ def batched_inputs(model, params, y0, dtype):
     Returns ``(p, y0, n)``: ``{name: (N,)}`` dicts (``N = 1`` for one cell) and ``n``
     (None for one cell, as :meth:`Model.complete` returns it).
     """
-    p, n = model.complete(params, dtype=dtype)
+    p, n = model.complete_batch(params, dtype=dtype)
     nb = n or 1
-    p = {k: jnp.broadcast_to(v, (nb,)) for k, v in p.items()}
     if y0 is None:
         y0 = model.init(p)
     dt = p["BCL"].dtype

@@ -371,9 +371,8 @@ def simulate_closed_loop(
     m_sub = int(round(sample_time / dt))
     if abs(m_sub * dt - sample_time) > 1e-9 or m_sub < 1:
         raise ValueError(f"sample_time {sample_time} must be a positive multiple of dt {dt}")
-    p, N = model.complete(params, dtype=dtype, check=check)
+    p, N = model.complete_batch(params, dtype=dtype, check=check)
     nb = N or 1
-    p = {k: jnp.broadcast_to(v, (nb,)) for k, v in p.items()}
     if meals is None:
         mt = jnp.zeros((nb, 1), dtype)
         mg = jnp.zeros((nb, 1), dtype)
