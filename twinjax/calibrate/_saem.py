@@ -240,7 +240,7 @@ def _simulate(P: _Static, z, tv, off, ev, ts, obs, mask, sigma):
 
 def _quad(z, mu, oinv):
     """``(z - mu)' Omega^-1 (z - mu)`` per row; ``mu`` ``(k,)`` or per row ``(B, k)``."""
-    d = z - mu
+    d = z - jnp.broadcast_to(mu, z.shape)
     return jnp.einsum("bk,kl,bl->b", d, oinv, d)
 
 
@@ -386,7 +386,7 @@ def _mcmc(P, S, c: _Carry, key, data, mu, omega, sigma, adapt: bool):
         z, L, f, acc = st
         kk = jax.random.fold_in(k1, i)
         ka, kb = jax.random.split(kk)
-        zp = mu + jax.random.normal(ka, (B, k), dt) @ chol.T
+        zp = jnp.broadcast_to(mu, (B, k)) + jax.random.normal(ka, (B, k), dt) @ chol.T
         Lp, fp = sim(zp)
         a = jnp.log(jax.random.uniform(kb, (B,), dt)) < -0.5 * (Lp - L)
         return (
