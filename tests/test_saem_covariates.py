@@ -254,3 +254,46 @@ def test_saem_pheno_apgar_factor_matches_nonmem():
     assert abs(res.ofv - pheno.NONMEM_OFV) < 1.0 and res.ofv_se < 0.5, (res.ofv, res.ofv_se)
     fitted = [c for c in res.population.covariates if c.estimate]
     assert fitted[0].theta == res.covariate_effects[pheno.APGAR]
+
+
+@pytest.mark.slow
+def test_saem_full_omega_fixed_typical_value_and_coefficient_on_its_bound():
+    """A short run (20 subjects, 15 + 15 iterations; a smoke test of the paths, not of
+    accuracy): a full Omega, KA's typical value fixed (not estimated), an Exponential
+    effect, a Categorical with ``factors`` and a Power whose bounds (0.9, 2) exclude the
+    data's value (V does not depend on WT here): the coefficient ends strictly inside
+    its bound, the message names it, and the fitted population accepts it."""
+    ds = Dataset(_simulate(20, 7), compartments=COMP)
+    pop = tj.Population(
+        ORAL,
+        typical={"KA": 1.2, "CL": 4.0, "V": 28.0},
+        covariates=[
+            Exponential("CL", "WT", 0.0, ref=70.0, estimate=True),
+            Power("V", "WT", 1.0, ref=70.0, estimate=True, bounds=(0.9, 2.0)),
+            Categorical("V", "SEX", factors={1: 1.0}, estimate=True),
+        ],
+        omega={"KA": 0.5, "CL": 0.5, "V": 0.5},
+    )
+    res = saem(
+        ORAL,
+        ds,
+        pop,
+        ErrorModel("proportional", prop=0.3),
+        omega="full",
+        estimate=("CL", "V"),
+        n_chains=1,
+        n_burn=15,
+        n_em=15,
+        n_fim=5,
+        n_is=0,
+    )
+    print(res.summary(), res.message)
+    assert list(res.covariate_effects) == ["CL~WT", "V~WT", "V~SEX[1]"]
+    assert res.population.typical["KA"] == 1.2 and "KA" not in res.estimates.index
+    assert 0.9 < res.covariate_effects["V~WT"] < 0.9 + 1e-6
+    assert "['V~WT'] at their bounds" in res.message
+    assert res.omega.shape == (3, 3) and res.omega[0, 1] != 0.0
+    _, pw, cat = res.population.covariates
+    assert pw.theta == res.covariate_effects["V~WT"]
+    assert cat.factors == {1: res.covariate_effects["V~SEX[1]"]}
+    assert np.all(np.isfinite(res.estimates.loc[["CL", "V", "CL~WT", "V~SEX[1]"], "estimate"]))

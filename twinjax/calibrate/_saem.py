@@ -782,11 +782,13 @@ def _coefficient_design(model, pop: Population, fd, iiv: tuple, estimate):
         b0.append(v)
         is_log.append(False)
         labels.append(label)
-    D = _Design(
-        jnp.asarray(np.stack(cols, -1)),
-        jnp.asarray(np.asarray(lo, float)),
-        jnp.asarray(np.asarray(hi, float)),
-    )
+    # a coefficient is kept strictly inside its bounds (as a Covariate requires), by
+    # a relative 1e-9
+    lo_a, hi_a = np.asarray(lo, float), np.asarray(hi, float)
+    fl, fh = np.isfinite(lo_a), np.isfinite(hi_a)
+    lo_a[fl] += 1e-9 * np.maximum(1.0, np.abs(lo_a[fl]))
+    hi_a[fh] -= 1e-9 * np.maximum(1.0, np.abs(hi_a[fh]))
+    D = _Design(jnp.asarray(np.stack(cols, -1)), jnp.asarray(lo_a), jnp.asarray(hi_a))
     return D, tuple(labels), np.asarray(is_log), np.asarray(b0, float)
 
 
@@ -1162,7 +1164,7 @@ def saem(
     if not all(np.all(np.isfinite(a)) for a in (mu, om, sig, beta)):
         raise FloatingPointError("saem: the iterations diverged (non-finite estimates)")
     lo_b, hi_b = np.asarray(D.lo), np.asarray(D.hi)
-    tol_b = 1e-9 * np.maximum(1.0, np.abs(beta))
+    tol_b = 1e-8 * np.maximum(1.0, np.abs(beta))
     at_bound = [
         lb
         for lb, b, lo_, hi_, t in zip(coef_labels, beta, lo_b, hi_b, tol_b)
