@@ -13,6 +13,7 @@ import pytest
 
 import twinjax as tj
 from twinjax.calibrate import ErrorModel, fit_individual, fit_population, prepare_data
+from twinjax.calibrate import _data as D
 from twinjax.calibrate import _map as M
 from twinjax.model import Link, couple
 from twinjax.models import pd as pdm
@@ -83,7 +84,7 @@ def test_unknown_output_is_refused_before_compiling(monkeypatch):
         raise AssertionError("compiled before refusing the data")
 
     monkeypatch.setattr(M, "lm_batched", no_compile)
-    monkeypatch.setattr(M, "compile_regimens", no_compile)
+    monkeypatch.setattr(D, "compile_regimens", no_compile)  # prepare_data's event tables
     with pytest.raises(ValueError, match=r"line 7: DVID 3.*Allowed DVID values: 1 or 'pk.C'") as e:
         fit_individual(PKPD, ds, _prior(), ERRORS)
     assert "'pd.E'" in str(e.value)
