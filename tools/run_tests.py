@@ -8,17 +8,17 @@ keeps each process small. Files run in parallel, one process per CPU core by def
 passed to every pytest call.
 
 Most of the suite's time is XLA:CPU compiling programs (each file is a fresh process),
-so the test processes compile for speed of compilation (``FAST_COMPILE`` added to
-``XLA_FLAGS``): XLA:CPU's classic fusion code generator instead of the newer MLIR fusion
-emitters (``--xla_cpu_use_fusion_emitters=false``) and no LLVM optimisation of the
-generated code (``--xla_backend_optimization_level=0``). CPU time of test files on the
-2-core machine, XLA's defaults -> the classic generator -> both flags:
-test_catalogue.py 433 -> 288 -> 250 s, test_ep.py 203 -> 107 -> 75 s; test_calibrate.py
-232 -> 131 s with both; results equal to rounding (1e-16 relative on a two-compartment
-solve). The programs differ from the ones users get by code generation only; set
-``TWINJAX_TEST_DEFAULT_CODEGEN=1`` (or any of these flags in ``XLA_FLAGS``) to test with
-XLA's defaults. The flags are used only where the installed jaxlib accepts them (XLA
-aborts on a flag it does not know; checked once by a short subprocess).
+so the test processes compile with XLA:CPU's classic fusion code generator instead of
+the newer MLIR fusion emitters (``FAST_COMPILE``, added to ``XLA_FLAGS``). CPU time of
+test files on the loaded 2-core machine, XLA's defaults -> the classic generator:
+test_catalogue.py 433 -> 288 s, test_ep.py 203 -> 107 s; results equal to rounding
+(1e-16 relative on a two-compartment solve). No LLVM optimisation
+(``--xla_backend_optimization_level=0``) saved another 13-30 % but is not used: the
+circulation model's batch and single runs then differed by 8.5e-6 relative
+(test_circulation.py checks 1e-6). The programs differ from the ones users get by code
+generation only; set ``TWINJAX_TEST_DEFAULT_CODEGEN=1`` (or the flag in ``XLA_FLAGS``)
+to test with XLA's defaults. The flag is used only where the installed jaxlib accepts it
+(XLA aborts on a flag it does not know; checked once by a short subprocess).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ LONGEST_FIRST = (
     "test_ensemble.py",
 )
 KINDS = ("passed", "failed", "skipped", "errors", "deselected")
-FAST_COMPILE = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimization_level=0")
+FAST_COMPILE = ("--xla_cpu_use_fusion_emitters=false",)
 
 
 def test_env() -> dict[str, str]:
