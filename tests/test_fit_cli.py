@@ -97,7 +97,8 @@ def _with(**changes):
                     {"parameter": "CL", "covariate": "WT", "theta": 0.75, "estimate": True}
                 ],
             ),
-            "[[covariates]][0].estimate: covariate coefficients are estimated by foce-i only",
+            "[[covariates]][0].estimate: covariate coefficients are estimated by foce-i and "
+            "saem, not map",
         ),
         (
             _with(

@@ -31,7 +31,7 @@ covariate = "WT"
 model = "power"               # power | linear | exponential | categorical
 theta = 0.75                  # the coefficient (the start when estimated)
 reference = 70.0
-estimate = false              # true: estimated by foce-i (label "CL~WT" or name)
+estimate = false              # true: estimated by foce-i / saem (label "CL~WT" or name)
 # bounds = [0.0, 2.0]         # of an estimated coefficient
 ```
 """
@@ -508,10 +508,10 @@ def fit_spec_from_dict(spec: Mapping, path=None, sha256: str = "", text: str = "
                 f"a {method} fit needs IIV: give iiv = <variance> for some parameter",
             )
         for i, c in enumerate(covs):
-            if c.estimate and method != "foce-i":
+            if c.estimate and method == "map":
                 probs.add(
                     f"[[covariates]][{i}].estimate",
-                    f"covariate coefficients are estimated by foce-i only, not {method} "
+                    "covariate coefficients are estimated by foce-i and saem, not map "
                     "(map fits use the given value): set estimate = false or method = "
                     "'foce-i'",
                 )
