@@ -18,7 +18,10 @@ circulation model's batch and single runs then differed by 8.5e-6 relative
 (test_circulation.py checks 1e-6). The programs differ from the ones users get by code
 generation only; set ``TWINJAX_TEST_DEFAULT_CODEGEN=1`` (or the flag in ``XLA_FLAGS``)
 to test with XLA's defaults. The flag is used only where the installed jaxlib accepts it
-(XLA aborts on a flag it does not know; checked once by a short subprocess).
+(XLA aborts on a flag it does not know; checked once by a short subprocess). The files
+that check bitwise equality across batch shapes (``DEFAULT_CODEGEN_FILES``) always run
+with XLA's defaults: with the classic generator some patients' results differ by 1 ulp
+between chunk sizes (seen in a clean CI run: test_cohort.py, test_store.py).
 """
 
 from __future__ import annotations
@@ -73,6 +76,11 @@ LONGEST_FIRST = (
 )
 KINDS = ("passed", "failed", "skipped", "errors", "deselected")
 FAST_COMPILE = ("--xla_cpu_use_fusion_emitters=false",)
+# Files that check results bitwise across batch shapes (chunk sizes, device counts,
+# processes): a property of the code XLA generates by default, which users run. The
+# classic generator rounds some patients differently (1 ulp) with the batch size, so
+# these files always run with XLA's defaults (they are short).
+DEFAULT_CODEGEN_FILES = ("test_cohort.py", "test_store.py")
 
 
 def test_env() -> dict[str, str]:
@@ -118,8 +126,12 @@ def main(argv: list[str]) -> int:
     bad = []
     t0 = time.time()
     env = test_env()
+    default_env = dict(os.environ)
     with cf.ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
-        futures = [pool.submit(run_file, f, argv, env) for f in files]
+        futures = [
+            pool.submit(run_file, f, argv, default_env if f.name in DEFAULT_CODEGEN_FILES else env)
+            for f in files
+        ]
         for fut in cf.as_completed(futures):
             f, proc, dt = fut.result()
             out = proc.stdout + proc.stderr
