@@ -45,7 +45,7 @@ def as_population(model: Model, prior) -> Population:
     raise TypeError("prior must be a twinjax Population or a dict(typical=, omega=, iiv=)")
 
 
-def refuse_time_varying(pop: Population, covariates, varying=None, what: str = "fits") -> None:
+def refuse_time_varying(pop: Population, covariates, varying=None) -> None:
     """Raise if a covariate effect of ``pop`` uses a covariate that changes within a
     subject and ``varying`` (``FitData.varying``) has no table of its values: a
     changing covariate must never be silently reduced to its first value."""
@@ -54,10 +54,9 @@ def refuse_time_varying(pop: Population, covariates, varying=None, what: str = "
     if used:
         raise ValueError(
             f"covariate(s) {sorted(set(used))} change within subjects (time-varying); "
-            f"{what} use one covariate value per subject and do not support time-varying "
-            "covariates. Simulate with them through Dataset.piecewise (applied "
-            "piecewise constant in time), fit them with fit_individual / fit_population, "
-            "or use a baseline column of your own"
+            "this call has no table of their values over time (a data mapping gives one "
+            "value per subject). Give the data as a Dataset (fits then use every record's "
+            "value), or use a baseline column of your own"
         )
 
 
