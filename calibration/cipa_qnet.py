@@ -13,6 +13,11 @@ Run: ``python calibration/cipa_qnet.py --beats 1000 --window 250``; writes
 time) and ``calibration/results/cipa_confusion.txt`` (confusion matrices), and after
 every chunk ``calibration/results/cipa_qnet_progress.json`` (last-beat qNet per cell);
 with ``--interim`` also the result so far after every chunk (``*_interim.*``).
+
+A 1000-beat run takes hours on a 2-core machine: with ``--checkpoint PATH.npz`` the
+run's state is saved after every chunk and the same command resumes from it (the
+numbers are those of an uninterrupted run; ``qnet_protocol``'s ``checkpoint``). The
+per-chunk timings, with the process and load average of each, are kept in the result.
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ def main():
     ap.add_argument("--doses", nargs="*", type=float, default=[1.0, 2.0, 3.0, 4.0])
     ap.add_argument("--out", default=str(RESULTS / "cipa_qnet.json"))
     ap.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a .npz file: save the run after every chunk and resume from it",
+    )
+    ap.add_argument(
         "--interim",
         action="store_true",
         help="after every chunk, write <out>_interim.json and cipa_confusion_interim.txt",
@@ -65,8 +75,13 @@ def main():
     argv = ["calibration/cipa_qnet.py"] + sys.argv[1:]
     command = "python " + " ".join(shlex.quote(a) for a in argv)
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    if args.checkpoint and prog_path.exists():  # resuming: keep the earlier chunks' record
+        earlier = json.loads(prog_path.read_text())
+        if earlier.get("command") == command and earlier.get("cells") == cells:
+            history, started = earlier["history"], earlier["started"]
 
     def progress(done, seconds, last):
+        history[:] = [h for h in history if h["beat"] < done]
         history.append(dict(beat=done, seconds=round(seconds, 1), qNet=last["qNet"].tolist()))
         print(f"beat {done}: {seconds:.0f} s, control qNet {last['qNet'][0]:.6f}", flush=True)
         prog_path.write_text(
@@ -112,6 +127,15 @@ def main():
                 for k in ("all", "training", "validation")
             },
             chunk_history=[dict(beat=h["beat"], seconds=h["seconds"]) for h in history],
+            chunks=[
+                dict(
+                    c,
+                    seconds=round(c["seconds"], 2),
+                    first_of_process=k == 0 or c["run"] != res.chunks[k - 1]["run"],
+                )
+                for k, c in enumerate(res.chunks)
+            ],
+            processes=1 + max((c["run"] for c in res.chunks), default=0),
         )
         target = out if final else out.with_name(out.stem + "_interim.json")
         target.write_text(json.dumps(record, indent=1))
@@ -141,6 +165,7 @@ def main():
         chunk=args.chunk,
         progress=progress,
         interim=(lambda r: write(r, False)) if args.interim else None,
+        checkpoint=args.checkpoint,
     )
     lines = write(res, True)
     print("\n".join(lines))

@@ -146,3 +146,47 @@ def test_cli_cipa_protocol_writes_qnet_risk_and_confusion(tmp_path):
     assert int(m.values.sum()) == 1 and m.loc["intermediate"].sum() == 1
     assert rec["spec"]["cipa_beats"] == 2 and rec["spec"]["protocol"] == "cipa"
     assert (out / "safety.png").stat().st_size > 1000
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_qnet_protocol_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path):
+    """A long protocol run interrupted after a chunk resumes from the checkpoint and
+    gives exactly the numbers of an uninterrupted run; another run's checkpoint and
+    a file that is not a checkpoint are refused and left as they are."""
+    kw = dict(multiples=[1.0, 4.0], beats=4, window=2, chunk=2)
+    whole = cp.qnet_protocol(["dofetilide"], **kw)
+
+    ck = tmp_path / "run.npz"
+
+    def stop_after_first_chunk(done, seconds, last):
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        cp.qnet_protocol(["dofetilide"], checkpoint=ck, progress=stop_after_first_chunk, **kw)
+    assert ck.exists()
+    seen = []
+    resumed = cp.qnet_protocol(
+        ["dofetilide"], checkpoint=ck, progress=lambda d, s, last: seen.append(d), **kw
+    )
+    assert seen == [4]  # only the second chunk was paced
+    assert [c["run"] for c in resumed.chunks] == [0, 1]
+    assert [c["beat"] for c in resumed.chunks] == [2, 4]
+    cols = ["qNet", "APD90", "max_dv", "kept_beat", "status"]
+    np.testing.assert_array_equal(resumed.doses[cols].to_numpy(), whole.doses[cols].to_numpy())
+    assert resumed.control == whole.control
+    # a finished checkpoint gives the result without pacing
+    again = cp.qnet_protocol(["dofetilide"], checkpoint=ck, **kw)
+    np.testing.assert_array_equal(again.doses[cols].to_numpy(), whole.doses[cols].to_numpy())
+
+    before = ck.read_bytes()
+    with pytest.raises(ValueError, match=r"different run \(window: saved 2, now 3"):
+        cp.qnet_protocol(["dofetilide"], checkpoint=ck, **{**kw, "window": 3})
+    assert ck.read_bytes() == before
+    notes = tmp_path / "notes.npz"
+    notes.write_text("my notes")
+    with pytest.raises(ValueError, match="not a twinjax qNet checkpoint"):
+        cp.qnet_protocol(["dofetilide"], checkpoint=notes, **kw)
+    assert notes.read_text() == "my notes"

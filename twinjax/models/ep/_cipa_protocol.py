@@ -21,7 +21,9 @@ TMS < 0.0579 high, 0.0579 <= TMS < 0.0689 intermediate, TMS >= 0.0689 low.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -86,7 +88,12 @@ class QNetResult:
         scores: one row per compound (``compound, set, cipa_category, TMS,
             predicted, correct, doses_used``).
         control: qNet and APD90 of the drug-free cell (kept beat).
-        beats, window, seconds: what was run and how long it took.
+        beats, window, seconds: what was run and how long it took (``seconds``:
+            the sum over every process that worked on a checkpointed run).
+        chunks: one entry per compiled call, ``{beat, seconds, run, load}``:
+            beats done after it, its wall time, which process (0, 1, ... for a run
+            resumed from a checkpoint) and the 1-min load average after it; the
+            first chunk of each process includes compilation.
     """
 
     doses: Any
@@ -95,6 +102,7 @@ class QNetResult:
     beats: int
     window: int
     seconds: float
+    chunks: list = dataclasses.field(default_factory=list)
 
     def confusion(self, subset: str | None = None):
         """Confusion matrix (rows: CiPA category, columns: predicted), optionally of
@@ -148,6 +156,7 @@ def qnet_protocol(
     solver=None,
     progress: Callable[[int, float, dict], None] | None = None,
     interim: Callable[[QNetResult], None] | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> QNetResult:
     """Run the CiPA qNet protocol for ``compounds`` at ``multiples`` x free Cmax.
 
@@ -167,6 +176,14 @@ def qnet_protocol(
         interim: called after each chunk but the last with the result so far (beat
             selection over the last ``min(window, beats done)`` beats), e.g. to save
             partial results of a long run.
+        checkpoint: a ``.npz`` file. After every chunk the whole run's state (every
+            cell's state vector, the biomarkers of the last ``window`` beats, status,
+            timings) is written there (to a temporary file, then renamed); a later
+            call with the same arguments resumes from it and gives the same numbers
+            as an uninterrupted run (each chunk starts from the saved state either
+            way). A checkpoint of a different run (compounds, multiples, beats,
+            window, chunk, solver, dtype) is refused, naming what differs, and is
+            never overwritten; so is a file that is not a twinjax qNet checkpoint.
 
     Returns:
         A :class:`QNetResult`.
@@ -191,31 +208,119 @@ def qnet_protocol(
         k: jnp.concatenate([jnp.broadcast_to(pc[k], (jnp.size(pc["D"]),)) for pc in pieces])
         for k in model.param_names
     }
+    key = dict(
+        format=_CHECKPOINT_FORMAT,
+        compounds=names,
+        multiples=[float(x) for x in mult],
+        beats=int(beats),
+        window=int(window),
+        chunk=int(chunk),
+        solver=repr(solver),
+        dtype=str(params["D"].dtype),
+    )
+    y, done, kept, status, chunks, spent = None, 0, [], None, [], 0.0
+    if checkpoint is not None:
+        saved = _load_checkpoint(checkpoint, key)
+        if saved is not None:
+            y = {k: jnp.asarray(v) for k, v in saved["state"].items()}
+            done, status, chunks = saved["done"], saved["status"], saved["chunks"]
+            kept = [saved["kept"]] if saved["kept"] else []
+            spent = sum(c["seconds"] for c in chunks)
+    run = 1 + max((c["run"] for c in chunks), default=-1)
     t0 = time.perf_counter()
-    y, done, kept, status = None, 0, [], None
     res = None
+    if done >= beats:  # a finished run's checkpoint: just the result
+        last = {k: v[-window:] for k, v in kept[0].items()}
+        res = _result(cells, names, mult, tab, last, status, done, spent)
+        res.chunks = chunks
     while done < beats:
         nb = min(chunk, beats - done)
+        tc = time.perf_counter()
         r = pace_cipa(model, params, nb, y0=y, solver=solver)
         y = r.state
         done += nb
         st = np.asarray(r.status)
         status = st if status is None else np.maximum(status, st)
         bio = {k: np.asarray(v) for k, v in r.biomarkers.items()}
+        chunks.append(dict(beat=done, seconds=time.perf_counter() - tc, run=run, load=_loadavg()))
         kept.append(bio)
+        # keep only the beats that can still enter the final window
+        kept = [{k: np.concatenate([c[k] for c in kept])[-window:] for k in kept[0]}]
+        elapsed = spent + time.perf_counter() - t0
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, key, y, done, status, kept[0], chunks)
         if done < beats and interim is None:
             if progress is not None:
-                progress(done, time.perf_counter() - t0, {k: v[-1] for k, v in bio.items()})
+                progress(done, elapsed, {k: v[-1] for k, v in bio.items()})
             continue
-        last = {k: np.concatenate([c[k] for c in kept])[-window:] for k in kept[0]}
-        kept = [last]
-        res = _result(cells, names, mult, tab, last, status, done, time.perf_counter() - t0)
+        res = _result(cells, names, mult, tab, kept[0], status, done, elapsed)
+        res.chunks = list(chunks)
         if progress is not None:
             progress(done, res.seconds, {k: v[-1] for k, v in bio.items()})
         if interim is not None and done < beats:
             interim(res)
     assert res is not None
     return res
+
+
+_CHECKPOINT_FORMAT = "twinjax-cipa-qnet-checkpoint-1"
+
+
+def _loadavg() -> float | None:
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except OSError:  # pragma: no cover - not Linux
+        return None
+
+
+def _load_checkpoint(path, key: dict) -> dict | None:
+    """The saved run at ``path`` (None when there is none); refuses another run's."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            arrays = {k: np.asarray(z[k]) for k in z.files if k != "meta"}
+    except Exception as e:  # not an npz, or no meta entry
+        raise ValueError(
+            f"checkpoint {path!r} exists but is not a twinjax qNet checkpoint ({e}); "
+            "it is left as it is: give a new path"
+        ) from e
+    if meta.get("key", {}).get("format") != _CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"checkpoint {path!r} exists but is not a twinjax qNet checkpoint "
+            f"(format {meta.get('key', {}).get('format')!r}); it is left as it is"
+        )
+    differ = {k: (meta["key"].get(k), v) for k, v in key.items() if meta["key"].get(k) != v}
+    if differ:
+        what = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in differ.items())
+        raise ValueError(
+            f"checkpoint {path!r} is from a different run ({what}); it is left as it "
+            "is: give a new path or the same arguments"
+        )
+    state = {k[6:]: v for k, v in arrays.items() if k.startswith("state:")}
+    kept = {k[5:]: v for k, v in arrays.items() if k.startswith("kept:")}
+    return dict(
+        state=state,
+        done=int(meta["done"]),
+        status=arrays["status"],
+        kept=kept,
+        chunks=meta["chunks"],
+    )
+
+
+def _save_checkpoint(path, key, y, done, status, kept, chunks) -> None:
+    path = os.fspath(path)
+    meta = dict(key=key, done=int(done), chunks=chunks)
+    arrays = {f"state:{k}": np.asarray(v) for k, v in y.items()}
+    arrays.update({f"kept:{k}": np.asarray(v) for k, v in kept.items()})
+    arrays["status"] = np.asarray(status)
+    tmp = f"{path}.partial-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(f, meta=np.asarray(json.dumps(meta)), **arrays)
+    os.replace(tmp, path)
 
 
 def _result(cells, names, mult, tab, last, status, done, seconds) -> QNetResult:
