@@ -19,7 +19,15 @@ with ``calibration/results/cipa_qnet.json`` (the committed 28-compound run).
 
 The 2-core CPU is shared with other work while this runs: numbers are indicative.
 
-Usage: python benchmarks/cipa_qnet.py [--beats 1000 --window 250] [--quick]
+A 1000-beat run takes hours here: ``--checkpoint PATH.npz`` saves the batched run
+after every chunk and resumes it (``qnet_protocol(checkpoint=...)``); the batched
+timing is then the sum over the processes that ran it, from the per-chunk record
+(each process's first chunk includes its compilation; steady time per model-beat
+from the other chunks). The same checkpoint as ``calibration/cipa_qnet.py
+--checkpoint`` can be given (same compounds, doses, beats, window, chunk): a finished
+one is read, not re-run, and its chunk timings are used.
+
+Usage: python benchmarks/cipa_qnet.py [--beats 1000 --window 250] [--checkpoint F] [--quick]
 (--quick: 2 compounds, 4 beats, printed only; otherwise writes
 benchmarks/results/cipa_qnet.json)
 """
@@ -53,6 +61,7 @@ def main():
     ap.add_argument("--chunk", type=int, default=25)
     ap.add_argument("--baseline-models", type=int, default=3)
     ap.add_argument("--baseline-beats", type=int, default=3)
+    ap.add_argument("--checkpoint", default=None, help="a .npz file to save to / resume from")
     ap.add_argument("--quick", action="store_true", help="2 compounds, 4 beats, printed only")
     args = ap.parse_args()
     dtype_name = setup_precision(False)
@@ -110,25 +119,35 @@ def main():
     base_per = float(np.mean([r["s_per_model_beat"] for r in base_rows]))
 
     # ---- batched: every cell in one batch
-    history = []
-
     def progress(done, seconds, last):
-        history.append(dict(beat=done, seconds=round(seconds, 2), load=_load()))
-        print(f"beat {done}/{beats}: {seconds:.0f} s", flush=True)
+        print(f"beat {done}/{beats}: {seconds:.0f} s, load {_load()}", flush=True)
 
-    res = qnet_protocol(names, DOSES, beats=beats, window=window, chunk=chunk, progress=progress)
+    res = qnet_protocol(
+        names,
+        DOSES,
+        beats=beats,
+        window=window,
+        chunk=chunk,
+        progress=progress,
+        checkpoint=None if args.quick else args.checkpoint,
+    )
     n_models = len(cells)
     wall = res.seconds
-    # chunk durations: the first includes compilation
-    ends = [0.0] + [h["seconds"] for h in history]
-    beats_at = [0] + [h["beat"] for h in history]
-    per_beat = [
-        (ends[k + 1] - ends[k]) / (beats_at[k + 1] - beats_at[k]) for k in range(len(history))
-    ]
-    steady_pb = float(np.mean(per_beat[1:])) if len(per_beat) > 1 else per_beat[0]
-    compile_est = max(per_beat[0] - steady_pb, 0.0) * (beats_at[1] - beats_at[0])
+    # per-chunk record: each process's first chunk includes its compilation
+    chunks = res.chunks
+    first = [k == 0 or c["run"] != chunks[k - 1]["run"] for k, c in enumerate(chunks)]
+    beats_in = [c["beat"] - (chunks[k - 1]["beat"] if k else 0) for k, c in enumerate(chunks)]
+    steady = [(c["seconds"], b) for c, b, f in zip(chunks, beats_in, first) if not f]
+    if steady:
+        steady_pb = sum(s for s, _ in steady) / sum(b for _, b in steady)
+    else:
+        steady_pb = chunks[0]["seconds"] / beats_in[0]
+    compile_est = sum(
+        max(c["seconds"] - steady_pb * b, 0.0) for c, b, f in zip(chunks, beats_in, first) if f
+    )
     steady_total = wall - compile_est
     batch_per = steady_total / (n_models * beats)
+    loads = [c["load"] for c in chunks if c.get("load") is not None]
     base_extrap = base_per * n_models * beats
 
     # ---- classification against the committed 28-compound run
@@ -192,7 +211,16 @@ def main():
             steady_s=steady_total,
             s_per_model_beat=batch_per,
             model_beats_per_s=1.0 / batch_per,
-            chunks=history,
+            processes=1 + max(c["run"] for c in chunks),
+            load_average_1min_over_chunks=dict(
+                min=min(loads, default=None),
+                median=float(np.median(loads)) if loads else None,
+                max=max(loads, default=None),
+            ),
+            chunks=[
+                dict(c, seconds=round(c["seconds"], 2), first_of_process=f)
+                for c, f in zip(chunks, first)
+            ],
         ),
         baseline_one_at_a_time=dict(
             rows=base_rows,
