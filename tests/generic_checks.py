@@ -15,13 +15,14 @@ batch size), so the checks share programs wherever that changes nothing they ass
   tolerances as Python floats, checked on ``two_compartment``, default and tight).
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import twinjax as tj
-from twinjax.solve._simulate import TRACES
+from twinjax.solve._simulate import simulate_core
 
 __all__ = [
     "test_parameter_table",
@@ -89,10 +90,10 @@ def test_unconstrained_round_trip(e):
 def test_out_of_bounds_parameter_raises_before_compiling(e):
     maybe_skip(e, "test_out_of_bounds_parameter_raises_before_compiling")
     q = next(q for q in e.model.params if q.lower == 0.0 and q.transform == "log")
-    before = TRACES["simulate"]
+    before = eqx.debug.get_num_traces(simulate_core)
     with pytest.raises(ValueError, match=rf"{q.name}.*bounds"):
         tj.simulate(e.model, {**e.params, q.name: -1.0}, e.regimen(), e.times)
-    assert TRACES["simulate"] == before
+    assert eqx.debug.get_num_traces(simulate_core) == before
 
 
 def test_float32_and_float64_agree(e):
@@ -132,11 +133,13 @@ def test_batch_equals_single_and_no_recompile(e):
         np.testing.assert_allclose(
             rb.outputs[e.output][i], ri.outputs[e.output], rtol=1e-9, atol=1e-12
         )
-    n0 = TRACES["simulate"]
+    n0 = eqx.debug.get_num_traces(simulate_core)
     tj.simulate(
         e.model, {**e.params, **{k: v * 1.1 for k, v in batch.items()}}, e.regimen(), e.times
     )
-    assert TRACES["simulate"] == n0, "a second batch of the same size must not recompile"
+    assert eqx.debug.get_num_traces(simulate_core) == n0, (
+        "a second batch of the same size must not recompile"
+    )
 
 
 def test_ensemble_agrees_with_diffrax(e):

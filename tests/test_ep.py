@@ -3,6 +3,7 @@
 import json
 import pathlib
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import twinjax as tj
 from twinjax.models import ep
 from twinjax.models.ep import drugs, population
-from twinjax.models.ep._solver import TRACES
+from twinjax.models.ep._solver import _pace
 
 LR = ep.LuoRudy1991()
 EXAMPLE_SAFETY = pathlib.Path(__file__).parents[1] / "examples" / "cardiac_safety.toml"
@@ -233,9 +234,11 @@ def test_population_is_one_batched_run_without_recompiling():
     r1 = ep.pace(LR, p, 2, record="last")
     assert r1.last()["APD90"].shape == (16,)
     assert np.all(np.asarray(r1.status) == 0)
-    n0 = TRACES["pace"]
+    n0 = eqx.debug.get_num_traces(_pace)
     ep.pace(LR, {k: v * 1.01 for k, v in p.items()}, 2, record="last")
-    assert TRACES["pace"] == n0, "a second population of the same size must not recompile"
+    assert eqx.debug.get_num_traces(_pace) == n0, (
+        "a second population of the same size must not recompile"
+    )
 
 
 def test_cli_safety_trial_writes_tables_and_rejects_bad_input(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,7 +27,7 @@ import pytest
 
 import twinjax as tj
 from twinjax.models import pk
-from twinjax.solve._simulate import TRACES
+from twinjax.solve._simulate import simulate_core
 from twinjax.trial import Endpoint
 
 SALib = pytest.importorskip("SALib")
@@ -168,11 +169,12 @@ def bateman(t, CL, V, KA, F):
 
 def test_local_pk_concentration_matches_closed_form():
     ts = np.linspace(0.0, 48.0, 49)
-    before = TRACES["simulate"]
+    before = eqx.debug.get_num_traces(simulate_core)
     r = tj.sensitivity.local(
         PK, COHORT, REG, ts, output="C", parameters=NAMES, solver=tj.solvers.Ensemble(**TIGHT)
     )
-    assert TRACES["simulate"] == before + 1  # the cohort and all k directions: one program
+    # the cohort and all k directions: one program
+    assert eqx.debug.get_num_traces(simulate_core) == before + 1
     assert r.absolute.shape == (3, 49, 4) and r.times is not None
 
     def closed(theta):  # (4,) -> (T,)
@@ -260,7 +262,7 @@ def test_sobol_pk_auc_against_salib_and_closed_form():
     bounds = {"CL": (3.0, 8.0), "V": (30.0, 70.0), "KA": (0.5, 2.0), "F": (0.5, 1.0)}
     ts = np.linspace(0.0, 240.0, 961)
     ep = Endpoint("auc", "auc", output="C")
-    before = TRACES["simulate"]
+    before = eqx.debug.get_num_traces(simulate_core)
     res = tj.sensitivity.sobol(
         PK,
         bounds,
@@ -272,7 +274,7 @@ def test_sobol_pk_auc_against_salib_and_closed_form():
         n_bootstrap=300,
         solver=tj.solvers.Ensemble(rtol=1e-8, atol=1e-10),
     )
-    assert TRACES["simulate"] == before + 1  # all 256 x 6 samples: one cohort
+    assert eqx.debug.get_num_traces(simulate_core) == before + 1  # all 256 x 6 samples: one cohort
     assert res.n_dropped == 0 and res.y.shape == (256 * 6,)
     X, y = res.salib_order()
     S = salib_analyze.analyze(
@@ -326,10 +328,10 @@ def test_sobol_bad_input(kwargs, match):
         n=64,
     )
     args.update(kwargs)
-    before = TRACES["simulate"]
+    before = eqx.debug.get_num_traces(simulate_core)
     with pytest.raises(ValueError, match=match):
         tj.sensitivity.sobol(PK, **args)
-    assert TRACES["simulate"] == before
+    assert eqx.debug.get_num_traces(simulate_core) == before
 
 
 @pytest.mark.parametrize(
@@ -345,10 +347,10 @@ def test_sobol_bad_input(kwargs, match):
 def test_local_bad_input(kwargs, match):
     args = dict(regimen=REG, times=np.linspace(0, 24, 25), output="C")
     args.update(kwargs)
-    before = TRACES["simulate"]
+    before = eqx.debug.get_num_traces(simulate_core)
     with pytest.raises(ValueError, match=match):
         tj.sensitivity.local(PK, **args)
-    assert TRACES["simulate"] == before
+    assert eqx.debug.get_num_traces(simulate_core) == before
 
 
 def test_plots(ish):

@@ -2,21 +2,22 @@
 
 import math
 
+import equinox as eqx
 import jax.numpy as jnp
 import pytest
 
 import twinjax as tj
 from twinjax.models import pd, pk
-from twinjax.solve._simulate import TRACES
+from twinjax.solve._simulate import simulate_core
 
 T = jnp.linspace(0.0, 10.0, 11)
 
 
 def _no_trace(fn, match):
-    before = TRACES["simulate"]
+    before = eqx.debug.get_num_traces(simulate_core)
     with pytest.raises(ValueError, match=match):
         fn()
-    assert TRACES["simulate"] == before
+    assert eqx.debug.get_num_traces(simulate_core) == before
 
 
 def test_negative_volume_names_parameter_and_bounds():

@@ -121,10 +121,8 @@ def _pre_dose(pre_dose, ts):
     return jnp.asarray(pre)
 
 
-TRACES = {"simulate": 0}  # incremented at trace time: used by recompilation guards
-
-
 @eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)  # tests count traces: eqx.debug.get_num_traces
 def simulate_core(model, solver, p, ev, ts2, y0=None, sched=None, pre=None):
     """Simulate a batch; ``ts2``: ``(N, T)`` save times, or ``(1, T)`` shared by all.
 
@@ -132,7 +130,6 @@ def simulate_core(model, solver, p, ev, ts2, y0=None, sched=None, pre=None):
     calibration objectives: ``(states, outputs, status)``, a failed patient's states
     and outputs NaN at every save time.
     """
-    TRACES["simulate"] += 1
     n = ev.kind.shape[0]
     if model.state_names:
         ys, status = run(model, solver, p, ev, ts2, y0, sched, pre)

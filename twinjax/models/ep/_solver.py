@@ -128,12 +128,9 @@ def _beat(model, solver, p, y, ts):
     return y, bio, status, out
 
 
-TRACES = {"pace": 0}  # incremented at trace time: used by recompilation guards
-
-
 @eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)  # tests count traces: eqx.debug.get_num_traces
 def _pace(model, solver, p, y0, n_beats, record_all, ts):
-    TRACES["pace"] += 1
     N = p["BCL"].shape[0]
     y_probe, bio_probe, _, out_probe = jax.eval_shape(lambda: _beat(model, solver, p, y0, ts))
     zeros = lambda s: jnp.zeros(s.shape, s.dtype)  # noqa: E731
