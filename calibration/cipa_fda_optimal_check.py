@@ -175,6 +175,9 @@ def central_fit(boot, cmax):
 
 def pace(compounds, boots, beats, window):
     """TMS of each compound with the table's hERG row and with its central bootstrap fit."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # the CiPA protocol runs in float64
     from twinjax.models.ep._uncertainty import point_samples, qnet_uncertainty
 
     samples = point_samples(compounds, 2)  # sample 0: table, sample 1: central fit
