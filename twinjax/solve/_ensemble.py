@@ -46,18 +46,59 @@ COMPACT_MIN = 16  # smallest compacted batch worth a second loop
 
 
 def _rms(x):
-    """RMS over states (axis 0 of a state-major ``(S, N)`` array).
+    """RMS over states: of the rows of a state-major ``(S, N)`` array, or of a tuple
+    of ``S`` rows ``(N,)`` (the explicit loop's layout, see ``_rows``).
 
     Written as an unrolled sum of rows for the usual few states: XLA:CPU lowers a
     small-axis reduction to a library call that costs as much as the whole RK step.
     """
-    S = x.shape[0]
-    if S > 64:
+    S = len(x) if isinstance(x, tuple) else x.shape[0]
+    if S > 64 and not isinstance(x, tuple):
         return jnp.sqrt(jnp.mean(x * x, axis=0))
     acc = x[0] * x[0]
     for i in range(1, S):
         acc = acc + x[i] * x[i]
     return jnp.sqrt(acc / S)
+
+
+# -- the two layouts of the step loop ---------------------------------------------
+# Explicit methods on models of up to ROWS_MAX states run on a tuple of S rows
+# ``(N,)`` (one array per state): every stage is then elementwise on (N,) arrays
+# and XLA:CPU fuses a whole step into a few loops over the patients, like a
+# hand-written structure-of-arrays loop. On a stacked ``(S, N)`` array each stage's
+# ``jnp.stack`` of derivatives is materialised and the step becomes a dozen
+# separate loops (Lorenz RK4, N = 65,536: 24 ns against 7 ns per trajectory-step).
+# Larger models keep the stacked array (one HLO op per stage, not S: compile time),
+# and so does Rosenbrock (its LU works on the stacked Jacobian).
+ROWS_MAX = 16
+
+
+def _tmap(fn, *xs):
+    """``fn`` row by row on tuples of rows, or once on stacked arrays."""
+    if isinstance(xs[0], tuple):
+        return tuple(fn(*r) for r in zip(*xs))
+    return fn(*xs)
+
+
+def _stacked(x):
+    """A stacked ``(S, N)`` array of either layout."""
+    return jnp.stack(x, 0) if isinstance(x, tuple) else x
+
+
+def _col(a, y):
+    """Per-patient ``(N,)`` values ``a`` broadcast against states ``y``."""
+    return a if isinstance(y, tuple) else a[None, :]
+
+
+def _all_finite(*xs):
+    """Per patient: every state of every ``xs`` finite."""
+    ok = None
+    for x in xs:
+        rows = x if isinstance(x, tuple) else (jnp.all(jnp.isfinite(x), axis=0),)
+        for r in rows:
+            r = jnp.isfinite(r) if isinstance(x, tuple) else r
+            ok = r if ok is None else ok & r
+    return ok
 
 
 def _state_major(f):
@@ -66,6 +107,17 @@ def _state_major(f):
     if g is not None:
         return g
     return lambda t, Y, args: f(t, Y.T, args).T
+
+
+def _on_rows(g, S):
+    """State-major ``g`` on a tuple of ``S`` rows (stack in, rows out: XLA removes
+    the stack/slice pairs, so the model's arithmetic is on the rows themselves)."""
+
+    def f(t, Y, args):
+        G = g(t, jnp.stack(Y, 0), args)
+        return tuple(G[i] for i in range(S))
+
+    return f
 
 
 class Ensemble(AbstractSolver):
@@ -135,18 +187,24 @@ class Ensemble(AbstractSolver):
 
     # -- one step for the whole batch ------------------------------------------------
     def _step(self, f, t, y, k1, h, args):
+        """One step for the whole batch: ``y``, ``k1`` stacked ``(S, N)`` (or tuples of
+        ``S`` rows, see ``_rows``), ``h`` ``(N,)``; returns ``(y1, k_end, err, ks)``
+        (``k_end`` None when the method is not FSAL, ``err`` None for a fixed step)."""
         tab = self.tableau
         if isinstance(tab, RosenbrockTableau):
             y1, err, Ks = _rosenbrock.step(tab, f, t, y, k1, h, args)
             return y1, None, err, Ks
-        dtype = y.dtype
-        hc = h[None, :]
+        dtype = (y[0] if isinstance(y, tuple) else y).dtype
+        hc = _col(h, y)
+        # (h a_ij) k_j: one product h a_ij per coefficient, shared by the states
+        # (h (a_ij k_j) took two multiplications per state)
         ks = [k1]
         for i, row in enumerate(tab.a):
             acc = y
             for aij, kj in zip(row, ks):
                 if aij != 0.0:
-                    acc = acc + hc * (jnp.asarray(aij, dtype) * kj)
+                    hcoef = hc * jnp.asarray(aij, dtype)
+                    acc = _tmap(lambda a, k, w=hcoef: a + w * k, acc, kj)
             ks.append(f(t + tab.c[i + 1] * h, acc, args))
         if tab.fsal:
             y1 = acc  # the last stage is evaluated at the solution
@@ -155,15 +213,16 @@ class Ensemble(AbstractSolver):
             y1 = y
             for bi, ki in zip(tab.b, ks):
                 if bi != 0.0:
-                    y1 = y1 + hc * (jnp.asarray(bi, dtype) * ki)
+                    hcoef = hc * jnp.asarray(bi, dtype)
+                    y1 = _tmap(lambda a, k, w=hcoef: a + w * k, y1, ki)
             k_end = None
         err = None
         if tab.b_err is not None:
-            err = 0.0
-            for ei, ki in zip(tab.b_err, ks):
-                if ei != 0.0:
-                    err = err + jnp.asarray(ei, dtype) * ki
-            err = hc * err
+            terms = [(jnp.asarray(ei, dtype), ki) for ei, ki in zip(tab.b_err, ks) if ei != 0.0]
+            err = _tmap(lambda k: terms[0][0] * k, terms[0][1])
+            for c, ki in terms[1:]:
+                err = _tmap(lambda a, k, c=c: a + c * k, err, ki)
+            err = _tmap(lambda e: hc * e, err)
         return y1, k_end, err, ks
 
     def _dense(self, theta, y0, y1, k0, k1, h, ks):
@@ -195,12 +254,13 @@ class Ensemble(AbstractSolver):
     def _initial_step(self, f, t0, t1, y0, f0, args):
         if self.dt is not None:
             return jnp.minimum(jnp.full_like(t0, self.dt), jnp.maximum(t1 - t0, 0.0))
-        sc = self.atol + self.rtol * jnp.abs(y0)
-        d0 = _rms(y0 / sc)
-        d1 = _rms(f0 / sc)
+        sc = _tmap(lambda y: self.atol + self.rtol * jnp.abs(y), y0)
+        d0 = _rms(_tmap(jnp.divide, y0, sc))
+        d1 = _rms(_tmap(jnp.divide, f0, sc))
         h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / jnp.where(d1 > 0, d1, 1.0))
-        f1 = f(t0 + h0, y0 + h0[None, :] * f0, args)
-        d2 = _rms((f1 - f0) / sc) / h0
+        hc = _col(h0, y0)
+        f1 = f(t0 + h0, _tmap(lambda y, k: y + hc * k, y0, f0), args)
+        d2 = _rms(_tmap(lambda a, b, c: (a - b) / c, f1, f0, sc)) / h0
         dm = jnp.maximum(d1, d2)
         order = self.tableau.order
         h1 = jnp.where(
@@ -210,6 +270,10 @@ class Ensemble(AbstractSolver):
         )
         h = jnp.minimum(100 * h0, h1)
         return jnp.minimum(h, jnp.maximum(t1 - t0, 0.0))
+
+    def _rows(self, S):
+        """Whether the step loop runs on a tuple of rows (see ``ROWS_MAX``)."""
+        return S <= ROWS_MAX and not isinstance(self.tableau, RosenbrockTableau)
 
     def block_size(self, n):
         if self.block is not None:
@@ -268,7 +332,12 @@ class Ensemble(AbstractSolver):
         n, S = y0.shape
         f = _state_major(f)
         y0 = y0.T
+        if self._rows(S):
+            f = _on_rows(f, S)
+            y0 = tuple(y0[i] for i in range(S))
         adaptive = self.tableau.b_err is not None
+        # fixed step on rows: the lean loop (see ``lean_body``)
+        lean = not adaptive and isinstance(y0, tuple)
         f0 = f(t0, y0, args)
         if h_prev is None or not adaptive:
             h0 = self._initial_step(f, t0, t1, y0, f0, args)
@@ -280,7 +349,8 @@ class Ensemble(AbstractSolver):
             )
         if adaptive:  # a chosen step, not a function of the parameters (see body)
             h0 = jax.lax.stop_gradient(h0)
-        inf = jnp.asarray(jnp.inf, y0.dtype)
+        dtype = _stacked(y0).dtype
+        inf = jnp.asarray(jnp.inf, dtype)
         K = SAVES_PER_PASS
         offs = jnp.arange(K, dtype=jnp.int32)
         ts = out = idx = hi = None
@@ -322,22 +392,51 @@ class Ensemble(AbstractSolver):
 
             def cond(c):
                 active, it = c[4], c[6]
-                go = jnp.any(active) & (it < self.max_steps)
-                if min_active > 0:
-                    go = go & (jnp.sum(active, dtype=jnp.int32) > min_active)
-                return go
+                if min_active > 0:  # (implies that some are running: one reduction)
+                    return (jnp.sum(active, dtype=jnp.int32) > min_active) & (it < self.max_steps)
+                return jnp.any(active) & (it < self.max_steps)
 
             def body(c):
+                if lean:
+                    return lean_body(c)
                 t, y, k, h, active, status, it, out, idx = c
                 h_eff = jnp.where(active, jnp.minimum(h, t1 - t), 0.0)
                 last = h_eff >= t1 - t
-                y1, k_end, err, ks = self._step(f, t, y, k, h_eff, args)
-                if k_end is None:
-                    k_end = f(t + h_eff, y1, args)
-                finite = jnp.all(jnp.isfinite(y1), axis=0) & jnp.all(jnp.isfinite(k_end), axis=0)
+                keep_ks = out is not None and self.tableau.dense is not None
+
+                def trial(_):
+                    """The trial step and what the controller needs of it."""
+                    y1, k_end, err, ks = self._step(f, t, y, k, h_eff, args)
+                    if k_end is None:
+                        k_end = f(t + h_eff, y1, args)
+                    finite = _all_finite(y1, k_end)
+                    en = None
+                    if adaptive:
+                        en = _rms(
+                            _tmap(
+                                lambda e, a, b: (
+                                    e
+                                    / (self.atol + self.rtol * jnp.maximum(jnp.abs(a), jnp.abs(b)))
+                                ),
+                                err,
+                                y,
+                                y1,
+                            )
+                        )
+                    return y1, k_end, finite, en, (ks if keep_ks else [])
+
+                if isinstance(y, tuple) and jax.default_backend() == "cpu":
+                    # XLA:CPU fuses an elementwise producer into every consumer, so a
+                    # step consumed by the nine parts of the carry (t, rows of y and
+                    # k, h, active, status) was computed nine times over. The branch
+                    # of a conditional is its own computation whose results are
+                    # materialised: the step is computed once, the bookkeeping reads
+                    # it (Lorenz RK4, N = 65,536: 44 -> 17 ns per trajectory-step).
+                    # The predicate is always true but unknown to XLA.
+                    y1, k_end, finite, en, ks = jax.lax.cond(it >= 0, trial, trial, None)
+                else:
+                    y1, k_end, finite, en, ks = trial(None)
                 if adaptive:
-                    sc = self.atol + self.rtol * jnp.maximum(jnp.abs(y), jnp.abs(y1))
-                    en = _rms(err / sc)
                     finite = finite & jnp.isfinite(en)
                     en = jnp.where(finite, en, jnp.inf)
                     accept = active & (en <= 1.0)
@@ -369,15 +468,23 @@ class Ensemble(AbstractSolver):
                     def values(tj):
                         theta = jnp.clip((tj - t[:, None]) / safe_h[:, None], 0.0, 1.0)
                         theta = jnp.where(h_eff[:, None] > 0, theta, 1.0)
-                        return self._dense(theta, y, y1, k, k_end, h_eff, k_all)
+                        return self._dense(
+                            theta,
+                            _stacked(y),
+                            _stacked(y1),
+                            _stacked(k),
+                            _stacked(k_end),
+                            h_eff,
+                            [_stacked(a) for a in k_all],
+                        )
 
                     out, idx = jax.lax.while_loop(
                         lambda c: jnp.any(next_time(c[1]) <= t_right),
                         lambda c: save_pass(c[0], c[1], t_right, values),
                         (out, idx),
                     )
-                y_next = jnp.where(accept[None, :], y1, y)
-                k_next = jnp.where(accept[None, :], k_end, k)
+                y_next = _tmap(lambda a, b: jnp.where(_col(accept, y), a, b), y1, y)
+                k_next = _tmap(lambda a, b: jnp.where(_col(accept, y), a, b), k_end, k)
                 bad = active & ~finite
                 tiny = active & ~accept & (h_new < self.hmin * jnp.maximum(jnp.abs(t), 1.0))
                 if adaptive:
@@ -392,13 +499,47 @@ class Ensemble(AbstractSolver):
                     still = active & ~bad & ~(accept & last)
                 return (t_new, y_next, k_next, h_new, still, status, it + 1, out, idx)
 
+            def lean_body(c):
+                """The fixed step on rows: what the hand-written loop does, plus the
+                per-patient end time. A patient that is not running has ``t = t1``
+                (set so before the loop), so its step is ``h = 0``, which leaves its
+                state as it is: nothing is selected per step. The derivative at the
+                start of the step is evaluated in the step (XLA fuses it into the
+                stages) rather than carried; a non-finite state stays non-finite, so
+                it is found once after the loop (``_run``)."""
+                t, y, k, h, active, status, it, out, idx = c
+                # = min(h0, t1 - t) of the general loop: h0 = min(dt, t1 - t0), t >= t0
+                h_eff = jnp.minimum(jnp.asarray(self.dt, t.dtype), t1 - t)
+                last = h_eff >= t1 - t
+                k0 = f(t, y, args)
+                y1 = self._step(f, t, y, k0, h_eff, args)[0]
+                t_new = jnp.where(last, t1, t + h_eff)
+                if out is not None:
+                    safe_h = jnp.where(h_eff > 0, h_eff, 1.0)
+                    t_right = jnp.where(t < t1, t_new, -inf)
+
+                    def values(tj):
+                        theta = jnp.clip((tj - t[:, None]) / safe_h[:, None], 0.0, 1.0)
+                        theta = jnp.where(h_eff[:, None] > 0, theta, 1.0)
+                        k1 = f(t + h_eff, y1, args)
+                        Y0, Y1 = _stacked(y), _stacked(y1)
+                        K0, K1 = _stacked(k0), _stacked(k1)
+                        return self._dense(theta, Y0, Y1, K0, K1, h_eff, [K0, K1])
+
+                    out, idx = jax.lax.while_loop(
+                        lambda c: jnp.any(next_time(c[1]) <= t_right),
+                        lambda c: save_pass(c[0], c[1], t_right, values),
+                        (out, idx),
+                    )
+                return (t_new, y1, k, h, t_new < t1, status, it + 1, out, idx)
+
             return cond, body
 
         rows = jnp.arange(n)
         if save is not None:
             # saves at the segment's start take the state after its events
             next_time, save_pass = savers(rows, hi, ts)
-            y0_saves = jnp.broadcast_to(y0[..., None], (S, n, K))
+            y0_saves = jnp.broadcast_to(_stacked(y0)[..., None], (S, n, K))
             out, idx = jax.lax.while_loop(
                 lambda c: jnp.any(next_time(c[1]) <= t0),
                 lambda c: save_pass(c[0], c[1], t0, lambda tj: y0_saves),
@@ -406,14 +547,16 @@ class Ensemble(AbstractSolver):
             )
         # A start from a non-finite state or derivative is not integrated: NONFINITE.
         # A patient that failed before (skip) is not integrated and reports OK.
-        start_ok = jnp.all(jnp.isfinite(y0), axis=0) & jnp.all(jnp.isfinite(f0), axis=0)
+        start_ok = _all_finite(y0, f0)
         run = start_ok if skip is None else start_ok & ~skip
         active0 = (t0 < t1) & run
         status0 = jnp.where(start_ok, 0, Status.NONFINITE)
         if skip is not None:
             status0 = jnp.where(skip, 0, status0)
         status0 = status0.astype(jnp.int32)
-        carry = (t0, y0, f0, h0, active0, status0, jnp.zeros((), jnp.int32), out, idx)
+        # the lean loop steps a patient that is not running by t1 - t = 0
+        t_start = jnp.where(active0, t0, t1) if lean else t0
+        carry = (t_start, y0, f0, h0, active0, status0, jnp.zeros((), jnp.int32), out, idx)
         # Compaction: patients finish a segment after different numbers of steps, and
         # a lock-step loop pays for all of them until the last one is done. Once no
         # more than m are running, the running ones are gathered into a batch of m
@@ -429,7 +572,16 @@ class Ensemble(AbstractSolver):
             # the running patients; the rest of the m slots repeat a finished one,
             # which the loop leaves as it is
             sel = jnp.nonzero(active, size=m, fill_value=jnp.argmin(active))[0]
-            sub = (t[sel], y[:, sel], k[:, sel], h[sel], active[sel], status[sel], it, out)
+            sub = (
+                t[sel],
+                _tmap(lambda a: a[..., sel], y),
+                _tmap(lambda a: a[..., sel], k),
+                h[sel],
+                active[sel],
+                status[sel],
+                it,
+                out,
+            )
             sub = sub + (None if idx is None else idx[sel],)
             args_c = jax.tree.map(lambda a: a[sel], args)
             ts_c = None if ts is None else (ts if ts.shape[0] == 1 else ts[sel])
@@ -438,8 +590,8 @@ class Ensemble(AbstractSolver):
             tc, yc, kc, hc, ac, sc, it, out, ic = jax.lax.while_loop(cond_c, body_c, sub)
             carry = (
                 t.at[sel].set(tc),
-                y.at[:, sel].set(yc),
-                k.at[:, sel].set(kc),
+                _tmap(lambda a, b: a.at[..., sel].set(b), y, yc),
+                _tmap(lambda a, b: a.at[..., sel].set(b), k, kc),
                 h.at[sel].set(hc),
                 active.at[sel].set(ac),
                 status.at[sel].set(sc),
@@ -447,9 +599,15 @@ class Ensemble(AbstractSolver):
                 out,
                 None if idx is None else idx.at[sel].set(ic),
             )
-        y, h, active, status, out = carry[1].T, carry[3], carry[4], carry[5], carry[7]
+        y, h, active, status, out = _stacked(carry[1]).T, carry[3], carry[4], carry[5], carry[7]
         # still running: out of steps, unless the last step tried was non-finite
         status = jnp.where(active & (status != Status.NONFINITE), Status.MAX_STEPS, status)
+        if lean:
+            # the lean loop does not look for non-finite steps: a patient that ran
+            # and ends non-finite (its state, or its derivative there) failed
+            t_end, y_end = carry[0], carry[1]
+            ok = _all_finite(y_end, f(t_end, y_end, args))
+            status = jnp.where(active0 & ~ok, Status.NONFINITE, status)
         status = status.astype(jnp.int32)
         if h_prev is None:
             return out, y, status
