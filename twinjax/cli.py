@@ -50,6 +50,10 @@ def _x64():
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    from ._compile_cache import enable_compilation_cache
+
+    # compiled programs kept between runs (TWINJAX_CACHE_DIR: the folder, or "off")
+    enable_compilation_cache()
 
 
 def _error(con, err, where=None):

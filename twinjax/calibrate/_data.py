@@ -14,13 +14,103 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..data import Dataset
-from ..dosing._regimen import EventTable, Regimen, compile_regimens
+from ..dosing._regimen import NOOP, PAD_TIME, EventTable, Regimen, compile_regimens
 from ..model import Model
 from ..model._piecewise import Piecewise
 from ._censoring import CENSORING
 from ._residual import ErrorModel
 
 PRE_DOSE_EPS = 1e-7  # h: pre-dose observations are evaluated this long before the dose
+
+# Shape buckets: a compiled program is specific to its array shapes, so the batched fits
+# pad the number of subjects, of observation records and of event-table rows up to a
+# bucket (the next power of two, at least ``minimum``; above ``BUCKET_STEP`` the next
+# multiple of it) and mask the padding out. A new patient with another number of
+# records, or a batch of 5 instead of 7 subjects, then runs the program compiled before.
+BUCKET_STEP = 256
+SUBJECT_BUCKET_MIN = 1
+RECORD_BUCKET_MIN = 8
+EVENT_BUCKET_MIN = 4
+
+
+def shape_bucket(n: int, minimum: int = 1, step: int = BUCKET_STEP) -> int:
+    """The padded size of an axis of length ``n``: the next power of two (at least
+    ``minimum``) up to ``step``, then the next multiple of ``step``."""
+    n = max(int(n), int(minimum), 1)
+    if n > step:
+        return -(-n // step) * step
+    return 1 << (n - 1).bit_length()
+
+
+def pad_axis(a, n_to: int, axis: int, fill=None, *, last: bool = False):
+    """``a`` padded along ``axis`` to length ``n_to``: with ``fill`` (a scalar), or with
+    copies of its first entry along that axis (its last with ``last=True``)."""
+    n = a.shape[axis]
+    if n_to <= n:
+        return a
+    xp = np if isinstance(a, np.ndarray) else jnp
+    shape = list(a.shape)
+    shape[axis] = n_to - n
+    if fill is None:
+        edge = xp.take(a, xp.arange(n - 1, n) if last else xp.arange(1), axis=axis)
+        extra = xp.broadcast_to(edge, tuple(shape))
+    else:
+        extra = xp.full(tuple(shape), fill, dtype=a.dtype)
+    return xp.concatenate([a, extra], axis=axis)
+
+
+def pad_events(ev: EventTable, e_to: int) -> EventTable:
+    """The event table with its record axis padded to ``e_to`` by no-op records at
+    ``PAD_TIME`` (the rows ``compile_regimens`` pads shorter regimens with), which
+    change no simulation."""
+    if e_to <= ev.time.shape[-1]:
+        return ev
+    fill = dict(time=PAD_TIME, amt=0, rate=0, dur=0, cmt=0, kind=NOOP, ii=0, ss=0, hist=-1, seq=0)
+    names = tuple(fill)
+    new = tuple(pad_axis(getattr(ev, k), e_to, -1, fill[k]) for k in names)
+    return eqx.tree_at(lambda e: tuple(getattr(e, k) for k in names), ev, new)
+
+
+def fit_buckets(n: int, t: int, e: int, multiple: int = 1) -> tuple[int, int, int]:
+    """The padded ``(subjects, records, event rows)`` of a batch of ``n`` subjects with
+    ``t`` records and ``e`` event rows; the subjects a multiple of ``multiple`` (the
+    device count)."""
+    nb = shape_bucket(n, SUBJECT_BUCKET_MIN)
+    nb = -(-nb // multiple) * multiple
+    return nb, shape_bucket(t, RECORD_BUCKET_MIN), shape_bucket(e, EVENT_BUCKET_MIN)
+
+
+def pad_fit_batch(batch, n_to: int, t_to: int, e_to: int):
+    """A fit's batch ``(tv, eta0, ev, ts, y, mask)`` padded to ``n_to`` subjects,
+    ``t_to`` records and ``e_to`` event rows.
+
+    Padding subjects are copies of the first with no observation (``mask`` False, no
+    censoring), so each sits at its prior mode and touches no other subject (every
+    subject's iteration and simulation is its own); padding records repeat the last
+    time, unobserved; padding events are no-ops. The real subjects' results are the
+    leading ``[:n, :T]`` block, equal to those of the unpadded batch.
+    """
+    tv, eta0, ev, ts, y, mask = batch
+    n = eta0.shape[0]
+    y = as_obs(y)
+    # records: the last time repeated, nothing observed there
+    ts = pad_axis(ts, t_to, 1, last=True)
+    y = Obs(
+        pad_axis(y.dv, t_to, 1, 1.0),
+        pad_axis(y.cens, t_to, 1, 0),
+        pad_axis(y.limit, t_to, 1, np.nan),
+        pad_axis(y.out, t_to, 1, 0),
+    )
+    mask = pad_axis(mask, t_to, 1, False)
+    ev = pad_events(ev, e_to)
+    if n_to > n:
+        rows = lambda a: pad_axis(a, n_to, 0)  # noqa: E731
+        tv = jax.tree.map(rows, tv)
+        ev = jax.tree.map(rows, ev)
+        ts, eta0 = rows(ts), pad_axis(eta0, n_to, 0, 0.0)
+        y = Obs(rows(y.dv), pad_axis(y.cens, n_to, 0, 0), rows(y.limit), rows(y.out))
+        mask = pad_axis(mask, n_to, 0, False)
+    return tv, eta0, ev, ts, y, mask
 
 
 # ============================================================================ data

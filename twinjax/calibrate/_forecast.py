@@ -12,8 +12,11 @@ import numpy as np
 
 from ..dosing import Dose, Regimen
 from ..dosing._regimen import NOOP, compile_regimens
-from ..solve._simulate import simulate, simulate_core
-from ._terms import Spec
+from ..model._model import default_float
+from ..model._piecewise import Piecewise
+from ..solve._simulate import check_times, simulate, simulate_core
+from ._data import EVENT_BUCKET_MIN, RECORD_BUCKET_MIN, pad_axis, pad_events, shape_bucket
+from ._terms import Spec, individual_params
 from ._uncertainty import posterior_samples
 
 if TYPE_CHECKING:
@@ -105,10 +108,15 @@ def forecast(
         raise ValueError(f"level must be in (0, 1), got {level}")
     key = jax.random.key(0) if key is None else key
     k1, k2 = jax.random.split(key)
-    params, _ = posterior_samples(fit, n_samples, k1, subject)
-    res = simulate(fit.model, params, regimen, times, solver=fit.solver, check=False)
-    f = np.asarray(res[fit.output])
-    y = np.asarray(fit.error.sample(k2, jnp.asarray(f)))
+    varying = any(isinstance(v, Piecewise) for v in fit.typical.values())
+    if varying or not isinstance(regimen, Regimen) or np.ndim(times) != 1:
+        # time-varying typical values, event tables, per-sample times: the general path
+        params, _ = posterior_samples(fit, n_samples, k1, subject)
+        res = simulate(fit.model, params, regimen, times, solver=fit.solver, check=False)
+        f = np.asarray(res[fit.output])
+    else:
+        f = _forecast_bucketed(fit, regimen, times, int(n_samples), k1, subject)
+    y = np.asarray(_noise(fit.error, k2, jnp.asarray(f)))
     a = (1 - level) / 2
     q = lambda x, p: np.nanquantile(x, p, axis=0)  # noqa: E731
     return Forecast(
@@ -122,6 +130,53 @@ def forecast(
         samples=f,
         level=level,
     )
+
+
+def _forecast_bucketed(fit: FitResult, regimen: Regimen, times, n: int, key, subject):
+    """The ``(n, T)`` predictions of ``n`` Laplace posterior samples of one subject
+    (the first the MAP estimate) under ``regimen``: as ``posterior_samples`` followed
+    by ``simulate``, in one program whose times and event rows are padded to shape
+    buckets (a new number of times or doses within a bucket reuses it)."""
+    i = fit.index(subject)
+    eta_hat = np.asarray(fit.etas[i])
+    cov = np.asarray(fit.cov_eta[i])
+    if not (np.all(np.isfinite(eta_hat)) and np.all(np.isfinite(cov))):
+        raise ValueError(f"subject {fit.ids[i]!r} has no finite fit (converged=False)")
+    k = eta_hat.size
+    L = np.linalg.cholesky(cov + 1e-14 * np.eye(k))
+    dtype = default_float()
+    ts = check_times(np.asarray(times, float), dtype)
+    T = ts.shape[0]
+    ts = pad_axis(np.asarray(ts), shape_bucket(T, RECORD_BUCKET_MIN), 0, last=True)
+    ev = compile_regimens([regimen], fit.model, dtype=dtype)
+    ev = pad_events(ev, shape_bucket(ev.time.shape[-1], EVENT_BUCKET_MIN))
+    tv = {kk: np.asarray(v)[i] for kk, v in fit.typical.items()}
+    spec = Spec(fit.model, fit.solver, fit.output, fit.names, fit.error)
+    f = _forecast_program(spec, tv, eta_hat, L, ev, ts, key, n)
+    return np.asarray(f)[:, :T]
+
+
+@eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)  # tests count traces
+def _forecast_program(spec: Spec, tv: dict, eta_hat, L, ev, ts, key, n: int):
+    """Posterior samples (``eta_hat + z L'``, ``z[0] = 0``) simulated under ``ev`` at
+    the shared times ``ts``; ``(n, T)`` predictions of the fitted output."""
+    k = eta_hat.shape[0]
+    z = jax.random.normal(key, (n, k)).at[0].set(0.0)
+    etas = eta_hat[None] + z @ L.T
+    rows = {kk: jnp.broadcast_to(v, (n,)) for kk, v in tv.items()}
+    params = individual_params(spec, rows, etas)
+    p, _ = spec.model.complete(params, dtype=ts.dtype, check=False)
+    p = {kk: jnp.broadcast_to(v, (n,)) for kk, v in p.items()}
+    evn = jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape[1:]), ev)
+    _, out, _ = simulate_core(spec.model, spec.solver, p, evn, ts[None])
+    return out[spec.output]
+
+
+@eqx.filter_jit
+def _noise(error, key, f):
+    """Observations drawn around ``f`` (one program; see ``ErrorModel.sample``)."""
+    return error.sample(key, f)
 
 
 # ============================================================================ dosing

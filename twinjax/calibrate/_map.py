@@ -54,8 +54,12 @@ from ._data import PRE_DOSE_EPS as PRE_DOSE_EPS
 from ._data import FitData as FitData
 from ._data import Obs as Obs
 from ._data import as_obs as as_obs
+from ._data import fit_buckets as fit_buckets
+from ._data import pad_axis as pad_axis
+from ._data import pad_fit_batch as pad_fit_batch
 from ._data import prepare_data as prepare_data
 from ._data import resolve_outputs as resolve_outputs
+from ._data import shape_bucket as shape_bucket
 from ._residual import ErrorModel
 from ._terms import Spec as Spec
 from ._terms import as_population as as_population
@@ -328,6 +332,65 @@ def _optx_batched(spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_steps, 
 
 
 # ============================================================================ result
+@eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)  # tests count traces
+def map_program(
+    spec: Spec,
+    tv,
+    eta0,
+    ev,
+    ts,
+    y,
+    mask,
+    sigma,
+    omega_inv,
+    max_iter,
+    tol,
+    *,
+    block: int | None = None,
+    devices: int = 1,
+):
+    """One compiled program for :func:`fit_individual`: the batched LM
+    (:func:`lm_batched`), then each subject's prediction at its typical values
+    (``pred``) and the standardised residuals at the estimate (``iwres``, before
+    masking: ``(obs - m) / s`` with ``m, s`` the moments at the prediction, or at 0
+    where the subject's fit failed)."""
+    out = lm_batched(
+        spec,
+        tv,
+        eta0,
+        ev,
+        ts,
+        y,
+        mask,
+        sigma,
+        omega_inv,
+        max_iter,
+        tol,
+        block=block,
+        devices=devices,
+    )
+    obs = as_obs(y)
+    pred, _ = predict(spec, individual_params(spec, tv, jnp.zeros_like(eta0)), ev, ts, obs.out)
+    f = jnp.where(out["ok"][:, None], out["f"], 0.0)
+    f = jnp.where(jnp.isfinite(f), f, 0.0)
+    m, s = obs_moments(spec, f, sigma, obs.out)
+    yt = obs_transform(spec, obs.dv, obs.out)
+    return dict(out, pred=pred, iwres=(yt - m) / s)
+
+
+@eqx.filter_jit
+def natural_program(model: Model, names: tuple, tv0: dict, eta, sd):
+    """Natural-scale estimates, their slopes in the unconstrained coordinates and the
+    95 % interval ends: ``z = pack(tv0) + eta``, ``unpack(z)``, ``d unpack / dz`` and
+    ``unpack(z -/+ 1.96 sd)`` (one program for the batch; see :func:`_natural`)."""
+    z = model.pack(tv0, names) + eta
+    val, slope = jax.jvp(lambda u: model.unpack(u, names), (z,), (jnp.ones_like(z),))
+    lo = model.unpack(z - 1.959963984540054 * sd, names)
+    hi = model.unpack(z + 1.959963984540054 * sd, names)
+    return val, slope, lo, hi
+
+
 @dataclasses.dataclass(eq=False)
 class FitResult:
     """Individual (MAP) fits of ``N`` subjects: the twins.
@@ -474,19 +537,24 @@ class FitResult:
 
 
 # ============================================================================ driver
-def _natural(model, names, z_tv, eta, cov):
-    """Natural-scale estimates, delta-method SEs, 95 % intervals, correlations."""
-    z = z_tv + eta
+def _natural(model, names, tv0, eta, cov):
+    """Natural-scale estimates, delta-method SEs, 95 % intervals, correlations.
+
+    The batch runs padded to its subject bucket (:func:`natural_program`), so a new
+    number of subjects reuses the compiled program."""
     sd = np.sqrt(np.maximum(np.diagonal(cov, axis1=-2, axis2=-1), 0.0))
-    zj = jnp.asarray(z)
-    val, slope = jax.jvp(lambda u: model.unpack(u, names), (zj,), (jnp.ones_like(zj),))
-    lo = model.unpack(jnp.asarray(z - 1.959963984540054 * sd), names)
-    hi = model.unpack(jnp.asarray(z + 1.959963984540054 * sd), names)
-    se = {k: np.abs(np.asarray(slope[k])) * sd[:, i] for i, k in enumerate(names)}
-    ci = {k: (np.asarray(lo[k]), np.asarray(hi[k])) for k in names}
+    n = eta.shape[0]
+    nb = shape_bucket(n)
+    rows = lambda a: pad_axis(np.asarray(a), nb, 0)  # noqa: E731
+    val, slope, lo, hi = natural_program(
+        model, tuple(names), {k: rows(v) for k, v in tv0.items()}, rows(eta), rows(sd)
+    )
+    cut = lambda a: np.asarray(a)[:n]  # noqa: E731
+    se = {k: np.abs(cut(slope[k])) * sd[:, i] for i, k in enumerate(names)}
+    ci = {k: (cut(lo[k]), cut(hi[k])) for k in names}
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = cov / (sd[:, :, None] * sd[:, None, :])
-    return {k: np.asarray(v) for k, v in val.items()}, se, ci, corr
+    return {k: cut(v) for k, v in val.items()}, se, ci, corr
 
 
 def fit_individual(
@@ -510,6 +578,7 @@ def fit_individual(
     lloq: float | None = None,
     dvid=None,
     output_column: str = "DVID",
+    buckets: bool = True,
 ) -> FitResult:
     """MAP fits of every subject of a dataset in one compiled, batched run.
 
@@ -556,6 +625,13 @@ def fit_individual(
             itself).
         output_column: the column tagging records with outputs: ``"DVID"`` or
             ``"CMT"``.
+        buckets: pad the number of subjects (times ``n_starts``), of observation
+            records and of dose-event rows up to shape buckets (powers of two; see
+            :func:`~twinjax.calibrate._data.shape_bucket`), with the padding masked
+            out, so that a new patient or batch size within a bucket runs the program
+            compiled before (in this process, or from the persistent cache of
+            :func:`twinjax.enable_compilation_cache`). The estimates do not depend on
+            it.
 
     Returns:
         A :class:`FitResult`; subjects that cannot be fitted are flagged
@@ -592,9 +668,9 @@ def fit_individual(
     spec = make_spec(model, solver, pop.iiv, errors, outputs, cmode)
     N, k = fd.n, pop.n_iiv
     tv = typical_values(pop, fd.covariates, N, fd.varying)
-    omega = jnp.asarray(pop.omega)
-    omega_inv = jnp.linalg.inv(omega)
-    sigma = jnp.concatenate([e.sigma() for e in errors])
+    omega = np.asarray(pop.omega)
+    omega_inv = np.linalg.inv(omega)
+    sigma = np.concatenate([np.atleast_1d(np.asarray(e.sigma())) for e in errors])
     ts = jnp.asarray(fd.t_eval)
     y = fd.obs()
     mask = jnp.asarray(fd.mask)
@@ -626,13 +702,19 @@ def fit_individual(
     n_dev = n_dev if devices is None else max(min(int(devices), n_dev), 1)
     n_all = eta0.shape[0]
     n_dev = min(n_dev, n_all)
+    T = ts.shape[1]
     batch = (tvS, eta0, evS, tsS, yS, maskS)
-    if n_dev > 1:  # pad to a multiple of the device count with copies of subject 0
+    if buckets:  # pad to shape buckets: new sizes within a bucket reuse the program
+        n_to, t_to, e_to = fit_buckets(n_all, T, fd.ev.time.shape[-1], n_dev)
+        batch = pad_fit_batch(batch, n_to, t_to, e_to)
+    elif n_dev > 1:  # pad to a multiple of the device count with copies of subject 0
         batch = _pad_rows(batch, -(-n_all // n_dev) * n_dev)
-    out = lm_batched(
+    out = map_program(
         spec, *batch, sigma, omega_inv, jnp.asarray(max_iter), tol, block=block, devices=n_dev
     )
     out = {k_: np.asarray(v)[:n_all] for k_, v in out.items()}
+    for k_ in ("f", "pred", "iwres"):
+        out[k_] = out[k_][:, :T]
     if S > 1:
         Os = np.where(out["converged"], out["O"], np.inf).reshape(S, N)
         Os = np.where(
@@ -658,7 +740,6 @@ def _finish(spec, pop, fd, tv, out, omega, errors) -> FitResult:
     if isinstance(errors, ErrorModel):
         errors = {spec.output: errors}
     error = next(iter(errors.values()))
-    sigma = jnp.concatenate([e.sigma() for e in errors.values()])
     model, names = spec.model, spec.names
     k = len(names)
     ok = out["ok"]
@@ -679,24 +760,21 @@ def _finish(spec, pop, fd, tv, out, omega, errors) -> FitResult:
     eta = np.where(ok[:, None], eta, np.nan)
     cov = np.where(ok[:, None, None], cov, np.nan)
     tv0 = baseline(tv)  # time-varying typical values: estimates reported at time 0
-    z_tv = np.asarray(model.pack(tv0, names))
-    params_fit, se, ci, corr = _natural(model, names, z_tv, eta, cov)
+    params_fit, se, ci, corr = _natural(model, names, tv0, eta, cov)
     params = {kk: np.asarray(v) for kk, v in tv0.items()}
     params.update(params_fit)
-    varying = {
-        kk: jax.tree.map(np.asarray, v)
-        for kk, v in individual_params(spec, tv, jnp.asarray(np.nan_to_num(eta))).items()
-        if isinstance(v, Piecewise)
-    }
-    ts = jnp.asarray(fd.t_eval)
-    zeros = jnp.zeros((fd.n, k))
-    obs = fd.obs()
-    pred, _ = predict(spec, individual_params(spec, tv, zeros), fd.ev, ts, obs.out)
+    varying = {}
+    if any(isinstance(v, Piecewise) for v in tv.values()):
+        varying = {
+            kk: jax.tree.map(np.asarray, v)
+            for kk, v in individual_params(spec, tv, jnp.asarray(np.nan_to_num(eta))).items()
+            if isinstance(v, Piecewise)
+        }
+    # PRED and the residuals come from the fit's program (``map_program``)
+    pred = out["pred"]
     ipred = np.where(ok[:, None], out["f"], np.nan)
-    m, s = obs_moments(spec, jnp.asarray(np.nan_to_num(ipred)), sigma, obs.out)
-    yt = obs_transform(spec, obs.dv, obs.out)
     used = fd.mask & ~fd.censored & ok[:, None]
-    iwres = np.where(used, np.asarray((yt - m) / s), np.nan)
+    iwres = np.where(used, out["iwres"], np.nan)
     omega_sd = np.sqrt(np.diag(np.asarray(omega)))
     good = out["converged"]
     shrink = {}

@@ -1,0 +1,180 @@
+"""Latency for one patient (issue #17 item 7): shape buckets and the compilation cache.
+
+- Padding a fit's batch to its shape bucket (subjects, observation records, event rows)
+  changes no result, and padding subjects never appear in the outputs.
+- A new batch size or record count within a bucket runs the program already traced
+  (counted with ``eqx.debug.get_num_traces``), for the fit and for the forecast.
+- ``enable_compilation_cache`` writes into the folder it is given (nothing at import),
+  and a second fresh process loads the programs from it.
+
+Timings: ``benchmarks/latency.py`` (fresh processes, cold and warm cache).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import equinox as eqx
+import numpy as np
+import pytest
+
+import twinjax as tj
+from twinjax._compile_cache import default_cache_dir
+from twinjax.calibrate import ErrorModel, fit_individual
+from twinjax.calibrate._data import fit_buckets, shape_bucket
+from twinjax.calibrate._forecast import _forecast_program
+from twinjax.calibrate._map import map_program
+from twinjax.models import pk
+
+ROOT = Path(__file__).resolve().parents[1]
+ORAL = pk.one_compartment(absorption="first_order")
+POP = tj.Population(
+    ORAL, typical={"KA": 1.55, "CL": 2.75, "V": 31.8}, omega={"KA": 0.41, "CL": 0.07, "V": 0.02}
+)
+ERR = ErrorModel("additive", add=0.69)
+
+
+def _theo(ids, drop_last=None):
+    """Theophylline subjects ``ids``; ``drop_last={id: k}`` removes the last ``k``
+    observation records of a subject (another record count)."""
+    ds = tj.data.datasets.theophylline().subset(ids)
+    if not drop_last:
+        return ds
+    frame = ds.data.copy()
+    for sid, k in drop_last.items():
+        obs = frame.index[(frame["ID"] == sid) & (frame["EVID"] == 0)]
+        frame = frame.drop(obs[-k:])
+    return tj.Dataset(frame.reset_index(drop=True), compartments=ds.compartments)
+
+
+def test_bucket_sizes():
+    assert [shape_bucket(n) for n in (1, 2, 3, 5, 7, 8, 9, 256)] == [1, 2, 4, 8, 8, 8, 16, 256]
+    assert shape_bucket(257) == 512 and shape_bucket(1000) == 1024 and shape_bucket(1025) == 1280
+    assert shape_bucket(3, minimum=8) == 8
+    # subjects a multiple of the device count; records at least 8, events at least 4
+    assert fit_buckets(5, 11, 1) == (8, 16, 4)
+    assert fit_buckets(5, 11, 1, multiple=3) == (9, 16, 4)
+
+
+@pytest.fixture(scope="module")
+def five():
+    """Five subjects, padded (the default) and not; the trace count after them."""
+    ds = _theo([1, 2, 3, 4, 5])
+    padded = fit_individual(ORAL, ds, POP, ERR)
+    plain = fit_individual(ORAL, ds, POP, ERR, buckets=False)
+    return ds, padded, plain, eqx.debug.get_num_traces(map_program)
+
+
+def test_padding_does_not_change_the_fit(five):
+    ds, padded, plain, _ = five
+    # 5 subjects -> 8, 11 records -> 16, 1 dose row -> 4: the padding is real
+    assert fit_buckets(5, plain.times.shape[1], 1) == (8, 16, 4)
+    assert padded.ids == plain.ids == [1, 2, 3, 4, 5]
+    assert padded.etas.shape == plain.etas.shape == (5, 3)
+    assert padded.ipred.shape == plain.ipred.shape == plain.times.shape == (5, 11)
+    np.testing.assert_array_equal(padded.n_iter, plain.n_iter)
+    np.testing.assert_array_equal(padded.converged, plain.converged)
+    assert bool(np.all(padded.converged))
+    # equal to rounding (XLA vectorises another batch size differently)
+    for name in ("etas", "cov_eta", "objective", "pred", "ipred", "iwres"):
+        a, b = getattr(padded, name), getattr(plain, name)
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13, err_msg=name)
+    for k in padded.names:
+        np.testing.assert_allclose(padded.params[k], plain.params[k], rtol=1e-12)
+        np.testing.assert_allclose(padded.se[k], plain.se[k], rtol=1e-10)
+        np.testing.assert_allclose(padded.ci95[k][0], plain.ci95[k][0], rtol=1e-10)
+    # padding subjects are in no output; shrinkage uses the real subjects only
+    assert len(padded.to_dataframe()) == 5 and len(padded.observations()) == 5 * 11
+    for k in padded.names:
+        assert padded.shrinkage[k] == pytest.approx(plain.shrinkage[k], rel=1e-9, abs=1e-12)
+
+
+def test_new_batch_size_and_record_count_do_not_retrace(five):
+    ds, padded, _, traces = five
+    # 7 subjects (bucket 8), one with 9 records instead of 11 (bucket 16): no new trace
+    ds7 = _theo([6, 7, 8, 9, 10, 11, 12], drop_last={8: 2})
+    r7 = fit_individual(ORAL, ds7, POP, ERR)
+    assert eqx.debug.get_num_traces(map_program) == traces
+    assert r7.n == 7 and bool(np.all(r7.converged)) and r7.times.shape == (7, 11)
+    assert int(r7.mask[2].sum()) == 9
+    # the subjects of the 7 are fitted as they are alone (padding touches no one)
+    alone = fit_individual(ORAL, _theo([8], drop_last={8: 2}), POP, ERR)  # bucket 1: traced
+    assert eqx.debug.get_num_traces(map_program) == traces + 1
+    np.testing.assert_allclose(alone.etas[0], r7.etas[2], rtol=1e-10, atol=1e-12)
+    # the forecast: 25 or 30 times (bucket 32), 6 or 8 doses (bucket 8): one trace
+    reg6 = tj.Regimen([tj.Dose(amt=300.0, cmt="depot", time=0.0, ii=12.0, addl=5)])
+    reg8 = tj.Regimen([tj.Dose(amt=300.0, cmt="depot", time=0.0, ii=12.0, addl=7)])
+    before = eqx.debug.get_num_traces(_forecast_program)
+    fa = alone.forecast(reg6, np.linspace(0.0, 72.0, 25), n_samples=64)
+    fb = alone.forecast(reg8, np.linspace(0.0, 96.0, 30), n_samples=64)
+    assert eqx.debug.get_num_traces(_forecast_program) == before + 1
+    assert fa.map.shape == (25,) and fb.samples.shape == (64, 30)
+    # the padded forecast is the plain simulation of the MAP estimate
+    p = {k: float(v[0]) for k, v in alone.params.items()}
+    ref = tj.simulate(ORAL, p, reg8, np.linspace(0.0, 96.0, 30), solver=alone.solver)
+    np.testing.assert_allclose(fb.map, np.asarray(ref["C"]), rtol=1e-9, atol=1e-12)
+
+
+def test_default_cache_dir_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("TWINJAX_CACHE_DIR", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    monkeypatch.setenv("TWINJAX_CACHE_DIR", "off")
+    assert default_cache_dir() is None
+    monkeypatch.delenv("TWINJAX_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "twinjax" / "jax"
+
+
+_CHILD = r"""
+import json, os, sys, collections
+import jax
+import twinjax
+events = collections.Counter()
+jax.monitoring.register_event_listener(lambda name, **kw: events.update([name]))
+before = jax.config.jax_compilation_cache_dir  # importing twinjax sets nothing
+folder = twinjax.enable_compilation_cache(sys.argv[1] if len(sys.argv) > 1 else None)
+f = jax.jit(lambda x: jax.numpy.sin(x) * 2.0 + 1.0)
+y = float(f(jax.numpy.arange(3.0))[2])
+print(json.dumps(dict(
+    before=before, folder=None if folder is None else str(folder),
+    after=jax.config.jax_compilation_cache_dir, y=y,
+    hits=events["/jax/compilation_cache/cache_hits"],
+)))
+"""
+
+
+def _child(tmp_path, *args, env=None):
+    e = {k: v for k, v in os.environ.items() if k not in ("TWINJAX_CACHE_DIR", "XDG_CACHE_HOME")}
+    e["HOME"] = str(tmp_path / "home")  # the default folder would be under it
+    e.update(env or {})
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, *args],
+        capture_output=True,
+        text=True,
+        env=e,
+        cwd=str(ROOT),
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_cache_writes_into_the_given_folder_and_a_new_process_hits_it(tmp_path):
+    cache = tmp_path / "cache"
+    first = _child(tmp_path, str(cache))
+    assert first["before"] is None  # import twinjax does not touch JAX's config
+    assert first["folder"] == str(cache.resolve()) == first["after"]
+    assert first["hits"] == 0 and first["y"] == pytest.approx(2 * np.sin(2.0) + 1)
+    written = sorted(p.name for p in cache.iterdir())
+    assert written, "nothing was cached"
+    second = _child(tmp_path, str(cache))
+    assert second["hits"] >= 1 and second["y"] == first["y"]
+    # off: nothing enabled, nothing written (not even under the default folder)
+    off = _child(tmp_path, env={"TWINJAX_CACHE_DIR": "off"})
+    assert off["folder"] is None and off["after"] is None
+    assert not (tmp_path / "home").exists()
+    assert sorted(p.name for p in cache.iterdir()) == written
