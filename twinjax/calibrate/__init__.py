@@ -15,6 +15,10 @@
 - :func:`covariance_step` (NONMEM's sandwich / R / S), :func:`profile_likelihood`,
   :func:`bootstrap` (resamples refitted together): uncertainty of FOCE-I fits.
 - :func:`forecast` and :func:`optimise_dose`: use a fitted twin.
+- :func:`sample_posterior`: individual full-Bayesian posteriors by NUTS (BlackJAX),
+  every chain of every subject in one compiled run, with split-R-hat / ESS
+  (:class:`PosteriorResult`); :func:`forecast_posterior` and
+  :func:`optimise_dose_posterior` (probability of target attainment) use the draws.
 - :func:`cwres`, :func:`simulate_replicates`, :func:`npde`: diagnostics (see also
   ``twinjax.plot.vpc``, ``gof_panel``, ``pcvpc``).
 """
@@ -41,6 +45,14 @@ from ._npde import NpdeResult as NpdeResult
 from ._npde import npde as npde
 from ._npde import npde_from_simulations as npde_from_simulations
 from ._npde import npde_test as npde_test
+from ._posterior import PosteriorDose as PosteriorDose
+from ._posterior import PosteriorResult as PosteriorResult
+from ._posterior import ess_bulk as ess_bulk
+from ._posterior import ess_tail as ess_tail
+from ._posterior import forecast_posterior as forecast_posterior
+from ._posterior import optimise_dose_posterior as optimise_dose_posterior
+from ._posterior import sample_posterior as sample_posterior
+from ._posterior import split_rhat as split_rhat
 from ._profile import Profile as Profile
 from ._profile import plot_profile as plot_profile
 from ._profile import profile_likelihood as profile_likelihood
