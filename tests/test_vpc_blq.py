@@ -210,3 +210,95 @@ def test_censored_percentile_and_record_limits_without_a_model():
     np.testing.assert_array_equal(below[0], [False, True, True])
     no_cens = types.SimpleNamespace(**{**vars(ind), "data": types.SimpleNamespace(cens=None)})
     assert record_limits(no_cens) is None
+
+
+def test_pcvpc_keeps_censored_records_and_corrects_their_limits(fits):
+    """The pcVPC of censored data: values and limits corrected by the same positive
+    factor, so censoring is decided before the correction; by hand with the same key."""
+    from twinjax.plot import pcvpc, pcvpc_table
+
+    _, fit = fits
+    key = jax.random.key(3)
+    tab = pcvpc_table(fit, N_SIM, key, bins=BINS)
+    assert list(tab.columns) == PLAIN_COLUMNS + BLQ_COLUMNS
+    m = fit.mask & (fit.pred > 0)
+    t, dv, pred, cens = fit.times[m], fit.dv[m], fit.pred[m], fit.censored[m]
+    assert cens.sum() > 0  # censored records are used, not left out
+    sim = simulate_replicates(fit, N_SIM, key)[:, m]
+    edges = np.unique(np.quantile(t, np.linspace(0, 1, BINS + 1)))
+    idx = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
+    a = 0.05
+    assert tab.groupby("bin").n_blq.first().sum() == int(cens.sum())
+    n_nan = 0
+    for b, g in tab.groupby("bin"):
+        sel = idx == b
+        corr = np.median(pred[sel]) / pred[sel]
+        lim = LLOQ * corr  # each record's corrected limit
+        row = g.iloc[0]
+        # fractions: those of the uncorrected values (censoring unchanged by the factor)
+        assert row.blq_observed == pytest.approx(cens[sel].mean(), abs=1e-15)
+        frac = (sim[:, sel] < LLOQ).mean(axis=1)
+        assert row.blq_sim_median == pytest.approx(np.median(frac), abs=1e-15)
+        for _, r in g.iterrows():
+            p = r.percentile
+            o = np.where(cens[sel], -1e9, dv[sel] * corr)
+            s = np.where(sim[:, sel] < LLOQ, -1e9, sim[:, sel] * corr)
+            assert np.array_equal(sim[:, sel] * corr < lim, sim[:, sel] < LLOQ)
+            obs = _censored_pct(o, p, -1e8)
+            sp = _censored_pct(s, p, -1e8)
+            sp = np.where(np.isnan(sp), -1e12, sp)
+            ref = [_censored_pct(sp, q, -1e8) for q in (50, 100 * a, 100 * (1 - a))]
+            np.testing.assert_allclose(r.observed, obs, rtol=1e-12, equal_nan=True)
+            np.testing.assert_allclose(
+                [r.sim_median, r.sim_lo, r.sim_hi], ref, rtol=1e-12, equal_nan=True
+            )
+            n_nan += int(np.isnan(r.observed))
+    assert n_nan >= 1  # some observed percentile falls below the LLOQ
+    fig, tab2 = pcvpc(fit, N_SIM, key, bins=BINS)
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "fraction < LLOQ"
+    assert tab2.equals(tab)
+    plt.close(fig)
+
+
+def test_fraction_above_the_upper_limit_per_bin():
+    """Right-censored records: the table has the observed and simulated fraction above
+    the upper limit per bin (hand counts), and the panel draws it."""
+    from twinjax.plot._vpc import binned_percentiles_censored, draw_censoring_panel
+
+    rng = np.random.default_rng(0)
+    n, R, uloq = 40, 30, 1.5
+    t = np.repeat(np.arange(4.0), 10)
+    truth = rng.lognormal(0.0, 0.5, n)
+    above = truth > uloq
+    obs = np.where(above, uloq, truth)
+    simv = rng.lognormal(0.0, 0.5, (R, n))
+    lo = np.full(n, np.nan)
+    hi = np.full(n, uloq)
+    tab = binned_percentiles_censored(
+        t, obs, simv, lo, hi, np.zeros(n, bool), above, 4, (5.0, 50.0, 95.0), 0.9
+    )
+    alq = ["alq_observed", "alq_sim_median", "alq_sim_lo", "alq_sim_hi", "n_alq"]
+    assert set(alq) <= set(tab.columns)
+    for b, g in tab.groupby("bin"):
+        sel = t == b
+        row = g.iloc[0]
+        assert row.n_alq == int(above[sel].sum())
+        assert row.alq_observed == pytest.approx(above[sel].mean(), abs=1e-15)
+        frac = (simv[:, sel] > uloq).mean(axis=1)
+        assert row.alq_sim_median == pytest.approx(np.median(frac), abs=1e-15)
+        assert row.alq_sim_lo == pytest.approx(np.quantile(frac, 0.05), abs=1e-15)
+        assert row.alq_sim_hi == pytest.approx(np.quantile(frac, 0.95), abs=1e-15)
+        assert row.n_blq == 0
+    # without upper limits there are no alq columns
+    no_hi = binned_percentiles_censored(
+        t, obs, simv, lo, np.full(n, np.nan), np.zeros(n, bool), np.zeros(n, bool), 4, (50.0,), 0.9
+    )
+    assert "alq_observed" not in no_hi.columns
+    fig, ax = plt.subplots()
+    draw_censoring_panel(ax, tab)
+    assert ax.get_ylabel() == "fraction < LLOQ / > ULOQ"
+    line = [ln for ln in ax.get_lines() if ln.get_label() == "observed > ULOQ"][0]
+    np.testing.assert_allclose(
+        line.get_ydata(), tab.groupby("bin").first().sort_values("time").alq_observed
+    )
+    plt.close(fig)

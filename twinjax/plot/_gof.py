@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._vpc import binned_percentiles
+from ._vpc import (
+    binned_percentiles,
+    binned_percentiles_censored,
+    draw_censoring_panel,
+    record_limits,
+)
 
 __all__ = ["eta_covariates", "gof_panel", "pcvpc", "pcvpc_table"]
 
@@ -225,6 +230,7 @@ def pcvpc_table(
     bins: int | np.ndarray = 8,
     percentiles=(5.0, 50.0, 95.0),
     level: float = 0.9,
+    lloq=None,
 ):
     """The numbers behind a prediction-corrected VPC (Bergstrand et al. 2011).
 
@@ -232,26 +238,43 @@ def pcvpc_table(
     ``Y * PRED_b / PRED`` with ``PRED_b`` the median population prediction of the bin
     (the lower-bound-0 form of the paper's equation 1), so that the variability that
     comes from the design (doses, covariates) within a bin is removed. The bins and
-    percentiles are then as in :func:`twinjax.plot.vpc_table`. Censored records are
-    left out.
+    percentiles are then as in :func:`twinjax.plot.vpc_table`. Records whose PRED is
+    not positive are left out (the correction is undefined there).
+
+    Censored data (the fit has censored records, or ``lloq`` is given; the limits are
+    found as in :func:`twinjax.plot.vpc_table`): each record's limits are corrected by
+    the same factor as its value. The factor is positive, so a value is censored after
+    the correction exactly when it was before: observed censored records and simulated
+    values beyond their record's limit enter the percentiles as censored (a percentile
+    that falls on them is NaN, not drawn), and the table has the fraction below the
+    LLOQ (and above the upper limit, with right-censored records) per bin, the same
+    numbers as the uncorrected VPC's. (The vpc R package instead refuses prediction
+    correction of censored data and shows the uncensored records only.)
 
     Returns:
         A pandas DataFrame: bin, time, percentile, observed (prediction-corrected),
-        sim_median, sim_lo, sim_hi, n_obs.
+        sim_median, sim_lo, sim_hi, n_obs (plus the censoring columns of
+        :func:`twinjax.plot.vpc_table` with censored data).
     """
     import jax
 
     from ..calibrate import simulate_replicates
 
     ind = getattr(fit, "individual", fit)
+    limits = record_limits(ind, lloq)  # checked before anything is compiled
     key = jax.random.key(0) if key is None else key
     sim = simulate_replicates(ind, n_sim, key)
-    mask = ind.mask & ~np.asarray(ind.censored) & (np.asarray(ind.pred) > 0)
+    mask = ind.mask & (np.asarray(ind.pred) > 0)
     t = ind.times[mask]
     obs = ind.dv[mask]
     pred = ind.pred[mask]
     simv = sim[:, mask]
-    return binned_percentiles(t, obs, simv, bins, percentiles, level, pred=pred)
+    if limits is None:
+        return binned_percentiles(t, obs, simv, bins, percentiles, level, pred=pred)
+    lo, hi, below, above = (a[mask] for a in limits)
+    return binned_percentiles_censored(
+        t, obs, simv, lo, hi, below, above, bins, percentiles, level, pred=pred
+    )
 
 
 def pcvpc(
@@ -265,18 +288,33 @@ def pcvpc(
     ax=None,
     log_y: bool = False,
     title: str | None = None,
+    lloq=None,
 ):
     """Plot a prediction-corrected VPC (see :func:`pcvpc_table`).
+
+    With censored data the figure has the lower panel of :func:`twinjax.plot.vpc`: the
+    observed and simulated fractions below the LLOQ (and above the upper limit) per
+    bin; percentiles that fall on censored values are not drawn. ``ax`` may then be a
+    pair ``(upper, lower)`` of Axes (with a single Axes the lower panel is not drawn).
 
     Returns:
         ``(figure, table)``.
     """
     import matplotlib.pyplot as plt
 
-    table = pcvpc_table(fit, n_sim, key, bins=bins, percentiles=percentiles, level=level)
+    table = pcvpc_table(fit, n_sim, key, bins=bins, percentiles=percentiles, level=level, lloq=lloq)
+    cens = "blq_observed" in table.columns
+    axb = None
     if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        if cens:
+            fig, (ax, axb) = plt.subplots(
+                2, 1, figsize=(7, 6.5), sharex=True, gridspec_kw=dict(height_ratios=(3, 1.4))
+            )
+        else:
+            fig, ax = plt.subplots(figsize=(7, 4.5))
     else:
+        if isinstance(ax, (list, tuple, np.ndarray)):
+            ax, axb = ax[0], (ax[1] if len(ax) > 1 and cens else None)
         fig = ax.figure
     for p in percentiles:
         g = table[table.percentile == p].sort_values("time")
@@ -290,4 +328,8 @@ def pcvpc(
     ax.set_ylabel("prediction-corrected observation")
     ax.set_title(title or f"pcVPC ({n_sim} simulated replicates, {int(level * 100)}% bands)")
     ax.legend(fontsize=8, loc="best")
+    if axb is not None:
+        draw_censoring_panel(axb, table)
+        ax.set_xlabel("")
+        fig.tight_layout()
     return fig, table

@@ -220,9 +220,22 @@ def censored_percentile(x, p):
     return np.where(ok, q, np.nan), left & ~nan, right & ~nan
 
 
-def binned_percentiles_censored(t, obs, simv, lo, hi, below, above, bins, percentiles, level):
+def binned_percentiles_censored(
+    t, obs, simv, lo, hi, below, above, bins, percentiles, level, pred=None
+):
     """The VPC table of censored data (see :func:`vpc_table`): ``lo``/``hi`` each
-    record's limits (NaN: none), ``below``/``above`` the observed censored records."""
+    record's limits (NaN: none), ``below``/``above`` the observed censored records.
+
+    ``pred``: the population predictions (all > 0) for a prediction-corrected VPC. A
+    value ``Y`` and its record's limits are all scaled by the same positive factor
+    ``median(pred in bin) / pred``, so which values are censored does not change: the
+    censoring is decided on the uncorrected values and the limits, the percentiles of
+    the uncensored values are taken after the correction, and the fractions below
+    (above) the limits are those of the uncorrected VPC.
+
+    With upper limits (right-censored records) the table also has the fraction above
+    them per bin: ``alq_observed``, ``alq_sim_median``, ``alq_sim_lo``, ``alq_sim_hi``,
+    ``n_alq``, computed like the fraction below the LLOQ."""
     import pandas as pd
 
     edges, idx = _bin_index(t, bins)
@@ -233,30 +246,39 @@ def binned_percentiles_censored(t, obs, simv, lo, hi, below, above, bins, percen
         s_above = simv > hi
     sc = np.where(s_below, -np.inf, np.where(s_above, np.inf, simv))
     ok = np.isfinite(simv)
+    upper = bool(np.isfinite(hi).any())
+
+    def fractions(tag, flagged, s_flag, sel):
+        n_ok = ok[:, sel].sum(axis=1)
+        frac = s_flag[:, sel].sum(axis=1) / np.where(n_ok > 0, n_ok, 1)
+        frac = frac[n_ok > 0]
+        return {
+            f"{tag}_observed": float(flagged[sel].mean()),
+            f"{tag}_sim_median": float(np.median(frac)) if frac.size else np.nan,
+            f"{tag}_sim_lo": float(np.quantile(frac, a)) if frac.size else np.nan,
+            f"{tag}_sim_hi": float(np.quantile(frac, 1 - a)) if frac.size else np.nan,
+            f"n_{tag}": int(flagged[sel].sum()),
+        }
+
     rows = []
     for b in range(len(edges) - 1):
         sel = idx == b
         if not sel.any():
             continue
-        n_ok = ok[:, sel].sum(axis=1)
-        frac = s_below[:, sel].sum(axis=1) / np.where(n_ok > 0, n_ok, 1)
-        frac = frac[n_ok > 0]
-        blq = dict(
-            blq_observed=float(below[sel].mean()),
-            blq_sim_median=float(np.median(frac)) if frac.size else np.nan,
-            blq_sim_lo=float(np.quantile(frac, a)) if frac.size else np.nan,
-            blq_sim_hi=float(np.quantile(frac, 1 - a)) if frac.size else np.nan,
-            n_blq=int(below[sel].sum()),
-        )
+        blq = fractions("blq", below, s_below, sel)
+        if upper:
+            blq.update(fractions("alq", above, s_above, sel))
+        corr = 1.0 if pred is None else np.median(pred[sel]) / pred[sel]  # > 0
+        sc_b, oc_b = sc[:, sel] * corr, oc[sel] * corr  # +-inf stay +-inf
         for p in percentiles:
-            sp, left, right = censored_percentile(sc[:, sel], p)  # (R,)
+            sp, left, right = censored_percentile(sc_b, p)  # (R,)
             spc = np.where(left, -np.inf, np.where(right, np.inf, sp))
             rows.append(
                 dict(
                     bin=b,
                     time=float(np.median(t[sel])),
                     percentile=p,
-                    observed=float(censored_percentile(oc[sel], p)[0]),
+                    observed=float(censored_percentile(oc_b, p)[0]),
                     sim_median=float(censored_percentile(spc, 50.0)[0]),
                     sim_lo=float(censored_percentile(spc, 100 * a)[0]),
                     sim_hi=float(censored_percentile(spc, 100 * (1 - a))[0]),
@@ -366,14 +388,38 @@ def vpc(
     ax.set_title(title or f"VPC ({n_sim} simulated replicates, {int(level * 100)}% bands)")
     ax.legend(fontsize=8, loc="best")
     if axb is not None:
-        g = table.groupby("bin").first().sort_values("time")
-        axb.fill_between(g.time, g.blq_sim_lo, g.blq_sim_hi, color="tab:red", alpha=0.2, lw=0)
-        axb.plot(g.time, g.blq_sim_median, color="tab:red", lw=1.0, ls="--", label="simulated")
-        axb.plot(g.time, g.blq_observed, color="k", lw=1.8, marker="o", ms=3, label="observed")
-        axb.set_ylim(-0.02, 1.02)
-        axb.set_xlabel("time")
-        axb.set_ylabel("fraction < LLOQ")
-        axb.legend(fontsize=8, loc="best")
+        draw_censoring_panel(axb, table)
         ax.set_xlabel("")
         fig.tight_layout()
     return fig, table
+
+
+def draw_censoring_panel(axb, table) -> None:
+    """The lower panel of a VPC of censored data: per time bin the observed fraction of
+    records below the LLOQ (solid) against the median (dashed) and interval (band) of
+    the simulated fraction, and the same for the fraction above the upper limit when
+    the table has it (``alq_*`` columns)."""
+    g = table.groupby("bin").first().sort_values("time")
+    axb.fill_between(g.time, g.blq_sim_lo, g.blq_sim_hi, color="tab:red", alpha=0.2, lw=0)
+    axb.plot(g.time, g.blq_sim_median, color="tab:red", lw=1.0, ls="--", label="simulated")
+    axb.plot(g.time, g.blq_observed, color="k", lw=1.8, marker="o", ms=3, label="observed")
+    ylabel = "fraction < LLOQ"
+    if "alq_observed" in g.columns:
+        axb.fill_between(g.time, g.alq_sim_lo, g.alq_sim_hi, color="tab:purple", alpha=0.2, lw=0)
+        axb.plot(
+            g.time, g.alq_sim_median, color="tab:purple", lw=1.0, ls="--", label="simulated > ULOQ"
+        )
+        axb.plot(
+            g.time,
+            g.alq_observed,
+            color="tab:purple",
+            lw=1.8,
+            marker="^",
+            ms=3,
+            label="observed > ULOQ",
+        )
+        ylabel = "fraction < LLOQ / > ULOQ"
+    axb.set_ylim(-0.02, 1.02)
+    axb.set_xlabel("time")
+    axb.set_ylabel(ylabel)
+    axb.legend(fontsize=8, loc="best")
