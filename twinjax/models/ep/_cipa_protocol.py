@@ -318,8 +318,10 @@ def _save_checkpoint(path, key, y, done, status, kept, chunks) -> None:
     arrays.update({f"kept:{k}": np.asarray(v) for k, v in kept.items()})
     arrays["status"] = np.asarray(status)
     tmp = f"{path}.partial-{os.getpid()}"
+    arrays["meta"] = np.asarray(json.dumps(meta))
+    savez: Any = np.savez  # its stub types every keyword as allow_pickle's bool
     with open(tmp, "wb") as f:
-        np.savez(f, meta=np.asarray(json.dumps(meta)), **arrays)
+        savez(f, **arrays)
     os.replace(tmp, path)
 
 
