@@ -15,6 +15,8 @@ Methods:
 - ``limit_proxy_rk4``  classical RK4 written out by hand on three ``(N,)`` arrays in a
   ``lax.fori_loop`` (no status, saves or step control): the limit proxy, what the
   arithmetic costs; ``engine_overhead_vs_limit_proxy`` is ensemble_rk4 / this
+- ``ensemble_rk4_unblocked`` the same as ``ensemble_rk4`` with ``block=0`` (the whole
+  batch in one loop instead of blocks of 1,024 patients)
 - ``diffrax_rk4_fixed`` vmapped diffrax classical RK4 (an ``AbstractERK`` with the
   RK4 ``ButcherTableau``), the like-for-like comparison of ``ensemble_rk4``
 - ``ensemble_tsit5`` / ``ensemble_dopri5``  ``solvers.Ensemble`` adaptive
@@ -34,6 +36,7 @@ Run: ``python benchmarks/lorenz_ensemble.py`` (full), ``--quick`` (< 1 min).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -77,6 +80,18 @@ def build_parser():
         "fixed-step comparison is diffrax_rk4_fixed)",
     )
     ap.add_argument("--out", type=Path, default=C.RESULTS)
+    ap.add_argument(
+        "--name",
+        default="lorenz_ensemble.json",
+        help="file name of the JSON written under --out (e.g. lorenz_limit_proxy.json for "
+        "a run at one N)",
+    )
+    ap.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated rows to run (default: all); e.g. "
+        "limit_proxy_rk4,ensemble_rk4,ensemble_rk4_unblocked",
+    )
     ap.add_argument("--no-plot", action="store_true")
     return ap
 
@@ -251,6 +266,12 @@ def main(argv=None):
             fn=ensemble_fn(tj.solvers.Ensemble("rk4", dt=DT)),
             desc="twinjax solvers.Ensemble('rk4', dt=1e-3) via solver.integrate",
         ),
+        "ensemble_rk4_unblocked": dict(
+            kind="fixed",
+            fn=ensemble_fn(tj.solvers.Ensemble("rk4", dt=DT, block=0)),
+            desc="twinjax solvers.Ensemble('rk4', dt=1e-3, block=0) via solver.integrate "
+            "(one loop over the whole batch)",
+        ),
         "diffrax_rk4_fixed": dict(
             kind="fixed",
             fn=diffrax_fn(RK4(), dfx.ConstantStepSize(), DT, 1100),
@@ -301,6 +322,12 @@ def main(argv=None):
     if not args.quick and args.max_n not in sizes:
         sizes.append(args.max_n)  # 2^20 itself is not of the form 8 * 4^k
     methods["diffrax_tsit5_fixed"]["max_n"] = args.tsit5_fixed_max_n
+    if args.methods:
+        chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in chosen if m not in methods]
+        if unknown:
+            raise SystemExit(f"--methods: unknown {unknown}; choose from {list(methods)}")
+        methods = {k: v for k, v in methods.items() if k in chosen}
 
     info = C.machine_info()
     con.rule("Lorenz ensemble (DiffEqGPU protocol)")
@@ -350,7 +377,16 @@ def main(argv=None):
                 reps = 1
             if n >= args.single_call_from:
                 reps = 0
-            (y1, status), first, best, steady = C.time_call(lambda: spec["fn"](rho), repeats=reps)
+            cpu = []  # process CPU time of each call (all threads): robust to other load
+
+            def call(fn=spec["fn"]):
+                c = time.process_time()
+                r = jax.block_until_ready(fn(rho))
+                cpu.append(time.process_time() - c)
+                return r
+
+            (y1, status), first, best, steady = C.time_call(call, repeats=reps)
+            cpu_best = min(cpu[1:]) if len(cpu) > 1 else cpu[0]
             last[name] = (n, best)
             y1 = np.asarray(y1, np.float64)
             a = y1[idx]
@@ -363,9 +399,12 @@ def main(argv=None):
                 max_abs_err=float(np.max(np.abs(a - ref))),
                 n_failed=int(np.sum(np.asarray(status) != 0)),
                 peak_rss_gib=C.peak_rss_gib(),
+                cpu_best_s=cpu_best,
+                load_avg_1min=os.getloadavg()[0],
             )
             if spec["kind"] == "fixed":
                 row["ns_per_traj_step"] = best / (n * 1000) * 1e9
+                row["cpu_ns_per_traj_step"] = cpu_best / (n * 1000) * 1e9
             rows.append(row)
             con.print(
                 f"  {name:24s} N={n:>8d}  first {first:8.3f} s  best {best:8.4f} s  "
@@ -401,16 +440,22 @@ def main(argv=None):
         )
         summary["ns_per_traj_step_fixed"] = e["ns_per_traj_step"]
         summary["ns_per_traj_step_fixed_diffrax_rk4"] = d["ns_per_traj_step"]
-    n_lim = largest_common("ensemble_rk4", "limit_proxy_rk4")
-    if n_lim:
-        e, lim = at("ensemble_rk4", n_lim), at("limit_proxy_rk4", n_lim)
-        summary["engine_overhead_vs_limit_proxy"] = e["best_s"] / lim["best_s"]
-        summary["engine_overhead_vs_limit_proxy_n"] = n_lim
-        summary["ns_per_traj_step_limit_proxy"] = lim["ns_per_traj_step"]
-        summary["engine_overhead_vs_limit_proxy_note"] = (
-            "ensemble_rk4 time / the hand-written SoA RK4's, same steps, at the largest N "
-            "both ran (1.0 = the engine adds nothing)"
-        )
+    for ens, key in (
+        ("ensemble_rk4", "engine_overhead_vs_limit_proxy"),
+        ("ensemble_rk4_unblocked", "engine_overhead_unblocked_vs_limit_proxy"),
+    ):
+        n_lim = largest_common(ens, "limit_proxy_rk4")
+        if n_lim:
+            e, lim = at(ens, n_lim), at("limit_proxy_rk4", n_lim)
+            summary[key] = e["best_s"] / lim["best_s"]
+            summary[key + "_cpu"] = e["cpu_best_s"] / lim["cpu_best_s"]
+            summary[key + "_n"] = n_lim
+            summary["ns_per_traj_step_limit_proxy"] = lim["ns_per_traj_step"]
+            summary[key + "_note"] = (
+                f"{ens} time / the hand-written SoA RK4's, same steps, at the largest N "
+                "both ran (1.0 = the engine adds nothing); _cpu: the same ratio of process "
+                "CPU time (all threads), less sensitive to other jobs on the machine"
+            )
     n_t5 = largest_common("ensemble_rk4", "diffrax_tsit5_fixed")
     if n_t5:
         e, d = at("ensemble_rk4", n_t5), at("diffrax_tsit5_fixed", n_t5)
@@ -481,8 +526,11 @@ def main(argv=None):
         methods={k: v["desc"] for k, v in methods.items()},
         summary=summary,
         rows=rows,
+        command="python benchmarks/lorenz_ensemble.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        load_avg_at_end=list(os.getloadavg()),
     )
-    path = C.write_json("lorenz_ensemble.json", payload, args.out)
+    path = C.write_json(args.name, payload, args.out)
     con.print(f"wrote {path}")
     con.print(
         C.table(

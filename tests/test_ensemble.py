@@ -85,3 +85,59 @@ def test_failing_patient_flagged_and_others_bitwise_intact():
 def test_rk4_requires_dt():
     with pytest.raises(ValueError, match="dt"):
         tj.solvers.Ensemble("rk4")
+
+
+def _decay_or_blowup(t, y, a):
+    """y' = a y + b y^2 per patient (``y`` is ``(N, 1)``)."""
+    return a["a"][:, None] * y + a["b"][:, None] * y * y
+
+
+def _integrate(solver, t1, y0, args):
+    n = y0.shape[0]
+    fn = jax.jit(
+        lambda t1, y0, args: solver.integrate(
+            _decay_or_blowup, jnp.zeros(n), t1, y0, None, args, None
+        )[1:]
+    )
+    return fn(t1, y0, args)
+
+
+def test_fixed_step_lean_loop_per_patient_end_times_and_failures():
+    """The fixed-step loop (no per-step selects): patients with different end times,
+    a zero-length segment and one that blows up share a batch; each finite patient
+    is bitwise what it is alone and RK4-accurate; the blown-up one is NONFINITE."""
+    solver = tj.solvers.Ensemble("rk4", dt=0.01)
+    a = jnp.array([-1.0, -2.0, 0.0, -1.0])
+    b = jnp.array([0.0, 0.0, 1.0, 0.0])  # patient 2: y' = y^2 from 2, infinite at 0.5
+    t1 = jnp.array([1.0, 0.555, 1.0, 0.0])
+    y0 = jnp.array([[1.0], [1.0], [2.0], [3.0]])
+    y, status = _integrate(solver, t1, y0, {"a": a, "b": b})
+    np.testing.assert_array_equal(np.asarray(status), [0, 0, tj.Status.NONFINITE, 0])
+    y = np.asarray(y)
+    exact = np.exp(np.asarray(a * t1))
+    # RK4's global error on y' = a y: about t |a| (a h)^4 / 120 = 1.5e-9 for patient 1
+    np.testing.assert_allclose(y[[0, 1], 0], exact[[0, 1]], rtol=3e-9)
+    assert y[3, 0] == 3.0  # a zero-length segment leaves the state as it is
+    for i in (0, 1):
+        yi, si = _integrate(
+            solver, t1[i : i + 1], y0[i : i + 1], {"a": a[i : i + 1], "b": b[i : i + 1]}
+        )
+        assert int(si[0]) == 0
+        assert np.asarray(yi)[0, 0] == y[i, 0]
+
+
+@pytest.mark.parametrize("method", ["rk4", "tsit5"])
+def test_rows_and_stacked_layouts_agree(method, monkeypatch):
+    """The loop on a tuple of rows (models of up to ROWS_MAX states) and on the
+    stacked (S, N) array (larger models) compute the same steps."""
+    from twinjax.solve import _ensemble
+
+    solver = tj.solvers.Ensemble(method, dt=0.01, rtol=1e-8, atol=1e-10)
+    args = {"a": jnp.array([-1.0, -3.0, 0.5]), "b": jnp.array([0.1, 0.0, -0.2])}
+    t1 = jnp.array([1.0, 0.7, 2.0])
+    y0 = jnp.array([[1.0], [2.0], [0.5]])
+    rows = _integrate(solver, t1, y0, args)
+    monkeypatch.setattr(_ensemble, "ROWS_MAX", 0)
+    stacked = _integrate(solver, t1, y0, args)
+    np.testing.assert_array_equal(np.asarray(rows[1]), np.asarray(stacked[1]))
+    np.testing.assert_allclose(np.asarray(rows[0]), np.asarray(stacked[0]), rtol=1e-12)
