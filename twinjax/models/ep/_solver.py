@@ -66,13 +66,32 @@ def _qnet(model, cur):
     return sum(cur[k] for k in model.qnet_currents)
 
 
+def _pack(d: dict, names: tuple) -> jax.Array:
+    return jnp.stack([d[k] for k in names])
+
+
+def _unpack(a: jax.Array, names: tuple) -> dict:
+    return {k: a[i] for i, k in enumerate(names)}
+
+
 def _beat(model, solver, p, y, ts):
-    """One beat for every cell. ``ts``: (T,) save times within the beat or None."""
+    """One beat for every cell. ``ts``: (T,) save times within the beat or None.
+
+    The loop carries the state and the biomarker accumulators packed as two ``(S, N)``
+    and ``(A, N)`` arrays rather than as dicts of ``(N,)`` arrays: the same arithmetic,
+    but XLA then keeps two loop buffers instead of some 70, which removed about 100
+    buffer copies per step on the CPU (measured on ORd, 2026-11-30: 10 % less time per
+    step for one cell, 15 % for 1,000; APD90 and final V and Ca_i after three beats
+    bitwise equal for 1,000 cells; tests/test_ep_loop.py compares with a dict carry).
+    """
     bcl = p["BCL"]
     N = bcl.shape[0]
     dtype = bcl.dtype
+    names = tuple(model.state_names)
+    iV = names.index("V")
     t0 = jnp.zeros((N,), dtype)
     acc0 = bm.init_acc(y["V"])
+    anames = tuple(acc0)
     status0 = jnp.zeros((N,), jnp.int32)
     if ts is not None:
         T = ts.shape[0]
@@ -88,7 +107,8 @@ def _beat(model, solver, p, y, ts):
         return jnp.any((t < bcl) & (status == 0)) & (it < solver.max_steps)
 
     def body(c):
-        t, y, acc, _, it, status, out, idx = c
+        t, Y, A, _, it, status, out, idx = c
+        y = _unpack(Y, names)
         active = (t < bcl) & (status == 0)
         g0, d0, c0 = model.evaluate(t, y, p)
         dvdt0 = d0["V"]
@@ -100,28 +120,33 @@ def _beat(model, solver, p, y, ts):
         dt = jnp.where(active, dt, 0.0)
         ym = _advance(model, y, g0, d0, 0.5 * dt)
         g1, d1, c1 = model.evaluate(t + 0.5 * dt, ym, p)
-        y1 = _advance(model, y, g1, d1, dt)
-        finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in y1.values()]), axis=0)
+        Y1 = _pack(_advance(model, y, g1, d1, dt), names)
+        finite = jnp.all(jnp.isfinite(Y1), axis=0)
         bad = active & ~finite
         ok = active & finite
-        y_new = {k: jnp.where(ok, y1[k], y[k]) for k in y}
+        Y_new = jnp.where(ok[None, :], Y1, Y)
         t_new = jnp.where(ok, jnp.where(last, bcl, t + dt), t)
-        acc = bm.update_acc(acc, ok, t, dt, y["V"], y_new["V"], dvdt0, d1["V"], _qnet(model, c1))
+        acc = bm.update_acc(
+            _unpack(A, anames), ok, t, dt, Y[iV], Y_new[iV], dvdt0, d1["V"], _qnet(model, c1)
+        )
         status = jnp.where(bad, Status.NONFINITE, status).astype(jnp.int32)
         if out is not None:
             ic = jnp.minimum(idx, T - 1)
             tsv = ts[ic]
             need = ok & (idx < T) & (tsv <= t_new)
             th = jnp.clip((tsv - t) / jnp.where(dt > 0, dt, 1.0), 0.0, 1.0)
+            y_new = _unpack(Y_new, names)
             out = {
                 k: v.at[rows, ic].set(jnp.where(need, y[k] + th * (y_new[k] - y[k]), v[rows, ic]))
                 for k, v in out.items()
             }
             idx = idx + need.astype(jnp.int32)
-        return t_new, y_new, acc, dt, it + 1, status, out, idx
+        return t_new, Y_new, _pack(acc, anames), dt, it + 1, status, out, idx
 
-    carry = (t0, y, acc0, t0, jnp.zeros((), jnp.int32), status0, out0, idx0)
-    t, y, acc, _, it, status, out, _ = jax.lax.while_loop(cond, body, carry)
+    Y0, A0 = _pack(y, names), _pack(acc0, anames)
+    carry = (t0, Y0, A0, t0, jnp.zeros((), jnp.int32), status0, out0, idx0)
+    t, Y, A, _, it, status, out, _ = jax.lax.while_loop(cond, body, carry)
+    y, acc = _unpack(Y, names), _unpack(A, anames)
     status = jnp.where((t < bcl) & (status == 0), Status.MAX_STEPS, status).astype(jnp.int32)
     bio = bm.finish(acc, y["V"])
     bio["steps"] = jnp.broadcast_to(it, (N,))

@@ -1,0 +1,85 @@
+"""The Rush-Larsen beat loop carries its state packed: same numbers as a dict carry.
+
+``ep._solver._beat`` keeps the state and the biomarker accumulators as two stacked
+arrays in its ``while_loop`` (fewer loop buffers and copies on the CPU). That is a
+change of layout only: here a plain loop that carries dicts of ``(N,)`` arrays, written
+from the same step formulas, must give the same state and biomarkers after two beats
+of a small Luo-Rudy population (differences only at rounding level).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from twinjax.models import ep
+from twinjax.models.ep import _biomarkers as bm
+from twinjax.models.ep import _solver
+
+
+def _dict_carry_beat(model, solver, p, y):
+    """One beat, every cell, with the state and accumulators carried as dicts."""
+    bcl = p["BCL"]
+    N = bcl.shape[0]
+    t0 = jnp.zeros((N,), bcl.dtype)
+
+    def cond(c):
+        t, _, _, it, status = c
+        return jnp.any((t < bcl) & (status == 0)) & (it < solver.max_steps)
+
+    def body(c):
+        t, y, acc, it, status = c
+        active = (t < bcl) & (status == 0)
+        g0, d0, _ = model.evaluate(t, y, p)
+        dt = jnp.clip(solver.dv_max / (jnp.abs(d0["V"]) + 1e-12), solver.dt_min, solver.dt_max)
+        dt = jnp.where(t < p["stim_dur"], jnp.minimum(dt, p["stim_dur"] - t), dt)
+        last = dt >= bcl - t
+        dt = jnp.where(active, jnp.where(last, bcl - t, dt), 0.0)
+        ym = {k: v for k, v in y.items()}
+        for k in model.gates:
+            inf, tau = g0[k]
+            ym[k] = inf + (y[k] - inf) * jnp.exp(-0.5 * dt / tau)
+        for k, dk in d0.items():
+            ym[k] = y[k] + 0.5 * dt * dk
+        g1, d1, c1 = model.evaluate(t + 0.5 * dt, ym, p)
+        y1 = {}
+        for k in model.gates:
+            inf, tau = g1[k]
+            y1[k] = inf + (y[k] - inf) * jnp.exp(-dt / tau)
+        for k, dk in d1.items():
+            y1[k] = y[k] + dt * dk
+        ok = active & jnp.all(jnp.stack([jnp.isfinite(v) for v in y1.values()]), axis=0)
+        y_new = {k: jnp.where(ok, y1[k], y[k]) for k in y}
+        t_new = jnp.where(ok, jnp.where(last, bcl, t + dt), t)
+        qnet = sum(c1[k] for k in model.qnet_currents)
+        acc = bm.update_acc(acc, ok, t, dt, y["V"], y_new["V"], d0["V"], d1["V"], qnet)
+        status = jnp.where(active & ~ok, 1, status)
+        return t_new, y_new, acc, it + 1, status
+
+    c0 = (t0, y, bm.init_acc(y["V"]), jnp.zeros((), jnp.int32), jnp.zeros((N,), jnp.int32))
+    _, y, acc, it, _ = jax.lax.while_loop(cond, body, c0)
+    return y, bm.finish(acc, y["V"]), it
+
+
+def test_packed_loop_equals_dict_carry_loop():
+    model = ep.LuoRudy1991()
+    solver = ep.RushLarsen()
+    gK = float(model.defaults()["gK"])
+    params = {"gK": jnp.asarray([1.0, 0.7, 1.4]) * gK}
+    p, y0, _ = _solver.batched_inputs(model, params, None, None)
+
+    @jax.jit
+    def reference(p, y):
+        for _ in range(2):
+            y, bio, it = _dict_carry_beat(model, solver, p, y)
+        return y, bio, it
+
+    y_ref, bio_ref, it_ref = reference(p, y0)
+    res = ep.pace(model, params, 2, record="last", solver=solver)
+    assert np.all(np.asarray(res.status) == 0)
+    assert int(np.asarray(res.biomarkers["steps"])[-1, 0]) == int(it_ref)
+    for k in model.state_names:
+        np.testing.assert_allclose(res.state[k], y_ref[k], rtol=1e-12, atol=1e-300, err_msg=k)
+    for k in ("APD90", "APD50", "APD30", "V_peak", "dVdt_max", "qNet", "V_rest"):
+        np.testing.assert_allclose(res.biomarkers[k][-1], bio_ref[k], rtol=1e-12, err_msg=k)
+    apd = np.asarray(res.biomarkers["APD90"][-1])
+    assert np.all(np.isfinite(apd)) and apd[1] > apd[0] > apd[2]  # gK lower -> longer APD
