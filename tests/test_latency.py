@@ -101,21 +101,17 @@ def test_new_batch_size_and_record_count_do_not_retrace(five):
     assert eqx.debug.get_num_traces(map_program) == traces
     assert r7.n == 7 and bool(np.all(r7.converged)) and r7.times.shape == (7, 11)
     assert int(r7.mask[2].sum()) == 9
-    # the subjects of the 7 are fitted as they are alone (padding touches no one)
-    alone = fit_individual(ORAL, _theo([8], drop_last={8: 2}), POP, ERR)  # bucket 1: traced
-    assert eqx.debug.get_num_traces(map_program) == traces + 1
-    np.testing.assert_allclose(alone.etas[0], r7.etas[2], rtol=1e-10, atol=1e-12)
     # the forecast: 25 or 30 times (bucket 32), 6 or 8 doses (bucket 8): one trace
     reg6 = tj.Regimen([tj.Dose(amt=300.0, cmt="depot", time=0.0, ii=12.0, addl=5)])
     reg8 = tj.Regimen([tj.Dose(amt=300.0, cmt="depot", time=0.0, ii=12.0, addl=7)])
     before = eqx.debug.get_num_traces(_forecast_program)
-    fa = alone.forecast(reg6, np.linspace(0.0, 72.0, 25), n_samples=64)
-    fb = alone.forecast(reg8, np.linspace(0.0, 96.0, 30), n_samples=64)
+    fa = r7.forecast(reg6, np.linspace(0.0, 72.0, 25), n_samples=64, subject=8)
+    fb = r7.forecast(reg8, np.linspace(0.0, 96.0, 30), n_samples=64, subject=8)
     assert eqx.debug.get_num_traces(_forecast_program) == before + 1
     assert fa.map.shape == (25,) and fb.samples.shape == (64, 30)
     # the padded forecast is the plain simulation of the MAP estimate
-    p = {k: float(v[0]) for k, v in alone.params.items()}
-    ref = tj.simulate(ORAL, p, reg8, np.linspace(0.0, 96.0, 30), solver=alone.solver)
+    p = {k: float(v[2]) for k, v in r7.params.items()}
+    ref = tj.simulate(ORAL, p, reg8, np.linspace(0.0, 96.0, 30), solver=r7.solver)
     np.testing.assert_allclose(fb.map, np.asarray(ref["C"]), rtol=1e-9, atol=1e-12)
 
 

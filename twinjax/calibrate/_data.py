@@ -65,6 +65,7 @@ def pad_events(ev: EventTable, e_to: int) -> EventTable:
     change no simulation."""
     if e_to <= ev.time.shape[-1]:
         return ev
+    ev = jax.tree.map(np.asarray, ev)  # padded on the host: no program per shape
     fill = dict(time=PAD_TIME, amt=0, rate=0, dur=0, cmt=0, kind=NOOP, ii=0, ss=0, hist=-1, seq=0)
     names = tuple(fill)
     new = tuple(pad_axis(getattr(ev, k), e_to, -1, fill[k]) for k in names)
@@ -91,8 +92,10 @@ def pad_fit_batch(batch, n_to: int, t_to: int, e_to: int):
     leading ``[:n, :T]`` block, equal to those of the unpadded batch.
     """
     tv, eta0, ev, ts, y, mask = batch
+    # padded on the host (numpy): eager device operations would each compile a small
+    # program for the unpadded shape, which a new patient or batch size would miss
+    tv, eta0, ev, ts, y, mask = jax.tree.map(np.asarray, (tv, eta0, ev, ts, as_obs(y), mask))
     n = eta0.shape[0]
-    y = as_obs(y)
     # records: the last time repeated, nothing observed there
     ts = pad_axis(ts, t_to, 1, last=True)
     y = Obs(

@@ -677,9 +677,9 @@ def fit_individual(
     S = max(int(n_starts), 1)
 
     def tile(a):
-        return jnp.concatenate([a] * S, axis=0)
+        return a if S == 1 else jnp.concatenate([a] * S, axis=0)
 
-    eta0 = jnp.zeros((N, k))
+    eta0 = jnp.zeros((N, k)) if S > 1 else np.zeros((N, k), np.asarray(ts).dtype)
     if S > 1:
         key = jax.random.key(0) if key is None else key
         L = jnp.linalg.cholesky(omega + 1e-12 * jnp.eye(k))
