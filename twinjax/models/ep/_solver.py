@@ -79,10 +79,13 @@ def _beat(model, solver, p, y, ts):
 
     The loop carries the state and the biomarker accumulators packed as two ``(S, N)``
     and ``(A, N)`` arrays rather than as dicts of ``(N,)`` arrays: the same arithmetic,
-    but XLA then keeps two loop buffers instead of some 70, which removed about 100
-    buffer copies per step on the CPU (measured on ORd, 2026-11-30: 10 % less time per
-    step for one cell, 15 % for 1,000; APD90 and final V and Ca_i after three beats
-    bitwise equal for 1,000 cells; tests/test_ep_loop.py compares with a dict carry).
+    but two loop buffers instead of some 70 (ORd on the CPU: about 100 buffer copies
+    in the compiled loop before, 4-6 after). On the loaded 2-core machine one A/B
+    measurement each (2026-11-30) gave 10 % less CPU time per step for one cell and
+    15 % for 1,000; a later full benchmark under heavier load did not show the gain,
+    so the speed effect is within this machine's noise. APD90 and the final V and
+    Ca_i after three beats were bitwise equal for 1,000 cells; tests/test_ep_loop.py
+    compares the loop with a dict-carry loop.
     """
     bcl = p["BCL"]
     N = bcl.shape[0]
