@@ -412,7 +412,11 @@ class Ensemble(AbstractSolver):
                 t, y, k, h, active, status, it, out, idx = c
                 h_eff = jnp.where(active, jnp.minimum(h, t1 - t), 0.0)
                 last = h_eff >= t1 - t
-                keep_ks = out is not None and self.tableau.dense is not None
+                # the stages that the dense output needs (DOPRI5's, Rodas5P's)
+                tab = self.tableau
+                keep_ks = out is not None and (
+                    isinstance(tab, RosenbrockTableau) or tab.dense is not None
+                )
 
                 def trial(_):
                     """The trial step and what the controller needs of it."""
