@@ -25,10 +25,13 @@ if TYPE_CHECKING:
 __all__ = ["DoseResult", "Forecast", "forecast", "optimise_dose"]
 
 
-class _DoseKwargs(TypedDict, total=False):
+class DoseKwargs(TypedDict, total=False):
     """Optional keyword arguments of :class:`~twinjax.dosing.Dose`."""
 
     dur: float
+
+
+_DoseKwargs = DoseKwargs  # the earlier name (calibrate/_posterior.py imports it)
 
 
 @dataclasses.dataclass(eq=False)
@@ -273,7 +276,7 @@ def optimise_dose(
     params, _ = posterior_samples(fit, max(int(n_samples), 1), key, fit.ids[i])
     S = max(int(n_samples), 1)
     model = fit.model
-    dose_kw: _DoseKwargs = {} if infusion_duration is None else {"dur": float(infusion_duration)}
+    dose_kw: DoseKwargs = {} if infusion_duration is None else {"dur": float(infusion_duration)}
     base = Regimen(
         [Dose(amt=1.0, cmt=cmt, time=0.0, ii=float(interval), addl=n_doses - 1, **dose_kw)]
     )

@@ -61,7 +61,8 @@ from ..solve._base import AbstractSolver
 from ..solve._ensemble import Ensemble
 from ..solve._simulate import simulate, simulate_core
 from ._data import prepare_data, resolve_outputs
-from ._forecast import TARGETS, Forecast, _DoseKwargs
+from ._forecast import TARGETS, Forecast
+from ._forecast import DoseKwargs as _DoseKwargs
 from ._map import FitResult, fit_censoring
 from ._residual import ErrorModel
 from ._terms import (
