@@ -1,14 +1,20 @@
 """``solvers.Ensemble``: twinjax's batched Runge-Kutta and Rosenbrock over a whole cohort.
 
 One ``lax.while_loop`` advances every patient at once. State is held as
-structure-of-arrays, state-major inside the loop (``(S, N)``: one contiguous row of
-patients per state; the model's ``rhs`` sees one ``(N,)`` array per state and
-broadcasts), and each patient has its own adaptive step, error control, step
-counter and status. No ``vmap`` over patients: a step is a few dozen fused,
-vectorised loops over the batch, which is what makes large cohorts fast on CPU and
-GPU. Saves are taken from the method's dense output (DOPRI5: 4th-order continuous
-extension; Tsit5 and RK4: cubic Hermite interpolation from the FSAL derivatives;
-Rodas5P: its own continuous extension) and written in place into the result.
+structure-of-arrays inside the loop: for explicit methods on models of up to
+``ROWS_MAX`` states a tuple of ``(N,)`` rows, one per state, else state-major
+``(S, N)`` (one contiguous row of patients per state); the model's ``rhs`` sees one
+``(N,)`` array per state and broadcasts. Each patient has its own adaptive step,
+error control, step counter and status. The fixed step (``"rk4"``) runs a lean
+loop: no carried derivative, no per-step selects or finiteness checks (a finished
+patient steps by 0; a non-finite end state is flagged after the loop); on the
+Lorenz benchmark it costs about 1.4x the CPU time of a hand-written RK4 on three
+arrays (``benchmarks/results/lorenz_limit_proxy.json``). No ``vmap`` over
+patients: a step is a few fused, vectorised loops over the batch, which is what
+makes large cohorts fast on CPU and GPU. Saves are taken from the method's dense
+output (DOPRI5: 4th-order continuous extension; Tsit5 and RK4: cubic Hermite
+interpolation from the FSAL derivatives; Rodas5P: its own continuous extension) and
+written in place into the result.
 
 Stiff models: ``"rodas5p"`` is a linearly implicit Rosenbrock method run by the same
 loop (``solve/_rosenbrock.py``): each step a Jacobian per patient by forward-mode AD
