@@ -88,807 +88,33 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import Model, Piecewise
-from ..population import Categorical, Exponential, Population, Power
+from ..model import Model
+from ..population import Population
 from ..solve._base import AbstractSolver
-from ..solve._ensemble import Ensemble
-from ._map import (
-    FitResult,
-    Obs,
-    Spec,
-    as_population,
-    baseline,
-    extra_nll,
-    fit_censoring,
-    fit_individual,
-    make_spec,
-    obs_moments,
-    obs_transform,
-    predict,
-    prepare_data,
-    resolve_outputs,
-    typical_values,
-)
-from ._nlme import PopulationFitResult, covariate_model
+from ._map import as_population, fit_individual
+from ._nlme import PopulationFitResult
 from ._residual import ErrorModel
+from ._saem_covariates import CoefficientDesign as _Design  # noqa: F401  (tests reach it)
+from ._saem_covariates import coefficient_design, prior_mean
+from ._saem_covariates import gls as _gls  # noqa: F401  (tests reach it)
+from ._saem_is import ImportanceSamplingOFV as ImportanceSamplingOFV
+from ._saem_is import importance_sampling_ofv as importance_sampling_ofv
+from ._saem_is import is_ofv
+from ._saem_kernels import Carry, Settings, louis_terms, pack_phi, run_chunk, unpack_phi
+from ._saem_problem import LOG_2PI, prepare, saem_problem, simulate_jit, tile_rows
+from ._saem_problem import saem_problem as _problem  # noqa: F401  (tests reach it)
+from ._saem_problem import simulate_z as _simulate  # noqa: F401  (tests reach it)
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["ImportanceSamplingOFV", "SAEMResult", "importance_sampling_ofv", "saem"]
 
-LOG_2PI = float(np.log(2 * np.pi))
 _CHUNK = 20  # SAEM iterations per compiled call (progress is printed between calls)
-_IS_BATCH = 4096  # subject-draws per batched simulation of the importance sampling
-
-
-# ============================================================================ problem
-class _Static(eqx.Module):
-    """What the compiled functions need besides arrays: the spec and the IIV names."""
-
-    spec: Spec
-    iiv: tuple = eqx.field(static=True)
-    n: int = eqx.field(static=True)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class _Problem:
-    """Data and fixed quantities of a fit (host side)."""
-
-    st: _Static
-    # {name: (N,)} covariate-adjusted typical values (non-IIV params used); an IIV param
-    # with a time-varying covariate: its Piecewise course relative to its time-0 value
-    tv: dict
-    off: jax.Array  # (N, k) covariate offsets of the IIV params (unconstrained)
-    ev: object
-    ts: jax.Array
-    obs: Obs
-    mask: jax.Array
-    n: int
-
-
-def _problem(model, pop, fd, spec) -> _Problem:
-    iiv = tuple(pop.iiv)
-    N = fd.n
-    tvN = {
-        k: jax.tree.map(jnp.asarray, v)
-        for k, v in typical_values(pop, fd.covariates, N, fd.varying).items()
-    }
-    tv0 = baseline(tvN)
-    if iiv:
-        z_i = np.asarray(model.pack(tv0, iiv))
-        z_0 = np.asarray(model.pack({k: jnp.asarray(pop.typical[k]) for k in iiv}, iiv))
-        off = z_i - z_0[None]
-    else:
-        off = np.zeros((N, 0))
-    for j, q in enumerate(iiv):
-        if model.param(q).transform != "log" and np.max(np.abs(off[:, j])) > 1e-12:
-            raise ValueError(
-                f"saem: the covariate effect on {q!r} (transform "
-                f"{model.param(q).transform!r}) is not mu-referenced: SAEM supports "
-                "covariate factors on log-transformed parameters only"
-            )
-        if isinstance(tvN[q], Piecewise):  # time-varying: its course relative to time 0
-            if model.param(q).transform != "log":
-                raise ValueError(
-                    f"saem: {q!r} changes with a time-varying covariate but its transform "
-                    f"is {model.param(q).transform!r}; SAEM supports covariate factors on "
-                    "log-transformed parameters only"
-                )
-            tvN[q] = tvN[q] / tv0[q]
-    return _Problem(
-        st=_Static(spec, iiv, N),
-        tv=tvN,
-        off=jnp.asarray(off),
-        ev=fd.ev,
-        ts=jnp.asarray(fd.t_eval),
-        obs=fd.obs(),
-        mask=jnp.asarray(fd.mask),
-        n=N,
-    )
-
-
-def _tile(tree, r: int):
-    """Every leaf's leading axis repeated ``r`` times (copies one after the other)."""
-    if r == 1:
-        return tree
-
-    def rep(a):
-        a = jnp.asarray(a)
-        return jnp.broadcast_to(a[None], (r,) + a.shape).reshape((r * a.shape[0],) + a.shape[1:])
-
-    return jax.tree.map(rep, tree)
-
-
-# ============================================================================ likelihood
-def _data_nll(spec, f, sigma, obs: Obs, mask):
-    """Per subject ``-2 log p(y | f)`` without the ``log 2 pi`` constants (B,).
-
-    Observed records: ``((y - m)/s)^2 + log s^2``; censored records (and M4's
-    conditioning): ``-2 log P`` as in the FOCE-I/MAP objective (``extra_nll``).
-    """
-    m, s = obs_moments(spec, f, sigma, obs.out)
-    yt = obs_transform(spec, obs.dv, obs.out)
-    censored = spec.censoring != "none"
-    g = (mask & (obs.cens == 0)) if censored else mask
-    r = jnp.where(g, (yt - m) / s, 0.0)
-    terms = r**2 + jnp.where(g, 2.0 * jnp.log(s), 0.0)
-    if censored:
-        terms = terms + jnp.where(mask, extra_nll(spec, f, sigma, obs), 0.0)
-    return jnp.sum(terms, axis=-1)
-
-
-def _simulate(P: _Static, z, tv, off, ev, ts, obs, mask, sigma):
-    """``(L, f)``: ``-2 log p(y | z)`` (inf where the simulation fails) and predictions."""
-    spec = P.spec
-    p = dict(tv)
-    if P.iiv:
-        p.update(spec.model.unpack(z + off, P.iiv))
-        for q in P.iiv:  # a time-varying covariate factor relative to time 0
-            if isinstance(tv[q], Piecewise):
-                p[q] = tv[q] * p[q]
-    f, st = predict(spec, p, ev, ts, obs.out)
-    L = _data_nll(spec, f, sigma, obs, mask)
-    ok = (st == 0) & jnp.isfinite(L)
-    return jnp.where(ok, L, jnp.inf), f
-
-
-def _quad(z, mu, oinv):
-    """``(z - mu)' Omega^-1 (z - mu)`` per row; ``mu`` ``(k,)`` or per row ``(B, k)``."""
-    d = z - jnp.broadcast_to(mu, z.shape)
-    return jnp.einsum("bk,kl,bl->b", d, oinv, d)
-
-
-# ============================================================================ M-step
-def _sigma_opt(spec, f, sigma, obs, mask, closed_form: bool):
-    """Residual SDs minimising the current sample's ``sum_b L_b`` (predictions fixed)."""
-    if closed_form:
-        # one SD per error model, s = sigma * s(1): sigma^2 = mean ((y - m)/s(1))^2
-        ones = jnp.ones_like(sigma)
-        m, s1 = obs_moments(spec, f, ones, obs.out)
-        yt = obs_transform(spec, obs.dv, obs.out)
-        r2 = jnp.where(mask, ((yt - m) / s1) ** 2, 0.0)
-        out = []
-        for j in range(len(spec.all_errors())):
-            w = mask & (obs.out == j)
-            out.append(jnp.sum(jnp.where(w, r2, 0.0)) / jnp.maximum(jnp.sum(w), 1))
-        return jnp.sqrt(jnp.stack(out))
-
-    def Q(u):
-        return jnp.sum(_data_nll(spec, f, jnp.exp(u), obs, mask))
-
-    g_fn, h_fn = jax.grad(Q), jax.hessian(Q)
-    n = sigma.shape[0]
-    ts_ = jnp.asarray([1.0, 0.5, 0.25, 0.125, 0.0625, 0.0], sigma.dtype)
-
-    def newton(u, _):
-        g, H = g_fn(u), h_fn(u)
-        lam = jnp.maximum(0.0, -jnp.min(jnp.linalg.eigvalsh(H))) + 1e-8
-        step = -jnp.linalg.solve(H + lam * jnp.eye(n, dtype=u.dtype), g)
-        step = jnp.clip(step, -1.0, 1.0)
-        vals = jax.vmap(lambda t: Q(u + t * step))(ts_)
-        vals = jnp.where(jnp.isfinite(vals), vals, jnp.inf)
-        return u + ts_[jnp.argmin(vals)] * step, None
-
-    u, _ = jax.lax.scan(newton, jnp.log(sigma), None, length=12)
-    return jnp.exp(u)
-
-
-# ============================================================================ SAEM
-class _Carry(eqx.Module):
-    z: jax.Array  # (B, k) latent (mu + eta) per chain
-    L: jax.Array  # (B,) -2 log p(y | z)
-    f: jax.Array  # (B, T) predictions at z
-    mu: jax.Array  # (k,)
-    omega: jax.Array  # (k, k)
-    sigma: jax.Array  # (n_sigma,)
-    s1: jax.Array  # (k,); with estimated covariate coefficients (N, k), per subject
-    s2: jax.Array
-    s3: jax.Array  # SA of the residual variances
-    d2: jax.Array  # (k,) random-walk scales, all components
-    d3: jax.Array  # (k,) random-walk scales, one component
-    beta: jax.Array  # (n_beta,) estimated covariate coefficients (log-factor scale)
-
-
-class _Design(eqx.Module):
-    """Estimated covariate coefficients of a mu-referenced model: subject ``i``'s
-    prior mean is ``mu + C_i beta`` with ``C`` ``(N, k, n_beta)`` (``C[i, j, l]`` the
-    covariate column of coefficient ``l`` on IIV parameter ``j``: ``log(x / ref)``
-    for a power, ``x - ref`` for an exponential, an indicator for a category) and
-    ``beta`` the coefficients on the log-factor scale (a power's / exponential's
-    theta; the log of a categorical factor), kept inside ``[lo, hi]``."""
-
-    C: jax.Array  # (N, k, n_beta)
-    lo: jax.Array  # (n_beta,)
-    hi: jax.Array  # (n_beta,)
-
-
-def _prior_mean(mu, beta, D: _Design, R: int):
-    """The prior mean of every chain's latent: ``mu`` ``(k,)`` without estimated
-    coefficients, else ``mu + C_i beta`` ``(R N, k)`` (chains one copy after another)."""
-    if D.C.shape[-1] == 0:
-        return mu
-    m = mu[None] + jnp.einsum("nkl,l->nk", D.C, beta)
-    return jnp.tile(m, (R, 1))
-
-
-def _pinned_solve(A, b, pin, val):
-    """Solve ``A x = b`` with the components where ``pin`` is set held at ``val``."""
-    n = A.shape[0]
-    eye = jnp.eye(n, dtype=A.dtype)
-    A2 = jnp.where(pin[:, None], eye, A)
-    b2 = jnp.where(pin, val, b)
-    return jnp.linalg.solve(A2, b2)
-
-
-def _gls(s1, omega, est, mu_fixed, beta_prev, D: _Design):
-    """M-step of ``(mu, beta)``: the generalised least-squares regression of the
-    subjects' stochastic approximations ``s1_i ~ E[z_i]`` on their designs
-    ``X_i = [I_k, C_i]``, weight ``Omega^-1`` (the previous iteration's: for a diagonal
-    Omega the regression splits into one ordinary least squares per parameter, and
-    Omega drops out). Typical values not estimated stay at ``mu_fixed``; a coefficient
-    outside its bounds is clipped onto them and the other components re-solved given
-    it (exact for one active bound; with several, each is clipped once more)."""
-    N, k, nb = D.C.shape
-    dt = s1.dtype
-    X = jnp.concatenate([jnp.broadcast_to(jnp.eye(k, dtype=dt)[None], (N, k, k)), D.C], -1)
-    oinv = jnp.linalg.inv(omega)
-    A = jnp.einsum("nkp,kl,nlq->pq", X, oinv, X)
-    b = jnp.einsum("nkp,kl,nl->p", X, oinv, s1)
-    fixed = jnp.concatenate([~est, jnp.zeros((nb,), bool)])
-    val = jnp.concatenate([mu_fixed, beta_prev])
-    th = _pinned_solve(A, b, fixed, val)
-    beta = jnp.clip(th[k:], D.lo, D.hi)
-    # the clipped coefficients held on their bounds, the other components re-solved
-    # (the bound-constrained least squares when one bound is active), clipped again
-    clipped = beta != th[k:]
-    th = _pinned_solve(A, b, jnp.concatenate([~est, clipped]), jnp.concatenate([mu_fixed, beta]))
-    beta = jnp.clip(th[k:], D.lo, D.hi)
-    return th[:k], beta
-
-
-class _Settings(eqx.Module):
-    n_burn: int = eqx.field(static=True)
-    n_total: int = eqx.field(static=True)
-    n_sa: int = eqx.field(static=True)
-    coef_sa: float = eqx.field(static=True)
-    kernels: tuple = eqx.field(static=True)
-    diagonal: bool = eqx.field(static=True)
-    closed_form: bool = eqx.field(static=True)
-    n_rep: int = eqx.field(static=True)
-    rate: float = eqx.field(static=True)
-
-
-def _gamma(it, n_burn):
-    return jnp.where(it < n_burn, 1.0, 1.0 / (it - n_burn + 1.0))
-
-
-def _mcmc(P, S, c: _Carry, key, data, mu, omega, sigma, adapt: bool):
-    """The three MH kernels on every subject and chain; returns the new carry and the
-    kernels' acceptance rates."""
-    tv, off, ev, ts, obs, mask = data
-    B, k = c.z.shape
-    dt = c.z.dtype
-    oinv = jnp.linalg.inv(omega)
-    chol = jnp.linalg.cholesky(omega + 1e-14 * jnp.eye(k, dtype=dt))
-    k1, k2, k3 = jax.random.split(key, 3)
-
-    def sim(z):
-        return _simulate(P, z, tv, off, ev, ts, obs, mask, sigma)
-
-    # kernel 1: proposals from the population distribution (prior); ratio of likelihoods
-    def ker1(i, st):
-        z, L, f, acc = st
-        kk = jax.random.fold_in(k1, i)
-        ka, kb = jax.random.split(kk)
-        zp = jnp.broadcast_to(mu, (B, k)) + jax.random.normal(ka, (B, k), dt) @ chol.T
-        Lp, fp = sim(zp)
-        a = jnp.log(jax.random.uniform(kb, (B,), dt)) < -0.5 * (Lp - L)
-        return (
-            jnp.where(a[:, None], zp, z),
-            jnp.where(a, Lp, L),
-            jnp.where(a[:, None], fp, f),
-            acc + jnp.mean(a.astype(dt)),
-        )
-
-    z, L, f, _ = jax.lax.fori_loop(0, S.kernels[0], ker1, (c.z, c.L, c.f, jnp.zeros((), dt)))
-
-    # kernel 2: random walk on all components; ratio of posteriors
-    def ker2(i, st):
-        z, L, f, acc = st
-        kk = jax.random.fold_in(k2, i)
-        ka, kb = jax.random.split(kk)
-        zp = z + jax.random.normal(ka, (B, k), dt) * c.d2[None]
-        Lp, fp = sim(zp)
-        U, Up = L + _quad(z, mu, oinv), Lp + _quad(zp, mu, oinv)
-        a = jnp.log(jax.random.uniform(kb, (B,), dt)) < -0.5 * (Up - U)
-        return (
-            jnp.where(a[:, None], zp, z),
-            jnp.where(a, Lp, L),
-            jnp.where(a[:, None], fp, f),
-            acc + jnp.mean(a.astype(dt)),
-        )
-
-    z, L, f, acc2 = jax.lax.fori_loop(0, S.kernels[1], ker2, (z, L, f, jnp.zeros((), dt)))
-    acc2 = acc2 / max(S.kernels[1], 1)
-
-    # kernel 3: random walk on one component at a time
-    eye = jnp.eye(k, dtype=dt)
-
-    def ker3(i, st):
-        z, L, f, acc = st
-        j = i % k
-        kk = jax.random.fold_in(k3, i)
-        ka, kb = jax.random.split(kk)
-        e = eye[j]
-        zp = z + (jax.random.normal(ka, (B,), dt) * jnp.dot(c.d3, e))[:, None] * e[None]
-        Lp, fp = sim(zp)
-        U, Up = L + _quad(z, mu, oinv), Lp + _quad(zp, mu, oinv)
-        a = jnp.log(jax.random.uniform(kb, (B,), dt)) < -0.5 * (Up - U)
-        return (
-            jnp.where(a[:, None], zp, z),
-            jnp.where(a, Lp, L),
-            jnp.where(a[:, None], fp, f),
-            acc + e * jnp.mean(a.astype(dt)),
-        )
-
-    n3 = S.kernels[2] * k
-    z, L, f, acc3 = jax.lax.fori_loop(0, n3, ker3, (z, L, f, jnp.zeros((k,), dt)))
-    acc3 = acc3 / max(S.kernels[2], 1)
-    d2, d3 = c.d2, c.d3
-    if adapt:
-        if S.kernels[1]:
-            d2 = d2 * jnp.clip(1.0 + S.rate * (acc2 - 0.234), 0.5, 2.0)
-        if S.kernels[2]:
-            d3 = d3 * jnp.clip(1.0 + S.rate * (acc3 - 0.44), 0.5, 2.0)
-        scale = jnp.sqrt(jnp.diag(omega))
-        d2 = jnp.clip(d2, 1e-3 * scale, 1e3 * scale)
-        d3 = jnp.clip(d3, 1e-3 * scale, 1e3 * scale)
-    return dataclasses.replace(c, z=z, L=L, f=f, d2=d2, d3=d3), acc2, acc3
-
-
-def _step(P, S, est, mu_fixed, D: _Design, data, c: _Carry, it, key):
-    """One SAEM iteration: MH kernels, stochastic approximation, M-step."""
-    tv, off, ev, ts, obs, mask = data
-    mean = _prior_mean(c.mu, c.beta, D, S.n_rep)
-    c, acc2, acc3 = _mcmc(P, S, c, key, data, mean, c.omega, c.sigma, adapt=True)
-    g = _gamma(it, S.n_burn)
-    z = c.z
-    B = z.shape[0]
-    s2 = c.s2 + g * (z.T @ z / B - c.s2)
-    beta = c.beta
-    if D.C.shape[-1] == 0:
-        s1 = c.s1 + g * (jnp.mean(z, axis=0) - c.s1)
-        mu = jnp.where(est, s1, mu_fixed)
-        om = s2 - jnp.outer(s1, mu) - jnp.outer(mu, s1) + jnp.outer(mu, mu)
-    else:  # per-subject statistics s1_i and the regression on the covariate design
-        N = D.C.shape[0]
-        zbar = jnp.mean(z.reshape(S.n_rep, N, -1), axis=0)
-        s1 = c.s1 + g * (zbar - c.s1)
-        mu, beta = _gls(s1, c.omega, est, mu_fixed, c.beta, D)
-        m = mu[None] + jnp.einsum("nkl,l->nk", D.C, beta)
-        om = s2 - (s1.T @ m + m.T @ s1) / N + m.T @ m / N
-    om = 0.5 * (om + om.T)
-    if S.diagonal:
-        om = jnp.diag(jnp.diag(om))
-    sig_opt = _sigma_opt(P.spec, c.f, c.sigma, obs, mask, S.closed_form)
-    s3 = c.s3 + g * (sig_opt**2 - c.s3)
-    var = s3
-    anneal = it < S.n_sa
-    dg = jnp.diag(om)
-    dg_new = jnp.where(anneal, jnp.maximum(dg, S.coef_sa * jnp.diag(c.omega)), dg)
-    om = om + jnp.diag(dg_new - dg)
-    var = jnp.where(anneal, jnp.maximum(var, S.coef_sa * c.sigma**2), var)
-    active = it < S.n_total
-    new = dataclasses.replace(
-        c, mu=mu, omega=om, sigma=jnp.sqrt(var), s1=s1, s2=s2, s3=s3, beta=beta
-    )
-    out = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, c)
-    # complete-data -2 log-likelihood per chain (for progress): data + eta prior
-    oinv = jnp.linalg.inv(out.omega)
-    _, ld = jnp.linalg.slogdet(out.omega)
-    mean_out = _prior_mean(out.mu, out.beta, D, S.n_rep)
-    cll = jnp.mean(out.L + _quad(out.z, mean_out, oinv) + ld) * P.n
-    trace = dict(
-        mu=out.mu,
-        beta=out.beta,
-        omega=jnp.diag(out.omega),
-        sigma=out.sigma,
-        acc2=acc2,
-        acc3=jnp.mean(acc3),
-        cll=cll,
-    )
-    return out, trace
-
-
-@eqx.filter_jit
-def _run_chunk(P, S, est, mu_fixed, D, data, c, it0, key, n: int):
-    def body(c, i):
-        it = it0 + i
-        return _step(P, S, est, mu_fixed, D, data, c, it, jax.random.fold_in(key, it))
-
-    return jax.lax.scan(body, c, jnp.arange(n))
-
-
-# ============================================================================ FIM (Louis)
-def _unpack_phi(phi, k, n_est, est_idx, mu_fixed, diagonal, nb: int = 0):
-    """``phi = [mu (estimated) | beta | Omega (Cholesky, log diagonal) | log sigma]``
-    -> ``(mu, Omega, sigma, beta)``."""
-    mu = mu_fixed.at[est_idx].set(phi[:n_est])
-    beta = phi[n_est : n_est + nb]
-    rows, cols = np.tril_indices(k) if not diagonal else (np.arange(k), np.arange(k))
-    no = len(rows)
-    o0 = n_est + nb
-    w = phi[o0 : o0 + no]
-    vals = jnp.where(jnp.asarray(rows == cols), jnp.exp(w), w)
-    Lc = jnp.zeros((k, k), phi.dtype).at[rows, cols].set(vals)
-    return mu, Lc @ Lc.T, jnp.exp(phi[o0 + no :]), beta
-
-
-def _pack_phi(mu, omega, sigma, est_idx, diagonal, beta=()):
-    k = omega.shape[0]
-    Lc = np.linalg.cholesky(np.asarray(omega) + 1e-14 * np.eye(k))
-    rows, cols = np.tril_indices(k) if not diagonal else (np.arange(k), np.arange(k))
-    w = Lc[rows, cols]
-    w = np.where(rows == cols, np.log(np.maximum(w, 1e-300)), w)
-    return np.concatenate(
-        [np.asarray(mu)[est_idx], np.asarray(beta, float), w, np.log(np.asarray(sigma))]
-    )
-
-
-@eqx.filter_jit
-def _louis_terms(P, S, est_idx, mu_fixed, D: _Design, data, c: _Carry, phi, key, n_iter: int):
-    """Posterior means (per subject) of the complete-data score and of
-    ``d2 log p + score score'`` over ``n_iter`` MCMC iterations at ``phi``."""
-    tv, off, ev, ts, obs, mask = data
-    k = c.z.shape[1]
-    n_est = est_idx.shape[0]
-    nb = D.C.shape[-1]
-    mu, omega, sigma, beta = _unpack_phi(phi, k, n_est, est_idx, mu_fixed, S.diagonal, nb)
-    mean = _prior_mean(mu, beta, D, S.n_rep)
-    C_r = _tile(D.C, S.n_rep)  # (B, k, nb)
-    spec = P.spec
-
-    def logp(ph, z, f, o, m, Ci):  # one record set: complete-data log-likelihood
-        mu_, om_, sg_, b_ = _unpack_phi(ph, k, n_est, est_idx, mu_fixed, S.diagonal, nb)
-        obs1 = jax.tree.map(lambda a: a[None], o)
-        L = _data_nll(spec, f[None], sg_, obs1, m[None])[0]
-        d = z - (mu_ + Ci @ b_) if nb else z - mu_
-        _, ld = jnp.linalg.slogdet(om_)
-        return -0.5 * (L + d @ jnp.linalg.solve(om_, d) + ld)
-
-    grad = jax.vmap(jax.grad(logp), in_axes=(None, 0, 0, 0, 0, 0))
-    hess = jax.vmap(jax.hessian(logp), in_axes=(None, 0, 0, 0, 0, 0))
-    c = dataclasses.replace(c, mu=mu, omega=omega, sigma=sigma, beta=beta)
-    P_ = phi.shape[0]
-    B = c.z.shape[0]
-    zero = (jnp.zeros((B, P_), phi.dtype), jnp.zeros((B, P_, P_), phi.dtype))
-
-    def body(st, i):
-        c, (gs, hs) = st
-        c, _, _ = _mcmc(P, S, c, jax.random.fold_in(key, i), data, mean, omega, sigma, False)
-        g = grad(phi, c.z, c.f, obs, mask, C_r)
-        h = hess(phi, c.z, c.f, obs, mask, C_r)
-        return (c, (gs + g, hs + h + g[:, :, None] * g[:, None, :])), None
-
-    (c, (gs, hs)), _ = jax.lax.scan(body, (c, zero), jnp.arange(n_iter))
-    return c, gs / n_iter, hs / n_iter
-
-
-# ============================================================================ IS
-@eqx.filter_jit
-def _simulate_jit(P: _Static, z, tv, off, ev, ts, obs, mask, sigma):
-    return _simulate(P, z, tv, off, ev, ts, obs, mask, sigma)
-
-
-@eqx.filter_jit
-def _is_logw(P, data, mu, oinv, ld_omega, sigma, center, chol_q, key, m: int, df: float):
-    """``(m, N)`` log importance weights of ``m`` t draws per subject."""
-    tv, off, ev, ts, obs, mask = data
-    N, k = center.shape
-    dt = center.dtype
-    ka, kb = jax.random.split(key)
-    e = jax.random.normal(ka, (m, N, k), dt)
-    chi2 = 2.0 * jax.random.gamma(kb, df / 2.0, (m, N), dt)
-    sc = jnp.sqrt(df / chi2)
-    eta = center[None] + jnp.einsum("nkl,mnl->mnk", chol_q, e) * sc[..., None]
-    eta_f = eta.reshape(m * N, k)
-    z = mu[None] + eta_f
-    rep = _tile((tv, off, ev, ts, obs, mask), m)
-    tv_r, off_r, ev_r, ts_r, obs_r, mask_r = rep
-    L, _ = _simulate(P, z, tv_r, off_r, ev_r, ts_r, obs_r, mask_r, sigma)
-    L = L.reshape(m, N)
-    O = L + jnp.einsum("mnk,kl,mnl->mn", eta, oinv, eta)
-    d2 = jnp.sum(e**2, axis=-1) * sc**2
-    _, ld_q = jnp.linalg.slogdet(chol_q)
-    log_q = (
-        jax.scipy.special.gammaln((df + k) / 2.0)
-        - jax.scipy.special.gammaln(df / 2.0)
-        - 0.5 * k * jnp.log(df * jnp.pi)
-        - ld_q[None]
-        - 0.5 * (df + k) * jnp.log1p(d2 / df)
-    )
-    return -0.5 * O - 0.5 * ld_omega - 0.5 * k * LOG_2PI - log_q
-
-
-@dataclasses.dataclass(eq=False)
-class ImportanceSamplingOFV:
-    """An importance-sampling estimate of the population objective.
-
-    Attributes:
-        ofv: ``-2 log L`` without ``n_obs log 2 pi`` (NONMEM's / twinjax FOCE-I's
-            convention; censored records contribute ``-2 log P``).
-        se: its Monte-Carlo standard error.
-        minus2ll: ``ofv + n_obs log 2 pi``.
-        ofv_i, se_i: per subject.
-        n_samples: draws per subject; df: the t proposal's degrees of freedom.
-        ess: ``(N,)`` effective sample size of the weights per subject.
-        n_obs: uncensored observations; wall_s: time.
-    """
-
-    ofv: float
-    se: float
-    minus2ll: float
-    ofv_i: np.ndarray
-    se_i: np.ndarray
-    n_samples: int
-    df: float
-    ess: np.ndarray
-    n_obs: int
-    wall_s: float
-
-    def __repr__(self) -> str:
-        return f"ImportanceSamplingOFV(ofv={self.ofv:.3f} +- {self.se:.3f}, M={self.n_samples})"
-
-
-def _is_ofv(P, data, mu, omega, sigma, etas, cov, n_samples, df, key, n_obs):
-    t0 = time.perf_counter()
-    N, k = etas.shape
-    mu = jnp.asarray(mu)
-    omega = jnp.asarray(omega)
-    oinv = jnp.linalg.inv(omega)
-    _, ld = jnp.linalg.slogdet(omega)
-    bad = ~np.all(np.isfinite(etas), axis=1) | ~np.all(np.isfinite(cov), axis=(1, 2))
-    center = np.where(bad[:, None], 0.0, etas)
-    covq = np.where(bad[:, None, None], np.asarray(omega)[None], cov)
-    chol_q = jnp.asarray(np.linalg.cholesky(covq + 1e-12 * np.eye(k)[None]))
-    m = max(1, min(n_samples, _IS_BATCH // max(N, 1)))
-    n_calls = -(-n_samples // m)
-    parts = []
-    for c in range(n_calls):
-        lw = _is_logw(
-            P.st,
-            data,
-            mu,
-            oinv,
-            ld,
-            jnp.asarray(sigma),
-            jnp.asarray(center),
-            chol_q,
-            jax.random.fold_in(key, c),
-            m,
-            float(df),
-        )
-        parts.append(np.asarray(lw))
-    lw = np.concatenate(parts, axis=0)[:n_samples]  # (M, N)
-    mx = np.max(lw, axis=0)
-    w = np.exp(lw - mx[None])
-    mean_w = np.mean(w, axis=0)
-    ofv_i = -2.0 * (np.log(mean_w) + mx)
-    M = lw.shape[0]
-    sd_w = np.std(w, axis=0, ddof=1)
-    se_i = 2.0 * sd_w / (np.sqrt(M) * mean_w)
-    ess = np.sum(w, axis=0) ** 2 / np.sum(w**2, axis=0)
-    ofv = float(np.sum(ofv_i))
-    return ImportanceSamplingOFV(
-        ofv=ofv,
-        se=float(np.sqrt(np.sum(se_i**2))),
-        minus2ll=ofv + n_obs * LOG_2PI,
-        ofv_i=ofv_i,
-        se_i=se_i,
-        n_samples=M,
-        df=float(df),
-        ess=ess,
-        n_obs=n_obs,
-        wall_s=time.perf_counter() - t0,
-    )
-
-
-def _coefficient_design(model, pop: Population, fd, iiv: tuple, estimate):
-    """The estimated covariate coefficients as a mu-referenced regression (checked
-    before anything compiles): ``(design, labels, log-scale mask, initial beta)``.
-
-    Each coefficient must enter ``log`` of its parameter linearly (Monolix's and
-    saemix's covariate model): a :class:`Power` (``theta log(x / ref)``), an
-    :class:`Exponential` (``theta (x - ref)``) or a :class:`Categorical` (``log(factor)``
-    times the category's indicator; ``beta`` is the log factor). The parameter must have
-    IIV on a log transform. A coefficient's natural-scale bounds become bounds on
-    ``beta``.
-
-    Raises:
-        ValueError: what :func:`fit_population` refuses (a missing or non-finite
-            column, a factor that is not positive, a coefficient the data cannot inform,
-            clashing labels), and a :class:`Linear` (or other non-log-linear) estimated
-            effect, an estimated effect of a time-varying covariate, or one on a
-            parameter without IIV or whose transform is not log; each naming the effect.
-    """
-    N, k = fd.n, len(iiv)
-    effects = tuple(c for c in pop.covariates if c.estimate)
-    if not effects:
-        z = jnp.zeros((0,))
-        return _Design(jnp.zeros((N, k, 0)), z, z), (), np.zeros(0, bool), np.zeros(0)
-    for c in effects:
-        if c.covariate in fd.varying:
-            raise ValueError(
-                f"saem: covariate effect {c.describe()} is estimated but {c.covariate!r} "
-                "changes within subjects (time-varying): SAEM's covariate regression needs "
-                "one value per subject. Fix its coefficient (estimate=False; SAEM fits "
-                "fixed effects of time-varying covariates) or estimate it by FOCE-I "
-                "(fit_population)"
-            )
-        if not isinstance(c, (Power, Exponential, Categorical)):
-            raise ValueError(
-                f"saem: covariate effect {c.describe()} is estimated but its log-factor is "
-                f"not linear in its coefficient ({type(c).__name__}: log(1 + theta (x - "
-                "ref))); SAEM estimates Power, Exponential and Categorical coefficients "
-                "(mu-referenced). Use Exponential (the same effect near ref), fix it "
-                "(estimate=False) or estimate it by FOCE-I (fit_population)"
-            )
-        if c.param not in iiv:
-            raise ValueError(
-                f"saem: covariate effect {c.describe()} is estimated but {c.param!r} has no "
-                f"IIV; SAEM estimates coefficients of mu-referenced parameters (with IIV: "
-                f"{list(iiv)}). Give {c.param!r} IIV, fix the coefficient or use "
-                "fit_population"
-            )
-        if model.param(c.param).transform != "log":
-            raise ValueError(
-                f"saem: covariate effect {c.describe()} is estimated but {c.param!r} has "
-                f"transform {model.param(c.param).transform!r}; SAEM supports covariate "
-                "factors on log-transformed parameters only"
-            )
-    # the checks fit_population makes (columns, factors, informative data, labels)
-    covariate_model(pop, fd, model, estimate)
-    cols, lo, hi, b0, is_log, labels = [], [], [], [], [], []
-    for c in effects:
-        x = np.asarray(fd.covariates[c.covariate], float)
-        j = iiv.index(c.param)
-        lo_n, hi_n = c.coefficient_bounds()
-        if isinstance(c, Categorical):
-            for (label, v), grp in zip(c.coefficients().items(), c.groups()):
-                col = np.zeros((N, k))
-                col[:, j] = np.isin(x, np.asarray(grp, float)).astype(float)
-                cols.append(col)
-                lo.append(math.log(lo_n) if lo_n > 0 else -math.inf)
-                hi.append(math.log(hi_n) if math.isfinite(hi_n) else math.inf)
-                b0.append(math.log(v))
-                is_log.append(True)
-                labels.append(label)
-            continue
-        ((label, v),) = c.coefficients().items()
-        col = np.zeros((N, k))
-        if isinstance(c, Power):
-            col[:, j] = np.log(x / c.ref)
-        elif isinstance(c, Exponential):
-            col[:, j] = x - c.ref
-        cols.append(col)
-        lo.append(lo_n)
-        hi.append(hi_n)
-        b0.append(v)
-        is_log.append(False)
-        labels.append(label)
-    # a coefficient is kept strictly inside its bounds (as a Covariate requires), by
-    # a relative 1e-9
-    lo_a, hi_a = np.asarray(lo, float), np.asarray(hi, float)
-    fl, fh = np.isfinite(lo_a), np.isfinite(hi_a)
-    lo_a[fl] += 1e-9 * np.maximum(1.0, np.abs(lo_a[fl]))
-    hi_a[fh] -= 1e-9 * np.maximum(1.0, np.abs(hi_a[fh]))
-    D = _Design(jnp.asarray(np.stack(cols, -1)), jnp.asarray(lo_a), jnp.asarray(hi_a))
-    return D, tuple(labels), np.asarray(is_log), np.asarray(b0, float)
-
-
-def _prepare(model, data, population, error, output, solver, censoring, lloq, dvid, oc):
-    pop = as_population(model, population)
-    outputs, errors = resolve_outputs(model, error, output)
-    solver = solver or Ensemble()
-    fd = prepare_data(
-        model,
-        data,
-        error,
-        output=output,
-        lloq=lloq,
-        censoring=censoring,
-        dvid=dvid,
-        output_column=oc,
-    )
-    cmode = fit_censoring(fd, censoring)
-    spec = make_spec(model, solver, pop.iiv, errors, outputs, cmode)
-    P = _problem(model, pop, fd, spec)
-    return pop, outputs, errors, solver, fd, cmode, spec, P
-
-
-def importance_sampling_ofv(
-    model: Model,
-    data,
-    population: Population | dict,
-    error: ErrorModel | Mapping[str, ErrorModel],
-    *,
-    n_samples: int = 5000,
-    df: float = 5.0,
-    seed: int = 0,
-    output: str | None = None,
-    solver: AbstractSolver | None = None,
-    censoring: str | None = None,
-    lloq: float | None = None,
-    dvid=None,
-    output_column: str = "DVID",
-    individual: FitResult | None = None,
-) -> ImportanceSamplingOFV:
-    """The population objective ``-2 log L`` at given parameters by importance sampling.
-
-    For each subject the marginal likelihood ``p(y_i) = int p(y_i | eta) p(eta) d eta``
-    is estimated with ``n_samples`` draws of a multivariate t (``df`` degrees of
-    freedom) centred at the conditional mode with the Laplace covariance (the MAP fit
-    of :func:`fit_individual` at these parameters, or ``individual``); the draws of all
-    subjects are simulated in batches. Use it at FOCE-I estimates (``fit.population``,
-    ``fit.errors``) to compare with the FOCE-I OFV, whose convention it follows
-    (``n_obs log 2 pi`` excluded; censored records contribute ``-2 log P``).
-
-    Arguments:
-        model, data, population, error: as for :func:`fit_population`; the population
-            and the error models' SDs are the parameters evaluated.
-        n_samples: draws per subject; df: the t proposal's degrees of freedom.
-        seed: random seed (fixed seed: the same estimate).
-        individual: a :class:`FitResult` at these parameters to take the modes from.
-
-    Returns:
-        An :class:`ImportanceSamplingOFV` (OFV with its Monte-Carlo SE).
-
-    Raises:
-        ValueError: ``n_samples < 2`` or ``df <= 0``; invalid data or names.
-    """
-    if int(n_samples) < 2:
-        raise ValueError(f"n_samples must be at least 2, got {n_samples}")
-    if not (float(df) > 0):
-        raise ValueError(f"df must be > 0, got {df}")
-    pop, outputs, errors, solver, fd, cmode, spec, P = _prepare(
-        model, data, population, error, output, solver, censoring, lloq, dvid, output_column
-    )
-    if not pop.iiv:
-        raise ValueError("importance_sampling_ofv needs a population with IIV (an omega)")
-    ind = individual
-    if ind is None:
-        ind = fit_individual(
-            model,
-            fd,
-            pop,
-            error,
-            output=output,
-            solver=solver,
-            censoring=censoring,
-        )
-    sigma = np.concatenate([np.asarray(e.sigma()) for e in errors])
-    mu = np.asarray(model.pack({k: jnp.asarray(pop.typical[k]) for k in pop.iiv}, pop.iiv))
-    data_t = (P.tv, P.off, P.ev, P.ts, P.obs, P.mask)
-    n_obs = int(np.sum(fd.mask)) - int(np.sum(fd.censored))
-    return _is_ofv(
-        P,
-        data_t,
-        mu,
-        pop.omega,
-        sigma,
-        np.asarray(ind.etas),
-        np.asarray(ind.cov_eta),
-        int(n_samples),
-        df,
-        jax.random.PRNGKey(seed),
-        n_obs,
-    )
 
 
 # ============================================================================ result
@@ -1044,18 +270,18 @@ def saem(
             omega=pop0.omega,
             iiv=list(pop0.iiv),
         )
-    pop, outputs, errors, solver, fd, cmode, spec, P = _prepare(
+    pop, outputs, errors, solver, fd, cmode, spec, P = prepare(
         model, data, pop_fix, error, output, solver, censoring, lloq, dvid, output_column
     )
     N, k = fd.n, len(pop.iiv)
     iiv = tuple(pop.iiv)
-    D, coef_labels, coef_log, beta0 = _coefficient_design(model, pop0, fd, iiv, estimate)
+    D, coef_labels, coef_log, beta0 = coefficient_design(model, pop0, fd, iiv, estimate)
     nb = len(coef_labels)
     est_mask = np.asarray([q in estimate for q in iiv])
     est_idx = np.flatnonzero(est_mask)
     diagonal = omega == "diagonal"
     closed = cmode == "none" and all(len(e.names) == 1 for e in errors)
-    S = _Settings(
+    S = Settings(
         n_burn=int(n_burn),
         n_total=int(n_burn + n_em),
         n_sa=int(round(anneal * n_burn)),
@@ -1067,7 +293,7 @@ def saem(
         rate=0.4,
     )
     R = int(n_chains)
-    data_r = _tile((P.tv, P.off, P.ev, P.ts, P.obs, P.mask), R)
+    data_r = tile_rows((P.tv, P.off, P.ev, P.ts, P.obs, P.mask), R)
     mu0 = np.asarray(model.pack({q: jnp.asarray(pop.typical[q]) for q in iiv}, iiv))
     om0 = np.asarray(pop.omega, float)
     if diagonal:
@@ -1075,9 +301,9 @@ def saem(
     sig0 = np.concatenate([np.asarray(e.sigma()) for e in errors])
     z0 = jnp.broadcast_to(jnp.asarray(mu0)[None], (R * N, k))
     if nb:  # every chain starts at its subject's prior mean
-        z0 = _prior_mean(jnp.asarray(mu0), jnp.asarray(beta0), D, R)
+        z0 = prior_mean(jnp.asarray(mu0), jnp.asarray(beta0), D, R)
     tv_r, off_r, ev_r, ts_r, obs_r, mask_r = data_r
-    L0, f0 = _simulate_jit(P.st, z0, tv_r, off_r, ev_r, ts_r, obs_r, mask_r, jnp.asarray(sig0))
+    L0, f0 = simulate_jit(P.st, z0, tv_r, off_r, ev_r, ts_r, obs_r, mask_r, jnp.asarray(sig0))
     if not np.all(np.isfinite(np.asarray(L0))):
         bad = sorted({fd.ids[i % N] for i in np.flatnonzero(~np.isfinite(np.asarray(L0)))})
         raise ValueError(
@@ -1089,7 +315,7 @@ def saem(
     if nb:  # subject-specific prior means mu + C_i beta
         m0 = mu0[None] + np.einsum("nkl,l->nk", np.asarray(D.C), beta0)
         s1_0, s2_0 = m0, om0 + m0.T @ m0 / N
-    carry = _Carry(
+    carry = Carry(
         z=z0,
         L=L0,
         f=f0,
@@ -1121,7 +347,7 @@ def saem(
         )
     t_iter = time.perf_counter()
     for it0 in range(0, n_total, _CHUNK):
-        carry, tr = _run_chunk(
+        carry, tr = run_chunk(
             P.st, S, est_j, mu_fixed, D, data_r, carry, jnp.asarray(it0), k_iter, _CHUNK
         )
         tr = jax.tree.map(np.asarray, tr)
@@ -1172,13 +398,13 @@ def saem(
     ]
 
     # --------------------------------------------------------------- standard errors
-    phi = _pack_phi(mu, om, sig, est_idx, diagonal, beta)
+    phi = pack_phi(mu, om, sig, est_idx, diagonal, beta)
     Pn = phi.shape[0]
     cov_phi = np.full((Pn, Pn), np.nan)
     if n_fim:
         if verbose:
             print(f"  standard errors: Louis' information over {n_fim} MCMC iterations")
-        _, gbar, hbar = _louis_terms(
+        _, gbar, hbar = louis_terms(
             P.st,
             S,
             jnp.asarray(est_idx),
@@ -1205,7 +431,7 @@ def saem(
     rows_t, cols_t = np.tril_indices(k) if not diagonal else (np.arange(k), np.arange(k))
 
     def natural(p):
-        m_, o_, s_, b_ = _unpack_phi(
+        m_, o_, s_, b_ = unpack_phi(
             p, k, len(est_idx), jnp.asarray(est_idx), mu_fixed, diagonal, nb
         )
         th_ = model.unpack(m_, iiv)
@@ -1272,8 +498,8 @@ def saem(
         if verbose:
             print(f"  importance sampling: {n_is} t({is_df:g}) draws per subject")
         # the fitted coefficients join the fixed covariate offsets
-        P_is = _problem(model, fitted, fd, spec) if nb else P
-        isr = _is_ofv(
+        P_is = saem_problem(model, fitted, fd, spec) if nb else P
+        isr = is_ofv(
             P_is,
             (P_is.tv, P_is.off, P_is.ev, P_is.ts, P_is.obs, P_is.mask),
             mu,
