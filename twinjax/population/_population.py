@@ -24,8 +24,6 @@ References:
 
 from __future__ import annotations
 
-import abc
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -36,6 +34,21 @@ import numpy as np
 
 from ..model import Model, Piecewise
 from ._demographics import Demographics, concat_columns, float64_draws, key_blocks
+from ._population_cohort import Cohort as Cohort
+from ._population_covariates import Categorical as Categorical
+from ._population_covariates import Covariate as Covariate
+from ._population_covariates import Exponential as Exponential
+from ._population_covariates import Linear as Linear
+from ._population_covariates import Power as Power
+from ._population_covariates import shift_unconstrained as shift_unconstrained
+from ._population_iiv import (
+    draw_etas,
+    float_dtype,
+    omega_factor,
+    parse_corr,
+    parse_omega,
+    patient_subkeys,
+)
 
 __all__ = [
     "Categorical",
@@ -46,433 +59,6 @@ __all__ = [
     "Population",
     "Power",
 ]
-
-
-# ============================================================================ covariates
-_INF = math.inf
-
-
-def _fmt_level(v) -> str:
-    """A category value as text (``1`` for ``1.0``)."""
-    f = float(v)
-    return str(int(f)) if f.is_integer() else repr(f)
-
-
-def shift_unconstrained(model: Model, name: str, value, eta):
-    """``g^-1(g(value) + eta)`` for parameter ``name`` (``g``: its log / logit /
-    identity transform); ``value`` ``(N,)`` or a :class:`~twinjax.Piecewise` (then the
-    same ``eta`` shifts every one of its values)."""
-
-    def shift(v):
-        e = eta[..., None] if jnp.ndim(v) > jnp.ndim(eta) else eta
-        z = model.to_unconstrained({name: v}, (name,))[name]
-        return model.from_unconstrained({name: z + e})[name]
-
-    return value.map(shift) if isinstance(value, Piecewise) else shift(value)
-
-
-@dataclasses.dataclass(frozen=True)
-class Covariate(abc.ABC):
-    """A multiplicative covariate effect on one parameter's typical value.
-
-    ``TV_i = TV * factor(covariates_i[covariate])``; several effects on one parameter
-    multiply. Subclasses: :class:`Power`, :class:`Linear`, :class:`Exponential`,
-    :class:`Categorical`.
-
-    The coefficient(s) (``theta``, or a categorical's ``factors``) are fixed unless
-    ``estimate=True``: then a population fit (:func:`twinjax.calibrate.fit_population`)
-    estimates them with the typical values, Omega and the residual error, starting
-    from the given values, inside ``bounds``; the fit reports them as
-    ``"<param>~<covariate>"`` (or ``name``). Simulation, sampling and MAP fits always
-    use the current values.
-
-    Arguments:
-        param: the parameter name (``"CL"``).
-        covariate: the covariate column (``"WT"``).
-        estimate: keyword only; estimate the coefficient(s) in population fits.
-        bounds: keyword only; ``(lower, upper)`` of each estimated coefficient on its
-            natural scale (``-inf`` / ``inf`` for none; default: none, except
-            :class:`Categorical` factors, which are positive). The starting value
-            must lie strictly inside.
-        name: keyword only; the label of the estimated coefficient (default
-            ``"<param>~<covariate>"``; a categorical with several ``factors`` adds
-            ``"[<category>]"``).
-
-    Raises:
-        ValueError: for bounds that are not an increasing pair, or a starting value
-            outside them.
-    """
-
-    param: str
-    covariate: str
-    estimate: bool = dataclasses.field(default=False, kw_only=True)
-    bounds: tuple[float, float] | None = dataclasses.field(default=None, kw_only=True)
-    name: str | None = dataclasses.field(default=None, kw_only=True)
-
-    def __post_init__(self):
-        if not isinstance(self.estimate, bool):
-            raise ValueError(
-                f"{self.describe()}: estimate must be True or False, got {self.estimate!r}"
-            )
-        if self.name is not None and not (isinstance(self.name, str) and self.name.strip()):
-            raise ValueError(f"{self.describe()}: name must be a non-empty string")
-        if self.bounds is not None:
-            b = tuple(self.bounds)
-            if len(b) != 2 or not all(isinstance(v, (int, float)) for v in b):
-                raise ValueError(
-                    f"{self.describe()}: bounds must be a pair (lower, upper) of numbers "
-                    f"(-inf / inf for none), got {self.bounds!r}"
-                )
-            lo, hi = float(b[0]), float(b[1])
-            if math.isnan(lo) or math.isnan(hi) or not lo < hi:
-                raise ValueError(
-                    f"{self.describe()}: bounds must satisfy lower < upper, got {self.bounds!r}"
-                )
-            object.__setattr__(self, "bounds", (lo, hi))
-        lo, hi = self.coefficient_bounds()
-        for label, v in self.coefficients().items():
-            if not (math.isfinite(v) and lo < v < hi):
-                raise ValueError(
-                    f"{self.describe()}: coefficient {label} = {v} must be finite and "
-                    f"strictly inside the bounds ({lo}, {hi})"
-                )
-
-    # ---------------------------------------------------------------- coefficients
-    @abc.abstractmethod
-    def coefficients(self) -> dict[str, float]:
-        """``{label: value}`` of the coefficient(s), in the order ``factor_from`` takes."""
-
-    @abc.abstractmethod
-    def factor_from(self, x, coefs):
-        """The factor for covariate values ``x`` with coefficient values ``coefs`` (a
-        sequence, possibly of traced JAX scalars, in the order of
-        :meth:`coefficients`): pure JAX, differentiable in ``coefs``."""
-
-    @abc.abstractmethod
-    def with_coefficients(self, values) -> Covariate:
-        """A copy with the coefficient(s) replaced by ``values`` (same order)."""
-
-    def default_bounds(self) -> tuple[float, float]:
-        return (-_INF, _INF)
-
-    def coefficient_bounds(self) -> tuple[float, float]:
-        """``(lower, upper)`` of each coefficient (natural scale)."""
-        return self.bounds if self.bounds is not None else self.default_bounds()
-
-    def label(self) -> str:
-        """The base label of the coefficient(s): ``name`` or ``"<param>~<covariate>"``."""
-        return self.name or f"{self.param}~{self.covariate}"
-
-    def factor(self, x):
-        """The multiplicative factor for covariate values ``x`` (array in, array out)."""
-        return self.factor_from(x, list(self.coefficients().values()))
-
-    def describe(self) -> str:
-        return f"{type(self).__name__}({self.param} ~ {self.covariate})"
-
-
-@dataclasses.dataclass(frozen=True)
-class Power(Covariate):
-    """Power (allometric) effect: ``(x / ref) ** theta``.
-
-    Example: ``Power("CL", "WT", 0.75, ref=70.0)`` for allometric clearance and
-    ``Power("V", "WT", 1.0)`` for volumes (Holford 1996); ``Power("CL", "WT", 0.75,
-    ref=70.0, estimate=True)`` estimates the exponent in a population fit.
-
-    Arguments:
-        param, covariate: see :class:`Covariate` (also ``estimate``, ``bounds``,
-            ``name``).
-        theta: the exponent.
-        ref: the reference value (the typical value applies at ``x = ref``).
-
-    Raises:
-        ValueError: for a non-positive reference.
-    """
-
-    theta: float = 0.75
-    ref: float = 70.0
-
-    def __post_init__(self):
-        if not self.ref > 0:
-            raise ValueError(f"Power covariate on {self.param!r}: ref must be > 0, got {self.ref}")
-        super().__post_init__()
-
-    def coefficients(self) -> dict[str, float]:
-        return {self.label(): float(self.theta)}
-
-    def factor_from(self, x, coefs):
-        return (x / self.ref) ** coefs[0]
-
-    def with_coefficients(self, values) -> Power:
-        return dataclasses.replace(self, theta=float(values[0]))
-
-
-@dataclasses.dataclass(frozen=True)
-class Linear(Covariate):
-    """Linear effect: ``1 + theta * (x - ref)``.
-
-    Arguments:
-        param, covariate: see :class:`Covariate` (also ``estimate``, ``bounds``,
-            ``name``).
-        theta: the fractional change per unit of the covariate (the slope).
-        ref: the reference value.
-    """
-
-    theta: float = 0.0
-    ref: float = 40.0
-
-    def coefficients(self) -> dict[str, float]:
-        return {self.label(): float(self.theta)}
-
-    def factor_from(self, x, coefs):
-        return 1.0 + coefs[0] * (x - self.ref)
-
-    def with_coefficients(self, values) -> Linear:
-        return dataclasses.replace(self, theta=float(values[0]))
-
-
-@dataclasses.dataclass(frozen=True)
-class Exponential(Covariate):
-    """Exponential effect: ``exp(theta * (x - ref))``.
-
-    Arguments:
-        param, covariate: see :class:`Covariate` (also ``estimate``, ``bounds``,
-            ``name``).
-        theta: the log-change per unit of the covariate.
-        ref: the reference value.
-    """
-
-    theta: float = 0.0
-    ref: float = 40.0
-
-    def coefficients(self) -> dict[str, float]:
-        return {self.label(): float(self.theta)}
-
-    def factor_from(self, x, coefs):
-        return jnp.exp(coefs[0] * (x - self.ref))
-
-    def with_coefficients(self, values) -> Exponential:
-        return dataclasses.replace(self, theta=float(values[0]))
-
-
-@dataclasses.dataclass(frozen=True)
-class Categorical(Covariate):
-    """Categorical effect: a multiplicative factor per category.
-
-    Either ``theta`` (the NONMEM form ``theta ** (x == level)``, e.g. ``SEX == 1``) or
-    ``factors`` (``{category value: factor}``; categories not listed get 1, the
-    reference). ``level`` may be a tuple of categories sharing ``theta``: e.g.
-    ``Categorical("V", "APGAR", theta=1.16, level=(1, 2, 3, 4))`` is NONMEM's
-    ``IF (APGR.LT.5) TVV = TVV*(1+THETA(3))`` with ``theta = 1 + THETA(3)``.
-
-    With ``estimate=True`` the factor(s) are estimated (default bounds ``(0, inf)``):
-    one coefficient for ``theta`` (label ``"<param>~<covariate>"``), one per listed
-    category for ``factors`` (``"<param>~<covariate>[<category>]"``; leave the
-    reference category out).
-
-    Arguments:
-        param, covariate: see :class:`Covariate` (also ``estimate``, ``bounds``,
-            ``name``).
-        theta: the factor of category ``level`` (shorthand).
-        level: the category (or tuple of categories) ``theta`` applies to (default 1,
-            e.g. female).
-        factors: ``{category: factor}`` for several categories.
-
-    Raises:
-        ValueError: if both or neither of ``theta`` and ``factors`` are given, a factor
-            is not positive, or ``level`` is an empty tuple.
-    """
-
-    theta: float | None = None
-    level: float | tuple = 1
-    factors: Mapping[float, float] | None = None
-
-    def __post_init__(self):
-        if (self.theta is None) == (self.factors is None):
-            raise ValueError(
-                f"Categorical covariate on {self.param!r}: give exactly one of theta or factors"
-            )
-        if isinstance(self.level, (tuple, list)):
-            if not self.level:
-                raise ValueError(
-                    f"Categorical covariate on {self.param!r}: level is an empty tuple"
-                )
-            object.__setattr__(self, "level", tuple(float(v) for v in self.level))
-        fs = self.table()
-        bad = {k: v for k, v in fs.items() if not (math.isfinite(v) and v > 0)}
-        if bad:
-            raise ValueError(
-                f"Categorical covariate on {self.param!r}: factors must be positive, got {bad}"
-            )
-        super().__post_init__()
-
-    def levels(self) -> tuple:
-        """The categories ``theta`` applies to."""
-        return self.level if isinstance(self.level, tuple) else (self.level,)
-
-    def table(self) -> dict[float, float]:
-        """``{category: factor}``."""
-        if self.theta is not None:
-            return {lv: float(self.theta) for lv in self.levels()}
-        assert self.factors is not None  # exactly one of theta, factors: __post_init__
-        return {k: float(v) for k, v in dict(self.factors).items()}
-
-    def default_bounds(self) -> tuple[float, float]:
-        return (0.0, _INF)
-
-    def coefficients(self) -> dict[str, float]:
-        if self.theta is not None:
-            return {self.label(): float(self.theta)}
-        assert self.factors is not None
-        return {f"{self.label()}[{_fmt_level(k)}]": float(v) for k, v in dict(self.factors).items()}
-
-    def groups(self) -> list[tuple]:
-        """The categories of each coefficient, in the order of :meth:`coefficients`."""
-        if self.theta is not None:
-            return [self.levels()]
-        assert self.factors is not None
-        return [(k,) for k in dict(self.factors)]
-
-    def factor_from(self, x, coefs):
-        x = jnp.asarray(x)
-        out = jnp.ones(x.shape, jnp.result_type(float))
-        for grp, f in zip(self.groups(), coefs):
-            hit = jnp.zeros(x.shape, bool)
-            for lv in grp:
-                hit = hit | (x == lv)
-            out = jnp.where(hit, f, out)
-        return out
-
-    def with_coefficients(self, values) -> Categorical:
-        if self.theta is not None:
-            return dataclasses.replace(self, theta=float(values[0]))
-        assert self.factors is not None
-        return dataclasses.replace(
-            self, factors={k: float(v) for k, v in zip(dict(self.factors), values)}
-        )
-
-    def __hash__(self):
-        return hash(
-            (
-                self.param,
-                self.covariate,
-                tuple(sorted(self.table().items())),
-                self.estimate,
-                self.bounds,
-                self.name,
-            )
-        )
-
-
-# ============================================================================ cohort
-@dataclasses.dataclass(frozen=True, eq=False)
-class Cohort:
-    """A sampled virtual cohort: one parameter set and one covariate row per patient.
-
-    Arguments:
-        params: ``{name: (N,) array}`` with every model parameter, ready for
-            ``twinjax.simulate(model, cohort.params, ...)``.
-        covariates: a pandas DataFrame with ``N`` rows, indexed by the global patient
-            index (``ID``).
-        etas: ``(N, n_iiv)`` random effects, in the order of ``iiv``.
-        iiv: the names of the parameters with IIV.
-        typical: ``{name: (N,) array}``, the covariate-adjusted typical values.
-        index: ``(N,)`` global patient indices (equal to ``covariates.index``).
-    """
-
-    params: dict
-    covariates: Any
-    etas: jax.Array
-    iiv: tuple[str, ...] = ()
-    typical: dict = dataclasses.field(default_factory=dict)
-    index: np.ndarray | None = None
-
-    def __post_init__(self):
-        n = int(self.etas.shape[0])
-        for k, v in self.params.items():
-            if jnp.shape(v) != (n,):
-                raise ValueError(f"Cohort: parameter {k!r} has shape {jnp.shape(v)}, need ({n},)")
-        if len(self.covariates) != n:
-            raise ValueError(f"Cohort: covariate table has {len(self.covariates)} rows, need {n}")
-        if self.etas.ndim != 2 or self.etas.shape[1] != len(self.iiv):
-            raise ValueError(
-                f"Cohort: etas have shape {self.etas.shape}, need ({n}, {len(self.iiv)})"
-            )
-        if self.index is None:
-            object.__setattr__(self, "index", np.asarray(self.covariates.index))
-
-    @property
-    def n(self) -> int:
-        """The number of patients."""
-        return int(self.etas.shape[0])
-
-    def __len__(self) -> int:
-        return self.n
-
-    def subset(self, idx) -> Cohort:
-        """The cohort restricted to ``idx`` (positions, a slice, or a boolean mask).
-
-        Arguments:
-            idx: integer positions (0-based, within this cohort), a slice, or a boolean
-                mask of length ``n``.
-
-        Returns:
-            A new :class:`Cohort`; global patient indices are kept.
-
-        Raises:
-            IndexError: for a mask of the wrong length or positions out of range.
-        """
-        if isinstance(idx, slice):
-            pos = np.arange(self.n)[idx]
-        else:
-            arr = np.asarray(idx)
-            if arr.dtype == bool:
-                if arr.shape != (self.n,):
-                    raise IndexError(f"boolean mask has shape {arr.shape}, need ({self.n},)")
-                pos = np.flatnonzero(arr)
-            else:
-                pos = np.atleast_1d(arr).astype(np.int64)
-                if pos.size and (pos.min() < -self.n or pos.max() >= self.n):
-                    raise IndexError(f"cohort positions out of range for {self.n} patients")
-                pos = np.where(pos < 0, pos + self.n, pos)
-        take = lambda v: jnp.asarray(np.asarray(v)[pos])  # host gather: no recompilation
-        assert self.index is not None  # set in __post_init__
-        return Cohort(
-            params={k: take(v) for k, v in self.params.items()},
-            covariates=self.covariates.iloc[pos],
-            etas=take(self.etas),
-            iiv=self.iiv,
-            typical={k: take(v) for k, v in self.typical.items()},
-            index=self.index[pos],
-        )
-
-    def __getitem__(self, idx) -> Cohort:
-        """``cohort[idx]`` is :meth:`subset` (an integer gives a one-patient cohort)."""
-        return self.subset(idx)
-
-    def chunk(self, start: int, stop: int) -> Cohort:
-        """Patients at positions ``[start, stop)`` of this cohort."""
-        return self.subset(slice(start, stop))
-
-    def to_dataframe(self):
-        """One row per patient: covariates, parameters, and etas (``ETA_<name>``).
-
-        Returns:
-            A pandas DataFrame indexed by the global patient index ``ID``.
-        """
-        import pandas as pd
-
-        df = self.covariates.copy()
-        for k, v in self.params.items():
-            df[k] = np.asarray(v)
-        e = np.asarray(self.etas)
-        for i, k in enumerate(self.iiv):
-            df[f"ETA_{k}"] = e[:, i]
-        df.index = pd.Index(self.index, name="ID")
-        return df
-
-    def __repr__(self) -> str:
-        return f"Cohort(n={self.n}, params={list(self.params)}, iiv={list(self.iiv)})"
 
 
 # ============================================================================ population
@@ -541,8 +127,8 @@ class Population:
                 )
         self.covariates: tuple[Covariate, ...] = covariates
 
-        self.iiv, self.omega = _parse_omega(omega, iiv, names)
-        self._factor = _omega_factor(self.omega)
+        self.iiv, self.omega = parse_omega(omega, iiv, names)
+        self._factor = omega_factor(self.omega)
 
         if demographics is not None and not isinstance(demographics, Demographics):
             raise TypeError(f"demographics must be a Demographics or None, got {demographics!r}")
@@ -602,7 +188,7 @@ class Population:
                 sd.append(c * abs(tv) / ((q.upper - q.lower) * s * (1 - s)))
             else:
                 sd.append(c * abs(tv))
-        r = _parse_corr(corr, names)
+        r = parse_corr(corr, names)
         sdv = np.asarray(sd, np.float64)
         omega = r * sdv[:, None] * sdv[None, :]
         return cls(model, omega=omega, iiv=names, **kwargs)
@@ -651,7 +237,7 @@ class Population:
         Raises:
             KeyError: if a covariate column is missing.
         """
-        dtype = _float()
+        dtype = float_dtype()
         cols: dict[str, Any] = {}
         for c in self.covariates:
             if c.covariate not in cols:
@@ -715,19 +301,19 @@ class Population:
             ``(n, n_iiv)`` etas ``~ N(0, Omega)``, identical to ``sample(key, ...).etas``
             (drawn in float64 and cast to the working dtype, as there).
         """
-        dtype = _float()
+        dtype = float_dtype()
         parts = []
         with float64_draws():
             for keys, m in key_blocks(key, n, start):
-                _, k_eta = _subkeys(keys)
+                _, k_eta = patient_subkeys(keys)
                 parts.append(np.asarray(self._etas(k_eta))[:m])
         return jnp.asarray(np.concatenate(parts).astype(dtype))
 
     def _etas(self, keys):
-        dtype = _float()
+        dtype = float_dtype()
         if self.n_iiv == 0:
             return jnp.zeros((keys.shape[0], 0), dtype)
-        return _etas(keys, jnp.asarray(self._factor, dtype))
+        return draw_etas(keys, jnp.asarray(self._factor, dtype))
 
     def sample(self, key, n: int, start: int = 0, covariates=None) -> Cohort:
         """Sample a cohort of ``n`` patients with global indices ``start .. start+n-1``.
@@ -759,7 +345,7 @@ class Population:
                 a covariate-adjusted typical value leaves its parameter's bounds (naming
                 the parameter and the patient).
         """
-        dtype = _float()
+        dtype = float_dtype()
         with float64_draws():
             cov, etas, tv, params, index = self._sample(key, n, start, covariates, dtype)
         # jax arrays made outside the float64 context: in the working dtype
@@ -778,7 +364,7 @@ class Population:
         import pandas as pd
 
         n, start = int(n), int(start)
-        blocks = [(*_subkeys(keys), m) for keys, m in key_blocks(key, n, start)]
+        blocks = [(*patient_subkeys(keys), m) for keys, m in key_blocks(key, n, start)]
         index = np.arange(start, start + n)
         if covariates is not None:
             cov = pd.DataFrame(covariates).copy()
@@ -855,156 +441,3 @@ class Population:
                     f"{q.unit}; check the covariate effects "
                     f"{[c.describe() for c in self.covariates if c.param == q.name]}"
                 )
-
-
-# ============================================================================ helpers
-def _float():
-    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-
-
-@jax.jit
-def _subkeys(keys):
-    """Per-patient keys for the demographics (``fold_in(k, 0)``) and the etas (1)."""
-    return (
-        jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys),
-        jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys),
-    )
-
-
-@jax.jit
-def _etas(keys, factor):
-    """``eta_i = L z_i`` with ``z_i ~ N(0, I)`` drawn from patient ``i``'s key."""
-    m = factor.shape[0]
-    z = jax.vmap(lambda k: jax.random.normal(k, (m,), factor.dtype))(keys)
-    # explicit elementwise sum (not a matmul): the same rounding whatever the batch size
-    eta = z[:, 0:1] * factor[None, :, 0]
-    for j in range(1, m):
-        eta = eta + z[:, j : j + 1] * factor[None, :, j]
-    return eta
-
-
-def _parse_omega(omega, iiv, names) -> tuple[tuple[str, ...], np.ndarray]:
-    """Validate Omega; return ``(iiv names, (n, n) float64 matrix)``."""
-    if omega is None:
-        if iiv:
-            raise ValueError(f"Population: iiv={list(iiv)} given without omega")
-        return (), np.zeros((0, 0))
-    if isinstance(omega, Mapping):
-        keys_s = [k for k in omega if isinstance(k, str)]
-        keys_t = [k for k in omega if isinstance(k, tuple)]
-        other = [k for k in omega if not isinstance(k, (str, tuple))]
-        if other:
-            raise ValueError(f"omega dict keys must be names or (name, name) pairs, got {other}")
-        order = tuple(iiv) if iiv is not None else tuple(keys_s)
-        _check_names(order, names)
-        missing = [k for k in order if k not in keys_s]
-        if missing:
-            raise ValueError(f"omega: no variance given for {missing}")
-        extra = [k for k in keys_s if k not in order]
-        if extra:
-            raise ValueError(f"omega: variances for {extra} which are not in iiv={list(order)}")
-        pos = {k: i for i, k in enumerate(order)}
-        m = np.zeros((len(order), len(order)))
-        for k in keys_s:
-            m[pos[k], pos[k]] = float(omega[k])
-        for pair in keys_t:
-            if len(pair) != 2 or any(p not in pos for p in pair):
-                raise ValueError(
-                    f"omega: covariance key {pair!r} must be a pair of iiv names {list(order)}"
-                )
-            a, b = pos[pair[0]], pos[pair[1]]
-            if a == b:
-                raise ValueError(f"omega: covariance key {pair!r} repeats one name")
-            m[a, b] = m[b, a] = float(omega[pair])
-    else:
-        if iiv is None:
-            raise ValueError("Population: an omega matrix needs iiv=[names] in its order")
-        order = tuple(iiv)
-        _check_names(order, names)
-        m = np.asarray(omega, dtype=np.float64)
-        if m.ndim == 1:
-            raise ValueError(
-                f"omega has shape {m.shape}: give a full ({len(order)}, {len(order)}) "
-                "covariance matrix, or a dict {name: variance} for a diagonal Omega"
-            )
-    _check_omega(m, order)
-    return order, m
-
-
-def _check_names(order, names):
-    if len(order) == 0:
-        raise ValueError("Population: iiv is empty; use omega=None for no IIV")
-    unknown = [k for k in order if k not in names]
-    if unknown:
-        raise ValueError(
-            f"Population: iiv names unknown parameter(s) {unknown}; valid: {list(names)}"
-        )
-    dup = sorted({k for k in order if order.count(k) > 1})
-    if dup:
-        raise ValueError(f"Population: iiv repeats {dup}")
-
-
-def _check_omega(m: np.ndarray, order) -> None:
-    k = len(order)
-    if m.shape != (k, k):
-        raise ValueError(
-            f"omega has shape {m.shape} but iiv has {k} names {list(order)}: Omega must be "
-            f"({k}, {k})"
-        )
-    if not np.all(np.isfinite(m)):
-        raise ValueError("omega has non-finite entries")
-    scale = max(1.0, float(np.max(np.abs(m))))
-    asym = float(np.max(np.abs(m - m.T)))
-    if asym > 1e-10 * scale:
-        i, j = np.unravel_index(np.argmax(np.abs(m - m.T)), m.shape)
-        raise ValueError(
-            f"omega is not symmetric: Omega[{order[i]}, {order[j]}] = {m[i, j]} but "
-            f"Omega[{order[j]}, {order[i]}] = {m[j, i]}"
-        )
-    neg = [order[i] for i in range(k) if m[i, i] < 0]
-    if neg:
-        raise ValueError(f"omega has negative variances for {neg}")
-    w = np.linalg.eigvalsh(0.5 * (m + m.T))
-    if w.min() < -1e-10 * scale:
-        raise ValueError(
-            f"omega is not positive semi-definite (smallest eigenvalue {w.min():.4g}): the "
-            "covariances imply correlations that cannot coexist (|rho| > 1 or inconsistent)"
-        )
-
-
-def _omega_factor(m: np.ndarray) -> np.ndarray:
-    """``L`` with ``L @ L.T == Omega`` (Cholesky, or eigen-factor if singular)."""
-    if m.size == 0:
-        return m
-    try:
-        return np.linalg.cholesky(m)
-    except np.linalg.LinAlgError:
-        w, v = np.linalg.eigh(0.5 * (m + m.T))
-        return v * np.sqrt(np.clip(w, 0.0, None))[None, :]
-
-
-def _parse_corr(corr, names) -> np.ndarray:
-    k = len(names)
-    if corr is None:
-        return np.eye(k)
-    if isinstance(corr, Mapping):
-        r = np.eye(k)
-        pos = {n: i for i, n in enumerate(names)}
-        for pair, rho in corr.items():
-            if not (isinstance(pair, tuple) and len(pair) == 2 and all(p in pos for p in pair)):
-                raise ValueError(f"corr key {pair!r} must be a pair of names from {list(names)}")
-            a, b = pos[pair[0]], pos[pair[1]]
-            if a == b:
-                raise ValueError(f"corr key {pair!r} repeats one name")
-            if not -1.0 <= float(rho) <= 1.0:
-                raise ValueError(f"correlation {pair} = {rho} outside [-1, 1]")
-            r[a, b] = r[b, a] = float(rho)
-        return r
-    r = np.asarray(corr, dtype=np.float64)
-    if r.shape != (k, k):
-        raise ValueError(f"corr has shape {r.shape}, need ({k}, {k}) for {list(names)}")
-    if not np.allclose(np.diag(r), 1.0):
-        raise ValueError(f"corr must have a unit diagonal, got {np.diag(r)}")
-    if np.any(np.abs(r) > 1.0):
-        raise ValueError("corr has entries outside [-1, 1]")
-    return r
