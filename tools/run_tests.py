@@ -57,6 +57,8 @@ LONGEST_FIRST = (
     "test_covariates.py",
     "test_time_varying.py",
     "test_iov.py",
+    "test_latency.py",
+    "test_posterior.py",
     "test_npde.py",
     "test_vpc_blq.py",
     "test_cipa_uncertainty.py",
