@@ -136,8 +136,11 @@ def test_rows_and_stacked_layouts_agree(method, monkeypatch):
     args = {"a": jnp.array([-1.0, -3.0, 0.5]), "b": jnp.array([0.1, 0.0, -0.2])}
     t1 = jnp.array([1.0, 0.7, 2.0])
     y0 = jnp.array([[1.0], [2.0], [0.5]])
+    monkeypatch.setattr(_ensemble, "ROWS_ADAPTIVE", True)  # rows for tsit5 too
+    assert solver._rows(1)
     rows = _integrate(solver, t1, y0, args)
     monkeypatch.setattr(_ensemble, "ROWS_MAX", 0)
+    assert not solver._rows(1)
     stacked = _integrate(solver, t1, y0, args)
     np.testing.assert_array_equal(np.asarray(rows[1]), np.asarray(stacked[1]))
     np.testing.assert_allclose(np.asarray(rows[0]), np.asarray(stacked[0]), rtol=1e-12)

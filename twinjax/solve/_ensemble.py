@@ -77,6 +77,11 @@ def _rms(x):
 # Larger models keep the stacked array (one HLO op per stage, not S: compile time),
 # and so does Rosenbrock (its LU works on the stacked Jacobian).
 ROWS_MAX = 16
+# Adaptive methods on rows too: no gain in CPU time (Lorenz Tsit5, N = 65,536: 5.2 vs
+# 4.75 CPU-ns per trajectory-step), while compiling them took more: a MAP fit of the 12
+# theophylline subjects (Tsit5) compiled in 15.3 CPU-s on rows vs 10.9 stacked. Off:
+# only the fixed-step methods use rows (their lean loop is where the gain is).
+ROWS_ADAPTIVE = False
 
 
 def _tmap(fn, *xs):
@@ -279,8 +284,11 @@ class Ensemble(AbstractSolver):
         return jnp.minimum(h, jnp.maximum(t1 - t0, 0.0))
 
     def _rows(self, S):
-        """Whether the step loop runs on a tuple of rows (see ``ROWS_MAX``)."""
-        return S <= ROWS_MAX and not isinstance(self.tableau, RosenbrockTableau)
+        """Whether the step loop runs on a tuple of rows (see ``ROWS_MAX`` and
+        ``ROWS_ADAPTIVE``)."""
+        if S > ROWS_MAX or isinstance(self.tableau, RosenbrockTableau):
+            return False
+        return self.tableau.b_err is None or ROWS_ADAPTIVE
 
     def block_size(self, n, S=None):
         """Patients per block for a batch of ``n`` (None: the whole batch); ``S``, the
