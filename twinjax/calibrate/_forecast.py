@@ -60,6 +60,24 @@ class Forecast:
     samples: np.ndarray
     level: float
 
+    @classmethod
+    def from_draws(cls, times, map_pred, f, y, level: float) -> Forecast:
+        """The forecast of predictions ``f`` ``(S, T)`` over parameter draws and their
+        noisy versions ``y``: medians and ``level`` intervals over the draws."""
+        a = (1 - level) / 2
+        q = lambda x, p: np.nanquantile(x, p, axis=0)  # noqa: E731
+        return cls(
+            times=np.asarray(times, float),
+            map=map_pred,
+            median=q(f, 0.5),
+            lower=q(f, a),
+            upper=q(f, 1 - a),
+            pi_lower=q(y, a),
+            pi_upper=q(y, 1 - a),
+            samples=f,
+            level=level,
+        )
+
     def to_dataframe(self):
         """The forecast as a table indexed by time."""
         import pandas as pd
@@ -120,19 +138,7 @@ def forecast(
     else:
         f = _forecast_bucketed(fit, regimen, times, int(n_samples), k1, subject)
     y = np.asarray(_noise(fit.error, k2, jnp.asarray(f)))
-    a = (1 - level) / 2
-    q = lambda x, p: np.nanquantile(x, p, axis=0)  # noqa: E731
-    return Forecast(
-        times=np.asarray(times, float),
-        map=f[0],
-        median=q(f, 0.5),
-        lower=q(f, a),
-        upper=q(f, 1 - a),
-        pi_lower=q(y, a),
-        pi_upper=q(y, 1 - a),
-        samples=f,
-        level=level,
-    )
+    return Forecast.from_draws(times, f[0], f, y, level)
 
 
 def _forecast_bucketed(fit: FitResult, regimen: Regimen, times, n: int, key, subject):

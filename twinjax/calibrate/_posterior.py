@@ -706,19 +706,7 @@ def forecast_posterior(
     f_all = np.asarray(res[post.output])
     f = f_all[1:]
     y = np.asarray(post.error.sample(k1, jnp.asarray(f)))
-    a = (1 - level) / 2
-    q = lambda x, p: np.nanquantile(x, p, axis=0)  # noqa: E731
-    return Forecast(
-        times=np.asarray(times, float),
-        map=f_all[0],
-        median=q(f, 0.5),
-        lower=q(f, a),
-        upper=q(f, 1 - a),
-        pi_lower=q(y, a),
-        pi_upper=q(y, 1 - a),
-        samples=f,
-        level=level,
-    )
+    return Forecast.from_draws(times, f_all[0], f, y, level)
 
 
 @dataclasses.dataclass(eq=False)
