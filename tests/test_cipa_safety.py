@@ -185,6 +185,16 @@ def test_qnet_protocol_resumes_from_its_checkpoint_with_the_same_numbers(tmp_pat
     with pytest.raises(ValueError, match=r"different run \(window: saved 2, now 3"):
         cp.qnet_protocol(["dofetilide"], checkpoint=ck, **{**kw, "window": 3})
     assert ck.read_bytes() == before
+    from twinjax.solve import _fingerprint
+
+    real = _fingerprint.environment_hash
+    _fingerprint.environment_hash = lambda: "another twinjax"
+    try:
+        with pytest.raises(ValueError, match=r"different run \(code: saved"):
+            cp.qnet_protocol(["dofetilide"], checkpoint=ck, **kw)
+    finally:
+        _fingerprint.environment_hash = real
+    assert ck.read_bytes() == before
     notes = tmp_path / "notes.npz"
     notes.write_text("my notes")
     with pytest.raises(ValueError, match="not a twinjax qNet checkpoint"):

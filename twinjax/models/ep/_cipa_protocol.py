@@ -183,13 +183,16 @@ def qnet_protocol(
             as an uninterrupted run (each chunk starts from the saved state either
             way). A checkpoint of a different run (compounds, multiples, beats,
             window, chunk, solver, dtype) is refused, naming what differs, and is
-            never overwritten; so is a file that is not a twinjax qNet checkpoint.
+            never overwritten; so is a file that is not a twinjax qNet checkpoint, and
+            one written by another version of twinjax or its libraries (its numbers
+            would not continue the same computation).
 
     Returns:
         A :class:`QNetResult`.
     """
     import jax.numpy as jnp
 
+    from ...solve._fingerprint import environment_hash
     from ._cipa import CiPAORd, compound_params, pace_cipa
     from ._cipa import compounds as table
 
@@ -217,6 +220,7 @@ def qnet_protocol(
         chunk=int(chunk),
         solver=repr(solver),
         dtype=str(params["D"].dtype),
+        code=environment_hash(),  # library versions and twinjax's sources
     )
     y, done, kept, status, chunks, spent = None, 0, [], None, [], 0.0
     if checkpoint is not None:
