@@ -2,9 +2,9 @@
 
 from . import solvers as solvers
 from ._base import AbstractSolver as AbstractSolver
-from ._cohort import CohortResult as CohortResult
-from ._cohort import StoreRepairWarning as StoreRepairWarning
 from ._cohort import simulate_cohort as simulate_cohort
+from ._cohort_result import CohortResult as CohortResult
+from ._cohort_store import StoreRepairWarning as StoreRepairWarning
 from ._engine import stack_state as stack_state
 from ._engine import vector_field as vector_field
 from ._result import Result as Result
