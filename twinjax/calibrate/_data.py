@@ -141,6 +141,8 @@ class FitData:
         varying: ``{covariate: Piecewise}`` the covariates that change within a
             subject, each ``(N, C)`` on the times of every record of the subject with
             NONMEM's convention (``"nocb"``), shifted like the event table.
+        occasions: the :class:`~twinjax.calibrate._iov.Occasions` of a fit with
+            inter-occasion variability (None: none read).
     """
 
     ids: list
@@ -157,6 +159,7 @@ class FitData:
     outputs: tuple = ()
     lines: np.ndarray | None = None
     varying: dict = dataclasses.field(default_factory=dict)
+    occasions: Any = None
 
     @property
     def n(self) -> int:
@@ -205,6 +208,7 @@ class FitData:
             outputs=self.outputs,
             lines=take(self.lines),
             varying={k: jax.tree.map(lambda a: a[idx], v) for k, v in self.varying.items()},
+            occasions=None if self.occasions is None else self.occasions.subset(idx),
         )
 
 
@@ -357,6 +361,7 @@ def prepare_data(
     censoring: str | None = None,
     dvid=None,
     output_column: str = "DVID",
+    occasion_column: str | None = None,
 ) -> FitData:
     """Turn a dataset into the padded arrays the fits run on.
 
@@ -384,6 +389,9 @@ def prepare_data(
             names; default: tag ``k`` (1, 2, ...) is the k-th output, and a tag equal to
             an output name is that output.
         output_column: ``"DVID"`` (default) or ``"CMT"``: the column tagging records.
+        occasion_column: read each record's occasion from this column (a fit with
+            inter-occasion variability; see :mod:`twinjax.calibrate._iov`); a Dataset
+            is then required.
 
     Returns:
         A :class:`FitData`.
@@ -398,7 +406,17 @@ def prepare_data(
     # jax's Config stubs do not declare the flag attributes
     dtype = dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)  # type: ignore[attr-defined]
     if isinstance(data, FitData):
+        if occasion_column is not None and data.occasions is None:
+            raise ValueError(
+                f"IOV needs occasions ({occasion_column!r}); this FitData has none: give the "
+                "Dataset instead"
+            )
         return data
+    if occasion_column is not None and not isinstance(data, Dataset):
+        raise ValueError(
+            f"IOV needs the data as a twinjax Dataset with an occasion column "
+            f"({occasion_column!r}) on every record, got {type(data).__name__}"
+        )
     outputs, errors = resolve_outputs(model, error, output)
     if censoring is not None and censoring not in CENSORING:
         raise ValueError(f"censoring must be one of {list(CENSORING)}, got {censoring!r}")
@@ -515,6 +533,13 @@ def prepare_data(
     # time-varying covariates: (N, C) tables on one grid (every record's time), shifted
     # like the event table so that doses and observations see their records' values
     varying = _change_tables(varying, shift)
+    occasions = None
+    if occasion_column is not None:
+        from ._iov import occasion_table
+
+        occasions = occasion_table(data, occasion_column, shift, PRE_DOSE_EPS)
+        if occasion_column in varying:  # the occasion is no covariate of the model
+            varying = {k: v for k, v in varying.items() if k != occasion_column}
     tv_names = covariates.attrs.get("time_varying", [])
     covariates = covariates.reset_index(drop=True)
     covariates.attrs["time_varying"] = tv_names
@@ -535,6 +560,7 @@ def prepare_data(
         outputs=tuple(outputs),
         lines=lines,
         varying=varying,
+        occasions=occasions,
     )
 
 

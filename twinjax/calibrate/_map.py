@@ -60,6 +60,7 @@ from ._data import pad_fit_batch as pad_fit_batch
 from ._data import prepare_data as prepare_data
 from ._data import resolve_outputs as resolve_outputs
 from ._data import shape_bucket as shape_bucket
+from ._iov import check_iov, iov_precision, kappa_frame, refuse_varying_iov, with_occasions
 from ._residual import ErrorModel
 from ._terms import Spec as Spec
 from ._terms import as_population as as_population
@@ -427,6 +428,16 @@ class FitResult:
         varying: ``{name: Piecewise}`` the individual estimates of those parameters
             over time; ``params``, ``se`` and ``ci95`` give their values at time 0
             (the first record's covariates, NONMEM's convention).
+        iov: ``{name: variance}`` the IOV variances (the kappas' prior) of a fit with
+            inter-occasion variability (empty otherwise). ``params``, ``se`` and
+            ``ci95`` of an IOV parameter are then its value without kappa
+            (``g^-1(g(TV) + eta)``), ``varying`` its value on each occasion.
+        kappas: ``(N, m, K)`` MAP kappas of the ``m`` IOV parameters on each subject's
+            ``K`` occasions (0 on padding occasions); cov_kappa: ``(N, m K, m K)``
+            their Laplace covariance.
+        occasions: a DataFrame, one row per subject and occasion: ``ID``, the
+            occasion column, ``START`` (the time the occasion starts, on the fit's
+            evaluation time scale), ``kappa_P`` and the individual ``P`` on it.
     """
 
     ids: list
@@ -459,6 +470,10 @@ class FitResult:
     errors: dict = dataclasses.field(default_factory=dict)
     censoring: str = "none"
     varying: dict = dataclasses.field(default_factory=dict)
+    iov: dict = dataclasses.field(default_factory=dict)
+    kappas: np.ndarray | None = None
+    cov_kappa: np.ndarray | None = None
+    occasions: object = None
 
     @property
     def n(self) -> int:
@@ -579,6 +594,8 @@ def fit_individual(
     dvid=None,
     output_column: str = "DVID",
     buckets: bool = True,
+    iov: Mapping[str, float] | None = None,
+    occasion_column: str = "OCC",
 ) -> FitResult:
     """MAP fits of every subject of a dataset in one compiled, batched run.
 
@@ -643,11 +660,14 @@ def fit_individual(
             record tagged with no fitted output), before anything is compiled.
     """
     pop = as_population(model, prior)
-    if pop.n_iiv == 0:
+    iov_var = check_iov(model, iov)
+    if pop.n_iiv == 0 and not iov_var:
         raise ValueError("the prior has no IIV: nothing to fit individually")
     outputs, errors = resolve_outputs(model, error, output)
     if method not in ("lm", "optimistix", "adam"):
         raise ValueError(f"method must be 'lm', 'optimistix' or 'adam', got {method!r}")
+    if iov_var and method != "lm":
+        raise ValueError(f"iov needs method='lm', got method={method!r}")
     solver = solver or Ensemble()
     fd = prepare_data(
         model,
@@ -658,6 +678,7 @@ def fit_individual(
         censoring=censoring,
         dvid=dvid,
         output_column=output_column,
+        occasion_column=occasion_column if iov_var else None,
     )
     cmode = fit_censoring(fd, censoring)
     if method == "optimistix" and cmode != "none":
@@ -665,10 +686,18 @@ def fit_individual(
             "method='optimistix' fits stacked Gaussian residuals, which censored records "
             f"({int(fd.censored.sum())} here) do not have; use method='lm' or 'adam'"
         )
-    spec = make_spec(model, solver, pop.iiv, errors, outputs, cmode)
-    N, k = fd.n, pop.n_iiv
-    tv = typical_values(pop, fd.covariates, N, fd.varying)
-    omega = np.asarray(pop.omega)
+    iov_names = tuple(iov_var)
+    if iov_var:
+        refuse_varying_iov(pop, iov_names, fd.varying)
+    n_occ = fd.occasions.k if iov_var else 0
+    spec = make_spec(model, solver, pop.iiv, errors, outputs, cmode, iov_names, n_occ)
+    N, k = fd.n, spec.n_random
+    tv_plain = typical_values(pop, fd.covariates, N, fd.varying)
+    tv = with_occasions(tv_plain, iov_names, fd.occasions.times) if iov_var else tv_plain
+    omega = np.asarray(pop.omega if pop.n_iiv else np.zeros((0, 0)), float)
+    if iov_var:
+        prec = iov_precision(iov_var, iov_names, n_occ)
+        omega = _block_diag(omega, np.diag(1.0 / prec))
     omega_inv = np.linalg.inv(omega)
     sigma = np.concatenate([np.atleast_1d(np.asarray(e.sigma())) for e in errors])
     ts = jnp.asarray(fd.t_eval)
@@ -723,7 +752,16 @@ def fit_individual(
         best = np.argmin(np.where(np.isnan(Os), np.inf, Os), axis=0)
         pick = best * N + np.arange(N)
         out = {k_: v[pick] for k_, v in out.items()}
-    return _finish(spec, pop, fd, tv, out, omega, dict(zip(outputs, errors)))
+    return _finish(spec, pop, fd, tv, out, omega, dict(zip(outputs, errors)), tv_plain, iov_var)
+
+
+def _block_diag(a, b):
+    """The block-diagonal matrix of ``a`` and ``b``."""
+    n, m = a.shape[0], b.shape[0]
+    out = np.zeros((n + m, n + m))
+    out[:n, :n] = a
+    out[n:, n:] = b
+    return out
 
 
 def fit_censoring(fd: FitData, censoring: str | None) -> str:
@@ -736,12 +774,12 @@ def fit_censoring(fd: FitData, censoring: str | None) -> str:
     return "m3"
 
 
-def _finish(spec, pop, fd, tv, out, omega, errors) -> FitResult:
+def _finish(spec, pop, fd, tv, out, omega, errors, tv_plain=None, iov_var=None) -> FitResult:
     if isinstance(errors, ErrorModel):
         errors = {spec.output: errors}
     error = next(iter(errors.values()))
     model, names = spec.model, spec.names
-    k = len(names)
+    k = spec.n_random
     ok = out["ok"]
     eta = np.where(ok[:, None], out["eta"], np.nan)
     H = out["H"]
@@ -759,7 +797,11 @@ def _finish(spec, pop, fd, tv, out, omega, errors) -> FitResult:
     out = dict(out, converged=out["converged"] & ok, ok=ok)
     eta = np.where(ok[:, None], eta, np.nan)
     cov = np.where(ok[:, None, None], cov, np.nan)
-    tv0 = baseline(tv)  # time-varying typical values: estimates reported at time 0
+    eta_all, cov_all = eta, cov
+    ki = len(names)
+    eta, cov = eta_all[:, :ki], cov_all[:, :ki, :ki]  # the IIV part (marginal)
+    tv_rep = tv if tv_plain is None else tv_plain
+    tv0 = baseline(tv_rep)  # time-varying typical values: estimates reported at time 0
     params_fit, se, ci, corr = _natural(model, names, tv0, eta, cov)
     params = {kk: np.asarray(v) for kk, v in tv0.items()}
     params.update(params_fit)
@@ -767,9 +809,16 @@ def _finish(spec, pop, fd, tv, out, omega, errors) -> FitResult:
     if any(isinstance(v, Piecewise) for v in tv.values()):
         varying = {
             kk: jax.tree.map(np.asarray, v)
-            for kk, v in individual_params(spec, tv, jnp.asarray(np.nan_to_num(eta))).items()
+            for kk, v in individual_params(spec, tv, jnp.asarray(np.nan_to_num(eta_all))).items()
             if isinstance(v, Piecewise)
         }
+    kappas = cov_kappa = occ_frame = None
+    if spec.iov:
+        m, K = len(spec.iov), spec.n_occ
+        kappas = eta_all[:, ki:].reshape(-1, m, K)
+        cov_kappa = cov_all[:, ki:, ki:]
+        occ_vals = {q: np.asarray(varying[q].values) for q in spec.iov}
+        occ_frame = kappa_frame(fd, spec, spec.iov, kappas, occ_vals)
     # PRED and the residuals come from the fit's program (``map_program``)
     pred = out["pred"]
     ipred = np.where(ok[:, None], out["f"], np.nan)
@@ -778,7 +827,7 @@ def _finish(spec, pop, fd, tv, out, omega, errors) -> FitResult:
     omega_sd = np.sqrt(np.diag(np.asarray(omega)))
     good = out["converged"]
     shrink = {}
-    for i, kk in enumerate(names):
+    for i, kk in enumerate(names[:ki]):
         e = eta[good, i]
         shrink[kk] = float(1.0 - np.std(e, ddof=1) / omega_sd[i]) if e.size > 1 else float("nan")
     return FitResult(
@@ -807,9 +856,13 @@ def _finish(spec, pop, fd, tv, out, omega, errors) -> FitResult:
         solver=spec.solver,
         output=spec.output,
         data=fd,
-        typical={kk: jax.tree.map(np.asarray, v) for kk, v in tv.items()},
+        typical={kk: jax.tree.map(np.asarray, v) for kk, v in tv_rep.items()},
         varying=varying,
         outputs=tuple(spec.all_outputs()),
         errors=dict(errors),
         censoring=spec.censoring,
+        iov=dict(iov_var or {}),
+        kappas=kappas,
+        cov_kappa=cov_kappa,
+        occasions=occ_frame,
     )

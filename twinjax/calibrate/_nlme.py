@@ -54,6 +54,7 @@ from ..model import Model, Piecewise
 from ..population import Population
 from ..solve._base import AbstractSolver
 from ..solve._ensemble import Ensemble
+from ._iov import check_iov, refuse_varying_iov, with_occasions
 from ._map import (
     FitResult,
     as_population,
@@ -124,13 +125,16 @@ class Coef:
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """Where each population parameter lives in the outer vector ``phi``:
-    ``[theta | covariate coefficients | Omega (Cholesky) | log sigma]``."""
+    ``[theta | covariate coefficients | Omega (Cholesky) | log omega_iov (SDs) | log
+    sigma]``."""
 
     theta: tuple  # names of estimated typical values
     iiv: tuple
     full_omega: bool
     n_sigma: int
     cov: tuple = ()  # estimated covariate coefficients (Coef), in the order of CovariateFactors
+    iov: tuple = ()  # parameters with inter-occasion variability (one variance each)
+    n_occ: int = 0  # occasions per subject (padded)
 
     @property
     def n_omega(self) -> int:
@@ -139,7 +143,7 @@ class Layout:
 
     @property
     def size(self) -> int:
-        return len(self.theta) + len(self.cov) + self.n_omega + self.n_sigma
+        return len(self.theta) + len(self.cov) + self.n_omega + len(self.iov) + self.n_sigma
 
     def tril(self):
         k = len(self.iiv)
@@ -159,8 +163,30 @@ def unpack_outer(model: Model, lay: Layout, phi):
     vals = jnp.where(jnp.asarray(diag), jnp.exp(w), w)
     L = jnp.zeros((k, k), phi.dtype).at[rows, cols].set(vals)
     omega = L @ L.T
-    sigma = jnp.exp(phi[nt + nc + no :])
+    sigma = jnp.exp(phi[nt + nc + no + len(lay.iov) :])
     return theta, omega, sigma
+
+
+def iov_variances(lay: Layout, phi):
+    """``(m,)`` the IOV variances ``omega_iov^2`` (the outer vector holds log SDs)."""
+    off = len(lay.theta) + len(lay.cov) + lay.n_omega
+    return jnp.exp(2.0 * phi[off : off + len(lay.iov)])
+
+
+def prior_inverse(lay: Layout, phi, omega):
+    """``(Omega_aug^-1, log det Omega_aug)`` of all random effects of a subject: the
+    IIV ``Omega`` and, with IOV, ``omega_iov^2`` for each of the ``K`` kappas of every
+    IOV parameter (block diagonal; padding occasions included, see ``_iov``)."""
+    oinv = jnp.linalg.inv(omega)
+    _, ld = jnp.linalg.slogdet(omega)
+    if not lay.iov:
+        return oinv, ld
+    v = iov_variances(lay, phi)
+    d = jnp.repeat(1.0 / v, lay.n_occ)
+    k, m = omega.shape[0], d.shape[0]
+    full = jnp.zeros((k + m, k + m), phi.dtype).at[:k, :k].set(oinv)
+    full = full.at[k:, k:].set(jnp.diag(d))
+    return full, ld + lay.n_occ * jnp.sum(jnp.log(v))
 
 
 def outer_coefs(lay: Layout, phi):
@@ -171,14 +197,20 @@ def outer_coefs(lay: Layout, phi):
     return jnp.stack([c.from_z(phi[nt + i]) for i, c in enumerate(lay.cov)])
 
 
-def pack_outer(model: Model, lay: Layout, theta: dict, omega, sigma, coefs=()) -> np.ndarray:
+def pack_outer(
+    model: Model, lay: Layout, theta: dict, omega, sigma, coefs=(), iov=()
+) -> np.ndarray:
+    """The outer vector; ``iov``: the IOV variances in the order of ``lay.iov``."""
     z = model.to_unconstrained({k: jnp.asarray(theta[k]) for k in lay.theta}, lay.theta)
     L = np.linalg.cholesky(np.asarray(omega) + 1e-12 * np.eye(len(lay.iiv)))
     rows, cols = lay.tril()
     w = L[rows, cols]
     w = np.where(rows == cols, np.log(np.maximum(w, 1e-12)), w)
     zc = np.asarray([c.to_z(float(v)) for c, v in zip(lay.cov, coefs)], float)
-    return np.concatenate([np.asarray([z[k] for k in lay.theta]), zc, w, np.log(np.asarray(sigma))])
+    wi = 0.5 * np.log(np.asarray(iov, float).reshape(len(lay.iov)))
+    return np.concatenate(
+        [np.asarray([z[k] for k in lay.theta]), zc, w, wi, np.log(np.asarray(sigma))]
+    )
 
 
 def factor_table(
@@ -244,11 +276,12 @@ class CovariateFactors(eqx.Module):
         }
 
 
-def _typical(model, lay, theta, base, factors, coefs=None):
+def _typical(model, lay, theta, base, factors, coefs=None, occ=None):
     """Covariate-adjusted typical values ``{name: (N,)}`` for natural ``theta``.
 
     ``factors``: ``{name: (N,)}`` fixed factors, or a :class:`CovariateFactors` evaluated at the
-    covariate coefficients ``coefs`` (:func:`outer_coefs`).
+    covariate coefficients ``coefs`` (:func:`outer_coefs`). ``occ``: ``(N, K)`` occasion
+    start times of a fit with IOV (the IOV parameters become LOCF Piecewise values).
     """
     if isinstance(factors, CovariateFactors):
         if coefs is None:
@@ -259,6 +292,10 @@ def _typical(model, lay, theta, base, factors, coefs=None):
         v = theta[q] if q in theta else base[q]
         f = factors[q]
         tv[q] = v * (f if isinstance(f, Piecewise) else jnp.asarray(f))
+    if lay.iov:
+        if occ is None:
+            raise ValueError("a fit with IOV needs the occasion start times (occ=)")
+        tv = with_occasions(tv, lay.iov, occ)
     return tv
 
 
@@ -285,7 +322,7 @@ def covariate_factors(pop: Population, fd, effects) -> dict | CovariateFactors:
 
 
 # ============================================================================ objective
-def exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask):
+def exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask, occ=None):
     """``(N, k, k)`` exact Hessians ``d^2 O_i / d eta^2`` of the individual objectives.
 
     Forward over forward mode: the MAP gradient ``G`` of ``posterior_terms`` is exact
@@ -294,8 +331,8 @@ def exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask):
     subjects gives column ``j`` of every subject's Hessian at once (``k`` passes).
     """
     theta, omega, sigma = unpack_outer(spec.model, lay, phi)
-    tv = _typical(spec.model, lay, theta, base, factors, outer_coefs(lay, phi))
-    oinv = jnp.linalg.inv(omega)
+    tv = _typical(spec.model, lay, theta, base, factors, outer_coefs(lay, phi), occ)
+    oinv, _ = prior_inverse(lay, phi, omega)
 
     def grad(e):
         return posterior_terms(spec, tv, e, ev, ts, y, mask, sigma, oinv)[1]
@@ -309,7 +346,7 @@ def exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask):
     return 0.5 * (H + jnp.swapaxes(H, -1, -2))
 
 
-def ofv_terms(spec, lay, base, factors, phi, eta, ev, ts, y, mask, hess):
+def ofv_terms(spec, lay, base, factors, phi, eta, ev, ts, y, mask, hess, occ=None):
     """Per-subject FOCE-I objective at ``phi`` with modes ``eta`` (N, k).
 
     ``hess``: the ``(N, k, k)`` exact Hessians of the individual objectives at ``eta``
@@ -319,8 +356,8 @@ def ofv_terms(spec, lay, base, factors, phi, eta, ev, ts, y, mask, hess):
     """
     model = spec.model
     theta, omega, sigma = unpack_outer(model, lay, phi)
-    tv = _typical(model, lay, theta, base, factors, outer_coefs(lay, phi))
-    oinv = jnp.linalg.inv(omega)
+    tv = _typical(model, lay, theta, base, factors, outer_coefs(lay, phi), occ)
+    oinv, ld_o = prior_inverse(lay, phi, omega)
     eta_s = jax.lax.stop_gradient(eta)
     O, G, H, _, _, ok = posterior_terms(spec, tv, eta_s, ev, ts, y, mask, sigma, oinv)
     # One differentiable Newton step with the EXACT Hessian of O_i in eta:
@@ -338,18 +375,17 @@ def ofv_terms(spec, lay, base, factors, phi, eta, ev, ts, y, mask, hess):
     eta1 = eta_s - jnp.linalg.solve(Hs, jnp.where(ok[:, None], G, 0.0)[..., None])[..., 0]
     O1, _, H1, _, _, ok1 = posterior_terms(spec, tv, eta1, ev, ts, y, mask, sigma, oinv)
     _, ld_h = jnp.linalg.slogdet(jnp.where(ok1[:, None, None], H1 / 2.0, eye))
-    _, ld_o = jnp.linalg.slogdet(omega)
     ofv_i = O1 + ld_o + ld_h
     return jnp.where(ok & ok1, ofv_i, jnp.inf)
 
 
 @eqx.filter_jit
-def _ofv_and_grad(spec, lay, base, factors, phi, eta, ev, ts, y, mask):
+def _ofv_and_grad(spec, lay, base, factors, phi, eta, ev, ts, y, mask, occ=None):
     """The FOCE-I objective and its exact gradient in ``phi`` (forward mode)."""
-    hess = exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask)
+    hess = exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask, occ)
 
     def F(p):
-        return jnp.sum(ofv_terms(spec, lay, base, factors, p, eta, ev, ts, y, mask, hess))
+        return jnp.sum(ofv_terms(spec, lay, base, factors, p, eta, ev, ts, y, mask, hess, occ))
 
     eye = jnp.eye(phi.shape[0], dtype=phi.dtype)
     vals, grads = jax.vmap(lambda v: jax.jvp(F, (phi,), (v,)))(eye)
@@ -357,10 +393,11 @@ def _ofv_and_grad(spec, lay, base, factors, phi, eta, ev, ts, y, mask):
 
 
 @eqx.filter_jit
-def inner_modes(spec, lay, base, factors, phi, eta0, ev, ts, y, mask, max_iter, tol):
+def inner_modes(spec, lay, base, factors, phi, eta0, ev, ts, y, mask, max_iter, tol, occ=None):
     theta, omega, sigma = unpack_outer(spec.model, lay, phi)
-    tv = _typical(spec.model, lay, theta, base, factors, outer_coefs(lay, phi))
-    return lm_batched(spec, tv, eta0, ev, ts, y, mask, sigma, jnp.linalg.inv(omega), max_iter, tol)
+    tv = _typical(spec.model, lay, theta, base, factors, outer_coefs(lay, phi), occ)
+    oinv, _ = prior_inverse(lay, phi, omega)
+    return lm_batched(spec, tv, eta0, ev, ts, y, mask, sigma, oinv, max_iter, tol)
 
 
 # ============================================================================ covariates
@@ -521,6 +558,7 @@ class PopulationFitResult:
     censoring: str = "none"
     n_censored: int = 0
     covariate_effects: dict = dataclasses.field(default_factory=dict)
+    omega_iov: dict = dataclasses.field(default_factory=dict)
 
     def summary(self) -> str:
         """A short text summary (estimates table and OFV)."""
@@ -559,6 +597,8 @@ def fit_population(
     lloq: float | None = None,
     dvid=None,
     output_column: str = "DVID",
+    iov: Mapping[str, float] | None = None,
+    occasion_column: str = "OCC",
 ) -> PopulationFitResult:
     """Population fit by FOCE-I with the Laplace approximation.
 
@@ -589,6 +629,15 @@ def fit_population(
             in :func:`~twinjax.calibrate.fit_individual`. With censored records the
             objective is the Laplace approximation with the censored records'
             ``-2 log P`` terms (see ``docs/calibration.md``).
+        iov: inter-occasion variability, ``{parameter: initial variance}`` (variances
+            of ``kappa`` in the transformed coordinate, like Omega): each subject has
+            one kappa per IOV parameter and occasion, ``P = g^-1(g(TV) + eta +
+            kappa)`` on that occasion, ``kappa ~ N(0, omega_iov^2)`` with one variance
+            per parameter shared by all occasions (estimated, reported as
+            ``OMEGA_IOV(P)`` with its SE). The kappas are random effects of the inner
+            problem and of the Laplace term; see :mod:`twinjax.calibrate._iov`.
+        occasion_column: the data column numbering each record's occasion (with
+            ``iov``; the data must then be a Dataset).
 
     Returns:
         A :class:`PopulationFitResult`.
@@ -610,6 +659,8 @@ def fit_population(
     unknown = [k for k in estimate if k not in model.param_names]
     if unknown:
         raise ValueError(f"estimate names unknown parameters {unknown}")
+    iov_var = check_iov(model, iov)
+    iov_names = tuple(iov_var)
     outputs, errors = resolve_outputs(model, error, output)
     solver = solver or Ensemble()
     fd = prepare_data(
@@ -621,30 +672,37 @@ def fit_population(
         censoring=censoring,
         dvid=dvid,
         output_column=output_column,
+        occasion_column=occasion_column if iov_var else None,
     )
     N = fd.n
     cmode = fit_censoring(fd, censoring)
-    spec = make_spec(model, solver, pop.iiv, errors, outputs, cmode)
+    if iov_var:
+        refuse_varying_iov(pop, iov_names, fd.varying)
+    n_occ = fd.occasions.k if iov_var else 0
+    occ = jnp.asarray(fd.occasions.times) if iov_var else None
+    spec = make_spec(model, solver, pop.iiv, errors, outputs, cmode, iov_names, n_occ)
     n_sigma = sum(len(e.names) for e in errors)
     effects, slots, coef0 = covariate_model(pop, fd, model, estimate)
-    lay = Layout(estimate, tuple(pop.iiv), omega == "full", n_sigma, slots)
+    lay = Layout(estimate, tuple(pop.iiv), omega == "full", n_sigma, slots, iov_names, n_occ)
     base = {k: float(v) for k, v in pop.typical.items()}
     factors = covariate_factors(pop, fd, effects)
     om0 = np.asarray(pop.omega)
     if omega == "diagonal":
         om0 = np.diag(np.diag(om0))
     sigma0 = np.concatenate([np.asarray(e.sigma()) for e in errors])
-    phi0 = pack_outer(model, lay, {k: base[k] for k in estimate}, om0, sigma0, coef0)
+    phi0 = pack_outer(
+        model, lay, {k: base[k] for k in estimate}, om0, sigma0, coef0, list(iov_var.values())
+    )
     ev, ts = fd.ev, jnp.asarray(fd.t_eval)
     y, mask = fd.obs(), jnp.asarray(fd.mask)
-    k = len(pop.iiv)
+    k = spec.n_random
     state: _OuterState = {"eta": jnp.zeros((N, k)), "n": 0, "best": np.inf}
     mi = jnp.asarray(inner_max_iter)
 
     def modes(phi, warm=True):
         eta0 = state["eta"] if warm else jnp.zeros((N, k))
         out = inner_modes(
-            spec, lay, base, factors, jnp.asarray(phi), eta0, ev, ts, y, mask, mi, 1e-9
+            spec, lay, base, factors, jnp.asarray(phi), eta0, ev, ts, y, mask, mi, 1e-9, occ
         )
         eta = out["eta"]
         good = np.asarray(out["ok"])
@@ -662,6 +720,7 @@ def fit_population(
                 mask,
                 mi,
                 1e-9,
+                occ,
             )
             eta = jnp.where(jnp.asarray(good)[:, None], eta, out2["eta"])
         return eta
@@ -669,7 +728,9 @@ def fit_population(
     def fun(phi):
         state["n"] += 1
         eta = modes(phi)
-        val, grad = _ofv_and_grad(spec, lay, base, factors, jnp.asarray(phi), eta, ev, ts, y, mask)
+        val, grad = _ofv_and_grad(
+            spec, lay, base, factors, jnp.asarray(phi), eta, ev, ts, y, mask, occ
+        )
         val, grad = float(val), np.asarray(grad)
         if not np.isfinite(val) or not np.all(np.isfinite(grad)):
             return 1e12, np.zeros_like(phi)
@@ -686,7 +747,7 @@ def fit_population(
 
     def evaluate(p):
         e = modes(p)
-        v, g = _ofv_and_grad(spec, lay, base, factors, jnp.asarray(p), e, ev, ts, y, mask)
+        v, g = _ofv_and_grad(spec, lay, base, factors, jnp.asarray(p), e, ev, ts, y, mask, occ)
         return float(v), np.asarray(g)
 
     def hessian(p):
@@ -751,6 +812,9 @@ def fit_population(
         converged = bool(res.success) or float(np.max(np.abs(grad))) < 10 * gtol
     theta, om, sig = unpack_outer(model, lay, jnp.asarray(phi))
     theta = {kk: float(v) for kk, v in theta.items()}
+    iov_fit = {
+        q: float(v) for q, v in zip(iov_names, np.asarray(iov_variances(lay, jnp.asarray(phi))))
+    }
     coefs = np.asarray(outer_coefs(lay, jnp.asarray(phi)), float)
     cov_est = {c.label: float(v) for c, v in zip(lay.cov, coefs)}
     om = np.asarray(om)
@@ -767,7 +831,9 @@ def fit_population(
     def natural(p):
         th, o, s = unpack_outer(model, lay, p)
         parts = [th[kk] for kk in lay.theta]
-        return jnp.concatenate([jnp.stack(parts), outer_coefs(lay, p), o[rows, cols], s])
+        return jnp.concatenate(
+            [jnp.stack(parts), outer_coefs(lay, p), o[rows, cols], iov_variances(lay, p), s]
+        )
 
     nat = np.asarray(natural(jnp.asarray(phi)))
     Jn = np.asarray(jax.jacfwd(natural)(jnp.asarray(phi)))
@@ -777,6 +843,7 @@ def fit_population(
         list(lay.theta)
         + [c.label for c in lay.cov]
         + [f"OMEGA({lay.iiv[a]},{lay.iiv[b]})" for a, b in zip(rows, cols)]
+        + [f"OMEGA_IOV({q})" for q in lay.iov]
         + [
             f"SIGMA_{n}" if len(outputs) == 1 else f"SIGMA_{o}_{n}"
             for o, e in zip(outputs, errors)
@@ -810,6 +877,8 @@ def fit_population(
         output=outputs[0] if len(outputs) == 1 else None,
         solver=solver,
         censoring=censoring,
+        iov=iov_fit or None,
+        occasion_column=occasion_column,
     )
     from ._diagnostics import cwres as _cwres
 
@@ -844,6 +913,7 @@ def fit_population(
         censoring=cmode,
         n_censored=n_cens,
         covariate_effects=cov_est,
+        omega_iov=iov_fit,
     )
 
 

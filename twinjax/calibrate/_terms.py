@@ -103,6 +103,16 @@ class Spec(eqx.Module):
     outputs: tuple = eqx.field(static=True, default=())
     errors: tuple = eqx.field(static=True, default=())
     censoring: str = eqx.field(static=True, default="none")
+    # inter-occasion variability: the parameters with IOV and the number of occasions
+    # per subject K; the random effects are then ``[eta (IIV, names) | kappa]`` with
+    # ``kappa`` of IOV parameter ``a`` on occasion ``o`` at column ``len(names) + a K + o``
+    iov: tuple = eqx.field(static=True, default=())
+    n_occ: int = eqx.field(static=True, default=0)
+
+    @property
+    def n_random(self) -> int:
+        """The number of random effects per subject (etas and kappas)."""
+        return len(self.names) + len(self.iov) * self.n_occ
 
     def all_outputs(self) -> tuple:
         return self.outputs or (self.output,)
@@ -119,12 +129,35 @@ class Spec(eqx.Module):
         return parts
 
 
-def make_spec(model, solver, names, errors, outputs, censoring="none") -> Spec:
-    """A :class:`Spec` (error models with default SDs: the SDs are arguments)."""
+def make_spec(model, solver, names, errors, outputs, censoring="none", iov=(), n_occ=0) -> Spec:
+    """A :class:`Spec` (error models with default SDs: the SDs are arguments);
+    ``iov``/``n_occ``: parameters with inter-occasion variability and occasions per
+    subject."""
     errs = tuple(ErrorModel(e.kind) for e in errors)
+    iov_t, k_occ = tuple(iov), int(n_occ) if iov else 0
     if len(outputs) == 1:
-        return Spec(model, solver, outputs[0], tuple(names), errs[0], censoring=censoring)
-    return Spec(model, solver, outputs[0], tuple(names), errs[0], tuple(outputs), errs, censoring)
+        return Spec(
+            model,
+            solver,
+            outputs[0],
+            tuple(names),
+            errs[0],
+            censoring=censoring,
+            iov=iov_t,
+            n_occ=k_occ,
+        )
+    return Spec(
+        model,
+        solver,
+        outputs[0],
+        tuple(names),
+        errs[0],
+        tuple(outputs),
+        errs,
+        censoring,
+        iov=iov_t,
+        n_occ=k_occ,
+    )
 
 
 def _select(out, values: list):
@@ -184,7 +217,14 @@ def extra_nll(spec: Spec, f, sigma, obs: Obs):
 
 def individual_params(spec: Spec, tv: dict, eta) -> dict:
     """``p = g^-1(g(TV) + eta)`` for the IIV parameters, ``TV`` for the others (a
-    time-varying ``TV``, a :class:`~twinjax.Piecewise`, is shifted at every time)."""
+    time-varying ``TV``, a :class:`~twinjax.Piecewise`, is shifted at every time).
+
+    With inter-occasion variability (``spec.iov``) ``eta`` is ``[eta | kappa]`` and an
+    IOV parameter's ``TV`` is a LOCF Piecewise ``(N, K)`` on the occasion starts
+    (:func:`~twinjax.calibrate._iov.with_occasions`): on occasion ``o`` it becomes
+    ``g^-1(g(TV) + eta_P + kappa_Po)`` (``eta_P`` 0 without IIV)."""
+    if spec.iov:
+        return _iov_params(spec, tv, eta)
     p = dict(tv)
     steady = [k for k in spec.names if not isinstance(tv[k], Piecewise)]
     if len(steady) == len(spec.names):
@@ -193,6 +233,20 @@ def individual_params(spec: Spec, tv: dict, eta) -> dict:
         return p
     for j, k in enumerate(spec.names):
         p[k] = shift_unconstrained(spec.model, k, tv[k], eta[..., j])
+    return p
+
+
+def _iov_params(spec: Spec, tv: dict, eta) -> dict:
+    k, K = len(spec.names), spec.n_occ
+    p = dict(tv)
+    for j, q in enumerate(spec.names):
+        if q not in spec.iov:
+            p[q] = shift_unconstrained(spec.model, q, tv[q], eta[..., j])
+    for a, q in enumerate(spec.iov):
+        e = eta[..., k + a * K : k + (a + 1) * K]
+        if q in spec.names:
+            e = e + eta[..., spec.names.index(q)][..., None]
+        p[q] = shift_unconstrained(spec.model, q, tv[q], e)
     return p
 
 
