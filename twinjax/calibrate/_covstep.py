@@ -129,6 +129,11 @@ class Problem:
                 "objective, whose optimum SAEM's estimates are not; SAEM's own SEs (Louis) "
                 "are in fit.estimates, or fit the model with fit_population"
             )
+        if getattr(fit, "omega_iov", None):  # not modelled here: refuse, never ignore
+            raise ValueError(
+                "a fit with iov=: the covariance step, profiles and bootstrap do "
+                "not model the kappas yet; fit_population's SEs are in fit.estimates"
+            )
         pop = fit.population
         model = pop.model
         pop = as_population(model, pop)

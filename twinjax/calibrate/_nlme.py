@@ -532,6 +532,11 @@ class PopulationFitResult:
             (without polishing: whether BFGS reported success).
         newton_decrement: that decrement (OFV units).
         n_outer: outer objective evaluations; wall_s: fitting time.
+        omega_iov: ``{param: variance}`` the estimated inter-occasion variances (rows
+            ``OMEGA_IOV(param)`` of ``estimates``; empty without ``iov``). The
+            post-hoc kappas per subject and occasion are ``individual.kappas`` and
+            ``individual.occasions``. ``cwres`` and the uncertainty tools
+            (``_covstep``, profiles, bootstrap) do not model the kappas yet.
     """
 
     theta: dict
