@@ -22,6 +22,7 @@ from twinjax.calibrate import (
     ErrorModel,
     PosteriorResult,
     _posterior,
+    _posterior_diagnostics,
     ess_bulk,
     ess_tail,
     fit_individual,
@@ -135,7 +136,7 @@ def test_plain_rhat_by_hand():
     # two chains [0, 1, 2, 3] and [1, 2, 3, 4]: W = 5/3, B = n var(means) = 4 * 0.5 = 2,
     # var+ = 3/4 W + B/4 = 1.75, R-hat = sqrt(1.75 / (5/3)) = sqrt(1.05)
     x = np.array([[0.0, 1, 2, 3], [1.0, 2, 3, 4]])
-    assert _posterior._rhat_plain(x) == pytest.approx(np.sqrt(1.05), rel=1e-12)
+    assert _posterior_diagnostics._rhat_plain(x) == pytest.approx(np.sqrt(1.05), rel=1e-12)
 
 
 def test_diagnostics_match_arviz():
