@@ -16,7 +16,8 @@ Methods:
   ``lax.fori_loop`` (no status, saves or step control): the limit proxy, what the
   arithmetic costs; ``engine_overhead_vs_limit_proxy`` is ensemble_rk4 / this
 - ``ensemble_rk4_unblocked`` the same as ``ensemble_rk4`` with ``block=0`` (the whole
-  batch in one loop instead of blocks of 1,024 patients)
+  batch in one loop instead of blocks of ``Ensemble.block_size`` patients: 4,096 for
+  the lean fixed-step loop on 3 states)
 - ``diffrax_rk4_fixed`` vmapped diffrax classical RK4 (an ``AbstractERK`` with the
   RK4 ``ButcherTableau``), the like-for-like comparison of ``ensemble_rk4``
 - ``ensemble_tsit5`` / ``ensemble_dopri5``  ``solvers.Ensemble`` adaptive
@@ -28,7 +29,10 @@ Diffrax is written as its FAQ recommends: the whole program under one ``jax.jit`
 ``solver.integrate(f, t0, t1, y0, None, args, model)`` (final state only, no save
 loop; the same call ``twinjax.simulate`` makes per segment), jitted the same way; the
 ``ensemble_rk4_simulate`` row goes through the public ``twinjax.simulate`` with save
-time ``[1.0]`` at small N to show that path's overhead.
+time ``[1.0]`` (up to N = 65,536) to show that path's overhead:
+``simulate_overhead_vs_limit_proxy`` (and ``_cpu``, the ratio of process CPU times)
+is that row / the limit proxy. ``twinjax.simulate`` passes no infusion rates when the
+regimen has no infusions; the ``integrate`` rows do the same (``(p, None)``).
 
 Run: ``python benchmarks/lorenz_ensemble.py`` (full), ``--quick`` (< 1 min).
 """
@@ -161,7 +165,8 @@ def main(argv=None):
             )
             t0 = jnp.zeros((n,), dtype)
             t1 = jnp.ones((n,), dtype)
-            _, y1, status = solver.integrate(f, t0, t1, y0, None, (p, jnp.zeros_like(y0)), model)
+            # no infusion rates (None), as twinjax.simulate passes when nothing is infused
+            _, y1, status = solver.integrate(f, t0, t1, y0, None, (p, None), model)
             return y1, status
 
         return run
@@ -300,7 +305,7 @@ def main(argv=None):
         "ensemble_rk4_simulate": dict(
             kind="fixed",
             fn=ensemble_simulate_fn(tj.solvers.Ensemble("rk4", dt=DT)),
-            max_n=2**14,
+            max_n=2**16,
             desc="twinjax.simulate(model, {'rho': rhos}, None, [1.0], solver=Ensemble('rk4'))",
         ),
     }
@@ -443,6 +448,7 @@ def main(argv=None):
     for ens, key in (
         ("ensemble_rk4", "engine_overhead_vs_limit_proxy"),
         ("ensemble_rk4_unblocked", "engine_overhead_unblocked_vs_limit_proxy"),
+        ("ensemble_rk4_simulate", "simulate_overhead_vs_limit_proxy"),
     ):
         n_lim = largest_common(ens, "limit_proxy_rk4")
         if n_lim:
@@ -516,7 +522,7 @@ def main(argv=None):
             error="max over the subset of max_k |a_k - ref_k| / max_k |ref_k| (final state)",
             timing="first call (trace+compile+run) vs best of the steady calls; "
             "compile_s = first - best; jax.block_until_ready",
-            ensemble_call="solver.integrate(f, t0, t1, y0, None, (p, 0), model) under jax.jit "
+            ensemble_call="solver.integrate(f, t0, t1, y0, None, (p, None), model) under jax.jit "
             "(what twinjax.simulate runs per segment, without the save loop); "
             "ensemble_rk4_simulate uses twinjax.simulate itself",
         ),

@@ -46,9 +46,10 @@ class AbstractSolver(eqx.Module):
             None), ``(N, S)`` state at ``t1``, ``(N,)`` int32 status codes.
         """
 
-    def block_size(self, n: int) -> int | None:
-        """Patients per block when a batch of ``n`` should be run in blocks (one
-        after the other, for cache locality), or None to run it whole."""
+    def block_size(self, n: int, S: int | None = None) -> int | None:
+        """Patients per block when a batch of ``n`` (of ``S`` states, where known)
+        should be run in blocks (one after the other, for cache locality), or None to
+        run it whole."""
         return None
 
     def init_carry(self, n, dtype):

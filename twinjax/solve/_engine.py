@@ -37,16 +37,28 @@ SS_RTOL = {"float64": 1e-6, "float32": 1e-4}
 
 
 def vector_field(model):
-    """The batched vector field ``f(t, Y, (p, rates))`` on stacked states ``Y[..., S]``."""
+    """The batched vector field ``f(t, Y, (p, rates))`` on stacked states ``Y[..., S]``.
+
+    ``rates``: the infusion rate into each state, ``(..., S)``, added to its
+    derivative; or None when nothing is infused (decided at trace time: the event
+    table has no infusions), so that the step loop does not add a column of zeros to
+    every state in every stage. The model's ``rhs`` then sees zeros as ``u``.
+    """
     names = model.state_names
 
     def derivatives(t, y, args, shape):
         p, rates = args
-        u = {s: rates[..., i] for i, s in enumerate(names)}
-        d = model.rhs(t, y, p, u)
+        if rates is None:
+            zero = jnp.zeros((), next(iter(y.values())).dtype) if y else 0.0
+            d = model.rhs(t, y, p, {s: zero for s in names})
+        else:
+            u = {s: rates[..., i] for i, s in enumerate(names)}
+            d = model.rhs(t, y, p, u)
         missing = [s for s in names if s not in d]
         if missing:
             raise ValueError(f"{type(model).__name__}.rhs returned no derivative for {missing}")
+        if rates is None:
+            return [jnp.broadcast_to(d[s], shape) for s in names]
         return [jnp.broadcast_to(d[s], shape) + u[s] for s in names]
 
     def f(t, Y, args):
@@ -398,7 +410,7 @@ def blocked(fn, n, block, batched, shared=()):
 def run(model, solver, p, ev: EventTable, ts, y0=None, sched=None, pre=None):
     """Simulate a batch (in blocks when the solver asks for them); see ``_run``."""
     n = ev.kind.shape[0]
-    block = solver.block_size(n)
+    block = solver.block_size(n, len(model.state_names))
     if block is None or block >= n:
         return _run(model, solver, p, ev, ts, y0, sched, pre)
 
@@ -545,7 +557,10 @@ def _run(model, solver, p, ev: EventTable, ts, y0=None, sched=None, pre=None):
                 k: jnp.where(change, jnp.take_along_axis(u_vals[k], r, -1)[:, 0], v)
                 for k, v in pv.items()
             }
-        rates = jnp.einsum("nk,nks->ns", active.astype(dtype), rate_by_rec)
+        # no infusion in the table (static): no rates, nothing added in the field
+        rates = (
+            jnp.einsum("nk,nks->ns", active.astype(dtype), rate_by_rec) if ev.has_infusion else None
+        )
         lo = jnp.sum(seg_of_save < j, axis=-1).astype(jnp.int32)
         hi = jnp.sum(seg_of_save <= j, axis=-1).astype(jnp.int32)
         out, Y1, st, sc = solver.integrate_segment(

@@ -7,9 +7,11 @@ structure-of-arrays inside the loop: for explicit methods on models of up to
 ``(N,)`` array per state and broadcasts. Each patient has its own adaptive step,
 error control, step counter and status. The fixed step (``"rk4"``) runs a lean
 loop: no carried derivative, no per-step selects or finiteness checks (a finished
-patient steps by 0; a non-finite end state is flagged after the loop); on the
-Lorenz benchmark it costs about 1.4x the CPU time of a hand-written RK4 on three
-arrays (``benchmarks/results/lorenz_limit_proxy.json``). No ``vmap`` over
+patient steps by 0; a non-finite end state is flagged after the loop; save
+times are looked up only in steps that may hold one, see ``lean_body``). On the
+Lorenz benchmark (N = 65,536) it costs 1.2x the CPU time of a hand-written RK4 on
+three arrays, and 1.27x through ``twinjax.simulate`` with a save at the end
+(``benchmarks/results/lorenz_simulate_overhead.json``). No ``vmap`` over
 patients: a step is a few fused, vectorised loops over the batch, which is what
 makes large cohorts fast on CPU and GPU. Saves are taken from the method's dense
 output (DOPRI5: 4th-order continuous extension; Tsit5 and RK4: cubic Hermite
@@ -48,6 +50,7 @@ METHODS = (*TABLEAUS, *ROSENBROCK, "auto")
 
 SAVES_PER_PASS = 1  # saves written per patient by one vectorised pass after a step
 CPU_BLOCK = 1024  # patients per block on CPU (see ``Ensemble.block``)
+LEAN_BLOCK_ROWS = 12_288  # (patients x states) per block of the lean fixed-step loop
 COMPACT_MIN = 16  # smallest compacted batch worth a second loop
 
 
@@ -154,9 +157,10 @@ class Ensemble(AbstractSolver):
             ``STEP_TOO_SMALL``.
         block: patients per block: larger batches run block after block, each
             block's step loop on arrays that stay in cache. Default: 1024 on CPU
-            (measured best on the PK/PD benchmark), the whole batch on accelerators
-            and for ``"rk4"`` on models of up to 16 states called through
-            ``integrate`` (its lean loop, see ``ROWS_MAX``). ``0`` never blocks.
+            (measured best on the PK/PD benchmark); for ``"rk4"`` on models of up to
+            16 states (its lean loop, see ``ROWS_MAX``) ``LEAN_BLOCK_ROWS / S``
+            (4,096 for 3 states); the whole batch on accelerators. ``0`` never
+            blocks.
         compact: once no more than this fraction of a segment's patients are still
             stepping, they finish in a compacted batch of that size (the lock-step
             loop otherwise pays for every patient until the slowest is done).
@@ -295,14 +299,19 @@ class Ensemble(AbstractSolver):
         number of states where known."""
         if self.block is not None:
             return self.block or None
-        if S is not None and self.tableau.b_err is None and self._rows(S):
-            # The lean fixed-step loop (a handful of fused loops per step) gains
-            # nothing from blocks of 1,024 and pays the launch of its few loops per
-            # block and step (Lorenz RK4, N = 65,536 on 2 cores: 7.7 ns per
-            # trajectory-step unblocked, 8.7 ns of CPU time and a wall time of 2-10x
-            # that in blocks of 1,024 while other jobs shared the cores)
+        if jax.default_backend() != "cpu":
             return None
-        return CPU_BLOCK if jax.default_backend() == "cpu" else None
+        if S is not None and self.tableau.b_err is None and self._rows(S):
+            # The lean fixed-step loop: a handful of fused loops per step over about
+            # a dozen (N,) rows per state (the state, the stages, the parameters).
+            # Blocks of LEAN_BLOCK_ROWS / S patients keep them in a core's L2 (1 MiB
+            # here). Lorenz RK4 (S = 3) through twinjax.simulate, N = 65,536, CPU-ns
+            # per trajectory-step on the loaded 2-core machine (one save at t = 1,
+            # best of 3): blocks of 1,024: 6.7, 2,048: 6.2, 4,096: 5.9-6.3, 8,192:
+            # 10.5, unblocked: 7.4.
+            b = max(LEAN_BLOCK_ROWS // S, 256)
+            return 1 << (b.bit_length() - 1)  # a power of two
+        return CPU_BLOCK
 
     def integrate(self, f, t0, t1, y0, ts, args, model, *, forward=False):
         if self.method == "auto":
@@ -423,7 +432,7 @@ class Ensemble(AbstractSolver):
             def body(c):
                 if lean:
                     return lean_body(c)
-                t, y, k, h, active, status, it, out, idx = c
+                t, y, k, h, active, status, it, out, idx, gate = c
                 h_eff = jnp.where(active, jnp.minimum(h, t1 - t), 0.0)
                 last = h_eff >= t1 - t
                 # the stages that the dense output needs (DOPRI5's, Rodas5P's)
@@ -525,7 +534,7 @@ class Ensemble(AbstractSolver):
                 else:  # a fixed step cannot shrink: a non-finite step is a failure
                     status = jnp.where(bad, Status.NONFINITE, status)
                     still = active & ~bad & ~(accept & last)
-                return (t_new, y_next, k_next, h_new, still, status, it + 1, out, idx)
+                return (t_new, y_next, k_next, h_new, still, status, it + 1, out, idx, gate)
 
             def lean_body(c):
                 """The fixed step on rows: what the hand-written loop does, plus the
@@ -534,34 +543,73 @@ class Ensemble(AbstractSolver):
                 state as it is: nothing is selected per step. The derivative at the
                 start of the step is evaluated in the step (XLA fuses it into the
                 stages) rather than carried; a non-finite state stays non-finite, so
-                it is found once after the loop (``_run``)."""
-                t, y, k, h, active, status, it, out, idx = c
-                # = min(h0, t1 - t) of the general loop: h0 = min(dt, t1 - t0), t >= t0
-                h_eff = jnp.minimum(jnp.asarray(self.dt, t.dtype), t1 - t)
-                last = h_eff >= t1 - t
-                k0 = f(t, y, args)
-                y1 = self._step(f, t, y, k0, h_eff, args)[0]
-                t_new = jnp.where(last, t1, t + h_eff)
+                it is found once after the loop (``_run``).
+
+                Saves: the per-patient look-up of the next save time (a pass over
+                the batch, and the step's results materialised for it) is gated by
+                two scalars carried in ``gate``: an upper bound of every patient's
+                time (it grows by ``dt`` a step, rounded up) and the earliest save
+                still to write. Until the bound reaches that save no patient can
+                have one in its step, so the step is the bare arithmetic; saves at
+                a segment's end are looked up in its last step only."""
+                t, y, k, h, active, status, it, out, idx, gate = c
+
+                def advance(t, y):
+                    # = min(h0, t1 - t) of the general loop: h0 = min(dt, t1 - t0), t >= t0
+                    h_eff = jnp.minimum(jnp.asarray(self.dt, t.dtype), t1 - t)
+                    last = h_eff >= t1 - t
+                    k0 = f(t, y, args)
+                    y1 = self._step(f, t, y, k0, h_eff, args)[0]
+                    return h_eff, k0, y1, jnp.where(last, t1, t + h_eff)
+
+                _, _, y1, t_new = advance(t, y)
                 if out is not None:
-                    safe_h = jnp.where(h_eff > 0, h_eff, 1.0)
-                    t_right = jnp.where(t < t1, t_new, -inf)
 
-                    def values(tj):
-                        theta = jnp.clip((tj - t[:, None]) / safe_h[:, None], 0.0, 1.0)
-                        theta = jnp.where(h_eff[:, None] > 0, theta, 1.0)
-                        k1 = f(t + h_eff, y1, args)
-                        Y0, Y1 = _stacked(y), _stacked(y1)
-                        K0, K1 = _stacked(k0), _stacked(k1)
-                        return self._dense(theta, Y0, Y1, K0, K1, h_eff, [K0, K1])
+                    def saves(oi):
+                        # The step again (only in steps that may save): the branch then
+                        # reads nothing but the loop's carry, so XLA does not
+                        # materialise (or recompute) the step's results for it in
+                        # every step. The same operations: the same values.
+                        h_eff, k0, y1, t_new = advance(t, y)
+                        safe_h = jnp.where(h_eff > 0, h_eff, 1.0)
+                        t_right = jnp.where(t < t1, t_new, -inf)
 
-                    out, idx = jax.lax.while_loop(
-                        lambda c: jnp.any(next_time(c[1]) <= t_right),
-                        lambda c: save_pass(c[0], c[1], t_right, values),
-                        (out, idx),
+                        def values(tj):
+                            theta = jnp.clip((tj - t[:, None]) / safe_h[:, None], 0.0, 1.0)
+                            theta = jnp.where(h_eff[:, None] > 0, theta, 1.0)
+                            k1 = f(t + h_eff, y1, args)
+                            Y0, Y1 = _stacked(y), _stacked(y1)
+                            K0, K1 = _stacked(k0), _stacked(k1)
+                            return self._dense(theta, Y0, Y1, K0, K1, h_eff, [K0, K1])
+
+                        o, i = jax.lax.while_loop(
+                            lambda c: jnp.any(next_time(c[1]) <= t_right),
+                            lambda c: save_pass(c[0], c[1], t_right, values),
+                            oi,
+                        )
+                        return o, i, jnp.min(next_time(i))
+
+                    bound, t_save = gate
+                    # every t_new <= bound + dt; rounded up (4 eps relative), so that
+                    # a save is never missed whatever the rounding of t + h
+                    s = bound + jnp.asarray(self.dt, bound.dtype)
+                    bound = s + 4 * jnp.finfo(s.dtype).eps * jnp.abs(s) + jnp.finfo(s.dtype).tiny
+                    out, idx, t_save = jax.lax.cond(
+                        t_save <= bound, saves, lambda oi: (*oi, t_save), (out, idx)
                     )
-                return (t_new, y1, k, h, t_new < t1, status, it + 1, out, idx)
+                    gate = (bound, t_save)
+                return (t_new, y1, k, h, t_new < t1, status, it + 1, out, idx, gate)
 
-            return cond, body
+            def gate0(t, idx):
+                """The lean loop's save gate at its start (see ``lean_body``)."""
+                if not lean or ts is None:
+                    return None
+                # a NaN start time (its patient saves nothing) must not hide the others'
+                lowest = jnp.finfo(t.dtype).min
+                tmax = jnp.max(jnp.where(jnp.isnan(t), lowest, t))
+                return jax.lax.stop_gradient((tmax, jnp.min(next_time(idx))))
+
+            return cond, body, gate0
 
         rows = jnp.arange(n)
         if save is not None:
@@ -584,7 +632,7 @@ class Ensemble(AbstractSolver):
         status0 = status0.astype(jnp.int32)
         # the lean loop steps a patient that is not running by t1 - t = 0
         t_start = jnp.where(active0, t0, t1) if lean else t0
-        carry = (t_start, y0, f0, h0, active0, status0, jnp.zeros((), jnp.int32), out, idx)
+        carry = (t_start, y0, f0, h0, active0, status0, jnp.zeros((), jnp.int32), out, idx, None)
         # Compaction: patients finish a segment after different numbers of steps, and
         # a lock-step loop pays for all of them until the last one is done. Once no
         # more than m are running, the running ones are gathered into a batch of m
@@ -593,10 +641,11 @@ class Ensemble(AbstractSolver):
         batched = all(getattr(a, "ndim", 0) >= 1 and a.shape[0] == n for a in jax.tree.leaves(args))
         if m < COMPACT_MIN or not batched:
             m = 0
-        cond, body = make_loop(rows, t1, args, hi, ts, m)
+        cond, body, gate0 = make_loop(rows, t1, args, hi, ts, m)
+        carry = (*carry[:-1], gate0(t_start, idx))
         carry = jax.lax.while_loop(cond, body, carry)
         if m:
-            t, y, k, h, active, status, it, out, idx = carry
+            t, y, k, h, active, status, it, out, idx, _ = carry
             # the running patients; the rest of the m slots repeat a finished one,
             # which the loop leaves as it is
             sel = jnp.nonzero(active, size=m, fill_value=jnp.argmin(active))[0]
@@ -614,8 +663,9 @@ class Ensemble(AbstractSolver):
             args_c = jax.tree.map(lambda a: a[sel], args)
             ts_c = None if ts is None else (ts if ts.shape[0] == 1 else ts[sel])
             hi_c = None if hi is None else hi[sel]
-            cond_c, body_c = make_loop(sel, t1[sel], args_c, hi_c, ts_c, 0)
-            tc, yc, kc, hc, ac, sc, it, out, ic = jax.lax.while_loop(cond_c, body_c, sub)
+            cond_c, body_c, gate0_c = make_loop(sel, t1[sel], args_c, hi_c, ts_c, 0)
+            sub = sub + (gate0_c(sub[0], sub[8]),)
+            tc, yc, kc, hc, ac, sc, it, out, ic, _ = jax.lax.while_loop(cond_c, body_c, sub)
             carry = (
                 t.at[sel].set(tc),
                 _tmap(lambda a, b: a.at[..., sel].set(b), y, yc),
