@@ -27,7 +27,7 @@ D: the ratio of the binding to the unbinding rate of open channels,
 and by the percentile of our value among the bootstrap fits. Nothing is simulated.
 
 With ``--pace C1,C2,...`` it also paces, by the CiPA qNet protocol (``--beats`` /
-``--window``, default 200 / 50 as ``calibration/results/cipa_qnet.json``), those compounds
+``--window``, default 200 / 50 as ``calibration/results/cipa_qnet_200.json``), those compounds
 twice: with our table's hERG parameters and with the *central bootstrap fit*, the one of
 the 2000 FDA 2018 bootstrap fits (a coherent parameter set, unlike a vector of
 per-parameter medians) closest to the bootstrap medians of log r(D) at 1-4x Cmax, log Ku
@@ -62,7 +62,7 @@ L = "4bfb160dd393a8431aab05bd4b4c332aafc18003"
 X = "4fdb8a37ef45631e177068aba8f3d9119b1cec52"
 README_CITATION_COMMIT = "79d49db"  # Model-Validation-2018: "Added citation" (cpt.1184)
 TABLE = ROOT / "twinjax" / "models" / "ep" / "cipa_compounds.csv"
-QNET = ROOT / "calibration" / "results" / "cipa_qnet.json"
+QNET = ROOT / "calibration" / "results" / "cipa_qnet_200.json"  # the 200-beat run
 OUT = ROOT / "calibration" / "results" / "cipa_fda_optimal_check"
 HERG = ("Kmax", "Ku", "n", "halfmax", "Vhalf")
 MULTIPLES = (1.0, 4.0)
