@@ -31,7 +31,11 @@ def test_rush_larsen_meets_tight_reference_and_converges():
     ref = _tight_lr_beat()
     errs = []
     for s in (1.0, 0.5, 0.25):
-        sol = ep.RushLarsen(dt_max=0.5 * s, dv_max=0.5 * s, dt_min=0.005)
+        # the step settings as arrays: values of one compiled program (Python floats are
+        # static fields of the solver, one compilation per setting)
+        sol = ep.RushLarsen(
+            dt_max=jnp.asarray(0.5 * s), dv_max=jnp.asarray(0.5 * s), dt_min=jnp.asarray(0.005)
+        )
         b = {k: float(v[0]) for k, v in ep.pace(LR, {}, 1, solver=sol).biomarkers.items()}
         errs.append(abs(b["APD90"] - ref["APD90"]))
         if s == 1.0:  # the default settings
@@ -204,7 +208,10 @@ def test_depolarisation_failure_and_unrepolarised_start_are_abnormal():
     when it repolarises by its end.
     """
     m = ep.ORd()
-    p = drugs.apply_block(m, {}, {"INa": jnp.array([1.0, 0.03]), "ICaL": jnp.array([1.0, 0.3])})
+    # a third cell (half ICaL block, not checked) makes the batch of 3 of the IKr-block
+    # test: the same compiled ORd program (the number of beats is traced)
+    block = {"INa": jnp.array([1.0, 0.03, 1.0]), "ICaL": jnp.array([1.0, 0.3, 0.5])}
+    p = drugs.apply_block(m, {}, block)
     b = {k: np.asarray(v) for k, v in ep.pace(m, p, 3, record="last").last().items()}
     assert not b["DF"][0] and b["DF"][1]
     assert b["V_peak"][0] > 30.0 and b["V_peak"][1] < 0.0
