@@ -215,6 +215,46 @@ def test_map_puts_the_kappas_on_the_right_occasions():
     assert r.etas.shape == (3, 2) and r.cov_kappa.shape == (3, 3, 3)
 
 
+def test_diagnostics_of_an_iov_fit_use_its_kappas():
+    """CWRES linearise around the kappas too and replicates draw new kappas per
+    occasion; forecasts and dose optimisation refuse an IOV fit (a new occasion's
+    kappa would be left out). Data: CL doubled on every subject's second occasion."""
+    import dataclasses
+
+    import jax
+
+    from twinjax.calibrate._diagnostics import cwres, simulate_replicates
+
+    ds, _ = simulate_cohort(3, [3, 2, 3], seed=1, cl_factor=np.array([[1.0, 2.0, 1.0]] * 3))
+    prior = tj.Population(ORAL, typical=TRUE, omega={"CL": 0.09, "V": 0.04})
+    r = fit_individual(ORAL, ds, prior, ErrorModel("proportional", prop=PROP), iov={"CL": 0.0625})
+    assert r.converged.all()
+    # the same fit read without its IOV: what the diagnostics computed before
+    plain = dataclasses.replace(r, iov={}, kappas=None, cov_kappa=None, occasions=None)
+    second = r.mask & (r.times > 24.0) & (r.times < 48.0)
+    cw, cw_plain = cwres(r), cwres(plain)
+    assert np.isfinite(cw[r.mask]).all()
+    # the kappas' variance is in Cov: CWRES about standard (measured SD 1.09; occasion
+    # 2, a 2.8-SD change of CL under the prior, mean -0.81); read without the IOV the
+    # occasion-2 records are far off (mean -2.93, SD of all 2.39)
+    assert np.std(cw[r.mask]) < 1.5 and np.std(cw_plain[r.mask]) > 2.0
+    assert np.mean(cw[second]) > -1.5 and np.mean(cw_plain[second]) < -2.0
+    # replicates (no residual error): the 12 h sample of occasions 1 and 2 differ by
+    # the two kappas' CL (their log ratio varies), not only by carry-over
+    key = jax.random.key(3)
+    j1, j2 = SAMPLES.index(12.0), len(SAMPLES) + SAMPLES.index(12.0)
+    sim = simulate_replicates(r, 400, key, residual=False)
+    sim_plain = simulate_replicates(plain, 400, key, residual=False)
+    lr, lr_plain = (np.log(x[:, 0, j2] / x[:, 0, j1]) for x in (sim, sim_plain))
+    assert np.var(lr) > 0.05  # theory about 0.15: var(kappa_2 - kappa_1) = 0.125, x ~1.1
+    assert np.var(lr_plain) < 0.01
+    reg = tj.Regimen([tj.Dose(amt=100.0, cmt="depot", time=0.0)])
+    with pytest.raises(ValueError, match="inter-occasion variability"):
+        r.forecast(reg, np.array([1.0, 2.0]), subject=1)
+    with pytest.raises(ValueError, match="inter-occasion variability"):
+        tj.calibrate.optimise_dose(r, target="trough", window=(1.0, 2.0), cmt="depot", subject=1)
+
+
 @pytest.mark.parametrize(
     "case, match",
     [

@@ -25,7 +25,8 @@ def cwres(fit: FitResult) -> np.ndarray:
     For subject ``i`` at its mode ``eta*``, the observations (on the error model's
     scale) are linearised as ``E = m(eta*) - J eta*`` and
     ``Cov = J Omega J' + diag(s(eta*)^2)``; ``CWRES = Cov^{-1/2} (y - E)`` with the
-    Cholesky factor.
+    Cholesky factor. With inter-occasion variability ``eta*`` includes the subject's
+    kappas and ``Omega`` their variances (see :func:`_random_effects`).
 
     Arguments:
         fit: a :class:`FitResult` (typically the post-hoc fit of a population fit).
@@ -38,15 +39,14 @@ def cwres(fit: FitResult) -> np.ndarray:
     spec, errors = _spec(fit)
     fd = fit.data
     obs = fd.obs()
-    tv = {k: jax.tree.map(jnp.asarray, v) for k, v in fit.typical.items()}
-    eta = jnp.asarray(np.nan_to_num(fit.etas))
+    tv, eta_np, omega = _random_effects(fit, spec)
+    eta = jnp.asarray(eta_np)
     f, J, _ = f_and_jac(spec, tv, eta, fd.ev, jnp.asarray(fd.t_eval), obs.out)
     sigma = jnp.concatenate([e.sigma() for e in errors])
     m, s, dm, _ = obs_moments(spec, f, sigma, obs.out, slopes=True)
     Jm = np.asarray(dm[..., None] * J)
     m, s = np.asarray(m), np.asarray(s)
     yt = np.asarray(obs_transform(spec, obs.dv, obs.out))
-    omega = np.asarray(fit.population.omega)
     out = np.full(fd.dv.shape, np.nan)
     e = np.asarray(eta)
     used = fd.mask & ~fd.censored
@@ -69,8 +69,9 @@ def simulate_replicates(fit: FitResult, n_rep: int, key, *, residual: bool = Tru
     """Replicates of the fitted dataset simulated from the (fitted) population.
 
     Every replicate draws new etas from ``N(0, Omega)`` for each subject (keeping the
-    subject's covariates, regimen and sampling times) and, with ``residual``, new
-    residual errors.
+    subject's covariates, regimen and sampling times), with inter-occasion variability
+    new kappas from ``N(0, omega_iov^2)`` on each of its occasions, and, with
+    ``residual``, new residual errors.
 
     Arguments:
         fit: a :class:`FitResult` whose ``population`` and ``error`` are the model to
@@ -84,14 +85,14 @@ def simulate_replicates(fit: FitResult, n_rep: int, key, *, residual: bool = Tru
         own output (several outputs) and uncensored.
     """
     fd = fit.data
-    pop = fit.population
     spec, errors = _spec(fit)
-    N, k = fd.n, len(fit.names)
+    tv0, _, omega = _random_effects(fit, spec)
+    N, k = fd.n, omega.shape[0]
     k_eta, k_eps = jax.random.split(key)
-    L = np.linalg.cholesky(np.asarray(pop.omega) + 1e-12 * np.eye(k))
+    L = np.linalg.cholesky(omega + 1e-12 * np.eye(k))
     etas = jax.random.normal(k_eta, (n_rep * N, k)) @ jnp.asarray(L).T
     tile = lambda a: jnp.concatenate([jnp.asarray(a)] * n_rep, axis=0)  # noqa: E731
-    tv = {kk: jax.tree.map(tile, v) for kk, v in fit.typical.items()}
+    tv = {kk: jax.tree.map(tile, v) for kk, v in tv0.items()}
     ev = jax.tree.map(tile, fd.ev)
     from ._map import individual_params
 
@@ -107,7 +108,42 @@ def simulate_replicates(fit: FitResult, n_rep: int, key, *, residual: bool = Tru
 
 
 def _spec(fit: FitResult):
-    """The fit's problem description and its error models, in output order."""
+    """The fit's problem description and its error models, in output order (with the
+    fit's inter-occasion variability, if any: see :func:`_random_effects`)."""
     outputs = fit.outputs or (fit.output,)
     errors = tuple(fit.errors[o] for o in outputs) if fit.errors else (fit.error,)
-    return make_spec(fit.model, fit.solver, fit.names, errors, outputs, fit.censoring), errors
+    iov = tuple(fit.iov) if fit.iov else ()
+    n_occ = int(fit.kappas.shape[2]) if iov and fit.kappas is not None else 0
+    spec = make_spec(fit.model, fit.solver, fit.names, errors, outputs, fit.censoring, iov, n_occ)
+    return spec, errors
+
+
+def _random_effects(fit: FitResult, spec):
+    """The fit's typical values, its modes and the prior covariance of all of a
+    subject's random effects: ``(tv, eta (N, R), Omega (R, R))``.
+
+    Without IOV these are the typical values, the etas and Omega. With IOV
+    (``fit.iov``) the random effects are ``[eta | kappa]`` as in the fit
+    (``spec.n_random`` of them; kappa of IOV parameter ``a`` on occasion ``o`` at
+    ``len(names) + a K + o``), the IOV parameters' typical values are piecewise on the
+    occasions, and ``Omega`` is block-diagonal: Omega, then ``omega_iov^2`` of each
+    IOV parameter once per occasion (kappas independent across occasions, as NONMEM's
+    ``$OMEGA BLOCK(1) SAME``). Padding occasions have no data: their kappas are 0 and
+    their columns of the Jacobian are 0, so they change nothing.
+    """
+    tv = {k: jax.tree.map(jnp.asarray, v) for k, v in fit.typical.items()}
+    eta = np.nan_to_num(np.asarray(fit.etas, float))
+    omega = np.asarray(fit.population.omega, float)
+    if not spec.iov:
+        return tv, eta, omega
+    from ._iov import with_occasions
+
+    K = spec.n_occ
+    tv = with_occasions(tv, spec.iov, fit.data.occasions.times)
+    kap = np.nan_to_num(np.asarray(fit.kappas, float)).reshape(eta.shape[0], -1)
+    var = np.repeat([float(fit.iov[q]) for q in spec.iov], K)
+    k = omega.shape[0]
+    big = np.zeros((k + var.size, k + var.size))
+    big[:k, :k] = omega
+    big[k:, k:] = np.diag(var)
+    return tv, np.concatenate([eta, kap], axis=1), big

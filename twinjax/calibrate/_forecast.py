@@ -16,6 +16,7 @@ from ..model._model import default_float
 from ..model._piecewise import Piecewise
 from ..solve._simulate import check_times, simulate, simulate_core
 from ._data import EVENT_BUCKET_MIN, RECORD_BUCKET_MIN, pad_axis, pad_events, shape_bucket
+from ._iov import refuse_iov
 from ._terms import Spec, individual_params
 from ._uncertainty import posterior_samples
 
@@ -125,6 +126,7 @@ def forecast(
     Raises:
         ValueError: the subject's fit failed, or a bad level.
     """
+    refuse_iov(fit, "forecast")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     key = jax.random.key(0) if key is None else key
@@ -272,6 +274,7 @@ def optimise_dose(
     """
     import optax
 
+    refuse_iov(fit, "optimise_dose")
     if target not in TARGETS:
         raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
     lo, hi = float(window[0]), float(window[1])

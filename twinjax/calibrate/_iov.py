@@ -269,3 +269,18 @@ def kappa_frame(fd, spec, names, kappa, params_occ) -> object:
                 r[q] = float(params_occ[q][i, o])
             rows.append(r)
     return pd.DataFrame(rows)
+
+
+def refuse_iov(fit, what: str) -> None:
+    """Raise for a fit with inter-occasion variability where ``what`` does not model it.
+
+    A forecast or a dose for a new occasion needs that occasion's kappa, unknown and
+    drawn from ``N(0, omega_iov^2)``; leaving it out would give intervals that are too
+    narrow without saying so, so these refuse instead.
+    """
+    if getattr(fit, "iov", None):
+        raise ValueError(
+            f"{what} does not model inter-occasion variability yet, and this fit has "
+            f"iov={dict(fit.iov)}: a new occasion's kappa (N(0, omega_iov^2)) would be left "
+            "out and the intervals would be too narrow. Fit without iov= for this use"
+        )

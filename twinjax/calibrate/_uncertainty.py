@@ -36,8 +36,12 @@ def posterior_samples(fit: FitResult, n: int, key, subject=None, *, include_mode
         ``(n, k)`` etas.
 
     Raises:
-        ValueError: if the subject's fit failed (no finite estimate).
+        ValueError: if the subject's fit failed (no finite estimate), or the fit has
+            inter-occasion variability (its kappas are not drawn here).
     """
+    from ._iov import refuse_iov
+
+    refuse_iov(fit, "posterior_samples")
     i = fit.index(subject)
     eta_hat = np.asarray(fit.etas[i])
     cov = np.asarray(fit.cov_eta[i])
