@@ -208,6 +208,7 @@ def last_beat(model, solver, g, args, Y, n_save, status):
 
 
 @eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)  # tests count traces: eqx.debug.get_num_traces
 def _pss_core(model, solver, p, Y0, tol, max_beats, batch, n_save):
     G, embed, g, args, x0 = beat_map(model, solver, p, Y0)
     fp = solve_fixed_point(G, x0, method="plain", tol=tol, max_iter=max_beats, batch=batch)
@@ -267,7 +268,10 @@ def to_periodic_steady_state(
     nb = N or 1
     y = model.init(p) if y0 is None else {k: jnp.asarray(v, dtype) for k, v in y0.items()}
     Y0 = stack_state(model, y, (nb,)).astype(dtype)
-    out = _pss_core(model, solver, p, Y0, tol, int(max_beats), int(batch), int(n_save))
+    # tol is an input of the compiled program (a plain float would be compiled in:
+    # every new tolerance would compile the search again)
+    tol_a = jnp.asarray(tol, dtype)
+    out = _pss_core(model, solver, p, Y0, tol_a, int(max_beats), int(batch), int(n_save))
     Ys, beats, conv, ch, metrics, dense, status = out
     if N is None:
         pick = lambda d: {k: v[0] for k, v in d.items()}  # noqa: E731
