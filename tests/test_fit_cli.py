@@ -106,6 +106,17 @@ def _with(**changes):
             ),
             "[[covariates]][0].bounds: expected [lower, upper] with lower < upper",
         ),
+        (
+            _with(parameters={**GOOD["parameters"], "CL": {"value": 3.0, "iiv": 0.3, "iov": -0.1}}),
+            "[parameters.CL].iov",
+        ),
+        (
+            _with(
+                fit={**GOOD["fit"], "method": "saem"},
+                parameters={**GOOD["parameters"], "CL": {"value": 3.0, "iiv": 0.3, "iov": 0.1}},
+            ),
+            "[parameters.CL].iov: inter-occasion variability is fitted by foce-i and map, not saem",
+        ),
     ],
 )
 def test_bad_specifications_name_their_key(spec, message):
@@ -131,6 +142,10 @@ def test_the_example_and_covariate_effects_parse():
     assert c.estimate and c.bounds == (0.0, 2.0) and c.label() == "CL_WT"
     fs = fit_spec_from_dict(_with(fit={**GOOD["fit"], "method": "saem"}, saem={"n_em": 50}))
     assert fs.method == "saem" and fs.saem == {"n_em": 50}
+    assert fs.iov == {} and fs.occasion == "OCC"
+    iov = {**GOOD["parameters"], "CL": {"value": 3.0, "iiv": 0.3, "iov": 0.05}}
+    fs = fit_spec_from_dict(_with(parameters=iov, fit={**GOOD["fit"], "occasion": "VISIT"}))
+    assert fs.iov == {"CL": 0.05} and fs.occasion == "VISIT"
 
 
 def _cli(*args):
@@ -203,6 +218,48 @@ def test_bad_spec_file_and_data_rows_refused_before_fitting(tmp_path):
     assert "[[covariates]][0].covariate: 'AGE' is not a column of the dataset" in r.output
     assert "'WT'" in r.output
     assert not out.exists()
+
+
+def test_iov_without_an_occasion_column_is_refused_before_fitting(tmp_path):
+    spec = tmp_path / "iov.toml"
+    spec.write_text(
+        EXAMPLE.read_text().replace("[parameters.CL]\n", "[parameters.CL]\niov = 0.05\n")
+    )
+    assert "iov = 0.05" in spec.read_text()
+    out = tmp_path / "out"
+    r = _cli(spec, "--out", out)
+    assert r.exit_code == 2, r.output
+    assert "[fit].occasion" in r.output and "no occasion column 'OCC'" in r.output
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_iov_fit_from_a_specification(tmp_path):
+    """FOCE-I with IOV on CL from a specification: 12 subjects x 2 occasions simulated
+    with omega_iov^2 = 0.0625 (tests/test_iov_fit.py's cohort); the estimate and its
+    log-scale 95 % interval are in estimates.csv."""
+    from test_iov_fit import simulate_cohort
+
+    ds, _ = simulate_cohort(12, 2, seed=5)
+    data = tmp_path / "occ.csv"
+    ds.to_csv(data)
+    spec = tmp_path / "iov.toml"
+    spec.write_text(
+        '[fit]\nmodel = "pk1_oral"\nmethod = "foce-i"\n'
+        "[parameters.KA]\nvalue = 1.2\niiv = 0.2\n"
+        "[parameters.CL]\nvalue = 2.5\niiv = 0.2\niov = 0.05\n"
+        "[parameters.V]\nvalue = 25.0\niiv = 0.2\n"
+        '[error]\nkind = "proportional"\nprop = 0.2\n'
+        "[diagnostics]\nnpde = false\n"
+    )
+    out = tmp_path / "out"
+    r = _cli(spec, data, "--out", out)
+    assert r.exit_code == 0, r.output
+    est = pd.read_csv(out / "estimates.csv", index_col="parameter")
+    row = est.loc["OMEGA_IOV(CL)"]
+    assert row.ci_method == "log scale" and row.se > 0
+    assert row.ci95_lo < 0.0625 < row.ci95_hi  # the truth inside its interval
+    assert 0.5 * 0.0625 < row.estimate < 2.0 * 0.0625
 
 
 def test_a_user_folder_is_never_overwritten(tmp_path):

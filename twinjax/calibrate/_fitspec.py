@@ -18,6 +18,8 @@ data = "theophylline"         # optional: a shipped dataset when no DATA.csv is 
 [parameters.KA]
 value = 1.0                   # initial (foce-i) or typical (map) value
 iiv = 0.3                     # variance of eta (omit: no IIV)
+# iov = 0.05                  # variance of kappa between occasions (foce-i, map; the
+                              # data's occasion column: [fit] occasion, default "OCC")
 lower = 0.05                  # optional bounds: checked, and flagged in the report
 upper = 20.0
 
@@ -70,8 +72,8 @@ ERROR_KINDS = ("additive", "proportional", "combined", "log")
 COVARIATE_MODELS = ("power", "linear", "exponential", "categorical")
 
 _TOP = ("fit", "parameters", "error", "covariates", "censoring", "diagnostics", "saem")
-_FIT = ("name", "model", "method", "omega", "data", "output", "compartments")
-_PARAM = ("value", "iiv", "lower", "upper", "fixed")
+_FIT = ("name", "model", "method", "omega", "data", "output", "compartments", "occasion")
+_PARAM = ("value", "iiv", "iov", "lower", "upper", "fixed")
 _ERROR = ("kind", "add", "prop", "dvid")
 _COV = (
     "parameter",
@@ -104,6 +106,9 @@ class FitSpec:
         bounds: ``{name: (lower, upper)}`` from the specification.
         errors: ``{output: ErrorModel}`` initial residual error models.
         dvid: ``{tag: output}`` or None; censoring, lloq: as in ``fit_population``.
+        iov: ``{name: variance}`` of the parameters with inter-occasion variability
+            (``iov=`` of ``fit_population`` / ``fit_individual``); occasion: the data's
+            occasion column (``[fit] occasion``, default ``"OCC"``).
         data: a shipped dataset name or None; compartments: the CMT names.
         n_sim, seed, npde, vpc_bins, log_y: diagnostics settings.
         raw: the parsed TOML; path: the file; sha256: the file's SHA-256.
@@ -130,6 +135,8 @@ class FitSpec:
     log_y: bool
     raw: dict
     saem: dict = dataclasses.field(default_factory=dict)
+    iov: dict = dataclasses.field(default_factory=dict)
+    occasion: str = "OCC"
     path: pathlib.Path | None = None
     sha256: str = ""
     text: str = ""
@@ -315,6 +322,7 @@ def fit_spec_from_dict(spec: Mapping, path=None, sha256: str = "", text: str = "
         choices=METHODS,
     )
     omega_kind = string(f.get("omega", "diagonal"), "[fit].omega", probs, choices=OMEGA_KINDS)
+    occasion = string(f.get("occasion", "OCC"), "[fit].occasion", probs)
     data = f.get("data")
     if data is not None:
         from ..data.datasets import NAMES
@@ -340,7 +348,7 @@ def fit_spec_from_dict(spec: Mapping, path=None, sha256: str = "", text: str = "
 
     # ---- parameters
     params = spec.get("parameters")
-    typical, omega, estimate, bounds = {}, {}, [], {}
+    typical, omega, estimate, bounds, iov = {}, {}, [], {}, {}
     if params is None:
         probs.add("[parameters]", "missing: at least one parameter table [parameters.NAME]")
         params = {}
@@ -369,6 +377,10 @@ def fit_spec_from_dict(spec: Mapping, path=None, sha256: str = "", text: str = "
             w = number(p["iiv"], f"{where}.iiv", probs, lo=0, lo_open=True)
             if w is not INVALID:
                 omega[pname] = w
+        if "iov" in p:
+            w = number(p["iov"], f"{where}.iov", probs, lo=0, lo_open=True)
+            if w is not INVALID:
+                iov[pname] = w
         if not ok(v, lo, hi, fixed):
             continue
         if not lo < hi:
@@ -515,6 +527,19 @@ def fit_spec_from_dict(spec: Mapping, path=None, sha256: str = "", text: str = "
                     "(map fits use the given value): set estimate = false or method = "
                     "'foce-i'",
                 )
+        if iov and method == "saem":
+            probs.add(
+                f"[parameters.{next(iter(iov))}].iov",
+                "inter-occasion variability is fitted by foce-i and map, not saem: "
+                "remove iov or set method = 'foce-i'",
+            )
+        if iov and model is not INVALID:
+            from ._iov import check_iov
+
+            try:
+                check_iov(model, iov, where="[parameters].iov")
+            except (TypeError, ValueError) as exc:
+                probs.add("[parameters]", str(exc))
         if method == "saem":
             no_iiv = [k for k in estimate if k not in omega]
             if no_iiv:
@@ -546,6 +571,8 @@ def fit_spec_from_dict(spec: Mapping, path=None, sha256: str = "", text: str = "
         log_y=log_y,
         raw=dict(spec),
         saem=saem_kw,
+        iov=iov,
+        occasion=str(occasion) if occasion is not INVALID else "OCC",
         path=pathlib.Path(path) if path else None,
         sha256=sha256,
         text=text,
@@ -580,8 +607,9 @@ def load_data(spec: FitSpec, data=None):
     Raises:
         DatasetError: a malformed dataset (every problem with its line and column).
         SpecError: no data given, a covariate effect naming a column the dataset does
-            not have, no observations.
-        ValueError: records tagged with an output that is not fitted (line named).
+            not have, no occasion column for ``iov``, no observations.
+        ValueError: records tagged with an output that is not fitted, an occasion that
+            is not an integer or decreases along a subject's records (line named).
     """
     from ..data import read_nonmem
     from ..data.datasets import path as shipped_path
@@ -630,8 +658,16 @@ def load_data(spec: FitSpec, data=None):
             lloq=spec.lloq,
             censoring=spec.censoring,
             dvid=spec.dvid,
+            occasion_column=spec.occasion if spec.iov else None,
         )
     except ValueError as err:
+        if spec.iov and "no occasion column" in str(err):
+            cols_all = list(ds.data.columns)
+            raise SpecError(
+                f"[fit].occasion: the dataset {source} has no occasion column "
+                f"{spec.occasion!r} (columns: {cols_all}); iov needs a column numbering "
+                'each record\'s occasion: name it with [fit].occasion = "COLUMN"'
+            ) from None
         if single and spec.dvid is None and "DVID values" in str(err):
             raise SpecError(
                 f"[error]: {err}. In a fit specification: [error].dvid = the tag of the "

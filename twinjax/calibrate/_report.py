@@ -135,7 +135,11 @@ def _population_estimates(spec, res):
             lo.append(a)
             hi.append(b)
             how.append(h)
-        elif (name.startswith("OMEGA(") and _diagonal(name)) or name.startswith("SIGMA"):
+        elif (
+            (name.startswith("OMEGA(") and _diagonal(name))
+            or name.startswith("OMEGA_IOV(")
+            or name.startswith("SIGMA")
+        ):
             sl = s / x if x > 0 else float("nan")
             lo.append(x * math.exp(-Z95 * sl))
             hi.append(x * math.exp(Z95 * sl))
@@ -261,6 +265,10 @@ def run_fit(spec, dataset, *, data_sha256: str = "", data_source: str = "", prog
     )
     res: Any
     ind: Any
+    # inter-occasion variability (foce-i, map; the specification refuses it with saem)
+    iov_kw: dict[str, Any] = (
+        dict(iov=dict(spec.iov), occasion_column=spec.occasion) if spec.iov else {}
+    )
     n_coef = sum(
         len(c.coefficients()) for c in spec.population.covariates if getattr(c, "estimate", False)
     )
@@ -280,6 +288,7 @@ def run_fit(spec, dataset, *, data_sha256: str = "", data_source: str = "", prog
                 estimate=spec.estimate,
                 omega=spec.omega,
                 verbose=True,
+                **iov_kw,
                 **kw,
             )
         ind = res.individual
@@ -311,7 +320,7 @@ def run_fit(spec, dataset, *, data_sha256: str = "", data_source: str = "", prog
         message = res.message or f"OFV by importance sampling +- {res.ofv_se:.3f}"
     else:
         say("fit", "MAP: individual fits with the specification's population as the prior")
-        res = fit_individual(spec.model, dataset, spec.population, spec.error_arg(), **kw)
+        res = fit_individual(spec.model, dataset, spec.population, spec.error_arg(), **iov_kw, **kw)
         ind = res
         est = _map_estimates(spec, ind)
         ofv = float(np.nansum(ind.objective))
