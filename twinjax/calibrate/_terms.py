@@ -134,29 +134,18 @@ def make_spec(model, solver, names, errors, outputs, censoring="none", iov=(), n
     ``iov``/``n_occ``: parameters with inter-occasion variability and occasions per
     subject."""
     errs = tuple(ErrorModel(e.kind) for e in errors)
-    iov_t, k_occ = tuple(iov), int(n_occ) if iov else 0
-    if len(outputs) == 1:
-        return Spec(
-            model,
-            solver,
-            outputs[0],
-            tuple(names),
-            errs[0],
-            censoring=censoring,
-            iov=iov_t,
-            n_occ=k_occ,
-        )
+    multi = len(outputs) > 1  # one output: outputs/errors stay empty (Spec's defaults)
     return Spec(
         model,
         solver,
         outputs[0],
         tuple(names),
         errs[0],
-        tuple(outputs),
-        errs,
+        tuple(outputs) if multi else (),
+        errs if multi else (),
         censoring,
-        iov=iov_t,
-        n_occ=k_occ,
+        iov=tuple(iov),
+        n_occ=int(n_occ) if iov else 0,
     )
 
 
