@@ -260,6 +260,9 @@ def test_iov_fit_from_a_specification(tmp_path):
     assert row.ci_method == "log scale" and row.se > 0
     assert row.ci95_lo < 0.0625 < row.ci95_hi  # the truth inside its interval
     assert 0.5 * 0.0625 < row.estimate < 2.0 * 0.0625
+    occ = pd.read_csv(out / "occasions.csv")  # kappa and CL per subject and occasion
+    assert list(occ.columns) == ["ID", "OCC", "START", "kappa_CL", "CL"] and len(occ) == 24
+    assert occ.kappa_CL.std() > 0.05 and (occ.CL > 0).all()
 
 
 def test_a_user_folder_is_never_overwritten(tmp_path):

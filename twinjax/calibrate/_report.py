@@ -6,9 +6,11 @@ pcVPC); :func:`write_fit` writes into an output folder:
 - ``report.html``: estimates with SE, RSE and 95 % CI, OFV, shrinkage, the NPDE test,
   the GOF panel, eta-covariate plots, VPC and pcVPC (embedded PNGs), and the run record
   (the specification's text and SHA-256, the data file's SHA-256, versions, time);
-- ``estimates.csv``, ``individual.csv`` (per-subject parameters, etas, SEs),
-  ``observations.csv`` (DV, PRED, IPRED, IWRES, CWRES, NPDE per record), ``fit.json``
-  (the run record and summary numbers) and the figures as PNG files.
+- ``estimates.csv``, ``individual.csv`` (per-subject parameters, etas, SEs), with
+  inter-occasion variability ``occasions.csv`` (per subject and occasion: the kappas and
+  the individual parameters), ``observations.csv`` (DV, PRED, IPRED, IWRES, CWRES,
+  NPDE per record), ``fit.json`` (the run record and summary numbers) and the figures
+  as PNG files.
 """
 
 from __future__ import annotations
@@ -431,6 +433,8 @@ def write_fit(run: FitRun, out, *, progress=None) -> pathlib.Path:
     est = run.estimates
     est.to_csv(out / "estimates.csv")
     ind.to_dataframe().to_csv(out / "individual.csv")
+    if getattr(ind, "occasions", None) is not None:  # IOV: kappa and parameter per occasion
+        ind.occasions.to_csv(out / "occasions.csv", index=False)
     obs = ind.observations()
     rows = np.nonzero(ind.mask)
     obs["CWRES"] = np.asarray(run.cwres)[rows]
