@@ -17,6 +17,7 @@ import abc
 import dataclasses
 import math
 from collections.abc import Mapping
+from typing import Self
 
 import jax.numpy as jnp
 
@@ -146,7 +147,20 @@ class Covariate(abc.ABC):
 
 
 @dataclasses.dataclass(frozen=True)
-class Power(Covariate):
+class _OneTheta(Covariate):
+    """A covariate effect with one coefficient, ``theta`` (power, linear, exponential)."""
+
+    theta: float
+
+    def coefficients(self) -> dict[str, float]:
+        return {self.label(): float(self.theta)}
+
+    def with_coefficients(self, values) -> Self:
+        return dataclasses.replace(self, theta=float(values[0]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Power(_OneTheta):
     """Power (allometric) effect: ``(x / ref) ** theta``.
 
     Example: ``Power("CL", "WT", 0.75, ref=70.0)`` for allometric clearance and
@@ -171,18 +185,12 @@ class Power(Covariate):
             raise ValueError(f"Power covariate on {self.param!r}: ref must be > 0, got {self.ref}")
         super().__post_init__()
 
-    def coefficients(self) -> dict[str, float]:
-        return {self.label(): float(self.theta)}
-
     def factor_from(self, x, coefs):
         return (x / self.ref) ** coefs[0]
 
-    def with_coefficients(self, values) -> Power:
-        return dataclasses.replace(self, theta=float(values[0]))
-
 
 @dataclasses.dataclass(frozen=True)
-class Linear(Covariate):
+class Linear(_OneTheta):
     """Linear effect: ``1 + theta * (x - ref)``.
 
     Arguments:
@@ -195,18 +203,12 @@ class Linear(Covariate):
     theta: float = 0.0
     ref: float = 40.0
 
-    def coefficients(self) -> dict[str, float]:
-        return {self.label(): float(self.theta)}
-
     def factor_from(self, x, coefs):
         return 1.0 + coefs[0] * (x - self.ref)
 
-    def with_coefficients(self, values) -> Linear:
-        return dataclasses.replace(self, theta=float(values[0]))
-
 
 @dataclasses.dataclass(frozen=True)
-class Exponential(Covariate):
+class Exponential(_OneTheta):
     """Exponential effect: ``exp(theta * (x - ref))``.
 
     Arguments:
@@ -219,14 +221,8 @@ class Exponential(Covariate):
     theta: float = 0.0
     ref: float = 40.0
 
-    def coefficients(self) -> dict[str, float]:
-        return {self.label(): float(self.theta)}
-
     def factor_from(self, x, coefs):
         return jnp.exp(coefs[0] * (x - self.ref))
-
-    def with_coefficients(self, values) -> Exponential:
-        return dataclasses.replace(self, theta=float(values[0]))
 
 
 @dataclasses.dataclass(frozen=True)
