@@ -39,6 +39,7 @@ import numpy as np
 
 from ..model import Model
 from . import _nlme as nlme
+from ._iov import refuse_iov
 from ._map import as_population, fit_censoring, make_spec, prepare_data, resolve_outputs
 
 if TYPE_CHECKING:
@@ -129,11 +130,11 @@ class Problem:
                 "objective, whose optimum SAEM's estimates are not; SAEM's own SEs (Louis) "
                 "are in fit.estimates, or fit the model with fit_population"
             )
-        if getattr(fit, "omega_iov", None):  # not modelled here: refuse, never ignore
-            raise ValueError(
-                "a fit with iov=: the covariance step, profiles and bootstrap do "
-                "not model the kappas yet; fit_population's SEs are in fit.estimates"
-            )
+        refuse_iov(  # not modelled here: refuse, never ignore
+            fit,
+            "the covariance step, profiles and bootstrap",
+            "its kappas would be left out; fit_population's SEs are in fit.estimates",
+        )
         pop = fit.population
         model = pop.model
         pop = as_population(model, pop)

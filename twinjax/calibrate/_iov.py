@@ -271,16 +271,21 @@ def kappa_frame(fd, spec, names, kappa, params_occ) -> object:
     return pd.DataFrame(rows)
 
 
-def refuse_iov(fit, what: str) -> None:
-    """Raise for a fit with inter-occasion variability where ``what`` does not model it.
+def refuse_iov(fit, what: str, why: str | None = None) -> None:
+    """Raise for a fit with inter-occasion variability where ``what`` does not model it
+    (a :class:`FitResult` with ``iov`` or a population fit with ``omega_iov``).
 
-    A forecast or a dose for a new occasion needs that occasion's kappa, unknown and
-    drawn from ``N(0, omega_iov^2)``; leaving it out would give intervals that are too
-    narrow without saying so, so these refuse instead.
+    By default the reason is a new occasion's: a forecast or a dose for it needs that
+    occasion's kappa, unknown and drawn from ``N(0, omega_iov^2)``; leaving it out would
+    give intervals that are too narrow without saying so, so these refuse instead.
     """
-    if getattr(fit, "iov", None):
+    iov = getattr(fit, "iov", None) or getattr(fit, "omega_iov", None)
+    if iov:
+        why = why or (
+            "a new occasion's kappa (N(0, omega_iov^2)) would be left out and the "
+            "intervals would be too narrow. Fit without iov= for this use"
+        )
         raise ValueError(
-            f"{what} does not model inter-occasion variability yet, and this fit has "
-            f"iov={dict(fit.iov)}: a new occasion's kappa (N(0, omega_iov^2)) would be left "
-            "out and the intervals would be too narrow. Fit without iov= for this use"
+            f"inter-occasion variability is not modelled by {what} yet, and this fit "
+            f"has iov={dict(iov)}: {why}"
         )
