@@ -105,19 +105,18 @@ def steady_state_cohort(
         OK are NaN (its ``state`` is its last iterate).
     """
     from ..model._model import default_float
-    from ..solve._engine import stack_state
+    from ..solve._batch import batch_params, initial_state, stack_initial
     from ..solve._ensemble import Ensemble
 
     dtype = dtype or default_float()
     solver = solver if solver is not None else Ensemble("rk4", dt=1.0 / 400.0)
-    p, N = model.complete_batch(params, dtype=dtype)
-    nb = N or 1
+    p, _, nb = batch_params(model, params, dtype)
     y = model.init(p)
     if y0 is not None:  # keep the blood volume of model.init: it selects the orbit
         target = blood_volume(y, p)
-        y = {k: jnp.broadcast_to(jnp.asarray(v, dtype), (nb,)) for k, v in y0.items()}
+        y = initial_state(model, p, y0, nb, dtype)
         y["p_VEN_SYS"] = y["p_VEN_SYS"] + (target - blood_volume(y, p)) / p["C_VEN_SYS"]
-    Y0 = stack_state(model, y, (nb,)).astype(dtype)
+    Y0 = stack_initial(model, p, y, nb, dtype)
     n_dev = len(jax.devices()) if devices is None else int(devices)
     core_args = (jnp.asarray(tol, dtype), jnp.asarray(max_beats, jnp.int32), int(memory),
                  int(n_save))  # fmt: skip

@@ -14,6 +14,7 @@ from ..model._model import Model, default_float
 from ..model._model import is_concrete as _concrete
 from ..model._piecewise import initial_values, schedule, split_params
 from ._base import AbstractSolver
+from ._batch import batch_params, broadcast_batch, n_patients, patient_rows, unbatch
 from ._diffrax import Diffrax
 from ._engine import run
 from ._result import Result
@@ -65,7 +66,7 @@ def prepare(model, params, regimen, times, dtype, check=True):
     if not isinstance(model, Model):
         raise TypeError(f"model must be a twinjax Model, got {type(model).__name__}")
     params, pw = piecewise_params(model, params, check)
-    p, n = model.complete(params, dtype=dtype, check=check)
+    p, n, _ = batch_params(model, params, dtype, check)
     ts = check_times(times, dtype)
     if isinstance(regimen, EventTable):
         ev = regimen
@@ -84,15 +85,9 @@ def prepare(model, params, regimen, times, dtype, check=True):
     if ev.time.ndim == 1:
         ev = jax.tree.map(lambda a: a[None], ev)
     n_ts = ts.shape[0] if ts.ndim == 2 else None
-    sizes = {k: v for k, v in dict(params=n, regimens=n_reg, times=n_ts).items() if v is not None}
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"inconsistent numbers of patients: {sizes}")
-    N = next(iter(sizes.values())) if sizes else None
-    nb = N or 1
-    p = {k: jnp.broadcast_to(v, (nb,)) for k, v in p.items()}
-    ev = jax.tree.map(lambda a: jnp.broadcast_to(a, (nb,) + a.shape[1:]), ev)
-    ts2 = jnp.broadcast_to(ts, (nb, ts.shape[-1]))
-    return p, ev, ts, ts2, N, schedule(pw, nb, dtype)
+    N, nb = n_patients(params=n, regimens=n_reg, times=n_ts)
+    p, ev = broadcast_batch((p, ev), nb)
+    return p, ev, ts, patient_rows(ts, nb), N, schedule(pw, nb, dtype)
 
 
 def _pre_dose(pre_dose, ts):
@@ -243,9 +238,5 @@ def simulate(
     states, outputs, status = simulate_core(
         model, solver, p, ev, ts[None] if shared else ts2, y0s, sched, pre
     )
-    if N is None:
-        states = {k: v[0] for k, v in states.items()}
-        outputs = {k: v[0] for k, v in outputs.items()}
-        status = status[0]
-        p = {k: v[0] for k, v in p.items()}
+    states, outputs, status, p = unbatch((states, outputs, status, p), N)
     return Result(ts, states, outputs, status, p)

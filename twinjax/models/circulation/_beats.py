@@ -14,8 +14,9 @@ import numpy as np
 
 from ...model import Link
 from ...model._model import default_float
+from ...solve._batch import batch_params, stack_initial, unbatch
 from ...solve._diffrax import Diffrax
-from ...solve._engine import stack_state, vector_field
+from ...solve._engine import vector_field
 from ...solve._periodic import first_failure, solve_fixed_point
 from ._model import CHAMBERS, Circulation
 
@@ -264,19 +265,13 @@ def to_periodic_steady_state(
         raise ValueError("need tol > 0, max_beats >= 1, batch >= 1 and n_save >= 3")
     dtype = dtype or default_float()
     solver = solver if solver is not None else Diffrax(rtol=1e-6, atol=1e-6)
-    p, N = model.complete_batch(params, dtype=dtype)
-    nb = N or 1
-    y = model.init(p) if y0 is None else {k: jnp.asarray(v, dtype) for k, v in y0.items()}
-    Y0 = stack_state(model, y, (nb,)).astype(dtype)
+    p, N, nb = batch_params(model, params, dtype)
+    Y0 = stack_initial(model, p, y0, nb, dtype)
     # tol is an input of the compiled program (a plain float would be compiled in:
     # every new tolerance would compile the search again)
     tol_a = jnp.asarray(tol, dtype)
     out = _pss_core(model, solver, p, Y0, tol_a, int(max_beats), int(batch), int(n_save))
-    Ys, beats, conv, ch, metrics, dense, status = out
-    if N is None:
-        pick = lambda d: {k: v[0] for k, v in d.items()}  # noqa: E731
-        Ys, metrics, dense, p = pick(Ys), pick(metrics), pick(dense), pick(p)
-        beats, conv, ch, status = beats[0], conv[0], ch[0], status[0]
+    Ys, beats, conv, ch, metrics, dense, status, p = unbatch((*out, p), N)
     return SteadyState(Ys, beats, conv, ch, metrics, dense, status, p)
 
 

@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...model._model import default_float
-from ...solve._engine import stack_state, vector_field
+from ...solve._batch import batch_params, patient_rows, stack_initial, unbatch
+from ...solve._engine import vector_field
 from ...solve._ensemble import Ensemble
 from ...solve._status import Status
 from ._metrics import outcomes
@@ -268,7 +269,7 @@ def _closed_loop_core(model, solver, controller, sensor, p, meal_t, meal_g, err,
     dtype = err.dtype
     n = err.shape[0]
     f = _vector_field_held_meal(model)
-    Y0 = stack_state(model, model.init(p), (n,))
+    Y0 = stack_initial(model, p, None, n, dtype)
     S = Y0.shape[-1]
     e_qsto1 = jax.nn.one_hot(_I_QSTO1, S, dtype=dtype)
     e_isc1 = jax.nn.one_hot(_I_ISC1, S, dtype=dtype)
@@ -371,8 +372,7 @@ def simulate_closed_loop(
     m_sub = int(round(sample_time / dt))
     if abs(m_sub * dt - sample_time) > 1e-9 or m_sub < 1:
         raise ValueError(f"sample_time {sample_time} must be a positive multiple of dt {dt}")
-    p, N = model.complete_batch(params, dtype=dtype, check=check)
-    nb = N or 1
+    p, N, nb = batch_params(model, params, dtype, check)
     if meals is None:
         mt = jnp.zeros((nb, 1), dtype)
         mg = jnp.zeros((nb, 1), dtype)
@@ -383,14 +383,12 @@ def simulate_closed_loop(
             raise ValueError(
                 f"meals: times {mt.shape} and grams {mg.shape} must be equal (M,) or (N, M)"
             )
-        mt = jnp.broadcast_to(mt, (nb, mt.shape[-1]))
-        mg = jnp.broadcast_to(mg, (nb, mg.shape[-1]))
+        mt, mg = patient_rows(mt, nb), patient_rows(mg, nb)
     err = sensor.error(key, nb, n_samples, sample_time, dtype)
     cfg = (n_samples, float(sample_time), float(dt), float(eat_rate))
     bg, cgm, ins, cho, status = _closed_loop_core(
         model, solver, controller, sensor, p, mt, mg, err, cfg
     )
     times = jnp.arange(n_samples, dtype=dtype) * sample_time
-    if N is None:
-        bg, cgm, ins, cho, status = bg[0], cgm[0], ins[0], cho[0], status[0]
+    bg, cgm, ins, cho, status = unbatch((bg, cgm, ins, cho, status), N)
     return ClosedLoopResult(times, bg, cgm, ins, cho, status)
