@@ -16,9 +16,14 @@ from ..model._model import default_float
 from ..model._piecewise import Piecewise
 from ..solve._simulate import check_times, simulate, simulate_core
 from ._data import EVENT_BUCKET_MIN, RECORD_BUCKET_MIN, pad_axis, pad_events, shape_bucket
-from ._iov import refuse_iov
 from ._terms import Spec, individual_params
-from ._uncertainty import posterior_samples
+from ._uncertainty import (
+    check_occasion,
+    draw_random_effects,
+    new_occasion_layout,
+    posterior_samples,
+    subject_posterior,
+)
 
 if TYPE_CHECKING:
     from ._map import FitResult
@@ -105,11 +110,19 @@ def forecast(
     key=None,
     subject=None,
     level: float = 0.9,
+    occasion: str = "new",
 ) -> Forecast:
     """Forecast a new regimen for one fitted subject, with prediction intervals.
 
     Parameter sets are drawn from the subject's Laplace posterior, simulated in one
     batch under ``regimen``, and residual error is added for the prediction interval.
+
+    A fit with inter-occasion variability (``fit.iov``): the regimen is a new occasion
+    (NONMEM's and Monolix's convention). The point forecast (``map``) uses the
+    subject's ``eta_hat`` and ``kappa = 0``; every other draw adds, to its eta from the
+    posterior, a kappa of each IOV parameter drawn from ``N(0, omega_iov^2)`` (one per
+    draw, held over the whole forecast), so the intervals include the occasion-to-
+    occasion variability. See :func:`~twinjax.calibrate.posterior_samples`.
 
     Arguments:
         fit: a :class:`FitResult`.
@@ -119,22 +132,28 @@ def forecast(
         key: a JAX PRNG key (default ``jax.random.key(0)``).
         subject: the subject ID (default: the only one).
         level: coverage of the intervals (0.9 for 5-95 %).
+        occasion: ``"new"`` (the only one supported; no effect without IOV).
+            ``"last"``, continuing the last observed occasion with its kappa, is
+            refused: it needs the joint posterior of the etas and that kappa.
 
     Returns:
         A :class:`Forecast`.
 
     Raises:
-        ValueError: the subject's fit failed, or a bad level.
+        ValueError: the subject's fit failed, a bad level, ``n_samples`` or
+            ``occasion``.
     """
-    refuse_iov(fit, "forecast")
+    check_occasion(occasion, "forecast")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer) or n_samples < 1:
+        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
     key = jax.random.key(0) if key is None else key
     k1, k2 = jax.random.split(key)
     varying = any(isinstance(v, Piecewise) for v in fit.typical.values())
     if varying or not isinstance(regimen, Regimen) or np.ndim(times) != 1:
         # time-varying typical values, event tables, per-sample times: the general path
-        params, _ = posterior_samples(fit, n_samples, k1, subject)
+        params, _ = posterior_samples(fit, n_samples, k1, subject, occasion="new")
         res = simulate(fit.model, params, regimen, times, solver=fit.solver, check=False)
         f = np.asarray(res[fit.output])
     else:
@@ -145,16 +164,12 @@ def forecast(
 
 def _forecast_bucketed(fit: FitResult, regimen: Regimen, times, n: int, key, subject):
     """The ``(n, T)`` predictions of ``n`` Laplace posterior samples of one subject
-    (the first the MAP estimate) under ``regimen``: as ``posterior_samples`` followed
-    by ``simulate``, in one program whose times and event rows are padded to shape
-    buckets (a new number of times or doses within a bucket reuses it)."""
-    i = fit.index(subject)
-    eta_hat = np.asarray(fit.etas[i])
-    cov = np.asarray(fit.cov_eta[i])
-    if not (np.all(np.isfinite(eta_hat)) and np.all(np.isfinite(cov))):
-        raise ValueError(f"subject {fit.ids[i]!r} has no finite fit (converged=False)")
-    k = eta_hat.size
-    L = np.linalg.cholesky(cov + 1e-14 * np.eye(k))
+    (the first the MAP estimate) under ``regimen`` at a new occasion: as
+    ``posterior_samples(..., occasion="new")`` followed by ``simulate``, in one program
+    whose times and event rows are padded to shape buckets (a new number of times or
+    doses within a bucket reuses it)."""
+    i, eta_hat, L = subject_posterior(fit, subject)
+    names, sd, A = new_occasion_layout(fit, "new")
     dtype = default_float()
     ts = check_times(np.asarray(times, float), dtype)
     T = ts.shape[0]
@@ -162,19 +177,18 @@ def _forecast_bucketed(fit: FitResult, regimen: Regimen, times, n: int, key, sub
     ev = compile_regimens([regimen], fit.model, dtype=dtype)
     ev = pad_events(ev, shape_bucket(ev.time.shape[-1], EVENT_BUCKET_MIN))
     tv = {kk: np.asarray(v)[i] for kk, v in fit.typical.items()}
-    spec = Spec(fit.model, fit.solver, fit.output, fit.names, fit.error)
-    f = _forecast_program(spec, tv, eta_hat, L, ev, ts, key, n)
+    spec = Spec(fit.model, fit.solver, fit.output, names, fit.error)
+    f = _forecast_program(spec, tv, eta_hat, L, sd, A, ev, ts, key, n)
     return np.asarray(f)[:, :T]
 
 
 @eqx.filter_jit
 @eqx.debug.assert_max_traces(max_traces=None)  # tests count traces
-def _forecast_program(spec: Spec, tv: dict, eta_hat, L, ev, ts, key, n: int):
-    """Posterior samples (``eta_hat + z L'``, ``z[0] = 0``) simulated under ``ev`` at
-    the shared times ``ts``; ``(n, T)`` predictions of the fitted output."""
-    k = eta_hat.shape[0]
-    z = jax.random.normal(key, (n, k)).at[0].set(0.0)
-    etas = eta_hat[None] + z @ L.T
+def _forecast_program(spec: Spec, tv: dict, eta_hat, L, sd, A, ev, ts, key, n: int):
+    """Posterior samples (``eta_hat + z L'``, ``z[0] = 0``; with IOV plus a new
+    occasion's kappas ``sd * z_kappa``, see ``draw_random_effects``) simulated under
+    ``ev`` at the shared times ``ts``; ``(n, T)`` predictions of the fitted output."""
+    etas, _, _ = draw_random_effects(key, n, eta_hat, L, sd, A)
     rows = {kk: jnp.broadcast_to(v, (n,)) for kk, v in tv.items()}
     params = individual_params(spec, rows, etas)
     p, _ = spec.model.complete(params, dtype=ts.dtype, check=False)
@@ -236,6 +250,7 @@ def optimise_dose(
     grid: int = 49,
     infusion_duration: float | None = None,
     min_fraction: float = 0.8,
+    occasion: str = "new",
 ) -> DoseResult:
     """Find by gradient the dose (and optionally interval) that puts a target in a window.
 
@@ -248,6 +263,13 @@ def optimise_dose(
     ``(log value - log centre)^2`` with the window's geometric centre; for time in range
     it is minus the smoothed fraction. Gradients are forward-mode through the
     simulation with respect to log dose (and log interval), optimised by Adam.
+
+    A fit with inter-occasion variability (``fit.iov``): the regimen is a new occasion,
+    as in :func:`forecast`. The first sample is the MAP estimate with ``kappa = 0``;
+    with ``n_samples > 1`` every other sample also draws each IOV parameter's kappa
+    from ``N(0, omega_iov^2)``, so the averaged loss (the expected squared log error,
+    or the expected fraction of time in range) integrates over the new occasion's
+    kappa and the dose accounts for the IOV.
 
     Arguments:
         fit: the subject's :class:`FitResult`.
@@ -265,16 +287,19 @@ def optimise_dose(
         grid: points per interval for AUC, Cmax and time in range.
         infusion_duration: give the doses as infusions of this duration.
         min_fraction: time-in-range success threshold.
+        occasion: ``"new"`` (the only one supported; see :func:`forecast`).
 
     Returns:
         A :class:`DoseResult`.
 
     Raises:
-        ValueError: unknown target or a bad window.
+        ValueError: unknown target, a bad window, ``n_samples`` or ``occasion``.
     """
     import optax
 
-    refuse_iov(fit, "optimise_dose")
+    check_occasion(occasion, "optimise_dose")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer) or n_samples < 1:
+        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
     if target not in TARGETS:
         raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
     lo, hi = float(window[0]), float(window[1])
@@ -282,8 +307,8 @@ def optimise_dose(
         raise ValueError(f"window must be 0 < low < high, got {window}")
     i = fit.index(subject)
     key = jax.random.key(0) if key is None else key
-    params, _ = posterior_samples(fit, max(int(n_samples), 1), key, fit.ids[i])
-    S = max(int(n_samples), 1)
+    S = int(n_samples)
+    params, _ = posterior_samples(fit, S, key, fit.ids[i], occasion="new")
     model = fit.model
     dose_kw: DoseKwargs = {} if infusion_duration is None else {"dur": float(infusion_duration)}
     base = Regimen(

@@ -1,0 +1,212 @@
+"""Forecasts, dose optimisation and posterior samples of fits with inter-occasion
+variability (IOV): a future dose is a NEW occasion, whose kappa is 0 in the point
+prediction and drawn from ``N(0, omega_iov^2)`` in the samples (NONMEM's and
+Monolix's convention), while eta is the subject's own Laplace posterior.
+
+Model: one-compartment IV bolus, IIV and IOV on CL only (V fixed), so a simulated
+concentration gives back its draw's CL exactly, ``CL = -(V / t) log(C V / dose)``,
+and the forecast's spread can be checked against the Laplace posterior in closed form:
+``log CL ~ N(log TV + eta_hat, C_eta + omega_iov^2)`` at a new occasion.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import norm
+
+import twinjax as tj
+from twinjax.calibrate import ErrorModel, fit_individual, forecast, optimise_dose
+from twinjax.calibrate import _forecast as fc_mod
+from twinjax.calibrate._uncertainty import posterior_samples
+from twinjax.models import pk
+
+IV = pk.one_compartment()
+CL, V, DOSE = 3.0, 30.0, 100.0
+TAU = 24.0  # one dose per occasion
+SAMPLES = (1.0, 4.0, 8.0, 12.0)  # h after each dose
+POP = tj.Population(IV, typical={"CL": CL, "V": V}, omega={"CL": 0.09})
+ERR = ErrorModel("proportional", prop=0.1)
+TINY = 1e-12  # omega_iov^2 -> 0
+
+
+def cohort(n: int = 4, k: int = 2, seed: int = 0):
+    """``n`` subjects, ``k`` occasions of one 100 mg bolus and 4 samples each; CL with
+    IIV (SD 0.3) and IOV (SD 0.2) as a LOCF Piecewise on the occasion starts."""
+    rng = np.random.default_rng(seed)
+    cl = CL * np.exp(rng.normal(0.0, 0.3, (n, 1)) + rng.normal(0.0, 0.2, (n, k)))
+    starts = TAU * np.arange(k)
+    ts = np.array([[TAU * o + s for o in range(k) for s in SAMPLES]] * n)
+    reg = tj.Regimen([tj.Dose(amt=DOSE, cmt="central", time=t) for t in starts])
+    pw = tj.Piecewise(np.broadcast_to(starts, (n, k)), cl, "locf")
+    c = np.asarray(tj.simulate(IV, {"CL": pw, "V": V}, reg, ts)["C"])
+    c = c * (1.0 + 0.1 * rng.standard_normal(c.shape))
+    rows = []
+    for i in range(n):
+        for o in range(k):
+            rows.append(dict(ID=i + 1, TIME=starts[o], DV=0.0, AMT=DOSE, EVID=1, MDV=1, OCC=o + 1))
+            for j, s in enumerate(SAMPLES):
+                dv = float(c[i, o * len(SAMPLES) + j])
+                rows.append(dict(ID=i + 1, TIME=starts[o] + s, DV=dv, AMT=0.0, EVID=0, MDV=0))
+                rows[-1]["OCC"] = o + 1
+    frame = pd.DataFrame(rows).assign(CMT=1)
+    return tj.data.Dataset(frame, {1: "central"})
+
+
+@pytest.fixture(scope="module")
+def fits():
+    """A fit without IOV and MAP fits with omega_iov^2 = 1e-12, 0.04 and 0.25 (one
+    program for the three)."""
+    ds = cohort()
+    out = {None: fit_individual(IV, ds, POP, ERR)}
+    for w in (TINY, 0.04, 0.25):
+        out[w] = fit_individual(IV, ds, POP, ERR, iov={"CL": w})
+    assert all(bool(np.all(f.converged)) for f in out.values())
+    return out
+
+
+REG = tj.Regimen([tj.Dose(amt=DOSE, cmt="central", time=0.0)])
+TIMES = np.array([2.0, 6.0, 12.0])
+NS = 4000  # forecast draws (one program: the draw count is static)
+
+
+def log_cl(c, t):
+    """Each draw's log CL from its concentration ``c`` at ``t`` after the bolus."""
+    return np.log(-(V / t) * np.log(c * V / DOSE))
+
+
+def test_tiny_iov_forecasts_as_the_fit_without_iov(fits):
+    plain, tiny = fits[None], fits[TINY]
+    # the fits themselves agree (the kappas' prior pins them at 0)
+    np.testing.assert_allclose(tiny.etas, plain.etas, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(tiny.cov_eta, plain.cov_eta, rtol=1e-5)
+    assert np.max(np.abs(tiny.kappas)) < 1e-5
+    key = jax.random.key(5)
+    a = forecast(plain, REG, TIMES, n_samples=NS, subject=2, key=key)
+    b = forecast(tiny, REG, TIMES, n_samples=NS, subject=2, key=key)
+    # the same eta draws; kappa SD 1e-6 moves a concentration by 1e-6 x CL t / V (< 1.6)
+    for name in ("map", "median", "lower", "upper", "pi_lower", "pi_upper", "samples"):
+        np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-5, err_msg=name)
+    # ... and the MAP forecast is the simulation at the subject's eta_hat, kappa = 0
+    p = {"CL": float(tiny.params["CL"][1]), "V": V}
+    ref = np.asarray(tj.simulate(IV, p, REG, TIMES, solver=tiny.solver)["C"])
+    np.testing.assert_allclose(b.map, ref, rtol=1e-9)
+
+
+def test_new_occasion_spread_is_the_posterior_plus_omega_iov(fits):
+    """The forecast's draws of a new occasion: log CL has the mean of the posterior
+    mode and the variance ``C_eta + omega_iov^2``; the 90 % band is the closed-form
+    one within Monte-Carlo error, and widens with omega_iov^2."""
+    n, t = NS, TIMES[1]
+    widths = []
+    for w in (TINY, 0.04, 0.25):
+        fit = fits[w]
+        fc = forecast(fit, REG, TIMES, n_samples=n, subject=3, key=jax.random.key(7))
+        x = log_cl(fc.samples[:, 1], t)
+        m = np.log(CL) + float(fit.etas[2, 0])
+        s2 = float(fit.cov_eta[2, 0, 0]) + w
+        # sample variance: relative SE sqrt(2 / (n - 1)) = 2.2 %; mean: SE sqrt(s2 / n)
+        assert np.var(x, ddof=1) == pytest.approx(s2, rel=4 * np.sqrt(2 / (n - 1)))
+        assert abs(np.mean(x) - m) < 4 * np.sqrt(s2 / n)
+        # 5 % / 95 % quantiles (C falls with CL): SE of a 5 % sample quantile is
+        # sqrt(0.05 * 0.95 / n) / phi(1.645) = 0.033 SD
+        z = norm.ppf(0.95)
+        assert abs(log_cl(fc.lower[1], t) - (m + z * np.sqrt(s2))) < 4 * 0.033 * np.sqrt(s2)
+        assert abs(log_cl(fc.upper[1], t) - (m - z * np.sqrt(s2))) < 4 * 0.033 * np.sqrt(s2)
+        assert float(fc.map[1]) == pytest.approx(DOSE / V * np.exp(-np.exp(m) * t / V), rel=1e-6)
+        widths.append(np.log(fc.upper / fc.lower))
+    assert np.all(widths[1] > 1.5 * widths[0]) and np.all(widths[2] > 1.5 * widths[1])
+
+
+def test_posterior_samples_of_a_new_occasion(fits):
+    fit = fits[0.25]
+    key = jax.random.key(3)
+    p0, e0 = posterior_samples(fit, 2000, key, subject=1)
+    p1, e1 = posterior_samples(fit, 2000, key, subject=1, occasion="new")
+    assert e0.shape == (2000, 1) and e1.shape == (2000, 2)  # [eta | kappa_CL]
+    np.testing.assert_array_equal(e1[:, :1], e0)  # the same eta draws
+    # without occasion: the value without kappa; a new occasion adds the drawn kappa
+    np.testing.assert_allclose(np.log(p0["CL"]), np.log(CL) + e0[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(np.log(p1["CL"]), np.log(CL) + e1[:, 0] + e1[:, 1], rtol=1e-12)
+    assert float(e1[0, 1]) == 0.0 and float(p1["CL"][0]) == pytest.approx(fit.params["CL"][0])
+    kap = np.asarray(e1[1:, 1])
+    assert np.var(kap, ddof=1) == pytest.approx(0.25, rel=4 * np.sqrt(2 / kap.size))
+    assert abs(np.corrcoef(kap, e1[1:, 0])[0, 1]) < 4 / np.sqrt(kap.size)
+
+
+def test_optimise_dose_integrates_over_the_new_kappa(fits):
+    """Trough target after 3 daily boluses: the loss is the mean over draws of
+    (log trough - log centre)^2, so its optimum is ``log dose = log centre - mean_s
+    log u_s`` with ``u_s`` draw s's trough per unit dose (closed form here). With the
+    new occasion's kappas in the draws the dose is that optimum, about 30 % above the
+    one of the same eta draws without kappa (the trough ~ exp(-CL tau / V) is concave
+    in log CL, so spreading log CL lowers the mean log trough)."""
+    fit, S, key = fits[0.25], 200, jax.random.key(11)
+    lo, hi = 0.2, 0.5
+    n_doses = 3
+
+    def best_dose(params):
+        k = np.asarray(params["CL"]) / V
+        u = sum(np.exp(-k * (n_doses - j) * TAU) for j in range(n_doses)) / V
+        return float(np.exp(np.log(np.sqrt(lo * hi)) - np.mean(np.log(u))))
+
+    with_kappa = best_dose(posterior_samples(fit, S, key, 2, occasion="new")[0])
+    without = best_dose(posterior_samples(fit, S, key, 2)[0])
+    assert with_kappa > 1.2 * without
+    d = optimise_dose(
+        fit,
+        target="trough",
+        window=(lo, hi),
+        cmt="central",
+        n_doses=n_doses,
+        interval=TAU,
+        dose0=100.0,
+        subject=2,
+        n_samples=S,
+        key=key,
+        steps=300,
+    )
+    assert d.dose == pytest.approx(with_kappa, rel=2e-3)
+    # value: the trough at the MAP estimate (kappa 0)
+    cl = float(fit.params["CL"][1])
+    trough = d.dose / V * sum(np.exp(-cl / V * (n_doses - j) * TAU) for j in range(n_doses))
+    assert d.value == pytest.approx(trough, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        ("forecast_last", r"forecast: occasion='last' is not supported.*joint posterior"),
+        ("forecast_none", r"forecast: occasion must be one of \['new'\].*got None"),
+        ("forecast_n", r"n_samples must be an integer >= 1, got 0"),
+        ("dose_last", r"optimise_dose: occasion='last' is not supported"),
+        ("dose_bad", r"optimise_dose: occasion must be one of \['new'\].*got 'next'"),
+        ("dose_n", r"n_samples must be an integer >= 1, got 1.5"),
+        ("samples_bad", r"posterior_samples: occasion must be one of \[None, 'new'\]"),
+    ],
+)
+def test_bad_arguments_are_refused_before_compiling(fits, call, match, monkeypatch):
+    def no_compile(*a, **k):
+        raise AssertionError("compiled before refusing")
+
+    for name in ("_forecast_program", "simulate", "simulate_core", "posterior_samples"):
+        monkeypatch.setattr(fc_mod, name, no_compile)
+    fit = fits[0.04]
+    dose = dict(target="trough", window=(1.0, 2.0), cmt="central", subject=1)
+    with pytest.raises(ValueError, match=match):
+        if call == "forecast_last":
+            forecast(fit, REG, TIMES, subject=1, occasion="last")
+        elif call == "forecast_none":
+            forecast(fit, REG, TIMES, subject=1, occasion=None)
+        elif call == "forecast_n":
+            forecast(fit, REG, TIMES, subject=1, n_samples=0)
+        elif call == "dose_last":
+            optimise_dose(fit, occasion="last", **dose)
+        elif call == "dose_bad":
+            optimise_dose(fit, occasion="next", **dose)
+        elif call == "dose_n":
+            optimise_dose(fit, n_samples=1.5, **dose)
+        else:
+            posterior_samples(fit, 4, jax.random.key(0), 1, occasion="old")
