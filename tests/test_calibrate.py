@@ -130,7 +130,7 @@ def test_map_is_a_minimum_and_matches_optimistix(theo_twins):
 def test_blocked_and_compacted_lm_gives_the_same_fits(theo_twins, monkeypatch):
     # blocks of 6 subjects (lax.map) and, within a block, the last unconverged subjects
     # finishing in a compacted batch of 3: each subject's iteration is its own
-    import twinjax.calibrate._map as M
+    import twinjax.calibrate._map_optimisers as M
 
     monkeypatch.setattr(M, "LM_COMPACT", 2)
     monkeypatch.setattr(M, "LM_COMPACT_MIN", 2)

@@ -31,12 +31,14 @@ References:
       J Pharmacokinet Pharmacodyn 42:191-209, 2015.
     - Savic RM, Karlsson MO. Importance of shrinkage in empirical Bayes estimates for
       diagnostics. AAPS J 11:558-569, 2009.
+
+The optimisers are in :mod:`._map_optimisers`, the result class in :mod:`._fit_result`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -45,10 +47,7 @@ import numpy as np
 
 from ..model import Model
 from ..model._piecewise import Piecewise
-from ..population import Population
 from ..solve._base import AbstractSolver
-from ..solve._devices import per_device
-from ..solve._engine import blocked
 from ..solve._ensemble import Ensemble
 from ._data import PRE_DOSE_EPS as PRE_DOSE_EPS
 from ._data import FitData as FitData
@@ -60,7 +59,9 @@ from ._data import pad_fit_batch as pad_fit_batch
 from ._data import prepare_data as prepare_data
 from ._data import resolve_outputs as resolve_outputs
 from ._data import shape_bucket as shape_bucket
+from ._fit_result import FitResult as FitResult
 from ._iov import check_iov, iov_precision, kappa_frame, refuse_varying_iov, with_occasions
+from ._map_optimisers import adam_batched, lm_batched, optx_batched
 from ._residual import ErrorModel
 from ._terms import Spec as Spec
 from ._terms import as_population as as_population
@@ -80,33 +81,6 @@ from ._terms import typical_values as typical_values
 
 __all__ = ["FitResult", "fit_individual", "prepare_data"]
 
-# The objective is only as smooth as the ODE solver's adaptive step sequence: close to
-# the mode its changes can fall below the solver's error and no step decreases it. A
-# subject whose LM damping has then run away (or that reaches the iteration cap) still
-# counts as converged when its Newton decrement G'H^-1G is below this: the decrement is
-# twice the squared Mahalanobis distance to the mode, so 1e-3 puts the estimate within
-# about 0.02 posterior SD of it (far below anything an interval or a forecast resolves).
-NOISE_DECREMENT = 1e-3
-
-
-def _solve(A, b):
-    return jnp.linalg.solve(A, b[..., None])[..., 0]
-
-
-LM_BLOCK = 256  # subjects per block of the batched LM on CPU (see ``lm_batched``)
-LM_COMPACT = 4  # a block's unconverged subjects move to a batch this many times smaller
-LM_COMPACT_MIN = 16  # smallest compacted batch
-
-
-def lm_block_size(n: int, block: int | None = None) -> int | None:
-    """Subjects per block for ``n`` subjects: ``LM_BLOCK`` on CPU, no blocking on
-    accelerators (``block=0``) or when ``n`` fits in one block."""
-    if block is None:
-        block = LM_BLOCK if jax.default_backend() == "cpu" else 0
-    if not block or n <= block:
-        return None
-    return int(block)
-
 
 def _pad_rows(tree, n_to):
     """Pad every leaf's leading axis to ``n_to`` with copies of row 0."""
@@ -120,229 +94,12 @@ def _pad_rows(tree, n_to):
     return jax.tree.map(pad, tree)
 
 
-def _lm_core(spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_iter, tol, compact):
-    """The batched LM on one batch (see :func:`lm_batched`), with compaction."""
-    k = eta0.shape[-1]
-    eye = jnp.eye(k, dtype=eta0.dtype)
-    O, G, H, f, st, ok = posterior_terms(spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv)
-
-    def decrement(G, H):
-        Hs = H + 1e-12 * eye[None]
-        return jnp.einsum("nk,nk->n", G, _solve(Hs, G))
-
-    dec = decrement(G, H)
-    n = eta0.shape[0]
-    conv = ok & (dec < tol)
-    done = conv | ~ok
-    lam = jnp.full((n,), 1e-4, eta0.dtype)
-    niter = jnp.zeros((n,), jnp.int32)
-    state = (eta0, O, G, H, f, st, ok, conv, done, lam, niter)
-    data = (tv, ev, ts, y, mask)
-
-    def make_loop(data, min_active):
-        tv, ev, ts, y, mask = data
-
-        def cond(c):
-            go = jnp.any(~c[8]) & (c[11] < max_iter)
-            if min_active > 0:
-                go = go & (jnp.sum(~c[8], dtype=jnp.int32) > min_active)
-            return go
-
-        def body(c):
-            eta, O, G, H, f, st, ok, conv, done, lam, niter, it = c
-            dH = jnp.diagonal(H, axis1=-2, axis2=-1)
-            A = H + lam[:, None, None] * (dH[:, :, None] * eye[None] + 1e-9 * eye[None])
-            step = -_solve(A, G)
-            active = ~done
-            eta_c = jnp.where(active[:, None], eta + step, eta)
-            O2, G2, H2, f2, st2, ok2 = posterior_terms(
-                spec, tv, eta_c, ev, ts, y, mask, sigma, omega_inv
-            )
-            accept = active & ok2 & (O2 <= O)
-            sel = lambda a, b: jnp.where(accept.reshape(accept.shape + (1,) * (a.ndim - 1)), a, b)
-            eta, O, G, H, f, st = (
-                sel(a, b) for a, b in zip((eta_c, O2, G2, H2, f2, st2), (eta, O, G, H, f, st))
-            )
-            lam = jnp.where(
-                accept, jnp.maximum(lam * 0.2, 1e-12), jnp.where(active, lam * 10.0, lam)
-            )
-            dec = decrement(G, H)
-            small_change = accept & (O - O2 >= 0) & (jnp.abs(c[1] - O) <= 1e-12 * (1 + jnp.abs(O)))
-            conv = conv | (active & ((dec < tol) | small_change))
-            stuck = active & (lam > 1e10)
-            conv = conv | (stuck & (dec < jnp.maximum(1e3 * tol, NOISE_DECREMENT)))
-            done = done | conv | stuck
-            niter = niter + active.astype(jnp.int32)
-            return (eta, O, G, H, f, st, ok, conv, done, lam, niter, it + 1)
-
-        return cond, body
-
-    # Compaction: subjects converge after different numbers of iterations (median 5,
-    # max 13 on the 1,000-subject benchmark) and every iteration simulates the whole
-    # batch. Once no more than n / LM_COMPACT are unconverged, they are gathered into
-    # a batch of that size (the spare slots repeat a converged subject, which stays
-    # as it is) and finish there; each subject's iteration is its own, so the results
-    # do not depend on it.
-    m = n // LM_COMPACT if compact else 0
-    if m < LM_COMPACT_MIN:
-        m = 0
-    it = jnp.zeros((), jnp.int32)
-    cond, body = make_loop(data, m)
-    *state, it = jax.lax.while_loop(cond, body, (*state, it))
-    if m:
-        done = state[8]
-        sel = jnp.nonzero(~done, size=m, fill_value=jnp.argmax(done))[0]
-        sub = [a[sel] for a in state]
-        data_c = jax.tree.map(lambda a: a[sel], data)
-        cond_c, body_c = make_loop(data_c, 0)
-        *sub, it = jax.lax.while_loop(cond_c, body_c, (*sub, it))
-        state = [a.at[sel].set(b) for a, b in zip(state, sub)]
-    eta, O, G, H, f, st, ok, conv, done, lam, niter = state
-    ok = ok & jnp.isfinite(O)
-    # at the iteration cap: a subject cycling within the solver's noise of its mode
-    conv = conv | (~done & (decrement(G, H) < NOISE_DECREMENT))
-    return dict(eta=eta, O=O, G=G, H=H, f=f, status=st, converged=conv & ok, ok=ok, n_iter=niter)
-
-
-def _lm_blocked(spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_iter, tol, block, compact):
-    """:func:`_lm_core` block after block (``lax.map``) when ``block`` is set."""
-    n = eta0.shape[0]
-
-    def core(tv, eta0, ev, ts, y, mask):
-        return _lm_core(spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_iter, tol, compact)
-
-    if block is None or n <= block:
-        return core(tv, eta0, ev, ts, y, mask)
-    return blocked(core, n, block, (tv, eta0, ev, ts, y, mask))
-
-
-@eqx.filter_jit
-def lm_batched(
-    spec: Spec,
-    tv,
-    eta0,
-    ev,
-    ts,
-    y,
-    mask,
-    sigma,
-    omega_inv,
-    max_iter,
-    tol,
-    *,
-    block: int | None = None,
-    compact: bool = True,
-    devices: int = 1,
-):
-    """Batched Levenberg-Marquardt / Fisher scoring on the MAP objective.
-
-    Every subject has its own damping, step acceptance and convergence flag; the
-    batch is only the unit of vectorisation. On CPU the subjects run in blocks of
-    ``LM_BLOCK`` (one after the other: a block's forward-mode simulation, 4x the state
-    of a plain one, stays in cache, and a block stops when its own subjects have
-    converged), and within a block the last unconverged subjects finish in a
-    compacted batch (``compact``). With ``devices > 1`` the subjects are split over
-    the first ``devices`` JAX devices by ``shard_map`` (each fits its own share; no
-    communication); the batch size must then be a multiple of ``devices``.
-
-    Arguments:
-        spec: the problem.
-        tv: ``{name: (N,)}`` typical values.
-        eta0: ``(N, k)`` starting etas.
-        ev, ts: event table and ``(N, T)`` evaluation times.
-        y, mask: ``(N, T)`` observations and mask.
-        sigma: residual SDs; omega_inv: ``(k, k)``.
-        max_iter: iteration cap (a traced int); tol: Newton-decrement tolerance.
-        block: subjects per block (default: :func:`lm_block_size`; 0: one batch).
-        compact: finish a block's last subjects in a smaller batch.
-        devices: number of devices to split the subjects over.
-
-    Returns:
-        A dict with ``eta, O, G, H, f, status, converged, ok, n_iter``.
-    """
-    n = eta0.shape[0]
-    if devices <= 1:
-        blk = lm_block_size(n, block)
-        return _lm_blocked(
-            spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_iter, tol, blk, compact
-        )
-    if n % devices:
-        raise ValueError(f"{n} subjects do not split over {devices} devices")
-    blk = lm_block_size(n // devices, block)
-
-    def local(tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_iter):
-        return _lm_blocked(
-            spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_iter, tol, blk, compact
-        )
-
-    return per_device(local, devices, (tv, eta0, ev, ts, y, mask), (sigma, omega_inv, max_iter))
-
-
-@eqx.filter_jit
-def _adam_batched(spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, n_steps, lr):
-    import optax
-
-    opt = optax.adam(lr)
-
-    def grad(eta):
-        O, G, H, f, st, ok = posterior_terms(spec, tv, eta, ev, ts, y, mask, sigma, omega_inv)
-        return jnp.where(ok[:, None], G, 0.0)
-
-    def step(c, _):
-        eta, s = c
-        u, s = opt.update(grad(eta), s, eta)
-        return (optax.apply_updates(eta, u), s), None
-
-    (eta, _), _ = jax.lax.scan(step, (eta0, opt.init(eta0)), None, length=n_steps)
-    return eta
-
-
-@eqx.filter_jit
-def _optx_batched(spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_steps, rtol):
-    """vmap over subjects of ``optx.least_squares`` with Levenberg-Marquardt.
-
-    Residuals: ``[(y - m) / s ; L^-1 eta]`` with ``Omega = L L'``. With an SD that
-    depends on the prediction the SD is held at its value at the current prediction
-    (the log-SD term is not a square), so only additive/log error give the exact MAP.
-    Censored records have no residual form: :func:`fit_individual` refuses them here.
-    """
-    import optimistix as optx
-
-    L = jnp.linalg.cholesky(jnp.linalg.inv(omega_inv))
-    obs = as_obs(y)
-
-    def one(tv_i, eta_i, ev_i, ts_i, y_i, m_i):
-        tv1 = jax.tree.map(lambda a: a[None], tv_i)
-        ev1 = jax.tree.map(lambda a: a[None], ev_i)
-
-        def resid(e, _):
-            p = individual_params(spec, tv1, e[None])
-            f, _st = predict(spec, p, ev1, ts_i[None], y_i.out[None])
-            m, s = obs_moments(spec, f[0], sigma, y_i.out)
-            s = jax.lax.stop_gradient(s)
-            r = jnp.where(m_i, (obs_transform(spec, y_i.dv, y_i.out) - m) / s, 0.0)
-            return jnp.concatenate([r, jax.scipy.linalg.solve_triangular(L, e, lower=True)])
-
-        solver = optx.LevenbergMarquardt(rtol=rtol, atol=rtol)
-        sol = optx.least_squares(
-            resid, solver, eta_i, max_steps=max_steps, throw=False, options=dict(jac="fwd")
-        )
-        return sol.value
-
-    return jax.vmap(one)(tv, eta0, ev, ts, obs, mask)
-
-
-# ============================================================================ result
+# ============================================================================ program
 @eqx.filter_jit
 @eqx.debug.assert_max_traces(max_traces=None)  # tests count traces
 def map_program(
     spec: Spec,
-    tv,
-    eta0,
-    ev,
-    ts,
-    y,
-    mask,
+    batch: tuple[Any, Any, Any, Any, Any, Any],
     sigma,
     omega_inv,
     max_iter,
@@ -352,25 +109,13 @@ def map_program(
     devices: int = 1,
 ):
     """One compiled program for :func:`fit_individual`: the batched LM
-    (:func:`lm_batched`), then each subject's prediction at its typical values
-    (``pred``) and the standardised residuals at the estimate (``iwres``, before
-    masking: ``(obs - m) / s`` with ``m, s`` the moments at the prediction, or at 0
-    where the subject's fit failed)."""
-    out = lm_batched(
-        spec,
-        tv,
-        eta0,
-        ev,
-        ts,
-        y,
-        mask,
-        sigma,
-        omega_inv,
-        max_iter,
-        tol,
-        block=block,
-        devices=devices,
-    )
+    (:func:`lm_batched` on ``batch = (tv, eta0, ev, ts, y, mask)`` and the other
+    arguments), then each subject's prediction at its typical values (``pred``) and the
+    standardised residuals at the estimate (``iwres``, before masking: ``(obs - m) / s``
+    with ``m, s`` the moments at the prediction, or at 0 where the subject's fit
+    failed)."""
+    out = lm_batched(spec, *batch, sigma, omega_inv, max_iter, tol, block=block, devices=devices)
+    tv, eta0, ev, ts, y, _ = batch
     obs = as_obs(y)
     pred, _ = predict(spec, individual_params(spec, tv, jnp.zeros_like(eta0)), ev, ts, obs.out)
     f = jnp.where(out["ok"][:, None], out["f"], 0.0)
@@ -390,165 +135,6 @@ def natural_program(model: Model, names: tuple, tv0: dict, eta, sd):
     lo = model.unpack(z - 1.959963984540054 * sd, names)
     hi = model.unpack(z + 1.959963984540054 * sd, names)
     return val, slope, lo, hi
-
-
-@dataclasses.dataclass(eq=False)
-class FitResult:
-    """Individual (MAP) fits of ``N`` subjects: the twins.
-
-    Attributes:
-        ids: subject IDs.
-        names: parameters with random effects (the fitted ones), order of ``etas``.
-        params: ``{name: (N,)}`` MAP estimates of every model parameter (natural scale).
-        etas: ``(N, k)`` MAP random effects (unconstrained coordinates).
-        cov_eta: ``(N, k, k)`` Laplace posterior covariance of the etas.
-        se: ``{name: (N,)}`` standard errors on the natural scale (delta method).
-        ci95: ``{name: ((N,), (N,))}`` 95 % intervals (transformed from the
-            unconstrained scale, so they stay inside the parameter's bounds).
-        corr: ``(N, k, k)`` posterior correlations of the fitted parameters.
-        objective: ``(N,)`` the MAP objective ``-2 log p(y, eta)`` without constants.
-        converged: ``(N,)`` bool; False for a subject that failed or did not converge.
-        status: ``(N,)`` simulation status code at the estimate (0 = ok).
-        n_iter: ``(N,)`` iterations used.
-        times, dv, mask: ``(N, T)`` the observations (``dv`` meaningful where ``mask``).
-        pred: ``(N, T)`` population predictions (eta = 0).
-        ipred: ``(N, T)`` individual predictions.
-        iwres: ``(N, T)`` individual weighted residuals ``(y - ipred) / sd`` (on the
-            log scale for a log error model; NaN where ``mask`` is False).
-        shrinkage: ``{name: float}`` eta-shrinkage ``1 - SD(eta) / omega`` over the
-            converged subjects.
-        model, population, error, solver, output: what was fitted (with several
-            outputs: the first output and its error model).
-        outputs: the fitted outputs; errors: ``{output: ErrorModel}``.
-        censoring: ``"none"``, ``"m3"`` or ``"m4"``; censored: ``(N, T)`` bool, the
-            censored records (their ``dv`` is the limit, their IWRES NaN).
-        typical: ``{name: (N,)}`` covariate-adjusted typical values; a parameter with
-            an effect of a time-varying covariate is a :class:`~twinjax.Piecewise`
-            ``(N, C)`` on the records' times.
-        varying: ``{name: Piecewise}`` the individual estimates of those parameters
-            over time; ``params``, ``se`` and ``ci95`` give their values at time 0
-            (the first record's covariates, NONMEM's convention).
-        iov: ``{name: variance}`` the IOV variances (the kappas' prior) of a fit with
-            inter-occasion variability (empty otherwise). ``params``, ``se`` and
-            ``ci95`` of an IOV parameter are then its value without kappa
-            (``g^-1(g(TV) + eta)``), ``varying`` its value on each occasion.
-        kappas: ``(N, m, K)`` MAP kappas of the ``m`` IOV parameters on each subject's
-            ``K`` occasions (0 on padding occasions); cov_kappa: ``(N, m K, m K)``
-            their Laplace covariance.
-        occasions: a DataFrame, one row per subject and occasion: ``ID``, the
-            occasion column, ``START`` (the time the occasion starts, on the fit's
-            evaluation time scale), ``kappa_P`` and the individual ``P`` on it.
-    """
-
-    ids: list
-    names: tuple
-    params: dict
-    etas: np.ndarray
-    cov_eta: np.ndarray
-    se: dict
-    ci95: dict
-    corr: np.ndarray
-    objective: np.ndarray
-    converged: np.ndarray
-    status: np.ndarray
-    n_iter: np.ndarray
-    times: np.ndarray
-    dv: np.ndarray
-    mask: np.ndarray
-    pred: np.ndarray
-    ipred: np.ndarray
-    iwres: np.ndarray
-    shrinkage: dict
-    model: Model
-    population: Population
-    error: ErrorModel
-    solver: AbstractSolver
-    output: str
-    data: FitData
-    typical: dict
-    outputs: tuple = ()
-    errors: dict = dataclasses.field(default_factory=dict)
-    censoring: str = "none"
-    varying: dict = dataclasses.field(default_factory=dict)
-    iov: dict = dataclasses.field(default_factory=dict)
-    kappas: np.ndarray | None = None
-    cov_kappa: np.ndarray | None = None
-    occasions: object = None
-
-    @property
-    def n(self) -> int:
-        return len(self.ids)
-
-    @property
-    def censored(self) -> np.ndarray:
-        """``(N, T)`` bool: the censored records used in the fit."""
-        return self.data.censored
-
-    def index(self, subject=None) -> int:
-        """The position of ``subject`` (an ID; default: the only subject)."""
-        if subject is None:
-            if self.n != 1:
-                raise ValueError(f"this fit has {self.n} subjects: name one with subject=ID")
-            return 0
-        if subject in self.ids:
-            return self.ids.index(subject)
-        raise KeyError(f"no subject {subject!r}; IDs are {self.ids}")
-
-    def to_dataframe(self):
-        """One row per subject: estimates, SEs, 95 % intervals, objective, flags."""
-        import pandas as pd
-
-        df = pd.DataFrame(index=pd.Index(self.ids, name="ID"))
-        for k in self.names:
-            df[k] = np.asarray(self.params[k])
-            df[f"SE_{k}"] = np.asarray(self.se[k])
-            df[f"LO95_{k}"] = np.asarray(self.ci95[k][0])
-            df[f"HI95_{k}"] = np.asarray(self.ci95[k][1])
-        for i, k in enumerate(self.names):
-            df[f"ETA_{k}"] = self.etas[:, i]
-        df["OBJ"] = self.objective
-        df["converged"] = self.converged
-        df["status"] = self.status
-        df["n_iter"] = self.n_iter
-        return df
-
-    def observations(self):
-        """A long table: ID, TIME, DV, PRED, IPRED, IWRES (used observations only),
-        and ``OUTPUT`` (several outputs) and ``CENS`` (censored data; DV is then the
-        limit)."""
-        import pandas as pd
-
-        rows = np.nonzero(self.mask)
-        cols = dict(
-            ID=np.asarray(self.ids, dtype=object)[rows[0]],
-            TIME=self.times[rows],
-            DV=self.dv[rows],
-            PRED=self.pred[rows],
-            IPRED=self.ipred[rows],
-            IWRES=self.iwres[rows],
-        )
-        fd = self.data
-        if len(self.outputs) > 1 and fd.out is not None:
-            cols["OUTPUT"] = np.asarray(self.outputs, dtype=object)[fd.out[rows]]
-        if self.censoring != "none" and fd.cens is not None:
-            cols["CENS"] = fd.cens[rows]
-        return pd.DataFrame(cols)
-
-    def forecast(
-        self, regimen, times, *, n_samples: int = 500, key=None, subject=None, level: float = 0.9
-    ):
-        """Forecast a new regimen for one subject; see :func:`twinjax.calibrate.forecast`."""
-        from ._forecast import forecast
-
-        return forecast(
-            self, regimen, times, n_samples=n_samples, key=key, subject=subject, level=level
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"FitResult(n={self.n}, params={list(self.names)}, "
-            f"converged={int(np.sum(self.converged))}/{self.n}, error={self.error!r})"
-        )
 
 
 # ============================================================================ driver
@@ -718,12 +304,12 @@ def fit_individual(
     evS = jax.tree.map(tile, fd.ev)
     tsS, yS, maskS = tile(ts), jax.tree.map(tile, y), tile(mask)
     if method == "adam":
-        eta0 = _adam_batched(
+        eta0 = adam_batched(
             spec, tvS, eta0, evS, tsS, yS, maskS, sigma, omega_inv, int(adam_steps), float(adam_lr)
         )
         eta0 = jnp.where(jnp.isfinite(eta0), eta0, 0.0)
     elif method == "optimistix":
-        eta0 = _optx_batched(
+        eta0 = optx_batched(
             spec, tvS, eta0, evS, tsS, yS, maskS, sigma, omega_inv, int(max_iter) * 4, 1e-10
         )
         eta0 = jnp.where(jnp.isfinite(eta0), eta0, 0.0)
@@ -739,7 +325,7 @@ def fit_individual(
     elif n_dev > 1:  # pad to a multiple of the device count with copies of subject 0
         batch = _pad_rows(batch, -(-n_all // n_dev) * n_dev)
     out = map_program(
-        spec, *batch, sigma, omega_inv, jnp.asarray(max_iter), tol, block=block, devices=n_dev
+        spec, batch, sigma, omega_inv, jnp.asarray(max_iter), tol, block=block, devices=n_dev
     )
     out = {k_: np.asarray(v)[:n_all] for k_, v in out.items()}
     for k_ in ("f", "pred", "iwres"):
