@@ -1,6 +1,6 @@
-"""The tutorial notebooks (issue #18): each executes without error in a fresh kernel and
-shows its figures, and the committed copy keeps them (``make notebooks`` re-executes and
-writes them back)."""
+"""The tutorial notebooks (issue #18; 06 walks through `twinjax fit`, issue #17 item 8):
+each executes without error in a fresh kernel and shows its figures, and the committed
+copy keeps them (``make notebooks`` re-executes and writes them back)."""
 
 import pathlib
 import re
@@ -13,9 +13,36 @@ import notebooks as nbtools  # noqa: E402
 
 NAMES = [p.name for p in nbtools.paths()]
 
+# Lines a notebook prints from what it computed (its own checks); the committed copy and
+# every fresh execution must print them.
+PRINTS = {
+    "06_fit_a_population.ipynb": (
+        # the FOCE-I fit by `twinjax fit` vs nlmixr2 FOCEi (ka 1.59, CL 2.75, V 31.8, OFV 116.80)
+        "every fixed effect within 1 % and the OFV within 0.05 of nlmixr2 FOCEi: True",
+        # a bad specification: exit code 2, nothing written, every problem named by its key
+        "exit code: 2 | output folder created: False",
+        "unknown key 'methd' in [fit]",
+        "[parameters.KA].value: 50 is outside the bounds [0.05, 20]",
+    ),
+}
 
-def test_there_are_five_notebooks():
-    assert len(NAMES) == 5
+
+def _printed(nb) -> str:
+    return "".join(
+        o.get("text", "") for o in nbtools.outputs(nb) if o.get("output_type") == "stream"
+    )
+
+
+def test_the_notebooks():
+    assert NAMES == [
+        "01_virtual_trial.ipynb",
+        "02_calibrate_a_twin.ipynb",
+        "03_heart_twin.ipynb",
+        "04_glucose_twin.ipynb",
+        "05_cardiac_safety.ipynb",
+        "06_fit_a_population.ipynb",
+    ]
+    assert set(PRINTS) <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -28,6 +55,9 @@ def test_committed_notebook_keeps_its_figures(name):
     src = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert 'matplotlib.use("Agg")' not in src and "matplotlib.use('Agg')" not in src
     assert not re.search(r"(from|import)\s+\S*\._", src), "a notebook imports a private module"
+    printed = _printed(nb)
+    for line in PRINTS.get(name, ()):
+        assert line in printed, f"{name}: its stored outputs do not print {line!r}"
 
 
 @pytest.mark.slow
@@ -37,3 +67,6 @@ def test_notebook_executes_and_shows_figures(name):
     nb = nbtools.execute(nbtools.NOTEBOOKS / name)
     assert not nbtools.errors(nb)
     assert nbtools.figures(nb) >= 1
+    printed = _printed(nb)
+    for line in PRINTS.get(name, ()):
+        assert line in printed, f"{name}: executed, it does not print {line!r}"
