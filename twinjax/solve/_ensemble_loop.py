@@ -1,0 +1,151 @@
+"""The step loop of ``solvers.Ensemble``: its condition and its general body (every
+method: the adaptive ones with their error control, and a fixed step on the stacked
+layout), and :func:`make_loop`, which also hands the lean fixed-step loop
+(``_ensemble_lean.py``) its part."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from ._ensemble_layout import all_finite, col, rms, stacked, tmap
+from ._ensemble_lean import lean_body, lean_gate
+from ._ensemble_saves import savers, write_saves
+from ._ensemble_step import dense, step
+from ._status import Status
+from ._tableaus import RosenbrockTableau
+
+
+def make_loop(solver, f, rows_out, t1, args, hi, ts, min_active, *, adaptive, lean, inf):
+    """``(cond, body, gate0)`` of the step loop over patients ``rows_out`` (their end
+    times ``t1``, arguments ``args``, save ends ``hi`` and save times ``ts``, None
+    without saves); the loop also stops once no more than ``min_active`` of them are
+    still running. ``lean``: the lean fixed-step body (``_ensemble_lean.py``), else the
+    general one (:func:`step_body`, ``adaptive`` or not); ``gate0(t, idx)`` is the lean
+    loop's save gate at the start (None otherwise)."""
+    saves = None if ts is None else savers(rows_out, hi, ts, inf)
+
+    def cond(c):
+        active, it = c[4], c[6]
+        if min_active > 0:  # (implies that some are running: one reduction)
+            return (jnp.sum(active, dtype=jnp.int32) > min_active) & (it < solver.max_steps)
+        return jnp.any(active) & (it < solver.max_steps)
+
+    if lean:
+        body = functools.partial(lean_body, solver, f, t1, args, saves, inf)
+    else:
+        body = functools.partial(step_body, solver, f, t1, args, adaptive, saves, inf)
+
+    def gate0(t, idx):
+        return lean_gate(t, idx, saves) if lean else None
+
+    return cond, body, gate0
+
+
+def step_body(solver, f, t1, args, adaptive, saves, inf, c):
+    """One trial step of every running patient, accepted or rejected (the adaptive
+    methods' error control) and its saves written from the step's dense output.
+
+    ``c``: the loop's carry ``(t, y, k, h, active, status, it, out, idx, gate)``;
+    ``saves``: ``(next_time, save_pass)`` of ``_ensemble_saves.savers`` (None without
+    saves).
+    """
+    tab = solver.tableau
+    t, y, k, h, active, status, it, out, idx, gate = c
+    h_eff = jnp.where(active, jnp.minimum(h, t1 - t), 0.0)
+    last = h_eff >= t1 - t
+    # the stages that the dense output needs (DOPRI5's, Rodas5P's)
+    keep_ks = out is not None and (isinstance(tab, RosenbrockTableau) or tab.dense is not None)
+
+    def trial(_):
+        """The trial step and what the controller needs of it."""
+        y1, k_end, err, ks = step(tab, f, t, y, k, h_eff, args)
+        if k_end is None:
+            k_end = f(t + h_eff, y1, args)
+        finite = all_finite(y1, k_end)
+        en = None
+        if adaptive:
+            en = rms(
+                tmap(
+                    lambda e, a, b: (
+                        e / (solver.atol + solver.rtol * jnp.maximum(jnp.abs(a), jnp.abs(b)))
+                    ),
+                    err,
+                    y,
+                    y1,
+                )
+            )
+        return y1, k_end, finite, en, (ks if keep_ks else [])
+
+    if isinstance(y, tuple) and jax.default_backend() == "cpu":
+        # XLA:CPU fuses an elementwise producer into every consumer, so a
+        # step consumed by the nine parts of the carry (t, rows of y and
+        # k, h, active, status) was computed nine times over. The branch
+        # of a conditional is its own computation whose results are
+        # materialised: the step is computed once, the bookkeeping reads
+        # it (Lorenz RK4, N = 65,536: 44 -> 17 ns per trajectory-step).
+        # The predicate is always true but unknown to XLA.
+        y1, k_end, finite, en, ks = jax.lax.cond(it >= 0, trial, trial, None)
+    else:
+        y1, k_end, finite, en, ks = trial(None)
+    if adaptive:
+        finite = finite & jnp.isfinite(en)
+        en = jnp.where(finite, en, jnp.inf)
+        accept = active & (en <= 1.0)
+        # The step factor needs no more than float32: XLA:CPU vectorises
+        # the float32 power; the float64 one is a scalar call per patient.
+        en32 = jnp.maximum(en, 1e-10).astype(jnp.float32)
+        fac = solver.safety * jnp.power(en32, -1.0 / tab.order)
+        fac = jnp.clip(
+            fac.astype(en.dtype),
+            solver.factormin,
+            jnp.where(accept, solver.factormax, 1.0),
+        )
+        # The controller's choice of step carries no derivative (as in
+        # diffrax): differentiating it gives the derivative of the step
+        # pattern, which jumps between accepted/rejected patterns and made
+        # Gauss-Newton Jacobians wrong by orders of magnitude.
+        h_new = jax.lax.stop_gradient(jnp.where(active, h_eff * fac, h))
+        # keep the step as proposed when it was only clipped to hit t1
+        h_new = jnp.where(accept & last, jnp.maximum(h_new, h), h_new)
+    else:
+        accept = active & finite
+        h_new = h
+    t_new = jnp.where(accept, jnp.where(last, t1, t + h_eff), t)
+    if out is not None:
+        safe_h = jnp.where(h_eff > 0, h_eff, 1.0)
+        k_all = ks + [k_end]
+        t_right = jnp.where(accept, t_new, -inf)
+
+        def values(tj):
+            theta = jnp.clip((tj - t[:, None]) / safe_h[:, None], 0.0, 1.0)
+            theta = jnp.where(h_eff[:, None] > 0, theta, 1.0)
+            return dense(
+                tab,
+                theta,
+                stacked(y),
+                stacked(y1),
+                stacked(k),
+                stacked(k_end),
+                h_eff,
+                [stacked(a) for a in k_all],
+            )
+
+        out, idx = write_saves(saves, out, idx, t_right, values)
+    y_next = tmap(lambda a, b: jnp.where(col(accept, y), a, b), y1, y)
+    k_next = tmap(lambda a, b: jnp.where(col(accept, y), a, b), k_end, k)
+    bad = active & ~finite
+    tiny = active & ~accept & (h_new < solver.hmin * jnp.maximum(jnp.abs(t), 1.0))
+    if adaptive:
+        # A NaN or infinite trial step is rejected and the step shrunk (as
+        # diffrax does); while running, status says whether the last step
+        # tried was non-finite: that is the cause if the patient fails.
+        status = jnp.where(active, jnp.where(bad, Status.NONFINITE, 0), status)
+        status = jnp.where(tiny & ~bad, Status.STEP_TOO_SMALL, status)
+        still = active & ~tiny & ~(accept & last)
+    else:  # a fixed step cannot shrink: a non-finite step is a failure
+        status = jnp.where(bad, Status.NONFINITE, status)
+        still = active & ~bad & ~(accept & last)
+    return (t_new, y_next, k_next, h_new, still, status, it + 1, out, idx, gate)

@@ -1,0 +1,140 @@
+"""The driver of ``solvers.Ensemble``'s step loop over one segment: the layout, the
+starting step, the saves at the segment's start, the loop (``_ensemble_loop.py``),
+compaction of the patients still running, and the status codes at the end."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ._ensemble_layout import all_finite, on_rows, stacked, state_major, tmap
+from ._ensemble_loop import make_loop
+from ._ensemble_saves import SAVES_PER_PASS, savers, write_saves
+from ._ensemble_step import initial_step
+from ._status import Status
+
+COMPACT_MIN = 16  # smallest compacted batch worth a second loop
+
+
+def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows):
+    """Integrate the batch ``y0`` ``(N, S)`` from ``t0`` to ``t1`` (``(N,)`` each)
+    with the :class:`~twinjax.solvers.Ensemble` ``solver`` (its method resolved).
+
+    Arguments:
+        f: the vector field ``f(t, Y, args)``.
+        save: None, or ``(ts, out, idx, hi)``: save times, the result ``(N, T, S)``,
+            each patient's first save index in the segment and its end.
+        h_prev: each patient's last proposed step (NaN: none), or None.
+        skip: patients that failed before (not integrated; they report OK), or None.
+        rows: the loop runs on a tuple of rows (``Ensemble._rows``), else stacked.
+
+    Returns:
+        ``(out, y1, status)``, and each patient's step to carry on as a fourth item
+        when ``h_prev`` is given.
+    """
+    # Internally state-major: ``Y[S, N]``, one contiguous row per state, so that
+    # every stage is a handful of fused, vectorised loops over the patients.
+    n, S = y0.shape
+    f = state_major(f)
+    y0 = y0.T
+    if rows:
+        f = on_rows(f, S)
+        y0 = tuple(y0[i] for i in range(S))
+    adaptive = solver.tableau.b_err is not None
+    # fixed step on rows: the lean loop (``_ensemble_lean.py``)
+    lean = not adaptive and isinstance(y0, tuple)
+    f0 = f(t0, y0, args)
+    if h_prev is None or not adaptive:
+        h0 = initial_step(solver, f, t0, t1, y0, f0, args)
+    else:
+        h0 = jnp.where(
+            jnp.isfinite(h_prev),
+            jnp.minimum(h_prev, jnp.maximum(t1 - t0, 0.0)),
+            initial_step(solver, f, t0, t1, y0, f0, args),
+        )
+    if adaptive:  # a chosen step, not a function of the parameters (see body)
+        h0 = jax.lax.stop_gradient(h0)
+    dtype = stacked(y0).dtype
+    inf = jnp.asarray(jnp.inf, dtype)
+    K = SAVES_PER_PASS
+    ts = out = idx = hi = None
+    if save is not None:
+        ts, out, idx, hi = save
+
+    rows_out = jnp.arange(n)
+    if save is not None:
+        # saves at the segment's start take the state after its events
+        saves = savers(rows_out, hi, ts, inf)
+        y0_saves = jnp.broadcast_to(stacked(y0)[..., None], (S, n, K))
+        out, idx = write_saves(saves, out, idx, t0, lambda tj: y0_saves)
+    # A start from a non-finite state or derivative is not integrated: NONFINITE.
+    # A patient that failed before (skip) is not integrated and reports OK.
+    start_ok = all_finite(y0, f0)
+    to_run = start_ok if skip is None else start_ok & ~skip
+    active0 = (t0 < t1) & to_run
+    status0 = jnp.where(start_ok, 0, Status.NONFINITE)
+    if skip is not None:
+        status0 = jnp.where(skip, 0, status0)
+    status0 = status0.astype(jnp.int32)
+    # the lean loop steps a patient that is not running by t1 - t = 0
+    t_start = jnp.where(active0, t0, t1) if lean else t0
+    carry = (t_start, y0, f0, h0, active0, status0, jnp.zeros((), jnp.int32), out, idx, None)
+    # Compaction: patients finish a segment after different numbers of steps, and
+    # a lock-step loop pays for all of them until the last one is done. Once no
+    # more than m are running, the running ones are gathered into a batch of m
+    # and finish there; results are per patient, so bitwise the same.
+    m = int(n * solver.compact) if solver.compact else 0
+    batched = all(getattr(a, "ndim", 0) >= 1 and a.shape[0] == n for a in jax.tree.leaves(args))
+    if m < COMPACT_MIN or not batched:
+        m = 0
+    loop = dict(adaptive=adaptive, lean=lean, inf=inf)
+    cond, body, gate0 = make_loop(solver, f, rows_out, t1, args, hi, ts, m, **loop)
+    carry = (*carry[:-1], gate0(t_start, idx))
+    carry = jax.lax.while_loop(cond, body, carry)
+    if m:
+        t, y, k, h, active, status, it, out, idx, _ = carry
+        # the running patients; the rest of the m slots repeat a finished one,
+        # which the loop leaves as it is
+        sel = jnp.nonzero(active, size=m, fill_value=jnp.argmin(active))[0]
+        sub = (
+            t[sel],
+            tmap(lambda a: a[..., sel], y),
+            tmap(lambda a: a[..., sel], k),
+            h[sel],
+            active[sel],
+            status[sel],
+            it,
+            out,
+        )
+        sub = sub + (None if idx is None else idx[sel],)
+        args_c = jax.tree.map(lambda a: a[sel], args)
+        ts_c = None if ts is None else (ts if ts.shape[0] == 1 else ts[sel])
+        hi_c = None if hi is None else hi[sel]
+        cond_c, body_c, gate0_c = make_loop(solver, f, sel, t1[sel], args_c, hi_c, ts_c, 0, **loop)
+        sub = sub + (gate0_c(sub[0], sub[8]),)
+        tc, yc, kc, hc, ac, sc, it, out, ic, _ = jax.lax.while_loop(cond_c, body_c, sub)
+        carry = (
+            t.at[sel].set(tc),
+            tmap(lambda a, b: a.at[..., sel].set(b), y, yc),
+            tmap(lambda a, b: a.at[..., sel].set(b), k, kc),
+            h.at[sel].set(hc),
+            active.at[sel].set(ac),
+            status.at[sel].set(sc),
+            it,
+            out,
+            None if idx is None else idx.at[sel].set(ic),
+        )
+    y, h, active, status, out = stacked(carry[1]).T, carry[3], carry[4], carry[5], carry[7]
+    # still running: out of steps, unless the last step tried was non-finite
+    status = jnp.where(active & (status != Status.NONFINITE), Status.MAX_STEPS, status)
+    if lean:
+        # the lean loop does not look for non-finite steps: a patient that ran
+        # and ends non-finite (its state, or its derivative there) failed
+        t_end, y_end = carry[0], carry[1]
+        ok = all_finite(y_end, f(t_end, y_end, args))
+        status = jnp.where(active0 & ~ok, Status.NONFINITE, status)
+    status = status.astype(jnp.int32)
+    if h_prev is None:
+        return out, y, status
+    h_keep = jnp.where(t1 > t0, h, h_prev)  # a zero-length segment keeps the old step
+    return out, y, status, h_keep
