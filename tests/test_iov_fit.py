@@ -217,8 +217,8 @@ def test_map_puts_the_kappas_on_the_right_occasions():
 
 def test_diagnostics_of_an_iov_fit_use_its_kappas():
     """CWRES linearise around the kappas too and replicates draw new kappas per
-    occasion; forecasts and dose optimisation refuse an IOV fit (a new occasion's
-    kappa would be left out). Data: CL doubled on every subject's second occasion."""
+    occasion; posterior samples of a new occasion draw its kappa. Data: CL doubled on
+    every subject's second occasion."""
     import dataclasses
 
     import jax
@@ -248,11 +248,22 @@ def test_diagnostics_of_an_iov_fit_use_its_kappas():
     lr, lr_plain = (np.log(x[:, 0, j2] / x[:, 0, j1]) for x in (sim, sim_plain))
     assert np.var(lr) > 0.05  # theory about 0.15: var(kappa_2 - kappa_1) = 0.125, x ~1.1
     assert np.var(lr_plain) < 0.01
+    # a future dose is a new occasion (forecasts and doses: tests/test_iov_forecast.py):
+    # eta from the subject's posterior, a new kappa from N(0, omega_iov^2), not its fitted
+    # kappas; continuing the last occasion is refused with its reason
+    n = 1000
+    params, re = tj.calibrate.posterior_samples(r, n, key, 1, occasion="new")
+    assert re.shape == (n, 3)  # [eta_CL, eta_V | kappa_CL]
+    log_cl = np.log(r.typical["CL"][0]) + re[:, 0] + re[:, 2]
+    np.testing.assert_allclose(np.log(params["CL"]), log_cl, rtol=1e-12)
+    assert np.var(re[1:, 2], ddof=1) == pytest.approx(0.0625, rel=4 * np.sqrt(2 / (n - 2)))
     reg = tj.Regimen([tj.Dose(amt=100.0, cmt="depot", time=0.0)])
-    with pytest.raises(ValueError, match="inter-occasion variability"):
-        r.forecast(reg, np.array([1.0, 2.0]), subject=1)
-    with pytest.raises(ValueError, match="inter-occasion variability"):
-        tj.calibrate.optimise_dose(r, target="trough", window=(1.0, 2.0), cmt="depot", subject=1)
+    with pytest.raises(ValueError, match="occasion='last' is not supported"):
+        tj.calibrate.forecast(r, reg, np.array([1.0, 2.0]), subject=1, occasion="last")
+    with pytest.raises(ValueError, match="occasion='last' is not supported"):
+        tj.calibrate.optimise_dose(
+            r, target="trough", window=(1.0, 2.0), cmt="depot", subject=1, occasion="last"
+        )
 
 
 @pytest.mark.parametrize(

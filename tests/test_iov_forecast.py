@@ -34,35 +34,35 @@ TINY = 1e-12  # omega_iov^2 -> 0
 
 def cohort(n: int = 4, k: int = 2, seed: int = 0):
     """``n`` subjects, ``k`` occasions of one 100 mg bolus and 4 samples each; CL with
-    IIV (SD 0.3) and IOV (SD 0.2) as a LOCF Piecewise on the occasion starts."""
+    IIV (SD 0.3) and IOV (SD 0.2), constant on each occasion (closed form: the amount
+    after occasion ``o``'s dose is the previous one decayed by that occasion's CL plus
+    the dose); proportional error 10 %."""
     rng = np.random.default_rng(seed)
     cl = CL * np.exp(rng.normal(0.0, 0.3, (n, 1)) + rng.normal(0.0, 0.2, (n, k)))
-    starts = TAU * np.arange(k)
-    ts = np.array([[TAU * o + s for o in range(k) for s in SAMPLES]] * n)
-    reg = tj.Regimen([tj.Dose(amt=DOSE, cmt="central", time=t) for t in starts])
-    pw = tj.Piecewise(np.broadcast_to(starts, (n, k)), cl, "locf")
-    c = np.asarray(tj.simulate(IV, {"CL": pw, "V": V}, reg, ts)["C"])
-    c = c * (1.0 + 0.1 * rng.standard_normal(c.shape))
     rows = []
     for i in range(n):
+        amount = 0.0
         for o in range(k):
-            rows.append(dict(ID=i + 1, TIME=starts[o], DV=0.0, AMT=DOSE, EVID=1, MDV=1, OCC=o + 1))
-            for j, s in enumerate(SAMPLES):
-                dv = float(c[i, o * len(SAMPLES) + j])
-                rows.append(dict(ID=i + 1, TIME=starts[o] + s, DV=dv, AMT=0.0, EVID=0, MDV=0))
-                rows[-1]["OCC"] = o + 1
-    frame = pd.DataFrame(rows).assign(CMT=1)
-    return tj.data.Dataset(frame, {1: "central"})
+            if o:
+                amount *= np.exp(-cl[i, o - 1] / V * TAU)
+            amount += DOSE
+            t0 = TAU * o
+            rows.append(dict(ID=i + 1, TIME=t0, DV=0.0, AMT=DOSE, EVID=1, MDV=1, OCC=o + 1))
+            for s in SAMPLES:
+                c = amount / V * np.exp(-cl[i, o] / V * s) * (1.0 + 0.1 * rng.standard_normal())
+                rows.append(dict(ID=i + 1, TIME=t0 + s, DV=c, AMT=0.0, EVID=0, MDV=0, OCC=o + 1))
+    return tj.data.Dataset(pd.DataFrame(rows).assign(CMT=1), {1: "central"})
 
 
 @pytest.fixture(scope="module")
-def fits():
-    """A fit without IOV and MAP fits with omega_iov^2 = 1e-12, 0.04 and 0.25 (one
-    program for the three)."""
-    ds = cohort()
-    out = {None: fit_individual(IV, ds, POP, ERR)}
-    for w in (TINY, 0.04, 0.25):
-        out[w] = fit_individual(IV, ds, POP, ERR, iov={"CL": w})
+def data():
+    return cohort()
+
+
+@pytest.fixture(scope="module")
+def fits(data):
+    """MAP fits with omega_iov^2 = 1e-12, 0.04 and 0.25 (one program for the three)."""
+    out = {w: fit_individual(IV, data, POP, ERR, iov={"CL": w}) for w in (TINY, 0.04, 0.25)}
     assert all(bool(np.all(f.converged)) for f in out.values())
     return out
 
@@ -77,8 +77,10 @@ def log_cl(c, t):
     return np.log(-(V / t) * np.log(c * V / DOSE))
 
 
-def test_tiny_iov_forecasts_as_the_fit_without_iov(fits):
-    plain, tiny = fits[None], fits[TINY]
+@pytest.mark.slow  # the fit and the forecast without IOV: two more programs (about 10 s)
+def test_tiny_iov_forecasts_as_the_fit_without_iov(data, fits):
+    plain, tiny = fit_individual(IV, data, POP, ERR), fits[TINY]
+    assert bool(np.all(plain.converged))
     # the fits themselves agree (the kappas' prior pins them at 0)
     np.testing.assert_allclose(tiny.etas, plain.etas, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(tiny.cov_eta, plain.cov_eta, rtol=1e-5)
@@ -136,6 +138,7 @@ def test_posterior_samples_of_a_new_occasion(fits):
     assert abs(np.corrcoef(kap, e1[1:, 0])[0, 1]) < 4 / np.sqrt(kap.size)
 
 
+@pytest.mark.slow  # its own compiled program (about 6 s of CPU)
 def test_optimise_dose_integrates_over_the_new_kappa(fits):
     """Trough target after 3 daily boluses: the loss is the mean over draws of
     (log trough - log centre)^2, so its optimum is ``log dose = log centre - mean_s
