@@ -143,7 +143,7 @@ def test_optimise_dose_integrates_over_the_new_kappa(fits):
     """Trough target after 3 daily boluses: the loss is the mean over draws of
     (log trough - log centre)^2, so its optimum is ``log dose = log centre - mean_s
     log u_s`` with ``u_s`` draw s's trough per unit dose (closed form here). With the
-    new occasion's kappas in the draws the dose is that optimum, about 30 % above the
+    new occasion's kappas in the draws the dose is that optimum, about 20 % above the
     one of the same eta draws without kappa (the trough ~ exp(-CL tau / V) is concave
     in log CL, so spreading log CL lowers the mean log trough)."""
     fit, S, key = fits[0.25], 200, jax.random.key(11)
@@ -157,7 +157,8 @@ def test_optimise_dose_integrates_over_the_new_kappa(fits):
 
     with_kappa = best_dose(posterior_samples(fit, S, key, 2, occasion="new")[0])
     without = best_dose(posterior_samples(fit, S, key, 2)[0])
-    assert with_kappa > 1.2 * without
+    # measured: 154.6 against 128.1 (x 1.21; about x 1.3 expected over many draws)
+    assert with_kappa > 1.1 * without
     d = optimise_dose(
         fit,
         target="trough",
@@ -171,7 +172,7 @@ def test_optimise_dose_integrates_over_the_new_kappa(fits):
         key=key,
         steps=300,
     )
-    assert d.dose == pytest.approx(with_kappa, rel=2e-3)
+    assert d.dose == pytest.approx(with_kappa, rel=1e-4)  # measured 1e-6
     # value: the trough at the MAP estimate (kappa 0)
     cl = float(fit.params["CL"][1])
     trough = d.dose / V * sum(np.exp(-cl / V * (n_doses - j) * TAU) for j in range(n_doses))
