@@ -119,3 +119,114 @@ def test_circulation_not_converged_patient_is_nan_others_intact():
     assert status.tolist() == [tj.Status.OK, tj.Status.NOT_CONVERGED]
     assert np.isnan(mets["MAP"][1])
     assert mets["MAP"][0] == pytest.approx(float(full["metrics"]["MAP"][0]), rel=1e-3)
+
+
+# ---------------------------------------------------------------- stop="step" and mask
+
+
+def _affine_with_sink(x, active):
+    """The three affine maps plus a 4th component that only accumulates (a cumulative
+    state: x_3 + 1 + x_0, no fixed point), which ``mask`` leaves out."""
+    gx, st = _affine(x[:, :3], active)
+    return jnp.concatenate([gx, x[:, 3:] + 1.0 + x[:, :1]], -1), st
+
+
+def test_step_stopping_with_mask_keeps_unmasked_components_and_newton_update():
+    mask = np.array([True, True, True, False])
+    x0 = jnp.asarray(np.arange(12.0).reshape(3, 4))
+    fp = solve_fixed_point(
+        _affine_with_sink, x0, method="newton", tol=1e-9, max_iter=30, stop="step", mask=mask
+    )
+    assert np.asarray(fp.status).tolist() == [
+        tj.Status.OK, tj.Status.OK, tj.Status.NOT_CONVERGED
+    ]  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(fp.x[:, 3]), np.asarray(x0[:, 3]))  # not iterated
+    for i in (0, 1):  # Newton is exact on the affine block: step 1 lands, step 2 ~ 0
+        np.testing.assert_allclose(np.asarray(fp.x[i, :3]), _exact(i), rtol=1e-12)
+        assert int(fp.iterations[i]) == 2
+        assert float(fp.residual[i]) <= 1e-9 * np.max(np.abs(_exact(i)))
+    # the shift x + 1 has a singular Newton matrix: plain steps of size 1 until the end
+    assert int(fp.iterations[2]) == 30 and float(fp.residual[2]) == pytest.approx(1.0)
+    # fallback=False: the singular Newton matrix stops that patient as NONFINITE at once
+    strict = solve_fixed_point(
+        _affine_with_sink,
+        x0,
+        method="newton",
+        tol=1e-9,
+        max_iter=30,
+        stop="step",
+        mask=mask,
+        fallback=False,
+    )
+    assert np.asarray(strict.status).tolist() == [
+        tj.Status.OK, tj.Status.OK, tj.Status.NONFINITE
+    ]  # fmt: skip
+    assert int(strict.iterations[2]) == 1
+    np.testing.assert_array_equal(np.asarray(strict.x[:2]), np.asarray(fp.x[:2]))
+    # without the mask the sink makes J - I singular for everyone: nobody converges
+    nomask = solve_fixed_point(
+        _affine_with_sink, x0, method="newton", tol=1e-9, max_iter=5, stop="step"
+    )
+    assert not np.any(np.asarray(nomask.converged))
+
+
+def test_step_stopping_is_relative_to_state_size_and_newton_is_quadratic():
+    """G(x) = c + 0.5 sin(x) per component (a contraction, fixed point by bisection):
+    stop="step" with scale None judges Newton's step relative to max |x|, so scaling
+    the problem by 1e6 takes the same iterations, and the kept Newton update is
+    accurate to about the square of the tolerance (started at c: from 0, Newton
+    cycles on the second patient's x = 3 + 0.5 sin x)."""
+    c = np.array([[1.0, -2.0], [0.3, 3.0]])
+
+    def G(k):
+        return lambda x, active: (
+            k * (jnp.asarray(c) + 0.5 * jnp.sin(x / k)),
+            jnp.zeros(x.shape[:1], jnp.int32),
+        )
+
+    exact = np.empty_like(c)
+    for i, j in np.ndindex(c.shape):  # bisection on x - c - 0.5 sin x (increasing)
+        lo, hi = c[i, j] - 1.0, c[i, j] + 1.0
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if mid - c[i, j] - 0.5 * np.sin(mid) < 0 else (lo, mid)
+        exact[i, j] = 0.5 * (lo + hi)
+    runs = [
+        solve_fixed_point(
+            G(k), k * jnp.asarray(c), method="newton", tol=1e-6, max_iter=20, stop="step"
+        )
+        for k in (1.0, 1e6)
+    ]
+    for k, fp in zip((1.0, 1e6), runs):
+        assert np.asarray(fp.status).tolist() == [tj.Status.OK] * 2
+        np.testing.assert_allclose(np.asarray(fp.x) / k, exact, rtol=1e-11, atol=0)
+        assert np.all(np.asarray(fp.residual) <= 1e-6 * k * np.max(np.abs(exact), -1))
+    assert np.asarray(runs[0].iterations).tolist() == np.asarray(runs[1].iterations).tolist()
+    assert np.all(np.asarray(runs[0].iterations) <= 6)
+
+
+def test_plain_iteration_stops_on_step_as_on_residual():
+    """For x <- G(x) the update is the residual: with a scale both stops agree."""
+    x0 = jnp.zeros((3, 3))
+    one = jnp.ones((3, 3))
+    a, b = (
+        solve_fixed_point(_affine, x0, tol=1e-10, max_iter=400, scale=one, stop=s)
+        for s in ("residual", "step")
+    )
+    for name in ("x", "iterations", "residual", "converged", "status"):
+        np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)))
+
+
+def test_bad_stop_and_mask_are_refused_before_tracing():
+    x0 = jnp.zeros((1, 3))
+    kw = dict(method="newton", tol=1e-6, max_iter=5)
+    with pytest.raises(ValueError, match="stop must be one of"):
+        solve_fixed_point(_affine, x0, stop="size", **kw)
+    with pytest.raises(ValueError, match="length D = 3"):
+        solve_fixed_point(_affine, x0, mask=np.array([True, False]), **kw)
+    with pytest.raises(ValueError, match="boolean array"):
+        solve_fixed_point(_affine, x0, mask=np.array([1, 1, 0]), **kw)
+    with pytest.raises(ValueError, match="at least one component"):
+        solve_fixed_point(_affine, x0, mask=np.zeros(3, bool), **kw)
+    with pytest.raises(ValueError, match="concrete boolean array"):
+        jax.jit(lambda m: solve_fixed_point(_affine, x0, mask=m, **kw))(jnp.ones(3, bool))

@@ -20,17 +20,34 @@ three methods, each patient converging (and stopping) on its own:
     automatic differentiation of ``G`` (one Jacobian-vector product per state, all
     patients at once: ``G`` must act on each patient's row independently).
 
-Per patient: the residual is ``max_i |G(x)_i - x_i| * scale_i`` (``scale`` given) or
-``max_i |G(x)_i - x_i| / (1 + |x_i|)`` (relative, ``scale=None``), evaluated at the
-iterate before the update; a patient has converged when it is below ``tol``, and then
-keeps ``G(x)`` (a periodic orbit to ``tol``). The status codes are those of
-:class:`~twinjax.Status`: a failed map evaluation keeps the integrator's code (and the
-patient stops), and a patient still above ``tol`` after ``max_iter`` map evaluations
-gets ``Status.NOT_CONVERGED``.
+Convergence, per patient (``stop``):
 
-Users: ``models.circulation.to_periodic_steady_state`` (plain) and
-``models._multiscale.steady_state_cohort`` (Anderson). The dosing steady state
-(``solve/_engine.py``, Newton on the dosing-interval map) is the next one to move here.
+``"residual"`` (default)
+    the residual ``max_i |G(x)_i - x_i| * scale_i`` (``scale`` given) or
+    ``max_i |G(x)_i - x_i| / (1 + |x_i|)`` (relative, ``scale=None``), evaluated at the
+    iterate before the update; a patient has converged when it is below ``tol``, and
+    then keeps ``G(x)`` (a periodic orbit to ``tol``).
+``"step"``
+    the size of the update just made, ``max_i |x'_i - x_i| * scale_i`` below ``tol``
+    (``scale`` given) or, with ``scale=None``, ``max_i |x'_i - x_i|`` at most
+    ``tol * max_i |x'_i|`` (relative to the size of the state, plus ``1e-30``); a
+    converged patient keeps the new iterate ``x'``. For Newton's method the last step
+    estimates the error of the iterate before it, so ``x'`` is accurate to about its
+    square (the dosing steady state's criterion).
+
+``mask`` (``(D,)`` booleans, default all): the components that are iterated. The others
+(e.g. cumulative states, which have no periodic steady state) keep their start values
+``x0``: ``G``'s values there are ignored, residuals and steps are taken over the mask
+only, and Newton's matrix is ``J_G - I`` on the masked block and ``-I`` elsewhere.
+
+The status codes are those of :class:`~twinjax.Status`: a failed map evaluation keeps
+the integrator's code (and the patient stops), and a patient not converged after
+``max_iter`` map evaluations gets ``Status.NOT_CONVERGED``.
+
+Users: ``models.circulation.to_periodic_steady_state`` (plain),
+``models._multiscale.steady_state_cohort`` (Anderson) and the dosing steady state of
+SS=1 records (``solve/_steady_dosing.py``: Newton on the dosing-interval map,
+``stop="step"``, the cumulative states masked out).
 """
 
 from __future__ import annotations
@@ -40,10 +57,12 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._status import Status
 
 METHODS = ("plain", "anderson", "newton")
+STOPS = ("residual", "step")
 
 
 class FixedPoint(eqx.Module):
@@ -66,9 +85,14 @@ class FixedPoint(eqx.Module):
     status: jax.Array
 
 
-def check_options(method: str, batch: int, memory: int) -> None:
-    """Raise a clear ``ValueError`` for an unknown method or bad batch/memory (before
-    any tracing)."""
+def check_options(
+    method: str, batch: int, memory: int, stop: str = "residual", mask=None, D: int | None = None
+) -> np.ndarray | None:
+    """Raise a clear ``ValueError`` for an unknown method or stop, a bad batch/memory
+    or mask (before any tracing). Returns the mask as a NumPy boolean array (or None).
+    """
+    if stop not in STOPS:
+        raise ValueError(f"stop must be one of {STOPS}, got {stop!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if int(batch) < 1:
@@ -77,6 +101,22 @@ def check_options(method: str, batch: int, memory: int) -> None:
         raise ValueError(f"batch > 1 is only for method='plain', got method={method!r}")
     if method == "anderson" and int(memory) < 1:
         raise ValueError(f"memory must be >= 1 for Anderson acceleration, got {memory}")
+    if mask is None:
+        return None
+    try:
+        m = np.asarray(mask)
+    except jax.errors.TracerArrayConversionError:
+        raise ValueError(
+            "mask must be a concrete boolean array (known before tracing), got a traced value"
+        ) from None
+    if m.dtype != np.bool_ or m.ndim != 1 or (D is not None and m.shape[0] != D):
+        raise ValueError(
+            f"mask must be a 1-D boolean array of length D = {D} (one flag per state "
+            f"component), got dtype {m.dtype} and shape {m.shape}"
+        )
+    if not m.any():
+        raise ValueError("mask must select at least one component to iterate, got all False")
+    return m
 
 
 def _ad_jacobian(G, x, active):
@@ -102,6 +142,9 @@ def solve_fixed_point(
     batch: int = 1,
     memory: int = 4,
     jac: Callable | None = None,
+    stop: str = "residual",
+    mask=None,
+    fallback: bool = True,
 ) -> FixedPoint:
     """Fixed points ``x = G(x)`` of a batched map, per patient (see the module notes).
 
@@ -118,12 +161,20 @@ def solve_fixed_point(
         memory: Anderson's number of previous residuals.
         jac: Newton's ``jac(x, active) -> (n, D, D)`` Jacobian of ``G`` (default:
             forward-mode AD of ``G``).
+        stop: ``"residual"`` (default) or ``"step"``: what decides convergence (see
+            the module notes).
+        mask: ``(D,)`` booleans, the components iterated (a concrete array, not
+            traced); the others keep ``x0``. Default: all.
+        fallback: Anderson and Newton: a non-finite update is replaced by the plain
+            step ``G(x)`` (True, default), or stops the patient with
+            ``Status.NONFINITE`` (False: a singular Newton matrix is a failure).
 
     Returns:
-        A :class:`FixedPoint`.
+        A :class:`FixedPoint` (with ``stop="step"``, ``residual`` is the size of the
+        last update, absolute when ``scale`` is None).
     """
-    check_options(method, batch, memory)
     n, D = x0.shape
+    keep = check_options(method, batch, memory, stop, mask, D)
     dtype = x0.dtype
     m = int(memory)
     batch = int(batch)
@@ -133,8 +184,14 @@ def solve_fixed_point(
             return jnp.abs(gx - x) / (1.0 + jnp.abs(x))
         return (gx - x) * scale
 
+    def masked_max(a):  # (n,) max of |a| over the iterated components
+        a = jnp.abs(a)
+        return jnp.max(a if keep is None else jnp.where(keep[None, :], a, 0.0), axis=-1)
+
     def evaluate(x, status, active):
         gx, st = G(x, active)
+        if keep is not None:  # components not iterated stay where they are
+            gx = jnp.where(keep[None, :], gx, x)
         return gx, jnp.maximum(status, jnp.where(active, st, 0).astype(status.dtype))
 
     def anderson(it, f, gx, dF, dG, f_prev, g_prev):
@@ -153,16 +210,20 @@ def solve_fixed_point(
 
     def newton(x, gx, active):
         J = jac(x, active) if jac is not None else _ad_jacobian(G, x, active)
-        A = J - jnp.eye(D, dtype=dtype)[None, :, :]
+        eye = jnp.eye(D, dtype=dtype)[None, :, :]
+        if keep is None:
+            A = J - eye
+        else:  # J - I on the iterated block, -I elsewhere (no coupling either way)
+            A = jnp.where((keep[:, None] & keep[None, :])[None], J - eye, -eye)
         dx = jnp.linalg.solve(A, (x - gx)[..., None])[..., 0]
-        return x + dx
+        return x + dx, dx
 
     def cond(c):
         it, done = c[0], c[2]
         return jnp.any(~done) & (it < max_iter)
 
     def body(c):
-        it, x, done, res, iters, status, hist = c
+        it, x, done, res, iters, status, conv_all, hist = c
         active = ~done
         if batch > 1:  # unchecked evaluations first; the residual is that of the last
 
@@ -174,24 +235,40 @@ def solve_fixed_point(
             x_b = x
         gx, status = evaluate(x_b, status, active)
         f = residual(x_b, gx)
-        r = jnp.max(jnp.abs(f), axis=-1)
-        res = jnp.where(active, r, res)
         iters = iters + jnp.where(active, batch, 0).astype(iters.dtype)
         if method == "anderson":
             dF, dG, f_prev, g_prev = hist
             x_new, dF, dG = anderson(it, f, gx, dF, dG, f_prev, g_prev)
             hist = (dF, dG, f, gx)
         elif method == "newton":
-            x_new = newton(x_b, gx, active)
+            x_new, dx = newton(x_b, gx, active)
         else:
             x_new = gx
-        if method != "plain":  # a failed linear solve falls back to the plain step
+        if method != "newton":
+            dx = x_new - x_b
+        if method != "plain" and fallback:  # a failed linear solve: the plain step
             ok = jnp.all(jnp.isfinite(x_new), axis=-1)
             x_new = jnp.where(ok[:, None], x_new, gx)
-        conv = active & (r < tol)
-        x = jnp.where(conv[:, None], gx, jnp.where(active[:, None], x_new, x))
+            dx = jnp.where(ok[:, None], dx, gx - x_b)
+        elif method != "plain":  # ... or the patient stops, NONFINITE
+            bad = active & ~jnp.all(jnp.isfinite(x_new), axis=-1)
+            status = jnp.where(bad & (status == 0), Status.NONFINITE, status).astype(status.dtype)
+        if stop == "step":  # the size of the update just made (Newton: its step)
+            if scale is None:
+                r = masked_max(dx)
+                conv = active & (r <= tol * masked_max(x_new) + 1e-30)
+            else:
+                r = masked_max(dx * scale)
+                conv = active & (r < tol)
+            x = jnp.where(active[:, None], x_new, x)
+        else:
+            r = jnp.max(jnp.abs(f), axis=-1)
+            conv = active & (r < tol)
+            x = jnp.where(conv[:, None], gx, jnp.where(active[:, None], x_new, x))
+        res = jnp.where(active, r, res)
+        conv_all = conv_all | conv
         done = done | conv | (status != 0)
-        return it + batch, x, done, res, iters, status, hist
+        return it + batch, x, done, res, iters, status, conv_all, hist
 
     if method == "anderson":
         z = jnp.zeros((n, D, m), dtype)
@@ -205,10 +282,10 @@ def solve_fixed_point(
         jnp.full((n,), jnp.inf, dtype),
         jnp.zeros((n,), jnp.int32),
         jnp.zeros((n,), jnp.int32),
+        jnp.zeros((n,), bool),
         hist0,
     )
-    _, x, _, res, iters, status, _ = jax.lax.while_loop(cond, body, c0)
-    converged = res < tol
+    _, x, _, res, iters, status, converged, _ = jax.lax.while_loop(cond, body, c0)
     status = jnp.where((status == 0) & ~converged, Status.NOT_CONVERGED, status)
     return FixedPoint(x, iters, res, converged, status.astype(jnp.int32))
 
