@@ -115,6 +115,22 @@ def test_new_batch_size_and_record_count_do_not_retrace(five):
     np.testing.assert_allclose(fb.map, np.asarray(ref["C"]), rtol=1e-9, atol=1e-12)
 
 
+def test_the_suite_cache_is_the_folder_run_tests_gives_or_none():
+    """tests/conftest.py: JAX's persistent cache is the folder tools/run_tests.py gives the
+    test processes (``TWINJAX_TEST_CACHE_DIR``), and the CLI's too; without one, the
+    tests run with no persistent cache (JAX's own setting) and the CLI's off."""
+    import jax
+
+    shared = os.environ.get("TWINJAX_TEST_CACHE_DIR", "").strip()
+    if shared and shared.lower() != "off":
+        assert jax.config.jax_compilation_cache_dir == shared
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+        assert os.environ["TWINJAX_CACHE_DIR"] == shared
+    else:
+        assert jax.config.jax_compilation_cache_dir == os.environ.get("JAX_COMPILATION_CACHE_DIR")
+        assert os.environ["TWINJAX_CACHE_DIR"]  # "off" unless set before the run
+
+
 def test_default_cache_dir_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("TWINJAX_CACHE_DIR", str(tmp_path / "c"))
     assert default_cache_dir() == tmp_path / "c"
