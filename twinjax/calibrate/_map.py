@@ -331,10 +331,11 @@ def fit_individual(
     for k_ in ("f", "pred", "iwres"):
         out[k_] = out[k_][:, :T]
     if S > 1:
-        Os = np.where(out["converged"], out["O"], np.inf).reshape(S, N)
-        Os = np.where(
-            np.isfinite(Os), Os, np.where(out["ok"], out["O"], np.inf).reshape(S, N) + 1e300
-        )
+        # ranked in float64 whatever the fit's dtype (1e300 overflows float32): converged
+        # starts first, then finished but unconverged ones
+        O64 = out["O"].astype(np.float64)
+        Os = np.where(out["converged"], O64, np.inf).reshape(S, N)
+        Os = np.where(np.isfinite(Os), Os, np.where(out["ok"], O64, np.inf).reshape(S, N) + 1e300)
         best = np.argmin(np.where(np.isnan(Os), np.inf, Os), axis=0)
         pick = best * N + np.arange(N)
         out = {k_: v[pick] for k_, v in out.items()}
