@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..model._model import default_float
+from ..solve._batch import broadcast_batch
 from ..solve._diffrax import Diffrax
 from ..solve._simulate import simulate
 from ._quantity import (
@@ -261,7 +262,7 @@ def local(
     if len(set(names)) != len(names):
         raise ValueError(f"{where}: parameters are repeated: {list(names)}")
     nb = n or 1
-    theta = {k: jnp.broadcast_to(v, (nb,)) for k, v in full.items()}
+    theta = broadcast_batch(full, nb)
     solver = _forward_solver(solver) if is_model(model) else None
 
     def g(delta):
