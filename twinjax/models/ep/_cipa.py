@@ -291,59 +291,115 @@ def _advance(model, y, gates, derivs, h, markov_x):
     return out
 
 
+def _step(solver, p, bcl, t, active, y, d):
+    """Every cell's step at ``t``: ``dv_max / |dV/dt|``, at most a relative change
+    ``dy_rel`` of each concentration, clipped to ``[dt_min, dt_max]``, landing on the
+    end of the stimulus and of the beat; 0 for a cell that is done."""
+    dt = solver.dv_max / (jnp.abs(d["V"]) + 1e-12)
+    dy_rel = getattr(solver, "dy_rel", math.inf)
+    if math.isfinite(dy_rel):
+        for k in OTHER_STATES[1:]:
+            dt = jnp.minimum(dt, dy_rel * jnp.abs(y[k]) / (jnp.abs(d[k]) + 1e-30))
+    dt = jnp.clip(dt, solver.dt_min, solver.dt_max)
+    dt = jnp.where(t < p["stim_dur"], jnp.minimum(dt, p["stim_dur"] - t), dt)
+    dt = jnp.where(dt >= bcl - t, bcl - t, dt)
+    return jnp.where(active, dt, 0.0)
+
+
+def _markov_half(hQ, x0, eye):
+    """Backward Euler step of ``dx/dt = Q x``: ``(I - h Q)^-1 x0`` (L-stable)."""
+    return jnp.linalg.solve(eye - hQ, x0[..., None])[..., 0]
+
+
+def _markov_full(hQ, x0, eye):
+    """Exponential step of ``dx/dt = Q x``: ``expm(h Q) x0`` (exact for frozen Q)."""
+    return jnp.einsum("nij,nj->ni", herg.expm_generator(hQ), x0)
+
+
 def _beat(model, solver, p, y):
+    """One beat of every cell (the scheme of the module docstring).
+
+    The two stages run as a two-iteration ``fori_loop`` around one call of
+    ``model.evaluate`` and the state and biomarker accumulators are carried as two
+    stacked arrays. Against two inlined stages with dict carries, on this machine
+    (2026-11-30, load 7-10, CPU seconds): program text 0.57 -> 0.40 MB, compile 8.7 ->
+    6.9 s for two cells; steady beat 0.64-0.78 -> 0.35-0.37 s for two cells, 3.8-3.9 ->
+    2.6-2.8 s for 64. The exponential step stays out of the conditional: inside it
+    (inside the stage loop) the steady beat of 64 cells was 15 % slower than before.
+    States and biomarkers agree with the old loop to 2e-12 relative (one beat).
+    """
     bcl = p["BCL"]
     N = bcl.shape[0]
     t0 = jnp.zeros((N,), bcl.dtype)
     acc0 = bm.init_acc(y["V"])
     status0 = jnp.zeros((N,), jnp.int32)
     eye = jnp.broadcast_to(jnp.eye(len(model.markov), dtype=bcl.dtype), (N, 9, 9))
+    names, anames = tuple(model.state_names), tuple(acc0)
+    iV = names.index("V")
+    imk = [names.index(k) for k in model.markov]
 
     def cond(c):
         t, _, _, it, status = c
         return jnp.any((t < bcl) & (status == 0)) & (it < solver.max_steps)
 
     def body(c):
-        t, y, acc, it, status = c
+        t, Y, A, it, status = c
+        y = _unpack(Y, names)
         active = (t < bcl) & (status == 0)
-        g0, d0, _ = model.evaluate(t, y, p)
-        dvdt0 = d0["V"]
-        dt = solver.dv_max / (jnp.abs(dvdt0) + 1e-12)
-        dy_rel = getattr(solver, "dy_rel", math.inf)
-        if math.isfinite(dy_rel):
-            for k in OTHER_STATES[1:]:
-                dt = jnp.minimum(dt, dy_rel * jnp.abs(y[k]) / (jnp.abs(d0[k]) + 1e-30))
-        dt = jnp.clip(dt, solver.dt_min, solver.dt_max)
-        in_stim = t < p["stim_dur"]
-        dt = jnp.where(in_stim, jnp.minimum(dt, p["stim_dur"] - t), dt)
-        last = dt >= bcl - t
-        dt = jnp.where(last, bcl - t, dt)
-        dt = jnp.where(active, dt, 0.0)
         x0 = jnp.stack([y[s] for s in model.markov], axis=-1)
-        # midpoint stage: backward Euler half step for the Markov block
-        Q0 = herg.generator(y["V"], p)
-        xm = jnp.linalg.solve(eye - 0.5 * dt[:, None, None] * Q0, x0[..., None])[..., 0]
-        ym = _advance(model, y, g0, d0, 0.5 * dt, xm)
-        g1, d1, c1 = model.evaluate(t + 0.5 * dt, ym, p)
-        Q1 = herg.generator(ym["V"], p)
-        x1 = jnp.einsum("nij,nj->ni", herg.expm_generator(dt[:, None, None] * Q1), x0)
-        y1 = _advance(model, y, g1, d1, dt, x1)
-        finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in y1.values()]), axis=0)
+
+        def stage(k, s):
+            # k = 0: evaluate at (t, y), choose dt, half step to the midpoint (backward
+            # Euler for the Markov block); k = 1: evaluate at the midpoint, full step
+            # from y of the other states (the Markov rows keep x0 here: their
+            # exponential step follows the loop). One copy of the model's equations in
+            # the compiled loop instead of two, and the expm outside the conditional.
+            Yk, dt, dvdt0, _, _, _ = s
+            first = k == 0
+            yk = _unpack(Yk, names)
+            g, d, cur = model.evaluate(t + 0.5 * dt * k, yk, p)
+            dt = jnp.where(first, _step(solver, p, bcl, t, active, y, d), dt)
+            h = jnp.where(first, 0.5 * dt, dt)
+            x = jax.lax.cond(
+                first,
+                lambda V: _markov_half(0.5 * dt[:, None, None] * herg.generator(V, p), x0, eye),
+                lambda V: x0,
+                yk["V"],
+            )
+            qn = sum(cur[n] for n in model.qnet_currents)
+            dvdt0 = jnp.where(first, d["V"], dvdt0)
+            Yn = _pack(_advance(model, y, g, d, h, x), names)
+            return Yn, dt, dvdt0, d["V"], qn, yk["V"]
+
+        z = jnp.zeros_like(t)
+        Y1, dt, dvdt0, dvdt1, qn, Vm = jax.lax.fori_loop(0, 2, stage, (Y, z, z, z, z, z))
+        x1 = _markov_full(dt[:, None, None] * herg.generator(Vm, p), x0, eye)
+        Y1 = Y1.at[jnp.asarray(imk)].set(x1.T)
+        last = dt >= bcl - t
+        finite = jnp.all(jnp.isfinite(Y1), axis=0)
         bad = active & ~finite
         ok = active & finite
-        y_new = {k: jnp.where(ok, y1[k], y[k]) for k in y}
+        Y_new = jnp.where(ok[None, :], Y1, Y)
         t_new = jnp.where(ok, jnp.where(last, bcl, t + dt), t)
-        qn = sum(c1[k] for k in model.qnet_currents)
-        acc = bm.update_acc(acc, ok, t, dt, y["V"], y_new["V"], dvdt0, d1["V"], qn)
+        acc = bm.update_acc(_unpack(A, anames), ok, t, dt, Y[iV], Y_new[iV], dvdt0, dvdt1, qn)
         status = jnp.where(bad, Status.NONFINITE, status).astype(jnp.int32)
-        return t_new, y_new, acc, it + 1, status
+        return t_new, Y_new, _pack(acc, anames), it + 1, status
 
-    carry = (t0, y, acc0, jnp.zeros((), jnp.int32), status0)
-    t, y, acc, it, status = jax.lax.while_loop(cond, body, carry)
+    carry = (t0, _pack(y, names), _pack(acc0, anames), jnp.zeros((), jnp.int32), status0)
+    t, Y, A, it, status = jax.lax.while_loop(cond, body, carry)
+    y, acc = _unpack(Y, names), _unpack(A, anames)
     status = jnp.where((t < bcl) & (status == 0), Status.MAX_STEPS, status).astype(jnp.int32)
     bio = bm.finish(acc, y["V"])
     bio["steps"] = jnp.broadcast_to(it, (N,))
     return y, bio, status
+
+
+def _pack(d: dict, names: tuple) -> jax.Array:
+    return jnp.stack([d[k] for k in names])
+
+
+def _unpack(a: jax.Array, names: tuple) -> dict:
+    return {k: a[i] for i, k in enumerate(names)}
 
 
 @eqx.filter_jit
