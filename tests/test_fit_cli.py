@@ -110,13 +110,6 @@ def _with(**changes):
             _with(parameters={**GOOD["parameters"], "CL": {"value": 3.0, "iiv": 0.3, "iov": -0.1}}),
             "[parameters.CL].iov",
         ),
-        (
-            _with(
-                fit={**GOOD["fit"], "method": "saem"},
-                parameters={**GOOD["parameters"], "CL": {"value": 3.0, "iiv": 0.3, "iov": 0.1}},
-            ),
-            "[parameters.CL].iov: inter-occasion variability is fitted by foce-i and map, not saem",
-        ),
     ],
 )
 def test_bad_specifications_name_their_key(spec, message):
@@ -218,6 +211,35 @@ def test_bad_spec_file_and_data_rows_refused_before_fitting(tmp_path):
     assert "[[covariates]][0].covariate: 'AGE' is not a column of the dataset" in r.output
     assert "'WT'" in r.output
     assert not out.exists()
+
+
+def test_saem_with_iov_hands_the_occasions_to_saem(tmp_path, monkeypatch):
+    """method = "saem" with iov (refused before SAEM modelled IOV) is accepted, and
+    `twinjax fit` passes iov and the occasion column on to saem (the SAEM fit with IOV
+    itself: tests/test_saem_iov.py)."""
+    iov = {**GOOD["parameters"], "CL": {"value": 3.0, "iiv": 0.3, "iov": 0.1}}
+    fs = fit_spec_from_dict(_with(fit={**GOOD["fit"], "method": "saem"}, parameters=iov))
+    assert fs.method == "saem" and fs.iov == {"CL": 0.1} and fs.occasion == "OCC"
+    calls = []
+
+    def fake_saem(*args, **kwargs):
+        calls.append(kwargs)
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(tj.calibrate._saem, "saem", fake_saem)
+
+    def occasions(lines):  # OCC: 1 before 12 h, 2 after
+        lines[0] += ",OCC"
+        for i in range(1, len(lines)):
+            lines[i] += ",1" if float(lines[i].split(",")[1]) < 12 else ",2"
+
+    spec = tmp_path / "saem_iov.toml"
+    text = EXAMPLE.read_text().replace('method = "foce-i"', 'method = "saem"')
+    spec.write_text(text.replace("[parameters.CL]\n", "[parameters.CL]\niov = 0.1\n"))
+    r = _cli(spec, _theo_csv(tmp_path, occasions), "--out", tmp_path / "out")
+    assert "stopped by the test" in r.output, r.output
+    assert len(calls) == 1 and calls[0]["iov"] == {"CL": 0.1}
+    assert calls[0]["occasion_column"] == "OCC"
 
 
 def test_iov_without_an_occasion_column_is_refused_before_fitting(tmp_path):

@@ -18,7 +18,7 @@ data = "theophylline"         # optional: a shipped dataset when no DATA.csv is 
 [parameters.KA]
 value = 1.0                   # initial (foce-i) or typical (map) value
 iiv = 0.3                     # variance of eta (omit: no IIV)
-# iov = 0.05                  # variance of kappa between occasions (foce-i, map; the
+# iov = 0.05                  # variance of kappa between occasions (all methods; the
                               # data's occasion column: [fit] occasion, default "OCC")
 lower = 0.05                  # optional bounds: checked, and flagged in the report
 upper = 20.0
@@ -107,8 +107,8 @@ class FitSpec:
         errors: ``{output: ErrorModel}`` initial residual error models.
         dvid: ``{tag: output}`` or None; censoring, lloq: as in ``fit_population``.
         iov: ``{name: variance}`` of the parameters with inter-occasion variability
-            (``iov=`` of ``fit_population`` / ``fit_individual``); occasion: the data's
-            occasion column (``[fit] occasion``, default ``"OCC"``).
+            (``iov=`` of ``fit_population`` / ``saem`` / ``fit_individual``); occasion:
+            the data's occasion column (``[fit] occasion``, default ``"OCC"``).
         data: a shipped dataset name or None; compartments: the CMT names.
         n_sim, seed, npde, vpc_bins, log_y: diagnostics settings.
         raw: the parsed TOML; path: the file; sha256: the file's SHA-256.
@@ -527,12 +527,6 @@ def fit_spec_from_dict(spec: Mapping, path=None, sha256: str = "", text: str = "
                     "(map fits use the given value): set estimate = false or method = "
                     "'foce-i'",
                 )
-        if iov and method == "saem":
-            probs.add(
-                f"[parameters.{next(iter(iov))}].iov",
-                "inter-occasion variability is fitted by foce-i and map, not saem: "
-                "remove iov or set method = 'foce-i'",
-            )
         if iov and model is not INVALID:
             from ._iov import check_iov
 

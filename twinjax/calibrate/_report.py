@@ -267,7 +267,7 @@ def run_fit(spec, dataset, *, data_sha256: str = "", data_source: str = "", prog
     )
     res: Any
     ind: Any
-    # inter-occasion variability (foce-i, map; the specification refuses it with saem)
+    # inter-occasion variability (foce-i, saem, map)
     iov_kw: dict[str, Any] = (
         dict(iov=dict(spec.iov), occasion_column=spec.occasion) if spec.iov else {}
     )
@@ -314,6 +314,7 @@ def run_fit(spec, dataset, *, data_sha256: str = "", data_source: str = "", prog
                 omega=spec.omega,
                 verbose=True,
                 **spec.saem,
+                **iov_kw,
                 **kw,
             )
         ind = res.individual

@@ -53,6 +53,11 @@ itself following saemix and Monolix):
    ``0.75 n_burn`` iterations simulated annealing keeps every variance at least
    ``0.95`` times its previous value (nlmixr2 ``coefSa``, ``perSa``).
 
+Inter-occasion variability (``iov=``, Monolix's model ``h(mu + eta_i + kappa_ik)``): the
+kappas are extra latent variables, sampled after the eta kernels by MH kernels per
+occasion block on all subjects and chains at once, with the sufficient statistic ``sum
+kappa^2 / (subject-occasions)`` for ``omega_iov^2`` (:mod:`._saem_iov`).
+
 Standard errors: the observed Fisher information by Louis' missing-information
 principle, ``I = sum_i (-E[d2 log p(y_i, z_i)] - Cov[d log p(y_i, z_i)])`` (posterior
 expectations over ``n_fim`` further MCMC iterations at the estimates; the derivatives
@@ -95,16 +100,27 @@ import numpy as np
 from ..model import Model
 from ..population import Population
 from ..solve._base import AbstractSolver
+from ._iov import check_iov
 from ._map import as_population, fit_individual
 from ._nlme import PopulationFitResult
 from ._residual import ErrorModel
 from ._saem_covariates import CoefficientDesign as _Design  # noqa: F401  (tests reach it)
 from ._saem_covariates import coefficient_design, prior_mean
 from ._saem_covariates import gls as _gls  # noqa: F401  (tests reach it)
+from ._saem_iov import is_proposal
 from ._saem_is import ImportanceSamplingOFV as ImportanceSamplingOFV
 from ._saem_is import importance_sampling_ofv as importance_sampling_ofv
 from ._saem_is import is_ofv
-from ._saem_kernels import Carry, Settings, louis_terms, pack_phi, run_chunk, unpack_phi
+from ._saem_kernels import (
+    Carry,
+    Settings,
+    louis_terms,
+    pack_phi,
+    progress_line,
+    run_chunk,
+    trace_rows,
+    unpack_phi,
+)
 from ._saem_problem import LOG_2PI, prepare, saem_problem, simulate_jit, tile_rows
 from ._saem_problem import saem_problem as _problem  # noqa: F401  (tests reach it)
 from ._saem_problem import simulate_z as _simulate  # noqa: F401  (tests reach it)
@@ -178,6 +194,9 @@ def saem(
     lloq: float | None = None,
     dvid=None,
     output_column: str = "DVID",
+    iov: Mapping[str, float] | None = None,
+    occasion_column: str = "OCC",
+    iov_kernels: Sequence[int] = (1, 2),
     verbose: bool = False,
 ) -> SAEMResult:
     """Population fit by SAEM (Kuhn & Lavielle 2005), batched over subjects.
@@ -209,12 +228,23 @@ def saem(
         verbose: print the iterations (typical values, Omega, sigma, acceptance).
         output, solver, censoring, lloq, dvid, output_column: as for
             :func:`fit_population` (M3/M4 censored records enter the likelihood).
+        iov, occasion_column: inter-occasion variability ``{parameter: initial
+            omega_iov^2}`` and the occasion column, as for :func:`fit_population`
+            (same data convention and checks). The kappas are latent variables of the
+            EM (:mod:`._saem_iov`); ``omega_iov`` and the ``OMEGA_IOV(P)`` rows of
+            ``estimates`` (Louis SEs) are reported as FOCE-I reports them, the post-hoc
+            kappas per subject and occasion in ``individual.kappas`` and
+            ``individual.occasions``, and the importance-sampling OFV integrates over
+            the etas and kappas jointly.
+        iov_kernels: the kappa kernels' sweeps over the occasions per iteration
+            (proposals from ``N(0, omega_iov^2)``, random walks).
 
     Returns:
         A :class:`SAEMResult`.
 
     Raises:
         ValueError: bad settings, unknown names, an estimated parameter without IIV,
+            what :func:`fit_population` refuses with ``iov`` (naming the key or line),
             a covariate effect on a non-log-transformed IIV parameter; an estimated
             covariate coefficient that SAEM cannot regress on (a :class:`Linear`
             effect, a time-varying covariate, a parameter without IIV) or that the
@@ -226,12 +256,16 @@ def saem(
     t_start = time.perf_counter()
     if omega not in ("diagonal", "full"):
         raise ValueError(f"omega must be 'diagonal' or 'full', got {omega!r}")
-    kernels = tuple(int(x) for x in kernels)
-    if len(kernels) != 3 or min(kernels) < 0 or sum(kernels) == 0:
-        raise ValueError(
-            f"kernels must be three non-negative counts (population, all-component, "
-            f"per-component MH iterations), not all 0; got {kernels}"
-        )
+    kernels, iov_kernels = (tuple(int(x) for x in ks) for ks in (kernels, iov_kernels))
+    for name, ks, n, what in (
+        ("kernels", kernels, 3, "population, all-component, per-component MH iterations"),
+        ("iov_kernels", iov_kernels, 2, "prior proposals, random walks per occasion"),
+    ):
+        if len(ks) != n or min(ks) < 0 or sum(ks) == 0:
+            raise ValueError(
+                f"{name} must be {'three' if n == 3 else 'two'} non-negative counts ({what}), "
+                f"not all 0; got {ks}"
+            )
     for name, v, lo in (
         ("n_burn", n_burn, 0),
         ("n_em", n_em, 1),
@@ -245,6 +279,8 @@ def saem(
         raise ValueError(f"anneal must be in [0, 1] and coef_sa in (0, 1]; got {anneal}, {coef_sa}")
     if n_is == 1:
         raise ValueError("n_is must be 0 (no objective) or at least 2")
+    iov_var = check_iov(model, iov)
+    iov_names = tuple(iov_var)
     pop0 = as_population(model, population)
     if not pop0.iiv:
         raise ValueError("saem needs a population with IIV (an omega over some parameters)")
@@ -271,7 +307,18 @@ def saem(
             iiv=list(pop0.iiv),
         )
     pop, outputs, errors, solver, fd, cmode, spec, P = prepare(
-        model, data, pop_fix, error, output, solver, censoring, lloq, dvid, output_column
+        model,
+        data,
+        pop_fix,
+        error,
+        output,
+        solver,
+        censoring,
+        lloq,
+        dvid,
+        output_column,
+        iov_names,
+        occasion_column,
     )
     N, k = fd.n, len(pop.iiv)
     iiv = tuple(pop.iiv)
@@ -291,6 +338,7 @@ def saem(
         closed_form=closed,
         n_rep=int(n_chains),
         rate=0.4,
+        iov_kernels=iov_kernels,
     )
     R = int(n_chains)
     data_r = tile_rows((P.tv, P.off, P.ev, P.ts, P.obs, P.mask), R)
@@ -303,7 +351,10 @@ def saem(
     if nb:  # every chain starts at its subject's prior mean
         z0 = prior_mean(jnp.asarray(mu0), jnp.asarray(beta0), D, R)
     tv_r, off_r, ev_r, ts_r, obs_r, mask_r = data_r
-    L0, f0 = simulate_jit(P.st, z0, tv_r, off_r, ev_r, ts_r, obs_r, mask_r, jnp.asarray(sig0))
+    m_iov, K = len(iov_names), P.st.n_occ
+    w0 = np.asarray(list(iov_var.values()), float)
+    kap0 = jnp.zeros((R * N, m_iov, K), z0.dtype)
+    L0, f0 = simulate_jit(P.st, z0, tv_r, off_r, ev_r, ts_r, obs_r, mask_r, jnp.asarray(sig0), kap0)
     if not np.all(np.isfinite(np.asarray(L0))):
         bad = sorted({fd.ids[i % N] for i in np.flatnonzero(~np.isfinite(np.asarray(L0)))})
         raise ValueError(
@@ -328,6 +379,10 @@ def saem(
         d2=jnp.asarray(0.5 * sd0),
         d3=jnp.asarray(0.5 * sd0),
         beta=jnp.asarray(beta0),
+        kappa=kap0,
+        w_iov=jnp.asarray(w0),
+        s4=jnp.asarray(w0),
+        d4=jnp.asarray(0.5 * np.sqrt(w0)),
     )
     key = jax.random.PRNGKey(seed)
     k_iter, k_fim, k_is = jax.random.split(key, 3)
@@ -345,6 +400,7 @@ def saem(
             f"SAEM: {N} subjects x {R} chains, {k} random effects, {n_burn} exploratory + "
             f"{n_em} smoothing iterations, kernels {kernels}"
         )
+    names = (iiv, coef_labels, iov_names, sig_names)
     t_iter = time.perf_counter()
     for it0 in range(0, n_total, _CHUNK):
         carry, tr = run_chunk(
@@ -352,42 +408,18 @@ def saem(
         )
         tr = jax.tree.map(np.asarray, tr)
         th_chunk = {q: np.asarray(v) for q, v in model.unpack(jnp.asarray(tr["mu"]), iiv).items()}
-        cf_chunk = np.where(coef_log[None], np.exp(tr["beta"]), tr["beta"])
-        for i in range(_CHUNK):
-            it = it0 + i
-            if it >= n_total:
-                break
-            row: dict[str, object] = {
-                "iteration": it + 1,
-                "phase": "burn-in" if it < n_burn else "smoothing",
-            }
-            row.update({q: float(th_chunk[q][i]) for q in iiv})
-            row.update({lb: float(cf_chunk[i][j]) for j, lb in enumerate(coef_labels)})
-            row.update({f"OMEGA({q},{q})": float(tr["omega"][i][j]) for j, q in enumerate(iiv)})
-            row.update({s: float(tr["sigma"][i][j]) for j, s in enumerate(sig_names)})
-            row.update(
-                accept_all=float(tr["acc2"][i]),
-                accept_single=float(tr["acc3"][i]),
-                complete_m2ll=float(tr["cll"][i]),
-            )
-            rows.append(row)
+        tr["theta"] = np.stack([th_chunk[q] for q in iiv], -1)
+        tr["coef"] = np.where(coef_log[None], np.exp(tr["beta"]), tr["beta"])
+        rows += trace_rows(tr, it0, min(_CHUNK, n_total - it0), n_burn, names)
         if verbose:
-            r = rows[-1]
-            ths = " ".join(f"{q}={r[q]:.4g}" for q in (*iiv, *coef_labels))
-            oms = " ".join(f"{r[f'OMEGA({q},{q})']:.3g}" for q in iiv)
-            sgs = " ".join(f"{r[s]:.4g}" for s in sig_names)
-            print(
-                f"  iter {r['iteration']:4d}/{n_total} [{r['phase']:9s}] {ths} | "
-                f"omega {oms} | sigma {sgs} | accept {r['accept_all']:.2f}/"
-                f"{r['accept_single']:.2f} | -2LL(complete) {r['complete_m2ll']:.2f} | "
-                f"{time.perf_counter() - t_iter:.1f} s"
-            )
+            print(progress_line(rows[-1], names, n_total, time.perf_counter() - t_iter))
     history = pd.DataFrame(rows).set_index("iteration")
     mu = np.asarray(carry.mu)
     om = np.asarray(carry.omega)
     sig = np.asarray(carry.sigma)
     beta = np.asarray(carry.beta)
-    if not all(np.all(np.isfinite(a)) for a in (mu, om, sig, beta)):
+    w_iov = np.asarray(carry.w_iov)
+    if not all(np.all(np.isfinite(a)) for a in (mu, om, sig, beta, w_iov)):
         raise FloatingPointError("saem: the iterations diverged (non-finite estimates)")
     lo_b, hi_b = np.asarray(D.lo), np.asarray(D.hi)
     tol_b = 1e-8 * np.maximum(1.0, np.abs(beta))
@@ -398,7 +430,7 @@ def saem(
     ]
 
     # --------------------------------------------------------------- standard errors
-    phi = pack_phi(mu, om, sig, est_idx, diagonal, beta)
+    phi = pack_phi(mu, om, sig, est_idx, diagonal, beta, w_iov)
     Pn = phi.shape[0]
     cov_phi = np.full((Pn, Pn), np.nan)
     if n_fim:
@@ -431,14 +463,14 @@ def saem(
     rows_t, cols_t = np.tril_indices(k) if not diagonal else (np.arange(k), np.arange(k))
 
     def natural(p):
-        m_, o_, s_, b_ = unpack_phi(
-            p, k, len(est_idx), jnp.asarray(est_idx), mu_fixed, diagonal, nb
+        m_, o_, s_, b_, w_ = unpack_phi(
+            p, k, len(est_idx), jnp.asarray(est_idx), mu_fixed, diagonal, nb, m_iov
         )
         th_ = model.unpack(m_, iiv)
         th_v = [th_[iiv[j]] for j in est_idx]
         th_s = jnp.stack(th_v) if th_v else jnp.zeros((0,), p.dtype)
         cf = jnp.where(jnp.asarray(coef_log), jnp.exp(b_), b_)
-        return jnp.concatenate([th_s, cf, o_[rows_t, cols_t], s_])
+        return jnp.concatenate([th_s, cf, o_[rows_t, cols_t], w_, s_])
 
     nat = np.asarray(natural(jnp.asarray(phi)))
     Jn = np.asarray(jax.jacfwd(natural)(jnp.asarray(phi)))
@@ -448,6 +480,7 @@ def saem(
         [iiv[j] for j in est_idx]
         + list(coef_labels)
         + [f"OMEGA({iiv[a]},{iiv[b]})" for a, b in zip(rows_t, cols_t)]
+        + [f"OMEGA_IOV({q})" for q in iov_names]
         + sig_names
     )
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -476,6 +509,7 @@ def saem(
         omega=om,
         iiv=list(iiv),
     )
+    iov_fit = {q: float(v) for q, v in zip(iov_names, w_iov)}
     if verbose:
         print("  post-hoc individual (MAP) fits")
     ind = fit_individual(
@@ -486,6 +520,8 @@ def saem(
         output=outputs[0] if len(outputs) == 1 else None,
         solver=solver,
         censoring=censoring,
+        iov=iov_fit or None,
+        occasion_column=occasion_column,
     )
     from ._diagnostics import cwres as _cwres
 
@@ -498,19 +534,21 @@ def saem(
         if verbose:
             print(f"  importance sampling: {n_is} t({is_df:g}) draws per subject")
         # the fitted coefficients join the fixed covariate offsets
-        P_is = saem_problem(model, fitted, fd, spec) if nb else P
+        P_is = saem_problem(model, fitted, fd, spec, iov_names) if nb else P
+        center, cov, iv = is_proposal(model, fitted, fd, spec, sig, iov_fit, ind)
         isr = is_ofv(
             P_is,
             (P_is.tv, P_is.off, P_is.ev, P_is.ts, P_is.obs, P_is.mask),
             mu,
             om,
             sig,
-            np.asarray(ind.etas),
-            np.asarray(ind.cov_eta),
+            center,
+            cov,
             int(n_is),
             is_df,
             k_is,
             n_obs,
+            iv,
         )
         ofv, ofv_se = isr.ofv, isr.se
     m2ll = ofv + n_obs * LOG_2PI
@@ -551,6 +589,7 @@ def saem(
         censoring=cmode,
         n_censored=n_cens,
         covariate_effects=cov_est,
+        omega_iov=iov_fit,
         ofv_se=ofv_se,
         importance=isr,
         history=history,

@@ -1,5 +1,6 @@
 """SAEM's compiled iterations (part of :mod:`._saem`): the residual-SD M-step, the
-Metropolis-Hastings kernels, one SAEM iteration (simulation, stochastic approximation,
+Metropolis-Hastings kernels (the kappas' of inter-occasion variability in
+:mod:`._saem_iov`), one SAEM iteration (simulation, stochastic approximation,
 maximisation) and a chunk of them, and the posterior expectations of Louis' observed
 information."""
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from ._map import obs_moments, obs_transform
 from ._saem_covariates import CoefficientDesign, gls, prior_mean
+from ._saem_iov import kappa_kernels, kappa_prior, kappa_stat, occasion_mask
 from ._saem_problem import data_nll, quad, simulate_z, tile_rows
 
 
@@ -66,6 +68,11 @@ class Carry(eqx.Module):
     d2: jax.Array  # (k,) random-walk scales, all components
     d3: jax.Array  # (k,) random-walk scales, one component
     beta: jax.Array  # (n_beta,) estimated covariate coefficients (log-factor scale)
+    # inter-occasion variability (empty without): kappas, variances, their SA, RW scales
+    kappa: jax.Array  # (B, m, K)
+    w_iov: jax.Array  # (m,) omega_iov^2
+    s4: jax.Array  # (m,) SA of sum kappa^2 / (subject-occasions)
+    d4: jax.Array  # (m,) random-walk scales of the kappas
 
 
 class Settings(eqx.Module):
@@ -78,6 +85,7 @@ class Settings(eqx.Module):
     closed_form: bool = eqx.field(static=True)
     n_rep: int = eqx.field(static=True)
     rate: float = eqx.field(static=True)
+    iov_kernels: tuple = eqx.field(static=True, default=(1, 2))
 
 
 def sa_gamma(it, n_burn):
@@ -85,8 +93,9 @@ def sa_gamma(it, n_burn):
 
 
 def mcmc(P, S, c: Carry, key, data, mu, omega, sigma, adapt: bool):
-    """The three MH kernels on every subject and chain; returns the new carry and the
-    kernels' acceptance rates."""
+    """The three MH kernels on every subject and chain, then (with IOV) the kappa
+    kernels; returns the new carry and the kernels' acceptance rates (eta random walks
+    on all / one component, kappa random walk)."""
     tv, off, ev, ts, obs, mask = data
     B, k = c.z.shape
     dt = c.z.dtype
@@ -95,7 +104,7 @@ def mcmc(P, S, c: Carry, key, data, mu, omega, sigma, adapt: bool):
     k1, k2, k3 = jax.random.split(key, 3)
 
     def sim(z):
-        return simulate_z(P, z, tv, off, ev, ts, obs, mask, sigma)
+        return simulate_z(P, z, tv, off, ev, ts, obs, mask, sigma, c.kappa)
 
     # kernel 1: proposals from the population distribution (prior); ratio of likelihoods
     def ker1(i, st):
@@ -156,6 +165,24 @@ def mcmc(P, S, c: Carry, key, data, mu, omega, sigma, adapt: bool):
     n3 = S.kernels[2] * k
     z, L, f, acc3 = jax.lax.fori_loop(0, n3, ker3, (z, L, f, jnp.zeros((k,), dt)))
     acc3 = acc3 / max(S.kernels[2], 1)
+    kappa, d4, acc4 = c.kappa, c.d4, jnp.zeros((), dt)
+    if P.iov:
+
+        def sim_k(kp):
+            return simulate_z(P, z, tv, off, ev, ts, obs, mask, sigma, kp)
+
+        kappa, L, f, d4, acc4 = kappa_kernels(
+            sim_k,
+            S.iov_kernels,
+            jax.random.fold_in(key, 4),
+            kappa,
+            L,
+            f,
+            c.w_iov,
+            d4,
+            occasion_mask(tv, P.iov),
+            adapt,
+        )
     d2, d3 = c.d2, c.d3
     if adapt:
         if S.kernels[1]:
@@ -165,14 +192,15 @@ def mcmc(P, S, c: Carry, key, data, mu, omega, sigma, adapt: bool):
         scale = jnp.sqrt(jnp.diag(omega))
         d2 = jnp.clip(d2, 1e-3 * scale, 1e3 * scale)
         d3 = jnp.clip(d3, 1e-3 * scale, 1e3 * scale)
-    return dataclasses.replace(c, z=z, L=L, f=f, d2=d2, d3=d3), acc2, acc3
+    new = dataclasses.replace(c, z=z, L=L, f=f, d2=d2, d3=d3, kappa=kappa, d4=d4)
+    return new, acc2, acc3, acc4
 
 
 def saem_step(P, S, est, mu_fixed, D: CoefficientDesign, data, c: Carry, it, key):
     """One SAEM iteration: MH kernels, stochastic approximation, M-step."""
     tv, off, ev, ts, obs, mask = data
     mean = prior_mean(c.mu, c.beta, D, S.n_rep)
-    c, acc2, acc3 = mcmc(P, S, c, key, data, mean, c.omega, c.sigma, adapt=True)
+    c, acc2, acc3, acc4 = mcmc(P, S, c, key, data, mean, c.omega, c.sigma, adapt=True)
     g = sa_gamma(it, S.n_burn)
     z = c.z
     B = z.shape[0]
@@ -200,23 +228,33 @@ def saem_step(P, S, est, mu_fixed, D: CoefficientDesign, data, c: Carry, it, key
     dg_new = jnp.where(anneal, jnp.maximum(dg, S.coef_sa * jnp.diag(c.omega)), dg)
     om = om + jnp.diag(dg_new - dg)
     var = jnp.where(anneal, jnp.maximum(var, S.coef_sa * c.sigma**2), var)
+    s4, w_iov = c.s4, c.w_iov
+    if P.iov:  # omega_iov^2 = SA of sum kappa^2 / (subject-occasions), annealed
+        occm = occasion_mask(tv, P.iov)
+        s4 = c.s4 + g * (kappa_stat(c.kappa, occm) - c.s4)
+        w_iov = jnp.where(anneal, jnp.maximum(s4, S.coef_sa * c.w_iov), s4)
     active = it < S.n_total
     new = dataclasses.replace(
-        c, mu=mu, omega=om, sigma=jnp.sqrt(var), s1=s1, s2=s2, s3=s3, beta=beta
+        c, mu=mu, omega=om, sigma=jnp.sqrt(var), s1=s1, s2=s2, s3=s3, beta=beta, s4=s4, w_iov=w_iov
     )
     out = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, c)
     # complete-data -2 log-likelihood per chain (for progress): data + eta prior
     oinv = jnp.linalg.inv(out.omega)
     _, ld = jnp.linalg.slogdet(out.omega)
     mean_out = prior_mean(out.mu, out.beta, D, S.n_rep)
-    cll = jnp.mean(out.L + quad(out.z, mean_out, oinv) + ld) * P.n
+    U = out.L + quad(out.z, mean_out, oinv) + ld
+    if P.iov:  # + the kappas' prior
+        U = U + kappa_prior(out.kappa, out.w_iov, occasion_mask(tv, P.iov))
+    cll = jnp.mean(U) * P.n
     trace = dict(
         mu=out.mu,
         beta=out.beta,
         omega=jnp.diag(out.omega),
         sigma=out.sigma,
+        w_iov=out.w_iov,
         acc2=acc2,
         acc3=jnp.mean(acc3),
+        acc4=acc4,
         cll=cll,
     )
     return out, trace
@@ -231,10 +269,52 @@ def run_chunk(P, S, est, mu_fixed, D, data, c, it0, key, n: int):
     return jax.lax.scan(body, c, jnp.arange(n))
 
 
+def trace_rows(tr: dict, it0: int, n: int, n_burn: int, names) -> list:
+    """The history rows of ``n`` iterations from ``it0`` (a chunk's trace on the host,
+    with ``theta`` and ``coef`` on the natural scale); ``names``: the IIV parameters,
+    coefficient labels, IOV parameters and residual SD labels."""
+    iiv, coefs, iov, sigmas = names
+    rows = []
+    for i in range(n):
+        it = it0 + i
+        row: dict[str, object] = {
+            "iteration": it + 1,
+            "phase": "burn-in" if it < n_burn else "smoothing",
+        }
+        row.update({q: float(tr["theta"][i][j]) for j, q in enumerate(iiv)})
+        row.update({lb: float(tr["coef"][i][j]) for j, lb in enumerate(coefs)})
+        row.update({f"OMEGA({q},{q})": float(tr["omega"][i][j]) for j, q in enumerate(iiv)})
+        row.update({f"OMEGA_IOV({q})": float(tr["w_iov"][i][j]) for j, q in enumerate(iov)})
+        row.update({s: float(tr["sigma"][i][j]) for j, s in enumerate(sigmas)})
+        row.update(accept_all=float(tr["acc2"][i]), accept_single=float(tr["acc3"][i]))
+        if iov:
+            row.update(accept_kappa=float(tr["acc4"][i]))
+        row.update(complete_m2ll=float(tr["cll"][i]))
+        rows.append(row)
+    return rows
+
+
+def progress_line(r: dict, names, n_total: int, elapsed: float) -> str:
+    """One ``verbose`` line: the iteration's estimates and acceptance rates."""
+    iiv, coefs, iov, sigmas = names
+    ths = " ".join(f"{q}={r[q]:.4g}" for q in (*iiv, *coefs))
+    oms = " ".join(f"{r[f'OMEGA({q},{q})']:.3g}" for q in iiv)
+    oms += "".join(f" iov {q} {r[f'OMEGA_IOV({q})']:.3g}" for q in iov)
+    sgs = " ".join(f"{r[s]:.4g}" for s in sigmas)
+    acc = f"{r['accept_all']:.2f}/{r['accept_single']:.2f}"
+    if iov:
+        acc += f"/{r['accept_kappa']:.2f}"
+    return (
+        f"  iter {r['iteration']:4d}/{n_total} [{r['phase']:9s}] {ths} | omega {oms} | "
+        f"sigma {sgs} | accept {acc} | -2LL(complete) {r['complete_m2ll']:.2f} | "
+        f"{elapsed:.1f} s"
+    )
+
+
 # ============================================================================ FIM (Louis)
-def unpack_phi(phi, k, n_est, est_idx, mu_fixed, diagonal, nb: int = 0):
-    """``phi = [mu (estimated) | beta | Omega (Cholesky, log diagonal) | log sigma]``
-    -> ``(mu, Omega, sigma, beta)``."""
+def unpack_phi(phi, k, n_est, est_idx, mu_fixed, diagonal, nb: int = 0, m: int = 0):
+    """``phi = [mu (estimated) | beta | Omega (Cholesky, log diagonal) | log omega_iov
+    (the m IOV SDs) | log sigma]`` -> ``(mu, Omega, sigma, beta, omega_iov^2)``."""
     mu = mu_fixed.at[est_idx].set(phi[:n_est])
     beta = phi[n_est : n_est + nb]
     rows, cols = np.tril_indices(k) if not diagonal else (np.arange(k), np.arange(k))
@@ -243,17 +323,24 @@ def unpack_phi(phi, k, n_est, est_idx, mu_fixed, diagonal, nb: int = 0):
     w = phi[o0 : o0 + no]
     vals = jnp.where(jnp.asarray(rows == cols), jnp.exp(w), w)
     Lc = jnp.zeros((k, k), phi.dtype).at[rows, cols].set(vals)
-    return mu, Lc @ Lc.T, jnp.exp(phi[o0 + no :]), beta
+    w_iov = jnp.exp(2.0 * phi[o0 + no : o0 + no + m])
+    return mu, Lc @ Lc.T, jnp.exp(phi[o0 + no + m :]), beta, w_iov
 
 
-def pack_phi(mu, omega, sigma, est_idx, diagonal, beta=()):
+def pack_phi(mu, omega, sigma, est_idx, diagonal, beta=(), w_iov=()):
     k = omega.shape[0]
     Lc = np.linalg.cholesky(np.asarray(omega) + 1e-14 * np.eye(k))
     rows, cols = np.tril_indices(k) if not diagonal else (np.arange(k), np.arange(k))
     w = Lc[rows, cols]
     w = np.where(rows == cols, np.log(np.maximum(w, 1e-300)), w)
     return np.concatenate(
-        [np.asarray(mu)[est_idx], np.asarray(beta, float), w, np.log(np.asarray(sigma))]
+        [
+            np.asarray(mu)[est_idx],
+            np.asarray(beta, float),
+            w,
+            0.5 * np.log(np.asarray(w_iov, float)),
+            np.log(np.asarray(sigma)),
+        ]
     )
 
 
@@ -267,31 +354,36 @@ def louis_terms(
     k = c.z.shape[1]
     n_est = est_idx.shape[0]
     nb = D.C.shape[-1]
-    mu, omega, sigma, beta = unpack_phi(phi, k, n_est, est_idx, mu_fixed, S.diagonal, nb)
+    m_iov = len(P.iov)
+    args = (k, n_est, est_idx, mu_fixed, S.diagonal, nb, m_iov)
+    mu, omega, sigma, beta, w_iov = unpack_phi(phi, *args)
     mean = prior_mean(mu, beta, D, S.n_rep)
     C_r = tile_rows(D.C, S.n_rep)  # (B, k, nb)
+    occm = occasion_mask(tv, P.iov) if P.iov else jnp.zeros((c.z.shape[0], 0), bool)
     spec = P.spec
 
-    def logp(ph, z, f, o, m, Ci):  # one record set: complete-data log-likelihood
-        mu_, om_, sg_, b_ = unpack_phi(ph, k, n_est, est_idx, mu_fixed, S.diagonal, nb)
+    def logp(ph, z, f, o, m, Ci, kap, om):  # one record set: complete-data log-likelihood
+        mu_, om_, sg_, b_, w_ = unpack_phi(ph, *args)
         obs1 = jax.tree.map(lambda a: a[None], o)
         L = data_nll(spec, f[None], sg_, obs1, m[None])[0]
         d = z - (mu_ + Ci @ b_) if nb else z - mu_
         _, ld = jnp.linalg.slogdet(om_)
+        if m_iov:  # the kappas' prior
+            L = L + kappa_prior(kap[None], w_, om[None])[0]
         return -0.5 * (L + d @ jnp.linalg.solve(om_, d) + ld)
 
-    grad = jax.vmap(jax.grad(logp), in_axes=(None, 0, 0, 0, 0, 0))
-    hess = jax.vmap(jax.hessian(logp), in_axes=(None, 0, 0, 0, 0, 0))
-    c = dataclasses.replace(c, mu=mu, omega=omega, sigma=sigma, beta=beta)
+    grad = jax.vmap(jax.grad(logp), in_axes=(None, 0, 0, 0, 0, 0, 0, 0))
+    hess = jax.vmap(jax.hessian(logp), in_axes=(None, 0, 0, 0, 0, 0, 0, 0))
+    c = dataclasses.replace(c, mu=mu, omega=omega, sigma=sigma, beta=beta, w_iov=w_iov)
     P_ = phi.shape[0]
     B = c.z.shape[0]
     zero = (jnp.zeros((B, P_), phi.dtype), jnp.zeros((B, P_, P_), phi.dtype))
 
     def body(st, i):
         c, (gs, hs) = st
-        c, _, _ = mcmc(P, S, c, jax.random.fold_in(key, i), data, mean, omega, sigma, False)
-        g = grad(phi, c.z, c.f, obs, mask, C_r)
-        h = hess(phi, c.z, c.f, obs, mask, C_r)
+        c, _, _, _ = mcmc(P, S, c, jax.random.fold_in(key, i), data, mean, omega, sigma, False)
+        g = grad(phi, c.z, c.f, obs, mask, C_r, c.kappa, occm)
+        h = hess(phi, c.z, c.f, obs, mask, C_r, c.kappa, occm)
         return (c, (gs + g, hs + h + g[:, :, None] * g[:, None, :])), None
 
     (c, (gs, hs)), _ = jax.lax.scan(body, (c, zero), jnp.arange(n_iter))

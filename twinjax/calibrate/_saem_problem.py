@@ -1,7 +1,8 @@
 """SAEM's problem (part of :mod:`._saem`): the data and fixed quantities of a fit, the
-data likelihood ``-2 log p(y | z)`` of the latent coordinates and the batched
-simulation that evaluates it, shared by the SAEM iterations, Louis' information and
-the importance-sampling objective."""
+data likelihood ``-2 log p(y | z)`` (with inter-occasion variability ``-2 log p(y | z,
+kappa)``) of the latent coordinates and the batched simulation that evaluates it,
+shared by the SAEM iterations, Louis' information and the importance-sampling
+objective."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..model import Piecewise
+from ..population._population import shift_unconstrained
 from ..solve._ensemble import Ensemble
+from ._iov import refuse_varying_iov, with_occasions
 from ._map import (
     Obs,
     Spec,
@@ -35,11 +38,14 @@ LOG_2PI = float(np.log(2 * np.pi))
 
 # ============================================================================ problem
 class ProblemStatic(eqx.Module):
-    """What the compiled functions need besides arrays: the spec and the IIV names."""
+    """What the compiled functions need besides arrays: the spec, the IIV names and,
+    with inter-occasion variability, the IOV names and the occasions per subject."""
 
     spec: Spec
     iiv: tuple = eqx.field(static=True)
     n: int = eqx.field(static=True)
+    iov: tuple = eqx.field(static=True, default=())
+    n_occ: int = eqx.field(static=True, default=0)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -48,7 +54,8 @@ class SAEMProblem:
 
     st: ProblemStatic
     # {name: (N,)} covariate-adjusted typical values (non-IIV params used); an IIV param
-    # with a time-varying covariate: its Piecewise course relative to its time-0 value
+    # with a time-varying covariate: its Piecewise course relative to its time-0 value;
+    # an IOV param: a LOCF Piecewise (N, K) on the occasion starts (``with_occasions``)
     tv: dict
     off: jax.Array  # (N, k) covariate offsets of the IIV params (unconstrained)
     ev: object
@@ -58,7 +65,9 @@ class SAEMProblem:
     n: int
 
 
-def saem_problem(model, pop, fd, spec) -> SAEMProblem:
+def saem_problem(model, pop, fd, spec, iov: tuple = ()) -> SAEMProblem:
+    """The problem of ``pop`` on ``fd``; ``iov``: the parameters with inter-occasion
+    variability (``fd`` then has its occasions)."""
     iiv = tuple(pop.iiv)
     N = fd.n
     tvN = {
@@ -87,8 +96,13 @@ def saem_problem(model, pop, fd, spec) -> SAEMProblem:
                     "log-transformed parameters only"
                 )
             tvN[q] = tvN[q] / tv0[q]
+    n_occ = 0
+    if iov:
+        refuse_varying_iov(pop, iov, fd.varying)
+        tvN = with_occasions(tvN, iov, fd.occasions.times)
+        n_occ = fd.occasions.k
     return SAEMProblem(
-        st=ProblemStatic(spec, iiv, N),
+        st=ProblemStatic(spec, iiv, N, tuple(iov), n_occ),
         tv=tvN,
         off=jnp.asarray(off),
         ev=fd.ev,
@@ -129,15 +143,24 @@ def data_nll(spec, f, sigma, obs: Obs, mask):
     return jnp.sum(terms, axis=-1)
 
 
-def simulate_z(P: ProblemStatic, z, tv, off, ev, ts, obs, mask, sigma):
-    """``(L, f)``: ``-2 log p(y | z)`` (inf where the simulation fails) and predictions."""
+def simulate_z(P: ProblemStatic, z, tv, off, ev, ts, obs, mask, sigma, kappa=None):
+    """``(L, f)``: ``-2 log p(y | z)`` (inf where the simulation fails) and predictions.
+
+    With inter-occasion variability (``P.iov``), ``kappa`` ``(B, m, K)``: an IOV
+    parameter is ``g^-1(z + off + kappa_o)`` on occasion ``o`` (``g(TV) + kappa_o``
+    without IIV), a LOCF Piecewise on the occasion starts (``tv[q].times``)."""
     spec = P.spec
     p = dict(tv)
     if P.iiv:
         p.update(spec.model.unpack(z + off, P.iiv))
         for q in P.iiv:  # a time-varying covariate factor relative to time 0
-            if isinstance(tv[q], Piecewise):
+            if isinstance(tv[q], Piecewise) and q not in P.iov:
                 p[q] = tv[q] * p[q]
+    for a, q in enumerate(P.iov):
+        base = p[q] if q in P.iiv else tv[q].values[:, 0]
+        times = tv[q].times
+        pw = Piecewise(times, jnp.broadcast_to(base[:, None], times.shape), "locf")
+        p[q] = shift_unconstrained(spec.model, q, pw, kappa[:, a, :])
     f, st = predict(spec, p, ev, ts, obs.out)
     L = data_nll(spec, f, sigma, obs, mask)
     ok = (st == 0) & jnp.isfinite(L)
@@ -151,11 +174,15 @@ def quad(z, mu, oinv):
 
 
 @eqx.filter_jit
-def simulate_jit(P: ProblemStatic, z, tv, off, ev, ts, obs, mask, sigma):
-    return simulate_z(P, z, tv, off, ev, ts, obs, mask, sigma)
+def simulate_jit(P: ProblemStatic, z, tv, off, ev, ts, obs, mask, sigma, kappa=None):
+    return simulate_z(P, z, tv, off, ev, ts, obs, mask, sigma, kappa)
 
 
-def prepare(model, data, population, error, output, solver, censoring, lloq, dvid, oc):
+def prepare(
+    model, data, population, error, output, solver, censoring, lloq, dvid, oc, iov=(), occ="OCC"
+):
+    """Everything a fit needs before it compiles; ``iov``: the (checked) names of the
+    parameters with inter-occasion variability, ``occ`` the occasion column."""
     pop = as_population(model, population)
     outputs, errors = resolve_outputs(model, error, output)
     solver = solver or Ensemble()
@@ -168,8 +195,9 @@ def prepare(model, data, population, error, output, solver, censoring, lloq, dvi
         censoring=censoring,
         dvid=dvid,
         output_column=oc,
+        occasion_column=occ if iov else None,
     )
     cmode = fit_censoring(fd, censoring)
     spec = make_spec(model, solver, pop.iiv, errors, outputs, cmode)
-    P = saem_problem(model, pop, fd, spec)
+    P = saem_problem(model, pop, fd, spec, tuple(iov))
     return pop, outputs, errors, solver, fd, cmode, spec, P
