@@ -99,7 +99,7 @@ def kappa_kernels(sim, counts, key, kappa, L, f, w, d, occm, adapt: bool):
             jnp.where(a[:, None, None], kp, kap),
             jnp.where(a, Lp, L),
             jnp.where(a[:, None], fp, f),
-            acc + jnp.where(rw, jnp.sum(a) / n_real[o] / K, 0.0),
+            acc + jnp.where(rw, jnp.sum(a) / n_real[o] / K, 0.0).astype(dt),
         )
 
     n_all = (counts[0] + counts[1]) * K
