@@ -3,9 +3,11 @@
 Doses split the time axis into segments. Each step of one ``lax.scan`` applies the
 event that opens a segment (bolus, infusion start/stop, reset, steady state) and
 asks the solver to integrate the segment, saving at the requested times that fall
-in it. A saved state is right-continuous: it includes every event at its time.
-All arrays carry a leading patient axis ``N``; event tables are padded so that
-patients with different regimens run in one compiled program.
+in it. A saved state is right-continuous: it includes every event at its time. The
+state at a steady-state record comes from ``_steady_dosing.py`` (the
+periodic-steady-state solver on the dosing-interval map). All arrays carry a leading
+patient axis ``N``; event tables are padded so that patients with different regimens
+run in one compiled program.
 """
 
 from __future__ import annotations
@@ -27,13 +29,10 @@ from ..dosing._regimen import (
 )
 from ..model._model import dose_table
 from ._status import Status
+from ._steady_dosing import infusion_rate_duration, steady_state
 
 # engine event kinds
 E_NOOP, E_BOLUS, E_START, E_STOP, E_RESET, E_SS, E_PARAM = 0, 1, 2, 3, 4, 5, 6
-
-SS_MAX_ITERS = 40
-#: relative size of Newton's last step above which a steady state is NOT_CONVERGED
-SS_RTOL = {"float64": 1e-6, "float32": 1e-4}
 
 
 def vector_field(model):
@@ -97,33 +96,6 @@ def _take(a, idx):
     return jnp.take_along_axis(a, idx, axis=-1)
 
 
-def _safe(x):
-    return jnp.where(x > 0, x, 1.0)
-
-
-def infusion_rate_duration(kind, amt, rate, dur, R, D):
-    """Rate and duration of each record (0 for a bolus), NONMEM's rules.
-
-    ``amt`` is the amount given (``F * AMT``). RATE > 0: duration ``amt / RATE``; DUR:
-    rate ``amt / DUR``; RATE -1 (INF_MRATE): rate ``R``, duration ``amt / R``; RATE -2
-    (INF_MDUR): duration ``D``, rate ``amt / D``; a constant infusion: its RATE. Also
-    returns where a record needs ``R`` or ``D`` and has it ``<= 0`` (not set).
-    """
-    mrate, mdur = kind == INF_MRATE, kind == INF_MDUR
-    r = jnp.select(
-        [(kind == INF_RATE) | (kind == INF_CONST), kind == INF_DUR, mrate, mdur],
-        [rate, amt / _safe(dur), R, amt / _safe(D)],
-        0.0,
-    )
-    d = jnp.select(
-        [kind == INF_RATE, kind == INF_DUR, mrate, mdur],
-        [amt / _safe(rate), dur, amt / _safe(R), D],
-        0.0,
-    )
-    unset = (mrate & ~(R > 0)) | (mdur & ~(D > 0))
-    return r, d, unset
-
-
 def dose_records(model, p, ev: EventTable, n, dtype):
     """Effective (lagged) times, amounts, rates and durations of each record.
 
@@ -179,209 +151,6 @@ def _apply(kind, rec, Y, active, amt, cmt_onehot, Y_init, ss_data, dyn):
         Y = jnp.where(two & dyn[None, :], Y + y_ss - Y_init, Y)
         active = jnp.where(one, run, jnp.where(two, active | run, active))
     return Y, active
-
-
-def steady_state(model, solver, p, ev: EventTable, Y_init, n, dtype):
-    """State at the time of each steady-state record, ``(N, J, S)``, and a status.
-
-    The state at the record time ``t`` (before anything given at ``t``) of the periodic
-    steady state of the record repeated every ``ii``, its doses arriving ``lag`` after
-    their record times (NONMEM: "steady state is computed as if there were no ALAG, and
-    then there is an advance to the appropriate point in the cycle"). One period
-    ``[t, t + ii)`` has the arrival at phase ``a = lag mod ii``; infusions of duration
-    ``D`` overlap when ``D > ii``, so ``floor`` counts of them run at once: the input is
-    piecewise constant on at most three pieces. A constant infusion (INF_CONST) is the
-    equilibrium under its rate.
-
-    Solved by Newton's method on ``Phi(y) - y`` where ``Phi`` integrates one period.
-    Derivatives with respect to parameters (F, lag included) and the dose use the
-    implicit function theorem (forward-mode Jacobians of ``Phi``), so the result is
-    differentiable in forward and reverse mode.
-    """
-    f = vector_field(model)
-    S = len(model.state_names)
-    names = model.param_names
-    dp = dose_table(model)
-    J = ev.ss_rec.shape[-1]
-    M = n * J
-    idx = jnp.clip(ev.ss_rec, 0, None)  # (N, J)
-
-    def slot(a):
-        return _take(a, idx).reshape(M)
-
-    def rep(x):
-        return jnp.repeat(x, J, axis=0)
-
-    def par(v):  # (N,), or (N, J) for a parameter that changes in time
-        return v.reshape(M) if v.ndim == 2 else rep(jnp.broadcast_to(v, (n,)))
-
-    theta0 = jnp.stack(
-        [par(p[k]) for k in names]
-        + [slot(ev.amt), slot(ev.rate), slot(ev.dur), slot(ev.ii), slot(ev.time)],
-        -1,
-    )
-    dyn = np.asarray([not st.cumulative for st in model.states])
-    dyn2 = dyn[:, None] & dyn[None, :]
-    fname = [dp.get(s, (None,) * 4)[0] for s in model.state_names]
-    lname = [dp.get(s, (None,) * 4)[1] for s in model.state_names]
-    rname = [dp.get(s, (None,) * 4)[2] for s in model.state_names]
-    dname = [dp.get(s, (None,) * 4)[3] for s in model.state_names]
-
-    def unpack(theta):
-        q = {k: theta[:, i] for i, k in enumerate(names)}
-        j = len(names)
-        d = dict(
-            amt=theta[:, j],
-            rate=theta[:, j + 1],
-            dur=theta[:, j + 2],
-            ii=theta[:, j + 3],
-            t=theta[:, j + 4],
-        )
-        return q, d
-
-    def newton_matrix(Jm):  # J - I on dynamic states, -I on cumulative ones
-        eye = jnp.eye(S, dtype=dtype)
-        return jnp.where(dyn2[None], Jm - eye[None], -eye[None])
-
-    def per_cmt(q, which, default, c1h):
-        cols = [q[x] if x else jnp.full((M,), default, dtype) for x in which]
-        return jnp.sum(jnp.stack(cols, -1) * c1h, -1)
-
-    def schedule(theta, aux):
-        """Per slot: segment bounds (phases), input rate per segment, bolus, its phase."""
-        c1h, kind, _ = aux
-        q, d = unpack(theta)
-        F = per_cmt(q, fname, 1.0, c1h)
-        lag = per_cmt(q, lname, 0.0, c1h)
-        R = per_cmt(q, rname, 0.0, c1h)
-        D = per_cmt(q, dname, 0.0, c1h)
-        const = kind == INF_CONST
-        periodic_inf = (
-            (kind == INF_RATE) | (kind == INF_DUR) | (kind == INF_MRATE) | (kind == INF_MDUR)
-        )
-        amt = F * d["amt"]
-        rate, dur, _ = infusion_rate_duration(kind, amt, d["rate"], d["dur"], R, D)
-        ii = jnp.where(const | ~(d["ii"] > 0), 1.0, d["ii"])
-        a = jnp.where(const, 0.0, jnp.mod(lag, ii))
-        e = jnp.mod(a + dur, ii)
-        b1, b2 = jnp.minimum(a, e), jnp.maximum(a, e)
-        bounds = [jnp.zeros_like(a), b1, b2, ii]
-        rates = []
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            s = 0.5 * (lo + hi)
-            count = jnp.floor((s - a) / ii) - jnp.floor((s - a - dur) / ii)
-            rates.append(jnp.where(periodic_inf, count * rate, jnp.where(const, rate, 0.0)))
-        bolus = jnp.where(kind == BOLUS, amt, 0.0)
-        need = jnp.where(
-            periodic_inf,
-            jnp.ceil((lag + dur) / ii) - 1.0,
-            jnp.where(kind == BOLUS, jnp.floor(lag / ii), 0.0),
-        )
-        return q, d["t"], bounds, rates, bolus, a, need
-
-    # Every array is passed explicitly (no closure over traced values), as
-    # custom_jvp requires under jit and reverse-mode differentiation.
-    def phi(Y, theta, aux):
-        c1h = aux[0]
-        q, t0, bounds, rates, bolus, a, _ = schedule(theta, aux)
-        st = jnp.zeros((M,), jnp.int32)
-        left = bolus
-        for i in range(3):  # the bolus arrives at phase a, the start of a piece
-            at = a == bounds[i]
-            Y = Y + jnp.where(at, left, 0.0)[:, None] * c1h
-            left = jnp.where(at, 0.0, left)
-            _, Y, s = solver.integrate(
-                f,
-                t0 + bounds[i],
-                t0 + bounds[i + 1],
-                Y,
-                None,
-                (q, rates[i][:, None] * c1h),
-                model,
-                forward=True,
-            )
-            st = jnp.maximum(st, s)
-        return Y, st
-
-    def jac_y(Y, theta, aux):
-        def col(e):
-            return jax.jvp(lambda y: phi(y, theta, aux)[0], (Y,), (jnp.broadcast_to(e, Y.shape),))[
-                1
-            ]
-
-        return jnp.moveaxis(jax.vmap(col)(jnp.eye(S, dtype=dtype)), 0, -1)  # (M, S, S)
-
-    tol = SS_RTOL[jnp.dtype(dtype).name]
-
-    def dyn_max(a):
-        return jnp.max(jnp.where(dyn[None, :], jnp.abs(a), 0.0), -1)
-
-    @jax.custom_jvp
-    def ss(theta, aux):
-        """The fixed point, and the size of Newton's last step (an error estimate).
-
-        Newton's method until every patient's last step is below ``tol`` relative to
-        its state (quadratic convergence: usually 2 iterations for linear kinetics, a
-        few for nonlinear ones) or ``SS_MAX_ITERS``; a patient whose iterate is not
-        finite stops counting."""
-
-        def cond(c):
-            Y, step, k = c
-            going = jnp.isfinite(step) & ~(step <= tol * dyn_max(Y) + 1e-30)
-            return (k < SS_MAX_ITERS) & jnp.any(going)
-
-        def body(c):
-            Y, _, k = c
-            r = jnp.where(dyn[None, :], phi(Y, theta, aux)[0] - Y, 0.0)
-            A = newton_matrix(jac_y(Y, theta, aux))
-            step = jnp.linalg.solve(A, r[..., None])[..., 0]
-            return Y - step, dyn_max(step), k + 1
-
-        Y0 = aux[2]
-        Y, last, _ = jax.lax.while_loop(
-            cond,
-            body,
-            (Y0, jnp.full(Y0.shape[:1], jnp.finfo(dtype).max, dtype), jnp.zeros((), jnp.int32)),
-        )
-        return Y, last
-
-    @ss.defjvp
-    def ss_jvp(primals, tangents):
-        theta, aux = primals
-        dtheta = tangents[0]
-        Y, last = ss(theta, aux)
-        P = theta.shape[-1]
-
-        def col(e):
-            return jax.jvp(
-                lambda th: phi(Y, th, aux)[0], (theta,), (jnp.broadcast_to(e, theta.shape),)
-            )[1]
-
-        Jt = jnp.moveaxis(jax.vmap(col)(jnp.eye(P, dtype=dtype)), 0, -1)  # (M, S, P)
-        rhs = jnp.where(dyn[None, :], jnp.einsum("nsp,np->ns", Jt, dtheta), 0.0)
-        A = newton_matrix(jac_y(Y, theta, aux))
-        dY = -jnp.linalg.solve(A, rhs[..., None])[..., 0]
-        return (Y, last), (dY, jnp.zeros_like(last))
-
-    kind = slot(ev.kind)
-    aux = (
-        jax.nn.one_hot(slot(ev.cmt), S, dtype=dtype),
-        kind,
-        jax.lax.stop_gradient(rep(Y_init)),
-    )
-    Y, last = ss(theta0, aux)
-    Ys = jax.lax.stop_gradient(Y)
-    Y1, st = phi(Ys, jax.lax.stop_gradient(theta0), aux)
-    # a patient whose last Newton step is not negligible (no periodic steady state, or
-    # a map so close to neutral that Newton has not converged) is flagged
-    # NOT_CONVERGED, never returned as a steady state
-    size = jnp.maximum(dyn_max(Y1), dyn_max(Ys))
-    converged = jax.lax.stop_gradient(last) <= tol * size + 1e-30
-    st = jnp.where((st == Status.OK) & ~converged, Status.NOT_CONVERGED, st)
-    need = schedule(jax.lax.stop_gradient(theta0), aux)[-1]
-    on = (ev.ss_rec >= 0).reshape(M)
-    st = jnp.where(on, st, 0)
-    return Y.reshape(n, J, S), st.reshape(n, J), need.reshape(n, J)
 
 
 def blocked(fn, n, block, batched, shared=()):
@@ -466,7 +235,7 @@ def _run(model, solver, p, ev: EventTable, ts, y0=None, sched=None, pre=None):
         t_ss = jnp.where(on, _take(ev.time, sidx), PAD_TIME)  # (N, J)
         mode = jnp.where(on, _take(ev.ss, sidx), 0)
         p_ss = p if sched is None else {**p, **sched.at(_take(ev.time, sidx))}
-        Y_ss, st, need = steady_state(model, solver, p_ss, ev, Y_init, n, dtype)
+        Y_ss, st, need = steady_state(model, solver, f, p_ss, ev, Y_init, n, dtype)
         status = jnp.maximum(status, jnp.max(st, -1))
         # implied earlier doses of each SS record: ignored before its time (the steady
         # state holds them); infusions running across it stay on; doses arriving after
