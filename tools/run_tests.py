@@ -155,7 +155,8 @@ def main(argv: list[str]) -> int:
     files.sort(key=lambda f: rank.get(f.name, len(rank)))
     with tempfile.TemporaryDirectory(prefix="twinjax-test-cache-") as tmp:
         cache = os.environ.get(CACHE_ENV) or tmp
-        return run_all(files, argv, jobs, {} if cache == "off" else {CACHE_ENV: cache})
+        off = cache.strip().lower() == "off"
+        return run_all(files, argv, jobs, {} if off else {CACHE_ENV: cache})
 
 
 def run_all(files: list[pathlib.Path], argv: list[str], jobs: int, extra: dict[str, str]) -> int:
