@@ -48,7 +48,8 @@ from ...model._param import real
 from ...solve._status import Status
 from . import _biomarkers as bm
 from . import _herg as herg
-from ._ord import GATES, OTHER_STATES, ORd
+from ._ord import ORd
+from ._ord_tables import GATES, OTHER_STATES
 from ._solver import PacingResult, RushLarsen, batched_inputs
 
 FDA = "FDA/CiPA@e881df6766d1067a08b65184d7a320804aef73d6"

@@ -21,8 +21,6 @@ Table 2 / optimisation of ORd to human data, keeping the Hodgkin-Huxley IKr).
 
 from __future__ import annotations
 
-import json
-import pathlib
 from typing import ClassVar
 
 import jax.numpy as jnp
@@ -30,149 +28,19 @@ import jax.numpy as jnp
 from ...model import Param, State
 from ...model._param import positive
 from ._cell import CellModel
+from ._ord_tables import (
+    CELLTYPES,
+    CIPA_SCALING,
+    COLD_STATE,
+    GATES,
+    OTHER_STATES,
+    S1,
+    STATE_DOCS,
+    STATE_UNITS,
+    TRANSMURAL,
+    steady_states,
+)
 from ._pacing import pacing_params
-
-_S1 = "O'Hara et al. 2011 PLoS Comput Biol 7:e1002061, Text S1"
-CELLTYPES = ("endo", "epi", "M")
-
-# transmural factors (Text S1; index 0 endo, 1 epi, 2 M)
-_F = dict(
-    GNaL=(1.0, 0.6, 1.0),
-    Gto=(1.0, 4.0, 4.0),
-    PCa=(1.0, 1.2, 2.5),
-    GKr=(1.0, 1.3, 0.8),
-    GKs=(1.0, 1.4, 1.0),
-    GK1=(1.0, 1.2, 1.3),
-    Gncx=(1.0, 1.1, 1.4),
-    Pnak=(1.0, 0.9, 0.7),
-    GKb=(1.0, 0.6, 1.0),
-    Jrel=(1.0, 1.0, 1.7),
-    Jup=(1.0, 1.3, 1.0),
-    cmdn=(1.0, 1.3, 1.0),
-)
-_CIPA = dict(GKr=1.119, GKs=1.648, GK1=1.414, PCa=1.018, GNaL=2.274)
-
-#: ORd's gating variables (Rush-Larsen integrates them), in state order after
-#: :data:`OTHER_STATES`; shared with the CiPA variant (``_cipa.py``).
-GATES = (
-    "m",
-    "hf",
-    "hs",
-    "j",
-    "hsp",
-    "jp",
-    "mL",
-    "hL",
-    "hLp",
-    "a",
-    "iF",
-    "iS",
-    "ap",
-    "iFp",
-    "iSp",
-    "d",
-    "ff",
-    "fs",
-    "fcaf",
-    "fcas",
-    "jca",
-    "nca",
-    "ffp",
-    "fcafp",
-    "xrf",
-    "xrs",
-    "xs1",
-    "xs2",
-    "xk1",
-    "Jrelnp",
-    "Jrelp",
-)
-#: ORd's states that are not gates: the voltage, concentrations and CaMKt.
-OTHER_STATES = (
-    "V", "Na_i", "Na_ss", "K_i", "K_ss", "Ca_i", "Ca_ss", "Ca_nsr", "Ca_jsr", "CaMKt"
-)  # fmt: skip
-
-_UNITS = dict(
-    V="mV",
-    Na_i="mM",
-    Na_ss="mM",
-    K_i="mM",
-    K_ss="mM",
-    Ca_i="mM",
-    Ca_ss="mM",
-    Ca_nsr="mM",
-    Ca_jsr="mM",
-    CaMKt="1",
-    Jrelnp="mM/ms",
-    Jrelp="mM/ms",
-)
-_DOCS = dict(
-    V="membrane potential",
-    Na_i="myoplasmic Na+",
-    Na_ss="subspace Na+",
-    K_i="myoplasmic K+",
-    K_ss="subspace K+",
-    Ca_i="myoplasmic Ca2+",
-    Ca_ss="subspace Ca2+",
-    Ca_nsr="network SR Ca2+",
-    Ca_jsr="junctional SR Ca2+",
-    CaMKt="fraction of trapped (autonomous) CaMKII",
-    Jrelnp="SR release flux (non-phosphorylated)",
-    Jrelp="SR release flux (phosphorylated)",
-)
-
-# default initial state of Text S1 / the mmt (not at steady state)
-_COLD = dict(
-    V=-87.0,
-    Na_i=7.0,
-    Na_ss=7.0,
-    K_i=145.0,
-    K_ss=145.0,
-    Ca_i=1e-4,
-    Ca_ss=1e-4,
-    Ca_nsr=1.2,
-    Ca_jsr=1.2,
-    CaMKt=0.0,
-    m=0.0,
-    hf=1.0,
-    hs=1.0,
-    j=1.0,
-    hsp=1.0,
-    jp=1.0,
-    mL=0.0,
-    hL=1.0,
-    hLp=1.0,
-    a=0.0,
-    iF=1.0,
-    iS=1.0,
-    ap=0.0,
-    iFp=1.0,
-    iSp=1.0,
-    d=0.0,
-    ff=1.0,
-    fs=1.0,
-    fcaf=1.0,
-    fcas=1.0,
-    jca=1.0,
-    nca=0.0,
-    ffp=1.0,
-    fcafp=1.0,
-    xrf=0.0,
-    xrs=0.0,
-    xs1=0.0,
-    xs2=0.0,
-    xk1=1.0,
-    Jrelnp=0.0,
-    Jrelp=0.0,
-)
-
-_STEADY_FILE = pathlib.Path(__file__).with_name("ord_steady_state.json")
-
-
-def _steady_states() -> dict:
-    if _STEADY_FILE.exists():
-        return {k: v for k, v in json.loads(_STEADY_FILE.read_text()).items() if k != "_doc"}
-    return {}
 
 
 def _xm1(x):
@@ -267,8 +135,10 @@ class ORd(CellModel):
 
     @property
     def states(self) -> tuple[State, ...]:  # type: ignore[override]
-        out = [State(k, _UNITS.get(k, "1"), _DOCS.get(k, "")) for k in OTHER_STATES]
-        out += [State(k, _UNITS.get(k, "1"), _DOCS.get(k, "gating variable")) for k in GATES]
+        out = [State(k, STATE_UNITS.get(k, "1"), STATE_DOCS.get(k, "")) for k in OTHER_STATES]
+        out += [
+            State(k, STATE_UNITS.get(k, "1"), STATE_DOCS.get(k, "gating variable")) for k in GATES
+        ]
         return tuple(out)
 
     @property
@@ -279,7 +149,7 @@ class ORd(CellModel):
                 value,
                 unit,
                 upper=1e3 * value,
-                source=f"{_S1}, p. {page}",
+                source=f"{S1}, p. {page}",
                 doc=doc + " (endocardial base value)",
             )
 
@@ -302,7 +172,7 @@ class ORd(CellModel):
                 1.0,
                 "1",
                 upper=100.0,
-                source=f"{_S1}, p. 17",
+                source=f"{S1}, p. 17",
                 doc="scaling of SR release (RyR) flux",
             ),
             positive(
@@ -310,32 +180,30 @@ class ORd(CellModel):
                 1.0,
                 "1",
                 upper=100.0,
-                source=f"{_S1}, p. 17",
+                source=f"{S1}, p. 17",
                 doc="scaling of SERCA uptake",
             ),
             positive(
-                "Na_o", 140.0, "mM", upper=500.0, source=f"{_S1}, p. 5", doc="extracellular Na+"
+                "Na_o", 140.0, "mM", upper=500.0, source=f"{S1}, p. 5", doc="extracellular Na+"
             ),
-            positive(
-                "Ca_o", 1.8, "mM", upper=50.0, source=f"{_S1}, p. 5", doc="extracellular Ca2+"
-            ),
-            positive("K_o", 5.4, "mM", upper=100.0, source=f"{_S1}, p. 5", doc="extracellular K+"),
-            *pacing_params(1000.0, 80.0, 0.5, source=f"{_S1}, p. 5 (Matlab code protocol)"),
+            positive("Ca_o", 1.8, "mM", upper=50.0, source=f"{S1}, p. 5", doc="extracellular Ca2+"),
+            positive("K_o", 5.4, "mM", upper=100.0, source=f"{S1}, p. 5", doc="extracellular K+"),
+            *pacing_params(1000.0, 80.0, 0.5, source=f"{S1}, p. 5 (Matlab code protocol)"),
         )
 
     def init(self, p):
         z = 0.0 * p["GNa"]
-        ss = _steady_states().get(self._key())
-        src = ss if ss is not None else _COLD
+        ss = steady_states().get(self._key())
+        src = ss if ss is not None else COLD_STATE
         return {k: jnp.asarray(src[k], z.dtype) + z for k in self.state_names}
 
     def _key(self) -> str:
         return f"{self.celltype}{'-cipa' if self.cipa else ''}"
 
     def _fac(self, name):
-        f = _F[name][self._i]
+        f = TRANSMURAL[name][self._i]
         if self.cipa:
-            f *= _CIPA.get(name, 1.0)
+            f *= CIPA_SCALING.get(name, 1.0)
         return f
 
     def evaluate(self, t, y, p):
