@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ...solve._batch import batch_params, initial_state, unbatch
 from ...solve._status import Status
 from . import _biomarkers as bm
 
@@ -240,13 +241,8 @@ def batched_inputs(model, params, y0, dtype):
     Returns ``(p, y0, n)``: ``{name: (N,)}`` dicts (``N = 1`` for one cell) and ``n``
     (None for one cell, as :meth:`Model.complete` returns it).
     """
-    p, n = model.complete_batch(params, dtype=dtype)
-    nb = n or 1
-    if y0 is None:
-        y0 = model.init(p)
-    dt = p["BCL"].dtype
-    y0 = {k: jnp.broadcast_to(jnp.asarray(y0[k], dt), (nb,)) for k in model.state_names}
-    return p, y0, n
+    p, n, nb = batch_params(model, params, dtype)
+    return p, initial_state(model, p, y0, nb, p["BCL"].dtype), n
 
 
 def pace(
@@ -301,10 +297,9 @@ def pace(
     y, (bio, out), status = _pace(model, solver, p, y0, beats, record == "all", ts)
     if out is not None:
         out = {k: v for k, v in out.items()}
-    if n is None:
-        y = {k: v[0] for k, v in y.items()}
+    y, status = unbatch((y, status), n)
+    if n is None:  # biomarkers and saves have the beat axis first, the cells second
         bio = {k: v[:, 0] for k, v in bio.items()}
-        status = status[0]
         if out is not None:
             out = {k: v[:, 0] for k, v in out.items()}
     return PacingResult(y, bio, status, out, ts)
