@@ -17,8 +17,7 @@ from ...model._model import default_float
 from ...solve._batch import batch_params, stack_initial, unbatch
 from ...solve._diffrax import Diffrax
 from ...solve._engine import vector_field
-from ...solve._periodic import first_failure
-from ...solve._status import Status
+from ...solve._periodic import first_failure, solve_fixed_point
 from ._model import CHAMBERS, Circulation
 
 # ---------------------------------------------------------------------------------
@@ -188,12 +187,9 @@ def last_beat(model, solver, g, args, Y, n_save, status):
     Zs, Z1, st = solver.integrate(
         g, jnp.zeros((n,), dtype), jnp.ones((n,), dtype), Z, ss, args, model
     )
-    return _reduce_beat(model, Z, Zs, Z1, args[0], first_failure(status, st))
-
-
-def _reduce_beat(model, Z, Zs, Z1, p, status):
-    """``(state, metrics, dense, status)`` of a saved beat ``Zs`` from ``Z`` to ``Z1``."""
+    status = first_failure(status, st)
     names = model.state_names
+    p = args[0]
     states = {k: Zs[..., i] for i, k in enumerate(names)}
     t = Zs[..., -1]
     pe = {k: v[:, None] for k, v in p.items()}
@@ -212,99 +208,13 @@ def _reduce_beat(model, Z, Zs, Z1, p, status):
     return Y0s, metrics, dense, status
 
 
-def beats_to_steady_state(model, solver, p, Y0, tol, max_beats, batch, n_save):
-    """Plain beat-by-beat iteration to the periodic steady state and one more, densely
-    saved beat, with ONE integration in the program (``(state, beats, converged,
-    residual, metrics, dense, status)``).
-
-    The same iteration as ``solve_fixed_point(G, x0, method="plain", ...)`` on
-    :func:`beat_map` followed by :func:`last_beat` (same beats, residuals, states and
-    status codes), but each loop step integrates one beat for every patient still
-    iterating *and* the saved extra beat for those whose iteration has just stopped
-    (converged, failed or out of beats), in one ``solver.integrate`` call with saves
-    (an iterating patient's save times lie past its beat; saving interpolates, it
-    does not change the steps).
-    Two separate integrations wrote the vector field out twice (dopri5's stages, the
-    first-step guess and the start check), the compile time of the program.
-    """
-    g = _phase_field(model)
-    n, S = Y0.shape
-    dtype = Y0.dtype
-    dyn = _dynamic_mask(model)
-    idx = np.flatnonzero(dyn)
-    Ybase = jnp.where(jnp.asarray(dyn)[None, :], Y0, 0.0)  # phase and integrals at 0
-    args = (p, jnp.zeros((n, S), dtype))
-    ss = jnp.broadcast_to(jnp.linspace(0.0, 1.0, n_save, dtype=dtype), (n, n_save))
-    zero = jnp.zeros((n,), dtype)
-    batch = int(batch)
-
-    def embed(x):
-        return Ybase.at[:, idx].set(x)
-
-    def cond(c):
-        return jnp.any(~c["saved"])
-
-    def body(c):
-        j = c["j"]  # beats done by the loop (iterating patients all beat together)
-        stopped = c["done"] | (j // batch * batch >= max_beats)  # the fixed-point loop's stop
-        iterating = ~stopped
-        last = stopped & ~c["saved"]  # this step: the saved extra beat
-        fp_status = jnp.where(
-            (c["status"] == 0) & ~c["conv"], Status.NOT_CONVERGED, c["status"]
-        ).astype(jnp.int32)
-        x_in = jnp.where(last[:, None], c["x"], c["xb"])
-        Z = jnp.concatenate([embed(x_in), jnp.zeros((n, 1), dtype)], -1)
-        s1 = jnp.where(iterating | last, 1.0, 0.0).astype(dtype)
-        # only the extra beat saves: an iterating patient's save times lie past its
-        # end (no saves with Ensemble; Diffrax clips them to the end)
-        ts = jnp.where(last[:, None], ss, jnp.asarray(2.0, dtype))
-        Zs, Z1, st = solver.integrate(g, zero, s1, Z, ts, args, model)
-        gx = Z1[:, idx]
-        # the fixed-point iteration (solve_fixed_point's "plain", residual stop)
-        status = jnp.maximum(c["status"], jnp.where(iterating, st, 0).astype(jnp.int32))
-        check = (j + 1) % batch == 0  # the last beat of a batch is checked
-        f = jnp.abs(gx - c["xb"]) / (1.0 + jnp.abs(c["xb"]))
-        r = jnp.max(jnp.abs(f), axis=-1)
-        chk = iterating & check
-        conv = chk & (r < tol)
-        xb = jnp.where(iterating[:, None], gx, c["xb"])
-        out = dict(
-            j=j + 1,
-            xb=xb,
-            x=jnp.where(chk[:, None], xb, c["x"]),
-            done=c["done"] | conv | (chk & (status != 0)),
-            res=jnp.where(chk, r, c["res"]),
-            iters=c["iters"] + jnp.where(chk, batch, 0).astype(jnp.int32),
-            status=status,
-            conv=c["conv"] | conv,
-            saved=c["saved"] | last,
-            # the extra beat of the patients that stopped
-            Zs=jnp.where(last[:, None, None], Zs, c["Zs"]),
-            Z1=jnp.where(last[:, None], Z1, c["Z1"]),
-            Zl=jnp.where(last[:, None], Z, c["Zl"]),
-            st=jnp.where(last, first_failure(fp_status, st), c["st"]),
-            fp_status=jnp.where(last, fp_status, c["fp_status"]),
-        )
-        return out
-
-    x0 = Y0[:, idx]
-    ib = jnp.zeros((n,), bool)
-    ii = jnp.zeros((n,), jnp.int32)
-    c0 = dict(
-        j=jnp.zeros((), jnp.int32), xb=x0, x=x0, done=ib, res=jnp.full((n,), jnp.inf, dtype),
-        iters=ii, status=ii, conv=ib, saved=ib,
-        Zs=jnp.zeros((n, n_save, S + 1), dtype), Z1=jnp.zeros((n, S + 1), dtype),
-        Zl=jnp.zeros((n, S + 1), dtype), st=ii, fp_status=ii,
-    )  # fmt: skip
-    c = jax.lax.while_loop(cond, body, c0)
-    Y0s, metrics, dense, status = _reduce_beat(model, c["Zl"], c["Zs"], c["Z1"], p, c["st"])
-    return Y0s, c["iters"], c["conv"], c["res"], metrics, dense, status
-
-
 @eqx.filter_jit
 @eqx.debug.assert_max_traces(max_traces=None)  # tests count traces: eqx.debug.get_num_traces
 def _pss_core(model, solver, p, Y0, tol, max_beats, batch, n_save):
-    return beats_to_steady_state(model, solver, p, Y0, tol, max_beats, batch, n_save)
+    G, embed, g, args, x0 = beat_map(model, solver, p, Y0)
+    fp = solve_fixed_point(G, x0, method="plain", tol=tol, max_iter=max_beats, batch=batch)
+    Y0s, metrics, dense, status = last_beat(model, solver, g, args, embed(fp.x), n_save, fp.status)
+    return Y0s, fp.iterations, fp.converged, fp.residual, metrics, dense, status
 
 
 def to_periodic_steady_state(
