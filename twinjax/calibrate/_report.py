@@ -275,14 +275,22 @@ def run_fit(spec, dataset, *, data_sha256: str = "", data_source: str = "", prog
         len(c.coefficients()) for c in spec.population.covariates if getattr(c, "estimate", False)
     )
     coefs = f", {n_coef} covariate coefficient(s)" if n_coef else ""
-    if spec.method == "foce-i":
-        say("fit", f"FOCE-I: {len(spec.estimate)} typical values{coefs}, Omega {spec.omega}")
+    if spec.method in ("foce-i", "saem"):
+        fitter: Callable[..., Any]
+        if spec.method == "foce-i":
+            fitter, tag, extra = fit_population, "outer", {}
+            say("fit", f"FOCE-I: {len(spec.estimate)} typical values{coefs}, Omega {spec.omega}")
+        else:
+            from ._saem import saem
+
+            fitter, tag, extra = saem, "iteration", dict(spec.saem)
+            say("fit", f"SAEM: {len(spec.estimate)} typical values, Omega {spec.omega}")
 
         def line(s: str):
-            say("outer", s)
+            say(tag, s)
 
         with contextlib.redirect_stdout(_Lines(line)):
-            res = fit_population(
+            res = fitter(
                 spec.model,
                 dataset,
                 spec.population,
@@ -290,37 +298,15 @@ def run_fit(spec, dataset, *, data_sha256: str = "", data_source: str = "", prog
                 estimate=spec.estimate,
                 omega=spec.omega,
                 verbose=True,
+                **extra,
                 **iov_kw,
                 **kw,
             )
         ind = res.individual
         est = _population_estimates(spec, res)
         ofv, converged, message = float(res.ofv), bool(res.converged), res.message
-    elif spec.method == "saem":
-        from ._saem import saem
-
-        say("fit", f"SAEM: {len(spec.estimate)} typical values, Omega {spec.omega}")
-
-        def line_saem(s: str):
-            say("iteration", s)
-
-        with contextlib.redirect_stdout(_Lines(line_saem)):
-            res = saem(
-                spec.model,
-                dataset,
-                spec.population,
-                spec.error_arg(),
-                estimate=spec.estimate,
-                omega=spec.omega,
-                verbose=True,
-                **spec.saem,
-                **iov_kw,
-                **kw,
-            )
-        ind = res.individual
-        est = _population_estimates(spec, res)
-        ofv, converged = float(res.ofv), bool(res.converged)
-        message = res.message or f"OFV by importance sampling +- {res.ofv_se:.3f}"
+        if spec.method == "saem" and not message:
+            message = f"OFV by importance sampling +- {res.ofv_se:.3f}"
     else:
         say("fit", "MAP: individual fits with the specification's population as the prior")
         res = fit_individual(spec.model, dataset, spec.population, spec.error_arg(), **iov_kw, **kw)
