@@ -139,6 +139,11 @@ def test_cli_version_models_and_bad_spec(tmp_path):
         timeout=300,
     )
     assert run("--version").stdout.startswith("twinjax ")
+    # python -m twinjax is the same command line
+    top = subprocess.run(
+        [sys.executable, "-m", "twinjax", "--version"], capture_output=True, text=True
+    )
+    assert top.returncode == 0 and top.stdout.startswith("twinjax "), top.stderr
     assert "pkpd_idr3" in run("models").stdout
     bad = tmp_path / "bad.toml"
     bad.write_text(EXAMPLE.read_text().replace('kind = "cmax"', 'kind = "cmaxx"'))
