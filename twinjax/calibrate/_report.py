@@ -430,7 +430,9 @@ def write_fit(run: FitRun, out, *, progress=None) -> pathlib.Path:
     obs.to_csv(out / "observations.csv", index=False)
 
     say("figures", "GOF panel")
-    title = f"{spec.name} ({spec.method.upper()})"
+    method = spec.method.upper()
+    # the method in brackets unless the specification's name already says it
+    title = spec.name if method in spec.name.upper() else f"{spec.name} ({method})"
     gof = _save(gof_panel(run.result, run.npde, log=spec.log_y, title=title), out / "gof.png")
     etac = _save(eta_covariates(run.result), out / "eta_covariates.png")
     say("figures", f"VPC and pcVPC ({spec.n_sim} replicates)")
