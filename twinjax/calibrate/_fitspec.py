@@ -54,7 +54,6 @@ from ..trial._spec import (
     boolean,
     describe,
     integer,
-    is_number,
     load_toml,
     number,
     ok,
@@ -62,31 +61,17 @@ from ..trial._spec import (
     table,
     unknown_keys,
 )
+from ._fitspec_tables import covariate_table, error_model_table
 
 __all__ = ["FitSpec", "load_data", "load_fit_spec"]
 
 METHODS = ("foce-i", "saem", "map")
 OMEGA_KINDS = ("diagonal", "full")
 CENSORING = ("m3", "m4", "drop")
-ERROR_KINDS = ("additive", "proportional", "combined", "log")
-COVARIATE_MODELS = ("power", "linear", "exponential", "categorical")
 
 _TOP = ("fit", "parameters", "error", "covariates", "censoring", "diagnostics", "saem")
 _FIT = ("name", "model", "method", "omega", "data", "output", "compartments", "occasion")
 _PARAM = ("value", "iiv", "iov", "lower", "upper", "fixed")
-_ERROR = ("kind", "add", "prop", "dvid")
-_COV = (
-    "parameter",
-    "covariate",
-    "model",
-    "theta",
-    "reference",
-    "level",
-    "factors",
-    "estimate",
-    "bounds",
-    "name",
-)
 _CENS = ("method", "lloq")
 _DIAG = ("n_sim", "seed", "npde", "vpc_bins", "log_y")
 _SAEM = ("n_burn", "n_em", "n_chains", "seed", "n_is")
@@ -150,144 +135,6 @@ class FitSpec:
         if len(self.errors) == 1:
             return next(iter(self.errors.values()))
         return dict(self.errors)
-
-
-def _error_model(e: Mapping, where: str, probs: Problems):
-    from ._residual import ErrorModel
-
-    if table(e, where, probs) is INVALID:
-        return INVALID, None
-    unknown_keys(e, where, _ERROR, probs)
-    kind = string(e.get("kind", "additive"), f"{where}.kind", probs, choices=ERROR_KINDS)
-    kw = {}
-    need = {
-        "additive": ("add",),
-        "proportional": ("prop",),
-        "combined": ("add", "prop"),
-        "log": ("add",),
-    }
-    if kind is not INVALID:
-        for k in ("add", "prop"):
-            if k in e:
-                if k not in need[kind]:
-                    probs.add(f"{where}.{k}", f"not used by a {kind} error model")
-                    continue
-                v = number(e[k], f"{where}.{k}", probs, lo=0, lo_open=True)
-                if v is not INVALID:
-                    kw[k] = v
-            elif k in need[kind]:
-                probs.add(
-                    f"{where}.{k}",
-                    f"missing: a {kind} error model needs the initial SD(s) {list(need[kind])}",
-                )
-    dvid = e.get("dvid")
-    if dvid is not None and not (is_number(dvid) or isinstance(dvid, str)):
-        probs.add(f"{where}.dvid", f"expected a number or a name, got {describe(dvid)}")
-        dvid = None
-    if kind is INVALID or any(k not in kw for k in need[kind]):
-        return INVALID, dvid
-    return ErrorModel(kind, **kw), dvid
-
-
-def _covariate(c: Mapping, where: str, probs: Problems, model):
-    """One ``[[covariates]]`` table -> a Covariate effect (or INVALID)."""
-    from ..population import Categorical, Covariate, Exponential, Linear, Power
-
-    if table(c, where, probs) is INVALID:
-        return INVALID
-    unknown_keys(c, where, _COV, probs)
-    n0 = len(probs)
-    param = string(c.get("parameter"), f"{where}.parameter", probs)
-    if param is not INVALID and param not in model.param_names:
-        probs.add(
-            f"{where}.parameter",
-            f"unknown parameter {param!r}; the model's parameters are {list(model.param_names)}",
-        )
-    cov = string(c.get("covariate"), f"{where}.covariate", probs)
-    kind = string(c.get("model", "power"), f"{where}.model", probs, choices=COVARIATE_MODELS)
-    opts: dict[str, Any] = {}
-    est = boolean(c.get("estimate", False), f"{where}.estimate", probs)
-    if est is not INVALID:
-        opts["estimate"] = est
-    if "bounds" in c:
-        b = c["bounds"]
-        if (
-            isinstance(b, list)
-            and len(b) == 2
-            and all(is_number(v) for v in b)
-            and float(b[0]) < float(b[1])
-        ):
-            opts["bounds"] = (float(b[0]), float(b[1]))
-        else:
-            probs.add(
-                f"{where}.bounds",
-                f"expected [lower, upper] with lower < upper (-inf / inf for none), got "
-                f"{describe(b)}",
-            )
-    if "name" in c:
-        nm = string(c["name"], f"{where}.name", probs)
-        if nm is not INVALID:
-            opts["name"] = nm
-    if len(probs) > n0:
-        return INVALID
-    effect: Covariate
-    try:
-        if kind == "categorical":
-            if ("theta" in c) == ("factors" in c):
-                probs.add(where, "a categorical effect needs exactly one of theta or factors")
-                return INVALID
-            if "reference" in c:
-                probs.add(f"{where}.reference", "not used by a categorical effect (use level)")
-                return INVALID
-            if "factors" in c:
-                f = c["factors"]
-                if table(f, f"{where}.factors", probs) is INVALID:
-                    return INVALID
-                facs = {}
-                for k, v in f.items():
-                    try:
-                        level = float(k)
-                    except ValueError:
-                        probs.add(f"{where}.factors", f"category {k!r} is not a number")
-                        continue
-                    x = number(v, f"{where}.factors.{k}", probs, lo=0, lo_open=True)
-                    if x is not INVALID:
-                        facs[level] = x
-                if len(probs) > n0:
-                    return INVALID
-                return Categorical(param, cov, factors=facs, **opts)
-            th = number(c["theta"], f"{where}.theta", probs, lo=0, lo_open=True)
-            lv = number(c.get("level", 1), f"{where}.level", probs)
-            if not ok(th, lv):
-                return INVALID
-            return Categorical(param, cov, theta=th, level=lv, **opts)
-        for k in ("level", "factors"):
-            if k in c:
-                probs.add(f"{where}.{k}", f"only used by a categorical effect, not {kind}")
-        if "theta" not in c:
-            probs.add(f"{where}.theta", f"missing: the {kind} effect's coefficient")
-            return INVALID
-        th = number(c["theta"], f"{where}.theta", probs)
-        default_ref = {"power": 70.0, "linear": 40.0, "exponential": 40.0}[kind]
-        ref = number(
-            c.get("reference", default_ref),
-            f"{where}.reference",
-            probs,
-            lo=0 if kind == "power" else None,
-            lo_open=kind == "power",
-        )
-        if len(probs) > n0:
-            return INVALID
-        if kind == "power":
-            effect = Power(param, cov, theta=th, ref=ref, **opts)
-        elif kind == "linear":
-            effect = Linear(param, cov, theta=th, ref=ref, **opts)
-        else:
-            effect = Exponential(param, cov, theta=th, ref=ref, **opts)
-        return effect
-    except (ValueError, TypeError) as err:  # the effect's own checks (bounds, start)
-        probs.add(where, str(err))
-        return INVALID
 
 
 def fit_spec_from_dict(spec: Mapping, path=None, sha256: str = "", text: str = "") -> FitSpec:
@@ -429,12 +276,12 @@ def fit_spec_from_dict(spec: Mapping, path=None, sha256: str = "", text: str = "
                     "not used with one [error.OUTPUT] table per output (they name the outputs)",
                 )
             for o, e in err_t.items():
-                em, tag = _error_model(e, f"[error.{o}]", probs)
+                em, tag = error_model_table(e, f"[error.{o}]", probs)
                 errors[o] = em
                 if tag is not None:
                     dvid[tag] = o
         else:
-            em, tag = _error_model(err_t, "[error]", probs)
+            em, tag = error_model_table(err_t, "[error]", probs)
             errors[f.get("output") or ""] = em
             if tag is not None:
                 dvid[tag] = f.get("output") or ""
@@ -461,7 +308,7 @@ def fit_spec_from_dict(spec: Mapping, path=None, sha256: str = "", text: str = "
     for i, c in enumerate(cv):
         if model is INVALID:
             break
-        cov = _covariate(c, f"[[covariates]][{i}]", probs, model)
+        cov = covariate_table(c, f"[[covariates]][{i}]", probs, model)
         if cov is not INVALID:
             covs.append(cov)
 
