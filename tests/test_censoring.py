@@ -234,7 +234,7 @@ def test_focei_gradient_with_censoring_matches_finite_differences(theo_m3):
         eta0 = jnp.zeros((fd.n, 3))
         out = nlme.inner_modes(spec, lay, base, fac, phi, eta0, *args, jnp.asarray(200), 1e-14)
         assert bool(np.all(out["converged"]))
-        v, g = nlme._ofv_and_grad(spec, lay, base, fac, phi, out["eta"], *args)
+        v, g = nlme.ofv_and_grad(spec, lay, base, fac, phi, out["eta"], *args)
         return float(v), np.asarray(g)
 
     th = {"KA": 1.6, "CL": 2.7, "V": 31.0}

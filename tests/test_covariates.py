@@ -159,7 +159,7 @@ class Problem:
     def value_and_grad(self, phi, eta=None):
         eta = self.modes(phi) if eta is None else eta
         a = (self.spec, self.lay, self.base, self.factors, jnp.asarray(phi), eta)
-        v, g = nlme._ofv_and_grad(*a, *self.args)
+        v, g = nlme.ofv_and_grad(*a, *self.args)
         return float(v), np.asarray(g)
 
 

@@ -77,7 +77,7 @@ class Problem:
         eta0 = jnp.zeros((self.n, len(lay.iiv)))
         out = nlme.inner_modes(sp, lay, base, fac, phi, eta0, *self.args, jnp.asarray(200), 1e-14)
         assert bool(np.all(out["converged"]))
-        v, g = nlme._ofv_and_grad(sp, lay, base, fac, phi, out["eta"], *self.args)
+        v, g = nlme.ofv_and_grad(sp, lay, base, fac, phi, out["eta"], *self.args)
         return float(v), np.asarray(g)
 
 

@@ -146,7 +146,7 @@ class Problem:
     def value_and_grad(self, phi):
         phi = jnp.asarray(phi)
         eta = self.modes(phi)
-        v, g = nlme._ofv_and_grad(
+        v, g = nlme.ofv_and_grad(
             self.spec, self.lay, self.base, self.factors, phi, eta, *self.args, self.occ
         )
         return float(v), np.asarray(g)

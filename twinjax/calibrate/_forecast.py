@@ -101,6 +101,12 @@ class Forecast:
         )
 
 
+def _check_n_samples(n_samples) -> None:
+    """Refuse an ``n_samples`` that is not an integer >= 1 (before anything compiles)."""
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer) or n_samples < 1:
+        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+
+
 def forecast(
     fit: FitResult,
     regimen: Regimen,
@@ -146,8 +152,7 @@ def forecast(
     check_occasion(occasion, "forecast")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer) or n_samples < 1:
-        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+    _check_n_samples(n_samples)
     key = jax.random.key(0) if key is None else key
     k1, k2 = jax.random.split(key)
     varying = any(isinstance(v, Piecewise) for v in fit.typical.values())
@@ -298,8 +303,7 @@ def optimise_dose(
     import optax
 
     check_occasion(occasion, "optimise_dose")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer) or n_samples < 1:
-        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+    _check_n_samples(n_samples)
     if target not in TARGETS:
         raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
     lo, hi = float(window[0]), float(window[1])

@@ -71,8 +71,7 @@ from ._nlme_covariates import covariate_model as covariate_model
 from ._nlme_covariates import factor_table as factor_table
 from ._nlme_objective import exact_hessian as exact_hessian
 from ._nlme_objective import inner_modes as inner_modes
-from ._nlme_objective import ofv_and_grad
-from ._nlme_objective import ofv_and_grad as _ofv_and_grad  # noqa: F401  (tests reach it)
+from ._nlme_objective import ofv_and_grad as ofv_and_grad
 from ._nlme_objective import ofv_terms as ofv_terms
 from ._nlme_outer import Layout as Layout
 from ._nlme_outer import iov_variances
