@@ -22,6 +22,10 @@ The optimiser's loop is Python on the host (a few dozen iterations); the work, t
 ODE solves and AD passes of all ``B x N`` subject fits, is in the compiled calls.
 Percentile CIs and the bootstrap SE are over the converged resamples; failed
 (non-finite) and non-converged resamples are counted and left out.
+
+A fit with inter-occasion variability: a subject is resampled with all its occasions
+(its weight multiplies its whole FOCE-I term, the kappas of every occasion integrated
+out with its etas), and ``OMEGA_IOV(P)`` is re-estimated in each resample.
 """
 
 from __future__ import annotations
@@ -154,6 +158,7 @@ def bootstrap(
     lloq=None,
     dvid=None,
     output_column: str = "DVID",
+    occasion_column: str | None = None,
 ) -> BootstrapResult:
     """Nonparametric (case) bootstrap of a FOCE-I fit, all resamples refitted together.
 
@@ -169,6 +174,8 @@ def bootstrap(
         counts: ``(B, N)`` resample counts to use instead of drawing them (e.g.
             :func:`resample_counts`); each row must sum to ``N``.
         censoring, lloq, dvid, output_column: as given to ``fit_population``.
+        occasion_column: a fit with inter-occasion variability: the data's occasion
+            column (default: the one the fit read).
 
     Returns:
         A :class:`BootstrapResult`.
@@ -201,7 +208,13 @@ def bootstrap(
         W = resample_counts(N, int(n), seed)
     B = W.shape[0]
     prob = Problem.from_fit(
-        fit, data, censoring=censoring, lloq=lloq, dvid=dvid, output_column=output_column
+        fit,
+        data,
+        censoring=censoring,
+        lloq=lloq,
+        dvid=dvid,
+        output_column=output_column,
+        occasion_column=occasion_column,
     )
     P = prob.size
     evaluate = _Batched(prob, W, int(batch or B))

@@ -13,13 +13,13 @@ defines, in the parameters of the estimation:
   ``.5*R`` and ``PRINT=S`` shows ``.25*S``; in the sandwich they cancel.)
 
 Here the parameters are the outer vector ``phi`` of :func:`fit_population`
-(unconstrained typical values and covariate coefficients, log-Cholesky Omega, log
-sigma); the covariance is mapped to the natural scale (the ``estimates`` table's
-parameters) by the delta method, exactly as ``fit_population`` does for ``MATRIX=R``.
-A linear map commutes with all three forms, so the natural-scale sandwich is the
-sandwich of the natural-scale matrices, but each SE still depends on ``phi``'s
-parametrisation only through the delta method's linearisation, as NONMEM's does on its
-own.
+(unconstrained typical values and covariate coefficients, log-Cholesky Omega, the log
+SDs of the inter-occasion variances ``OMEGA_IOV``, log sigma); the covariance is mapped
+to the natural scale (the ``estimates`` table's parameters) by the delta method, exactly
+as ``fit_population`` does for ``MATRIX=R``. A linear map commutes with all three forms,
+so the natural-scale sandwich is the sandwich of the natural-scale matrices, but each SE
+still depends on ``phi``'s parametrisation only through the delta method's
+linearisation, as NONMEM's does on its own.
 
 Each subject's gradient ``g_i`` is the exact total derivative of its FOCE-I term (its
 mode follows ``phi`` through the implicit function theorem, as in ``_nlme.py``), in
@@ -39,8 +39,8 @@ import numpy as np
 
 from ..model import Model
 from . import _nlme as nlme
-from ._iov import refuse_iov
 from ._map import as_population, fit_censoring, make_spec, prepare_data, resolve_outputs
+from ._nlme_outer import iov_variances
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,13 +52,14 @@ KINDS = ("sandwich", "R", "S")
 
 # ============================================================================ problem
 @eqx.filter_jit
-def _subject_terms_and_grads(spec, lay, base, factors, phi, eta, ev, ts, y, mask):
+def _subject_terms_and_grads(spec, lay, base, factors, phi, eta, ev, ts, y, mask, occ=None):
     """Per-subject FOCE-I terms ``(N,)`` and their total gradients ``(N, P)`` in ``phi``
-    (forward mode, one tangent per element of ``phi``)."""
-    hess = nlme.exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask)
+    (forward mode, one tangent per element of ``phi``); ``occ``: the ``(N, K)`` occasion
+    start times of a fit with IOV (the kappas are among the modes ``eta``)."""
+    hess = nlme.exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask, occ)
 
     def F(p):
-        return nlme.ofv_terms(spec, lay, base, factors, p, eta, ev, ts, y, mask, hess)
+        return nlme.ofv_terms(spec, lay, base, factors, p, eta, ev, ts, y, mask, hess, occ)
 
     eye = jnp.eye(phi.shape[0], dtype=phi.dtype)
     vals, tangents = jax.vmap(lambda v: jax.jvp(F, (phi,), (v,)))(eye)
@@ -66,22 +67,24 @@ def _subject_terms_and_grads(spec, lay, base, factors, phi, eta, ev, ts, y, mask
 
 
 @eqx.filter_jit
-def _batched_modes(spec, lay, base, factors, phis, eta0, ev, ts, y, mask, max_iter, tol):
+def _batched_modes(spec, lay, base, factors, phis, eta0, ev, ts, y, mask, max_iter, tol, occ=None):
     """Modes ``(B, N, k)`` for ``B`` outer vectors at once (``vmap`` of the inner fit)."""
 
     def one(phi, e0):
-        return nlme.inner_modes(spec, lay, base, factors, phi, e0, ev, ts, y, mask, max_iter, tol)
+        return nlme.inner_modes(
+            spec, lay, base, factors, phi, e0, ev, ts, y, mask, max_iter, tol, occ
+        )
 
     out = jax.vmap(one)(phis, eta0)
     return out["eta"], out["ok"]
 
 
 @eqx.filter_jit
-def _batched_terms_and_grads(spec, lay, base, factors, phis, etas, ev, ts, y, mask):
+def _batched_terms_and_grads(spec, lay, base, factors, phis, etas, ev, ts, y, mask, occ=None):
     """``(B, N)`` per-subject terms and ``(B, N, P)`` gradients for ``B`` outer vectors."""
 
     def one(phi, eta):
-        return _subject_terms_and_grads(spec, lay, base, factors, phi, eta, ev, ts, y, mask)
+        return _subject_terms_and_grads(spec, lay, base, factors, phi, eta, ev, ts, y, mask, occ)
 
     return jax.vmap(one)(phis, etas)
 
@@ -89,7 +92,13 @@ def _batched_terms_and_grads(spec, lay, base, factors, phis, etas, ev, ts, y, ma
 @dataclasses.dataclass
 class Problem:
     """The FOCE-I objective of a fit, rebuilt from the fit and its data as
-    ``fit_population`` built it (same spec, layout, covariate factors, outer vector)."""
+    ``fit_population`` built it (same spec, layout, covariate factors, outer vector).
+
+    With inter-occasion variability (``fit.omega_iov``) the outer vector holds the log
+    IOV SDs (``OMEGA_IOV(P)`` on the natural scale) and each subject's modes are
+    ``[eta | kappa]`` (all its occasions), as in ``fit_population``; ``occ`` holds the
+    ``(N, K)`` occasion start times (``None`` without IOV).
+    """
 
     fit: nlme.PopulationFitResult
     model: Model
@@ -108,6 +117,7 @@ class Problem:
     eta_hat: jax.Array
     inner_max_iter: int = 200
     inner_tol: float = 1e-10
+    occ: object = None
 
     @classmethod
     def from_fit(
@@ -119,6 +129,7 @@ class Problem:
         lloq=None,
         dvid=None,
         output_column: str = "DVID",
+        occasion_column: str | None = None,
     ) -> Problem:
         if not isinstance(fit, nlme.PopulationFitResult):
             raise TypeError(
@@ -130,15 +141,16 @@ class Problem:
                 "objective, whose optimum SAEM's estimates are not; SAEM's own SEs (Louis) "
                 "are in fit.estimates, or fit the model with fit_population"
             )
-        refuse_iov(  # not modelled here: refuse, never ignore
-            fit,
-            "the covariance step, profiles and bootstrap",
-            "its kappas would be left out; fit_population's SEs are in fit.estimates",
-        )
         pop = fit.population
         model = pop.model
         pop = as_population(model, pop)
-        outputs_fit = list(fit.errors) if fit.errors else [fit.individual.output]
+        iov = dict(fit.omega_iov or {})
+        iov_names = tuple(iov)
+        ind = fit.individual
+        if iov and occasion_column is None:
+            occ_fit = getattr(ind.data, "occasions", None)
+            occasion_column = occ_fit.column if occ_fit is not None else "OCC"
+        outputs_fit = list(fit.errors) if fit.errors else [ind.output]
         if len(outputs_fit) == 1:
             error = fit.errors.get(outputs_fit[0], fit.error) if fit.errors else fit.error
             output = outputs_fit[0]
@@ -146,7 +158,7 @@ class Problem:
             error, output = dict(fit.errors), None
         outputs, errors = resolve_outputs(model, error, output)
         if data is None:  # the fit's own prepared data
-            data = fit.individual.data
+            data = ind.data
             if censoring is None and fit.censoring == "m4":
                 censoring = "m4"
         fd = prepare_data(
@@ -158,6 +170,7 @@ class Problem:
             censoring=censoring,
             dvid=dvid,
             output_column=output_column,
+            occasion_column=occasion_column if iov else None,
         )
         n_cens = int(np.sum(fd.censored))
         n_obs = int(np.sum(fd.mask)) - n_cens
@@ -173,8 +186,16 @@ class Problem:
                 f"censoring: the data give {cmode!r} but the fit used {fit.censoring!r}; pass "
                 "the censoring= and lloq= of the fit"
             )
-        solver = fit.individual.solver
-        spec = make_spec(model, solver, pop.iiv, errors, outputs, cmode)
+        n_occ = fd.occasions.k if iov else 0
+        kap = ind.kappas
+        if iov and (kap is None or kap.shape[1:] != (len(iov_names), n_occ)):
+            raise ValueError(
+                f"the data give {n_occ} occasions per subject but the fit's kappas have shape "
+                f"{None if kap is None else kap.shape}; pass the data (and occasion_column=) "
+                "the fit was made with"
+            )
+        solver = ind.solver
+        spec = make_spec(model, solver, pop.iiv, errors, outputs, cmode, iov_names, n_occ)
         n_sigma = sum(len(e.names) for e in errors)
         estimate = tuple(fit.theta)
         effects, slots, coef = nlme.covariate_model(pop, fd, model, estimate)
@@ -183,13 +204,24 @@ class Problem:
             lab.startswith("OMEGA(") and lab[6:-1].split(",")[0] != lab[6:-1].split(",")[1]
             for lab in labels
         )
-        lay = nlme.Layout(estimate, tuple(pop.iiv), full, n_sigma, slots)
+        lay = nlme.Layout(estimate, tuple(pop.iiv), full, n_sigma, slots, iov_names, n_occ)
         base = {kk: float(v) for kk, v in pop.typical.items()}
         N = fd.n
         factors = nlme.covariate_factors(pop, fd, effects)
         sigma = np.concatenate([np.asarray(e.sigma()) for e in errors])
-        phi = nlme.pack_outer(model, lay, {kk: base[kk] for kk in estimate}, fit.omega, sigma, coef)
-        eta_hat = jnp.asarray(np.nan_to_num(np.asarray(fit.individual.etas, float)))
+        phi = nlme.pack_outer(
+            model,
+            lay,
+            {kk: base[kk] for kk in estimate},
+            fit.omega,
+            sigma,
+            coef,
+            [iov[q] for q in iov_names],
+        )
+        eta = np.asarray(ind.etas, float).reshape(N, len(pop.iiv))
+        if iov:  # [eta | kappa], kappa of parameter a on occasion o at column k + a K + o
+            eta = np.concatenate([eta, np.asarray(kap, float).reshape(N, -1)], 1)
+        eta_hat = jnp.asarray(np.nan_to_num(eta))
         return cls(
             fit=fit,
             model=model,
@@ -202,10 +234,11 @@ class Problem:
             y=fd.obs(),
             mask=jnp.asarray(fd.mask),
             n=N,
-            k=len(pop.iiv),
+            k=spec.n_random,
             phi_hat=np.asarray(phi, float),
             labels=labels,
-            eta_hat=eta_hat.reshape(N, len(pop.iiv)),
+            eta_hat=eta_hat,
+            occ=jnp.asarray(fd.occasions.times) if iov else None,
         )
 
     @property
@@ -229,6 +262,7 @@ class Problem:
             *self._args(),
             mi,
             self.inner_tol,
+            self.occ,
         )
         return out["eta"]
 
@@ -236,7 +270,14 @@ class Problem:
         """``(ofv_i (N,), g_i (N, P), modes)`` at ``phi``."""
         eta = self.modes(phi, eta0)
         v, g = _subject_terms_and_grads(
-            self.spec, self.lay, self.base, self.factors, jnp.asarray(phi), eta, *self._args()
+            self.spec,
+            self.lay,
+            self.base,
+            self.factors,
+            jnp.asarray(phi),
+            eta,
+            *self._args(),
+            self.occ,
         )
         return np.asarray(v), np.asarray(g), eta
 
@@ -269,13 +310,21 @@ class Problem:
             *self._args(),
             mi,
             self.inner_tol,
+            self.occ,
         )
 
     def batched_terms(self, phis, eta0):
         """``(B, N)`` terms, ``(B, N, P)`` gradients and ``(B, N, k)`` modes at ``phis``."""
         eta, _ = self.batched_modes(phis, eta0)
         v, g = _batched_terms_and_grads(
-            self.spec, self.lay, self.base, self.factors, jnp.asarray(phis), eta, *self._args()
+            self.spec,
+            self.lay,
+            self.base,
+            self.factors,
+            jnp.asarray(phis),
+            eta,
+            *self._args(),
+            self.occ,
         )
         return np.asarray(v), np.asarray(g), eta
 
@@ -287,7 +336,15 @@ class Problem:
         def natural(p):
             th, o, s = nlme.unpack_outer(model, lay, p)
             parts = [th[kk] for kk in lay.theta]
-            return jnp.concatenate([jnp.stack(parts), nlme.outer_coefs(lay, p), o[rows, cols], s])
+            return jnp.concatenate(
+                [
+                    jnp.stack(parts),
+                    nlme.outer_coefs(lay, p),
+                    o[rows, cols],
+                    iov_variances(lay, p),
+                    s,
+                ]
+            )
 
         return natural
 
@@ -378,6 +435,7 @@ def covariance_step(
     lloq=None,
     dvid=None,
     output_column: str = "DVID",
+    occasion_column: str | None = None,
 ) -> CovarianceStep:
     """NONMEM's covariance step for a FOCE-I fit: sandwich, ``MATRIX=R`` or ``MATRIX=S``.
 
@@ -389,6 +447,10 @@ def covariance_step(
             what ``fit_population`` reports) or ``"S"`` (``4 S^-1``).
         h: finite-difference step in ``phi`` for ``R``.
         censoring, lloq, dvid, output_column: as given to ``fit_population``.
+        occasion_column: a fit with inter-occasion variability: the data's occasion
+            column (default: the one the fit read). ``OMEGA_IOV(P)`` is then a parameter
+            like the others (its outer coordinate is ``log omega_iov``) and the kappas
+            of every occasion are among each subject's modes, as in ``fit_population``.
 
     Returns:
         A :class:`CovarianceStep` (table of estimate, SE, RSE % on the natural scale;
@@ -406,7 +468,13 @@ def covariance_step(
     if not (np.isfinite(h) and h > 0):
         raise ValueError(f"h must be a positive step, got {h!r}")
     prob = Problem.from_fit(
-        fit, data, censoring=censoring, lloq=lloq, dvid=dvid, output_column=output_column
+        fit,
+        data,
+        censoring=censoring,
+        lloq=lloq,
+        dvid=dvid,
+        output_column=output_column,
+        occasion_column=occasion_column,
     )
     phi = prob.phi_hat
     v, g, _ = prob.subject_terms(phi)

@@ -269,19 +269,3 @@ def kappa_frame(fd, spec, names, kappa, params_occ) -> object:
                 r[q] = float(params_occ[q][i, o])
             rows.append(r)
     return pd.DataFrame(rows)
-
-
-def refuse_iov(fit, what: str, why: str | None = None) -> None:
-    """Raise for a fit with inter-occasion variability where ``what`` does not model it
-    (a :class:`FitResult` with ``iov`` or a population fit with ``omega_iov``): refuse,
-    never ignore the kappas. (Forecasts, dose optimisation and posterior samples do
-    model it: a future dose is a new occasion, its kappa drawn from
-    ``N(0, omega_iov^2)``; see ``calibrate/_uncertainty.py``.)
-    """
-    iov = getattr(fit, "iov", None) or getattr(fit, "omega_iov", None)
-    if iov:
-        why = why or "its kappas would be left out. Fit without iov= for this use"
-        raise ValueError(
-            f"inter-occasion variability is not modelled by {what} yet, and this fit "
-            f"has iov={dict(iov)}: {why}"
-        )

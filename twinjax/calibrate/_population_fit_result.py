@@ -59,8 +59,9 @@ class PopulationFitResult:
         omega_iov: ``{param: variance}`` the estimated inter-occasion variances (rows
             ``OMEGA_IOV(param)`` of ``estimates``; empty without ``iov``). The
             post-hoc kappas per subject and occasion are ``individual.kappas`` and
-            ``individual.occasions``. ``cwres`` and the uncertainty tools
-            (``_covstep``, profiles, bootstrap) do not model the kappas yet.
+            ``individual.occasions``. The covariance step, profiles and bootstrap
+            treat ``OMEGA_IOV(P)`` as a parameter like the others (the kappas among
+            the modes); ``cwres`` does not model the kappas yet.
     """
 
     theta: dict

@@ -12,9 +12,11 @@ profiled parameter's coordinate of ``phi`` is held fixed and the others are mini
 by BFGS (SciPy), preconditioned by the fit's Hessian (the R matrix) and warm-started
 from the neighbouring grid point, walking outwards from the estimate.
 
-Profiled parameters: typical values, estimated covariate coefficients, SIGMA SDs and
+Profiled parameters: typical values, estimated covariate coefficients, SIGMA SDs,
 the Omega variances of a diagonal Omega (with ``omega="full"``: the first one only,
-whose log-Cholesky coordinate is ``log(OMEGA)/2``).
+whose log-Cholesky coordinate is ``log(OMEGA)/2``) and the inter-occasion variances
+``OMEGA_IOV(P)`` of a fit with IOV (coordinate ``log(OMEGA_IOV)/2``; the kappas of all
+occasions are re-estimated with the etas at every refit).
 """
 
 from __future__ import annotations
@@ -69,6 +71,13 @@ def _coordinate(prob: Problem, param: str):
                 "and the variances of a diagonal Omega (with a full Omega: the first one) "
                 "can be profiled"
             )
+        return (
+            i,
+            lambda v: 0.5 * float(np.log(v)),
+            lambda z: float(np.exp(2.0 * z)),
+            (0.0, np.inf),
+        )
+    if i < nt + nc + no + len(lay.iov):  # OMEGA_IOV(P): phi holds log omega_iov
         return (
             i,
             lambda v: 0.5 * float(np.log(v)),
@@ -158,6 +167,7 @@ def profile_likelihood(
     lloq=None,
     dvid=None,
     output_column: str = "DVID",
+    occasion_column: str | None = None,
 ) -> Profile:
     """Likelihood profile and likelihood-based CI of one parameter of a FOCE-I fit.
 
@@ -165,7 +175,7 @@ def profile_likelihood(
         fit: a :class:`~twinjax.calibrate.PopulationFitResult`.
         data: the fit's data (``None``: the prepared data the fit keeps).
         param: a label of ``fit.estimates`` (``"CL"``, ``"OMEGA(CL,CL)"``,
-            ``"SIGMA_add"``, a covariate coefficient).
+            ``"OMEGA_IOV(CL)"``, ``"SIGMA_add"``, a covariate coefficient).
         values: the fixed values (natural scale). Default: ``n`` points evenly spaced in
             the parameter's unconstrained coordinate over the estimate ``+- width``
             standard errors (the fit's ``MATRIX=R`` SE), the estimate included.
@@ -175,6 +185,8 @@ def profile_likelihood(
         tol: a refit has converged when its Newton decrement ``g' R^-1 g`` (with the
             fit's R restricted to the free parameters; OFV units) is below ``tol``.
         censoring, lloq, dvid, output_column: as given to ``fit_population``.
+        occasion_column: a fit with inter-occasion variability: the data's occasion
+            column (default: the one the fit read).
 
     Returns:
         A :class:`Profile` (``.plot()`` draws it).
@@ -204,7 +216,13 @@ def profile_likelihood(
         if vals.size == 0:
             raise ValueError("values is empty")
     prob = Problem.from_fit(
-        fit, data, censoring=censoring, lloq=lloq, dvid=dvid, output_column=output_column
+        fit,
+        data,
+        censoring=censoring,
+        lloq=lloq,
+        dvid=dvid,
+        output_column=output_column,
+        occasion_column=occasion_column,
     )
     j, to_phi, from_phi, (lo, hi) = _coordinate(prob, param)
     phi_hat = prob.phi_hat
