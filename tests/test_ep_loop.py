@@ -3,8 +3,9 @@
 ``ep._solver._beat`` keeps the state and the biomarker accumulators as two stacked
 arrays in its ``while_loop`` (fewer loop buffers and copies on the CPU). That is a
 change of layout only: here a plain loop that carries dicts of ``(N,)`` arrays, written
-from the same step formulas, must give the same state and biomarkers after two beats
-of a small Luo-Rudy population (differences only at rounding level).
+from the same step formulas (the voltage rule and the error controller), must give the
+same state and biomarkers after two beats of a small Luo-Rudy population (differences
+only at rounding level).
 """
 
 import jax
@@ -23,14 +24,15 @@ def _dict_carry_beat(model, solver, p, y):
     t0 = jnp.zeros((N,), bcl.dtype)
 
     def cond(c):
-        t, _, _, it, status = c
+        t, _, _, it, status, _ = c
         return jnp.any((t < bcl) & (status == 0)) & (it < solver.max_steps)
 
     def body(c):
-        t, y, acc, it, status = c
+        t, y, acc, it, status, h = c
         active = (t < bcl) & (status == 0)
         g0, d0, _ = model.evaluate(t, y, p)
-        dt = jnp.clip(solver.dv_max / (jnp.abs(d0["V"]) + 1e-12), solver.dt_min, solver.dt_max)
+        dt = jnp.minimum(solver.dv_max / (jnp.abs(d0["V"]) + 1e-12), h)
+        dt = jnp.clip(dt, solver.dt_min, solver.dt_max)
         dt = jnp.where(t < p["stim_dur"], jnp.minimum(dt, p["stim_dur"] - t), dt)
         last = dt >= bcl - t
         dt = jnp.where(active, jnp.where(last, bcl - t, dt), 0.0)
@@ -53,10 +55,18 @@ def _dict_carry_beat(model, solver, p, y):
         qnet = sum(c1[k] for k in model.qnet_currents)
         acc = bm.update_acc(acc, ok, t, dt, y["V"], y_new["V"], d0["V"], d1["V"], qnet)
         status = jnp.where(active & ~ok, 1, status)
-        return t_new, y_new, acc, it + 1, status
+        # error controller: |dt (d1 - d0)| against rtol (|y| + 10 mV for V)
+        err = 0.0 * t
+        for k in d0:
+            scale = solver.rtol * (jnp.abs(y[k]) + (10.0 if k == "V" else 0.0))
+            err = jnp.maximum(err, jnp.abs(dt * (d1[k] - d0[k])) / scale)
+        fac = jnp.clip(0.9 / jnp.sqrt(jnp.maximum(err, 1e-12)), 0.2, 2.0)
+        h = jnp.where(dt > 0, dt * fac, h)
+        return t_new, y_new, acc, it + 1, status, h
 
-    c0 = (t0, y, bm.init_acc(y["V"]), jnp.zeros((), jnp.int32), jnp.zeros((N,), jnp.int32))
-    _, y, acc, it, _ = jax.lax.while_loop(cond, body, c0)
+    h0 = jnp.full((N,), solver.dt_max, bcl.dtype)
+    c0 = (t0, y, bm.init_acc(y["V"]), jnp.zeros((), jnp.int32), jnp.zeros((N,), jnp.int32), h0)
+    _, y, acc, it, _, _ = jax.lax.while_loop(cond, body, c0)
     return y, bm.finish(acc, y["V"]), it
 
 

@@ -71,9 +71,11 @@ class CiPASteps(RushLarsen):
         dy_rel: largest relative change per step of the concentrations and CaMKt
             (``dt <= dy_rel |y| / |dy/dt|``), so that the Ca2+ transient, which
             outlasts the upstroke, is resolved too; ``inf`` disables it.
+        rtol: None (:func:`pace_cipa`'s loop has no error controller).
     """
 
     dy_rel: float = 0.01
+    rtol: float | None = None
 
 
 CIPA_SOLVER = CiPASteps(dt_max=0.5, dt_min=0.001, dv_max=0.05, dy_rel=0.01)
@@ -444,6 +446,11 @@ def pace_cipa(
         ``(n_beats, N)`` (``qNet`` in C/F, APDs, EAD, ...), no trace.
     """
     solver = solver or CIPA_SOLVER
+    if solver.rtol is not None:
+        raise ValueError(
+            f"pace_cipa: solver.rtol = {solver.rtol}, but its step loop has no error "
+            "controller; pass CiPASteps(...) or RushLarsen(..., rtol=None)"
+        )
     if n_beats < 1:
         raise ValueError(f"n_beats must be >= 1, got {n_beats}")
     p, y0, n = batched_inputs(model, params, y0, dtype)
