@@ -20,7 +20,7 @@ from scipy.stats import norm
 import twinjax as tj
 from twinjax.calibrate import ErrorModel, fit_individual, forecast, optimise_dose
 from twinjax.calibrate import _forecast as fc_mod
-from twinjax.calibrate._uncertainty import posterior_samples
+from twinjax.calibrate._uncertainty import joint_posterior, posterior_samples
 from twinjax.models import pk
 
 IV = pk.one_compartment()
@@ -89,8 +89,10 @@ def test_tiny_iov_forecasts_as_the_fit_without_iov(data, fits):
     a = forecast(plain, REG, TIMES, n_samples=NS, subject=2, key=key)
     b = forecast(tiny, REG, TIMES, n_samples=NS, subject=2, key=key)
     # the same eta draws; kappa SD 1e-6 moves a concentration by 1e-6 x CL t / V (< 1.6)
+    c = forecast(tiny, REG, TIMES, n_samples=NS, subject=2, key=key, occasion="last")
     for name in ("map", "median", "lower", "upper", "pi_lower", "pi_upper", "samples"):
         np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(getattr(c, name), getattr(a, name), rtol=1e-5, err_msg=name)
     # ... and the MAP forecast is the simulation at the subject's eta_hat, kappa = 0
     p = {"CL": float(tiny.params["CL"][1]), "V": V}
     ref = np.asarray(tj.simulate(IV, p, REG, TIMES, solver=tiny.solver)["C"])
@@ -120,6 +122,53 @@ def test_new_occasion_spread_is_the_posterior_plus_omega_iov(fits):
         assert float(fc.map[1]) == pytest.approx(DOSE / V * np.exp(-np.exp(m) * t / V), rel=1e-6)
         widths.append(np.log(fc.upper / fc.lower))
     assert np.all(widths[1] > 1.5 * widths[0]) and np.all(widths[2] > 1.5 * widths[1])
+
+
+def test_last_occasion_draws_eta_and_kappa_jointly(fits):
+    """``occasion="last"`` continues the subject's last observed occasion: the point
+    forecast uses ``eta_hat + kappa_hat`` of that occasion, and the draws of log CL
+    have the variance of the JOINT Laplace posterior, ``C_ee + 2 C_ek + C_kk`` (the
+    cross term is the posterior correlation of eta and that occasion's kappa, which
+    the marginals ``cov_eta`` and ``cov_kappa`` do not hold)."""
+    fit, n, t, sub = fits[0.25], NS, TIMES[1], 3
+    mean, C = joint_posterior(fit, sub)
+    i, last = 2, 1  # subject 3's row; its second (last) occasion
+    # the recomputed curvature is the fit's: its blocks are cov_eta and cov_kappa
+    np.testing.assert_allclose(C[:1, :1], fit.cov_eta[i], rtol=1e-8)
+    assert C[1, 1] == pytest.approx(float(fit.cov_kappa[i][last, last]), rel=1e-8)
+    np.testing.assert_allclose(mean, [fit.etas[i, 0], fit.kappas[i, 0, last]], rtol=1e-12)
+    rho = C[0, 1] / np.sqrt(C[0, 0] * C[1, 1])
+    print("joint posterior:", mean, C.tolist(), "correlation", rho)
+    assert rho < -0.1  # eta and kappa explain the same observations
+    fc = forecast(fit, REG, TIMES, n_samples=n, subject=sub, key=jax.random.key(7), occasion="last")
+    x = log_cl(fc.samples[:, 1], t)
+    m = np.log(CL) + mean[0] + mean[1]
+    s2 = C[0, 0] + 2 * C[0, 1] + C[1, 1]
+    assert np.var(x, ddof=1) == pytest.approx(s2, rel=4 * np.sqrt(2 / (n - 1)))
+    assert abs(np.mean(x) - m) < 4 * np.sqrt(s2 / n)
+    assert float(fc.map[1]) == pytest.approx(DOSE / V * np.exp(-np.exp(m) * t / V), rel=1e-6)
+    # without the cross term the variance would be off by more than the test's tolerance
+    assert abs(2 * C[0, 1]) > 4 * 4 * np.sqrt(2 / (n - 1)) * s2
+    # posterior samples: the same eta draws as a new occasion, kappa from the joint
+    key = jax.random.key(3)
+    p_new, e_new = posterior_samples(fit, 8, key, subject=sub, occasion="new")
+    p_last, e_last = posterior_samples(fit, 8, key, subject=sub, occasion="last")
+    np.testing.assert_array_equal(e_last[:, 0], e_new[:, 0])
+    np.testing.assert_allclose(np.log(p_last["CL"]), np.log(CL) + e_last[:, 0] + e_last[:, 1])
+    np.testing.assert_allclose(e_last[0], mean, rtol=1e-12)  # the first: the mode
+
+
+def test_last_occasion_with_tiny_iov_is_the_new_occasion(fits):
+    """omega_iov^2 -> 0: the last occasion's kappa is pinned at 0 with no posterior
+    spread, so continuing it forecasts as a new occasion (and as the fit without IOV:
+    tests/test_iov_forecast.py's slow test)."""
+    fit, key = fits[TINY], jax.random.key(5)
+    mean, C = joint_posterior(fit, 2)
+    assert abs(mean[1]) < 1e-8 and C[1, 1] < 1e-11 and abs(C[0, 1]) < 1e-9
+    a = forecast(fit, REG, TIMES, n_samples=NS, subject=2, key=key, occasion="new")
+    b = forecast(fit, REG, TIMES, n_samples=NS, subject=2, key=key, occasion="last")
+    for name in ("map", "median", "lower", "upper", "pi_lower", "pi_upper", "samples"):
+        np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-5, err_msg=name)
 
 
 @pytest.mark.slow  # the general path's own simulation program
@@ -190,18 +239,35 @@ def test_optimise_dose_integrates_over_the_new_kappa(fits):
     cl = float(fit.params["CL"][1])
     trough = d.dose / V * sum(np.exp(-cl / V * (n_doses - j) * TAU) for j in range(n_doses))
     assert d.value == pytest.approx(trough, rel=1e-4)
+    # continuing the last occasion: the draws of (eta, kappa_last) from their joint
+    # posterior, the first the mode; the dose is the closed-form optimum over them
+    last = optimise_dose(
+        fit,
+        target="trough",
+        window=(lo, hi),
+        cmt="central",
+        n_doses=n_doses,
+        interval=TAU,
+        dose0=100.0,
+        subject=2,
+        n_samples=S,
+        key=key,
+        steps=300,
+        occasion="last",
+    )
+    samples = posterior_samples(fit, S, key, 2, occasion="last")[0]
+    assert last.dose == pytest.approx(best_dose(samples), rel=1e-4)
+    assert abs(np.log(last.dose / d.dose)) > 0.05  # not the new occasion's dose
 
 
 @pytest.mark.parametrize(
     "call, match",
     [
-        ("forecast_last", r"forecast: occasion='last' is not supported.*joint posterior"),
-        ("forecast_none", r"forecast: occasion must be one of \['new'\].*got None"),
+        ("forecast_none", r"forecast: occasion must be one of \['new', 'last'\].*got None"),
         ("forecast_n", r"n_samples must be an integer >= 1, got 0"),
-        ("dose_last", r"optimise_dose: occasion='last' is not supported"),
-        ("dose_bad", r"optimise_dose: occasion must be one of \['new'\].*got 'next'"),
+        ("dose_bad", r"optimise_dose: occasion must be one of \['new', 'last'\].*got 'next'"),
         ("dose_n", r"n_samples must be an integer >= 1, got 1.5"),
-        ("samples_bad", r"posterior_samples: occasion must be one of \[None, 'new'\]"),
+        ("samples_bad", r"posterior_samples: occasion must be one of \[None, 'new', 'last'\]"),
     ],
 )
 def test_bad_arguments_are_refused_before_compiling(fits, call, match, monkeypatch):
@@ -213,14 +279,10 @@ def test_bad_arguments_are_refused_before_compiling(fits, call, match, monkeypat
     fit = fits[0.04]
     dose = dict(target="trough", window=(1.0, 2.0), cmt="central", subject=1)
     with pytest.raises(ValueError, match=match):
-        if call == "forecast_last":
-            forecast(fit, REG, TIMES, subject=1, occasion="last")
-        elif call == "forecast_none":
+        if call == "forecast_none":
             forecast(fit, REG, TIMES, subject=1, occasion=None)
         elif call == "forecast_n":
             forecast(fit, REG, TIMES, subject=1, n_samples=0)
-        elif call == "dose_last":
-            optimise_dose(fit, occasion="last", **dose)
         elif call == "dose_bad":
             optimise_dose(fit, occasion="next", **dose)
         elif call == "dose_n":

@@ -20,7 +20,7 @@ from ._terms import Spec, individual_params
 from ._uncertainty import (
     check_occasion,
     draw_random_effects,
-    new_occasion_layout,
+    occasion_layout,
     posterior_samples,
     subject_posterior,
 )
@@ -123,12 +123,16 @@ def forecast(
     Parameter sets are drawn from the subject's Laplace posterior, simulated in one
     batch under ``regimen``, and residual error is added for the prediction interval.
 
-    A fit with inter-occasion variability (``fit.iov``): the regimen is a new occasion
-    (NONMEM's and Monolix's convention). The point forecast (``map``) uses the
-    subject's ``eta_hat`` and ``kappa = 0``; every other draw adds, to its eta from the
-    posterior, a kappa of each IOV parameter drawn from ``N(0, omega_iov^2)`` (one per
-    draw, held over the whole forecast), so the intervals include the occasion-to-
-    occasion variability. See :func:`~twinjax.calibrate.posterior_samples`.
+    A fit with inter-occasion variability (``fit.iov``): with ``occasion="new"`` (the
+    default; NONMEM's and Monolix's convention) the regimen is a new occasion. The
+    point forecast (``map``) uses the subject's ``eta_hat`` and ``kappa = 0``; every
+    other draw adds, to its eta from the posterior, a kappa of each IOV parameter drawn
+    from ``N(0, omega_iov^2)`` (one per draw, held over the whole forecast), so the
+    intervals include the occasion-to-occasion variability. With ``occasion="last"``
+    the regimen continues the subject's last observed occasion: the point forecast uses
+    ``eta_hat`` and that occasion's ``kappa_hat``, and the draws take ``(eta, kappa)``
+    jointly from their Laplace posterior. See
+    :func:`~twinjax.calibrate.posterior_samples`.
 
     Arguments:
         fit: a :class:`FitResult`.
@@ -138,9 +142,7 @@ def forecast(
         key: a JAX PRNG key (default ``jax.random.key(0)``).
         subject: the subject ID (default: the only one).
         level: coverage of the intervals (0.9 for 5-95 %).
-        occasion: ``"new"`` (the only one supported; no effect without IOV).
-            ``"last"``, continuing the last observed occasion with its kappa, is
-            refused: it needs the joint posterior of the etas and that kappa.
+        occasion: ``"new"`` or ``"last"`` (no effect without IOV).
 
     Returns:
         A :class:`Forecast`.
@@ -158,23 +160,25 @@ def forecast(
     varying = any(isinstance(v, Piecewise) for v in fit.typical.values())
     if varying or not isinstance(regimen, Regimen) or np.ndim(times) != 1:
         # time-varying typical values, event tables, per-sample times: the general path
-        params, _ = posterior_samples(fit, n_samples, k1, subject, occasion="new")
+        params, _ = posterior_samples(fit, n_samples, k1, subject, occasion=occasion)
         res = simulate(fit.model, params, regimen, times, solver=fit.solver, check=False)
         f = np.asarray(res[fit.output])
     else:
-        f = _forecast_bucketed(fit, regimen, times, int(n_samples), k1, subject)
+        f = _forecast_bucketed(fit, regimen, times, int(n_samples), k1, subject, occasion)
     y = np.asarray(_noise(fit.error, k2, jnp.asarray(f)))
     return Forecast.from_draws(times, f[0], f, y, level)
 
 
-def _forecast_bucketed(fit: FitResult, regimen: Regimen, times, n: int, key, subject):
+def _forecast_bucketed(
+    fit: FitResult, regimen: Regimen, times, n: int, key, subject, occasion: str = "new"
+):
     """The ``(n, T)`` predictions of ``n`` Laplace posterior samples of one subject
-    (the first the MAP estimate) under ``regimen`` at a new occasion: as
-    ``posterior_samples(..., occasion="new")`` followed by ``simulate``, in one program
+    (the first the MAP estimate) under ``regimen`` on ``occasion``: as
+    ``posterior_samples(..., occasion=occasion)`` followed by ``simulate``, in one program
     whose times and event rows are padded to shape buckets (a new number of times or
     doses within a bucket reuses it)."""
     i, eta_hat, L = subject_posterior(fit, subject)
-    names, sd, A = new_occasion_layout(fit, "new")
+    names, km, lke, lkk, A = occasion_layout(fit, occasion, fit.ids[i])
     dtype = default_float()
     ts = check_times(np.asarray(times, float), dtype)
     T = ts.shape[0]
@@ -183,17 +187,19 @@ def _forecast_bucketed(fit: FitResult, regimen: Regimen, times, n: int, key, sub
     ev = pad_events(ev, shape_bucket(ev.time.shape[-1], EVENT_BUCKET_MIN))
     tv = {kk: np.asarray(v)[i] for kk, v in fit.typical.items()}
     spec = Spec(fit.model, fit.solver, fit.output, names, fit.error)
-    f = _forecast_program(spec, tv, eta_hat, L, sd, A, ev, ts, key, n)
+    f = _forecast_program(spec, tv, eta_hat, L, (km, lke, lkk), A, ev, ts, key, n)
     return np.asarray(f)[:, :T]
 
 
 @eqx.filter_jit
 @eqx.debug.assert_max_traces(max_traces=None)  # tests count traces
-def _forecast_program(spec: Spec, tv: dict, eta_hat, L, sd, A, ev, ts, key, n: int):
-    """Posterior samples (``eta_hat + z L'``, ``z[0] = 0``; with IOV plus a new
-    occasion's kappas ``sd * z_kappa``, see ``draw_random_effects``) simulated under
-    ``ev`` at the shared times ``ts``; ``(n, T)`` predictions of the fitted output."""
-    etas, _, _ = draw_random_effects(key, n, eta_hat, L, sd, A)
+def _forecast_program(spec: Spec, tv: dict, eta_hat, L, kap, A, ev, ts, key, n: int):
+    """Posterior samples (``eta_hat + z L'``, ``z[0] = 0``; with IOV plus the
+    occasion's kappas ``kappa_mean + z Lke' + z_kappa Lkk'``, ``kap = (kappa_mean, Lke,
+    Lkk)``, see ``draw_random_effects``) simulated under ``ev`` at the shared times
+    ``ts``; ``(n, T)`` predictions of the fitted output."""
+    km, lke, lkk = kap
+    etas, _, _ = draw_random_effects(key, n, eta_hat, L, km, lke, lkk, A)
     rows = {kk: jnp.broadcast_to(v, (n,)) for kk, v in tv.items()}
     params = individual_params(spec, rows, etas)
     p, _ = spec.model.complete(params, dtype=ts.dtype, check=False)
@@ -269,12 +275,15 @@ def optimise_dose(
     it is minus the smoothed fraction. Gradients are forward-mode through the
     simulation with respect to log dose (and log interval), optimised by Adam.
 
-    A fit with inter-occasion variability (``fit.iov``): the regimen is a new occasion,
-    as in :func:`forecast`. The first sample is the MAP estimate with ``kappa = 0``;
-    with ``n_samples > 1`` every other sample also draws each IOV parameter's kappa
-    from ``N(0, omega_iov^2)``, so the averaged loss (the expected squared log error,
-    or the expected fraction of time in range) integrates over the new occasion's
-    kappa and the dose accounts for the IOV.
+    A fit with inter-occasion variability (``fit.iov``): with ``occasion="new"`` the
+    regimen is a new occasion, as in :func:`forecast`. The first sample is the MAP
+    estimate with ``kappa = 0``; with ``n_samples > 1`` every other sample also draws
+    each IOV parameter's kappa from ``N(0, omega_iov^2)``, so the averaged loss (the
+    expected squared log error, or the expected fraction of time in range) integrates
+    over the new occasion's kappa and the dose accounts for the IOV. With
+    ``occasion="last"`` the regimen continues the last observed occasion: the first
+    sample is ``(eta_hat, kappa_hat)`` of that occasion, the others drawn jointly from
+    their Laplace posterior.
 
     Arguments:
         fit: the subject's :class:`FitResult`.
@@ -292,7 +301,7 @@ def optimise_dose(
         grid: points per interval for AUC, Cmax and time in range.
         infusion_duration: give the doses as infusions of this duration.
         min_fraction: time-in-range success threshold.
-        occasion: ``"new"`` (the only one supported; see :func:`forecast`).
+        occasion: ``"new"`` or ``"last"`` (see :func:`forecast`).
 
     Returns:
         A :class:`DoseResult`.
@@ -312,7 +321,7 @@ def optimise_dose(
     i = fit.index(subject)
     key = jax.random.key(0) if key is None else key
     S = int(n_samples)
-    params, _ = posterior_samples(fit, S, key, fit.ids[i], occasion="new")
+    params, _ = posterior_samples(fit, S, key, fit.ids[i], occasion=occasion)
     model = fit.model
     dose_kw: DoseKwargs = {} if infusion_duration is None else {"dur": float(infusion_duration)}
     base = Regimen(

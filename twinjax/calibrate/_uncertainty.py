@@ -1,55 +1,65 @@
-"""Uncertainty of individual fits: sampling the Laplace posterior, and a new occasion.
+"""Uncertainty of individual fits: sampling the Laplace posterior, and occasions.
 
 The Laplace approximation of subject ``i``'s posterior is ``eta ~ N(eta_hat_i,
 C_i)`` with ``C_i`` the inverse curvature at the mode (``FitResult.cov_eta``). Samples
 on the natural scale are ``g^-1(g(TV_i) + eta)``; they respect every parameter's bounds.
 
 A fit with inter-occasion variability (``FitResult.iov``) has, besides its etas, a
-kappa per IOV parameter and occasion (``P = g^-1(g(TV) + eta_P + kappa_P)``). A future
-dose is a NEW occasion (NONMEM's and Monolix's convention): its kappa is not informed
-by the subject's data, so it is drawn from its prior ``N(0, omega_iov^2)``,
-independently of the etas, whose posterior is the marginal ``N(eta_hat, cov_eta)``
-(the same for a new occasion as for the fitted ones: the new kappa touches no data).
-The individual point prediction of a new occasion uses ``kappa = 0``.
+kappa per IOV parameter and occasion (``P = g^-1(g(TV) + eta_P + kappa_P)``). A
+forecast, dose or sample is on one of two occasions:
+
+- ``"new"`` (NONMEM's and Monolix's convention for a future dose): a NEW occasion, whose
+  kappa is not informed by the subject's data, so it is drawn from its prior ``N(0,
+  omega_iov^2)``, independently of the etas, whose posterior is the marginal
+  ``N(eta_hat, cov_eta)`` (the same for a new occasion as for the fitted ones: the new
+  kappa touches no data). The point prediction uses ``kappa = 0``.
+- ``"last"``: the subject's LAST observed occasion continues (e.g. the next dose of a
+  course whose occasion is still running). Its kappa is the fitted ``kappa_hat`` of that
+  occasion, in the point prediction too, and ``(eta, kappa_last)`` are drawn JOINTLY
+  from the Laplace posterior ``N((eta_hat, kappa_hat), C_joint)``: ``C_joint`` is the
+  ``(eta, kappa_last)`` block of ``2 H^-1``, ``H`` the curvature of the subject's MAP
+  objective in all its random effects (etas and the kappas of every occasion; the same
+  matrix whose blocks are ``cov_eta`` and ``cov_kappa``), recomputed at the fit's mode
+  by :func:`joint_posterior` (the etas and a kappa of the same subject are correlated
+  a posteriori: both explain the same observations).
+
+Both draw ``z_eta`` from ``key`` and ``z_kappa`` from ``fold_in(key, 1)`` and set
+``eta = eta_hat + z_eta L'`` (``L`` the Cholesky factor of ``cov_eta``: the marginal
+block of the joint factor), ``kappa = kappa_mean + z_eta L_ke' + z_kappa L_kk'`` (``"new"``:
+``kappa_mean = 0``, ``L_ke = 0``, ``L_kk = diag(omega_iov)``), so a fit's etas are the
+same draws whichever occasion is asked.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._terms import Spec, individual_params
+from ._iov import with_occasions
+from ._terms import Spec, individual_params, make_spec, posterior_terms
 
 if TYPE_CHECKING:
     from ._map import FitResult
 
-__all__ = ["posterior_samples"]
+__all__ = ["joint_posterior", "posterior_samples"]
+
+OCCASIONS = ("new", "last")
 
 
-def check_occasion(occasion, what: str, allowed=("new",)) -> None:
-    """Refuse an ``occasion=`` not in ``allowed`` (``None`` and/or ``"new"``), naming
-    the function.
-
-    ``"last"`` (continuing the last observed occasion with its estimated kappa) is
-    refused with its reason: it needs the joint posterior of the etas and that kappa,
-    and a :class:`FitResult` keeps only the two marginals (``cov_eta``, ``cov_kappa``).
-    """
-    if isinstance(occasion, str) and occasion == "last":
-        raise ValueError(
-            f"{what}: occasion='last' is not supported: continuing the last observed "
-            "occasion needs the joint posterior of the etas and that occasion's kappa, "
-            "and the fit keeps only their marginal covariances (cov_eta, cov_kappa); "
-            "use occasion='new' (a new occasion, kappa drawn from N(0, omega_iov^2))"
-        )
+def check_occasion(occasion, what: str, allowed=OCCASIONS) -> None:
+    """Refuse an ``occasion=`` not in ``allowed`` (``None``, ``"new"``, ``"last"``),
+    naming the function."""
     named = isinstance(occasion, str) and occasion in allowed
     if not (named or (occasion is None and None in allowed)):
         raise ValueError(
             f"{what}: occasion must be one of {list(allowed)} ('new': a new occasion, "
             "kappa 0 in the point prediction and drawn from N(0, omega_iov^2) in the "
-            f"samples), got {occasion!r}"
+            "samples; 'last': the subject's last observed occasion continues, its fitted "
+            f"kappa and the joint posterior of eta and kappa), got {occasion!r}"
         )
 
 
@@ -69,35 +79,106 @@ def subject_posterior(fit: FitResult, subject=None):
     return i, eta_hat, np.linalg.cholesky(cov + 1e-14 * np.eye(k))
 
 
-def new_occasion_layout(fit: FitResult, occasion="new"):
-    """How a new occasion's kappas enter the individual parameters.
+@eqx.filter_jit
+def _curvature(spec, tv, eta, ev, ts, y, mask, sigma, omega_inv):
+    """The curvature ``H`` of the MAP objective at ``eta`` (the fit's ``H``)."""
+    return posterior_terms(spec, tv, eta, ev, ts, y, mask, sigma, omega_inv)[2]
+
+
+def last_occasion(fit: FitResult, i: int) -> int:
+    """The column of subject ``i``'s last observed occasion in ``fit.kappas``."""
+    occ = fit.data.occasions
+    return int(np.flatnonzero(np.asarray(occ.mask[i]))[-1])
+
+
+def joint_posterior(fit: FitResult, subject=None):
+    """Subject ``subject``'s Laplace posterior of ``(eta, kappa on its last occasion)``.
+
+    The curvature ``H`` of the subject's MAP objective in all its random effects (the
+    etas, then the kappas of each IOV parameter on each occasion) is recomputed at the
+    fit's mode, exactly as the fit computed it (``cov_eta`` and ``cov_kappa`` are
+    blocks of ``2 H^-1``), and the rows of the etas and of the last observed occasion's
+    kappas are kept.
 
     Returns:
-        ``(names, sd, A)``: the parameters shifted in the transformed coordinate
-        (the fit's IIV parameters, then the IOV parameters without IIV), ``(m,)`` the
-        SDs ``omega_iov`` of the ``m`` kappas (``fit.iov`` order; ``m = 0`` without IOV
-        or with ``occasion=None``) and ``(m, len(names))`` the 0/1 matrix adding kappa
+        ``(mean (k + m,), cov (k + m, k + m))``: ``[eta_hat | kappa_hat_last]`` (the
+        ``m`` kappas in ``fit.iov`` order) and their joint covariance.
+
+    Raises:
+        ValueError: the fit has no IOV, or the subject's fit failed.
+    """
+    if not fit.iov or fit.kappas is None:
+        raise ValueError("joint_posterior: this fit has no inter-occasion variability (iov=)")
+    i = fit.index(subject)
+    names, iov = tuple(fit.names), tuple(fit.iov)
+    k, m, K = len(names), len(iov), int(fit.kappas.shape[-1])
+    eta = np.concatenate([np.asarray(fit.etas[i], float), np.asarray(fit.kappas[i]).ravel()])
+    if not np.all(np.isfinite(eta)):
+        raise ValueError(f"subject {fit.ids[i]!r} has no finite fit (converged=False)")
+    fd = fit.data.subset([i])
+    errors = list(fit.errors.values()) if fit.errors else [fit.error]
+    outputs = list(fit.errors) if fit.errors else [fit.output]
+    spec = make_spec(fit.model, fit.solver, names, errors, outputs, fit.censoring, iov, K)
+    tv = {q: jax.tree.map(lambda a: np.asarray(a)[i : i + 1], v) for q, v in fit.typical.items()}
+    tv = with_occasions(tv, iov, fd.occasions.times)
+    om = np.asarray(fit.population.omega, float).reshape(k, k)
+    prec = np.zeros((k + m * K, k + m * K))
+    prec[:k, :k] = np.linalg.inv(om) if k else prec[:k, :k]
+    prec[k:, k:] = np.diag(np.repeat([1.0 / float(fit.iov[q]) for q in iov], K))
+    sigma = np.concatenate([np.atleast_1d(np.asarray(e.sigma(), float)) for e in errors])
+    H = _curvature(
+        spec,
+        tv,
+        jnp.asarray(eta[None]),
+        fd.ev,
+        jnp.asarray(fd.t_eval),
+        fd.obs(),
+        jnp.asarray(fd.mask),
+        jnp.asarray(sigma),
+        jnp.asarray(prec),
+    )
+    cov_all = 2.0 * np.linalg.inv(np.asarray(H)[0])
+    last = last_occasion(fit, i)
+    sel = list(range(k)) + [k + a * K + last for a in range(m)]
+    cov = cov_all[np.ix_(sel, sel)]
+    return eta[sel], 0.5 * (cov + cov.T)
+
+
+def occasion_layout(fit: FitResult, occasion="new", subject=None):
+    """How the kappas of the forecast's occasion enter the individual parameters.
+
+    Returns:
+        ``(names, kappa_mean, Lke, Lkk, A)``: the parameters shifted in the
+        transformed coordinate (the fit's IIV parameters, then the IOV parameters
+        without IIV); the ``m`` kappas (``fit.iov`` order; ``m = 0`` without IOV or
+        with ``occasion=None``) are ``kappa_mean + z_eta Lke' + z_kappa Lkk'``
+        (``"new"``: ``0``, ``0``, ``diag(omega_iov)``; ``"last"``: the last
+        occasion's ``kappa_hat`` and the rows of the joint Cholesky factor of
+        :func:`joint_posterior`); ``(m, len(names))`` the 0/1 matrix adding kappa
         ``a`` to its parameter's shift: the shifts are ``[eta | 0] + kappa @ A``.
     """
     names = tuple(fit.names)
-    iov = (
-        dict(getattr(fit, "iov", None) or {})
-        if isinstance(occasion, str) and occasion == "new"
-        else {}
-    )
+    k = len(names)
+    iov = dict(getattr(fit, "iov", None) or {}) if isinstance(occasion, str) else {}
     names = names + tuple(q for q in iov if q not in names)
-    A = np.zeros((len(iov), len(names)))
+    m = len(iov)
+    A = np.zeros((m, len(names)))
     for a, q in enumerate(iov):
         A[a, names.index(q)] = 1.0
+    if occasion == "last" and m:
+        mean, cov = joint_posterior(fit, subject)
+        Lj = np.linalg.cholesky(cov + 1e-14 * np.eye(k + m))
+        return names, mean[k:], Lj[k:, :k], Lj[k:, k:], A
     sd = np.sqrt(np.asarray([float(v) for v in iov.values()], float))
-    return names, sd, A
+    return names, np.zeros(m), np.zeros((m, k)), np.diag(sd), A
 
 
-def draw_random_effects(key, n: int, eta_hat, L, sd, A, include_mode: bool = True):
+def draw_random_effects(key, n: int, eta_hat, L, kappa_mean, Lke, Lkk, A, include_mode=True):
     """``(shifts (n, len(names)), eta (n, k), kappa (n, m))``: ``eta = eta_hat +
-    z L'`` and ``kappa = sd * z_kappa`` with independent standard normals (the kappas'
-    from ``fold_in(key, 1)``, so the etas are the same draws with and without IOV);
-    ``include_mode``: the first draw is ``eta_hat`` with ``kappa = 0``. Traceable."""
+    z L'`` and ``kappa = kappa_mean + z Lke' + z_kappa Lkk'`` with independent standard
+    normals (the kappas' from ``fold_in(key, 1)``, so the etas are the same draws with
+    and without IOV); ``include_mode``: the first draw is ``eta_hat`` with ``kappa =
+    kappa_mean``. Traceable."""
     k, m = L.shape[0], A.shape[0]
     z = jax.random.normal(key, (n, k))
     zk = jax.random.normal(jax.random.fold_in(key, 1), (n, m))
@@ -105,7 +186,7 @@ def draw_random_effects(key, n: int, eta_hat, L, sd, A, include_mode: bool = Tru
         z = z.at[0].set(0.0)
         zk = zk.at[0].set(0.0)
     eta = jnp.asarray(eta_hat)[None] + z @ jnp.asarray(L).T
-    kappa = zk * jnp.asarray(sd)[None]
+    kappa = jnp.asarray(kappa_mean)[None] + z @ jnp.asarray(Lke).T + zk @ jnp.asarray(Lkk).T
     pad = jnp.zeros((n, A.shape[1] - k), eta.dtype)
     shifts = jnp.concatenate([eta, pad], axis=1) + kappa @ jnp.asarray(A)
     return shifts, eta, kappa
@@ -122,30 +203,33 @@ def posterior_samples(
     its value on any occasion. With ``occasion="new"`` the parameters are those of a
     NEW occasion: each sample also draws the kappa of every IOV parameter from
     ``N(0, omega_iov^2)`` (independent of the etas and across samples; the first
-    sample, with ``include_mode``, has kappa 0). For a fit without IOV both are the
-    same.
+    sample, with ``include_mode``, has kappa 0). With ``occasion="last"`` they are
+    those of the subject's LAST observed occasion: ``(eta, kappa)`` drawn jointly from
+    the Laplace posterior of the etas and that occasion's kappas (the first sample,
+    with ``include_mode``, is the mode ``(eta_hat, kappa_hat)``); see
+    :func:`joint_posterior`. For a fit without IOV all three are the same.
 
     Arguments:
         fit: a :class:`FitResult`.
         n: number of samples.
         key: a JAX PRNG key.
         subject: the subject ID (default: the only one).
-        include_mode: make the first sample the MAP estimate itself (kappa 0).
-        occasion: ``None`` or ``"new"``.
+        include_mode: make the first sample the MAP estimate itself.
+        occasion: ``None``, ``"new"`` or ``"last"``.
 
     Returns:
         ``(params, etas)``: ``{name: (n,)}`` for every model parameter, and the
-        ``(n, k)`` etas; with ``occasion="new"`` on an IOV fit ``(n, k + m)``:
-        ``[eta | kappa]``, the ``m`` kappas in ``fit.iov`` order.
+        ``(n, k)`` etas; with ``occasion="new"`` or ``"last"`` on an IOV fit ``(n, k +
+        m)``: ``[eta | kappa]``, the ``m`` kappas in ``fit.iov`` order.
 
     Raises:
         ValueError: the subject's fit failed (no finite estimate), or an ``occasion``
-            other than ``None`` / ``"new"`` (``"last"`` is refused, with its reason).
+            other than ``None`` / ``"new"`` / ``"last"``.
     """
-    check_occasion(occasion, "posterior_samples", (None, "new"))
+    check_occasion(occasion, "posterior_samples", (None, *OCCASIONS))
     i, eta_hat, L = subject_posterior(fit, subject)
-    names, sd, A = new_occasion_layout(fit, occasion)
-    shifts, eta, kappa = draw_random_effects(key, n, eta_hat, L, sd, A, include_mode)
+    names, km, lke, lkk, A = occasion_layout(fit, occasion, fit.ids[i])
+    shifts, eta, kappa = draw_random_effects(key, n, eta_hat, L, km, lke, lkk, A, include_mode)
     spec = Spec(fit.model, fit.solver, fit.output, names, fit.error)
 
     def rows(a):  # subject i's (typical value or change table row), n times
