@@ -17,6 +17,7 @@ benchmarks/results/ep_population.json)
 from __future__ import annotations
 
 import argparse
+import os
 
 from _common import machine_info, setup_precision, time_call, write_json
 
@@ -33,6 +34,7 @@ def main():
 
     from twinjax.models import ep
 
+    load_before = os.getloadavg()
     model = ep.ORd()
     sizes = [1, 100] if args.quick else [1, 100, 1000]
     n_beats = 5 if args.quick else 20
@@ -70,7 +72,7 @@ def main():
             "GNa, GNaL, Gto, PCa, GKr, GKs, GK1, Gncx, Pnak, Jrel_scale, Jup_scale",
             pacing="BCL 1000 ms, -80 A/F x 0.5 ms, from the shipped 1 Hz control steady state",
             solver=f"ep.RushLarsen(dt_max={solver.dt_max}, dt_min={solver.dt_min}, "
-            f"dv_max={solver.dv_max})",
+            f"dv_max={solver.dv_max}, rtol={solver.rtol})",
             timing="first call (trace + compile + run) vs a steady call; "
             "beats_per_second = N * n_beats / steady_s",
             note="2-core CPU shared with concurrent work: indicative numbers",
@@ -78,6 +80,8 @@ def main():
         quick=args.quick,
         dtype=dtype_name,
         machine=machine_info(),
+        load_average_before=list(load_before),
+        load_average_after=list(os.getloadavg()),
         rows=rows,
         summary=dict(
             beats_per_second=big["beats_per_second"],
