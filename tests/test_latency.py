@@ -190,3 +190,191 @@ def test_cache_writes_into_the_given_folder_and_a_new_process_hits_it(tmp_path):
     assert off["folder"] is None and off["after"] is None
     assert not (tmp_path / "home").exists()
     assert sorted(p.name for p in cache.iterdir()) == written
+
+
+# ============================================================ stored executables
+def test_usable_records_is_error_model_usable():
+    """``prepare_data`` decides on the host which records an error model can use; the
+    decision is ``ErrorModel.usable``'s for every kind (NaN kept, infinities and, for a
+    log error, non-positive values out)."""
+    import jax.numpy as jnp
+
+    from twinjax.calibrate._data import usable_records
+
+    dv = np.array([[1.5, 0.0, -2.0, np.nan], [np.inf, -np.inf, 1e-300, 7.0]])
+    for e in (
+        ErrorModel("additive", add=1.0),
+        ErrorModel("proportional", prop=0.1),
+        ErrorModel("combined", add=1.0, prop=0.1),
+        ErrorModel("log", add=0.2),
+    ):
+        ref = np.asarray(e.usable(jnp.asarray(dv)))
+        np.testing.assert_array_equal(usable_records(e, dv), ref, err_msg=e.kind)
+
+
+def test_executable_key_covers_what_determines_the_program():
+    """The store's key (computed without tracing) changes with each array's shape,
+    dtype and weak type, with every non-array argument (a Python float, a model
+    parameter of a static object), with the function and with x64; it is the same
+    for the same call and does not depend on the arrays' values."""
+    import jax
+    import jax.numpy as jnp
+
+    from twinjax._executables import program_key
+    from twinjax.calibrate._map import natural_program
+
+    x = np.zeros((4, 3))
+    base = program_key(map_program, (ERR, x, 1.0), {"block": None})[0]
+    same = program_key(map_program, (ERR, np.ones((4, 3)), 1.0), {"block": None})[0]
+    assert base == same
+    others = [
+        program_key(map_program, (ERR, np.zeros((8, 3)), 1.0), {"block": None}),
+        program_key(map_program, (ERR, np.zeros((4, 3), np.float32), 1.0), {"block": None}),
+        program_key(map_program, (ERR, jnp.asarray(0.0), 1.0), {"block": None}),
+        program_key(map_program, (ERR, jnp.asarray(np.float64(0.0)), 1.0), {"block": None}),
+        program_key(map_program, (ERR, x, 1.5), {"block": None}),
+        program_key(map_program, (ERR, x, 1.0), {"block": 8}),
+        program_key(map_program, (ErrorModel("additive", add=0.7), x, 1.0), {"block": None}),
+        program_key(natural_program, (ERR, x, 1.0), {"block": None}),
+    ]
+    with jax.enable_x64(False):
+        others.append(program_key(map_program, (ERR, x, 1.0), {"block": None}))
+    keys = [k for k, _ in others]
+    assert base not in keys and len(set(keys)) == len(keys)
+    # the weak and the strong scalar differ (above); the leaves are the arrays in order
+    _, leaves = program_key(map_program, (ERR, x, {"a": np.ones(2)}), {"b": None})
+    assert len(leaves) == 2 and leaves[0] is x
+
+
+_STORE_CHILD = r"""
+import json, sys
+import jax
+jax.config.update("jax_enable_x64", True)
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+import twinjax
+from twinjax import _executables
+
+@eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)
+def solve(scale, a, b, n):
+    # a linear solve (LAPACK on CPU) and a loop: what the fit's program holds
+    x = jnp.linalg.solve(a * scale, b)
+    return {"x": x, "s": jax.lax.fori_loop(0, n, lambda i, s: s + jnp.sin(s * x[0]), b[1])}
+
+folder = sys.argv[1]
+a = np.array([[4.0, 1.0], [2.0, 3.0]]); b = np.array([1.0, 2.0])
+runs = []
+for executables in (True, False):  # through the store, then the normal jit path
+    twinjax.enable_compilation_cache(folder, executables=executables)
+    out = _executables.call(solve, 0.5, a, b, jax.device_put(7))
+    runs.append(dict(
+        counts=_executables.counts(), traces=eqx.debug.get_num_traces(solve),
+        x=[float(v) for v in out["x"]], s=float(out["s"]),
+    ))
+print(json.dumps(runs))
+"""
+
+
+def _store_child(folder):
+    env = {k: v for k, v in os.environ.items() if k != "TWINJAX_CACHE_DIR"}
+    out = subprocess.run(
+        [sys.executable, "-c", _STORE_CHILD, str(folder)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(ROOT),
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_fresh_process_runs_the_stored_executable_without_tracing(tmp_path):
+    """First process: traced, compiled and stored. Second: loaded from the store and
+    run with no trace, giving the jit path's numbers (the same process, the store
+    off: ``eqx.filter_jit``) to the last bit. A corrupt entry is not loaded."""
+    from twinjax._executables import SUFFIX, counts
+    from twinjax._executables import _load as load_entry
+
+    cache = tmp_path / "cache"
+    first, _ = _store_child(cache)
+    assert first["traces"] == 1 and first["counts"] == {"compiled": 1, "stored": 1}
+    stored = sorted((cache / "executables").iterdir())
+    assert len(stored) == 1 and stored[0].name.endswith(SUFFIX)
+    second, jit = _store_child(cache)
+    assert second["traces"] == 0 and second["counts"] == {"loaded": 1}
+    assert jit["traces"] == 1 and jit["counts"] == {"loaded": 1, "jit": 1}
+    assert second["x"] == jit["x"] == first["x"] and second["s"] == jit["s"] == first["s"]
+    # a corrupt entry (its payload's SHA-256 differs) is refused, never loaded
+    key = stored[0].name[: -len(SUFFIX)]
+    body = bytearray(stored[0].read_bytes())
+    body[len(body) // 2] ^= 0xFF
+    stored[0].write_bytes(bytes(body))
+    failed = counts().get("load_failed", 0)
+    assert load_entry(cache / "executables", key) is None
+    assert counts()["load_failed"] == failed + 1
+
+
+_FIT_CHILD = r"""
+import json, sys
+import jax
+jax.config.update("jax_enable_x64", True)
+import equinox as eqx
+import numpy as np
+import twinjax as tj
+from twinjax import _executables
+from twinjax.calibrate import ErrorModel, fit_individual
+from twinjax.calibrate._map import map_program
+from twinjax.models import pk
+
+model = pk.one_compartment(absorption="first_order")
+pop = tj.Population(
+    model, typical={"KA": 1.55, "CL": 2.75, "V": 31.8}, omega={"KA": 0.41, "CL": 0.07, "V": 0.02}
+)
+ds = tj.data.datasets.theophylline().subset([1])
+runs = []
+for executables in (True, False):  # through the store, then the normal jit path
+    tj.enable_compilation_cache(sys.argv[1], executables=executables)
+    r = fit_individual(model, ds, pop, ErrorModel("additive", add=0.69))
+    runs.append(dict(
+        counts=_executables.counts(), traces=eqx.debug.get_num_traces(map_program),
+        values={k: np.asarray(v, np.float64).ravel().tolist() for k, v in dict(
+            etas=r.etas, cov=r.cov_eta, O=r.objective, ipred=r.ipred, pred=r.pred,
+            iwres=r.iwres, n_iter=r.n_iter, **{"se_" + q: r.se[q] for q in r.names},
+        ).items()},
+    ))
+print(json.dumps(runs))
+"""
+
+
+@pytest.mark.slow
+def test_a_fresh_process_fits_from_stored_executables_to_the_last_bit(tmp_path):
+    """The MAP fit of one theophylline subject: the first process compiles and stores
+    its programs (the LM and the natural-scale step); a second fresh process loads
+    them, traces no fit program, and its estimates, curvature, objective, predictions,
+    residuals and SEs equal the jit path's (``eqx.filter_jit``) to the last bit."""
+    cache = tmp_path / "cache"
+
+    def child():
+        env = {k: v for k, v in os.environ.items() if k != "TWINJAX_CACHE_DIR"}
+        out = subprocess.run(
+            [sys.executable, "-c", _FIT_CHILD, str(cache)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=str(ROOT),
+            timeout=1200,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first, _ = child()
+    assert first["counts"] == {"compiled": 2, "stored": 2} and first["traces"] == 1
+    loaded, jit = child()
+    assert loaded["counts"] == {"loaded": 2} and loaded["traces"] == 0
+    assert jit["traces"] == 1 and jit["counts"]["jit"] == 2
+    for name, ref in jit["values"].items():
+        assert loaded["values"][name] == ref == first["values"][name], name
+    assert np.isfinite(jit["values"]["O"]).all()

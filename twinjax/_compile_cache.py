@@ -15,6 +15,12 @@ found: the ``path`` argument, the environment variable ``TWINJAX_CACHE_DIR``,
 (or ``0``, ``no``, ``false``, ``none``, empty) turns it off. Nothing is written
 anywhere else. The cache may be deleted at any time (it is rebuilt as programs are
 compiled); it holds executables for this machine's backend and JAX version only.
+
+JAX's cache still traces and lowers every program in a new process before it looks it
+up. With ``executables=True`` (the default) the programs that twinjax routes through
+:func:`twinjax._executables.call` (the MAP fit's) are also stored whole, in the
+subfolder ``executables/``, keyed without tracing: a later process loads and runs them
+directly (:mod:`twinjax._executables`).
 """
 
 from __future__ import annotations
@@ -22,12 +28,19 @@ from __future__ import annotations
 import os
 import pathlib
 
-__all__ = ["compilation_cache_dir", "default_cache_dir", "enable_compilation_cache"]
+__all__ = [
+    "compilation_cache_dir",
+    "default_cache_dir",
+    "enable_compilation_cache",
+    "executables_dir",
+]
 
 ENV = "TWINJAX_CACHE_DIR"
 OFF = ("off", "0", "no", "false", "none", "")
 
-_STATE: dict[str, pathlib.Path | None] = {"dir": None}
+EXECUTABLES = "executables"  # the subfolder of stored executables
+
+_STATE: dict[str, pathlib.Path | None] = {"dir": None, "executables": None}
 
 
 def default_cache_dir() -> pathlib.Path | None:
@@ -44,7 +57,9 @@ def default_cache_dir() -> pathlib.Path | None:
     return base / "twinjax" / "jax"
 
 
-def enable_compilation_cache(path: str | os.PathLike | None = None) -> pathlib.Path | None:
+def enable_compilation_cache(
+    path: str | os.PathLike | None = None, *, executables: bool = True
+) -> pathlib.Path | None:
     """Keep compiled JAX programs on disk, so that later processes load them.
 
     Sets JAX's ``jax_compilation_cache_dir`` to the folder and its thresholds so that
@@ -58,6 +73,10 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> pathlib.P
             else ``$XDG_CACHE_HOME/twinjax/jax``, else ``~/.cache/twinjax/jax``. The
             string ``"off"`` (like ``TWINJAX_CACHE_DIR=off`` without ``path``)
             turns the cache off.
+        executables: also keep the programs twinjax routes through
+            :func:`twinjax._executables.call` as whole executables in
+            ``<folder>/executables`` (loaded without tracing or lowering by a later
+            process; see :mod:`twinjax._executables`). False: JAX's cache only.
 
     Returns:
         The cache folder, or None when the cache is off.
@@ -78,7 +97,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> pathlib.P
         if _STATE["dir"] is not None:
             jax.config.update("jax_compilation_cache_dir", None)
             cc.reset_cache()
-        _STATE["dir"] = None
+        _STATE["dir"] = _STATE["executables"] = None
         return None
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -95,9 +114,16 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> pathlib.P
     # looked up again at the next one
     cc.reset_cache()
     _STATE["dir"] = folder
+    _STATE["executables"] = folder / EXECUTABLES if executables else None
     return folder
 
 
 def compilation_cache_dir() -> pathlib.Path | None:
     """The folder :func:`enable_compilation_cache` set in this process (None: off)."""
     return _STATE["dir"]
+
+
+def executables_dir() -> pathlib.Path | None:
+    """The folder of whole stored executables (None: not stored; see
+    :func:`enable_compilation_cache`)."""
+    return _STATE["executables"]

@@ -116,6 +116,16 @@ def pad_fit_batch(batch, n_to: int, t_to: int, e_to: int):
     return tv, eta0, ev, ts, y, mask
 
 
+def usable_records(error: ErrorModel, dv: np.ndarray) -> np.ndarray:
+    """``error.usable(dv)`` on the host (numpy; ``dv`` already in the fit's dtype):
+    positive records for a log error, else every record but an infinite one (NaN is
+    kept: a broken subject is flagged). The same as :meth:`ErrorModel.usable`
+    (tests/test_latency.py checks it), without a device program per data shape."""
+    if error.kind == "log":
+        return dv > 0
+    return ~np.isinf(dv)
+
+
 # ============================================================================ data
 @dataclasses.dataclass(frozen=True, eq=False)
 class FitData:
@@ -506,7 +516,7 @@ def prepare_data(
     # records an error model cannot use (DV <= 0 of a log error)
     for j, e in enumerate(errors):
         sel = out == j
-        use = np.asarray(e.usable(jnp.asarray(dv)))
+        use = usable_records(e, np.asarray(dv, dtype))
         mask = mask & (~sel | use)
     cens = np.where(mask, cens, 0).astype(np.int32)
     dv = np.where(mask, dv, 1.0)
@@ -527,9 +537,12 @@ def prepare_data(
     if len(distinct) != len(regimens):
         gather = np.asarray(order, dtype=np.int64)
         ev = jax.tree.map(lambda a: a[gather], ev)
-    if np.any(shift > 0):
-        s = jnp.asarray(shift, dtype)
-        ev = eqx.tree_at(lambda e: (e.time, e.ss_time), ev, (ev.time + s[:, None], ev.ss_time + s))
+    if np.any(shift > 0):  # on the host: an eager device sum is a program per shape
+        s = np.asarray(shift, dtype)
+        time = jax.device_put(np.asarray(ev.time) + s[:, None])
+        ev = eqx.tree_at(
+            lambda e: (e.time, e.ss_time), ev, (time, jax.device_put(np.asarray(ev.ss_time) + s))
+        )
     # time-varying covariates: (N, C) tables on one grid (every record's time), shifted
     # like the event table so that doses and observations see their records' values
     varying = _change_tables(varying, shift)

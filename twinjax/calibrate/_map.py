@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _executables
 from ..model import Model
 from ..model._piecewise import Piecewise
 from ..solve._base import AbstractSolver
@@ -147,8 +148,13 @@ def _natural(model, names, tv0, eta, cov):
     n = eta.shape[0]
     nb = shape_bucket(n)
     rows = lambda a: pad_axis(np.asarray(a), nb, 0)  # noqa: E731
-    val, slope, lo, hi = natural_program(
-        model, tuple(names), {k: rows(v) for k, v in tv0.items()}, rows(eta), rows(sd)
+    val, slope, lo, hi = _executables.call(
+        natural_program,
+        model,
+        tuple(names),
+        {k: rows(v) for k, v in tv0.items()},
+        rows(eta),
+        rows(sd),
     )
     cut = lambda a: np.asarray(a)[:n]  # noqa: E731
     se = {k: np.abs(cut(slope[k])) * sd[:, i] for i, k in enumerate(names)}
@@ -285,10 +291,12 @@ def fit_individual(
         prec = iov_precision(iov_var, iov_names, n_occ)
         omega = _block_diag(omega, np.diag(1.0 / prec))
     omega_inv = np.linalg.inv(omega)
-    sigma = np.concatenate([np.atleast_1d(np.asarray(e.sigma())) for e in errors])
-    ts = jnp.asarray(fd.t_eval)
+    # host arrays (numpy): an eager device operation would be one more program for a
+    # fresh process to build; the fit's program takes them as they are
+    sigma = np.asarray([float(getattr(e, q)) for e in errors for q in e.names])
+    ts = np.asarray(fd.t_eval)
     y = fd.obs()
-    mask = jnp.asarray(fd.mask)
+    mask = np.asarray(fd.mask)
     S = max(int(n_starts), 1)
 
     def tile(a):
@@ -324,8 +332,16 @@ def fit_individual(
         batch = pad_fit_batch(batch, n_to, t_to, e_to)
     elif n_dev > 1:  # pad to a multiple of the device count with copies of subject 0
         batch = _pad_rows(batch, -(-n_all // n_dev) * n_dev)
-    out = map_program(
-        spec, batch, sigma, omega_inv, jnp.asarray(max_iter), tol, block=block, devices=n_dev
+    out = _executables.call(
+        map_program,
+        spec,
+        batch,
+        sigma,
+        omega_inv,
+        jax.device_put(max_iter),  # as jnp.asarray, with no program of its own
+        tol,
+        block=block,
+        devices=n_dev,
     )
     out = {k_: np.asarray(v)[:n_all] for k_, v in out.items()}
     for k_ in ("f", "pred", "iwres"):
