@@ -368,3 +368,24 @@ def test_several_outputs_in_a_specification():
     spec["error"] = {**errors, "pd.X": {"kind": "additive", "add": 1.0}}
     with pytest.raises(SpecError, match=r"\[error\.pd\.X\]: unknown output 'pd\.X'"):
         fit_spec_from_dict(spec)
+
+
+def test_foce_i_holds_the_typical_values_inside_their_bounds(tmp_path, monkeypatch):
+    """`twinjax fit` hands the bounds of the estimated typical values to FOCE-I, which
+    holds them inside by a transform (fit_population(bounds=): tests/test_iov_uncertainty.py
+    ::test_bounds_hold_a_typical_value_inside); a FOCE-I start on a bound is refused
+    naming the key, before fitting."""
+    calls = []
+
+    def fake_fit(*args, **kwargs):
+        calls.append(kwargs)
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(tj.calibrate._nlme, "fit_population", fake_fit)
+    r = _cli(EXAMPLE, "--out", tmp_path / "out")
+    assert "stopped by the test" in r.output, r.output
+    assert calls[0]["bounds"] == {"KA": (0.05, 20.0), "CL": (0.1, 50.0), "V": (1.0, 500.0)}
+    on_bound = {**GOOD["parameters"], "KA": {"value": 0.05, "iiv": 0.3, "lower": 0.05}}
+    with pytest.raises(SpecError, match=r"\[parameters.KA\].value: 0.05 is on a bound"):
+        fit_spec_from_dict(_with(parameters=on_bound))
+    fit_spec_from_dict(_with(parameters=on_bound, fit={**GOOD["fit"], "method": "saem"}))

@@ -157,6 +157,7 @@ def test_iov_covariance_step_matches_the_closed_form(iov_fit):
     # delta method: OMEGA_IOV = exp(2 phi_2), so SE = 2 OMEGA_IOV SE(phi_2)
     oi = fit.omega_iov["B"]
     for k, cs in steps.items():
+        print(k, cs.table.to_string(), sep="\n")
         se = 2 * oi * np.sqrt(cs.cov_phi[2, 2])
         assert cs.table.loc["OMEGA_IOV(B)", "se"] == pytest.approx(se, rel=1e-8), k
         assert 0 < cs.table.loc["OMEGA_IOV(B)", "rse_pct"] < 100, k
@@ -171,9 +172,10 @@ def test_iov_profile_matches_the_closed_form_and_the_wald_interval(iov_fit):
     j = 2
     se_z = np.sqrt(fit.cov_phi[j, j])  # SE of log sqrt(omega_iov) (MATRIX=R)
     z_hat = 0.5 * np.log(fit.omega_iov["B"])
-    zs = z_hat + se_z * np.array([-2.5, -0.5, 0.5, 2.5])
+    # +-0.5 SE (the curvature) and points on both sides of each 95 % crossing
+    zs = z_hat + se_z * np.array([-2.25, -1.75, -0.5, 0.5, 1.75, 2.25])
     pr = profile_likelihood(fit, DATA, "OMEGA_IOV(B)", values=np.exp(2 * zs))
-    assert pr.converged.all() and pr.values.size == 5  # the estimate added
+    assert pr.converged.all() and pr.values.size == 7  # the estimate added
     phi_ref, ofv_ref = closed_fit()
     ref = [closed_fit(fixed=(j, 0.5 * np.log(v)), start=phi_ref)[1] - ofv_ref for v in pr.values]
     np.testing.assert_allclose(pr.delta_ofv, ref, atol=2e-4)
@@ -181,11 +183,13 @@ def test_iov_profile_matches_the_closed_form_and_the_wald_interval(iov_fit):
     inner = np.abs(np.log(pr.values) - 2 * z_hat) < 2 * se_z  # the +-0.5 SE points
     np.testing.assert_allclose(pr.delta_ofv[inner], quad[inner], rtol=0.05)
     lo, hi = pr.ci
-    assert lo < TRUE["omega_iov"] < hi
-    # the Wald interval on the log scale, exp(2 (z_hat +- 1.96 SE)): close in the
-    # quadratic region (the profile is interpolated linearly between grid points)
     wald = np.exp(2 * (z_hat + 1.959964 * se_z * np.array([-1.0, 1.0])))
-    np.testing.assert_allclose([lo, hi], wald, rtol=0.15)
+    print(pr, "delta OFV", pr.delta_ofv, "quadratic", quad, "Wald (log scale)", wald)
+    assert lo < TRUE["omega_iov"] < hi
+    # the Wald interval on the log scale, exp(2 (z_hat +- 1.96 SE)): the profile is
+    # within 10 % of the quadratic out to 2.5 SE (measured at +-2.5 SE: 6.45 and 5.62
+    # against 6.25), about 5 % of 1.96 SE in log omega_iov, 3 % in the CI's ends
+    np.testing.assert_allclose([lo, hi], wald, rtol=0.05)
 
 
 def test_iov_bootstrap_resamples_subjects_with_their_occasions(iov_fit):
@@ -200,6 +204,41 @@ def test_iov_bootstrap_resamples_subjects_with_their_occasions(iov_fit):
     for b in (0, 7, 19):
         phi_ref, _ = closed_fit(bs.counts[b])
         np.testing.assert_allclose(bs.phi[b], phi_ref, atol=2e-4, err_msg=str(b))
+    print(bs.summary())
     row = bs.table.loc["OMEGA_IOV(B)"]
     assert row.ci_lo < fit.omega_iov["B"] < row.ci_hi
     assert row.boot_se > 0
+
+
+# ------------------------------------------------------------------ bounds on THETA
+def test_bounds_hold_a_typical_value_inside():
+    """``fit_population(bounds=)`` holds a typical value inside ``(lower, upper)`` by
+    its outer coordinate (NONMEM's transform of a bounded THETA): the unbounded MLE of
+    B is 9.83 (test_iov_covariance_step_matches_the_closed_form), so with upper = 9.5
+    the estimate ends just below 9.5, never above, and is named as at a bound; the
+    covariance step and profiles rebuild the same outer vector. Bad bounds are refused
+    before anything compiles."""
+    start = tj.Population(MODEL, typical={"B": 8.0}, omega={"B": 2.0})
+    err = ErrorModel("additive", add=1.0)
+    for bad, match in [
+        ({"C": (0.0, 1.0)}, r"bounds\['C'\]: unknown parameter"),
+        ({"B": (9.0, 5.0)}, r"bounds\['B'\]: lower must be below upper"),
+        ({"B": (8.5, 9.5)}, r"initial typical value 8 is not strictly inside \(8.5, 9.5\)"),
+        ({"B": "x"}, r"bounds\['B'\]: expected \(lower, upper\)"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            fit_population(MODEL, DATA, start, err, bounds=bad)
+    fit = fit_population(MODEL, DATA, start, err, iov={"B": 0.2}, bounds={"B": (0.0, 9.5)})
+    print(fit.summary(), fit.message)
+    b = fit.theta["B"]
+    assert b < 9.5 and b == pytest.approx(9.5, rel=1e-3)
+    assert fit.at_bounds == ["B"] and "at a bound: B" in fit.message
+    assert fit.bounds == {"B": (0.0, 9.5)}
+    prob = Problem.from_fit(fit, None)
+    assert prob.lay.theta_coef("B") is not None
+    # B's outer coordinate is the logit of (B - 0) / 9.5, and it rebuilds the fit's B
+    assert prob.natural(prob.phi_hat)[0] == pytest.approx(b, rel=1e-12)
+    assert prob.phi_hat[0] == pytest.approx(np.log(b / (9.5 - b)), rel=1e-9)
+    # the other parameters are the closed-form optimum with B held at its estimate
+    phi_b, _ = closed_fit(fixed=(0, b))
+    np.testing.assert_allclose(prob.phi_hat[1:], phi_b[1:], atol=2e-3)

@@ -204,7 +204,8 @@ class Problem:
             lab.startswith("OMEGA(") and lab[6:-1].split(",")[0] != lab[6:-1].split(",")[1]
             for lab in labels
         )
-        lay = nlme.Layout(estimate, tuple(pop.iiv), full, n_sigma, slots, iov_names, n_occ)
+        held = tuple((q, float(lo), float(hi)) for q, (lo, hi) in (fit.bounds or {}).items())
+        lay = nlme.Layout(estimate, tuple(pop.iiv), full, n_sigma, slots, iov_names, n_occ, held)
         base = {kk: float(v) for kk, v in pop.typical.items()}
         N = fd.n
         factors = nlme.covariate_factors(pop, fd, effects)

@@ -74,7 +74,7 @@ from ._nlme_objective import inner_modes as inner_modes
 from ._nlme_objective import ofv_and_grad as ofv_and_grad
 from ._nlme_objective import ofv_terms as ofv_terms
 from ._nlme_outer import Layout as Layout
-from ._nlme_outer import iov_variances
+from ._nlme_outer import at_bound, check_bounds, iov_variances
 from ._nlme_outer import outer_coefs as outer_coefs
 from ._nlme_outer import pack_outer as pack_outer
 from ._nlme_outer import unpack_outer as unpack_outer
@@ -119,6 +119,7 @@ def fit_population(
     output_column: str = "DVID",
     iov: Mapping[str, float] | None = None,
     occasion_column: str = "OCC",
+    bounds: Mapping[str, tuple[float, float]] | None = None,
 ) -> PopulationFitResult:
     """Population fit by FOCE-I with the Laplace approximation.
 
@@ -158,13 +159,21 @@ def fit_population(
             problem and of the Laplace term; see :mod:`twinjax.calibrate._iov`.
         occasion_column: the data column numbering each record's occasion (with
             ``iov``; the data must then be a Dataset).
+        bounds: ``{name: (lower, upper)}`` for estimated typical values (``-inf`` /
+            ``inf`` for a side without bound): the typical value is held strictly
+            inside them by its outer coordinate (``lower + e^z``, ``upper - e^z`` or
+            ``lower + (upper - lower) sigmoid(z)``, NONMEM's way with bounded THETAs),
+            so the optimiser cannot leave them; an estimate that ends within 0.1 % of a
+            bound is named in ``message`` and ``at_bounds``.
 
     Returns:
         A :class:`PopulationFitResult`.
 
     Raises:
-        ValueError: unknown names, an Omega option other than diagonal/full, or
-            covariate effects the data cannot support (a missing column, a factor that
+        ValueError: unknown names, an Omega option other than diagonal/full, bounds
+            that are not ``lower < upper`` inside the parameter's admissible range, on
+            a typical value that is not estimated, or that do not contain its initial
+            value, or covariate effects the data cannot support (a missing column, a factor that
             is not positive, a coefficient the data cannot inform), before anything is
             compiled.
     """
@@ -181,6 +190,7 @@ def fit_population(
         raise ValueError(f"estimate names unknown parameters {unknown}")
     iov_var = check_iov(model, iov)
     iov_names = tuple(iov_var)
+    theta_bounds = check_bounds(model, bounds, estimate, pop.typical)
     outputs, errors = resolve_outputs(model, error, output)
     solver = solver or Ensemble()
     fd = prepare_data(
@@ -203,7 +213,9 @@ def fit_population(
     spec = make_spec(model, solver, pop.iiv, errors, outputs, cmode, iov_names, n_occ)
     n_sigma = sum(len(e.names) for e in errors)
     effects, slots, coef0 = covariate_model(pop, fd, model, estimate)
-    lay = Layout(estimate, tuple(pop.iiv), omega == "full", n_sigma, slots, iov_names, n_occ)
+    lay = Layout(
+        estimate, tuple(pop.iiv), omega == "full", n_sigma, slots, iov_names, n_occ, theta_bounds
+    )
     base = {k: float(v) for k, v in pop.typical.items()}
     factors = covariate_factors(pop, fd, effects)
     om0 = np.asarray(pop.omega)
@@ -388,6 +400,8 @@ def fit_population(
     )
     m2ll = ofv + n_obs * LOG_2PI
     n_par = P
+    at_bounds = [q for q, lo, hi in theta_bounds if at_bound(theta[q], lo, hi)]
+    note = f"; estimate(s) at a bound: {', '.join(at_bounds)}" if at_bounds else ""
     return PopulationFitResult(
         theta=theta,
         omega=om,
@@ -408,13 +422,15 @@ def fit_population(
         n_outer=state["n"],
         wall_s=time.perf_counter() - t_start,
         message=f"BFGS: {res.message}; Newton polishing: {n_newton} Hessian(s), "
-        f"decrement g'H^-1g = {dec:.3g} (tolerance {outer_tol:g})",
+        f"decrement g'H^-1g = {dec:.3g} (tolerance {outer_tol:g})" + note,
         newton_decrement=dec,
         errors=errs_fit,
         censoring=cmode,
         n_censored=n_cens,
         covariate_effects=cov_est,
         omega_iov=iov_fit,
+        bounds={q: (lo, hi) for q, lo, hi in theta_bounds},
+        at_bounds=at_bounds,
     )
 
 

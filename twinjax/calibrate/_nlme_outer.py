@@ -1,7 +1,15 @@
 """The outer vector ``phi`` of a FOCE-I population fit (:mod:`._nlme`): where each
 population parameter lives in it (:class:`Layout`), the estimated covariate
 coefficients' bounds (:class:`Coef`), and packing / unpacking on the unconstrained
-scale (typical values, Cholesky factor of Omega, log IOV SDs, log residual SDs)."""
+scale (typical values, Cholesky factor of Omega, log IOV SDs, log residual SDs).
+
+A typical value is held in its model parameter's unconstrained coordinate (``log`` for
+a positive parameter, ``logit`` for a bounded one, ...), or, when the fit has bounds
+``(lower, upper)`` for it (``fit_population(bounds=)``, ``[parameters.X] lower/upper``
+of ``twinjax fit``), in :class:`Coef`'s transform of those bounds, as NONMEM keeps a
+THETA inside ``(low, up)``: the optimiser moves an unconstrained number and the typical
+value cannot leave the bounds (it approaches a bound only as that number goes to
+infinity)."""
 
 from __future__ import annotations
 
@@ -62,6 +70,14 @@ class Layout:
     cov: tuple = ()  # estimated covariate coefficients (Coef), in the order of CovariateFactors
     iov: tuple = ()  # parameters with inter-occasion variability (one variance each)
     n_occ: int = 0  # occasions per subject (padded)
+    bounds: tuple = ()  # ((name, lower, upper), ...): typical values held inside bounds
+
+    def theta_coef(self, name: str) -> Coef | None:
+        """The bounded transform of typical value ``name`` (None: the model's own)."""
+        for q, lo, hi in self.bounds:
+            if q == name:
+                return Coef(q, float(lo), float(hi))
+        return None
 
     @property
     def n_omega(self) -> int:
@@ -77,12 +93,71 @@ class Layout:
         return np.tril_indices(k) if self.full_omega else (np.arange(k), np.arange(k))
 
 
+def check_bounds(model: Model, bounds, estimate, typical) -> tuple:
+    """``((name, lower, upper), ...)`` from ``fit_population``'s ``bounds``, checked
+    (before anything compiles); sides that add nothing to the model's own range are
+    dropped, and a bound equal to the model's on both sides gives no entry.
+
+    Raises:
+        TypeError: ``bounds`` is not a mapping.
+        ValueError: an unknown or not estimated parameter, bounds that are not two
+            numbers ``lower < upper``, reach outside the parameter's admissible range,
+            or do not contain its initial typical value strictly.
+    """
+    if not bounds:
+        return ()
+    if not hasattr(bounds, "items"):
+        raise TypeError(f"bounds must be a mapping {{name: (lower, upper)}}, got {bounds!r}")
+    out = []
+    for name, b in bounds.items():
+        where = f"bounds[{name!r}]"
+        if name not in model.param_names:
+            raise ValueError(f"{where}: unknown parameter; the model's are {model.param_names}")
+        if name not in estimate:
+            raise ValueError(
+                f"{where}: {name} is not estimated (estimate={list(estimate)}): bounds apply "
+                "to estimated typical values"
+            )
+        try:
+            lo, hi = (float(x) for x in b)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected (lower, upper), got {b!r}") from None
+        q = model.param(name)
+        if np.isnan(lo) or np.isnan(hi) or not lo < hi:
+            raise ValueError(f"{where}: lower must be below upper, got ({lo:g}, {hi:g})")
+        if lo < q.lower or hi > q.upper:
+            raise ValueError(
+                f"{where}: ({lo:g}, {hi:g}) reaches outside the parameter's admissible "
+                f"range [{q.lower:g}, {q.upper:g}]"
+            )
+        v = float(typical[name])
+        if not lo < v < hi:
+            raise ValueError(
+                f"{where}: the initial typical value {v:g} is not strictly inside ({lo:g}, {hi:g})"
+            )
+        if lo == q.lower and hi == q.upper:
+            continue  # the model's own transform already keeps it inside
+        out.append((name, lo, hi))
+    return tuple(out)
+
+
+def at_bound(x: float, lo: float, hi: float, rel: float = 1e-3) -> bool:
+    """Whether ``x`` is within ``rel`` (relative to ``|x|``) of ``lo`` or ``hi``."""
+    return bool(min(abs(x - lo), abs(hi - x)) <= rel * max(abs(x), 1e-12))
+
+
 def unpack_outer(model: Model, lay: Layout, phi):
     """``phi`` -> (theta natural dict, Omega, sigma); see :func:`outer_coefs` for the
     covariate coefficients."""
     nt, nc, no = len(lay.theta), len(lay.cov), lay.n_omega
     z = phi[:nt]
-    theta = model.from_unconstrained({k: z[i] for i, k in enumerate(lay.theta)})
+    free = {k: z[i] for i, k in enumerate(lay.theta) if lay.theta_coef(k) is None}
+    theta = model.from_unconstrained(free) if free else {}
+    for i, k in enumerate(lay.theta):
+        c = lay.theta_coef(k)
+        if c is not None:
+            theta[k] = c.from_z(z[i])
+    theta = {k: theta[k] for k in lay.theta}
     k = len(lay.iiv)
     w = phi[nt + nc : nt + nc + no]
     rows, cols = lay.tril()
@@ -128,7 +203,13 @@ def pack_outer(
     model: Model, lay: Layout, theta: dict, omega, sigma, coefs=(), iov=()
 ) -> np.ndarray:
     """The outer vector; ``iov``: the IOV variances in the order of ``lay.iov``."""
-    z = model.to_unconstrained({k: jnp.asarray(theta[k]) for k in lay.theta}, lay.theta)
+    free = tuple(k for k in lay.theta if lay.theta_coef(k) is None)
+    z = model.to_unconstrained({k: jnp.asarray(theta[k]) for k in free}, free) if free else {}
+    z = dict(z)
+    for k in lay.theta:
+        c = lay.theta_coef(k)
+        if c is not None:
+            z[k] = c.to_z(float(theta[k]))
     L = np.linalg.cholesky(np.asarray(omega) + 1e-12 * np.eye(len(lay.iiv)))
     rows, cols = lay.tril()
     w = L[rows, cols]

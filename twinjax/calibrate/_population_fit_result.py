@@ -62,6 +62,9 @@ class PopulationFitResult:
             ``individual.occasions``. The covariance step, profiles and bootstrap
             treat ``OMEGA_IOV(P)`` as a parameter like the others (the kappas among
             the modes); ``cwres`` does not model the kappas yet.
+        bounds: ``{name: (lower, upper)}`` the bounds the typical values were held
+            inside (``fit_population(bounds=)``; empty: none); at_bounds: the names of
+            the estimates that ended within 0.1 % of one of their bounds.
     """
 
     theta: dict
@@ -89,6 +92,8 @@ class PopulationFitResult:
     n_censored: int = 0
     covariate_effects: dict = dataclasses.field(default_factory=dict)
     omega_iov: dict = dataclasses.field(default_factory=dict)
+    bounds: dict = dataclasses.field(default_factory=dict)
+    at_bounds: list = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         """A short text summary (estimates table and OFV)."""

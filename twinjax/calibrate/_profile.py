@@ -51,6 +51,10 @@ def _coordinate(prob: Problem, param: str):
     if i < nt:
         q = lay.theta[i]
         p = next(pp for pp in model.params if pp.name == q)
+        held = lay.theta_coef(q)
+        if held is not None:  # a typical value held inside the fit's bounds
+            c = held
+            return i, c.to_z, lambda z: float(c.from_z(np.asarray(z, float))), (c.lower, c.upper)
 
         def to_phi(v):
             return float(model.to_unconstrained({q: np.asarray(v, float)}, (q,))[q])

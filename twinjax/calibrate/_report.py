@@ -277,8 +277,10 @@ def run_fit(spec, dataset, *, data_sha256: str = "", data_source: str = "", prog
     coefs = f", {n_coef} covariate coefficient(s)" if n_coef else ""
     if spec.method in ("foce-i", "saem"):
         fitter: Callable[..., Any]
+        extra: dict[str, Any]
         if spec.method == "foce-i":
-            fitter, tag, extra = fit_population, "outer", {}
+            held = {k: b for k, b in spec.bounds.items() if k in spec.estimate}
+            fitter, tag, extra = fit_population, "outer", {"bounds": held} if held else {}
             say("fit", f"FOCE-I: {len(spec.estimate)} typical values{coefs}, Omega {spec.omega}")
         else:
             from ._saem import saem
