@@ -11,10 +11,18 @@ other, sharing one temporary compilation cache folder (``TWINJAX_CACHE_DIR``):
 - ``d_batch_7``: subjects 6-12 at once (a new subject bucket, 8: compiles once);
 - ``e_batch_5``: subjects 1-5 (the same bucket as 7: no compilation).
 
+``tj.enable_compilation_cache()`` turns on JAX's persistent cache and the store of
+whole executables (``twinjax._executables``: programs routed through it are loaded with
+no tracing or lowering; the MAP fit's are). Every process imports the same copy of the
+twinjax package (a snapshot taken at the start), so an edit of the working tree during
+the run does not change the stored executables' key.
+
 Each is split into the import (``import jax`` + ``import twinjax``) and the fit +
 forecast (``fit_individual`` + ``FitResult.forecast`` of 6 doses, 25 times, 500
-posterior samples), and JAX's own counters say where the time went: tracing, lowering
-to MLIR, XLA compilation or loading from the cache (``jax.monitoring`` events). The
+posterior samples; wall and process CPU seconds), and JAX's own counters say where
+the time went: tracing (and which programs were traced), lowering to MLIR, XLA
+compilation or loading from the cache (``jax.monitoring`` events), and the executable
+store's counts (loaded, compiled, stored) and seconds (key, load, compile). The
 fit + forecast is then repeated in the same process (``warm_in_process_s``: the run
 itself, nothing compiled). Baseline: the same sequence with the cache off
 (``TWINJAX_CACHE_DIR=off``). Also: ``python -X importtime -c "import twinjax"``,
@@ -50,11 +58,20 @@ import numpy as np
 import twinjax as tj
 t_import = time.perf_counter() - t0
 folder = tj.enable_compilation_cache()  # TWINJAX_CACHE_DIR: the folder, or "off"
+from twinjax import _executables
 durations = collections.defaultdict(float)
 counts = collections.Counter()
-jax.monitoring.register_event_duration_secs_listener(
-    lambda name, d, **kw: (durations.__setitem__(name, durations[name] + d), counts.update([name]))
-)
+traced = collections.Counter()
+
+
+def on_duration(name, d, **kw):
+    durations[name] += d
+    counts.update([name])
+    if name.endswith("jaxpr_trace_duration"):
+        traced.update([str(kw.get("fun_name"))])
+
+
+jax.monitoring.register_event_duration_secs_listener(on_duration)
 jax.monitoring.register_event_listener(lambda name, **kw: counts.update([name]))
 from twinjax.calibrate import ErrorModel, fit_individual
 from twinjax.models import pk
@@ -77,20 +94,23 @@ times = np.linspace(0.0, 72.0, 25)
 
 
 def once():
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     fit = fit_individual(model, ds, pop, err)
     t_fit = time.perf_counter() - t
     fc = fit.forecast(reg, times, n_samples=500, subject=args["ids"][0])
-    return fit, fc, t_fit, time.perf_counter() - t
+    return fit, fc, t_fit, time.perf_counter() - t, time.process_time() - c
 
 
-fit, fc, t_fit, t_total = once()
+fit, fc, t_fit, t_total, cpu_total = once()
 first = dict(durations), dict(counts)
-_, _, t_fit2, t_total2 = once()
+stored = dict(counts=_executables.counts(), seconds=_executables.seconds())
+programs = dict(traced)
+_, _, t_fit2, t_total2, _ = once()
 print(json.dumps(dict(
-    import_s=t_import, fit_s=t_fit, fit_forecast_s=t_total,
+    import_s=t_import, fit_s=t_fit, fit_forecast_s=t_total, fit_forecast_cpu_s=cpu_total,
     warm_in_process_fit_s=t_fit2, warm_in_process_s=t_total2,
     durations=first[0], counts=first[1], cache=None if folder is None else str(folder),
+    executables=stored, traced_programs=programs,
     n=fit.n, records=int(fit.mask.sum()), converged=int(fit.converged.sum()),
     map_trough=float(fc.map[-1]),
 )))
@@ -112,8 +132,8 @@ EVENTS = {
 }
 
 
-def child(args: dict, cache: str) -> dict:
-    env = dict(os.environ, TWINJAX_CACHE_DIR=cache)
+def child(args: dict, cache: str, src: Path) -> dict:
+    env = dict(os.environ, TWINJAX_CACHE_DIR=cache, PYTHONPATH=str(src))
     load0 = os.getloadavg()[0]
     t = time.perf_counter()
     out = subprocess.run(
@@ -121,7 +141,7 @@ def child(args: dict, cache: str) -> dict:
         capture_output=True,
         text=True,
         env=env,
-        cwd=str(ROOT),
+        cwd=str(src),
         timeout=1800,
     )
     wall = time.perf_counter() - t
@@ -137,6 +157,19 @@ def child(args: dict, cache: str) -> dict:
     row["cache_hits"] = c.get("/jax/compilation_cache/cache_hits", 0)
     row["cache_misses"] = c.get("/jax/compilation_cache/cache_misses", 0)
     return row
+
+
+def snapshot(dest: Path) -> Path:
+    """A copy of the twinjax package, imported by every scenario (``PYTHONPATH``): all
+    processes run the same source, so the stored executables' key (which includes a
+    hash of twinjax's source files) does not change if the working tree is edited
+    while the benchmark runs."""
+    import shutil
+
+    shutil.copytree(
+        ROOT / "twinjax", dest / "twinjax", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return dest
 
 
 def import_profile() -> dict:
@@ -171,28 +204,33 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory(prefix="twinjax-latency-") as tmp:
         cache = str(Path(tmp) / "cache")
+        src = snapshot(Path(tmp) / "src")
         for name, args in SCENARIOS:
-            rows[name] = child(args, cache)
+            rows[name] = child(args, cache, src)
             r = rows[name]
             con.print(
                 f"cache  {name:16s} import {r['import_s']:.2f} s  fit+forecast "
-                f"{r['fit_forecast_s']:.2f} s (fit {r['fit_s']:.2f}; trace {r['trace_s']:.2f}, "
+                f"{r['fit_forecast_s']:.2f} s (cpu {r['fit_forecast_cpu_s']:.2f}; fit "
+                f"{r['fit_s']:.2f}; {r['n_programs_traced']} traced: trace {r['trace_s']:.2f}, "
                 f"lower {r['lower_s']:.2f}, compile/load {r['compile_or_load_s']:.2f}; "
-                f"warm in-process {r['warm_in_process_s']:.3f}) load {r['loadavg_1min'][0]:.1f}"
+                f"executables {r['executables']['counts']}; warm in-process "
+                f"{r['warm_in_process_s']:.3f}) load {r['loadavg_1min'][0]:.1f}"
             )
         n_files = sum(1 for _ in Path(cache).rglob("*") if _.is_file())
         size = sum(p.stat().st_size for p in Path(cache).rglob("*") if p.is_file())
-    base = {}
-    if not a.quick:
-        for name, args in SCENARIOS:
-            base[name] = child(args, "off")
-            r = base[name]
-            con.print(
-                f"no cache {name:14s} import {r['import_s']:.2f} s  fit+forecast "
-                f"{r['fit_forecast_s']:.2f} s (trace {r['trace_s']:.2f}, lower "
-                f"{r['lower_s']:.2f}, compile {r['compile_or_load_s']:.2f}) "
-                f"load {r['loadavg_1min'][0]:.1f}"
-            )
+        exe = Path(cache) / "executables"
+        n_exe = sum(1 for _ in exe.glob("*")) if exe.is_dir() else 0
+        base = {}
+        if not a.quick:
+            for name, args in SCENARIOS:
+                base[name] = child(args, "off", src)
+                r = base[name]
+                con.print(
+                    f"no cache {name:14s} import {r['import_s']:.2f} s  fit+forecast "
+                    f"{r['fit_forecast_s']:.2f} s (trace {r['trace_s']:.2f}, lower "
+                    f"{r['lower_s']:.2f}, compile {r['compile_or_load_s']:.2f}) "
+                    f"load {r['loadavg_1min'][0]:.1f}"
+                )
     imp = import_profile()
     con.print(f"import twinjax (-X importtime): {imp['total_s']:.2f} s; {imp['by_package_s']}")
     warm = [rows[k]["fit_forecast_s"] for k in ("b_same_patient", "c_new_patient", "e_batch_5")]
@@ -202,7 +240,7 @@ def main() -> None:
         command="python benchmarks/latency.py" + (" --quick" if a.quick else ""),
         goal="fresh-process fit + forecast (import excluded) under 1 s after the first run",
         goal_met_b_c_e=all(w < 1.0 for w in warm),
-        cache=dict(scenarios=rows, files=n_files, bytes=size),
+        cache=dict(scenarios=rows, files=n_files, bytes=size, executables=n_exe),
         no_cache=dict(scenarios=base),
         import_profile=imp,
         machine=_common.machine_info(),
