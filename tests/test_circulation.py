@@ -191,3 +191,53 @@ def test_quasi_static_agrees_with_full_coupling_for_slow_kinetics(rest):
     assert eqx.debug.get_num_traces(_beats._pss_core) == traces
     map_rest = float(ss.metrics["MAP"])
     assert map_rest - want[0] > 10.0
+
+
+@pytest.mark.slow
+def test_saved_beat_in_the_iteration_is_bitwise_the_separate_integration():
+    """``to_periodic_steady_state`` integrates each patient's saved beat in the loop of
+    the iteration, as soon as it stops (``solve_fixed_point(final=...)``: one
+    integration in the compiled program instead of two): the same beats, codes,
+    states, metrics and dense beat, bitwise, as iterating first and integrating the
+    saved beat after (the program it replaced), with a patient out of beats among
+    them (Ensemble: saves are read from the dense output, they do not change the
+    steps)."""
+    from twinjax.solve._batch import batch_params, stack_initial
+    from twinjax.solve._periodic import first_failure, solve_fixed_point
+
+    m = circ.Circulation()
+    p = {"HR": jnp.array([70.0, 52.0, 95.0])}
+    kw = dict(tol=1e-3, max_beats=10, n_save=41)
+    new = circ.to_periodic_steady_state(m, p, ENS, **kw)
+
+    @jax.jit
+    def two_integrations(p, Y0):
+        G, embed, x0 = circ.beat_map(m, ENS, p, Y0)
+        fp = solve_fixed_point(G, x0, method="plain", tol=kw["tol"], max_iter=kw["max_beats"])
+        Y = embed(fp.x)
+        n, S = Y.shape
+        Z = jnp.concatenate([Y, jnp.zeros((n, 1))], -1)
+        ss = jnp.broadcast_to(jnp.linspace(0.0, 1.0, kw["n_save"]), (n, kw["n_save"]))
+        args = (p, jnp.zeros((n, S)))
+        g = _beats._phase_field(m)
+        Zs, Z1, st = ENS.integrate(g, jnp.zeros(n), jnp.ones(n), Z, ss, args, m)
+        status = first_failure(fp.status, st)
+        return (*circ.reduce_beat(m, p, Y, Zs, Z1, status), fp.iterations, status)
+
+    pf, _, nb = batch_params(m, p, jnp.float64)
+    state, metrics, dense, beats, status = two_integrations(
+        pf, stack_initial(m, pf, None, nb, jnp.float64)
+    )
+    st = np.asarray(new.status)
+    assert tj.Status.OK in st and tj.Status.NOT_CONVERGED in st, st
+    np.testing.assert_array_equal(st, np.asarray(status))
+    np.testing.assert_array_equal(np.asarray(new.beats), np.asarray(beats))
+    for got, ref in ((new.state, state), (new.metrics, metrics), (new.beat, dense)):
+        assert got.keys() == ref.keys()
+        for k in ref:
+            if k in m.state_names or k == "t" or got is not new.beat:
+                np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(ref[k]), err_msg=k)
+            else:  # outputs: observe() of the same states, compiled in another program
+                np.testing.assert_allclose(
+                    np.asarray(got[k]), np.asarray(ref[k]), rtol=1e-14, atol=1e-14, err_msg=k
+                )

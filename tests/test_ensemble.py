@@ -191,3 +191,40 @@ def test_lean_loop_saves_match_the_ungated_loop(infused, monkeypatch):
         solver=tj.solvers.Ensemble("rk4", dt=0.05),
     )
     np.testing.assert_array_equal(np.asarray(alone["C"])[0], np.asarray(lean["C"])[0])
+
+
+def test_save_gate_and_blocks_leave_the_steps_as_they_are():
+    """The general loop's save gate (``step_body``): saves are written from the dense
+    output only in steps that hold one, so a patient whose save times all lie past its
+    end, or one that saves, takes bitwise the steps it takes without saves; saves in
+    blocks (the save path runs block by block, as the one without) are bitwise those
+    of the whole batch, and accurate."""
+    n = 5
+    a = jnp.array([-1.0, -2.0, -0.5, -3.0, -1.5])
+    args = {"a": a, "b": jnp.zeros(n)}
+    t0, t1 = jnp.zeros(n), jnp.array([1.0, 1.0, 0.8, 1.0, 1.0])
+    y0 = jnp.ones((n, 1))
+    grid = jnp.linspace(0.0, 1.0, 7)
+    # patients 0, 2 and 4 save (2 only up to its end, 0.8); 1 and 3 save past the end
+    ts = jnp.where((jnp.arange(n) % 2 == 0)[:, None], grid[None, :], 2.0)
+
+    def run(block, ts):
+        s = tj.solvers.Ensemble("dopri5", rtol=1e-8, atol=1e-10, block=block)
+        return jax.jit(lambda: s.integrate(_decay_or_blowup, t0, t1, y0, ts, args, None))()
+
+    _, y_plain, st_plain = run(0, None)
+    out_blocks, y_blocks, st_blocks = run(2, ts)
+    out_whole, y_whole, st_whole = run(0, ts)
+    np.testing.assert_array_equal(np.asarray(st_plain), 0)
+    for y, st in ((y_blocks, st_blocks), (y_whole, st_whole)):
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(y_plain))
+        np.testing.assert_array_equal(np.asarray(st), 0)
+    np.testing.assert_array_equal(np.asarray(out_blocks), np.asarray(out_whole))
+    out = np.asarray(out_whole)[..., 0]
+    assert np.all(out[[1, 3]] == 0.0)  # nothing written past a patient's end
+    assert np.all(out[2, grid > 0.8] == 0.0)
+    exact = np.exp(np.asarray(a)[:, None] * np.asarray(grid)[None, :])
+    saved = np.ones_like(out, bool)
+    saved[[1, 3]] = False
+    saved[2, grid > 0.8] = False
+    np.testing.assert_allclose(out[saved], exact[saved], rtol=1e-7)

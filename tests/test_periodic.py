@@ -230,3 +230,60 @@ def test_bad_stop_and_mask_are_refused_before_tracing():
         solve_fixed_point(_affine, x0, mask=np.zeros(3, bool), **kw)
     with pytest.raises(ValueError, match="concrete boolean array"):
         jax.jit(lambda m: solve_fixed_point(_affine, x0, mask=m, **kw))(jnp.ones(3, bool))
+
+
+# ---------------------------------------------------------------- final
+
+
+def _count_primitive(jaxpr, name):
+    """Equations of primitive ``name`` in a jaxpr, its sub-jaxprs (loop and branch
+    bodies) included."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)  # a ClosedJaxpr's own
+    count = 0
+    for eqn in jaxpr.eqns:
+        count += eqn.primitive.name == name
+        for v in eqn.params.values():
+            for sub in v if isinstance(v, (tuple, list)) else (v,):
+                if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                    count += _count_primitive(sub, name)
+    return count
+
+
+@pytest.mark.parametrize("method,batch", [("plain", 1), ("plain", 2), ("anderson", 1)])
+def test_final_evaluation_in_the_same_loop_and_call_of_the_map(method, batch):
+    """``final``: each patient's map once more at its result (converged or not),
+    its extra output kept; the iteration (iterates, counts, residuals, codes) is
+    bitwise that without, and with ``batch=1`` the program holds the map once."""
+
+    def G(x, active, final):
+        gx, st = _affine(x, active)
+        return gx, st, (2.0 * x + 1.0, jnp.where(final, 7, 0))
+
+    x0 = jnp.zeros((3, 3))
+    kw = dict(method=method, tol=1e-10, max_iter=400, scale=jnp.ones((3, 3)), batch=batch)
+    base = jax.jit(lambda x: solve_fixed_point(_affine, x, **kw))(x0)
+    zeros = (jnp.zeros((3, 3)), jnp.zeros((3,), jnp.int32))
+    run = lambda x: solve_fixed_point(G, x, final=zeros, **kw)  # noqa: E731
+    fin = jax.jit(run)(x0)
+    # final=True: the same, the zeros' shapes found by tracing G
+    shaped = jax.jit(lambda x: solve_fixed_point(G, x, final=True, **kw))(x0)
+    for a, b in zip(jax.tree.leaves(shaped), jax.tree.leaves(fin)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for name in ("x", "iterations", "residual", "converged", "status"):
+        np.testing.assert_array_equal(
+            np.asarray(getattr(fin, name)), np.asarray(getattr(base, name))
+        )
+    assert np.asarray(fin.status).tolist()[2] == tj.Status.NOT_CONVERGED
+    # the extra output is that of the evaluation at each patient's result x
+    np.testing.assert_array_equal(np.asarray(fin.final[0]), 2.0 * np.asarray(fin.x) + 1.0)
+    assert np.asarray(fin.final[1]).tolist() == [7, 7, 7]
+    assert np.asarray(fin.final_status).tolist() == [0, 0, 0]
+    assert base.final is None and base.final_status is None
+    # G (one einsum) appears once in the program with batch=1 (Anderson adds its own)
+    n_dot = _count_primitive(jax.make_jaxpr(run)(x0), "dot_general")
+    n_base = _count_primitive(
+        jax.make_jaxpr(lambda x: solve_fixed_point(_affine, x, **kw))(x0), "dot_general"
+    )
+    assert n_dot == n_base
+    if method == "plain" and batch == 1:
+        assert n_dot == 1

@@ -22,8 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..model import Coupled, Link, Model
-from ..solve._periodic import solve_fixed_point
-from .circulation import METRIC_UNITS, Circulation, beat_map, blood_volume, last_beat
+from ..solve._periodic import first_failure, solve_fixed_point
+from .circulation import (
+    METRIC_UNITS,
+    Circulation,
+    beat_map,
+    blood_volume,
+    reduce_beat,
+    saved_beat_zeros,
+)
 
 
 # ---------------------------------------------------------------------------------
@@ -31,13 +38,23 @@ from .circulation import METRIC_UNITS, Circulation, beat_map, blood_volume, last
 # ---------------------------------------------------------------------------------
 @eqx.filter_jit
 def _anderson_core(model, solver, p, Y0, tol, max_beats, memory, n_save):
-    G, embed, g, args, x0 = beat_map(model, solver, p, Y0)
+    # the saved beat of each patient in the same loop, once it stops (final: one
+    # integration in the program)
+    G, embed, x0 = beat_map(model, solver, p, Y0, n_save)
     w = 1.0 / (1.0 + jnp.abs(x0))  # the scale of the convergence test (as the model's)
     fp = solve_fixed_point(
-        G, x0, method="anderson", tol=tol, max_iter=max_beats, scale=w, memory=memory
+        G,
+        x0,
+        method="anderson",
+        tol=tol,
+        max_iter=max_beats,
+        scale=w,
+        memory=memory,
+        final=saved_beat_zeros(Y0, n_save),
     )
     Y = embed(fp.x)
-    _, metrics, _, status = last_beat(model, solver, g, args, Y, n_save, fp.status)
+    status = first_failure(fp.status, fp.final_status)
+    _, metrics, _ = reduce_beat(model, p, Y, *fp.final, status)
     return Y, fp.iterations, fp.converged, fp.residual, metrics, status
 
 

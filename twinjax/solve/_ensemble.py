@@ -193,8 +193,18 @@ class Ensemble(AbstractSolver):
         n, S = y0.shape
         lo = jnp.sum(ts < t0[:, None], axis=-1).astype(jnp.int32)
         hi = jnp.sum(ts <= t1[:, None], axis=-1).astype(jnp.int32)
-        out = jnp.zeros((n, ts.shape[-1], S), y0.dtype)
-        return self._run(f, t0, t1, y0, args, (ts, out, lo, hi))
+
+        def saved(t0, t1, y0, args, lo, hi, ts):
+            out = jnp.zeros((t0.shape[0], ts.shape[-1], S), y0.dtype)
+            return self._run(f, t0, t1, y0, args, (ts, out, lo, hi))
+
+        if block is not None and block < n and batched:  # in blocks, as without saves
+            from ._engine import blocked
+
+            if ts.shape[0] == 1:  # shared save times: whole to every block
+                return blocked(saved, n, block, (t0, t1, y0, args, lo, hi), (ts,))
+            return blocked(saved, n, block, (t0, t1, y0, args, lo, hi, ts))
+        return saved(t0, t1, y0, args, lo, hi, ts)
 
     def init_carry(self, n, dtype):
         # each patient's last step (none known yet), and whether it failed before

@@ -65,7 +65,7 @@ def lean_body(solver, f, t1, args, saves, inf, c):
                 k1 = f(t + h_eff, y1, args)
                 Y0, Y1 = stacked(y), stacked(y1)
                 K0, K1 = stacked(k0), stacked(k1)
-                return dense(tab, theta, Y0, Y1, K0, K1, h_eff, [K0, K1])
+                return dense(tab, theta, Y0, Y1, K0, K1, h_eff, None)
 
             o, i = write_saves(saves, *oi, t_right, values)
             return o, i, jnp.min(next_time(i))

@@ -52,29 +52,37 @@ def step(tab, f, t, y, k1, h, args):
     return y1, k_end, err, ks
 
 
-def dense(tab, theta, y0, y1, k0, k1, h, ks):
+def dense_data(tab, ks):
+    """What the dense output needs of a step's stages ``ks`` besides its ends: the
+    Rosenbrock stages it uses, ``sum_i d_i k_i`` of an explicit method with a 4th-order
+    continuous extension (DOPRI5: one ``(S, N)`` array instead of seven), else None."""
+    if isinstance(tab, RosenbrockTableau):
+        return ks[: len(tab.H)]
+    if tab.dense is None:
+        return None
+    kd = None
+    for di, ki in zip(tab.dense, ks):
+        if di != 0.0:
+            term = tmap(lambda k, d=di: jnp.asarray(d, k.dtype) * k, ki)
+            kd = term if kd is None else tmap(jnp.add, kd, term)
+    return kd
+
+
+def dense(tab, theta, y0, y1, k0, k1, h, kd):
     """States at ``t + theta h`` from the step's data.
 
-    ``theta``: ``(N, K)`` (K points per patient); step data ``(S, N)``; returns
-    ``(S, N, K)``; ``tab`` the method's tableau.
+    ``theta``: ``(N, K)`` (K points per patient); step data ``(S, N)``; ``kd`` the
+    step's :func:`dense_data`; returns ``(S, N, K)``; ``tab`` the method's tableau.
     """
     if isinstance(tab, RosenbrockTableau):
-        return _rosenbrock.dense(theta, y0, y1, ks[: len(tab.H)])
+        return _rosenbrock.dense(theta, y0, y1, kd)
     th = theta[None]
     y0, y1, k0, k1 = (a[..., None] for a in (y0, y1, k0, k1))
-    ks = [a[..., None] for a in ks]
     hc = h[None, :, None]
     dy = y1 - y0
     r3 = hc * k0 - dy
     r4 = dy - hc * k1 - r3
-    if tab.dense is not None:
-        r5 = 0.0
-        for di, ki in zip(tab.dense, ks):
-            if di != 0.0:
-                r5 = r5 + jnp.asarray(di, y0.dtype) * ki
-        r5 = hc * r5
-    else:
-        r5 = 0.0
+    r5 = 0.0 if kd is None else hc * kd[..., None]
     return y0 + th * (dy + (1 - th) * (r3 + th * (r4 + (1 - th) * r5)))
 
 

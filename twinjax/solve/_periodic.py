@@ -44,15 +44,20 @@ The status codes are those of :class:`~twinjax.Status`: a failed map evaluation 
 the integrator's code (and the patient stops), and a patient not converged after
 ``max_iter`` map evaluations gets ``Status.NOT_CONVERGED``.
 
+``final=`` adds one more evaluation of ``G`` per patient at its result, in the
+same loop and the same call of ``G`` (one copy of the map in the compiled program),
+for what only the result needs: the circulation's densely saved last beat.
+
 Users: ``models.circulation.to_periodic_steady_state`` (plain),
-``models._multiscale.steady_state_cohort`` (Anderson) and the dosing steady state of
-SS=1 records (``solve/_steady_dosing.py``: Newton on the dosing-interval map,
-``stop="step"``, the cumulative states masked out).
+``models._multiscale.steady_state_cohort`` (Anderson), both with ``final``, and
+the dosing steady state of SS=1 records (``solve/_steady_dosing.py``: Newton on the
+dosing-interval map, ``stop="step"``, the cumulative states masked out).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -76,6 +81,10 @@ class FixedPoint(eqx.Module):
         converged: ``(n,)`` whether the residual fell below ``tol``.
         status: ``(n,)`` :class:`~twinjax.Status` codes (``NOT_CONVERGED`` for a patient
             that ran out of iterations).
+        final: with ``final`` given, the third output of ``G`` at each patient's final
+            evaluation (at ``x``; see :func:`solve_fixed_point`), else None.
+        final_status: with ``final`` given, ``(n,)`` the status ``G`` gave that final
+            evaluation, else None.
     """
 
     x: jax.Array
@@ -83,6 +92,8 @@ class FixedPoint(eqx.Module):
     residual: jax.Array
     converged: jax.Array
     status: jax.Array
+    final: Any = None
+    final_status: jax.Array | None = None
 
 
 def check_options(
@@ -145,6 +156,7 @@ def solve_fixed_point(
     stop: str = "residual",
     mask=None,
     fallback: bool = True,
+    final: Any = None,
 ) -> FixedPoint:
     """Fixed points ``x = G(x)`` of a batched map, per patient (see the module notes).
 
@@ -168,6 +180,19 @@ def solve_fixed_point(
         fallback: Anderson and Newton: a non-finite update is replaced by the plain
             step ``G(x)`` (True, default), or stops the patient with
             ``Status.NONFINITE`` (False: a singular Newton matrix is a failure).
+        final: None (default), or a pytree of ``(n, ...)`` arrays (e.g. zeros) shaped
+            as the third output of ``G`` below (``True``: zeros, their shapes from
+            tracing ``G`` once more, which costs that trace): one more evaluation of
+            ``G`` per patient, at its result ``x``, once it has stopped (converged,
+            failed or out of iterations), in the same loop and through the same call
+            of ``G`` as the iteration (so the compiled program holds ``G`` once: the
+            circulation saves its last beat densely this way). ``G`` is then
+            ``G(x, active, last) -> (G(x), status, aux)``: ``last`` ``(n,)`` marks the
+            patients in their final evaluation (never active at the same time);
+            ``aux`` of each patient's final evaluation replaces its entries of
+            ``final`` in ``FixedPoint.final`` (its status: ``FixedPoint.final_status``).
+            The iteration itself (iterates, counts, residuals, statuses) is the same
+            as without.
 
     Returns:
         A :class:`FixedPoint` (with ``stop="step"``, ``residual`` is the size of the
@@ -175,6 +200,8 @@ def solve_fixed_point(
     """
     n, D = x0.shape
     keep = check_options(method, batch, memory, stop, mask, D)
+    aux0 = None if final is None or final is False else final
+    final = aux0 is not None
     dtype = x0.dtype
     m = int(memory)
     batch = int(batch)
@@ -188,11 +215,20 @@ def solve_fixed_point(
         a = jnp.abs(a)
         return jnp.max(a if keep is None else jnp.where(keep[None, :], a, 0.0), axis=-1)
 
-    def evaluate(x, status, active):
-        gx, st = G(x, active)
+    no_final = jnp.zeros((n,), bool)
+
+    def G2(x, active):  # ``G(x)`` and its status, whichever the form of ``G``
+        return G(x, active, no_final)[:2] if final else G(x, active)
+
+    def evaluate(x, status, active, last=None):
+        if last is None:
+            gx, st = G2(x, active)
+            aux = None
+        else:
+            gx, st, aux = G(x, active, last)
         if keep is not None:  # components not iterated stay where they are
             gx = jnp.where(keep[None, :], gx, x)
-        return gx, jnp.maximum(status, jnp.where(active, st, 0).astype(status.dtype))
+        return gx, jnp.maximum(status, jnp.where(active, st, 0).astype(status.dtype)), st, aux
 
     def anderson(it, f, gx, dF, dG, f_prev, g_prev):
         first = it == 0
@@ -209,7 +245,7 @@ def solve_fixed_point(
         return gx - jnp.einsum("ndi,ni->nd", dG, gam), dF, dG
 
     def newton(x, gx, active):
-        J = jac(x, active) if jac is not None else _ad_jacobian(G, x, active)
+        J = jac(x, active) if jac is not None else _ad_jacobian(G2, x, active)
         eye = jnp.eye(D, dtype=dtype)[None, :, :]
         if keep is None:
             A = J - eye
@@ -220,20 +256,38 @@ def solve_fixed_point(
 
     def cond(c):
         it, done = c[0], c[2]
+        if final:  # until every patient has had its final evaluation
+            return jnp.any(~c[8][0])
         return jnp.any(~done) & (it < max_iter)
 
     def body(c):
-        it, x, done, res, iters, status, conv_all, hist = c
-        active = ~done
+        it, x, done, res, iters, status, conv_all, hist, fin = c
+        if final:
+            finaled, aux_kept, fstatus = fin
+            stopped = done | (it >= max_iter)
+            last = stopped & ~finaled  # their final evaluation, at their result x
+            active = ~stopped
+        else:
+            active = ~done
         if batch > 1:  # unchecked evaluations first; the residual is that of the last
 
             def one(carry, _):
-                return evaluate(*carry, active), None
+                return evaluate(*carry, active)[:2], None
 
             (x_b, status), _ = jax.lax.scan(one, (x, status), None, length=batch - 1)
         else:
             x_b = x
-        gx, status = evaluate(x_b, status, active)
+        if final:
+            x_b = jnp.where(last[:, None], x, x_b)
+            gx, status, st, aux = evaluate(x_b, status, active, last)
+            aux_kept = jax.tree.map(
+                lambda a, b: jnp.where(last.reshape((n,) + (1,) * (a.ndim - 1)), a, b),
+                aux,
+                aux_kept,
+            )
+            fin = (finaled | last, aux_kept, jnp.where(last, st, fstatus).astype(jnp.int32))
+        else:
+            gx, status = evaluate(x_b, status, active)[:2]
         f = residual(x_b, gx)
         iters = iters + jnp.where(active, batch, 0).astype(iters.dtype)
         if method == "anderson":
@@ -268,7 +322,7 @@ def solve_fixed_point(
         res = jnp.where(active, r, res)
         conv_all = conv_all | conv
         done = done | conv | (status != 0)
-        return it + batch, x, done, res, iters, status, conv_all, hist
+        return it + batch, x, done, res, iters, status, conv_all, hist, fin
 
     if method == "anderson":
         z = jnp.zeros((n, D, m), dtype)
@@ -285,9 +339,17 @@ def solve_fixed_point(
         jnp.zeros((n,), bool),
         hist0,
     )
-    _, x, _, res, iters, status, converged, _ = jax.lax.while_loop(cond, body, c0)
+    fin0: tuple = ()
+    if final:  # the kept final outputs start as ``final`` (True: zeros)
+        if aux0 is True:  # (G traced once more for its shapes)
+            shapes = jax.eval_shape(G, x0, no_final, no_final)[2]
+            aux0 = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+        fin0 = (jnp.zeros((n,), bool), aux0, jnp.zeros((n,), jnp.int32))
+    c = jax.lax.while_loop(cond, body, (*c0, fin0))
+    _, x, _, res, iters, status, converged, _, fin = c
     status = jnp.where((status == 0) & ~converged, Status.NOT_CONVERGED, status)
-    return FixedPoint(x, iters, res, converged, status.astype(jnp.int32))
+    aux, fstatus = (fin[1], fin[2]) if final else (None, None)
+    return FixedPoint(x, iters, res, converged, status.astype(jnp.int32), aux, fstatus)
 
 
 def first_failure(status: jax.Array, new: jax.Array) -> jax.Array:

@@ -149,13 +149,23 @@ def _dynamic_mask(model):
     return np.asarray([not s.cumulative for s in model.states])
 
 
-def beat_map(model, solver, p, Y0):
+def beat_map(model, solver, p, Y0, n_save=None):
     """The period map of :mod:`twinjax.solve._periodic` for the circulation:
-    ``(G, embed, g, args, x0)``. ``G`` maps the non-cumulative states ``x`` at the start
-    of a beat to those one beat later, integrated in the phase from 0 to 1 (0 to 0 for
+    ``(G, embed, x0)``. ``G`` maps the non-cumulative states ``x`` at the start of a
+    beat to those one beat later, integrated in the phase from 0 to 1 (0 to 0 for
     inactive patients) with the phase and cumulative integrals reset to 0; ``embed``
-    puts ``x`` back into the full state, ``g`` is the phase field and ``x0`` the start
-    (the non-cumulative part of ``Y0``)."""
+    puts ``x`` back into the full state and ``x0`` is the start (the non-cumulative
+    part of ``Y0``).
+
+    With ``n_save``, ``G`` is the map of ``solve_fixed_point(..., final=...)``:
+    ``G(x, active, final) -> (G(x), status, (Zs, Z1))``, the patients in their final
+    evaluation integrated over one beat too, saved at ``n_save`` phases evenly spaced
+    over it (``Zs`` ``(n, n_save, S + 1)``, the elapsed time last; ``Z1`` the end).
+    Everyone's save times are passed, a patient's own past its beat's end unless it
+    is in its final evaluation: the integrator writes no save for it (a saved beat is
+    the same integration, its dense output read at the save times), and the program
+    holds one integration instead of two.
+    """
     g = _phase_field(model)
     n, S = Y0.shape
     dtype = Y0.dtype
@@ -163,33 +173,46 @@ def beat_map(model, solver, p, Y0):
     idx = np.flatnonzero(dyn)
     Ybase = jnp.where(jnp.asarray(dyn)[None, :], Y0, 0.0)  # phase and integrals at 0
     args = (p, jnp.zeros((n, S), dtype))
+    zero = jnp.zeros((n,), dtype)
 
     def embed(x):
         return Ybase.at[:, idx].set(x)
 
-    def G(x, active):
-        Z = jnp.concatenate([embed(x), jnp.zeros((n, 1), dtype)], -1)
-        s1 = jnp.where(active, 1.0, 0.0).astype(dtype)
-        _, Z1, st = solver.integrate(g, jnp.zeros((n,), dtype), s1, Z, None, args, model)
-        return Z1[:, idx], st
+    def Z_of(x):
+        return jnp.concatenate([embed(x), jnp.zeros((n, 1), dtype)], -1)
 
-    return G, embed, g, args, Y0[:, idx]
+    if n_save is None:
+
+        def G(x, active):
+            s1 = jnp.where(active, 1.0, 0.0).astype(dtype)
+            _, Z1, st = solver.integrate(g, zero, s1, Z_of(x), None, args, model)
+            return Z1[:, idx], st
+
+        return G, embed, Y0[:, idx]
+
+    phases = jnp.linspace(0.0, 1.0, n_save, dtype=dtype)
+
+    def G_final(x, active, final):
+        s1 = jnp.where(active | final, 1.0, 0.0).astype(dtype)
+        ts = jnp.where(final[:, None], phases[None, :], jnp.asarray(2.0, dtype))
+        Zs, Z1, st = solver.integrate(g, zero, s1, Z_of(x), ts, args, model)
+        return Z1[:, idx], st, (Zs, Z1)
+
+    return G_final, embed, Y0[:, idx]
 
 
-def last_beat(model, solver, g, args, Y, n_save, status):
-    """One more beat from the steady state ``Y`` (phase and integrals at 0), densely
-    saved: ``(state, metrics, dense, status)``; NaN metrics and dense beat for a
-    patient whose status is not OK."""
-    n = Y.shape[0]
-    dtype = Y.dtype
-    Z = jnp.concatenate([Y, jnp.zeros((n, 1), dtype)], -1)
-    ss = jnp.broadcast_to(jnp.linspace(0.0, 1.0, n_save, dtype=dtype), (n, n_save))
-    Zs, Z1, st = solver.integrate(
-        g, jnp.zeros((n,), dtype), jnp.ones((n,), dtype), Z, ss, args, model
-    )
-    status = first_failure(status, st)
+def saved_beat_zeros(Y0, n_save):
+    """Zeros shaped as the saved beat ``(Zs, Z1)`` of :func:`beat_map`'s ``G`` with
+    ``n_save`` (the ``final`` start of ``solve_fixed_point``)."""
+    n, S = Y0.shape
+    return jnp.zeros((n, n_save, S + 1), Y0.dtype), jnp.zeros((n, S + 1), Y0.dtype)
+
+
+def reduce_beat(model, p, Y, Zs, Z1, status):
+    """The saved beat ``Zs`` from the steady state ``Y`` (phase and integrals at 0) to
+    ``Z1`` (see :func:`beat_map`) reduced: ``(state, metrics, dense)``; NaN metrics
+    and dense beat for a patient whose ``status`` is not OK."""
     names = model.state_names
-    p = args[0]
     states = {k: Zs[..., i] for i, k in enumerate(names)}
     t = Zs[..., -1]
     pe = {k: v[:, None] for k, v in p.items()}
@@ -204,16 +227,23 @@ def last_beat(model, solver, g, args, Y, n_save, status):
     bad = status != 0
     metrics = {k: jnp.where(bad, jnp.nan, v) for k, v in metrics.items()}
     dense = {k: jnp.where(bad[:, None], jnp.nan, v) for k, v in dense.items()}
-    Y0s = {k: Z[:, i] for i, k in enumerate(names)}
-    return Y0s, metrics, dense, status
+    Y0s = {k: Y[:, i] for i, k in enumerate(names)}
+    return Y0s, metrics, dense
 
 
 @eqx.filter_jit
 @eqx.debug.assert_max_traces(max_traces=None)  # tests count traces: eqx.debug.get_num_traces
 def _pss_core(model, solver, p, Y0, tol, max_beats, batch, n_save):
-    G, embed, g, args, x0 = beat_map(model, solver, p, Y0)
-    fp = solve_fixed_point(G, x0, method="plain", tol=tol, max_iter=max_beats, batch=batch)
-    Y0s, metrics, dense, status = last_beat(model, solver, g, args, embed(fp.x), n_save, fp.status)
+    # the plain iteration and, per patient once it stops, one more beat saved densely
+    # (``final``: the same call of the beat map, one integration in the program)
+    G, embed, x0 = beat_map(model, solver, p, Y0, n_save)
+    zeros = saved_beat_zeros(Y0, n_save)
+    fp = solve_fixed_point(
+        G, x0, method="plain", tol=tol, max_iter=max_beats, batch=batch, final=zeros
+    )
+    Zs, Z1 = fp.final
+    status = first_failure(fp.status, fp.final_status)
+    Y0s, metrics, dense = reduce_beat(model, p, embed(fp.x), Zs, Z1, status)
     return Y0s, fp.iterations, fp.converged, fp.residual, metrics, dense, status
 
 
@@ -239,7 +269,8 @@ def to_periodic_steady_state(
     falls below ``tol``; converged patients stop (their segments have zero length)
     while the others go on (plain fixed-point iteration of the beat map, with
     :func:`twinjax.solve._periodic.solve_fixed_point`). Then one more beat is
-    integrated with ``n_save`` saves and reduced to per-beat metrics.
+    integrated with ``n_save`` saves and reduced to per-beat metrics (in the same
+    loop, a patient's extra beat as soon as it stops: ``final``).
 
     Arguments:
         model: a :class:`Circulation` (with or without baroreflex).
