@@ -95,8 +95,8 @@ class Layout:
 
 def check_bounds(model: Model, bounds, estimate, typical) -> tuple:
     """``((name, lower, upper), ...)`` from ``fit_population``'s ``bounds``, checked
-    (before anything compiles); sides that add nothing to the model's own range are
-    dropped, and a bound equal to the model's on both sides gives no entry.
+    (before anything compiles); bounds equal to the parameter's own admissible range on
+    both sides give no entry (the model's transform already holds it inside).
 
     Raises:
         TypeError: ``bounds`` is not a mapping.
@@ -119,6 +119,8 @@ def check_bounds(model: Model, bounds, estimate, typical) -> tuple:
                 "to estimated typical values"
             )
         try:
+            if isinstance(b, str | bytes):
+                raise TypeError
             lo, hi = (float(x) for x in b)
         except (TypeError, ValueError):
             raise ValueError(f"{where}: expected (lower, upper), got {b!r}") from None
