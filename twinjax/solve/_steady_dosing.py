@@ -172,23 +172,24 @@ def steady_state(model, solver, f, p, ev: EventTable, Y_init, n, dtype):
     def phi(Y, theta, aux):
         c1h = aux[0]
         q, t0, bounds, rates, bolus, a, _ = schedule(theta, aux)
-        st = jnp.zeros((M,), jnp.int32)
-        left = bolus
-        for i in range(3):  # the bolus arrives at phase a, the start of a piece
-            at = a == bounds[i]
+
+        def piece(carry, x):  # the bolus arrives at phase a, the start of a piece
+            Y, left, st = carry
+            lo, hi, rate = x
+            at = a == lo
             Y = Y + jnp.where(at, left, 0.0)[:, None] * c1h
             left = jnp.where(at, 0.0, left)
             _, Y, s = solver.integrate(
-                f,
-                t0 + bounds[i],
-                t0 + bounds[i + 1],
-                Y,
-                None,
-                (q, rates[i][:, None] * c1h),
-                model,
-                forward=True,
+                f, t0 + lo, t0 + hi, Y, None, (q, rate[:, None] * c1h), model, forward=True
             )
-            st = jnp.maximum(st, s)
+            return (Y, left, jnp.maximum(st, s).astype(jnp.int32)), None
+
+        # the three pieces in one loop: one integrator in the program per use of phi
+        # (the Newton iteration, its Jacobian, the implicit derivatives, the final
+        # interval) instead of three, which is most of a steady-state program's size
+        pieces = (jnp.stack(bounds[:-1]), jnp.stack(bounds[1:]), jnp.stack(rates))
+        st0 = jnp.zeros((M,), jnp.int32)
+        (Y, _, st), _ = jax.lax.scan(piece, (Y, bolus, st0), pieces)
         return Y, st
 
     def newton_matrix(Y, theta, aux):  # J - I on dynamic states, -I on cumulative ones
