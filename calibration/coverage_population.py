@@ -63,6 +63,7 @@ import datetime as dt
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -368,6 +369,12 @@ def main(argv=None) -> int:
     command = "python calibration/coverage_population.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        head = "unknown"
     rows: list[dict] = []
     reps: list[dict] = []
     commands = [command]
@@ -417,6 +424,7 @@ def main(argv=None) -> int:
             "method": a.method,
             "command": command,
             "commands": commands,
+            "git_head_last_command": head,
             "started_utc": started,
             "updated_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "n_replicates_done": len(reps),
