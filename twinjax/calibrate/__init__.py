@@ -61,4 +61,5 @@ from ._saem import ImportanceSamplingOFV as ImportanceSamplingOFV
 from ._saem import SAEMResult as SAEMResult
 from ._saem import importance_sampling_ofv as importance_sampling_ofv
 from ._saem import saem as saem
+from ._uncertainty import joint_posterior as joint_posterior
 from ._uncertainty import posterior_samples as posterior_samples
