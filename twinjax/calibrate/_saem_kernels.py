@@ -95,75 +95,63 @@ def sa_gamma(it, n_burn):
 def mcmc(P, S, c: Carry, key, data, mu, omega, sigma, adapt: bool):
     """The three MH kernels on every subject and chain, then (with IOV) the kappa
     kernels; returns the new carry and the kernels' acceptance rates (eta random walks
-    on all / one component, kappa random walk)."""
+    on all / one component, kappa random walk).
+
+    The kernels run in ONE loop with ONE batched simulation per step (the step's kernel
+    picks the proposal and the acceptance ratio), so the compiled program holds one
+    copy of the ODE solver instead of three; the draws and the order of the steps are
+    those of three loops one after the other (kernel ``n`` draws from
+    ``fold_in(key_n, i)`` at its own step ``i``)."""
     tv, off, ev, ts, obs, mask = data
     B, k = c.z.shape
     dt = c.z.dtype
     oinv = jnp.linalg.inv(omega)
     chol = jnp.linalg.cholesky(omega + 1e-14 * jnp.eye(k, dtype=dt))
-    k1, k2, k3 = jax.random.split(key, 3)
+    keys = jax.random.split(key, 3)
+    eye = jnp.eye(k, dtype=dt)
+    mu_b = jnp.broadcast_to(mu, (B, k))
+    n1, n2 = S.kernels[0], S.kernels[1]
+    n3 = S.kernels[2] * k
 
     def sim(z):
         return simulate_z(P, z, tv, off, ev, ts, obs, mask, sigma, c.kappa)
 
-    # kernel 1: proposals from the population distribution (prior); ratio of likelihoods
-    def ker1(i, st):
-        z, L, f, acc = st
-        kk = jax.random.fold_in(k1, i)
-        ka, kb = jax.random.split(kk)
-        zp = jnp.broadcast_to(mu, (B, k)) + jax.random.normal(ka, (B, k), dt) @ chol.T
-        Lp, fp = sim(zp)
-        a = jnp.log(jax.random.uniform(kb, (B,), dt)) < -0.5 * (Lp - L)
-        return (
-            jnp.where(a[:, None], zp, z),
-            jnp.where(a, Lp, L),
-            jnp.where(a[:, None], fp, f),
-            acc + jnp.mean(a.astype(dt)),
-        )
+    def step(s, st):
+        z, L, f, acc2, acc3 = st
+        # kernel 0: proposals from the population distribution (prior), ratio of
+        # likelihoods; 1: random walk on all components, 2: on one component at a
+        # time (component i % k), both on the ratio of posteriors
+        kind = (s >= n1).astype(jnp.int32) + (s >= n1 + n2).astype(jnp.int32)
+        i = s - jnp.where(kind == 0, 0, jnp.where(kind == 1, n1, n1 + n2))
+        ka, kb = jax.random.split(jax.random.fold_in(keys[kind], i))
+        e = eye[i % k]
 
-    z, L, f, _ = jax.lax.fori_loop(0, S.kernels[0], ker1, (c.z, c.L, c.f, jnp.zeros((), dt)))
+        def prior(z):
+            return mu_b + jax.random.normal(ka, (B, k), dt) @ chol.T
 
-    # kernel 2: random walk on all components; ratio of posteriors
-    def ker2(i, st):
-        z, L, f, acc = st
-        kk = jax.random.fold_in(k2, i)
-        ka, kb = jax.random.split(kk)
-        zp = z + jax.random.normal(ka, (B, k), dt) * c.d2[None]
+        def walk_all(z):
+            return z + jax.random.normal(ka, (B, k), dt) * c.d2[None]
+
+        def walk_one(z):
+            return z + (jax.random.normal(ka, (B,), dt) * jnp.dot(c.d3, e))[:, None] * e[None]
+
+        zp = jax.lax.switch(kind, (prior, walk_all, walk_one), z)
         Lp, fp = sim(zp)
         U, Up = L + quad(z, mu, oinv), Lp + quad(zp, mu, oinv)
-        a = jnp.log(jax.random.uniform(kb, (B,), dt)) < -0.5 * (Up - U)
+        dU = jnp.where(kind == 0, Lp - L, Up - U)
+        a = jnp.log(jax.random.uniform(kb, (B,), dt)) < -0.5 * dU
+        rate = jnp.mean(a.astype(dt))
         return (
             jnp.where(a[:, None], zp, z),
             jnp.where(a, Lp, L),
             jnp.where(a[:, None], fp, f),
-            acc + jnp.mean(a.astype(dt)),
+            acc2 + jnp.where(kind == 1, rate, 0.0),
+            acc3 + jnp.where(kind == 2, e * rate, 0.0),
         )
 
-    z, L, f, acc2 = jax.lax.fori_loop(0, S.kernels[1], ker2, (z, L, f, jnp.zeros((), dt)))
+    init = (c.z, c.L, c.f, jnp.zeros((), dt), jnp.zeros((k,), dt))
+    z, L, f, acc2, acc3 = jax.lax.fori_loop(0, n1 + n2 + n3, step, init)
     acc2 = acc2 / max(S.kernels[1], 1)
-
-    # kernel 3: random walk on one component at a time
-    eye = jnp.eye(k, dtype=dt)
-
-    def ker3(i, st):
-        z, L, f, acc = st
-        j = i % k
-        kk = jax.random.fold_in(k3, i)
-        ka, kb = jax.random.split(kk)
-        e = eye[j]
-        zp = z + (jax.random.normal(ka, (B,), dt) * jnp.dot(c.d3, e))[:, None] * e[None]
-        Lp, fp = sim(zp)
-        U, Up = L + quad(z, mu, oinv), Lp + quad(zp, mu, oinv)
-        a = jnp.log(jax.random.uniform(kb, (B,), dt)) < -0.5 * (Up - U)
-        return (
-            jnp.where(a[:, None], zp, z),
-            jnp.where(a, Lp, L),
-            jnp.where(a[:, None], fp, f),
-            acc + e * jnp.mean(a.astype(dt)),
-        )
-
-    n3 = S.kernels[2] * k
-    z, L, f, acc3 = jax.lax.fori_loop(0, n3, ker3, (z, L, f, jnp.zeros((k,), dt)))
     acc3 = acc3 / max(S.kernels[2], 1)
     kappa, d4, acc4 = c.kappa, c.d4, jnp.zeros((), dt)
     if P.iov:
