@@ -331,3 +331,39 @@ def test_safety_spec_reads_the_example_and_overrides():
         SafetyTrial.from_dict({})
     with pytest.raises(SpecError, match="unknown key 'trial' in the top level"):
         SafetyTrial.from_dict({"safety": {}, "trial": {}})
+
+
+def test_pace_to_steady_state_stops_when_the_beats_repeat():
+    """Beats until the state repeats (the shared fixed-point solver, plain iteration),
+    then one more beat for the biomarkers; tol and max_beats are values of one program."""
+    gk = jnp.array([0.282, 0.35])
+    p = {"gK": gk}
+    y0 = LR.init(LR.complete(p)[0])
+    r = ep.pace_to_steady_state(LR, p, tol=1e-6, max_beats=400)
+    assert np.all(np.asarray(r.status) == 0)
+    beats = np.asarray(r.biomarkers["beats"][-1])
+    assert np.all((beats > 2) & (beats < 400))
+    assert np.all(np.asarray(r.biomarkers["residual"][-1]) < 1e-6)
+    # one more beat from the steady state: the final beat's biomarkers, the state repeats
+    one = ep.pace(LR, p, 1, y0=r.state, record="last")
+    for k in ("APD90", "qNet", "V_peak", "dVdt_max"):
+        np.testing.assert_allclose(one.biomarkers[k][-1], r.biomarkers[k][-1], rtol=1e-12)
+    for k in LR.state_names:
+        change = np.abs(np.asarray(one.state[k]) - np.asarray(r.state[k]))
+        assert np.all(change < 1e-6 * (np.abs(np.asarray(y0[k])) + 1e-6)), k
+    # fewer beats than it takes: NOT_CONVERGED, and the beats paced are the maximum
+    r2 = ep.pace_to_steady_state(LR, p, tol=1e-6, max_beats=2)
+    assert np.all(np.asarray(r2.status) == tj.Status.NOT_CONVERGED)
+    assert np.all(np.asarray(r2.biomarkers["beats"][-1]) == 2)
+    # Anderson acceleration: the same steady state (to the tolerance's order)
+    ra = ep.pace_to_steady_state(LR, p, tol=1e-6, max_beats=400, method="anderson")
+    assert np.all(np.asarray(ra.status) == 0)
+    for k in LR.state_names:
+        diff = np.abs(np.asarray(ra.state[k]) - np.asarray(r.state[k]))
+        assert np.all(diff < 1e-5 * (np.abs(np.asarray(y0[k])) + 1e-6)), k
+    with pytest.raises(ValueError, match="method"):
+        ep.pace_to_steady_state(LR, p, method="newton")
+    with pytest.raises(ValueError, match="tol"):
+        ep.pace_to_steady_state(LR, p, tol=0.0)
+    with pytest.raises(ValueError, match="max_beats"):
+        ep.pace_to_steady_state(LR, p, max_beats=0)

@@ -1,6 +1,6 @@
 """The Rush-Larsen beat loop carries its state packed: same numbers as a dict carry.
 
-``ep._solver._beat`` keeps the state and the biomarker accumulators as two stacked
+``ep._solver.beat`` keeps the state and the biomarker accumulators as two stacked
 arrays in its ``while_loop`` (fewer loop buffers and copies on the CPU). That is a
 change of layout only: here a plain loop that carries dicts of ``(N,)`` arrays, written
 from the same step formulas (the voltage rule and the error controller), must give the

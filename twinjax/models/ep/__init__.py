@@ -8,7 +8,9 @@
   Li et al. 2017), paced by :func:`pace_cipa` (qNet per beat).
 - :func:`pace`: a batched second-order Rush-Larsen beat loop returning per-beat
   biomarkers (APD90/50/30, triangulation, resting and peak potential, max dV/dt,
-  EAD and repolarisation-failure flags, qNet) without storing trajectories.
+  EAD and repolarisation-failure flags, qNet) without storing trajectories;
+  :func:`pace_to_steady_state`: beats until each cell's state repeats (the shared
+  periodic-steady-state solver).
 - :mod:`drugs <._drugs>`: multi-channel pore block and a table of CiPA reference
   compounds; :mod:`population <._population>`: populations of models and
   in-silico drug trials.
@@ -27,3 +29,4 @@ from ._pacing import stimulus as stimulus
 from ._solver import PacingResult as PacingResult
 from ._solver import RushLarsen as RushLarsen
 from ._solver import pace as pace
+from ._steady import pace_to_steady_state as pace_to_steady_state

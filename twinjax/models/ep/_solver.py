@@ -128,7 +128,7 @@ def _unpack(a: jax.Array, names: tuple) -> dict:
     return {k: a[i] for i, k in enumerate(names)}
 
 
-def _beat(model, solver, p, y, ts):
+def beat(model, solver, p, y, ts):
     """One beat for every cell. ``ts``: (T,) save times within the beat or None.
 
     The loop carries the state and the biomarker accumulators packed as two ``(S, N)``
@@ -233,12 +233,12 @@ def _beat(model, solver, p, y, ts):
 @eqx.debug.assert_max_traces(max_traces=None)  # tests count traces: eqx.debug.get_num_traces
 def _pace(model, solver, p, y0, n_beats, record_all, ts):
     N = p["BCL"].shape[0]
-    y_probe, bio_probe, _, out_probe = jax.eval_shape(lambda: _beat(model, solver, p, y0, ts))
+    y_probe, bio_probe, _, out_probe = jax.eval_shape(lambda: beat(model, solver, p, y0, ts))
     zeros = lambda s: jnp.zeros(s.shape, s.dtype)  # noqa: E731
 
     def one(carry, _):
         y, status, _, _ = carry
-        y, bio, st, out = _beat(model, solver, p, y, ts)
+        y, bio, st, out = beat(model, solver, p, y, ts)
         status = jnp.maximum(status, st)
         return (y, status, bio, out), ((bio, out) if record_all else None)
 
