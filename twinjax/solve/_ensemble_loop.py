@@ -94,6 +94,17 @@ def step_body(solver, f, t1, args, adaptive, saves, inf, c):
             )
         return y1, k_end, finite, en, (dense_data(tab, ks) if keep_ks else None)
 
+    def never(_):
+        """The other branch of the conditional below, never taken: zeros shaped as
+        ``trial``'s results (a second copy of the step would double its compile)."""
+        z = tmap(jnp.zeros_like, y)
+        kd = None
+        if keep_ks:
+            rosenbrock = isinstance(tab, RosenbrockTableau)
+            kd = [jnp.zeros_like(stacked(y)) for _ in tab.H] if rosenbrock else z
+        en = jnp.zeros(t.shape, stacked(y).dtype) if adaptive else None
+        return z, tmap(jnp.zeros_like, k), jnp.zeros(t.shape, bool), en, kd
+
     if (isinstance(y, tuple) or out is not None) and jax.default_backend() == "cpu":
         # XLA:CPU fuses an elementwise producer into every consumer, so a
         # step consumed by the nine parts of the carry (t, rows of y and
@@ -101,12 +112,13 @@ def step_body(solver, f, t1, args, adaptive, saves, inf, c):
         # of a conditional is its own computation whose results are
         # materialised: the step is computed once, the bookkeeping reads
         # it (Lorenz RK4, N = 65,536: 44 -> 17 ns per trajectory-step).
-        # The predicate is always true but unknown to XLA. With saves (either
+        # The predicate is always true but unknown to XLA; the other branch
+        # returns zeros (the same step in both compiled it twice). With saves (either
         # layout) the same: the save branch below reads the step too, and without
         # this its results were computed again for it (the circulation's beat,
         # stacked layout, 2 patients: 1.8x the CPU time of the beat without saves,
         # 1.1x with).
-        y1, k_end, finite, en, kd = jax.lax.cond(it >= 0, trial, trial, None)
+        y1, k_end, finite, en, kd = jax.lax.cond(it >= 0, trial, never, None)
     else:
         y1, k_end, finite, en, kd = trial(None)
     if adaptive:
