@@ -119,10 +119,110 @@ def test_transit_compartments_against_matrix_exponential():
         assert _maxrel(r.states[s], y[:, i], floor=1e-4) < 1e-6, s
 
 
+# ------------------------------------------------------------ tight-tolerance runs
+# The tests below that simulate one model at the TIGHT tolerances take their patients
+# from one simulate call per model (one compiled program per model instead of one per
+# test): each case is a patient with its own parameters, regimen and save times (padded
+# to the longest with its last time; the padded saves are dropped). solvers.Diffrax
+# integrates each patient of a batch on its own adaptive steps, so each case is the same
+# solve as alone.
+
+MM_PARAMS = dict(V=30.0, VMAX=40.0, KM=2.0)
+SUPERPOSITION_TIMES = np.linspace(0.0, 72.0, 145)
+TAU, N_DOSES = 12.0, 60  # 60 doses = 720 h >> the terminal half-life (~16 h)
+T_LAST = TAU * (N_DOSES - 1)
+SS_TIMES = T_LAST + np.linspace(0.0, TAU, 25)
+RESET_TIMES = np.array([0.0, 5.0, 10.0, 10.0001, 15.0, 20.0])
+MASS_BALANCE = {  # test id: (model, the key of its tight run)
+    "1cmt": (pk.one_compartment(), "1cmt"),
+    "2cmt-oral": (pk.two_compartment("first_order"), "2cmt-oral"),
+    "3cmt-transit": (pk.three_compartment("transit", n_transit=2), "3cmt-transit"),
+    "mm": (pk.one_compartment(elimination="michaelis_menten"), "mm"),
+}
+
+
+def _mass_balance_regimen(cmt):
+    return tj.Regimen(
+        [
+            tj.Dose(100.0, cmt, 0.0),
+            tj.Dose(50.0, cmt, 5.0, dur=4.0),
+            tj.Dose(70.0, cmt, 30.0, ii=8.0, addl=2),
+        ]
+    )
+
+
+def _superposition_cases(cmt):
+    """The five-dose regimen and each of its doses alone."""
+    regimens = [tj.Regimen.repeat(100.0, cmt, every=12.0, n=5)] + [
+        tj.Regimen([tj.Dose(100.0, cmt, 12.0 * k)]) for k in range(5)
+    ]
+    return [(("superposition", k), P2, r, SUPERPOSITION_TIMES) for k, r in enumerate(regimens)]
+
+
+def _steady_state_cases(kind, cmt, p):
+    """60 repeated doses and the SS=1 record."""
+    dur = 2.0 if kind == "infusion" else 0.0
+    many = tj.Regimen.repeat(100.0, cmt, every=TAU, n=N_DOSES, dur=dur)
+    ss = tj.Regimen([tj.Dose(100.0, cmt, T_LAST, dur=dur, ii=TAU, ss=1)])
+    return [(("many", kind), p, many, SS_TIMES), (("ss", kind), p, ss, SS_TIMES)]
+
+
+def _tight_cases(key):
+    if key == "1cmt":
+        reset = tj.Regimen(
+            [
+                tj.Dose(100.0, "central", 0.0),
+                tj.Reset(10.0),
+                tj.Dose(50.0, "central", 15.0, evid=4),
+            ]
+        )
+        cases = [("mass balance", {}, _mass_balance_regimen("central"), TIMES)]
+        return pk.one_compartment(), cases + [("reset", P1, reset, RESET_TIMES)]
+    if key == "mm":
+        cases = [("scipy", MM_PARAMS, tj.Regimen([tj.Dose(300.0, "central")]), TIMES)]
+        cases.append(("mass balance", {}, _mass_balance_regimen("central"), TIMES))
+        return pk.one_compartment(elimination="michaelis_menten"), cases
+    if key == "2cmt-iv":
+        cases = _superposition_cases("central")
+        cases += _steady_state_cases("bolus", "central", P2)
+        cases += _steady_state_cases("infusion", "central", P2)
+        return pk.two_compartment("iv"), cases
+    if key == "2cmt-oral":
+        cases = _superposition_cases("depot")
+        cases += _steady_state_cases("oral", "depot", dict(P2, KA=1.0))
+        cases.append(("mass balance", {}, _mass_balance_regimen("depot"), TIMES))
+        return pk.two_compartment("first_order"), cases
+    assert key == "3cmt-transit"
+    cases = [("mass balance", {}, _mass_balance_regimen("depot"), TIMES)]
+    return pk.three_compartment("transit", n_transit=2), cases
+
+
+@functools.cache
+def _tight_runs(key):
+    """``{case: {"status", "states", "C"}}`` of every case of one model, simulated as
+    the patients of one call; parameters a case does not give take their defaults."""
+    model, cases = _tight_cases(key)
+    p = {
+        k: jnp.asarray([c[1].get(k, model.param(k).value) for c in cases])
+        for k in {k for c in cases for k in c[1]}
+    }
+    T = max(len(c[3]) for c in cases)
+    times = np.stack([np.concatenate([c[3], np.full(T - len(c[3]), c[3][-1])]) for c in cases])
+    r = tj.simulate(model, p, [c[2] for c in cases], jnp.asarray(times), solver=TIGHT)
+    out = {}
+    for i, (name, _, _, ts) in enumerate(cases):
+        n = len(ts)
+        out[name] = dict(
+            status=int(r.status[i]),
+            states={s: np.asarray(v[i, :n]) for s, v in r.states.items()},
+            C=np.asarray(r.outputs["C"][i, :n]),
+        )
+    return out
+
+
 def test_michaelis_menten_against_scipy_radau():
-    model = pk.one_compartment(elimination="michaelis_menten")
-    p = dict(V=30.0, VMAX=40.0, KM=2.0)
-    r = tj.simulate(model, p, tj.Regimen([tj.Dose(300.0, "central")]), TIMES, solver=TIGHT)
+    p = MM_PARAMS
+    r = _tight_runs("mm")["scipy"]
 
     def f(t, y):
         c = y[0] / p["V"]
@@ -131,73 +231,30 @@ def test_michaelis_menten_against_scipy_radau():
     sol = solve_ivp(
         f, (0, TIMES[-1]), [300.0], method="Radau", t_eval=TIMES, rtol=1e-12, atol=1e-12
     )
-    assert _maxrel(r.states["central"], sol.y[0], floor=1e-6) < 1e-6
+    assert _maxrel(r["states"]["central"], sol.y[0], floor=1e-6) < 1e-6
 
 
-@pytest.mark.parametrize("absorption,cmt", [("iv", "central"), ("first_order", "depot")])
-def test_superposition(absorption, cmt):
-    model = pk.two_compartment(absorption)
-    times = jnp.linspace(0.0, 72.0, 145)
-    # the five-dose regimen and each of its doses alone: six patients of one call (one
-    # compiled program; each patient integrated on its own adaptive steps)
-    regimens = [tj.Regimen.repeat(100.0, cmt, every=12.0, n=5)] + [
-        tj.Regimen([tj.Dose(100.0, cmt, 12.0 * k)]) for k in range(5)
-    ]
-    r = tj.simulate(model, P2, regimens, times, solver=TIGHT)
-    c = np.asarray(r.outputs["C"])
-    total = np.zeros(times.shape)
+@pytest.mark.parametrize("absorption", ["iv", "first_order"])
+def test_superposition(absorption):
+    runs = _tight_runs("2cmt-iv" if absorption == "iv" else "2cmt-oral")
+    c = [runs[("superposition", k)]["C"] for k in range(6)]
+    total = np.zeros(SUPERPOSITION_TIMES.shape)
     for k in range(5):
         total += c[1 + k]
     assert _maxrel(c[0], total) < 1e-8
 
 
-@functools.cache
-def _steady_state_runs(absorption):
-    """For each kind of dose of one model: 60 repeated doses and the SS=1 record, as
-    patients of one simulate call (bolus and infusion share the IV model's program)."""
-    model = pk.two_compartment(absorption)
-    kinds = ("oral",) if absorption == "first_order" else ("bolus", "infusion")
-    cmt = "depot" if absorption == "first_order" else "central"
-    p = dict(P2, KA=1.0) if absorption == "first_order" else P2
-    tau, n = 12.0, 60  # 60 doses = 720 h >> the terminal half-life (~16 h)
-    t_last = tau * (n - 1)
-    times = t_last + jnp.linspace(0.0, tau, 25)
-    regimens = []
-    for kind in kinds:
-        dur = 2.0 if kind == "infusion" else 0.0
-        regimens.append(tj.Regimen.repeat(100.0, cmt, every=tau, n=n, dur=dur))
-        regimens.append(tj.Regimen([tj.Dose(100.0, cmt, t_last, dur=dur, ii=tau, ss=1)]))
-    r = tj.simulate(model, p, regimens, times, solver=TIGHT)
-    c = np.asarray(r.outputs["C"])
-    return {kind: (c[2 * i], c[2 * i + 1]) for i, kind in enumerate(kinds)}
-
-
 @pytest.mark.parametrize("kind", ["bolus", "oral", "infusion"])
 def test_steady_state_equals_limit_of_repeated_doses(kind):
-    many, ss = _steady_state_runs("first_order" if kind == "oral" else "iv")[kind]
+    runs = _tight_runs("2cmt-oral" if kind == "oral" else "2cmt-iv")
+    many, ss = runs[("many", kind)]["C"], runs[("ss", kind)]["C"]
     assert _maxrel(ss, many) < 1e-7
 
 
-@pytest.mark.parametrize(
-    "model",
-    [
-        pk.one_compartment(),
-        pk.two_compartment("first_order"),
-        pk.three_compartment("transit", n_transit=2),
-        pk.one_compartment(elimination="michaelis_menten"),
-    ],
-    ids=["1cmt", "2cmt-oral", "3cmt-transit", "mm"],
-)
-def test_mass_balance(model):
-    cmt = "depot" if "depot" in model.state_names else "central"
-    reg = tj.Regimen(
-        [
-            tj.Dose(100.0, cmt, 0.0),
-            tj.Dose(50.0, cmt, 5.0, dur=4.0),
-            tj.Dose(70.0, cmt, 30.0, ii=8.0, addl=2),
-        ]
-    )
-    r = tj.simulate(model, {}, reg, TIMES, solver=TIGHT)
+@pytest.mark.parametrize("which", list(MASS_BALANCE))
+def test_mass_balance(which):
+    model, key = MASS_BALANCE[which]
+    r = _tight_runs(key)["mass balance"]
     F = 1.0
     dosed = np.where(
         TIMES >= 46.0,
@@ -212,18 +269,12 @@ def test_mass_balance(model):
             ),
         ),
     )
-    body = sum(np.asarray(r.states[s]) for s in model.state_names)
+    body = sum(r["states"][s] for s in model.state_names)
     np.testing.assert_allclose(body, F * dosed, rtol=1e-10, atol=1e-9)
 
 
 def test_reset_evid3_and_evid4():
-    model = pk.one_compartment()
-    times = jnp.array([0.0, 5.0, 10.0, 10.0001, 15.0, 20.0])
-    reg = tj.Regimen(
-        [tj.Dose(100.0, "central", 0.0), tj.Reset(10.0), tj.Dose(50.0, "central", 15.0, evid=4)]
-    )
-    r = tj.simulate(model, P1, reg, times, solver=TIGHT)
-    c = np.asarray(r.outputs["C"])
+    c = _tight_runs("1cmt")["reset"]["C"]
     a, l = ref.macro_constants(**P1)
     assert c[1] == pytest.approx(ref.bolus(5.0, 100.0, a, l), rel=1e-8)
     assert c[2] == 0.0 and c[3] == 0.0  # reset at t=10 (right-continuous)
