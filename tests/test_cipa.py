@@ -233,3 +233,13 @@ def test_max_dv_is_nan_for_a_depolarisation_failure():
     t = np.arange(0.0, 1000.0, 0.5)
     V = -88.0 + 30.0 * np.exp(-t / 5.0)  # stimulus response without an action potential
     assert np.isnan(bm.from_trace(t, V)["max_dv"])
+
+
+def test_pace_cipa_rejects_an_error_controlled_solver(model):
+    """pace_cipa's loop has the CiPASteps rule, no error controller: a RushLarsen with
+    rtol set (the default) is refused before any compilation, naming rtol."""
+    from twinjax.models import ep
+
+    with pytest.raises(ValueError, match="rtol"):
+        pace_cipa(model, None, 1, solver=ep.RushLarsen())
+    assert CiPASteps().rtol is None
