@@ -277,14 +277,28 @@ print(json.dumps(runs))
 """
 
 
+def _source_copy(tmp_path) -> Path:
+    """A copy of the twinjax package for the child processes of one test: the stored
+    executables' key hashes twinjax's source, which must not change between them."""
+    import shutil
+
+    dest = tmp_path / "src"
+    if not dest.exists():
+        shutil.copytree(
+            ROOT / "twinjax", dest / "twinjax", ignore=shutil.ignore_patterns("__pycache__")
+        )
+    return dest
+
+
 def _store_child(folder):
+    src = _source_copy(folder.parent)
     env = {k: v for k, v in os.environ.items() if k != "TWINJAX_CACHE_DIR"}
     out = subprocess.run(
         [sys.executable, "-c", _STORE_CHILD, str(folder)],
         capture_output=True,
         text=True,
-        env=env,
-        cwd=str(ROOT),
+        env=dict(env, PYTHONPATH=str(src)),
+        cwd=str(src),
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -292,21 +306,30 @@ def _store_child(folder):
 
 
 def test_a_fresh_process_runs_the_stored_executable_without_tracing(tmp_path):
-    """First process: traced, compiled and stored. Second: loaded from the store and
-    run with no trace, giving the jit path's numbers (the same process, the store
-    off: ``eqx.filter_jit``) to the last bit. A corrupt entry is not loaded."""
+    """First process: traced, compiled and stored. Without the store (JAX's cache
+    kept), the next compile is a hit in JAX's cache, whose executable does not
+    serialise whole: it is compiled again afresh (a second trace) and stored. Last
+    process: loaded from the store and run with no trace, giving the jit path's numbers
+    (the same process, the store off: ``eqx.filter_jit``) to the last bit. A corrupt
+    entry is not loaded."""
+    import shutil
+
     from twinjax._executables import SUFFIX, counts
     from twinjax._executables import _load as load_entry
 
     cache = tmp_path / "cache"
     first, _ = _store_child(cache)
     assert first["traces"] == 1 and first["counts"] == {"compiled": 1, "stored": 1}
+    shutil.rmtree(cache / "executables")
+    hit, _ = _store_child(cache)
+    assert hit["traces"] == 2 and hit["counts"] == {"compiled": 1, "stored": 1}
     stored = sorted((cache / "executables").iterdir())
     assert len(stored) == 1 and stored[0].name.endswith(SUFFIX)
-    second, jit = _store_child(cache)
-    assert second["traces"] == 0 and second["counts"] == {"loaded": 1}
+    loaded, jit = _store_child(cache)
+    assert loaded["traces"] == 0 and loaded["counts"] == {"loaded": 1}
     assert jit["traces"] == 1 and jit["counts"] == {"loaded": 1, "jit": 1}
-    assert second["x"] == jit["x"] == first["x"] and second["s"] == jit["s"] == first["s"]
+    for run in (first, hit, loaded):
+        assert run["x"] == jit["x"] and run["s"] == jit["s"]
     # a corrupt entry (its payload's SHA-256 differs) is refused, never loaded
     key = stored[0].name[: -len(SUFFIX)]
     body = bytearray(stored[0].read_bytes())
@@ -356,6 +379,7 @@ def test_a_fresh_process_fits_from_stored_executables_to_the_last_bit(tmp_path):
     them, traces no fit program, and its estimates, curvature, objective, predictions,
     residuals and SEs equal the jit path's (``eqx.filter_jit``) to the last bit."""
     cache = tmp_path / "cache"
+    src = _source_copy(tmp_path)
 
     def child():
         env = {k: v for k, v in os.environ.items() if k != "TWINJAX_CACHE_DIR"}
@@ -363,8 +387,8 @@ def test_a_fresh_process_fits_from_stored_executables_to_the_last_bit(tmp_path):
             [sys.executable, "-c", _FIT_CHILD, str(cache)],
             capture_output=True,
             text=True,
-            env=env,
-            cwd=str(ROOT),
+            env=dict(env, PYTHONPATH=str(src)),
+            cwd=str(src),
             timeout=1200,
         )
         assert out.returncode == 0, out.stderr[-3000:]

@@ -270,7 +270,41 @@ def program_key(fn, args: tuple, kwargs: dict) -> tuple[str, list]:
 def _compile(fn, args: tuple, kwargs: dict):
     """Trace ``fn`` (its function, not its jit wrapper: the same program as
     ``eqx.filter_jit`` builds) on the call's arrays, compile; ``((compiled, output
-    tree), storable)``, storable when it runs on the first device only."""
+    tree), storable)``, storable when it runs on the first device only.
+
+    An executable that JAX loaded from its persistent cache serialises without some of
+    its kernels (jaxlib 0.10 on CPU: the copy then fails with 'Function ... not
+    found'); when the compile was such a hit, the program is traced and compiled
+    again with JAX's cache off, and that fresh executable is the one stored. A
+    compile that missed JAX's cache is fresh, and JAX's cache keeps it too."""
+    hits = _jax_cache_hits()
+    entry, storable = _trace_and_compile(fn, args, kwargs, fresh=False)
+    if storable and _jax_cache_hits() != hits:
+        entry, storable = _trace_and_compile(fn, args, kwargs, fresh=True)
+    return entry, storable
+
+
+_HITS = {"n": 0, "listening": 0}
+
+
+def _jax_cache_hits() -> int:
+    """How many programs JAX has loaded from its persistent cache in this process
+    (counted from the first call on)."""
+    with _LOCK:
+        if not _HITS["listening"]:
+            import jax
+
+            def count(event: str, **kw: str | int) -> None:
+                if event == "/jax/compilation_cache/cache_hits":
+                    _HITS["n"] += 1
+
+            jax.monitoring.register_event_listener(count)
+            _HITS["listening"] = 1
+        return _HITS["n"]
+
+
+def _trace_and_compile(fn, args: tuple, kwargs: dict, fresh: bool):
+    """See :func:`_compile`; ``fresh``: with JAX's persistent cache off."""
     import equinox as eqx
     import jax
 
@@ -289,7 +323,7 @@ def _compile(fn, args: tuple, kwargs: dict):
         return out_leaves
 
     lowered = jax.jit(flat).lower(*leaves)
-    with _fresh_compile():
+    with _fresh_compile() if fresh else contextlib.nullcontext():
         compiled = lowered.compile()
     first = {jax.devices()[0]}
     shardings = jax.tree.leaves((compiled.input_shardings, compiled.output_shardings))
@@ -299,9 +333,7 @@ def _compile(fn, args: tuple, kwargs: dict):
 
 @contextlib.contextmanager
 def _fresh_compile():
-    """JAX's persistent cache off for one compile: an executable that JAX loaded from
-    its cache serialises without some of its kernels (jaxlib 0.10 on CPU: the copy
-    then fails with 'Function ... not found'), so only fresh compiles are stored."""
+    """JAX's persistent cache off for one compile (see :func:`_compile`)."""
     import jax
     from jax.experimental.compilation_cache import compilation_cache as cc
 
