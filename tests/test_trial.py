@@ -131,47 +131,45 @@ def test_small_trial_runs_and_writes_report(tmp_path):
     np.testing.assert_array_equal(res.table["AUC_day7"], res2.table["AUC_day7"])
 
 
+def _cli(*args):
+    """The command line in this process (typer's test runner): the same app as the
+    ``twinjax`` script and ``python -m twinjax``, without starting a Python and
+    importing JAX for each call."""
+    from typer.testing import CliRunner
+
+    from twinjax.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
 def test_cli_version_models_and_bad_spec(tmp_path):
-    run = lambda *a: subprocess.run(
-        [sys.executable, "-m", "twinjax.cli", *a],  # noqa: E731
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run("--version").stdout.startswith("twinjax ")
-    # python -m twinjax is the same command line
-    top = subprocess.run(
-        [sys.executable, "-m", "twinjax", "--version"], capture_output=True, text=True
-    )
-    assert top.returncode == 0 and top.stdout.startswith("twinjax "), top.stderr
-    assert "pkpd_idr3" in run("models").stdout
+    # the two module entry points, as separate processes
+    for module in ("twinjax.cli", "twinjax"):
+        r = subprocess.run(
+            [sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=300
+        )
+        assert r.returncode == 0 and r.stdout.startswith("twinjax "), (module, r.stderr)
+    assert _cli("--version").stdout.startswith("twinjax ")
+    assert "pkpd_idr3" in _cli("models").stdout
     bad = tmp_path / "bad.toml"
     bad.write_text(EXAMPLE.read_text().replace('kind = "cmax"', 'kind = "cmaxx"'))
-    r = run("trial", str(bad), "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "cmaxx" in r.stdout
+    r = _cli("trial", bad, "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "cmaxx" in r.stdout
     # the message names the table (rich must not take "[population]" for markup)
     bad.write_text(EXAMPLE.read_text().replace("[population]", "[population]\nfoo = 1", 1))
-    r = run("trial", str(bad), "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "unknown key 'foo' in [population]" in r.stdout, r.stdout
-    r = run(
-        "simulate",
-        "pk1_oral",
-        "--dose",
-        "100:depot",
-        "--duration",
-        "12",
-        "--out",
-        str(tmp_path / "s"),
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
+    r = _cli("trial", bad, "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "unknown key 'foo' in [population]" in r.stdout, r.stdout
+    r = _cli("simulate", "pk1_oral", "--dose", "100:depot", "--duration", "12", "--out",
+             tmp_path / "s")  # fmt: skip
+    assert r.exit_code == 0, r.output
     assert (tmp_path / "s" / "simulation.png").exists()
     for args, msg in [
         (("--param", "CL"), "--param 'CL': expected NAME=VALUE"),
         (("--param", "CL=abc"), "--param 'CL=abc': expected NAME=VALUE"),
         (("--dose", "abc:depot"), "--dose 'abc:depot': AMT, TIME and II must be numbers"),
     ]:
-        r = run("simulate", "pk1_oral", *args, "--out", str(tmp_path / "bad"))
-        assert r.returncode == 2 and msg in " ".join(r.stdout.split()), r.stdout
+        r = _cli("simulate", "pk1_oral", *args, "--out", tmp_path / "bad")
+        assert r.exit_code == 2 and msg in " ".join(r.stdout.split()), r.stdout
     assert not (tmp_path / "bad").exists()
 
 
@@ -317,12 +315,8 @@ def test_antihypertensive_example(tmp_path):
 
 
 def test_cli_sample_size_override(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "twinjax.cli", "trial", str(PBPK), "--n", "3", "--no-progress",
-         "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stdout + r.stderr
+    r = _cli("trial", PBPK, "--n", "3", "--no-progress", "--out", tmp_path)
+    assert r.exit_code == 0, r.output
     assert "9 virtual patients" in r.stdout and "report.html" in r.stdout
     assert json.loads((tmp_path / "summary.json").read_text())["n_patients"] == 9
 
@@ -333,7 +327,8 @@ def test_report_renders_in_headless_browser(tmp_path):
 
     if render_report.find_browser() is None:
         pytest.skip("no headless browser (chromium/chrome) on PATH; `apt-get install chromium`")
-    res = Trial.from_dict(_small(_spec(), n=10)).run(progress=False)
+    # the patients of test_small_trial_runs_and_writes_report: its compiled programs
+    res = Trial.from_dict(_small(_spec())).run(progress=False)
     report = res.write(tmp_path)
     info = render_report.render(report, tmp_path / "report.png")
     assert info["width"] == 1200 and info["height"] > 1500
