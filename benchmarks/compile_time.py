@@ -29,7 +29,8 @@ each row (``load_1min``: the 1-minute load average after its two calls). No pers
 compilation cache is enabled here (``jax_compilation_cache_dir`` is recorded).
 
 Run: ``python benchmarks/compile_time.py [--only NAME ...]``; writes
-benchmarks/results/compile_time.json.
+benchmarks/results/compile_time.json (with ``--only``, the other models' rows are kept
+as they were, each row with the date it was ``measured`` and its load).
 """
 
 from __future__ import annotations
@@ -132,10 +133,22 @@ def main(argv=None):
             f"steady {row['steady_cpu_s']:.2f}); wall first {row['first_call_s']:.1f} s, "
             f"steady {row['best_s']:.2f} s; load {row['load_1min']:.1f}"
         )
+    kept = []
+    path = C.RESULTS / "compile_time.json"
+    if a.only and path.exists():  # the other models' rows stay as they were measured
+        import json
+
+        old = json.loads(path.read_text())
+        kept = [r for r in old.get("rows", []) if r.get("model") not in names]
+        for r in kept:
+            r.setdefault("measured", old.get("machine", {}).get("date"))
+    date = C.machine_info().get("date")
+    for r in rows:
+        r["measured"] = date
     payload = dict(
         benchmark="compile_time",
         description=__doc__,
-        rows=rows,
+        rows=[*kept, *rows],
         target_s=10.0,
         load_average_before=list(load_before),
         load_average_after=list(os.getloadavg()),
