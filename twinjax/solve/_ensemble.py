@@ -28,7 +28,12 @@ is an unrolled sum over states (a small-axis reduction became a library call as
 costly as the step), the step-size factor's power is taken in float32 (vectorised;
 the float64 one is a scalar call per patient), shared save times are looked up in a
 1-D table, and batches larger than ``block`` run block by block so that a block's
-arrays stay in cache (2048+ patients in one loop ran 1.6x slower per patient).
+arrays stay in cache (2048+ patients in one loop ran 1.6x slower per patient), with
+saves or without. Saves cost only in the steps that hold one: each patient's next save
+time is carried, and the dense output and the writes run in a ``lax.cond`` taken when
+some patient's save falls in its step (``_ensemble_loop.step_body``), so an
+integration whose save times lie past a patient's end costs about what one without
+saves does (the circulation's beat, 2 twins: 1.2x, was 1.8x; 64 twins: 1.02x).
 
 Differentiation: forward mode (``jax.jvp``, ``jax.jacfwd``), through the loop.
 Reverse mode is not supported (a ``while_loop``); use ``solvers.Diffrax`` for it.
