@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _executables
 from ..dosing import Dose, Regimen
 from ..dosing._regimen import NOOP, compile_regimens
 from ..model._model import default_float
@@ -165,7 +166,7 @@ def forecast(
         f = np.asarray(res[fit.output])
     else:
         f = _forecast_bucketed(fit, regimen, times, int(n_samples), k1, subject, occasion)
-    y = np.asarray(_noise(fit.error, k2, jnp.asarray(f)))
+    y = np.asarray(_executables.call(_noise, fit.error, k2, f))
     return Forecast.from_draws(times, f[0], f, y, level)
 
 
@@ -187,7 +188,9 @@ def _forecast_bucketed(
     ev = pad_events(ev, shape_bucket(ev.time.shape[-1], EVENT_BUCKET_MIN))
     tv = {kk: np.asarray(v)[i] for kk, v in fit.typical.items()}
     spec = Spec(fit.model, fit.solver, fit.output, names, fit.error)
-    f = _forecast_program(spec, tv, eta_hat, L, (km, lke, lkk), A, ev, ts, key, n)
+    f = _executables.call(
+        _forecast_program, spec, tv, eta_hat, L, (km, lke, lkk), A, ev, ts, key, n
+    )
     return np.asarray(f)[:, :T]
 
 

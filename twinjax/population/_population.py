@@ -259,7 +259,16 @@ class Population:
             sizes = [(x.n if isinstance(x, Piecewise) else int(x.shape[0])) for x in cols.values()]
             sizes = [m for m in sizes if m is not None]
             n = sizes[0] if sizes else len(covariates)
-        tv: dict[str, Any] = {k: jnp.full((n,), v, dtype) for k, v in self.typical.items()}
+        # plain numbers are filled on the host (no eager JAX program to trace per shape:
+        # the one-patient latency path, issue #17 item 7); anything else through jnp
+        tv: dict[str, Any] = {
+            k: (
+                jax.device_put(np.full((n,), v, dtype))
+                if isinstance(v, (int, float, np.integer, np.floating))
+                else jnp.full((n,), v, dtype)
+            )
+            for k, v in self.typical.items()
+        }
         for c in self.covariates:
             x = cols[c.covariate]
             if isinstance(x, Piecewise):
