@@ -424,7 +424,7 @@ def main(argv=None):
             rows.append(row)
             con.print(
                 f"  {name:24s} N={n:>8d}  first {first:8.3f} s  best {best:8.4f} s  "
-                f"err {err:.2e}  fail {row['n_failed']}"
+                f"err {err:.2e}  fail {row['n_failed']}  CPU {cpu_best:.3f} s"
                 + (
                     f"  {row['ns_per_traj_step']:.2f} ns/traj/step"
                     if "ns_per_traj_step" in row
