@@ -61,56 +61,65 @@ def kappa_stat(kappa, occm):
     return jnp.sum(jnp.where(occm[:, None, :], kappa**2, 0.0), axis=(0, 2)) / n
 
 
-def kappa_kernels(sim, counts, key, kappa, L, f, w, d, occm, adapt: bool):
-    """The kappa kernels of one SAEM iteration (module docstring).
+def kappa_kernel(counts, key, w, d, occm):
+    """The kappa kernels of one SAEM iteration (module docstring), as steps of the
+    eta kernels' loop (one batched simulation per step, shared with the eta kernels).
 
     Arguments:
-        sim: ``kappa -> (L, f)`` the batched simulation (etas fixed).
         counts: ``(n_prior, n_rw)`` sweeps over the occasions of each kernel.
-        kappa: ``(B, m, K)``; L, f: the likelihood and predictions at it; w: ``(m,)``
-            the variances; d: ``(m,)`` random-walk scales; occm: ``(B, K)`` real
-            occasions.
+        key: the kernels' key (step ``i`` draws from ``fold_in(key, i)``).
+        w: ``(m,)`` the variances; d: ``(m,)`` random-walk scales; occm: ``(B, K)``
+            real occasions.
 
     Returns:
-        ``(kappa, L, f, d, acceptance of the random walk)``.
+        ``(n, propose, accept, finish)``: the number of steps (prior proposals first,
+        then random walks, each a sweep over the occasions); ``propose(i, kappa)`` the
+        proposal ``(B, m, K)`` of step ``i``; ``accept(i, kp, kappa, Lp, L)`` the
+        accepted rows ``(B,)`` and the step's contribution to the random walk's
+        acceptance rate; ``finish(acc, adapt)`` the adapted scales and the acceptance
+        rate ``(d, acc)``.
     """
-    B, m, K = kappa.shape
-    dt = kappa.dtype
+    K = occm.shape[-1]
     sd = jnp.sqrt(w)
     eye = jnp.eye(K, dtype=bool)
     n_real = jnp.maximum(jnp.sum(occm, axis=0), 1)  # (K,)
     n_prior = counts[0] * K
 
-    def step(i, st):  # one loop, one simulation: prior proposals first, then random walks
-        kap, L, f, acc = st
+    def keys(i):
+        return jax.random.split(jax.random.fold_in(key, i))
+
+    def propose(i, kap):
+        B, m, _ = kap.shape
         o = i % K
         rw = i >= n_prior
-        ka, kb = jax.random.split(jax.random.fold_in(key, i))
+        ka, _ = keys(i)
         sel = (eye[o][None, :] & occm)[:, None, :]  # (B, 1, K)
-        e = jax.random.normal(ka, (B, m), dt)
+        e = jax.random.normal(ka, (B, m), kap.dtype)
         new = jnp.where(rw, kap[:, :, o] + e * d[None], e * sd[None])
-        kp = jnp.where(sel, new[:, :, None], kap)
-        Lp, fp = sim(kp)
+        return jnp.where(sel, new[:, :, None], kap)
+
+    def accept(i, kp, kap, Lp, L):
+        B = kap.shape[0]
+        o = i % K
+        rw = i >= n_prior
+        _, kb = keys(i)
         prior = kappa_prior(kp, w, occm) - kappa_prior(kap, w, occm)
         dU = Lp - L + jnp.where(rw, prior, 0.0)  # likelihood / posterior ratio
         real = occm[:, o]
-        a = (jnp.log(jax.random.uniform(kb, (B,), dt)) < -0.5 * dU) & real
-        return (
-            jnp.where(a[:, None, None], kp, kap),
-            jnp.where(a, Lp, L),
-            jnp.where(a[:, None], fp, f),
-            acc + jnp.where(rw, jnp.sum(a) / n_real[o] / K, 0.0).astype(dt),
-        )
+        a = (jnp.log(jax.random.uniform(kb, (B,), kap.dtype)) < -0.5 * dU) & real
+        return a, jnp.where(rw, jnp.sum(a) / n_real[o] / K, 0.0).astype(kap.dtype)
 
-    n_all = (counts[0] + counts[1]) * K
-    zero = jnp.zeros((), dt)
-    kappa, L, f, acc = jax.lax.fori_loop(0, n_all, step, (kappa, L, f, zero))
-    acc = acc / max(counts[1], 1)
-    if adapt and counts[1]:
-        target = 0.44 if m == 1 else 0.234
-        d = d * jnp.clip(1.0 + 0.4 * (acc - target), 0.5, 2.0)
-        d = jnp.clip(d, 1e-3 * sd, 1e3 * sd)
-    return kappa, L, f, d, acc
+    def finish(acc, adapt: bool):
+        m = w.shape[0]
+        acc = acc / max(counts[1], 1)
+        d_new = d
+        if adapt and counts[1]:
+            target = 0.44 if m == 1 else 0.234
+            d_new = d * jnp.clip(1.0 + 0.4 * (acc - target), 0.5, 2.0)
+            d_new = jnp.clip(d_new, 1e-3 * sd, 1e3 * sd)
+        return d_new, acc
+
+    return (counts[0] + counts[1]) * K, propose, accept, finish
 
 
 # ============================================================================ objective

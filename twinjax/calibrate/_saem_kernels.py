@@ -15,7 +15,7 @@ import numpy as np
 
 from ._map import obs_moments, obs_transform
 from ._saem_covariates import CoefficientDesign, gls, prior_mean
-from ._saem_iov import kappa_kernels, kappa_prior, kappa_stat, occasion_mask
+from ._saem_iov import kappa_kernel, kappa_prior, kappa_stat, occasion_mask
 from ._saem_problem import data_nll, quad, simulate_z, tile_rows
 
 
@@ -97,11 +97,12 @@ def mcmc(P, S, c: Carry, key, data, mu, omega, sigma, adapt: bool):
     kernels; returns the new carry and the kernels' acceptance rates (eta random walks
     on all / one component, kappa random walk).
 
-    The kernels run in ONE loop with ONE batched simulation per step (the step's kernel
-    picks the proposal and the acceptance ratio), so the compiled program holds one
-    copy of the ODE solver instead of three; the draws and the order of the steps are
-    those of three loops one after the other (kernel ``n`` draws from
-    ``fold_in(key_n, i)`` at its own step ``i``)."""
+    The kernels (the kappa kernels too) run in ONE loop with ONE batched simulation
+    per step (the step's kernel picks the proposal and the acceptance ratio), so the
+    compiled program holds one copy of the ODE solver instead of three (four with
+    IOV); the draws and the order of the steps are those of one loop per kernel, one
+    after the other (kernel ``n`` draws from ``fold_in(key_n, i)`` at its own step
+    ``i``)."""
     tv, off, ev, ts, obs, mask = data
     B, k = c.z.shape
     dt = c.z.dtype
@@ -113,17 +114,26 @@ def mcmc(P, S, c: Carry, key, data, mu, omega, sigma, adapt: bool):
     n1, n2 = S.kernels[0], S.kernels[1]
     n3 = S.kernels[2] * k
 
-    def sim(z):
-        return simulate_z(P, z, tv, off, ev, ts, obs, mask, sigma, c.kappa)
+    n_eta = n1 + n2 + n3
+    n_kap = 0
+    if P.iov:  # the kappa kernels: steps after the eta kernels' (etas then fixed)
+        n_kap, k_prop, k_accept, k_finish = kappa_kernel(
+            S.iov_kernels, jax.random.fold_in(key, 4), c.w_iov, c.d4, occasion_mask(tv, P.iov)
+        )
 
     def step(s, st):
-        z, L, f, acc2, acc3 = st
+        z, kap, L, f, acc2, acc3, acc4 = st
         # kernel 0: proposals from the population distribution (prior), ratio of
         # likelihoods; 1: random walk on all components, 2: on one component at a
-        # time (component i % k), both on the ratio of posteriors
+        # time (component i % k), both on the ratio of posteriors; 3 (IOV only): the
+        # kappa kernels
         kind = (s >= n1).astype(jnp.int32) + (s >= n1 + n2).astype(jnp.int32)
-        i = s - jnp.where(kind == 0, 0, jnp.where(kind == 1, n1, n1 + n2))
-        ka, kb = jax.random.split(jax.random.fold_in(keys[kind], i))
+        kind = kind + (s >= n_eta).astype(jnp.int32)
+        off_s = jnp.where(
+            kind == 0, 0, jnp.where(kind == 1, n1, jnp.where(kind == 2, n1 + n2, n_eta))
+        )
+        i = s - off_s
+        ka, kb = jax.random.split(jax.random.fold_in(keys[jnp.minimum(kind, 2)], i))
         e = eye[i % k]
 
         def prior(z):
@@ -135,42 +145,36 @@ def mcmc(P, S, c: Carry, key, data, mu, omega, sigma, adapt: bool):
         def walk_one(z):
             return z + (jax.random.normal(ka, (B,), dt) * jnp.dot(c.d3, e))[:, None] * e[None]
 
-        zp = jax.lax.switch(kind, (prior, walk_all, walk_one), z)
-        Lp, fp = sim(zp)
+        branches = (prior, walk_all, walk_one) + ((lambda z: z),) * bool(P.iov)
+        zp = jax.lax.switch(kind, branches, z)
+        kp = jnp.where(kind == 3, k_prop(i, kap), kap) if P.iov else kap
+        Lp, fp = simulate_z(P, zp, tv, off, ev, ts, obs, mask, sigma, kp)
         U, Up = L + quad(z, mu, oinv), Lp + quad(zp, mu, oinv)
         dU = jnp.where(kind == 0, Lp - L, Up - U)
         a = jnp.log(jax.random.uniform(kb, (B,), dt)) < -0.5 * dU
         rate = jnp.mean(a.astype(dt))
+        if P.iov:
+            a_k, r4 = k_accept(i, kp, kap, Lp, L)
+            a = jnp.where(kind == 3, a_k, a)
+            acc4 = acc4 + jnp.where(kind == 3, r4, 0.0)
         return (
             jnp.where(a[:, None], zp, z),
+            jnp.where(a[:, None, None], kp, kap),
             jnp.where(a, Lp, L),
             jnp.where(a[:, None], fp, f),
             acc2 + jnp.where(kind == 1, rate, 0.0),
             acc3 + jnp.where(kind == 2, e * rate, 0.0),
+            acc4,
         )
 
-    init = (c.z, c.L, c.f, jnp.zeros((), dt), jnp.zeros((k,), dt))
-    z, L, f, acc2, acc3 = jax.lax.fori_loop(0, n1 + n2 + n3, step, init)
+    zero = jnp.zeros((), dt)
+    init = (c.z, c.kappa, c.L, c.f, zero, jnp.zeros((k,), dt), zero)
+    z, kappa, L, f, acc2, acc3, acc4 = jax.lax.fori_loop(0, n_eta + n_kap, step, init)
     acc2 = acc2 / max(S.kernels[1], 1)
     acc3 = acc3 / max(S.kernels[2], 1)
-    kappa, d4, acc4 = c.kappa, c.d4, jnp.zeros((), dt)
+    d4 = c.d4
     if P.iov:
-
-        def sim_k(kp):
-            return simulate_z(P, z, tv, off, ev, ts, obs, mask, sigma, kp)
-
-        kappa, L, f, d4, acc4 = kappa_kernels(
-            sim_k,
-            S.iov_kernels,
-            jax.random.fold_in(key, 4),
-            kappa,
-            L,
-            f,
-            c.w_iov,
-            d4,
-            occasion_mask(tv, P.iov),
-            adapt,
-        )
+        d4, acc4 = k_finish(acc4, adapt)
     d2, d3 = c.d2, c.d3
     if adapt:
         if S.kernels[1]:
