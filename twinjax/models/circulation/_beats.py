@@ -198,7 +198,25 @@ def beat_map(model, solver, p, Y0, n_save=None):
         Zs, Z1, st = solver.integrate(g, zero, s1, Z_of(x), ts, args, model)
         return Z1[:, idx], st, (Zs, Z1)
 
-    return G_final, embed, Y0[:, idx]
+    if not isinstance(solver, Diffrax):
+        return G_final, embed, Y0[:, idx]
+
+    # diffrax writes every save time it is given (those past a beat's end clipped to
+    # it), so an iterated beat would pay for n_save saves: the beats in which no
+    # patient is in its final evaluation integrate without saves (a second integration
+    # in the program; diffrax's steps do not depend on the save times, so the states
+    # are the same)
+    Zs_zero = saved_beat_zeros(Y0, n_save)[0]
+
+    def G_final_diffrax(x, active, final):
+        def unsaved():
+            s1 = jnp.where(active, 1.0, 0.0).astype(dtype)
+            _, Z1, st = solver.integrate(g, zero, s1, Z_of(x), None, args, model)
+            return Z1[:, idx], st, (Zs_zero, Z1)
+
+        return jax.lax.cond(jnp.any(final), lambda: G_final(x, active, final), unsaved)
+
+    return G_final_diffrax, embed, Y0[:, idx]
 
 
 def saved_beat_zeros(Y0, n_save):
