@@ -442,9 +442,10 @@ def compile_regimens(
         # regimens compile in one numpy call); element-wise only when some amount or
         # time is traced (gradients with respect to doses).
         flat = v if not isinstance(v[0], list) else [x for row in v for x in row]
-        if all(_concrete(x) for x in flat):
-            s = jnp.asarray(np.asarray(v, dtype=dt))
-        elif isinstance(v[0], list):
+        if all(_concrete(x) for x in flat):  # on the host: no eager program per shape
+            a = np.asarray(v, dtype=dt)
+            return jax.device_put(a[0] if squeeze else a)
+        if isinstance(v[0], list):
             s = jnp.stack([jnp.stack([jnp.asarray(x, dt) for x in row]) for row in v])
         else:
             s = jnp.stack([jnp.asarray(x, dt) for x in v])
