@@ -57,7 +57,9 @@ class FitResult:
             (``g^-1(g(TV) + eta)``), ``varying`` its value on each occasion.
         kappas: ``(N, m, K)`` MAP kappas of the ``m`` IOV parameters on each subject's
             ``K`` occasions (0 on padding occasions); cov_kappa: ``(N, m K, m K)``
-            their Laplace covariance.
+            their Laplace covariance (parameter by parameter, occasion by occasion);
+            cov_eta_kappa: ``(N, k, m K)`` the Laplace covariance of the etas with
+            them (the off-diagonal block of the joint ``2 H^-1`` at the mode).
         occasions: a DataFrame, one row per subject and occasion: ``ID``, the
             occasion column, ``START`` (the time the occasion starts, on the fit's
             evaluation time scale), ``kappa_P`` and the individual ``P`` on it.
@@ -96,6 +98,7 @@ class FitResult:
     iov: dict = dataclasses.field(default_factory=dict)
     kappas: np.ndarray | None = None
     cov_kappa: np.ndarray | None = None
+    cov_eta_kappa: np.ndarray | None = None
     occasions: object = None
 
     @property

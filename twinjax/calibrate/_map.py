@@ -415,11 +415,12 @@ def _finish(spec, pop, fd, tv, out, omega, errors, tv_plain=None, iov_var=None) 
             for kk, v in individual_params(spec, tv, jnp.asarray(np.nan_to_num(eta_all))).items()
             if isinstance(v, Piecewise)
         }
-    kappas = cov_kappa = occ_frame = None
+    kappas = cov_kappa = cov_eta_kappa = occ_frame = None
     if spec.iov:
         m, K = len(spec.iov), spec.n_occ
         kappas = eta_all[:, ki:].reshape(-1, m, K)
         cov_kappa = cov_all[:, ki:, ki:]
+        cov_eta_kappa = cov_all[:, :ki, ki:]
         occ_vals = {q: np.asarray(varying[q].values) for q in spec.iov}
         occ_frame = kappa_frame(fd, spec, spec.iov, kappas, occ_vals)
     # PRED and the residuals come from the fit's program (``map_program``)
@@ -467,5 +468,6 @@ def _finish(spec, pop, fd, tv, out, omega, errors, tv_plain=None, iov_var=None) 
         iov=dict(iov_var or {}),
         kappas=kappas,
         cov_kappa=cov_kappa,
+        cov_eta_kappa=cov_eta_kappa,
         occasions=occ_frame,
     )

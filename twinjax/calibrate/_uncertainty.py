@@ -34,13 +34,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._iov import with_occasions
-from ._terms import Spec, individual_params, make_spec, posterior_terms
+from ._terms import Spec, individual_params
 
 if TYPE_CHECKING:
     from ._map import FitResult
@@ -79,12 +77,6 @@ def subject_posterior(fit: FitResult, subject=None):
     return i, eta_hat, np.linalg.cholesky(cov + 1e-14 * np.eye(k))
 
 
-@eqx.filter_jit
-def _curvature(spec, tv, eta, ev, ts, y, mask, sigma, omega_inv):
-    """The curvature ``H`` of the MAP objective at ``eta`` (the fit's ``H``)."""
-    return posterior_terms(spec, tv, eta, ev, ts, y, mask, sigma, omega_inv)[2]
-
-
 def last_occasion(fit: FitResult, i: int) -> int:
     """The column of subject ``i``'s last observed occasion in ``fit.kappas``."""
     occ = fit.data.occasions
@@ -94,11 +86,9 @@ def last_occasion(fit: FitResult, i: int) -> int:
 def joint_posterior(fit: FitResult, subject=None):
     """Subject ``subject``'s Laplace posterior of ``(eta, kappa on its last occasion)``.
 
-    The curvature ``H`` of the subject's MAP objective in all its random effects (the
-    etas, then the kappas of each IOV parameter on each occasion) is recomputed at the
-    fit's mode, exactly as the fit computed it (``cov_eta`` and ``cov_kappa`` are
-    blocks of ``2 H^-1``), and the rows of the etas and of the last observed occasion's
-    kappas are kept.
+    The blocks of the fit's joint covariance ``2 H^-1`` of all the subject's random
+    effects at its mode (``cov_eta``, ``cov_eta_kappa``, ``cov_kappa``), the rows of
+    the etas and of the last observed occasion's kappas kept.
 
     Returns:
         ``(mean (k + m,), cov (k + m, k + m))``: ``[eta_hat | kappa_hat_last]`` (the
@@ -107,41 +97,21 @@ def joint_posterior(fit: FitResult, subject=None):
     Raises:
         ValueError: the fit has no IOV, or the subject's fit failed.
     """
-    if not fit.iov or fit.kappas is None:
+    if not fit.iov or fit.kappas is None or fit.cov_kappa is None or fit.cov_eta_kappa is None:
         raise ValueError("joint_posterior: this fit has no inter-occasion variability (iov=)")
     i = fit.index(subject)
-    names, iov = tuple(fit.names), tuple(fit.iov)
-    k, m, K = len(names), len(iov), int(fit.kappas.shape[-1])
-    eta = np.concatenate([np.asarray(fit.etas[i], float), np.asarray(fit.kappas[i]).ravel()])
-    if not np.all(np.isfinite(eta)):
-        raise ValueError(f"subject {fit.ids[i]!r} has no finite fit (converged=False)")
-    fd = fit.data.subset([i])
-    errors = list(fit.errors.values()) if fit.errors else [fit.error]
-    outputs = list(fit.errors) if fit.errors else [fit.output]
-    spec = make_spec(fit.model, fit.solver, names, errors, outputs, fit.censoring, iov, K)
-    tv = {q: jax.tree.map(lambda a: np.asarray(a)[i : i + 1], v) for q, v in fit.typical.items()}
-    tv = with_occasions(tv, iov, fd.occasions.times)
-    om = np.asarray(fit.population.omega, float).reshape(k, k)
-    prec = np.zeros((k + m * K, k + m * K))
-    prec[:k, :k] = np.linalg.inv(om) if k else prec[:k, :k]
-    prec[k:, k:] = np.diag(np.repeat([1.0 / float(fit.iov[q]) for q in iov], K))
-    sigma = np.concatenate([np.atleast_1d(np.asarray(e.sigma(), float)) for e in errors])
-    H = _curvature(
-        spec,
-        tv,
-        jnp.asarray(eta[None]),
-        fd.ev,
-        jnp.asarray(fd.t_eval),
-        fd.obs(),
-        jnp.asarray(fd.mask),
-        jnp.asarray(sigma),
-        jnp.asarray(prec),
-    )
-    cov_all = 2.0 * np.linalg.inv(np.asarray(H)[0])
+    k, m, K = len(fit.names), len(fit.iov), int(fit.kappas.shape[-1])
     last = last_occasion(fit, i)
-    sel = list(range(k)) + [k + a * K + last for a in range(m)]
-    cov = cov_all[np.ix_(sel, sel)]
-    return eta[sel], 0.5 * (cov + cov.T)
+    cols = [a * K + last for a in range(m)]
+    mean = np.concatenate([np.asarray(fit.etas[i], float), np.asarray(fit.kappas[i])[:, last]])
+    cov = np.empty((k + m, k + m))
+    cov[:k, :k] = np.asarray(fit.cov_eta[i])
+    cov[:k, k:] = np.asarray(fit.cov_eta_kappa[i])[:, cols]
+    cov[k:, :k] = cov[:k, k:].T
+    cov[k:, k:] = np.asarray(fit.cov_kappa[i])[np.ix_(cols, cols)]
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(cov))):
+        raise ValueError(f"subject {fit.ids[i]!r} has no finite fit (converged=False)")
+    return mean, 0.5 * (cov + cov.T)
 
 
 def occasion_layout(fit: FitResult, occasion="new", subject=None):

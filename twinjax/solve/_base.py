@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -14,7 +15,15 @@ class AbstractSolver(eqx.Module):
 
     The event engine calls :meth:`integrate` once per segment between events, for
     the whole batch of patients at once.
+
+    ``skips_saves_past_end``: whether save times past a segment's end cost nothing
+    (the solver writes a save only where one falls in a step, as ``Ensemble``'s save
+    gate does). False (the default, and ``Diffrax``: diffrax works through every save
+    time it is given, those past the end clipped into the segment): a caller that
+    marks "no save" by a time past the end should integrate without save times.
     """
+
+    skips_saves_past_end: ClassVar[bool] = False
 
     @abc.abstractmethod
     def integrate(

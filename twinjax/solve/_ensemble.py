@@ -50,6 +50,7 @@ layouts).
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -109,6 +110,7 @@ class Ensemble(AbstractSolver):
             ``0`` turns it off.
     """
 
+    skips_saves_past_end: ClassVar[bool] = True  # the save gate: saves only where due
     method: str = "auto"
     rtol: float = 1e-6
     atol: float = 1e-9

@@ -198,14 +198,14 @@ def beat_map(model, solver, p, Y0, n_save=None):
         Zs, Z1, st = solver.integrate(g, zero, s1, Z_of(x), ts, args, model)
         return Z1[:, idx], st, (Zs, Z1)
 
-    if not isinstance(solver, Diffrax):
+    if solver.skips_saves_past_end:
         return G_final, embed, Y0[:, idx]
 
-    # diffrax writes every save time it is given (those past a beat's end clipped to
-    # it), so an iterated beat would pay for n_save saves: the beats in which no
-    # patient is in its final evaluation integrate without saves (a second integration
-    # in the program; diffrax's steps do not depend on the save times, so the states
-    # are the same)
+    # a solver that works through every save time it is given (diffrax clips those
+    # past a beat's end into it) would make each iterated beat pay for n_save saves:
+    # the beats in which no patient is in its final evaluation integrate without saves
+    # (a second integration in the program; the steps do not depend on the save times,
+    # so the states are the same)
     Zs_zero = saved_beat_zeros(Y0, n_save)[0]
 
     def G_final_diffrax(x, active, final):
