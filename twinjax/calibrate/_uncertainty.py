@@ -19,7 +19,7 @@ forecast, dose or sample is on one of two occasions:
   from the Laplace posterior ``N((eta_hat, kappa_hat), C_joint)``: ``C_joint`` is the
   ``(eta, kappa_last)`` block of ``2 H^-1``, ``H`` the curvature of the subject's MAP
   objective in all its random effects (etas and the kappas of every occasion; the same
-  matrix whose blocks are ``cov_eta`` and ``cov_kappa``), recomputed at the fit's mode
+  matrix whose blocks are ``cov_eta``, ``cov_eta_kappa`` and ``cov_kappa``), assembled
   by :func:`joint_posterior` (the etas and a kappa of the same subject are correlated
   a posteriori: both explain the same observations).
 
