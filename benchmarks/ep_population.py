@@ -1,7 +1,7 @@
 """Benchmark: a population of ORd models paced to steady state in one batched run.
 
 A population of N endocardial O'Hara-Rudy 2011 models (conductances log-normal,
-sigma 0.3, `twinjax.models.ep.population.sample`) is paced at 1 Hz from the shipped
+sigma 0.3, `twinjax.models.ep.cell_population.sample`) is paced at 1 Hz from the shipped
 control steady state with the batched second-order Rush-Larsen loop
 (`twinjax.models.ep.pace`, record="last": biomarkers reduced on the fly, no
 trajectories stored). Reports beats per second (N x beats / wall time of the steady
@@ -41,7 +41,7 @@ def main():
     solver = ep.RushLarsen()
     rows = []
     for n in sizes:
-        p = ep.population.sample(model, jax.random.key(0), n, sigma=0.3)
+        p = ep.cell_population.sample(model, jax.random.key(0), n, sigma=0.3)
         res, first, best, steady = time_call(
             lambda p=p: ep.pace(model, p, n_beats, record="last", solver=solver).biomarkers,
             repeats=1,
@@ -68,7 +68,7 @@ def main():
         benchmark="ep_population",
         protocol=dict(
             model="ep.ORd(celltype='endo')",
-            population="ep.population.sample(model, jax.random.key(0), N, sigma=0.3) over "
+            population="ep.cell_population.sample(model, jax.random.key(0), N, sigma=0.3) over "
             "GNa, GNaL, Gto, PCa, GKr, GKs, GK1, Gncx, Pnak, Jrel_scale, Jup_scale",
             pacing="BCL 1000 ms, -80 A/F x 0.5 ms, from the shipped 1 Hz control steady state",
             solver=f"ep.RushLarsen(dt_max={solver.dt_max}, dt_min={solver.dt_min}, "

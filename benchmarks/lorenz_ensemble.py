@@ -111,8 +111,8 @@ def main(argv=None):
     import numpy as np
 
     import twinjax as tj
-    from twinjax.model import Model, State
-    from twinjax.model._param import real
+    from twinjax.ode import Model, State
+    from twinjax.ode._param import real
     from twinjax.solve._engine import vector_field
 
     con = C.console()

@@ -2,7 +2,7 @@
 
 Both sides, timed in the same process on the same machine, on the same models:
 
-* **Population**: ``ep.population.sample(ep.ORd(), jax.random.key(0), N, sigma=0.3)``
+* **Population**: ``ep.cell_population.sample(ep.ORd(), jax.random.key(0), N, sigma=0.3)``
   (11 conductances log-normal around the endocardial ORd values, as
   ``benchmarks/ep_population.py``), paced at 1 Hz (BCL 1000 ms, -80 A/F x 0.5 ms from
   the start of each cycle) for B beats from twinjax's shipped 1 Hz control steady state.
@@ -164,7 +164,7 @@ def main(argv=None):
     con = C.console()
     load_before = os.getloadavg()
     model = ep.ORd()
-    pop = ep.population.sample(model, jax.random.key(0), n, sigma=0.3)
+    pop = ep.cell_population.sample(model, jax.random.key(0), n, sigma=0.3)
     pop_np = {name: np.asarray(v) for name, v in pop.items()}
     p_full, _ = model.complete({name: v[0] for name, v in pop_np.items()})
     y0 = {s: float(v) for s, v in model.init(p_full).items()}
@@ -280,7 +280,7 @@ def main(argv=None):
         quick=a.quick,
         protocol=dict(
             model="ep.ORd(celltype='endo') / ohara-2011.mmt (cell.mode = 0)",
-            population=f"ep.population.sample(model, jax.random.key(0), {n}, sigma=0.3)",
+            population=f"ep.cell_population.sample(model, jax.random.key(0), {n}, sigma=0.3)",
             pacing="BCL 1000 ms, -80 A/F x 0.5 ms from t = 0 of each cycle, from twinjax's "
             "shipped 1 Hz control steady state",
             beats=B,

@@ -77,9 +77,9 @@ import pandas as pd  # noqa: E402
 
 import twinjax as tj  # noqa: E402
 from twinjax.calibrate import ErrorModel, fit_population, saem  # noqa: E402
-from twinjax.model import Link, couple  # noqa: E402
 from twinjax.models import pd as pdm  # noqa: E402
 from twinjax.models import pk  # noqa: E402
+from twinjax.ode import Link, couple  # noqa: E402
 from twinjax.population import Power  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

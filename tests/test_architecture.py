@@ -195,7 +195,7 @@ def test_no_private_names_imported_across_modules_outside_the_pending_ones():
     )
 
 
-#: the trial capabilities a model declares (twinjax.model._model.Model)
+#: the trial capabilities a model declares (twinjax.ode._model.Model)
 CAPABILITIES = (
     "runs_own_trials",
     "trial_simulate",
@@ -230,7 +230,7 @@ def test_the_trial_layer_reads_declared_capabilities_and_names_no_output():
                 literals.append(f"{mod} line {node.lineno}")
     assert not probes, probes
     assert not literals, literals
-    model_src = SOURCES["twinjax.model._model"][0]
+    model_src = SOURCES["twinjax.ode._model"][0]
     cls = next(
         n for n in ast.parse(model_src).body if isinstance(n, ast.ClassDef) and n.name == "Model"
     )
@@ -246,9 +246,9 @@ def test_the_trial_layer_reads_declared_capabilities_and_names_no_output():
 def test_the_quasi_static_twin_is_a_model_holding_a_coupled_one():
     """``QuasiStaticTwin`` derives from the abstract Model, not from the concrete
     ``Coupled``, and declares the capabilities a trial reads."""
-    from twinjax.model import Coupled, Link, Model
     from twinjax.models._multiscale import QuasiStaticTwin
     from twinjax.models.pk import one_compartment
+    from twinjax.ode import Coupled, Link, Model
 
     assert issubclass(QuasiStaticTwin, Model) and not issubclass(QuasiStaticTwin, Coupled)
     link = Link("pk.C", "circ.R_AR_SYS", "emax", {"Emax": -0.3}, name="d")

@@ -11,7 +11,7 @@ import pytest
 
 import twinjax as tj
 from twinjax.models import ep
-from twinjax.models.ep import drugs, population
+from twinjax.models.ep import cell_population, drugs
 from twinjax.models.ep._solver import _pace
 
 LR = ep.LuoRudy1991()
@@ -230,19 +230,19 @@ def test_depolarisation_failure_and_unrepolarised_start_are_abnormal():
     # in a drug trial the DF models count as abnormal and have no APD90 change
     ctrl = ep.pace(m, {}, 2, record="last")
     st = {k: np.asarray(v)[None] for k, v in ctrl.state.items()}
-    tr = population.drug_trial(m, {"GNa": np.array([m.param("GNa").value])}, st,
+    tr = cell_population.drug_screen(m, {"GNa": np.array([m.param("GNa").value])}, st,
                                ["quinidine"], (1.0, 30.0), n_beats=3)  # fmt: skip
     hi = tr[tr.multiple == 30.0].iloc[0]
     assert bool(hi.DF) and bool(hi.abnormal) and np.isnan(hi.dAPD90_pct)
     lo = tr[tr.multiple == 1.0].iloc[0]
     assert not lo.DF and lo.dAPD90_pct > 0
-    summary, risk = population.summarise(tr)
+    summary, risk = cell_population.summarise(tr)
     assert summary.set_index("multiple").loc[30.0, "DF_pct"] == 100.0
 
 
 def test_population_is_one_batched_run_without_recompiling():
     key = jax.random.key(0)
-    p = population.sample(LR, key, 16, names=("gNa", "gsi", "gK", "gK1"), sigma=0.2)
+    p = cell_population.sample(LR, key, 16, names=("gNa", "gsi", "gK", "gK1"), sigma=0.2)
     r1 = ep.pace(LR, p, 2, record="last")
     assert r1.last()["APD90"].shape == (16,)
     assert np.all(np.asarray(r1.status) == 0)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import twinjax as tj
-from twinjax.model import Model, State
-from twinjax.model._param import real
 from twinjax.models import pk
+from twinjax.ode import Model, State
+from twinjax.ode._param import real
 
 TIMES = jnp.linspace(0.0, 10.0, 11)
 SOLVERS = {"diffrax": tj.solvers.Diffrax, "ensemble": tj.solvers.Ensemble}

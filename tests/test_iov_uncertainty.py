@@ -28,8 +28,8 @@ from twinjax.calibrate import (
     profile_likelihood,
 )
 from twinjax.calibrate._covstep import Problem
-from twinjax.model import Model, State
-from twinjax.model._param import real
+from twinjax.ode import Model, State
+from twinjax.ode._param import real
 
 N_SUB, K_OCC, N_OBS = 16, 3, 3
 TRUE = dict(B=10.0, omega=1.0, omega_iov=0.5, sigma=0.5)

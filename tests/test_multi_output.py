@@ -15,9 +15,9 @@ import twinjax as tj
 from twinjax.calibrate import ErrorModel, fit_individual, fit_population, prepare_data
 from twinjax.calibrate import _data as D
 from twinjax.calibrate import _map as M
-from twinjax.model import Link, couple
 from twinjax.models import pd as pdm
 from twinjax.models import pk
+from twinjax.ode import Link, couple
 
 PKPD = couple(
     {"pk": pk.one_compartment(absorption="first_order"), "pd": pdm.DirectEmax()},

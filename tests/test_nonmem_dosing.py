@@ -18,8 +18,8 @@ import pytest
 import twinjax as tj
 from twinjax.data import DatasetError, read_nonmem
 from twinjax.dosing._regimen import compile_regimens
-from twinjax.model._param import fraction, real
 from twinjax.models import pk
+from twinjax.ode._param import fraction, real
 
 TIGHT = tj.solvers.Diffrax(rtol=1e-10, atol=1e-12)
 CL, V = 4.0, 30.0

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import twinjax as tj
-from twinjax.model import Model, State
-from twinjax.model._param import positive
 from twinjax.models import pk
 from twinjax.models.tmdd import TMDD
+from twinjax.ode import Model, State
+from twinjax.ode._param import positive
 from twinjax.solve import _rosenbrock
 from twinjax.solve._status import Status
 

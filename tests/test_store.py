@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 import twinjax as tj
-from twinjax.model import Model, State, couple
-from twinjax.model._couple import Link
-from twinjax.model._param import Param, real
 from twinjax.models import pk
+from twinjax.ode import Model, State, couple
+from twinjax.ode._couple import Link
+from twinjax.ode._param import Param, real
 from twinjax.solve import StoreCorruptError, StoreError, StoreLockedError, StoreRepairWarning
 from twinjax.solve._fingerprint import Fingerprint
 

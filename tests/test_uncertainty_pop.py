@@ -30,8 +30,8 @@ from twinjax.calibrate import (
     resample_counts,
 )
 from twinjax.calibrate._covstep import Problem, _refuse_not_pd
-from twinjax.model import Model, State
-from twinjax.model._param import real
+from twinjax.ode import Model, State
+from twinjax.ode._param import real
 
 N_SUB, N_OBS = 20, 4
 

@@ -8,11 +8,11 @@ import pytest
 from catalogue import CATALOGUE, IDS
 
 import twinjax as tj
-from twinjax.model import Coupled, Model, State
-from twinjax.model._model import TIME_UNITS
-from twinjax.model._param import positive
 from twinjax.models import circulation, ep, glucose, pbpk, pd, pk
 from twinjax.models._registry import get_model, registered
+from twinjax.ode import Coupled, Model, State
+from twinjax.ode._model import TIME_UNITS
+from twinjax.ode._param import positive
 
 TIGHT = tj.solvers.Diffrax(rtol=1e-11, atol=1e-12)
 

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import Model
+from ..ode import Model
 from . import _nlme as nlme
 from ._map import as_population, fit_censoring, make_spec, prepare_data, resolve_outputs
 from ._nlme_outer import iov_variances

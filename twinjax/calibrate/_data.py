@@ -15,8 +15,8 @@ import numpy as np
 
 from ..data import Dataset
 from ..dosing._regimen import NOOP, PAD_TIME, EventTable, Regimen, compile_regimens
-from ..model import Model
-from ..model._piecewise import Piecewise
+from ..ode import Model
+from ..ode._piecewise import Piecewise
 from ._censoring import CENSORING
 from ._residual import ErrorModel
 

@@ -8,7 +8,7 @@ import dataclasses
 
 import numpy as np
 
-from ..model import Model
+from ..ode import Model
 from ..population import Population
 from ..solve._base import AbstractSolver
 from ._data import FitData

@@ -13,8 +13,8 @@ import numpy as np
 from .. import _executables
 from ..dosing import Dose, Regimen
 from ..dosing._regimen import NOOP, compile_regimens
-from ..model._model import default_float
-from ..model._piecewise import Piecewise
+from ..ode._model import default_float
+from ..ode._piecewise import Piecewise
 from ..solve._simulate import check_times, simulate, simulate_core
 from ._data import EVENT_BUCKET_MIN, RECORD_BUCKET_MIN, pad_axis, pad_events, shape_bucket
 from ._terms import Spec, individual_params

@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..dosing._regimen import PAD_TIME
-from ..model import Model
-from ..model._piecewise import Piecewise
+from ..ode import Model
+from ..ode._piecewise import Piecewise
 
 __all__ = ["Occasions", "check_iov", "occasion_table", "with_occasions"]
 

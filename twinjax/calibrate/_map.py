@@ -46,8 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _executables
-from ..model import Model
-from ..model._piecewise import Piecewise
+from ..ode import Model
+from ..ode._piecewise import Piecewise
 from ..solve._base import AbstractSolver
 from ..solve._ensemble import Ensemble
 from ._data import PRE_DOSE_EPS as PRE_DOSE_EPS

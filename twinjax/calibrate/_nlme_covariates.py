@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import Model, Piecewise
+from ..ode import Model, Piecewise
 from ..population import Population
 from ._nlme_outer import Coef
 from ._terms import covariate_columns, refuse_time_varying

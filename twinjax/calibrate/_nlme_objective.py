@@ -11,7 +11,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ..model import Piecewise
+from ..ode import Piecewise
 from ._iov import with_occasions
 from ._map_optimisers import lm_batched
 from ._nlme_covariates import CovariateFactors

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import Model
+from ..ode import Model
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..model import Model
+from ..ode import Model
 from ..population import Population
 from ..solve._base import AbstractSolver
 from ._diagnostics import cwres

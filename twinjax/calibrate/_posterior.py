@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import Model
+from ..ode import Model
 from ..solve._base import AbstractSolver
 from ..solve._ensemble import Ensemble
 from ._data import prepare_data, resolve_outputs

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..dosing import Regimen
-from ..model import Model
+from ..ode import Model
 from ..population import Population
 from ..solve._base import AbstractSolver
 from ..solve._simulate import simulate

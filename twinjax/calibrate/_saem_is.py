@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import Model
+from ..ode import Model
 from ..population import Population
 from ..solve._base import AbstractSolver
 from ._iov import check_iov

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import Piecewise
+from ..ode import Piecewise
 from ..population._population import shift_unconstrained
 from ..solve._ensemble import Ensemble
 from ._iov import refuse_varying_iov, with_occasions

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import log_ndtr
 
-from ..model import Model
-from ..model._piecewise import Piecewise, initial_values, schedule, split_params
+from ..ode import Model
+from ..ode._piecewise import Piecewise, initial_values, schedule, split_params
 from ..population import Population
 from ..population._population import shift_unconstrained
 from ..solve._base import AbstractSolver

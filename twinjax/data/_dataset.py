@@ -308,7 +308,7 @@ class Dataset:
             KeyError: ``name`` is not a covariate.
             ValueError: a value is not a number, or a subject has no value at all.
         """
-        from ..model._piecewise import Piecewise
+        from ..ode._piecewise import Piecewise
 
         if name not in self._cov_names:
             raise KeyError(f"{name!r} is not a covariate; covariates are {self._cov_names}")

@@ -51,7 +51,7 @@ def resolve_compartments(compartments) -> Compartments:
         names = [str(n) for n in compartments.state_names]
         dose_params = None
         if hasattr(compartments, "dose_parameters"):
-            from ..model._model import dose_table
+            from ..ode._model import dose_table
 
             dose_params = dose_table(compartments)
         return Compartments({i + 1: n for i, n in enumerate(names)}, names, names, dose_params)

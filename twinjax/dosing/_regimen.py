@@ -28,7 +28,7 @@ PAD_TIME = 1.0e9
 SS_EXTRA_HISTORY = 1
 
 
-from ..model._model import is_concrete as _concrete  # noqa: E402
+from ..ode._model import is_concrete as _concrete  # noqa: E402
 
 
 def _num(x, field: str, where: str, *, nonneg=True, integer=False):
@@ -349,11 +349,11 @@ def compile_regimens(
     squeeze: bool = False,
 ) -> EventTable:
     """Compile one regimen per patient into one padded, stacked :class:`EventTable`."""
-    from ..model._model import default_float
+    from ..ode._model import default_float
 
     dtype = dtype or default_float()
     names = list(model.state_names)
-    from ..model._model import dose_table
+    from ..ode._model import dose_table
 
     dose_par = dose_table(model)
     none4 = (None, None, None, None)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import Coupled, Link, Model
+from ..ode import Coupled, Link, Model
 from ..solve._periodic import first_failure, solve_fixed_point
 from .circulation import (
     METRIC_UNITS,
@@ -121,7 +121,7 @@ def steady_state_cohort(
         ``tol`` after ``max_beats`` beats; the metrics of a patient whose status is not
         OK are NaN (its ``state`` is its last iterate).
     """
-    from ..model._model import default_float
+    from ..ode._model import default_float
     from ..solve._batch import batch_params, initial_state, stack_initial
     from ..solve._ensemble import Ensemble
 
@@ -336,7 +336,7 @@ class QuasiStaticTwin(Model):
             progress: show a progress bar.
             store: a Zarr folder for the PK simulation.
         """
-        from ..model._couple import couple
+        from ..ode._couple import couple
         from ..solve._cohort import simulate_cohort
         from ..solve._ensemble import Ensemble
 

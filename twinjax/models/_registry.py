@@ -38,7 +38,7 @@ def _load_builtin():
     if _LOADED:
         return
     _LOADED = True
-    from ..model import Link, couple
+    from ..ode import Link, couple
     from . import pd, pk
 
     register("pk1_iv", lambda: pk.one_compartment(), "1-compartment PK, IV")
@@ -75,7 +75,7 @@ def _load_builtin():
 
 def _register_organ_models():
     """The organ models that virtual-trial specifications refer to by name."""
-    from ..model import Link
+    from ..ode import Link
     from . import pk
 
     def pk_circulation():

@@ -63,8 +63,8 @@ References:
 
 from __future__ import annotations
 
-from ..model import Model, Param, State
-from ..model._param import fraction, positive
+from ..ode import Model, Param, State
+from ..ode._param import fraction, positive
 
 BROWN = "Brown et al. 1997"
 ILL = "illustrative drug property"

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ..model import Model, Param, State
-from ..model._param import fraction, positive, real
+from ..ode import Model, Param, State
+from ..ode._param import fraction, positive, real
 
 _ILL = "illustrative value"
 

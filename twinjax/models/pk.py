@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 
-from ..model import Model, Param, State
-from ..model._param import fraction, positive, real
+from ..ode import Model, Param, State
+from ..ode._param import fraction, positive, real
 
 _TYPICAL = "illustrative typical value (Gabrielsson & Weiner 2016 ranges)"
 

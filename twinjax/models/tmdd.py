@@ -28,8 +28,8 @@ References:
 
 from __future__ import annotations
 
-from ..model import Model, State
-from ..model._param import positive
+from ..ode import Model, State
+from ..ode._param import positive
 
 _ILL = "illustrative monoclonal-antibody value (Dua et al. 2015 ranges)"
 

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import Model, Piecewise
+from ..ode import Model, Piecewise
 from ._demographics import Demographics, concat_columns, float64_draws, key_blocks
 from ._population_cohort import Cohort as Cohort
 from ._population_covariates import Categorical as Categorical

@@ -21,7 +21,7 @@ from typing import Self
 
 import jax.numpy as jnp
 
-from ..model import Model, Piecewise
+from ..ode import Model, Piecewise
 
 # ============================================================================ covariates
 _INF = math.inf

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model._model import default_float
+from ..ode._model import default_float
 from ..solve._batch import broadcast_batch
 from ..solve._diffrax import Diffrax
 from ..solve._simulate import simulate

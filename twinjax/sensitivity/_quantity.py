@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from ..model._model import Model
+from ..ode._model import Model
 from ..solve._simulate import check_times
 
 #: Endpoint kinds with a derivative: the others (tmax, responder, safety,

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import norm, qmc
 
-from ..model._model import default_float
+from ..ode._model import default_float
 from ..solve._simulate import simulate
 from ._quantity import (
     check_bounds,

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..dosing._regimen import Regimen, compile_regimens
-from ..model._model import default_float
+from ..ode._model import default_float
 from ._cohort_chunks import ChunkPipeline, choose_chunk_size
 from ._cohort_progress import start_progress
 from ._cohort_result import CohortResult

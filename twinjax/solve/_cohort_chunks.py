@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model._piecewise import Schedule
+from ..ode._piecewise import Schedule
 from ._cohort_store import CohortStore
 from ._devices import per_device, shard
 from ._simulate import simulate_core

@@ -27,7 +27,7 @@ from ..dosing._regimen import (
     RESET,
     EventTable,
 )
-from ..model._model import dose_table
+from ..ode._model import dose_table
 from ._status import Status
 from ._steady_dosing import infusion_rate_duration, steady_state
 
@@ -197,7 +197,7 @@ def _run(model, solver, p, ev: EventTable, ts, y0=None, sched=None, pre=None):
     look save times up inside their step loop).
 
     ``y0``: optional ``{state: (N,)}`` initial values replacing ``model.init`` (also
-    what a reset returns to). ``sched``: a :class:`~twinjax.model._piecewise.Schedule`
+    what a reset returns to). ``sched``: a :class:`~twinjax.ode._piecewise.Schedule`
     of parameters that change in time (``p`` holds their values at time 0); the engine
     switches them at their change times, and dose records and steady states use their
     values at the record's time. ``pre``: boolean like ``ts``, True where a save at the

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..dosing._regimen import EventTable, Regimen, compile_regimens
-from ..model._model import Model, default_float
-from ..model._model import is_concrete as _concrete
-from ..model._piecewise import initial_values, schedule, split_params
+from ..ode._model import Model, default_float
+from ..ode._model import is_concrete as _concrete
+from ..ode._piecewise import initial_values, schedule, split_params
 from ._base import AbstractSolver
 from ._batch import batch_params, broadcast_batch, n_patients, patient_rows, unbatch
 from ._diffrax import Diffrax

@@ -26,7 +26,7 @@ from ..dosing._regimen import (
     INF_RATE,
     EventTable,
 )
-from ..model._model import dose_table
+from ..ode._model import dose_table
 from ._periodic import solve_fixed_point
 from ._status import Status
 

@@ -306,7 +306,7 @@ class SafetyTrial:
 
         from .._outdir import claim
         from ..models import ep
-        from ..models.ep import population
+        from ..models.ep import cell_population
 
         out = claim(out, "safety")  # before any simulation
         if self.protocol == "cipa":
@@ -320,7 +320,7 @@ class SafetyTrial:
             return console.status(msg) if console is not None else contextlib.nullcontext()
 
         with status(f"pacing {self.n} ORd ({self.cell}) models for {self.beats} beats"):
-            params, state, _, ok = population.calibrate(
+            params, state, _, ok = cell_population.calibrate(
                 model,
                 jax.random.key(self.seed),
                 self.n,
@@ -343,10 +343,10 @@ class SafetyTrial:
         multiples = tuple(self.multiples or ())  # resolved in __post_init__
         n_c, n_m = len(self.compounds), len(multiples)
         with status(f"{n_c} compounds x {n_m} concentrations"):
-            trial = population.drug_trial(
+            trial = cell_population.drug_screen(
                 model, params, state, list(self.compounds), multiples, n_beats=self.drug_beats
             )
-        summary, risk = population.summarise(trial)
+        summary, risk = cell_population.summarise(trial)
         trial.to_csv(out / "models.csv", index=False)
         summary.to_csv(out / "summary.csv", index=False)
         risk.to_csv(out / "risk.csv")

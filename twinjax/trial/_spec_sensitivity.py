@@ -30,7 +30,7 @@ def check_sensitivity(
     """A :class:`~twinjax.trial.Sensitivity` or None, against the trial: an ODE model,
     a known endpoint (one with a derivative for local sensitivities), a known arm (default:
     the first arm that is not the control), known parameters and admissible ranges."""
-    from ..model._model import Model
+    from ..ode._model import Model
     from ..sensitivity._quantity import SMOOTH_KINDS, check_bounds
 
     s = a.get("sensitivity")

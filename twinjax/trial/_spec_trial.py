@@ -91,7 +91,7 @@ def check_trial(a: dict, probs: Problems, labels: Mapping[str, str], complete: b
     Returns:
         A dict of the normalised values plus ``control``, ``beat_times`` and ``outputs``.
     """
-    from ..model._model import Model
+    from ..ode._model import Model
     from ._endpoints import Endpoint
 
     out: dict[str, Any] = {}

@@ -154,7 +154,7 @@ class OccasionVariability:
         for the ``(n,)`` patient values ``values``."""
         import jax.numpy as jnp
 
-        from ..model import Piecewise
+        from ..ode import Piecewise
 
         v = np.asarray(values, float)
         n, K = v.shape[0], len(self.occasions)

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...model import Link
-from ...model._model import default_float
+from ...ode import Link
+from ...ode._model import default_float
 from ...solve._batch import batch_params, stack_initial, unbatch
 from ...solve._diffrax import Diffrax
 from ...solve._engine import vector_field

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from ...model import Model, Param, State
-from ...model._param import fraction, positive, real
+from ...ode import Model, Param, State
+from ...ode._param import fraction, positive, real
 
 REGAZZONI = "Regazzoni et al. 2022, 0-D circulation defaults"
 URSINO = "Ursino 1998, Table 1"

@@ -16,8 +16,8 @@
   in-silico drug trials.
 """
 
+from . import _cell_population as cell_population  # noqa: F401
 from . import _drugs as drugs  # noqa: F401
-from . import _population as population  # noqa: F401
 from ._biomarkers import from_trace as from_trace
 from ._cell import CellModel as CellModel
 from ._cipa import CiPAORd as CiPAORd

@@ -18,7 +18,7 @@ Definitions (all per beat, times in ms from the start of the pacing cycle):
 - ``DF``: depolarisation failure, ``V_peak`` below 0 mV: the stimulus did not elicit
   an action potential (no overshoot), as under near-complete INa and ICaL block. The
   APDs of such a beat measure the decay of the stimulus response, not an action
-  potential; :func:`twinjax.models.ep.population.drug_trial` sets its APD change to NaN.
+  potential; :func:`twinjax.models.ep.cell_population.drug_screen` sets its APD change to NaN.
 - ``qNet``: integral over the beat of INaL + ICaL + Ito + IKr + IKs + IK1 (Dutta S,
   et al. 2017 Front Physiol 8:616), in C/F (= (A/F) * s).
 - ``max_dv``: the CiPA beat-selection metric (FDA/CiPA@e881df6

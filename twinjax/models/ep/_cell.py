@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 from typing import ClassVar
 
-from ...model import Model
+from ...ode import Model
 from ._pacing import stimulus
 
 

@@ -43,8 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...model import Param, State
-from ...model._param import real
+from ...ode import Param, State
+from ...ode._param import real
 from ...solve._status import Status
 from . import _biomarkers as bm
 from . import _herg as herg

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ...model import Param, State
-from ...model._param import positive
+from ...ode import Param, State
+from ...ode._param import positive
 from ._cell import CellModel
 from ._pacing import pacing_params
 

@@ -25,8 +25,8 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from ...model import Param, State
-from ...model._param import positive
+from ...ode import Param, State
+from ...ode._param import positive
 from ._cell import CellModel
 from ._ord_tables import (
     CELLTYPES,

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ...model import Param
-from ...model._param import positive
+from ...ode import Param
+from ...ode._param import positive
 
 
 def pacing_params(

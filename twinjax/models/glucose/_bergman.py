@@ -32,8 +32,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from ...dosing import Dose, Regimen
-from ...model import Model, Param, State
-from ...model._param import positive
+from ...ode import Model, Param, State
+from ...ode._param import positive
 
 _P86 = "Pacini & Bergman 1986 (MINMOD), normal subjects; Bergman 1989 Table 1 range"
 _B81 = "Bergman, Phillips & Cobelli 1981 J Clin Invest 68:1456 (normal subjects)"

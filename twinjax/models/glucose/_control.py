@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...model._model import default_float
+from ...ode._model import default_float
 from ...solve._batch import batch_params, patient_rows, stack_initial, unbatch
 from ...solve._engine import vector_field
 from ...solve._ensemble import Ensemble

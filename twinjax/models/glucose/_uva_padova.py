@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...dosing import Dose
-from ...model import Model, Param, State
-from ...model._param import fraction, positive
+from ...ode import Model, Param, State
+from ...ode._param import fraction, positive
 
 U_TO_PMOL = 6000.0  # pmol of insulin per unit (U)
 

@@ -130,7 +130,7 @@ def calibrate(
     return p, res.state, bio, ok
 
 
-def drug_trial(
+def drug_screen(
     model,
     params: dict,
     state: dict,
@@ -216,7 +216,7 @@ def summarise(trial) -> tuple:
     The median APD90 change is over the models that had an action potential.
 
     Arguments:
-        trial: the DataFrame of :func:`drug_trial`.
+        trial: the DataFrame of :func:`drug_screen`.
 
     Returns:
         ``(table, risk)``: a per (compound, multiple) DataFrame with
