@@ -5,8 +5,13 @@ suite run, removed at the end): JAX's persistent compilation cache in that folde
 by the test processes of the run and by the CLI runs of the tests, so a program compiled
 once is loaded, not compiled again, wherever the same program (JAX's cache key: the
 program, shapes, XLA flags, jaxlib) comes again. Unset or "off": no persistent cache.
+
+``TWINJAX_TEST_COMPILE_LOG=<file>``: JAX logs every compilation (``jax_log_compiles``)
+and each log line is appended to that file behind the id of the test that ran it, to
+count a file's compilations per test (``tools/run_tests.py --compile-log``).
 """
 
+import logging
 import os
 
 import jax
@@ -25,6 +30,28 @@ else:
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+COMPILE_LOG = os.environ.get("TWINJAX_TEST_COMPILE_LOG", "")
+_current_test = ["(collection)"]
+
+
+class _CompileLog(logging.Handler):
+    """Appends each of JAX's compile-log lines to ``COMPILE_LOG``, behind the test id."""
+
+    def emit(self, record):
+        with open(COMPILE_LOG, "a") as f:
+            f.write(f"{_current_test[0]}\t{record.getMessage().splitlines()[0]}\n")
+
+
+if COMPILE_LOG:
+    jax.config.update("jax_log_compiles", True)
+    _handler = _CompileLog(level=logging.WARNING)
+    for _name in ("jax._src.dispatch", "jax._src.interpreters.pxla", "jax._src.compiler"):
+        logging.getLogger(_name).addHandler(_handler)
+
+    def pytest_runtest_logstart(nodeid, location):
+        _current_test[0] = nodeid
 
 
 def pytest_configure(config):
