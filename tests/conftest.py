@@ -8,7 +8,7 @@ program, shapes, XLA flags, jaxlib) comes again. Unset or "off": no persistent c
 
 ``TWINJAX_TEST_COMPILE_LOG=<file>``: JAX logs every compilation (``jax_log_compiles``)
 and each log line is appended to that file behind the id of the test that ran it, to
-count a file's compilations per test (``tools/run_tests.py --compile-log``).
+count a file's compilations per test (several processes may append to one file).
 """
 
 import logging

@@ -154,15 +154,24 @@ def test_env() -> dict[str, str]:
 
 
 def run_file(f: pathlib.Path, argv: list[str], env: dict[str, str]):
+    """Run one test file's pytest process; returns the file, its exit status, its output,
+    its wall time and its CPU time (user + system, the process and every descendant it
+    waited for, e.g. a notebook's kernel or a CLI run: ``os.wait4``'s resource usage)."""
     t = time.time()
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(f), *argv],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    return f, proc, time.time() - t
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(f), *argv],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read()
+    return f, proc.returncode, text, time.time() - t, usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str]) -> int:
@@ -182,6 +191,7 @@ def run_all(files: list[pathlib.Path], argv: list[str], jobs: int, extra: dict[s
     totals = {k: 0 for k in KINDS}
     bad = []
     t0 = time.time()
+    cpu_total = 0.0
     env = dict(test_env(), **extra)
     default_env = dict(os.environ, **extra)
     with cf.ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
@@ -190,24 +200,28 @@ def run_all(files: list[pathlib.Path], argv: list[str], jobs: int, extra: dict[s
             for f in files
         ]
         for fut in cf.as_completed(futures):
-            f, proc, dt = fut.result()
-            out = proc.stdout + proc.stderr
+            f, code, out, dt, cpu = fut.result()
+            cpu_total += cpu
             tail = [ln for ln in out.strip().splitlines() if ln.strip()][-1:] or ["(no output)"]
             counts = {k: 0 for k in totals}
             for n, word in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", tail[0]):
                 counts["errors" if word.startswith("error") else word] += int(n)
             for k in totals:
                 totals[k] += counts[k]
-            ok = proc.returncode in (0, 5)
-            print(f"{f.name}: {tail[0]} [{dt:.0f} s]", flush=True)
+            ok = code in (0, 5)
+            print(f"{f.name}: {tail[0]} [{dt:.0f} s wall / {cpu:.0f} s CPU]", flush=True)
             if not ok:
                 bad.append(f.name)
                 if not (counts["failed"] or counts["errors"]):
                     totals["errors"] += 1  # a crash: count it
                 print(out[-6000:], flush=True)
+    wall = time.time() - t0
+    # utilisation: the CPU the test processes used over what `jobs` cores could give in
+    # the run's wall time (well under 1: cores idle, e.g. a process waiting or the last
+    # long file running alone)
     print(
-        f"total time {time.time() - t0:.0f} s ({jobs} parallel); files with failures: "
-        f"{bad or 'none'}"
+        f"total time {wall:.0f} s wall, {cpu_total:.0f} s CPU ({jobs} parallel, utilisation "
+        f"{cpu_total / (wall * max(jobs, 1)):.2f}); files with failures: {bad or 'none'}"
     )
     failed = totals["failed"] + totals["errors"]
     print(f"{totals['passed']} passed, {failed} failed, {totals['skipped']} skipped")
