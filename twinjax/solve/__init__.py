@@ -5,6 +5,11 @@ from ._base import AbstractSolver as AbstractSolver
 from ._cohort import simulate_cohort as simulate_cohort
 from ._cohort_result import CohortResult as CohortResult
 from ._cohort_store import StoreRepairWarning as StoreRepairWarning
+from ._controlled import ControlledRun as ControlledRun
+from ._controlled import ControllerHook as ControllerHook
+from ._controlled import Inputs as Inputs
+from ._controlled import InputSchedule as InputSchedule
+from ._controlled import simulate_controlled as simulate_controlled
 from ._engine import stack_state as stack_state
 from ._engine import vector_field as vector_field
 from ._result import Result as Result

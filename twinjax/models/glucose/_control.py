@@ -2,10 +2,12 @@
 
 A controller is called every sampling interval (5 min by default): it reads the
 CGM value and the meal announced for the interval and sets the insulin delivery
-rate, held over the interval. The whole run is one compiled program: an outer
-``lax.scan`` over sampling intervals and an inner ``lax.scan`` over the patient
-step (1 min, as in the academic simulator), each step integrated by a twinjax
-solver (default ``solvers.Ensemble``) for the whole cohort at once.
+rate, held over the interval. The run is the engine's controlled run
+(``solve/_controlled.py``, one compiled program for the whole cohort): the sensor
+and the controller are its controller hook (:class:`SensedController`), the meals
+its input schedule per patient step (1 min, as in the academic simulator) with the
+meal-memory reset (:class:`Meals`); each step is integrated by a twinjax solver
+(default ``solvers.Ensemble``).
 
 Meals follow the academic simulator: a meal announced at a time is eaten at
 ``eat_rate`` g/min (5 g/min) from that minute on, and the gastric-emptying meal
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import abc
 import math
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -34,19 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...ode._model import default_float
-from ...solve._batch import batch_params, patient_rows, stack_initial, unbatch
-from ...solve._engine import vector_field
+from ...solve._batch import batch_params, patient_rows, unbatch
+from ...solve._controlled import ControllerHook, Inputs, InputSchedule, check_grid, run_controlled
 from ...solve._ensemble import Ensemble
-from ...solve._status import Status
 from ._metrics import outcomes
-from ._uva_padova import STATE_NAMES, U_TO_PMOL, UvaPadova
-
-_I_QSTO1 = STATE_NAMES.index("qsto1")
-_I_QSTO2 = STATE_NAMES.index("qsto2")
-_I_GP = STATE_NAMES.index("Gp")
-_I_GS = STATE_NAMES.index("Gs")
-_I_ISC1 = STATE_NAMES.index("isc1")
-_I_DMEAL = STATE_NAMES.index("Dmeal")
+from ._uva_padova import U_TO_PMOL, UvaPadova
 
 
 # ---------------------------------------------------------------------------- sensor
@@ -234,8 +229,9 @@ class ClosedLoopResult(eqx.Module):
         cgm: ``(N, T)`` CGM readings (mg/dL).
         insulin: ``(N, T)`` insulin rate set by the controller (U/min).
         cho: ``(N, T)`` carbohydrate eaten in each interval (g).
-        status: ``(N,)`` :class:`~twinjax.Status` codes (``OK`` = 0; ``NONFINITE`` when
-            the glucose became NaN or infinite).
+        status: ``(N,)`` :class:`~twinjax.Status` codes (``OK`` = 0; the worst code of
+            the patient's steps; ``NONFINITE`` when a recorded value became NaN or
+            infinite). A failed patient's traces are NaN.
     """
 
     times: jax.Array
@@ -250,72 +246,93 @@ class ClosedLoopResult(eqx.Module):
         return outcomes(self.cgm if which == "cgm" else self.bg)
 
 
-def _vector_field_held_meal(model):
-    f = vector_field(model)
-    mask = np.ones(len(model.state_names))
-    mask[_I_DMEAL] = 0.0
-
-    def g(t, Y, args):  # the loop holds D over each step, as the academic simulator
-        m = jnp.asarray(mask, Y.dtype).reshape((1,) * (Y.ndim - 1) + (-1,))
-        return f(t, Y, args) * m
-
-    return g
+def _announced(meal_t, meal_g, t0, t1):
+    """``(N,)`` carbohydrate (g) announced in ``[t0, t1)``."""
+    hit = (meal_t >= t0[:, None]) & (meal_t < t1[:, None])
+    return jnp.sum(jnp.where(hit, meal_g, 0.0), -1)
 
 
-@eqx.filter_jit
-def _closed_loop_core(model, solver, controller, sensor, p, meal_t, meal_g, err, cfg):
-    n_samples, sample_time, dt, eat_rate = cfg
-    m_sub = int(round(sample_time / dt))
-    dtype = err.dtype
-    n = err.shape[0]
-    f = _vector_field_held_meal(model)
-    Y0 = stack_initial(model, p, None, n, dtype)
-    S = Y0.shape[-1]
-    e_qsto1 = jax.nn.one_hot(_I_QSTO1, S, dtype=dtype)
-    e_isc1 = jax.nn.one_hot(_I_ISC1, S, dtype=dtype)
+class SensedController(ControllerHook):
+    """A :class:`Controller` reading a :class:`CGM`, as the engine's controller hook.
 
-    def announced(t0, t1):  # (N,) carbohydrate announced in [t0, t1)
-        hit = (meal_t >= t0[:, None]) & (meal_t < t1[:, None])
-        return jnp.sum(jnp.where(hit, meal_g, 0.0), -1)
+    At each sample it reads the sensor (``Gs / Vg`` plus the sensor error of that
+    sample), tells the controller the carbohydrate announced for the interval, and
+    sets the insulin rate (U/min, as pmol/kg/min into ``isc1``) held over it. It
+    records plasma glucose ``Gp / Vg``, the CGM reading and the insulin rate. Its state
+    is the sample index and the controller's state.
 
-    def patient_step(c, _):
-        Y, t, planned, last_cho, last_q, taken, status, u_rate = c
-        t1 = t + dt
-        planned = planned + announced(t, t1)
-        to_eat = jnp.minimum(eat_rate * dt, planned)
+    Arguments:
+        controller: the :class:`Controller`.
+        sensor: the :class:`CGM`.
+        err: ``(N, n_samples)`` sensor errors (:meth:`CGM.error`).
+        meal_t, meal_g: ``(N, M)`` (or ``(M,)``) meal times (min) and grams.
+        sample_time: the sampling interval (min).
+    """
+
+    controller: Controller
+    sensor: CGM
+    err: jax.Array
+    meal_t: jax.Array
+    meal_g: jax.Array
+    sample_time: float = eqx.field(static=True)
+
+    def init(self, y, t, p):
+        cgm0 = self.sensor.read(y["Gs"] / p["Vg"], self.err[:, 0])
+        return (jnp.zeros((), jnp.int32), self.controller.init(p, cgm0))
+
+    def __call__(self, y, t, state, p):
+        k, cstate = state
+        bg = y["Gp"] / p["Vg"]
+        cgm = self.sensor.read(y["Gs"] / p["Vg"], self.err[:, k])
+        meal = _announced(self.meal_t, self.meal_g, t, t + self.sample_time)
+        cstate, u = self.controller(cstate, t, cgm, meal, p, self.sample_time)
+        u = jnp.broadcast_to(u, cgm.shape).astype(cgm.dtype)
+        u_sc = u * U_TO_PMOL / p["BW"]  # U/min -> pmol/kg/min
+        return (k + 1, cstate), Inputs(rates={"isc1": u_sc}), (bg, cgm, u)
+
+
+class Meals(InputSchedule):
+    """Meals eaten as the academic simulator eats them, as the engine's input schedule.
+
+    Carbohydrate announced in a patient step is added to what is left to eat; at most
+    ``eat_rate * dt`` g of it is eaten in each step, at a rate held over the step
+    (mg/min into ``qsto1``). The reset: when eating starts, the gastric-emptying meal
+    memory ``Dmeal`` restarts from the stomach content ``qsto1 + qsto2`` and grows by
+    what has been eaten up to the end of the current step (simglucose
+    ``T1DPatient``); ``Dmeal`` is held over each step. Records the grams eaten.
+
+    Arguments:
+        meal_t, meal_g: ``(N, M)`` (or ``(M,)``) meal times (min) and grams.
+        dt: the patient step (min).
+        eat_rate: eating rate (g/min).
+    """
+
+    meal_t: jax.Array
+    meal_g: jax.Array
+    dt: float = eqx.field(static=True, default=1.0)
+    eat_rate: float = eqx.field(static=True, default=5.0)
+    held: ClassVar[tuple[str, ...]] = ("Dmeal",)
+
+    def init(self, y, t, p):
+        z = jnp.zeros_like(t)  # left to eat, rate this step and last, stomach, eaten
+        return (z, z, z, z, z, z)
+
+    def __call__(self, state, t0, t1, p):
+        planned, cho, _, _, last_q, taken = state
+        planned = planned + _announced(self.meal_t, self.meal_g, t0, t1)
+        to_eat = jnp.minimum(self.eat_rate * self.dt, planned)
         planned = planned - to_eat
-        cho = to_eat / dt  # g/min held over the step
+        new_cho = to_eat / self.dt  # g/min held over the step
+        state = (planned, new_cho, cho, to_eat, last_q, taken)
+        return state, {"qsto1": 1000.0 * new_cho}, to_eat
+
+    def reset(self, state, y, t, p):
+        planned, cho, last_cho, to_eat, last_q, taken = state
         starts = (cho > 0) & (last_cho <= 0)
-        qsto = Y[:, _I_QSTO1] + Y[:, _I_QSTO2]
-        last_q = jnp.where(starts, qsto, last_q)
+        last_q = jnp.where(starts, y["qsto1"] + y["qsto2"], last_q)
         taken = jnp.where(starts, 0.0, taken) + to_eat
-        Y = Y.at[:, _I_DMEAL].set(last_q + 1000.0 * taken)
-        u_sc = u_rate * U_TO_PMOL / p["BW"]  # U/min -> pmol/kg/min
-        rates = (1000.0 * cho)[:, None] * e_qsto1[None, :] + u_sc[:, None] * e_isc1[None, :]
-        _, Y1, st = solver.integrate(f, t, t1, Y, None, (p, rates), model)
-        return (Y1, t1, planned, cho, last_q, taken, jnp.maximum(status, st), u_rate), to_eat
-
-    def sample_step(c, k):
-        Y, t, planned, last_cho, last_q, taken, status, cstate = c
-        bg = Y[:, _I_GP] / p["Vg"]
-        cgm = sensor.read(Y[:, _I_GS] / p["Vg"], err[:, k])
-        meal = announced(t, t + sample_time)
-        cstate, u = controller(cstate, t, cgm, meal, p, sample_time)
-        u = jnp.broadcast_to(u, (n,)).astype(dtype)
-        inner = (Y, t, planned, last_cho, last_q, taken, status, u)
-        inner, eaten = jax.lax.scan(patient_step, inner, None, length=m_sub)
-        Y, t, planned, last_cho, last_q, taken, status, _ = inner
-        out = (bg, cgm, u, jnp.sum(eaten, 0))
-        return (Y, t, planned, last_cho, last_q, taken, status, cstate), out
-
-    z = jnp.zeros((n,), dtype)
-    cgm0 = sensor.read(Y0[:, _I_GS] / p["Vg"], err[:, 0])
-    c0 = (Y0, z, z, z, z, z, jnp.zeros((n,), jnp.int32), controller.init(p, cgm0))
-    c, (bg, cgm, ins, cho) = jax.lax.scan(sample_step, c0, jnp.arange(n_samples))
-    status = c[6]
-    bad = ~jnp.all(jnp.isfinite(bg), axis=0)
-    status = jnp.where(bad & (status == 0), Status.NONFINITE, status).astype(jnp.int32)
-    return bg.T, cgm.T, ins.T, cho.T, status
+        state = (planned, cho, last_cho, to_eat, last_q, taken)
+        return state, {"Dmeal": last_q + 1000.0 * taken}
 
 
 def simulate_closed_loop(
@@ -369,9 +386,7 @@ def simulate_closed_loop(
     n_samples = int(round(duration / sample_time))
     if abs(n_samples * sample_time - duration) > 1e-9 or n_samples < 1:
         raise ValueError(f"duration {duration} must be a positive multiple of {sample_time}")
-    m_sub = int(round(sample_time / dt))
-    if abs(m_sub * dt - sample_time) > 1e-9 or m_sub < 1:
-        raise ValueError(f"sample_time {sample_time} must be a positive multiple of dt {dt}")
+    check_grid(n_samples, sample_time, dt)
     p, N, nb = batch_params(model, params, dtype, check)
     if meals is None:
         mt = jnp.zeros((nb, 1), dtype)
@@ -385,10 +400,11 @@ def simulate_closed_loop(
             )
         mt, mg = patient_rows(mt, nb), patient_rows(mg, nb)
     err = sensor.error(key, nb, n_samples, sample_time, dtype)
-    cfg = (n_samples, float(sample_time), float(dt), float(eat_rate))
-    bg, cgm, ins, cho, status = _closed_loop_core(
-        model, solver, controller, sensor, p, mt, mg, err, cfg
-    )
+    hook = SensedController(controller, sensor, err, mt, mg, float(sample_time))
+    schedule = Meals(mt, mg, float(dt), float(eat_rate))
+    cfg = (n_samples, float(sample_time), float(dt))
+    run = run_controlled(model, solver, hook, p, cfg, schedule)
+    (bg, cgm, ins), cho, status = run.records, run.sub_records, run.status
     times = jnp.arange(n_samples, dtype=dtype) * sample_time
     bg, cgm, ins, cho, status = unbatch((bg, cgm, ins, cho, status), N)
     return ClosedLoopResult(times, bg, cgm, ins, cho, status)
