@@ -1,8 +1,9 @@
 """Glucose cohort: 1,000 virtual T1D patients under basal-bolus therapy for 7 days.
 
 Model: UVA/Padova (``twinjax.models.glucose.UvaPadova``) in the compiled closed loop
-``simulate_closed_loop``: a ``lax.scan`` over 5-min CGM/controller samples, each
-integrated in 1-min patient steps by ``solvers.Ensemble`` (DOPRI5, rtol = atol =
+``simulate_closed_loop``, the engine's controlled run (``solve/_controlled.py``): the
+CGM and controller as its hook every 5 min, each interval integrated in 1-min patient
+steps (meals as the input schedule) by ``solvers.Ensemble`` (DOPRI5, rtol = atol =
 1e-6) for the whole cohort at once.
 
 Patients: ``virtual_patients(seed=0, n)``: the 10 adults of the academic simulator,

@@ -160,7 +160,8 @@ def _finalise(records, sub, status):
     sub = jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), sub)
     floats = [a for a in jax.tree.leaves((records, sub)) if jnp.issubdtype(a.dtype, jnp.floating)]
     if floats:
-        bad = ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(a), axis=1) for a in floats]), axis=0)
+        finite = [jnp.all(jnp.isfinite(a).reshape(a.shape[0], -1), axis=1) for a in floats]
+        bad = ~jnp.all(jnp.stack(finite), axis=0)
         status = jnp.where(bad & (status == Status.OK), Status.NONFINITE, status)
     status = status.astype(jnp.int32)
 
