@@ -7,6 +7,13 @@ keeps each process small. Files run in parallel, one process per CPU core by def
 (``TWINJAX_TEST_JOBS`` or ``-j N`` overrides), longest first. Extra arguments are
 passed to every pytest call.
 
+Each file's line gives its wall time and its CPU time (user + system of its pytest
+process and of every process it waited for: a notebook's kernel, a CLI run; from
+``os.wait4``); the summary gives the total CPU and the utilisation, total CPU over
+(wall x jobs): near 1 the cores were busy, well below 1 they waited (a file waiting on
+a subprocess, or the last long file running alone). On a loaded machine wall times say
+little; compare CPU times.
+
 Most of the suite's time is XLA:CPU compiling programs (each file is a fresh process),
 so the test processes compile with XLA:CPU's classic fusion code generator instead of
 the newer MLIR fusion emitters (``FAST_COMPILE``, added to ``XLA_FLAGS``), and in one
