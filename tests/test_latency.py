@@ -266,8 +266,7 @@ def solve(scale, a, b, n):
 folder = sys.argv[1]
 a = np.array([[4.0, 1.0], [2.0, 3.0]]); b = np.array([1.0, 2.0])
 runs = []
-# through the store, then (unless only the store's run is asked for) the normal jit path
-for executables in (True,) if sys.argv[2:] == ["store-only"] else (True, False):
+for executables in (True, False):  # through the store, then the normal jit path
     twinjax.enable_compilation_cache(folder, executables=executables)
     out = _executables.call(solve, 0.5, a, b, jax.device_put(7))
     runs.append(dict(
@@ -291,13 +290,11 @@ def _source_copy(tmp_path) -> Path:
     return dest
 
 
-def _store_child(folder, store_only=False):
-    """The child's runs: through the store, then the jit path (not with ``store_only``:
-    a run whose jit-path numbers nothing reads)."""
+def _store_child(folder):
     src = _source_copy(folder.parent)
     env = {k: v for k, v in os.environ.items() if k != "TWINJAX_CACHE_DIR"}
     out = subprocess.run(
-        [sys.executable, "-c", _STORE_CHILD, str(folder), *(["store-only"] if store_only else [])],
+        [sys.executable, "-c", _STORE_CHILD, str(folder)],
         capture_output=True,
         text=True,
         env=dict(env, PYTHONPATH=str(src)),
@@ -321,10 +318,10 @@ def test_a_fresh_process_runs_the_stored_executable_without_tracing(tmp_path):
     from twinjax._executables import _load as load_entry
 
     cache = tmp_path / "cache"
-    (first,) = _store_child(cache, store_only=True)
+    first, _ = _store_child(cache)
     assert first["traces"] == 1 and first["counts"] == {"compiled": 1, "stored": 1}
     shutil.rmtree(cache / "executables")
-    (hit,) = _store_child(cache, store_only=True)
+    hit, _ = _store_child(cache)
     assert hit["traces"] == 2 and hit["counts"] == {"compiled": 1, "stored": 1}
     stored = sorted((cache / "executables").iterdir())
     assert len(stored) == 1 and stored[0].name.endswith(SUFFIX)
@@ -361,8 +358,7 @@ pop = tj.Population(
 )
 ds = tj.data.datasets.theophylline().subset([1])
 runs = []
-# through the store, then (unless only the store's run is asked for) the normal jit path
-for executables in (True,) if sys.argv[2:] == ["store-only"] else (True, False):
+for executables in (True, False):  # through the store, then the normal jit path
     tj.enable_compilation_cache(sys.argv[1], executables=executables)
     r = fit_individual(model, ds, pop, ErrorModel("additive", add=0.69))
     runs.append(dict(
@@ -385,10 +381,10 @@ def test_a_fresh_process_fits_from_stored_executables_to_the_last_bit(tmp_path):
     cache = tmp_path / "cache"
     src = _source_copy(tmp_path)
 
-    def child(*args):
+    def child():
         env = {k: v for k, v in os.environ.items() if k != "TWINJAX_CACHE_DIR"}
         out = subprocess.run(
-            [sys.executable, "-c", _FIT_CHILD, str(cache), *args],
+            [sys.executable, "-c", _FIT_CHILD, str(cache)],
             capture_output=True,
             text=True,
             env=dict(env, PYTHONPATH=str(src)),
@@ -398,9 +394,7 @@ def test_a_fresh_process_fits_from_stored_executables_to_the_last_bit(tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    # the first process: the store's run only (its jit-path run compiled the fit again
-    # for numbers nothing read)
-    (first,) = child("store-only")
+    first, _ = child()
     assert first["counts"] == {"compiled": 2, "stored": 2} and first["traces"] == 1
     loaded, jit = child()
     assert loaded["counts"] == {"loaded": 2} and loaded["traces"] == 0
