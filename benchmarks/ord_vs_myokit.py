@@ -23,8 +23,10 @@ Both sides, timed in the same process on the same machine, on the same models:
   ``evaluate_derivatives`` vs ``ORd.rhs`` at the initial state of the first model.
 * **twinjax**: ``ep.pace(ORd, population, B, record="last")`` (RushLarsen defaults:
   dt_max 5, dt_min 0.005 ms, dv_max 0.5 mV, error controller rtol 1e-3, float64) for
-  the whole population in one compiled program; the first k models are those Myokit
-  ran. Compilation is timed with a 1-beat call (``record="last"`` takes the beat count
+  the whole population in one compiled program, split over one JAX device per core
+  (the script sets ``--xla_force_host_platform_device_count``; each device paces its
+  own share of the models, no communication per step); the first k models are those
+  Myokit ran. Compilation is timed with a 1-beat call (``record="last"`` takes the beat count
   as a traced value, so the B-beat call reuses the program), then the B-beat call is
   timed steady. CPU time
   (``time.process_time``) is recorded beside the wall time, so "per core" can be read
@@ -153,6 +155,7 @@ def main(argv=None):
     k = a.k or (3 if a.quick else 20)
     if not 1 <= k <= n:
         raise SystemExit(f"--k {k}: between 1 and --n {n}")
+    n_dev = C.use_all_cpu_cores()  # one JAX device per core: ep.pace splits the population
     C.setup_precision(False)
 
     import jax
@@ -276,6 +279,8 @@ def main(argv=None):
     tj_per_cpu = n * B / cpu
     payload = dict(
         benchmark="ord_vs_myokit",
+        command="python benchmarks/ord_vs_myokit.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         description=__doc__,
         quick=a.quick,
         protocol=dict(
@@ -304,6 +309,8 @@ def main(argv=None):
         ),
         twinjax=dict(
             n_models=n,
+            devices=jax.local_device_count(),
+            devices_asked=n_dev,
             compile_s_approx=tj_compile,
             first_call_1beat_s=first_w,
             wall_s=wall,

@@ -11,6 +11,7 @@ only at rounding level).
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from twinjax.models import ep
 from twinjax.models.ep import _biomarkers as bm
@@ -93,3 +94,73 @@ def test_packed_loop_equals_dict_carry_loop():
         np.testing.assert_allclose(res.biomarkers[k][-1], bio_ref[k], rtol=1e-12, err_msg=k)
     apd = np.asarray(res.biomarkers["APD90"][-1])
     assert np.all(np.isfinite(apd)) and apd[1] > apd[0] > apd[2]  # gK lower -> longer APD
+
+
+_SHARDED = """
+import sys
+import jax
+import numpy as np
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+from twinjax.models import ep
+from twinjax.models.ep import _shard
+assert jax.device_count() == 2 and _shard.device_count(None, 16, 16) == 2  # split
+out = {}
+lr = ep.LuoRudy1991()
+gK = np.linspace(0.6, 1.4, 16) * float(lr.defaults()["gK"])
+r = ep.pace(lr, {"gK": gK}, 2, record="all", save_every=25.0)
+out.update({f"lr_bio_{k}": v for k, v in r.biomarkers.items()})
+out.update({f"lr_state_{k}": v for k, v in r.state.items()})
+out.update({f"lr_trace_{k}": v for k, v in r.trace.items()})
+out["lr_status"] = r.status
+pop = ep.cell_population.sample(ep.ORd(), jax.random.key(0), 16, sigma=0.3)
+r = ep.pace(ep.ORd(), pop, 1, record="last")
+out.update({f"ord_bio_{k}": v for k, v in r.biomarkers.items()})
+out.update({f"ord_state_{k}": v for k, v in r.state.items()})
+np.savez(sys.argv[1], **{k: np.asarray(v) for k, v in out.items()})
+"""
+
+
+def test_pace_split_over_two_devices_is_bitwise_the_same(tmp_path):
+    """``pace`` on two host devices (each paces its own half of the cells) gives the
+    one-device numbers bitwise: states, every biomarker (``steps`` included: the
+    largest over the devices), status and saved trace; LR1991 (16 cells, two beats,
+    saves) and ORd (16 cells, one beat)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "sharded.py"
+    script.write_text(_SHARDED)
+    path = tmp_path / "sharded.npz"
+    flags = os.environ.get("XLA_FLAGS", "")
+    env = dict(os.environ, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=2")
+    subprocess.run([sys.executable, str(script), str(path)], env=env, check=True, timeout=900)
+    two = np.load(path)
+    assert jax.device_count() == 1
+
+    lr = ep.LuoRudy1991()
+    gK = np.linspace(0.6, 1.4, 16) * float(lr.defaults()["gK"])
+    r = ep.pace(lr, {"gK": gK}, 2, record="all", save_every=25.0)
+    one = {f"lr_bio_{k}": v for k, v in r.biomarkers.items()}
+    one.update({f"lr_state_{k}": v for k, v in r.state.items()})
+    one.update({f"lr_trace_{k}": v for k, v in r.trace.items()})
+    one["lr_status"] = r.status
+    pop = ep.cell_population.sample(ep.ORd(), jax.random.key(0), 16, sigma=0.3)
+    r = ep.pace(ep.ORd(), pop, 1, record="last")
+    one.update({f"ord_bio_{k}": v for k, v in r.biomarkers.items()})
+    one.update({f"ord_state_{k}": v for k, v in r.state.items()})
+    assert sorted(one) == sorted(two.files)
+    for k, v in one.items():
+        np.testing.assert_array_equal(two[k], np.asarray(v), err_msg=k)
+    assert np.all(two["lr_status"] == 0)
+
+
+def test_pace_refuses_a_device_count_this_process_lacks():
+    model = ep.LuoRudy1991()
+    gK = np.full(16, float(model.defaults()["gK"]))
+    for bad in (0, 2, 1.5, True):
+        with pytest.raises(ValueError, match="devices"):
+            ep.pace(model, {"gK": gK}, devices=bad)
+    with pytest.raises(ValueError, match="devices"):
+        ep.pace_cipa(ep.CiPAORd(), {"BCL": np.full(16, 2000.0)}, devices=2)

@@ -48,6 +48,7 @@ from ...ode._param import real
 from ...solve._status import Status
 from . import _biomarkers as bm
 from . import _herg as herg
+from . import _shard
 from ._ord import ORd
 from ._ord_tables import GATES, OTHER_STATES
 from ._solver import PacingResult, RushLarsen, batched_inputs
@@ -174,21 +175,37 @@ class CiPAORd(ORd):
         for q in super().params:
             if q.name in CIPA_SCALING:
                 f = CIPA_SCALING[q.name]
-                q = q.replace(value=q.value * f, source=f"{q.source}; x {f:.6g} ({_REF})")
+                q = q.replace(
+                    value=q.value * f, source=f"{q.source}; x {f:.6g} ({_REF})"
+                )
             elif q.name == "BCL":
-                q = q.replace(value=2000.0, source=f"{FDA}:AP_simulation/AP_simulation.R")
+                q = q.replace(
+                    value=2000.0, source=f"{FDA}:AP_simulation/AP_simulation.R"
+                )
             out.append(q)
         src = f"{FDA}:hERG_fitting/results/<drug>/pars.txt"
 
         def nonneg(name, value, unit, doc, upper=1e12, source=src):
-            return real(name, value, unit, lower=0.0, upper=upper, source=source, doc=doc)
+            return real(
+                name, value, unit, lower=0.0, upper=upper, source=source, doc=doc
+            )
 
         out += [
             nonneg("D", 0.0, "nM", "free drug concentration", source="protocol input"),
-            nonneg("Kmax", 0.0, "1", "hERG binding: maximal drug effect (0: no binding)"),
+            nonneg(
+                "Kmax", 0.0, "1", "hERG binding: maximal drug effect (0: no binding)"
+            ),
             nonneg("Ku", 0.0, "1/ms", "hERG binding: unbinding rate of O-bound drug"),
-            nonneg("n", 1.0, "1", "hERG binding: Hill coefficient of the binding rate", 10.0),
-            nonneg("halfmax", 1.0, "nM^n", "hERG binding: D^n of half-maximal binding rate"),
+            nonneg(
+                "n",
+                1.0,
+                "1",
+                "hERG binding: Hill coefficient of the binding rate",
+                10.0,
+            ),
+            nonneg(
+                "halfmax", 1.0, "nM^n", "hERG binding: D^n of half-maximal binding rate"
+            ),
             real(
                 "Vhalf",
                 1.0,
@@ -204,7 +221,9 @@ class CiPAORd(ORd):
 
     def init(self, p):
         z = 0.0 * p["GNa"]
-        return {k: jnp.asarray(CONTROL_CL2000[k], z.dtype) + z for k in self.state_names}
+        return {
+            k: jnp.asarray(CONTROL_CL2000[k], z.dtype) + z for k in self.state_names
+        }
 
     def _key(self) -> str:
         return f"{self.celltype}-cipaord"
@@ -250,7 +269,9 @@ def compounds():
     return _table().copy()
 
 
-def compound_params(model: CiPAORd, compound: str, conc_nM, params: dict | None = None) -> dict:
+def compound_params(
+    model: CiPAORd, compound: str, conc_nM, params: dict | None = None
+) -> dict:
     """Parameters of ``model`` with a compound at free concentration ``conc_nM``.
 
     Sets ``D``, the hERG binding parameters and ``Kt`` (3.5e-5 / ms), and divides
@@ -365,7 +386,9 @@ def _beat(model, solver, p, y):
             h = jnp.where(first, 0.5 * dt, dt)
             x = jax.lax.cond(
                 first,
-                lambda V: _markov_half(0.5 * dt[:, None, None] * herg.generator(V, p), x0, eye),
+                lambda V: _markov_half(
+                    0.5 * dt[:, None, None] * herg.generator(V, p), x0, eye
+                ),
                 lambda V: x0,
                 yk["V"],
             )
@@ -375,7 +398,9 @@ def _beat(model, solver, p, y):
             return Yn, dt, dvdt0, d["V"], qn, yk["V"]
 
         z = jnp.zeros_like(t)
-        Y1, dt, dvdt0, dvdt1, qn, Vm = jax.lax.fori_loop(0, 2, stage, (Y, z, z, z, z, z))
+        Y1, dt, dvdt0, dvdt1, qn, Vm = jax.lax.fori_loop(
+            0, 2, stage, (Y, z, z, z, z, z)
+        )
         x1 = _markov_full(dt[:, None, None] * herg.generator(Vm, p), x0, eye)
         Y1 = Y1.at[jnp.asarray(imk)].set(x1.T)
         last = dt >= bcl - t
@@ -384,14 +409,24 @@ def _beat(model, solver, p, y):
         ok = active & finite
         Y_new = jnp.where(ok[None, :], Y1, Y)
         t_new = jnp.where(ok, jnp.where(last, bcl, t + dt), t)
-        acc = bm.update_acc(_unpack(A, anames), ok, t, dt, Y[iV], Y_new[iV], dvdt0, dvdt1, qn)
+        acc = bm.update_acc(
+            _unpack(A, anames), ok, t, dt, Y[iV], Y_new[iV], dvdt0, dvdt1, qn
+        )
         status = jnp.where(bad, Status.NONFINITE, status).astype(jnp.int32)
         return t_new, Y_new, _pack(acc, anames), it + 1, status
 
-    carry = (t0, _pack(y, names), _pack(acc0, anames), jnp.zeros((), jnp.int32), status0)
+    carry = (
+        t0,
+        _pack(y, names),
+        _pack(acc0, anames),
+        jnp.zeros((), jnp.int32),
+        status0,
+    )
     t, Y, A, it, status = jax.lax.while_loop(cond, body, carry)
     y, acc = _unpack(Y, names), _unpack(A, anames)
-    status = jnp.where((t < bcl) & (status == 0), Status.MAX_STEPS, status).astype(jnp.int32)
+    status = jnp.where((t < bcl) & (status == 0), Status.MAX_STEPS, status).astype(
+        jnp.int32
+    )
     bio = bm.finish(acc, y["V"])
     bio["steps"] = jnp.broadcast_to(it, (N,))
     return y, bio, status
@@ -414,8 +449,17 @@ def _pace(model, solver, p, y0, n_beats):
         y, bio, st = _beat(model, solver, p, y)
         return (y, jnp.maximum(status, st)), bio
 
-    (y, status), bio = jax.lax.scan(one, (y0, jnp.zeros((N,), jnp.int32)), None, length=n_beats)
+    (y, status), bio = jax.lax.scan(
+        one, (y0, jnp.zeros((N,), jnp.int32)), None, length=n_beats
+    )
     return y, bio, status
+
+
+@eqx.filter_jit
+def _pace_sharded(model, solver, p, y0, n_beats, n_dev: int):
+    """``_pace`` with each of ``n_dev`` devices pacing its own share of the cells."""
+    run = lambda p, y0: _pace(model, solver, p, y0, n_beats)  # noqa: E731
+    return _shard.pace_per_device(run, n_dev, p, y0)
 
 
 def pace_cipa(
@@ -426,6 +470,7 @@ def pace_cipa(
     y0=None,
     solver: RushLarsen | None = None,
     dtype=None,
+    devices: int | None = None,
 ) -> PacingResult:
     """Pace CiPAORd (one cell or a batch) for ``n_beats`` beats.
 
@@ -440,6 +485,9 @@ def pace_cipa(
             :data:`CIPA_SOLVER`: ``dt_max`` 0.5 ms, ``dv_max`` 0.05 mV, ``dt_min``
             0.001 ms, ``dy_rel`` 0.01).
         dtype: floating dtype (default float64 under x64).
+        devices: split a batch over this many devices (default: all of this
+            process's devices; 1: one loop); results are the same for any count,
+            as in :func:`~twinjax.models.ep.pace`.
 
     Returns:
         A :class:`~twinjax.models.ep.PacingResult` with per-beat biomarkers
@@ -454,7 +502,14 @@ def pace_cipa(
     if n_beats < 1:
         raise ValueError(f"n_beats must be >= 1, got {n_beats}")
     p, y0, n = batched_inputs(model, params, y0, dtype)
-    y, bio, status = _pace(model, solver, p, y0, int(n_beats))
+    nb = p["BCL"].shape[0]
+    n_dev = _shard.device_count(devices, nb, n)
+    if n_dev > 1:
+        p, y0 = _shard.place((p, y0), nb, n_dev)
+        y, bio, status = _pace_sharded(model, solver, p, y0, int(n_beats), n_dev)
+        y, bio, status = _shard.unpad(y, bio, status, nb)
+    else:
+        y, bio, status = _pace(model, solver, p, y0, int(n_beats))
     if n is None:
         y = {k: v[0] for k, v in y.items()}
         bio = {k: v[:, 0] for k, v in bio.items()}

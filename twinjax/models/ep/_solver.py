@@ -28,6 +28,7 @@ import numpy as np
 from ...solve._batch import batch_params, initial_state, unbatch
 from ...solve._status import Status
 from . import _biomarkers as bm
+from . import _shard
 
 _SAVE_MIN_STEPS = 10  # save_every >= 10 dt_min (steps are capped at save_every)
 _V_MAG = 10.0  # mV: V's error scale is rtol * (|V| + 10 mV) (V crosses 0)
@@ -68,7 +69,9 @@ class RushLarsen(eqx.Module):
 
     def __check_init__(self):
         if not (0 < self.dt_min <= self.dt_max):
-            raise ValueError(f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+            raise ValueError(
+                f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}"
+            )
         if not self.dv_max > 0:
             raise ValueError(f"dv_max must be positive, got {self.dv_max}")
         if self.rtol is not None and not self.rtol > 0:
@@ -190,7 +193,13 @@ def beat(model, solver, p, y, ts):
             dt = jnp.where(first, _step(solver, p, bcl, t, active, d["V"], h_err), dt)
             h = jnp.where(first, 0.5 * dt, dt)
             D0 = jnp.where(first, D, D0)
-            return _pack(_advance(model, y, g, d, h), names), dt, D0, D, _qnet(model, cur)
+            return (
+                _pack(_advance(model, y, g, d, h), names),
+                dt,
+                D0,
+                D,
+                _qnet(model, cur),
+            )
 
         z = jnp.zeros_like(t)
         zD = jnp.zeros((len(others),) + t.shape, t.dtype)
@@ -203,7 +212,9 @@ def beat(model, solver, p, y, ts):
         ok = active & finite
         Y_new = jnp.where(ok[None, :], Y1, Y)
         t_new = jnp.where(ok, jnp.where(last, bcl, t + dt), t)
-        acc = bm.update_acc(_unpack(A, anames), ok, t, dt, Y[iV], Y_new[iV], dvdt0, dvdt1, qn1)
+        acc = bm.update_acc(
+            _unpack(A, anames), ok, t, dt, Y[iV], Y_new[iV], dvdt0, dvdt1, qn1
+        )
         status = jnp.where(bad, Status.NONFINITE, status).astype(jnp.int32)
         if out is not None:
             ic = jnp.minimum(idx, T - 1)
@@ -212,7 +223,9 @@ def beat(model, solver, p, y, ts):
             th = jnp.clip((tsv - t) / jnp.where(dt > 0, dt, 1.0), 0.0, 1.0)
             y_new = _unpack(Y_new, names)
             out = {
-                k: v.at[rows, ic].set(jnp.where(need, y[k] + th * (y_new[k] - y[k]), v[rows, ic]))
+                k: v.at[rows, ic].set(
+                    jnp.where(need, y[k] + th * (y_new[k] - y[k]), v[rows, ic])
+                )
                 for k, v in out.items()
             }
             idx = idx + need.astype(jnp.int32)
@@ -223,17 +236,23 @@ def beat(model, solver, p, y, ts):
     carry = (t0, Y0, A0, h0, jnp.zeros((), jnp.int32), status0, out0, idx0)
     t, Y, A, _, it, status, out, _ = jax.lax.while_loop(cond, body, carry)
     y, acc = _unpack(Y, names), _unpack(A, anames)
-    status = jnp.where((t < bcl) & (status == 0), Status.MAX_STEPS, status).astype(jnp.int32)
+    status = jnp.where((t < bcl) & (status == 0), Status.MAX_STEPS, status).astype(
+        jnp.int32
+    )
     bio = bm.finish(acc, y["V"])
     bio["steps"] = jnp.broadcast_to(it, (N,))
     return y, bio, status, out
 
 
 @eqx.filter_jit
-@eqx.debug.assert_max_traces(max_traces=None)  # tests count traces: eqx.debug.get_num_traces
+@eqx.debug.assert_max_traces(
+    max_traces=None
+)  # tests count traces: eqx.debug.get_num_traces
 def _pace(model, solver, p, y0, n_beats, record_all, ts):
     N = p["BCL"].shape[0]
-    y_probe, bio_probe, _, out_probe = jax.eval_shape(lambda: beat(model, solver, p, y0, ts))
+    y_probe, bio_probe, _, out_probe = jax.eval_shape(
+        lambda: beat(model, solver, p, y0, ts)
+    )
     zeros = lambda s: jnp.zeros(s.shape, s.dtype)  # noqa: E731
 
     def one(carry, _):
@@ -251,9 +270,26 @@ def _pace(model, solver, p, y0, n_beats, record_all, ts):
     if record_all:  # a static number of beats: every beat's biomarkers come out
         (y, status, bio, out), rec = jax.lax.scan(one, carry0, None, length=n_beats)
     else:  # a traced number of beats (no recompilation when it changes): the last one
-        y, status, bio, out = jax.lax.fori_loop(0, n_beats, lambda i, c: one(c, None)[0], carry0)
+        y, status, bio, out = jax.lax.fori_loop(
+            0, n_beats, lambda i, c: one(c, None)[0], carry0
+        )
         rec = jax.tree.map(lambda a: a[None], (bio, out))
     return y, rec, status
+
+
+@eqx.filter_jit
+def _pace_sharded(model, solver, p, y0, n_beats, record_all, ts, n_dev: int):
+    """``_pace`` with each of ``n_dev`` devices pacing its own share of the cells."""
+    traced = not isinstance(n_beats, int)  # record="last": a traced beat count
+    shared = ((n_beats,) if traced else ()) + ((ts,) if ts is not None else ())
+
+    def run(p, y0, *shared):
+        nb = shared[0] if traced else n_beats
+        return _pace(
+            model, solver, p, y0, nb, record_all, shared[-1] if ts is not None else None
+        )
+
+    return _shard.pace_per_device(run, n_dev, p, y0, shared)
 
 
 class PacingResult(eqx.Module):
@@ -306,6 +342,7 @@ def pace(
     record: str = "all",
     save_every: float | None = None,
     dtype=None,
+    devices: int | None = None,
 ) -> PacingResult:
     """Pace a cell model (one cell or a population) for ``n_beats`` beats.
 
@@ -323,6 +360,10 @@ def pace(
             recorded beat (at least ``10 * solver.dt_min``; steps are then capped at
             ``save_every``), for plots.
         dtype: floating dtype (default float64 under x64, else float32).
+        devices: split a population over this many devices (default: all of this
+            process's devices; 1: one loop for every cell). Each device paces its own
+            share of the cells, so the results are the same for any count (bitwise
+            for a multiple of 8 cells; see :mod:`._shard`).
 
     Returns:
         A :class:`PacingResult`. Cells that fail are flagged in ``status``; the
@@ -337,6 +378,8 @@ def pace(
     if n_beats < 1:
         raise ValueError(f"n_beats must be >= 1, got {n_beats}")
     p, y0, n = batched_inputs(model, params, y0, dtype)
+    nb = p["BCL"].shape[0]
+    n_dev = _shard.device_count(devices, nb, n)
     ts = None
     if save_every is not None:
         if save_every < _SAVE_MIN_STEPS * solver.dt_min:
@@ -345,11 +388,20 @@ def pace(
                 f"({_SAVE_MIN_STEPS * solver.dt_min:g} ms)"
             )
         # one save per step at most: the steps are capped at the save spacing
-        solver = eqx.tree_at(lambda s: s.dt_max, solver, jnp.minimum(solver.dt_max, save_every))
+        solver = eqx.tree_at(
+            lambda s: s.dt_max, solver, jnp.minimum(solver.dt_max, save_every)
+        )
         bcl = float(np.max(np.asarray(p["BCL"])))
         ts = jnp.arange(0.0, bcl, save_every, dtype=p["BCL"].dtype)
     beats = int(n_beats) if record == "all" else jnp.asarray(n_beats, jnp.int32)
-    y, (bio, out), status = _pace(model, solver, p, y0, beats, record == "all", ts)
+    if n_dev > 1:
+        p, y0 = _shard.place((p, y0), nb, n_dev)
+        y, rec, status = _pace_sharded(
+            model, solver, p, y0, beats, record == "all", ts, n_dev
+        )
+        y, (bio, out), status = _shard.unpad(y, rec, status, nb)
+    else:
+        y, (bio, out), status = _pace(model, solver, p, y0, beats, record == "all", ts)
     if out is not None:
         out = {k: v for k, v in out.items()}
     y, status = unbatch((y, status), n)
