@@ -175,26 +175,18 @@ class CiPAORd(ORd):
         for q in super().params:
             if q.name in CIPA_SCALING:
                 f = CIPA_SCALING[q.name]
-                q = q.replace(
-                    value=q.value * f, source=f"{q.source}; x {f:.6g} ({_REF})"
-                )
+                q = q.replace(value=q.value * f, source=f"{q.source}; x {f:.6g} ({_REF})")
             elif q.name == "BCL":
-                q = q.replace(
-                    value=2000.0, source=f"{FDA}:AP_simulation/AP_simulation.R"
-                )
+                q = q.replace(value=2000.0, source=f"{FDA}:AP_simulation/AP_simulation.R")
             out.append(q)
         src = f"{FDA}:hERG_fitting/results/<drug>/pars.txt"
 
         def nonneg(name, value, unit, doc, upper=1e12, source=src):
-            return real(
-                name, value, unit, lower=0.0, upper=upper, source=source, doc=doc
-            )
+            return real(name, value, unit, lower=0.0, upper=upper, source=source, doc=doc)
 
         out += [
             nonneg("D", 0.0, "nM", "free drug concentration", source="protocol input"),
-            nonneg(
-                "Kmax", 0.0, "1", "hERG binding: maximal drug effect (0: no binding)"
-            ),
+            nonneg("Kmax", 0.0, "1", "hERG binding: maximal drug effect (0: no binding)"),
             nonneg("Ku", 0.0, "1/ms", "hERG binding: unbinding rate of O-bound drug"),
             nonneg(
                 "n",
@@ -203,9 +195,7 @@ class CiPAORd(ORd):
                 "hERG binding: Hill coefficient of the binding rate",
                 10.0,
             ),
-            nonneg(
-                "halfmax", 1.0, "nM^n", "hERG binding: D^n of half-maximal binding rate"
-            ),
+            nonneg("halfmax", 1.0, "nM^n", "hERG binding: D^n of half-maximal binding rate"),
             real(
                 "Vhalf",
                 1.0,
@@ -221,9 +211,7 @@ class CiPAORd(ORd):
 
     def init(self, p):
         z = 0.0 * p["GNa"]
-        return {
-            k: jnp.asarray(CONTROL_CL2000[k], z.dtype) + z for k in self.state_names
-        }
+        return {k: jnp.asarray(CONTROL_CL2000[k], z.dtype) + z for k in self.state_names}
 
     def _key(self) -> str:
         return f"{self.celltype}-cipaord"
@@ -269,9 +257,7 @@ def compounds():
     return _table().copy()
 
 
-def compound_params(
-    model: CiPAORd, compound: str, conc_nM, params: dict | None = None
-) -> dict:
+def compound_params(model: CiPAORd, compound: str, conc_nM, params: dict | None = None) -> dict:
     """Parameters of ``model`` with a compound at free concentration ``conc_nM``.
 
     Sets ``D``, the hERG binding parameters and ``Kt`` (3.5e-5 / ms), and divides
@@ -386,9 +372,7 @@ def _beat(model, solver, p, y):
             h = jnp.where(first, 0.5 * dt, dt)
             x = jax.lax.cond(
                 first,
-                lambda V: _markov_half(
-                    0.5 * dt[:, None, None] * herg.generator(V, p), x0, eye
-                ),
+                lambda V: _markov_half(0.5 * dt[:, None, None] * herg.generator(V, p), x0, eye),
                 lambda V: x0,
                 yk["V"],
             )
@@ -398,9 +382,7 @@ def _beat(model, solver, p, y):
             return Yn, dt, dvdt0, d["V"], qn, yk["V"]
 
         z = jnp.zeros_like(t)
-        Y1, dt, dvdt0, dvdt1, qn, Vm = jax.lax.fori_loop(
-            0, 2, stage, (Y, z, z, z, z, z)
-        )
+        Y1, dt, dvdt0, dvdt1, qn, Vm = jax.lax.fori_loop(0, 2, stage, (Y, z, z, z, z, z))
         x1 = _markov_full(dt[:, None, None] * herg.generator(Vm, p), x0, eye)
         Y1 = Y1.at[jnp.asarray(imk)].set(x1.T)
         last = dt >= bcl - t
@@ -409,9 +391,7 @@ def _beat(model, solver, p, y):
         ok = active & finite
         Y_new = jnp.where(ok[None, :], Y1, Y)
         t_new = jnp.where(ok, jnp.where(last, bcl, t + dt), t)
-        acc = bm.update_acc(
-            _unpack(A, anames), ok, t, dt, Y[iV], Y_new[iV], dvdt0, dvdt1, qn
-        )
+        acc = bm.update_acc(_unpack(A, anames), ok, t, dt, Y[iV], Y_new[iV], dvdt0, dvdt1, qn)
         status = jnp.where(bad, Status.NONFINITE, status).astype(jnp.int32)
         return t_new, Y_new, _pack(acc, anames), it + 1, status
 
@@ -424,9 +404,7 @@ def _beat(model, solver, p, y):
     )
     t, Y, A, it, status = jax.lax.while_loop(cond, body, carry)
     y, acc = _unpack(Y, names), _unpack(A, anames)
-    status = jnp.where((t < bcl) & (status == 0), Status.MAX_STEPS, status).astype(
-        jnp.int32
-    )
+    status = jnp.where((t < bcl) & (status == 0), Status.MAX_STEPS, status).astype(jnp.int32)
     bio = bm.finish(acc, y["V"])
     bio["steps"] = jnp.broadcast_to(it, (N,))
     return y, bio, status
@@ -449,9 +427,7 @@ def _pace(model, solver, p, y0, n_beats):
         y, bio, st = _beat(model, solver, p, y)
         return (y, jnp.maximum(status, st)), bio
 
-    (y, status), bio = jax.lax.scan(
-        one, (y0, jnp.zeros((N,), jnp.int32)), None, length=n_beats
-    )
+    (y, status), bio = jax.lax.scan(one, (y0, jnp.zeros((N,), jnp.int32)), None, length=n_beats)
     return y, bio, status
 
 

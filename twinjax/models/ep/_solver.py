@@ -69,9 +69,7 @@ class RushLarsen(eqx.Module):
 
     def __check_init__(self):
         if not (0 < self.dt_min <= self.dt_max):
-            raise ValueError(
-                f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}"
-            )
+            raise ValueError(f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
         if not self.dv_max > 0:
             raise ValueError(f"dv_max must be positive, got {self.dv_max}")
         if self.rtol is not None and not self.rtol > 0:
@@ -212,9 +210,7 @@ def beat(model, solver, p, y, ts):
         ok = active & finite
         Y_new = jnp.where(ok[None, :], Y1, Y)
         t_new = jnp.where(ok, jnp.where(last, bcl, t + dt), t)
-        acc = bm.update_acc(
-            _unpack(A, anames), ok, t, dt, Y[iV], Y_new[iV], dvdt0, dvdt1, qn1
-        )
+        acc = bm.update_acc(_unpack(A, anames), ok, t, dt, Y[iV], Y_new[iV], dvdt0, dvdt1, qn1)
         status = jnp.where(bad, Status.NONFINITE, status).astype(jnp.int32)
         if out is not None:
             ic = jnp.minimum(idx, T - 1)
@@ -223,9 +219,7 @@ def beat(model, solver, p, y, ts):
             th = jnp.clip((tsv - t) / jnp.where(dt > 0, dt, 1.0), 0.0, 1.0)
             y_new = _unpack(Y_new, names)
             out = {
-                k: v.at[rows, ic].set(
-                    jnp.where(need, y[k] + th * (y_new[k] - y[k]), v[rows, ic])
-                )
+                k: v.at[rows, ic].set(jnp.where(need, y[k] + th * (y_new[k] - y[k]), v[rows, ic]))
                 for k, v in out.items()
             }
             idx = idx + need.astype(jnp.int32)
@@ -236,23 +230,17 @@ def beat(model, solver, p, y, ts):
     carry = (t0, Y0, A0, h0, jnp.zeros((), jnp.int32), status0, out0, idx0)
     t, Y, A, _, it, status, out, _ = jax.lax.while_loop(cond, body, carry)
     y, acc = _unpack(Y, names), _unpack(A, anames)
-    status = jnp.where((t < bcl) & (status == 0), Status.MAX_STEPS, status).astype(
-        jnp.int32
-    )
+    status = jnp.where((t < bcl) & (status == 0), Status.MAX_STEPS, status).astype(jnp.int32)
     bio = bm.finish(acc, y["V"])
     bio["steps"] = jnp.broadcast_to(it, (N,))
     return y, bio, status, out
 
 
 @eqx.filter_jit
-@eqx.debug.assert_max_traces(
-    max_traces=None
-)  # tests count traces: eqx.debug.get_num_traces
+@eqx.debug.assert_max_traces(max_traces=None)  # tests count traces: eqx.debug.get_num_traces
 def _pace(model, solver, p, y0, n_beats, record_all, ts):
     N = p["BCL"].shape[0]
-    y_probe, bio_probe, _, out_probe = jax.eval_shape(
-        lambda: beat(model, solver, p, y0, ts)
-    )
+    y_probe, bio_probe, _, out_probe = jax.eval_shape(lambda: beat(model, solver, p, y0, ts))
     zeros = lambda s: jnp.zeros(s.shape, s.dtype)  # noqa: E731
 
     def one(carry, _):
@@ -270,9 +258,7 @@ def _pace(model, solver, p, y0, n_beats, record_all, ts):
     if record_all:  # a static number of beats: every beat's biomarkers come out
         (y, status, bio, out), rec = jax.lax.scan(one, carry0, None, length=n_beats)
     else:  # a traced number of beats (no recompilation when it changes): the last one
-        y, status, bio, out = jax.lax.fori_loop(
-            0, n_beats, lambda i, c: one(c, None)[0], carry0
-        )
+        y, status, bio, out = jax.lax.fori_loop(0, n_beats, lambda i, c: one(c, None)[0], carry0)
         rec = jax.tree.map(lambda a: a[None], (bio, out))
     return y, rec, status
 
@@ -285,9 +271,7 @@ def _pace_sharded(model, solver, p, y0, n_beats, record_all, ts, n_dev: int):
 
     def run(p, y0, *shared):
         nb = shared[0] if traced else n_beats
-        return _pace(
-            model, solver, p, y0, nb, record_all, shared[-1] if ts is not None else None
-        )
+        return _pace(model, solver, p, y0, nb, record_all, shared[-1] if ts is not None else None)
 
     return _shard.pace_per_device(run, n_dev, p, y0, shared)
 
@@ -388,17 +372,13 @@ def pace(
                 f"({_SAVE_MIN_STEPS * solver.dt_min:g} ms)"
             )
         # one save per step at most: the steps are capped at the save spacing
-        solver = eqx.tree_at(
-            lambda s: s.dt_max, solver, jnp.minimum(solver.dt_max, save_every)
-        )
+        solver = eqx.tree_at(lambda s: s.dt_max, solver, jnp.minimum(solver.dt_max, save_every))
         bcl = float(np.max(np.asarray(p["BCL"])))
         ts = jnp.arange(0.0, bcl, save_every, dtype=p["BCL"].dtype)
     beats = int(n_beats) if record == "all" else jnp.asarray(n_beats, jnp.int32)
     if n_dev > 1:
         p, y0 = _shard.place((p, y0), nb, n_dev)
-        y, rec, status = _pace_sharded(
-            model, solver, p, y0, beats, record == "all", ts, n_dev
-        )
+        y, rec, status = _pace_sharded(model, solver, p, y0, beats, record == "all", ts, n_dev)
         y, (bio, out), status = _shard.unpad(y, rec, status, nb)
     else:
         y, (bio, out), status = _pace(model, solver, p, y0, beats, record == "all", ts)
