@@ -223,6 +223,37 @@ def test_map_gradient_with_censoring_matches_finite_differences(theo_m3):
     assert np.all(np.linalg.eigvalsh(np.asarray(H)) > 0)
 
 
+def test_m3_switch_gives_the_plain_and_the_m3_objective_bitwise(theo_m3):
+    """The M3 program's traced switch (``Spec.m3_on``, shared by the M3, "drop" and
+    plain fits of one dataset): off, on data without censored records, the plain
+    objective; on, the M3 objective; both bitwise."""
+    t = theo_m3
+    fd, spec, pop = t["fd"], t["spec"], t["pop"]
+    tv = M.typical_values(pop, fd.covariates, fd.n)
+    oinv = jnp.linalg.inv(jnp.asarray(pop.omega))
+    ev, ts, mask = fd.ev, jnp.asarray(fd.t_eval), jnp.asarray(fd.mask)
+    eta = jnp.asarray(np.random.default_rng(1).normal(0, 0.2, (fd.n, 3)))
+    obs = fd.obs()
+    plain = obs.__class__(obs.dv, jnp.zeros_like(obs.cens), obs.limit, obs.out)
+    sig = jnp.asarray([0.7])
+    switched = {
+        on: M.make_spec(spec.model, spec.solver, spec.names, (spec.error,), ("C",), "m3", m3_on=on)
+        for on in (False, True)
+    }
+    none = M.make_spec(spec.model, spec.solver, spec.names, (spec.error,), ("C",), "none")
+    for a, b, y in ((none, switched[False], plain), (spec, switched[True], obs)):
+        ra = M.posterior_terms(a, tv, eta, ev, ts, y, mask, sig, oinv)
+        rb = M.posterior_terms(b, tv, eta, ev, ts, y, mask, sig, oinv)
+        for u, v in zip(ra[:5], rb[:5]):
+            np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    # the switch changes the objective where records are censored
+    off = M.posterior_terms(switched[False], tv, eta, ev, ts, obs, mask, sig, oinv)[2]
+    on = M.posterior_terms(switched[True], tv, eta, ev, ts, obs, mask, sig, oinv)[2]
+    assert not np.array_equal(np.asarray(off), np.asarray(on))
+    with pytest.raises(ValueError, match="m3_on"):
+        M.make_spec(spec.model, spec.solver, spec.names, (spec.error,), ("C",), "m4", m3_on=True)
+
+
 @pytest.mark.slow
 def test_focei_gradient_with_censoring_matches_finite_differences(theo_m3):
     t = theo_m3
@@ -307,10 +338,13 @@ def test_m3_recovers_the_fixed_effects_with_a_quarter_blq():
     assert m3.converged, m3.message
     assert m3.censoring == "m3" and m3.n_censored == int(frame["CENS"].sum())
     ignored = Dataset(frame.drop(columns="CENS"), compartments=COMP)
-    ign = fit_population(ORAL, ignored, start, err, covariance=False)
+    # censoring="m3" on data with no censored record is the plain objective (reported
+    # "none"); naming it, like "drop", runs the M3 fit's compiled programs
+    ign = fit_population(ORAL, ignored, start, err, covariance=False, censoring="m3")
     drop = fit_population(ORAL, ds, start, err, censoring="drop", covariance=False)
     assert ign.converged and drop.converged, (ign.message, drop.message)
     assert drop.n_censored == 0 and drop.n_obs == m3.n_obs
+    assert ign.censoring == drop.censoring == "none" and ign.n_censored == 0
     assert ign.n_obs == m3.n_obs + m3.n_censored
     est = m3.estimates
     assert all(np.isfinite(float(est.loc[k, "se"])) for k in TRUE)

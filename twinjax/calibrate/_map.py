@@ -282,7 +282,10 @@ def fit_individual(
     if iov_var:
         refuse_varying_iov(pop, iov_names, fd.varying)
     n_occ = fd.occasions.k if iov_var else 0
-    spec = make_spec(model, solver, pop.iiv, errors, outputs, cmode, iov_names, n_occ)
+    spec = make_spec(
+        model, solver, pop.iiv, errors, outputs, iov=iov_names, n_occ=n_occ,
+        **spec_censoring(fd, censoring),
+    )  # fmt: skip
     N, k = fd.n, spec.n_random
     tv_plain = typical_values(pop, fd.covariates, N, fd.varying)
     tv = with_occasions(tv_plain, iov_names, fd.occasions.times) if iov_var else tv_plain
@@ -377,6 +380,21 @@ def fit_censoring(fd: FitData, censoring: str | None) -> str:
     return "m3"
 
 
+def spec_censoring(fd: FitData, censoring: str | None) -> dict:
+    """``make_spec``'s censoring arguments for the mode :func:`fit_censoring` gives.
+
+    A fit with censored records (M3), or one that names its handling of them
+    (``censoring="drop"`` or ``"m3"``), gets the M3 program with its traced switch
+    (:attr:`Spec.m3_on`) set to whether the M3 objective applies, so an M3 fit and the
+    fits of the same data that drop or ignore the censored records share one compiled
+    program (the switch off gives the plain objective: bitwise the same results). M4,
+    and a fit without censored records and without ``censoring=``, compile their own."""
+    cmode = fit_censoring(fd, censoring)
+    if cmode == "m4" or (cmode == "none" and censoring is None):
+        return dict(censoring=cmode)
+    return dict(censoring="m3", m3_on=cmode == "m3")
+
+
 def _finish(spec, pop, fd, tv, out, omega, errors, tv_plain=None, iov_var=None) -> FitResult:
     if isinstance(errors, ErrorModel):
         errors = {spec.output: errors}
@@ -464,7 +482,7 @@ def _finish(spec, pop, fd, tv, out, omega, errors, tv_plain=None, iov_var=None) 
         varying=varying,
         outputs=tuple(spec.all_outputs()),
         errors=dict(errors),
-        censoring=spec.censoring,
+        censoring=spec.reported_censoring,
         iov=dict(iov_var or {}),
         kappas=kappas,
         cov_kappa=cov_kappa,

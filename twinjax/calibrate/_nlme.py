@@ -64,6 +64,7 @@ from ._map import (
     make_spec,
     prepare_data,
     resolve_outputs,
+    spec_censoring,
 )
 from ._nlme_covariates import CovariateFactors as CovariateFactors
 from ._nlme_covariates import covariate_factors as covariate_factors
@@ -210,7 +211,10 @@ def fit_population(
         refuse_varying_iov(pop, iov_names, fd.varying)
     n_occ = fd.occasions.k if iov_var else 0
     occ = jnp.asarray(fd.occasions.times) if iov_var else None
-    spec = make_spec(model, solver, pop.iiv, errors, outputs, cmode, iov_names, n_occ)
+    spec = make_spec(
+        model, solver, pop.iiv, errors, outputs, iov=iov_names, n_occ=n_occ,
+        **spec_censoring(fd, censoring),
+    )  # fmt: skip
     n_sigma = sum(len(e.names) for e in errors)
     effects, slots, coef0 = covariate_model(pop, fd, model, estimate)
     lay = Layout(

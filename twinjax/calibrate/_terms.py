@@ -5,6 +5,7 @@ parameters, predictions and their Jacobians, and the terms of the objective."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -108,6 +109,18 @@ class Spec(eqx.Module):
     # ``kappa`` of IOV parameter ``a`` on occasion ``o`` at column ``len(names) + a K + o``
     iov: tuple = eqx.field(static=True, default=())
     n_occ: int = eqx.field(static=True, default=0)
+    # with censoring "m3": None (the M3 objective), or a 0-d bool array, a traced switch
+    # between the M3 objective (True) and the plain one (False: data without censored
+    # records, e.g. ``censoring="drop"``), so that such fits run one compiled program
+    m3_on: Any = None
+
+    @property
+    def reported_censoring(self) -> str:
+        """The objective's censoring mode as a fit reports it: ``"none"``, ``"m3"`` or
+        ``"m4"`` (a concrete :attr:`m3_on` resolved)."""
+        if self.m3_on is None:
+            return self.censoring
+        return "m3" if bool(self.m3_on) else "none"
 
     @property
     def n_random(self) -> int:
@@ -129,10 +142,14 @@ class Spec(eqx.Module):
         return parts
 
 
-def make_spec(model, solver, names, errors, outputs, censoring="none", iov=(), n_occ=0) -> Spec:
+def make_spec(
+    model, solver, names, errors, outputs, censoring="none", iov=(), n_occ=0, m3_on=None
+) -> Spec:
     """A :class:`Spec` (error models with default SDs: the SDs are arguments);
     ``iov``/``n_occ``: parameters with inter-occasion variability and occasions per
-    subject."""
+    subject; ``m3_on``: see :attr:`Spec.m3_on` (with ``censoring="m3"`` only)."""
+    if m3_on is not None and censoring != "m3":
+        raise ValueError(f"m3_on switches an 'm3' objective, not {censoring!r}")
     errs = tuple(ErrorModel(e.kind) for e in errors)
     multi = len(outputs) > 1  # one output: outputs/errors stay empty (Spec's defaults)
     return Spec(
@@ -146,6 +163,7 @@ def make_spec(model, solver, names, errors, outputs, censoring="none", iov=(), n
         censoring,
         iov=tuple(iov),
         n_occ=int(n_occ) if iov else 0,
+        m3_on=None if m3_on is None else np.asarray(m3_on, bool),
     )
 
 
@@ -304,12 +322,13 @@ def subject_terms(spec: Spec, f, J, y, mask, sigma):
     coef_s = jnp.where(gmask, (2.0 - 2.0 * r**2) / s, 0.0)
     G = jnp.einsum("nt,ntk->nk", coef_m, Jm) + jnp.einsum("nt,ntk->nk", coef_s, Js)
     inv_s2 = jnp.where(gmask, 1.0 / s**2, 0.0) * w
-    if not censored:
-        H = 2.0 * (
+    if not censored or spec.m3_on is not None:
+        H_plain = 2.0 * (
             jnp.einsum("nt,ntk,ntl->nkl", inv_s2, Jm, Jm)
             + 2.0 * jnp.einsum("nt,ntk,ntl->nkl", inv_s2, Js, Js)
         )
-        return O, G, H, m, s
+        if not censored:
+            return O, G, H_plain, m, s
     ones = jnp.ones_like(f)
 
     def ell(ff):
@@ -325,6 +344,10 @@ def subject_terms(spec: Spec, f, J, y, mask, sigma):
     O = O + jnp.sum(l0, axis=-1)
     G = G + jnp.einsum("nt,ntk->nk", l1, J)
     H = jnp.einsum("nt,ntk,ntl->nkl", jnp.maximum(c, 0.0), J, J)
+    if spec.m3_on is not None:
+        # the switch off: no record is censored, so the extra terms above are zeros
+        # (O and G unchanged) and the curvature is the plain one, as without censoring
+        H = jnp.where(spec.m3_on, H, H_plain)
     return O, G, H, m, s
 
 
