@@ -8,7 +8,9 @@ from ._control import PID as PID
 from ._control import BasalBolus as BasalBolus
 from ._control import ClosedLoopResult as ClosedLoopResult
 from ._control import Controller as Controller
+from ._control import Meals as Meals
 from ._control import OpenLoop as OpenLoop
+from ._control import SensedController as SensedController
 from ._control import basal_rate as basal_rate
 from ._control import daily_meals as daily_meals
 from ._control import simulate_closed_loop as simulate_closed_loop
