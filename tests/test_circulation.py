@@ -59,8 +59,11 @@ def test_converges_and_counts_beats_per_patient():
     b = np.asarray(ss.beats)
     assert b.shape == (4,) and np.all(b >= 2) and np.all(b < 200)
     np.testing.assert_allclose(ss.metrics["HR"], [50.0, 60.0, 90.0, 75.0], rtol=1e-9)
-    # restarting from the steady state converges at once and gives the same beat
-    ss2 = circ.to_periodic_steady_state(m, {"HR": hr}, ENS, y0=ss.state)
+    # restarting from the steady state converges at once and gives the same beat; with
+    # another beat limit, the same compiled search (max_beats is an input, like tol)
+    traces = eqx.debug.get_num_traces(_beats._pss_core)
+    ss2 = circ.to_periodic_steady_state(m, {"HR": hr}, ENS, y0=ss.state, max_beats=5)
+    assert eqx.debug.get_num_traces(_beats._pss_core) == traces
     assert np.all(np.asarray(ss2.beats) <= 2)
     np.testing.assert_allclose(ss2.metrics["MAP"], ss.metrics["MAP"], rtol=2e-3)
 
@@ -108,10 +111,18 @@ def test_map_gradient_matches_finite_differences():
         r = tj.simulate(m, p, None, ts, solver=solver)
         return circ.beat_metrics(r, beat=1)["MAP"]
 
-    g = jax.grad(map_beat1)(p0)
+    # one jitted program gives the gradient and the values of the finite differences
+    # (instead of the gradient's programs, a plain forward program and the eager
+    # operations of beat_metrics on every call)
+    value_and_grad = jax.jit(jax.value_and_grad(map_beat1))
+    g = value_and_grad(p0)[1]
+
+    def value(p):
+        return value_and_grad(p)[0]
+
     for k in names:
         h = 1e-5 * p0[k]
-        fd = (map_beat1({**p0, k: p0[k] + h}) - map_beat1({**p0, k: p0[k] - h})) / (2 * h)
+        fd = (value({**p0, k: p0[k] + h}) - value({**p0, k: p0[k] - h})) / (2 * h)
         assert float(g[k]) == pytest.approx(float(fd), rel=1e-3), k
     assert float(g["R_AR_SYS"]) > 0
 
@@ -175,7 +186,8 @@ def test_quasi_static_agrees_with_full_coupling_for_slow_kinetics(rest):
     ts = jnp.linspace(0.0, 60.0, 1201)
     full = tj.simulate(coupled, p, reg, ts, solver=ENS)
     assert int(full.status) == 0
-    beats = [40, 59]
+    # 4 beats: the search program of the other 4-patient steady states
+    beats = [40, 46, 53, 59]
     got = [float(circ.beat_metrics(full, beat=b, prefix="circ.")["MAP"]) for b in beats]
     pk_r = tj.simulate(pk_h, {"CL": p["pk.CL"], "V": 40.0}, tj.Regimen(
         [tj.Dose(200.0, "central", 0.0)]), ts / 3600.0)  # fmt: skip
@@ -206,8 +218,10 @@ def test_saved_beat_in_the_iteration_is_bitwise_the_separate_integration():
     from twinjax.solve._periodic import first_failure, solve_fixed_point
 
     m = circ.Circulation()
-    p = {"HR": jnp.array([70.0, 52.0, 95.0])}
-    kw = dict(tol=1e-3, max_beats=10, n_save=41)
+    # 4 patients and the default n_save: the search program of
+    # test_converges_and_counts_beats_per_patient (max_beats, like tol, is an input)
+    p = {"HR": jnp.array([70.0, 52.0, 95.0, 75.0])}
+    kw = dict(tol=1e-3, max_beats=10, n_save=201)
     new = circ.to_periodic_steady_state(m, p, ENS, **kw)
 
     @jax.jit

@@ -316,10 +316,11 @@ def to_periodic_steady_state(
     solver = solver if solver is not None else Diffrax(rtol=1e-6, atol=1e-6)
     p, N, nb = batch_params(model, params, dtype)
     Y0 = stack_initial(model, p, y0, nb, dtype)
-    # tol is an input of the compiled program (a plain float would be compiled in:
-    # every new tolerance would compile the search again)
+    # tol and max_beats are inputs of the compiled program (a plain float or int would
+    # be compiled in: every new tolerance or beat limit would compile the search again)
     tol_a = jnp.asarray(tol, dtype)
-    out = _pss_core(model, solver, p, Y0, tol_a, int(max_beats), int(batch), int(n_save))
+    max_a = jnp.asarray(int(max_beats), jnp.int32)
+    out = _pss_core(model, solver, p, Y0, tol_a, max_a, int(batch), int(n_save))
     Ys, beats, conv, ch, metrics, dense, status, p = unbatch((*out, p), N)
     return SteadyState(Ys, beats, conv, ch, metrics, dense, status, p)
 
