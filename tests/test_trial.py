@@ -363,7 +363,10 @@ def test_steady_states_sharded_over_devices_equal_one_device(tmp_path):
     script.write_text(_SHARDED_SS)
     outs = {}
     for n_dev in (1, 2):
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_dev}")
+        # the test process's XLA flags (tools/run_tests.py's code generation) and the
+        # device count
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n_dev}"
+        env = dict(os.environ, XLA_FLAGS=flags.strip())
         path = tmp_path / f"ss{n_dev}.npz"
         subprocess.run([sys.executable, str(script), str(path)], env=env, check=True, timeout=900)
         outs[n_dev] = np.load(path)
