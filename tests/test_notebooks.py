@@ -2,6 +2,7 @@
 each executes without error in a fresh kernel and shows its figures, and the committed
 copy keeps them (``make notebooks`` re-executes and writes them back)."""
 
+import os
 import pathlib
 import re
 import sys
@@ -25,6 +26,24 @@ PRINTS = {
         "[parameters.KA].value: 50 is outside the bounds [0.05, 20]",
     ),
 }
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    """The notebooks' kernels (and the ``twinjax`` command notebook 06 runs) share one
+    persistent compilation cache: the suite's (``TWINJAX_TEST_CACHE_DIR``, see
+    tests/conftest.py) or a folder of this module. A program one notebook compiled
+    (02's one-subject fit, forecast and dose search, which 06 runs again) is loaded by
+    the next instead of compiled; each notebook still runs in a fresh kernel."""
+    folder = os.environ.get("TWINJAX_TEST_CACHE_DIR", "").strip()
+    if folder.lower() in ("", "off"):
+        folder = str(tmp_path_factory.mktemp("notebook-jax-cache"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAX_COMPILATION_CACHE_DIR", folder)
+        mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        mp.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+        mp.setenv("TWINJAX_CACHE_DIR", folder)
+        yield folder
 
 
 def _printed(nb) -> str:
@@ -62,7 +81,7 @@ def test_committed_notebook_keeps_its_figures(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_executes_and_shows_figures(name):
+def test_notebook_executes_and_shows_figures(name, shared_cache):
     pytest.importorskip("nbclient")
     nb = nbtools.execute(nbtools.NOTEBOOKS / name)
     assert not nbtools.errors(nb)
