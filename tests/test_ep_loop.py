@@ -117,6 +117,10 @@ pop = ep.cell_population.sample(ep.ORd(), jax.random.key(0), 16, sigma=0.3)
 r = ep.pace(ep.ORd(), pop, 1, record="last")
 out.update({f"ord_bio_{k}": v for k, v in r.biomarkers.items()})
 out.update({f"ord_state_{k}": v for k, v in r.state.items()})
+cipa = ep.CiPAORd()
+r = ep.pace_cipa(cipa, ep.cipa_compound_params(cipa, "dofetilide", np.linspace(0, 4, 16)), 1)
+out.update({f"cipa_bio_{k}": v for k, v in r.biomarkers.items()})
+out.update({f"cipa_state_{k}": v for k, v in r.state.items()})
 np.savez(sys.argv[1], **{k: np.asarray(v) for k, v in out.items()})
 """
 
@@ -125,7 +129,8 @@ def test_pace_split_over_two_devices_is_bitwise_the_same(tmp_path):
     """``pace`` on two host devices (each paces its own half of the cells) gives the
     one-device numbers bitwise: states, every biomarker (``steps`` included: the
     largest over the devices), status and saved trace; LR1991 (16 cells, two beats,
-    saves) and ORd (16 cells, one beat)."""
+    saves), ORd (16 cells, one beat) and CiPAORd with dofetilide (``pace_cipa``, 16
+    cells, one beat)."""
     import os
     import subprocess
     import sys
@@ -150,6 +155,10 @@ def test_pace_split_over_two_devices_is_bitwise_the_same(tmp_path):
     r = ep.pace(ep.ORd(), pop, 1, record="last")
     one.update({f"ord_bio_{k}": v for k, v in r.biomarkers.items()})
     one.update({f"ord_state_{k}": v for k, v in r.state.items()})
+    cipa = ep.CiPAORd()
+    r = ep.pace_cipa(cipa, ep.cipa_compound_params(cipa, "dofetilide", np.linspace(0, 4, 16)), 1)
+    one.update({f"cipa_bio_{k}": v for k, v in r.biomarkers.items()})
+    one.update({f"cipa_state_{k}": v for k, v in r.state.items()})
     assert sorted(one) == sorted(two.files)
     for k, v in one.items():
         np.testing.assert_array_equal(two[k], np.asarray(v), err_msg=k)

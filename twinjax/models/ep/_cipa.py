@@ -20,12 +20,14 @@ Changes from ORd 2011 (:class:`~twinjax.models.ep.ORd`, whose equations are reus
   ``1 / (1 + (D / IC50)^h)`` (:func:`compound_params`).
 - Pacing: BCL 2000 ms by default, stimulus -80 A/F for 0.5 ms.
 
-Integration (:func:`pace_cipa`): the second-order Rush-Larsen scheme of
-:mod:`._solver` (gates exact for frozen coefficients, V and concentrations by the
-explicit midpoint rule, voltage-controlled step), extended with an exponential step
+Integration (:func:`pace_cipa`): the second-order Rush-Larsen loop that ORd's pacing
+runs (:func:`twinjax.solve._rush_larsen.integrate`; gates exact for frozen
+coefficients, V and concentrations by the explicit midpoint rule, voltage-controlled
+step), extended with an exponential step
 for the linear hERG block: ``x(t + dt) = expm(dt Q(V_mid)) x(t)`` (exact for the
 frozen midpoint voltage, second order overall); its midpoint stage uses a backward
-Euler half step (L-stable; the hERG rates reach ~1e3 / ms).
+Euler half step (L-stable; the hERG rates reach ~1e3 / ms). The block is the loop's
+linear-block hook (``LinearBlock``).
 
 qNet: integral of INaL + ICaL + Ito + IKr + IKs + IK1 over one beat, in C/F (A/F * ms
 / 1000), as ``ydot[49]`` of the FDA code.
@@ -45,7 +47,7 @@ import numpy as np
 
 from ...ode import Param, State
 from ...ode._param import real
-from ...solve._status import Status
+from ...solve._rush_larsen import LinearBlock, integrate, pack, unpack
 from . import _biomarkers as bm
 from . import _herg as herg
 from . import _shard
@@ -188,13 +190,7 @@ class CiPAORd(ORd):
             nonneg("D", 0.0, "nM", "free drug concentration", source="protocol input"),
             nonneg("Kmax", 0.0, "1", "hERG binding: maximal drug effect (0: no binding)"),
             nonneg("Ku", 0.0, "1/ms", "hERG binding: unbinding rate of O-bound drug"),
-            nonneg(
-                "n",
-                1.0,
-                "1",
-                "hERG binding: Hill coefficient of the binding rate",
-                10.0,
-            ),
+            nonneg("n", 1.0, "1", "hERG binding: Hill coefficient of the binding rate", 10.0),
             nonneg("halfmax", 1.0, "nM^n", "hERG binding: D^n of half-maximal binding rate"),
             real(
                 "Vhalf",
@@ -288,32 +284,16 @@ def compound_params(model: CiPAORd, compound: str, conc_nM, params: dict | None 
 
 
 # --------------------------------------------------------------------------- solver
-def _advance(model, y, gates, derivs, h, markov_x):
-    out = {}
-    for k in model.gates:
-        inf, tau = gates[k]
-        out[k] = inf + (y[k] - inf) * jnp.exp(-h / tau)
-    for k, dk in derivs.items():
-        if k not in model.markov:
-            out[k] = y[k] + h * dk
-    for i, s in enumerate(model.markov):
-        out[s] = markov_x[..., i]
-    return out
-
-
-def _step(solver, p, bcl, t, active, y, d):
-    """Every cell's step at ``t``: ``dv_max / |dV/dt|``, at most a relative change
-    ``dy_rel`` of each concentration, clipped to ``[dt_min, dt_max]``, landing on the
-    end of the stimulus and of the beat; 0 for a cell that is done."""
+def _propose(solver, y, d):
+    """Every cell's step at the step start: ``dv_max / |dV/dt|``, at most a relative
+    change ``dy_rel`` of each concentration, clipped to ``[dt_min, dt_max]`` (the loop
+    lands it on the end of the stimulus and of the beat)."""
     dt = solver.dv_max / (jnp.abs(d["V"]) + 1e-12)
     dy_rel = getattr(solver, "dy_rel", math.inf)
     if math.isfinite(dy_rel):
         for k in OTHER_STATES[1:]:
             dt = jnp.minimum(dt, dy_rel * jnp.abs(y[k]) / (jnp.abs(d[k]) + 1e-30))
-    dt = jnp.clip(dt, solver.dt_min, solver.dt_max)
-    dt = jnp.where(t < p["stim_dur"], jnp.minimum(dt, p["stim_dur"] - t), dt)
-    dt = jnp.where(dt >= bcl - t, bcl - t, dt)
-    return jnp.where(active, dt, 0.0)
+    return jnp.clip(dt, solver.dt_min, solver.dt_max)
 
 
 def _markov_half(hQ, x0, eye):
@@ -329,93 +309,52 @@ def _markov_full(hQ, x0, eye):
 def _beat(model, solver, p, y):
     """One beat of every cell (the scheme of the module docstring).
 
-    The two stages run as a two-iteration ``fori_loop`` around one call of
-    ``model.evaluate`` and the state and biomarker accumulators are carried as two
-    stacked arrays. Against two inlined stages with dict carries, on this machine
-    (2026-11-30, load 7-10, CPU seconds): program text 0.57 -> 0.40 MB, compile 8.7 ->
-    6.9 s for two cells; steady beat 0.64-0.78 -> 0.35-0.37 s for two cells, 3.8-3.9 ->
-    2.6-2.8 s for 64. The exponential step stays out of the conditional: inside it
-    (inside the stage loop) the steady beat of 64 cells was 15 % slower than before.
-    States and biomarkers agree with the old loop to 2e-12 relative (one beat).
+    The loop is :func:`twinjax.solve._rush_larsen.integrate` (the one ORd and LR1991
+    run), with the hERG Markov block as its linear block: backward Euler to the
+    midpoint in the first stage (inside a ``lax.cond``), the exponential full step
+    after the stages (outside the conditional: inside the stage loop the steady beat
+    of 64 cells was 15 % slower). Two stages around one call of ``model.evaluate``
+    and packed carries: against two inlined stages with dict carries (2026-11-30,
+    CPU seconds) program text 0.57 -> 0.40 MB, compile 8.7 -> 6.9 s for two cells,
+    steady beat of 64 cells 3.8-3.9 -> 2.6-2.8 s; states and biomarkers within 2e-12.
     """
     bcl = p["BCL"]
     N = bcl.shape[0]
-    t0 = jnp.zeros((N,), bcl.dtype)
     acc0 = bm.init_acc(y["V"])
-    status0 = jnp.zeros((N,), jnp.int32)
     eye = jnp.broadcast_to(jnp.eye(len(model.markov), dtype=bcl.dtype), (N, 9, 9))
     names, anames = tuple(model.state_names), tuple(acc0)
     iV = names.index("V")
-    imk = [names.index(k) for k in model.markov]
 
-    def cond(c):
-        t, _, _, it, status = c
-        return jnp.any((t < bcl) & (status == 0)) & (it < solver.max_steps)
+    def evaluate(t, yk):
+        g, d, cur = model.evaluate(t, yk, p)
+        return g, d, sum(cur[n] for n in model.qnet_currents)
 
-    def body(c):
-        t, Y, A, it, status = c
-        y = _unpack(Y, names)
-        active = (t < bcl) & (status == 0)
-        x0 = jnp.stack([y[s] for s in model.markov], axis=-1)
+    def reduce(A, ok, t, dt, Y, Y_new, D0, D1, qn):
+        acc = bm.update_acc(unpack(A, anames), ok, t, dt, Y[iV], Y_new[iV], D0[0], D1[0], qn)
+        return pack(acc, anames)
 
-        def stage(k, s):
-            # k = 0: evaluate at (t, y), choose dt, half step to the midpoint (backward
-            # Euler for the Markov block); k = 1: evaluate at the midpoint, full step
-            # from y of the other states (the Markov rows keep x0 here: their
-            # exponential step follows the loop). One copy of the model's equations in
-            # the compiled loop instead of two, and the expm outside the conditional.
-            Yk, dt, dvdt0, _, _, _ = s
-            first = k == 0
-            yk = _unpack(Yk, names)
-            g, d, cur = model.evaluate(t + 0.5 * dt * k, yk, p)
-            dt = jnp.where(first, _step(solver, p, bcl, t, active, y, d), dt)
-            h = jnp.where(first, 0.5 * dt, dt)
-            x = jax.lax.cond(
-                first,
-                lambda V: _markov_half(0.5 * dt[:, None, None] * herg.generator(V, p), x0, eye),
-                lambda V: x0,
-                yk["V"],
-            )
-            qn = sum(cur[n] for n in model.qnet_currents)
-            dvdt0 = jnp.where(first, d["V"], dvdt0)
-            Yn = _pack(_advance(model, y, g, d, h, x), names)
-            return Yn, dt, dvdt0, d["V"], qn, yk["V"]
-
-        z = jnp.zeros_like(t)
-        Y1, dt, dvdt0, dvdt1, qn, Vm = jax.lax.fori_loop(0, 2, stage, (Y, z, z, z, z, z))
-        x1 = _markov_full(dt[:, None, None] * herg.generator(Vm, p), x0, eye)
-        Y1 = Y1.at[jnp.asarray(imk)].set(x1.T)
-        last = dt >= bcl - t
-        finite = jnp.all(jnp.isfinite(Y1), axis=0)
-        bad = active & ~finite
-        ok = active & finite
-        Y_new = jnp.where(ok[None, :], Y1, Y)
-        t_new = jnp.where(ok, jnp.where(last, bcl, t + dt), t)
-        acc = bm.update_acc(_unpack(A, anames), ok, t, dt, Y[iV], Y_new[iV], dvdt0, dvdt1, qn)
-        status = jnp.where(bad, Status.NONFINITE, status).astype(jnp.int32)
-        return t_new, Y_new, _pack(acc, anames), it + 1, status
-
-    carry = (
-        t0,
-        _pack(y, names),
-        _pack(acc0, anames),
-        jnp.zeros((), jnp.int32),
-        status0,
+    markov = LinearBlock(
+        names=tuple(model.markov),
+        keep=lambda yk: yk["V"],
+        half=lambda h, V, x0: _markov_half(h[:, None, None] * herg.generator(V, p), x0, eye),
+        full=lambda dt, V, x0: _markov_full(dt[:, None, None] * herg.generator(V, p), x0, eye),
     )
-    t, Y, A, it, status = jax.lax.while_loop(cond, body, carry)
-    y, acc = _unpack(Y, names), _unpack(A, anames)
-    status = jnp.where((t < bcl) & (status == 0), Status.MAX_STEPS, status).astype(jnp.int32)
-    bio = bm.finish(acc, y["V"])
-    bio["steps"] = jnp.broadcast_to(it, (N,))
-    return y, bio, status
-
-
-def _pack(d: dict, names: tuple) -> jax.Array:
-    return jnp.stack([d[k] for k in names])
-
-
-def _unpack(a: jax.Array, names: tuple) -> dict:
-    return {k: a[i] for i, k in enumerate(names)}
+    o = integrate(
+        evaluate,
+        {k: y[k] for k in names},
+        bcl,
+        gates=tuple(model.gates),
+        controlled=("V",),
+        propose=lambda t, y, d, h_err: _propose(solver, y, d),
+        t_disc=p["stim_dur"],
+        max_steps=solver.max_steps,
+        acc0=pack(acc0, anames),
+        reduce=reduce,
+        linear=markov,
+    )
+    bio = bm.finish(unpack(o.acc, anames), o.y["V"])
+    bio["steps"] = jnp.broadcast_to(o.steps, (N,))
+    return o.y, bio, o.status
 
 
 @eqx.filter_jit

@@ -12,10 +12,11 @@ shrinks to ``dt_min`` during the upstroke and grows to ``dt_max`` at rest.
 Steps land exactly on the end of the stimulus pulse and on the end of the beat.
 
 Batching: structure-of-arrays. One ``lax.scan`` over beats contains one
-``lax.while_loop`` over steps in which every cell has its own time and step; the
-model's equations are evaluated once per stage for the whole ``(N,)`` batch. No
-dense trajectory is stored: biomarkers are accumulated step by step
-(:mod:`._biomarkers`), and only per-beat numbers leave the loop.
+``lax.while_loop`` over steps (:func:`twinjax.solve._rush_larsen.integrate`, the loop
+CiPAORd's pacing shares) in which every cell has its own time and step; the model's
+equations are evaluated once per stage for the whole ``(N,)`` batch. No dense
+trajectory is stored: biomarkers are accumulated step by step (:mod:`._biomarkers`,
+the loop's per-step reduction), and only per-beat numbers leave the loop.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...solve._batch import batch_params, initial_state, unbatch
-from ...solve._status import Status
+from ...solve._rush_larsen import error_controller, integrate, pack, unpack
 from . import _biomarkers as bm
 from . import _shard
 
@@ -40,9 +41,10 @@ class RushLarsen(eqx.Module):
     The step of each cell is the smallest of ``dv_max / |dV/dt|``, ``dt_max`` and the
     proposal of a local error controller (relative tolerance ``rtol`` on V and the
     concentrations, from the difference between the second-order step and an explicit
-    Euler one; see ``_next_step``), and at least ``dt_min``. The controller gives short
-    steps on the upstroke, notch and Ca2+ release and long ones in diastole, where the
-    gates sit at their steady states (Rush-Larsen advances them exactly for frozen V).
+    Euler one; :func:`twinjax.solve._rush_larsen.error_controller`), and at least
+    ``dt_min``. The controller gives short steps on the upstroke, notch and Ca2+
+    release and long ones in diastole, where the gates sit at their steady states
+    (Rush-Larsen advances them exactly for frozen V).
 
     Arguments:
         dt_max: largest step (ms).
@@ -76,79 +78,28 @@ class RushLarsen(eqx.Module):
             raise ValueError(f"rtol must be positive or None, got {self.rtol}")
 
 
-def _advance(model, y, gates, derivs, h):
-    out = {}
-    for k in model.gates:
-        inf, tau = gates[k]
-        out[k] = inf + (y[k] - inf) * jnp.exp(-h / tau)
-    for k, dk in derivs.items():
-        out[k] = y[k] + h * dk
-    return out
-
-
 def _qnet(model, cur):
     return sum(cur[k] for k in model.qnet_currents)
-
-
-def _step(solver, p, bcl, t, active, dvdt, h_err):
-    """The step of every cell at ``t``: the smaller of ``dv_max / |dV/dt|`` and the
-    error controller's proposal ``h_err``, clipped to ``[dt_min, dt_max]``, landing on
-    the end of the stimulus and of the beat; 0 for a cell that is done."""
-    dt = jnp.minimum(solver.dv_max / (jnp.abs(dvdt) + 1e-12), h_err)
-    dt = jnp.clip(dt, solver.dt_min, solver.dt_max)
-    dt = jnp.where(t < p["stim_dur"], jnp.minimum(dt, p["stim_dur"] - t), dt)
-    dt = jnp.where(dt >= bcl - t, bcl - t, dt)
-    return jnp.where(active, dt, 0.0)
-
-
-def _next_step(solver, y, d0, d1, dt, h_err, mag):
-    """The error controller's next step from the step just taken.
-
-    For the states that are not gates (``y``: (K, N), their derivatives ``d0`` at the
-    step start and ``d1`` at the midpoint) the second-order result minus the explicit
-    Euler one is ``dt (d1 - d0)``, a local error estimate of order ``dt^2``. Scaled
-    by ``rtol (|y| + mag)`` (``mag``: 10 mV for V, 0 for the concentrations) its
-    largest entry ``err`` sets the next step ``dt * clip(0.9 / sqrt(err), 0.2, 2)``.
-    The step is not repeated when ``err > 1``: the estimate steers the next step, and
-    the growth limit (2x per step) with the ``dv_max`` rule guards the upstroke.
-    Cells that took no step keep their proposal.
-    """
-    if solver.rtol is None:
-        return h_err
-    scale = solver.rtol * (jnp.abs(y) + mag)
-    err = jnp.max(jnp.abs(dt[None, :] * (d1 - d0)) / scale, axis=0)
-    fac = jnp.clip(0.9 * jax.lax.rsqrt(jnp.maximum(err, 1e-12)), 0.2, 2.0)
-    return jnp.where(dt > 0, dt * fac, h_err)
-
-
-def _pack(d: dict, names: tuple) -> jax.Array:
-    return jnp.stack([d[k] for k in names])
-
-
-def _unpack(a: jax.Array, names: tuple) -> dict:
-    return {k: a[i] for i, k in enumerate(names)}
 
 
 def beat(model, solver, p, y, ts):
     """One beat for every cell. ``ts``: (T,) save times within the beat or None.
 
-    The loop carries the state and the biomarker accumulators packed as two ``(S, N)``
-    and ``(A, N)`` arrays rather than as dicts of ``(N,)`` arrays: the same arithmetic,
-    but two loop buffers instead of some 70 (ORd on the CPU: about 100 buffer copies
-    in the compiled loop before, 4-6 after). On the loaded 2-core machine one A/B
-    measurement each (2026-11-30) gave 10 % less CPU time per step for one cell and
-    15 % for 1,000; a later full benchmark under heavier load did not show the gain,
-    so the speed effect is within this machine's noise. APD90 and the final V and
-    Ca_i after three beats were bitwise equal for 1,000 cells; tests/test_ep_loop.py
-    compares the loop with a dict-carry loop.
+    The step, its rules and the loop are :func:`twinjax.solve._rush_larsen.integrate`
+    (the same loop paces CiPAORd); here the model's pieces: the evaluation (with qNet's
+    currents for the biomarkers), the step proposal (the smaller of
+    ``dv_max / |dV/dt|`` and the error controller's ``h_err``, clipped to
+    ``[dt_min, dt_max]``), the stimulus end as the discontinuity to land on, the
+    controller (``rtol`` on V and the concentrations; V's scale ``|V| + 10 mV``) and
+    the biomarker accumulators (:mod:`._biomarkers`) as the per-step reduction.
 
-    The two stages of a step (at ``t``, then at the midpoint) run as a two-iteration
-    ``fori_loop`` around one call of ``model.evaluate``, so the compiled loop holds one
-    copy of the model's equations instead of two. ORd, two cells, one beat, on this
-    machine (2026-11-30, A/B in one process): program text 0.44 -> 0.27 MB, compile
-    17.0 -> 5.9 CPU s, steady call 0.22 -> 0.045 CPU s (200 cells: compile 20.9 -> 7.5
-    s, steady 1.73 -> 0.39-0.65 s); states and biomarkers equal to within 4e-15
-    relative.
+    The state and the accumulators are carried packed (two loop buffers instead of
+    some 70: ORd on the CPU, about 100 buffer copies in the compiled loop before, 4-6
+    after; APD90 and the final V and Ca_i bitwise equal; tests/test_ep_loop.py
+    compares the loop with a dict-carry loop). The two stages of a step run as a
+    two-iteration ``fori_loop`` around one call of ``model.evaluate`` (ORd, two cells,
+    one beat, 2026-11-30: program text 0.44 -> 0.27 MB, compile 17.0 -> 5.9 CPU s,
+    steady call 0.22 -> 0.045 CPU s).
     """
     bcl = p["BCL"]
     N = bcl.shape[0]
@@ -158,82 +109,43 @@ def beat(model, solver, p, y, ts):
     others = tuple(k for k in names if k not in model.gates)  # V and concentrations
     jV = others.index("V")
     mag = jnp.asarray([_V_MAG if k == "V" else 0.0 for k in others], dtype)[:, None]
-    t0 = jnp.zeros((N,), dtype)
     acc0 = bm.init_acc(y["V"])
     anames = tuple(acc0)
-    status0 = jnp.zeros((N,), jnp.int32)
-    if ts is not None:
-        T = ts.shape[0]
-        out0 = {k: jnp.zeros((N, T), dtype) for k in model.state_names}
-        out0 = {k: v.at[:, 0].set(y[k]) for k, v in out0.items()}
-        idx0 = jnp.ones((N,), jnp.int32)
-    else:
-        out0, idx0, T = None, None, 0
-    rows = jnp.arange(N)
 
-    def cond(c):
-        t, _, _, _, it, status, _, _ = c
-        return jnp.any((t < bcl) & (status == 0)) & (it < solver.max_steps)
+    def evaluate(t, yk):
+        g, d, cur = model.evaluate(t, yk, p)
+        return g, d, _qnet(model, cur)
 
-    def body(c):
-        t, Y, A, h_err, it, status, out, idx = c
-        y = _unpack(Y, names)
-        active = (t < bcl) & (status == 0)
+    def propose(t, y, d, h_err):  # h_err None: no controller (rtol None)
+        dt = solver.dv_max / (jnp.abs(d["V"]) + 1e-12)
+        dt = dt if h_err is None else jnp.minimum(dt, h_err)
+        return jnp.clip(dt, solver.dt_min, solver.dt_max)
 
-        def stage(k, s):
-            # k = 0: evaluate at (t, y), choose dt, half step to the midpoint;
-            # k = 1: evaluate at the midpoint, full step from y. One copy of the
-            # model's equations in the program instead of two (compile time).
-            Yk, dt, D0, _, _ = s
-            first = k == 0
-            g, d, cur = model.evaluate(t + 0.5 * dt * k, _unpack(Yk, names), p)
-            D = _pack(d, others)
-            dt = jnp.where(first, _step(solver, p, bcl, t, active, d["V"], h_err), dt)
-            h = jnp.where(first, 0.5 * dt, dt)
-            D0 = jnp.where(first, D, D0)
-            return (
-                _pack(_advance(model, y, g, d, h), names),
-                dt,
-                D0,
-                D,
-                _qnet(model, cur),
-            )
+    def reduce(A, ok, t, dt, Y, Y_new, D0, D1, qn):
+        acc = bm.update_acc(unpack(A, anames), ok, t, dt, Y[iV], Y_new[iV], D0[jV], D1[jV], qn)
+        return pack(acc, anames)
 
-        z = jnp.zeros_like(t)
-        zD = jnp.zeros((len(others),) + t.shape, t.dtype)
-        Y1, dt, D0, D1, qn1 = jax.lax.fori_loop(0, 2, stage, (Y, z, zD, zD, z))
-        dvdt0, dvdt1 = D0[jV], D1[jV]
-        h_err = _next_step(solver, _pack(y, others), D0, D1, dt, h_err, mag)
-        last = dt >= bcl - t
-        finite = jnp.all(jnp.isfinite(Y1), axis=0)
-        bad = active & ~finite
-        ok = active & finite
-        Y_new = jnp.where(ok[None, :], Y1, Y)
-        t_new = jnp.where(ok, jnp.where(last, bcl, t + dt), t)
-        acc = bm.update_acc(_unpack(A, anames), ok, t, dt, Y[iV], Y_new[iV], dvdt0, dvdt1, qn1)
-        status = jnp.where(bad, Status.NONFINITE, status).astype(jnp.int32)
-        if out is not None:
-            ic = jnp.minimum(idx, T - 1)
-            tsv = ts[ic]
-            need = ok & (idx < T) & (tsv <= t_new)
-            th = jnp.clip((tsv - t) / jnp.where(dt > 0, dt, 1.0), 0.0, 1.0)
-            y_new = _unpack(Y_new, names)
-            out = {
-                k: v.at[rows, ic].set(jnp.where(need, y[k] + th * (y_new[k] - y[k]), v[rows, ic]))
-                for k, v in out.items()
-            }
-            idx = idx + need.astype(jnp.int32)
-        return t_new, Y_new, _pack(acc, anames), h_err, it + 1, status, out, idx
+    def controller(yc, D0, D1, dt, h_err):
+        return error_controller(solver.rtol, yc, D0, D1, dt, h_err, mag)
 
-    Y0, A0 = _pack(y, names), _pack(acc0, anames)
-    h0 = jnp.full((N,), solver.dt_max, dtype)
-    carry = (t0, Y0, A0, h0, jnp.zeros((), jnp.int32), status0, out0, idx0)
-    t, Y, A, _, it, status, out, _ = jax.lax.while_loop(cond, body, carry)
-    y, acc = _unpack(Y, names), _unpack(A, anames)
-    status = jnp.where((t < bcl) & (status == 0), Status.MAX_STEPS, status).astype(jnp.int32)
-    bio = bm.finish(acc, y["V"])
-    bio["steps"] = jnp.broadcast_to(it, (N,))
-    return y, bio, status, out
+    o = integrate(
+        evaluate,
+        {k: y[k] for k in names},
+        bcl,
+        gates=tuple(model.gates),
+        controlled=others,
+        propose=propose,
+        t_disc=p["stim_dur"],
+        max_steps=solver.max_steps,
+        acc0=pack(acc0, anames),
+        reduce=reduce,
+        controller=controller if solver.rtol is not None else None,
+        h0=jnp.full((N,), solver.dt_max, dtype),
+        ts=ts,
+    )
+    bio = bm.finish(unpack(o.acc, anames), o.y["V"])
+    bio["steps"] = jnp.broadcast_to(o.steps, (N,))
+    return o.y, bio, o.status, o.saved
 
 
 @eqx.filter_jit

@@ -1,0 +1,245 @@
+"""Second-order Rush-Larsen for batches of cells: the step, the step-size rules and the
+loop, written once for every model with gates.
+
+A model with gates splits its state into gates ``dx/dt = (x_inf - x) / tau``, the
+other states, advanced by an explicit rule, and optionally a block of linear states
+``dx/dt = Q(y) x`` (a Markov chain) that is integrated exactly for frozen ``Q``. One
+step of the exponential midpoint scheme (Perego M, Veneziani A. Electron Trans Numer
+Anal 35:234-256, 2009; after Rush S, Larsen H. IEEE Trans Biomed Eng 25:389-392, 1978):
+
+1. evaluate at ``(t, y)``; choose the step ``dt``; advance half a step (gates exactly
+   for the frozen ``x_inf, tau``, the others by explicit Euler, the linear block by
+   the hook's half step);
+2. evaluate at the midpoint; advance a full step from ``y`` with the midpoint's
+   coefficients and derivatives (the linear block keeps its start value here; the
+   hook's full step replaces it after the stages).
+
+The two stages run as a two-iteration ``fori_loop`` around one evaluation of the
+model, so the compiled loop holds one copy of the equations (compile time).
+
+The loop (:func:`integrate`) is batched structure-of-arrays: one ``while_loop`` over
+steps in which every cell has its own time and step; a cell is done at its end time
+``t_end``. The step of each cell is the model's proposal (``propose``) landing exactly
+on a discontinuity time ``t_disc`` (e.g. the end of a stimulus pulse) and on ``t_end``.
+An optional controller (:func:`error_controller`) proposes the next step from the one
+just taken. A per-step reduction hook folds every accepted step into accumulators
+(cardiac biomarkers, qNet) so that no trajectory need be stored; optional saves
+interpolate the state linearly at given times. Status codes follow
+:mod:`twinjax.solve._status`: a non-finite step stops that cell as ``NONFINITE``
+(its state stays at the last finite one); a cell still short of ``t_end`` after
+``max_steps`` loop iterations is ``MAX_STEPS``.
+
+The carry packs the state and the accumulators as two ``(S, N)`` and ``(A, N)``
+arrays (two loop buffers instead of one per name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ._status import Status
+
+
+class LinearBlock(NamedTuple):
+    """States integrated by their own exact or implicit rule (e.g. a Markov chain).
+
+    ``names``: the states, in the order of the last axis of ``x`` (``(N, m)``);
+    ``keep(y)``: the ``(N,)`` array the rules need of a stage's state (e.g. V);
+    ``half(h, kept, x0)``:
+    the first stage's step of length ``h`` (``(N,)``) from ``x0``; ``full(dt, kept,
+    x0)``: the full step, with ``kept`` taken at the midpoint.
+    """
+
+    names: tuple[str, ...]
+    keep: Callable
+    half: Callable
+    full: Callable
+
+
+def pack(d: dict, names: tuple) -> jax.Array:
+    """``{name: (N,)}`` to a stacked ``(len(names), N)`` array."""
+    return jnp.stack([d[k] for k in names])
+
+
+def unpack(a: jax.Array, names: tuple) -> dict:
+    """The inverse of :func:`pack`."""
+    return {k: a[i] for i, k in enumerate(names)}
+
+
+def advance(y, gates: tuple, coeffs: dict, derivs: dict, h, linear_x=None, linear_names=()):
+    """``y`` advanced by ``h``: gates exactly for frozen ``(inf, tau)``, the other
+    states by ``y + h dy/dt``, the linear block set to ``linear_x``."""
+    out = {}
+    for k in gates:
+        inf, tau = coeffs[k]
+        out[k] = inf + (y[k] - inf) * jnp.exp(-h / tau)
+    for k, dk in derivs.items():
+        if k not in linear_names:
+            out[k] = y[k] + h * dk
+    for i, s in enumerate(linear_names):
+        out[s] = linear_x[..., i]
+    return out
+
+
+def land(dt, t, t_disc, t_end, active):
+    """Steps that land exactly on the discontinuity ``t_disc`` (when before it) and on
+    ``t_end`` (when they would pass it); 0 for a cell that is done."""
+    dt = jnp.where(t < t_disc, jnp.minimum(dt, t_disc - t), dt)
+    dt = jnp.where(dt >= t_end - t, t_end - t, dt)
+    return jnp.where(active, dt, 0.0)
+
+
+def error_controller(rtol: float, y, d0, d1, dt, h_err, mag):
+    """The next step from the step just taken (a local error controller).
+
+    For the controlled states (``y``: (K, N), their derivatives ``d0`` at the step
+    start and ``d1`` at the midpoint) the second-order result minus the explicit
+    Euler one is ``dt (d1 - d0)``, a local error estimate of order ``dt^2``. Scaled
+    by ``rtol (|y| + mag)`` its largest entry ``err`` sets the next step
+    ``dt * clip(0.9 / sqrt(err), 0.2, 2)``. The step is not repeated when
+    ``err > 1``: the estimate steers the next step. Cells that took no step keep
+    their proposal.
+    """
+    scale = rtol * (jnp.abs(y) + mag)
+    err = jnp.max(jnp.abs(dt[None, :] * (d1 - d0)) / scale, axis=0)
+    fac = jnp.clip(0.9 * jax.lax.rsqrt(jnp.maximum(err, 1e-12)), 0.2, 2.0)
+    return jnp.where(dt > 0, dt * fac, h_err)
+
+
+class Outcome(NamedTuple):
+    """What :func:`integrate` returns (every entry per cell unless said otherwise)."""
+
+    t: jax.Array
+    y: dict
+    acc: jax.Array
+    steps: jax.Array  # loop iterations (a scalar: the batch's)
+    status: jax.Array
+    saved: dict | None
+
+
+def integrate(
+    evaluate: Callable,
+    y: dict,
+    t_end,
+    *,
+    gates: tuple[str, ...],
+    controlled: tuple[str, ...],
+    propose: Callable,
+    t_disc,
+    max_steps: int,
+    acc0=None,
+    reduce: Callable | None = None,
+    controller: Callable | None = None,
+    h0=None,
+    linear: LinearBlock | None = None,
+    ts=None,
+) -> Outcome:
+    """Integrate every cell from ``t = 0`` to its ``t_end`` (``(N,)``).
+
+    Arguments:
+        evaluate: ``(t, y) -> (coeffs, derivs, aux)``: ``{gate: (inf, tau)}``,
+            ``{state: dy/dt}`` for every state that is not a gate, and an ``(N,)``
+            array the reduction needs (taken from the midpoint stage, e.g. a current).
+        y: the start state ``{name: (N,)}`` (its order is the packed order).
+        gates: the gate names.
+        controlled: the non-gate states whose derivatives the step rules see, packed
+            as ``D0`` (at the step start) and ``D1`` (at the midpoint), ``(K, N)``.
+        propose: ``(t, y, derivs, h_err) -> dt`` at the step start (before landing).
+        t_disc: ``(N,)`` a discontinuity time to land on (e.g. a stimulus end).
+        max_steps: loop iterations before the cells still running are ``MAX_STEPS``.
+        acc0, reduce: accumulators ``(A, N)`` and ``reduce(acc, ok, t, dt, Y, Y_new,
+            D0, D1, aux) -> acc`` (``Y``: packed states before and after the step).
+        controller: ``(y_controlled, D0, D1, dt, h_err) -> h_err``; ``h0``: its
+            first proposal ``(N,)`` (without a controller ``propose`` gets None).
+        linear: a :class:`LinearBlock` (None: no linear block).
+        ts: ``(T,)`` save times or None (then ``saved`` is None); a save at time
+            0 is the start state, the others are interpolated linearly in the step
+            that reaches them (steps should be at most the save spacing).
+    """
+    names = tuple(y)
+    t0 = jnp.zeros_like(t_end)
+    N = t_end.shape[0]
+    lin_names = linear.names if linear is not None else ()
+    imk = jnp.asarray([names.index(k) for k in lin_names], jnp.int32)
+    acc0 = jnp.zeros((0, N), t_end.dtype) if acc0 is None else acc0
+    if controller is not None and h0 is None:
+        raise ValueError("integrate: a controller needs its first proposal h0")
+    h0 = None if controller is None else h0  # no controller: no proposal carried
+    if ts is not None:
+        T = ts.shape[0]
+        out0 = {k: jnp.zeros((N, T), t_end.dtype).at[:, 0].set(y[k]) for k in names}
+        idx0 = jnp.ones((N,), jnp.int32)
+    else:
+        out0, idx0, T = None, None, 0
+    rows = jnp.arange(N)
+
+    def cond(c):
+        t, _, _, _, it, status, _, _ = c
+        return jnp.any((t < t_end) & (status == 0)) & (it < max_steps)
+
+    def body(c):
+        t, Y, A, h_err, it, status, out, idx = c
+        y = unpack(Y, names)
+        active = (t < t_end) & (status == 0)
+        x0 = jnp.stack([y[s] for s in lin_names], axis=-1) if linear is not None else None
+
+        def stage(k, s):
+            # k = 0: evaluate at (t, y), choose dt, half step to the midpoint;
+            # k = 1: evaluate at the midpoint, full step from y.
+            Yk, dt, D0, _, _, _ = s
+            first = k == 0
+            yk = unpack(Yk, names)
+            g, d, aux = evaluate(t + 0.5 * dt * k, yk)
+            D = pack(d, controlled)
+            dt = jnp.where(first, land(propose(t, y, d, h_err), t, t_disc, t_end, active), dt)
+            h = jnp.where(first, 0.5 * dt, dt)
+            D0 = jnp.where(first, D, D0)
+            if linear is None:
+                x, kept = None, jnp.zeros((0,), t.dtype)
+            else:
+                kept = linear.keep(yk)
+                x = jax.lax.cond(
+                    first, lambda kk: linear.half(0.5 * dt, kk, x0), lambda kk: x0, kept
+                )
+            Yn = pack(advance(y, gates, g, d, h, x, lin_names), names)
+            return Yn, dt, D0, D, aux, kept
+
+        z = jnp.zeros_like(t)
+        zD = jnp.zeros((len(controlled),) + t.shape, t.dtype)
+        kept0 = z if linear is not None else jnp.zeros((0,), t.dtype)
+        Y1, dt, D0, D1, aux, kept = jax.lax.fori_loop(0, 2, stage, (Y, z, zD, zD, z, kept0))
+        if linear is not None:
+            Y1 = Y1.at[imk].set(linear.full(dt, kept, x0).T)
+        if controller is not None:
+            h_err = controller(pack(y, controlled), D0, D1, dt, h_err)
+        last = dt >= t_end - t
+        finite = jnp.all(jnp.isfinite(Y1), axis=0)
+        bad = active & ~finite
+        ok = active & finite
+        Y_new = jnp.where(ok[None, :], Y1, Y)
+        t_new = jnp.where(ok, jnp.where(last, t_end, t + dt), t)
+        if reduce is not None:
+            A = reduce(A, ok, t, dt, Y, Y_new, D0, D1, aux)
+        status = jnp.where(bad, Status.NONFINITE, status).astype(jnp.int32)
+        if out is not None:
+            ic = jnp.minimum(idx, T - 1)
+            tsv = ts[ic]
+            need = ok & (idx < T) & (tsv <= t_new)
+            th = jnp.clip((tsv - t) / jnp.where(dt > 0, dt, 1.0), 0.0, 1.0)
+            y_new = unpack(Y_new, names)
+            out = {
+                k: v.at[rows, ic].set(jnp.where(need, y[k] + th * (y_new[k] - y[k]), v[rows, ic]))
+                for k, v in out.items()
+            }
+            idx = idx + need.astype(jnp.int32)
+        return t_new, Y_new, A, h_err, it + 1, status, out, idx
+
+    status0 = jnp.zeros((N,), jnp.int32)
+    carry = (t0, pack(y, names), acc0, h0, jnp.zeros((), jnp.int32), status0, out0, idx0)
+    t, Y, A, _, it, status, out, _ = jax.lax.while_loop(cond, body, carry)
+    status = jnp.where((t < t_end) & (status == 0), Status.MAX_STEPS, status).astype(jnp.int32)
+    return Outcome(t, unpack(Y, names), A, it, status, out)
