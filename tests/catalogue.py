@@ -3,6 +3,7 @@
 Adding a model here covers it by: parameter-table checks, float32/float64,
 single vs batch equality, recompilation guards, gradients against finite
 differences (parameters, a dose amount and a dose time), Ensemble vs Diffrax.
+The checks themselves are in ``model_checks.py``.
 """
 
 from __future__ import annotations
@@ -104,3 +105,8 @@ def _discover():
 
 CATALOGUE += _discover()
 IDS = [e.id for e in CATALOGUE]
+
+# The entries whose gradient check runs in reverse mode (jax.grad through diffrax's
+# checkpointed adjoint), one cheap entry per test file: every other entry checks the same
+# derivatives in forward mode, which compiles one program instead of two (model_checks.py).
+REVERSE_MODE = ("pk2-oral", "bergman-ivgtt")

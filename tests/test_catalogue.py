@@ -1,7 +1,7 @@
-"""Model-generic checks (``generic_checks.py``) over the PK and PD models of the catalogue."""
+"""Model-generic checks (``model_checks.py``) over the PK and PD models of the catalogue."""
 
 from catalogue import CATALOGUE
-from generic_checks import *  # noqa: F403  (the checks are collected here)
+from model_checks import *  # noqa: F403  (the checks are collected here)
 
 ENTRIES = [e for e in CATALOGUE if e.id.startswith(("pk", "pd"))]
 

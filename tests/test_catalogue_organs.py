@@ -1,8 +1,8 @@
-"""Model-generic checks (``generic_checks.py``) over the organ models of the catalogue
+"""Model-generic checks (``model_checks.py``) over the organ models of the catalogue
 (circulation, PBPK, glucose, electrophysiology): every entry ``test_catalogue.py`` leaves."""
 
 from catalogue import CATALOGUE
-from generic_checks import *  # noqa: F403  (the checks are collected here)
+from model_checks import *  # noqa: F403  (the checks are collected here)
 
 ENTRIES = [e for e in CATALOGUE if not e.id.startswith(("pk", "pd"))]
 
