@@ -370,13 +370,6 @@ def _pace(model, solver, p, y0, n_beats):
     return y, bio, status
 
 
-@eqx.filter_jit
-def _pace_sharded(model, solver, p, y0, n_beats, n_dev: int):
-    """``_pace`` with each of ``n_dev`` devices pacing its own share of the cells."""
-    run = lambda p, y0: _pace(model, solver, p, y0, n_beats)  # noqa: E731
-    return _shard.pace_per_device(run, n_dev, p, y0)
-
-
 def pace_cipa(
     model: CiPAORd,
     params=None,
@@ -420,9 +413,8 @@ def pace_cipa(
     nb = p["BCL"].shape[0]
     n_dev = _shard.device_count(devices, nb, n)
     if n_dev > 1:
-        p, y0 = _shard.place((p, y0), nb, n_dev)
-        y, bio, status = _pace_sharded(model, solver, p, y0, int(n_beats), n_dev)
-        y, bio, status = _shard.unpad(y, bio, status, nb)
+        run = jax.tree_util.Partial(_pace, model, solver, n_beats=int(n_beats))
+        y, bio, status = _shard.pace_split(run, p, y0, nb, n_dev)
     else:
         y, bio, status = _pace(model, solver, p, y0, int(n_beats))
     if n is None:

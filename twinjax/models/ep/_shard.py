@@ -18,6 +18,7 @@ benchmarks set it); with one device nothing here runs.
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -37,16 +38,18 @@ def device_count(devices: int | None, nb: int, n: int | None) -> int:
     """How many devices to pace ``nb`` cells on (1: unsplit).
 
     ``devices``: None for all of this process's devices, else at most that many. One
-    cell (``n`` None), or fewer than ``SHARE_MULTIPLE`` cells per device, run unsplit.
+    cell (``n`` None) runs unsplit; a population gets at most one device per
+    ``SHARE_MULTIPLE`` cells (100 cells on 16 devices: 12 devices), so every device
+    has a whole vector of cells to pace.
     """
     n_local = jax.local_device_count()
     if devices is not None:
         if isinstance(devices, bool) or int(devices) != devices or not 1 <= devices <= n_local:
             raise ValueError(f"devices = {devices!r}; this process has {n_local} device(s)")
     n_dev = n_local if devices is None else int(devices)
-    if n is None or nb < n_dev * SHARE_MULTIPLE:
+    if n is None:
         return 1
-    return n_dev
+    return max(1, min(n_dev, nb // SHARE_MULTIPLE))
 
 
 def padded_size(nb: int, n_dev: int) -> int:
@@ -69,21 +72,40 @@ def place(tree, nb: int, n_dev: int):
     return shard(pad_cells(tree, nb, n_dev), n_dev)
 
 
-def pace_per_device(run, n_dev: int, p, y0, shared: tuple = ()):
-    """``run(p, y0, *shared) -> (y, rec, status)`` on ``n_dev`` devices.
+def pace_split(run, p, y0, nb: int, n_dev: int):
+    """``run(p, y0) -> (y, rec, status)`` for ``nb`` cells split over ``n_dev`` devices.
+
+    The cells are padded to equal shares (:func:`place`), each device runs ``run`` on
+    its own share (:func:`pace_per_device`), and the padded cells are dropped.
+    ``run``: a :class:`jax.tree_util.Partial` of a module-level pacing function, so
+    that its arrays are traced and the rest (the function, ``int``/``bool``
+    settings) is part of the compiled program's key: no recompilation per call.
+    """
+    p, y0 = place((p, y0), nb, n_dev)
+    y, rec, status = _pace_placed(run, n_dev, p, y0)
+    return unpad(y, rec, status, nb)
+
+
+@eqx.filter_jit
+def _pace_placed(run, n_dev: int, p, y0):
+    return pace_per_device(run, n_dev, p, y0)
+
+
+def pace_per_device(run, n_dev: int, p, y0):
+    """``run(p, y0) -> (y, rec, status)`` on ``n_dev`` devices.
 
     ``rec`` holds per-beat records with the beat axis first (``(B, N, ...)`` leaves,
     and a ``"steps"`` entry in each of its dicts that has one), ``y`` and ``status``
     the cell axis first. Returns the same structure for all the cells.
     """
 
-    def local(p, y0, *shared):
-        y, rec, status = run(p, y0, *shared)
+    def local(p, y0):
+        y, rec, status = run(p, y0)
         rec = jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), rec)  # cells first
         rec = jax.tree.map(_steps_max, rec, is_leaf=lambda x: isinstance(x, dict))
         return y, rec, status
 
-    y, rec, status = per_device(local, n_dev, (p, y0), shared)
+    y, rec, status = per_device(local, n_dev, (p, y0))
     return y, jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), rec), status
 
 

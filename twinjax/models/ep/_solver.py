@@ -175,19 +175,6 @@ def _pace(model, solver, p, y0, n_beats, record_all, ts):
     return y, rec, status
 
 
-@eqx.filter_jit
-def _pace_sharded(model, solver, p, y0, n_beats, record_all, ts, n_dev: int):
-    """``_pace`` with each of ``n_dev`` devices pacing its own share of the cells."""
-    traced = not isinstance(n_beats, int)  # record="last": a traced beat count
-    shared = ((n_beats,) if traced else ()) + ((ts,) if ts is not None else ())
-
-    def run(p, y0, *shared):
-        nb = shared[0] if traced else n_beats
-        return _pace(model, solver, p, y0, nb, record_all, shared[-1] if ts is not None else None)
-
-    return _shard.pace_per_device(run, n_dev, p, y0, shared)
-
-
 class PacingResult(eqx.Module):
     """The outcome of :func:`pace`.
 
@@ -289,9 +276,10 @@ def pace(
         ts = jnp.arange(0.0, bcl, save_every, dtype=p["BCL"].dtype)
     beats = int(n_beats) if record == "all" else jnp.asarray(n_beats, jnp.int32)
     if n_dev > 1:
-        p, y0 = _shard.place((p, y0), nb, n_dev)
-        y, rec, status = _pace_sharded(model, solver, p, y0, beats, record == "all", ts, n_dev)
-        y, (bio, out), status = _shard.unpad(y, rec, status, nb)
+        run = jax.tree_util.Partial(
+            _pace, model, solver, n_beats=beats, record_all=record == "all", ts=ts
+        )
+        y, (bio, out), status = _shard.pace_split(run, p, y0, nb, n_dev)
     else:
         y, (bio, out), status = _pace(model, solver, p, y0, beats, record == "all", ts)
     if out is not None:
