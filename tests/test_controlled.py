@@ -144,8 +144,27 @@ def test_a_failed_patient_is_nan_and_the_others_are_intact():
     assert np.asarray(good.status).tolist() == [0, 0, 0, 0]
     assert np.asarray(bad.status).tolist() == [0, 0, 0, tj.Status.NONFINITE]
     assert np.all(np.isnan(bad.records[0][-1])) and np.all(np.isnan(bad.records[1][-1]))
+    assert np.all(np.isnan(bad.y[-1])) and np.all(np.isfinite(bad.y[:3]))
+    np.testing.assert_array_equal(bad.y[:3], good.y[:3])
     np.testing.assert_array_equal(bad.records[0][:3], good.records[0][:3])
     np.testing.assert_array_equal(bad.records[1][:3], good.records[1][:3])
+
+
+def test_a_patient_with_non_finite_records_has_a_nan_final_state():
+    """Its integration succeeds (finite state) but a record is infinite: NONFINITE, and
+    its final state is NaN like its records; the others' runs are those without."""
+
+    class InfRecord(Proportional):
+        def __call__(self, y, t, k, p):
+            k, inputs, (c, rate) = super().__call__(y, t, k, p)
+            return k, inputs, (c, rate / (p["V"] - 20.0))  # infinite for V = 20
+
+    kw = dict(n_samples=4, sample_time=0.5, solver=TIGHT)
+    _, bad = simulate_controlled(MODEL, PARAMS, InfRecord(TARGET, GAIN, LOAD), **kw)
+    _, good = simulate_controlled(MODEL, PARAMS, Proportional(TARGET, GAIN, LOAD), **kw)
+    assert np.asarray(bad.status).tolist() == [tj.Status.NONFINITE, 0, 0]
+    assert np.all(np.isnan(bad.y[0])) and np.all(np.isnan(bad.records[1][0]))
+    np.testing.assert_array_equal(bad.y[1:], good.y[1:])
 
 
 def test_bad_inputs_are_refused_before_compiling():
@@ -161,3 +180,72 @@ def test_bad_inputs_are_refused_before_compiling():
 
     with pytest.raises(ValueError, match="centrall"):
         simulate_controlled(MODEL, PARAMS, Wrong(1.0, 1.0, 1.0), n_samples=2, sample_time=1.0)
+
+
+def test_bad_hook_outputs_and_arguments_are_refused_before_compiling():
+    """Each names the key or argument and what is allowed (the model's states)."""
+    hook = Proportional(TARGET, GAIN, LOAD)
+    kw = dict(n_samples=2, sample_time=1.0)
+    states = r"\['central', 'eliminated'\]"
+
+    class BadBolus(Proportional):
+        def __call__(self, y, t, k, p):
+            return k, Inputs(boluses={"centrall": 1.0}), ()
+
+    with pytest.raises(ValueError, match=rf"boluses.*'centrall'.*{states}"):
+        simulate_controlled(MODEL, PARAMS, BadBolus(1.0, 1.0, 1.0), **kw)
+
+    class ScalarRecord(Proportional):
+        def __call__(self, y, t, k, p):
+            return k, Inputs(), jnp.sum(y["central"])
+
+    with pytest.raises(ValueError, match=r"record.*shape \(\).*3 patients first"):
+        simulate_controlled(MODEL, PARAMS, ScalarRecord(1.0, 1.0, 1.0), **kw)
+
+    class BadReset(Ramp):
+        def reset(self, j, y, t, p):
+            return j, {"eliminatd": t}
+
+    with pytest.raises(ValueError, match=rf"reset.*'eliminatd'.*{states}"):
+        simulate_controlled(MODEL, PARAMS, hook, schedule=BadReset(0.5, 7.0), dt=0.5, **kw)
+    with pytest.raises(ValueError, match=rf"y0: unknown states \['centrall'\].*{states}"):
+        simulate_controlled(MODEL, PARAMS, hook, y0={"centrall": 1.0, "eliminated": 0.0}, **kw)
+    with pytest.raises(ValueError, match="n_samples 2.5 must be an integer"):
+        simulate_controlled(MODEL, PARAMS, hook, n_samples=2.5, sample_time=1.0)
+
+
+class Clock(ControllerHook):
+    """Records the time it is given at each sample."""
+
+    def init(self, y, t, p):
+        return ()
+
+    def __call__(self, y, t, state, p):
+        return state, Inputs(), t
+
+
+class SubClock(InputSchedule):
+    """Records each sub-step's start and end."""
+
+    def init(self, y, t, p):
+        return ()
+
+    def __call__(self, state, t0, t1, p):
+        return state, {}, (t0, t1 - t0)
+
+
+def test_times_come_from_integer_counters_without_drift():
+    """float32, 300 samples of 1/3 h in 4 sub-steps: summing dt drifted by ~0.03 h."""
+    n, h, m = 300, 1.0 / 3.0, 4
+    _, r = simulate_controlled(
+        MODEL, PARAMS, Clock(), n_samples=n, sample_time=h, dt=h / m, schedule=SubClock(),
+        dtype=np.float32,
+    )  # fmt: skip
+    k = np.arange(n)
+    want = (k * np.float64(h)).astype(np.float32)
+    np.testing.assert_allclose(r.records[:, :], np.broadcast_to(want, (3, n)), rtol=0, atol=1e-4)
+    starts, lengths = r.sub_records  # summed over each sample's sub-steps
+    want_starts = m * k * h + h / m * sum(range(m))
+    np.testing.assert_allclose(starts[0], want_starts, rtol=1e-6)
+    # the sub-steps tile each sample (to float32 rounding of times near 100 h)
+    np.testing.assert_allclose(lengths[0], h, rtol=0, atol=3e-5)

@@ -156,6 +156,11 @@ def test_outcomes_on_a_hand_made_trace():
     assert float(rl + rh) < 1e-3
     # batched over patients
     assert gl.outcomes(jnp.stack([bg, bg + 10]))["TIR"].shape == (2,)
+    # a failed patient's trace is NaN: every outcome of it is NaN, the others' intact
+    two = gl.outcomes(jnp.stack([bg, bg.at[3].set(jnp.nan)]))
+    for name, v in two.items():
+        assert float(v[0]) == pytest.approx(float(o[name])), name
+        assert np.isnan(float(v[1])), name
 
 
 # ---------------------------------------------------------------- closed loop
@@ -242,3 +247,32 @@ def test_closed_loop_rejects_incommensurate_times():
         gl.simulate_closed_loop(p, duration=62.0)
     with pytest.raises(ValueError, match="bounds"):
         gl.simulate_closed_loop({**p, "Vg": -1.0}, duration=60.0)
+
+
+def test_closed_loop_parts_refuse_a_run_they_were_not_built_for():
+    """Meals, SensedController as a schedule and hook of simulate_controlled."""
+    p = gl.patient_params(["adult#001", "adult#002"])
+    model = gl.UvaPadova(basal_infusion=False)
+    mt, mg = jnp.array([[10.0], [10.0]]), jnp.array([[50.0], [50.0]])
+    err = gl.CGM(noise=False).error(None, 2, 4, 5.0, jnp.float64)
+    hook = gl.SensedController(gl.OpenLoop(), gl.CGM(noise=False), err, mt, mg, 5.0)
+    kw = dict(n_samples=4, sample_time=5.0)
+    with pytest.raises(
+        ValueError, match=r"Meals: its dt 1.0 differs from the run's sub-step dt 5.0"
+    ):
+        tj.solve.simulate_controlled(model, p, hook, schedule=gl.Meals(mt, mg, dt=1.0), **kw)
+    slow = gl.SensedController(gl.OpenLoop(), gl.CGM(noise=False), err, mt, mg, 15.0)
+    with pytest.raises(ValueError, match=r"sample_time 15.0 differs from the run's 5.0"):
+        tj.solve.simulate_controlled(model, p, slow, schedule=gl.Meals(mt, mg), **kw)
+    with pytest.raises(ValueError, match=r"err have shape \(2, 4\).*n_samples = 6"):
+        tj.solve.simulate_controlled(
+            model, p, hook, schedule=gl.Meals(mt, mg), n_samples=6, sample_time=5.0
+        )
+    # the meals' rate over a sub-step feeds what they record, whatever the run's dt
+    meals = gl.Meals(mt, mg)
+    t = jnp.zeros(2)
+    state = meals.init({}, t, p)
+    for t0, t1 in [(0.0, 5.0), (5.0, 10.0), (10.0, 15.0), (15.0, 20.0)]:
+        state, rates, eaten = meals(state, t + t0, t + t1, p)
+        np.testing.assert_allclose(rates["qsto1"] * (t1 - t0), 1000.0 * eaten, rtol=1e-12)
+    assert float(eaten[0]) == 25.0  # 5 g/min over a 5-min step, from the 10-min meal

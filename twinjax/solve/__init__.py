@@ -9,6 +9,7 @@ from ._controlled import ControlledRun as ControlledRun
 from ._controlled import ControllerHook as ControllerHook
 from ._controlled import Inputs as Inputs
 from ._controlled import InputSchedule as InputSchedule
+from ._controlled import run_controlled as run_controlled
 from ._controlled import simulate_controlled as simulate_controlled
 from ._engine import stack_state as stack_state
 from ._engine import vector_field as vector_field

@@ -37,8 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...ode._model import default_float
+from ...solve import ControllerHook, Inputs, InputSchedule, run_controlled
 from ...solve._batch import batch_params, patient_rows, unbatch
-from ...solve._controlled import ControllerHook, Inputs, InputSchedule, check_grid, run_controlled
+from ...solve._controlled import check_grid
 from ...solve._ensemble import Ensemble
 from ._metrics import outcomes
 from ._uva_padova import U_TO_PMOL, UvaPadova
@@ -264,9 +265,10 @@ class SensedController(ControllerHook):
     Arguments:
         controller: the :class:`Controller`.
         sensor: the :class:`CGM`.
-        err: ``(N, n_samples)`` sensor errors (:meth:`CGM.error`).
+        err: ``(N, n_samples)`` sensor errors (:meth:`CGM.error`), at least one
+            column per sample of the run.
         meal_t, meal_g: ``(N, M)`` (or ``(M,)``) meal times (min) and grams.
-        sample_time: the sampling interval (min).
+        sample_time: the sampling interval (min); it must be the run's.
     """
 
     controller: Controller
@@ -275,6 +277,19 @@ class SensedController(ControllerHook):
     meal_t: jax.Array
     meal_g: jax.Array
     sample_time: float = eqx.field(static=True)
+
+    def check(self, n, n_samples, sample_time, dt):
+        if abs(sample_time - self.sample_time) > 1e-9 * max(1.0, sample_time):
+            raise ValueError(
+                f"SensedController: its sample_time {self.sample_time} differs from the "
+                f"run's {sample_time}; build it with the run's sample_time"
+            )
+        shape = jnp.shape(self.err)
+        if len(shape) != 2 or shape[0] not in (1, n) or shape[1] < n_samples:
+            raise ValueError(
+                f"SensedController: sensor errors err have shape {shape}; the run needs "
+                f"({n}, n) with n >= n_samples = {n_samples} (CGM.error)"
+            )
 
     def init(self, y, t, p):
         cgm0 = self.sensor.read(y["Gs"] / p["Vg"], self.err[:, 0])
@@ -295,7 +310,8 @@ class Meals(InputSchedule):
     """Meals eaten as the academic simulator eats them, as the engine's input schedule.
 
     Carbohydrate announced in a patient step is added to what is left to eat; at most
-    ``eat_rate * dt`` g of it is eaten in each step, at a rate held over the step
+    ``eat_rate * dt`` g of it is eaten in each step (``dt = t1 - t0``, the run's
+    sub-step), at a rate held over the step
     (mg/min into ``qsto1``). The reset: when eating starts, the gastric-emptying meal
     memory ``Dmeal`` restarts from the stomach content ``qsto1 + qsto2`` and grows by
     what has been eaten up to the end of the current step (simglucose
@@ -303,15 +319,23 @@ class Meals(InputSchedule):
 
     Arguments:
         meal_t, meal_g: ``(N, M)`` (or ``(M,)``) meal times (min) and grams.
-        dt: the patient step (min).
+        dt: None (the default: the run's sub-step is used), or the patient step (min)
+            the schedule was meant for, then checked against the run's ``dt``.
         eat_rate: eating rate (g/min).
     """
 
     meal_t: jax.Array
     meal_g: jax.Array
-    dt: float = eqx.field(static=True, default=1.0)
+    dt: float | None = eqx.field(static=True, default=None)
     eat_rate: float = eqx.field(static=True, default=5.0)
     held: ClassVar[tuple[str, ...]] = ("Dmeal",)
+
+    def check(self, n, n_samples, sample_time, dt):
+        if self.dt is not None and abs(self.dt - dt) > 1e-9 * max(1.0, dt):
+            raise ValueError(
+                f"Meals: its dt {self.dt} differs from the run's sub-step dt {dt}; "
+                "leave Meals.dt None (the run's) or make them equal"
+            )
 
     def init(self, y, t, p):
         z = jnp.zeros_like(t)  # left to eat, rate this step and last, stomach, eaten
@@ -320,9 +344,10 @@ class Meals(InputSchedule):
     def __call__(self, state, t0, t1, p):
         planned, cho, _, _, last_q, taken = state
         planned = planned + _announced(self.meal_t, self.meal_g, t0, t1)
-        to_eat = jnp.minimum(self.eat_rate * self.dt, planned)
+        dt = t1 - t0  # the run's sub-step
+        to_eat = jnp.minimum(self.eat_rate * dt, planned)
         planned = planned - to_eat
-        new_cho = to_eat / self.dt  # g/min held over the step
+        new_cho = to_eat / dt  # g/min held over the step
         state = (planned, new_cho, cho, to_eat, last_q, taken)
         return state, {"qsto1": 1000.0 * new_cho}, to_eat
 
@@ -401,7 +426,7 @@ def simulate_closed_loop(
         mt, mg = patient_rows(mt, nb), patient_rows(mg, nb)
     err = sensor.error(key, nb, n_samples, sample_time, dtype)
     hook = SensedController(controller, sensor, err, mt, mg, float(sample_time))
-    schedule = Meals(mt, mg, float(dt), float(eat_rate))
+    schedule = Meals(mt, mg, None, float(eat_rate))
     cfg = (n_samples, float(sample_time), float(dt))
     run = run_controlled(model, solver, hook, p, cfg, schedule)
     (bg, cgm, ins), cho, status = run.records, run.sub_records, run.status

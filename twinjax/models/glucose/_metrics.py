@@ -47,9 +47,11 @@ def outcomes(bg, *, axis: int = -1) -> dict:
         ``TBR70`` (% < 70), ``TBR54`` (% < 54), ``TAR180`` (% > 180), ``TAR250``
         (% > 250), ``mean`` (mg/dL), ``SD`` (mg/dL), ``CV`` (%, SD / mean), ``GMI``
         (%, 3.31 + 0.02392 mean, Bergenstal et al. 2018), ``LBGI``, ``HBGI`` and
-        ``BGRI = LBGI + HBGI`` (Kovatchev et al. 1997, 2006).
+        ``BGRI = LBGI + HBGI`` (Kovatchev et al. 1997, 2006). Every outcome of a
+        trace holding a NaN (a failed patient's) is NaN.
     """
     bg = jnp.asarray(bg)
+    failed = jnp.any(jnp.isnan(bg), axis=axis)
 
     def pct(mask):
         return 100.0 * jnp.mean(mask.astype(bg.dtype), axis=axis)
@@ -59,7 +61,7 @@ def outcomes(bg, *, axis: int = -1) -> dict:
     rl, rh = risk(bg)
     lbgi = jnp.mean(rl, axis=axis)
     hbgi = jnp.mean(rh, axis=axis)
-    return {
+    out = {
         "TIR": pct((bg >= 70.0) & (bg <= 180.0)),
         "TBR70": pct(bg < 70.0),
         "TBR54": pct(bg < 54.0),
@@ -73,3 +75,4 @@ def outcomes(bg, *, axis: int = -1) -> dict:
         "HBGI": hbgi,
         "BGRI": lbgi + hbgi,
     }
+    return {k: jnp.where(failed, jnp.nan, v) for k, v in out.items()}
