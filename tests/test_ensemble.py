@@ -1,5 +1,5 @@
 """solvers.Ensemble: order, forward mode, failures (agreement with Diffrax over the
-catalogue is a catalogue check: ``generic_checks.py``)."""
+catalogue is a catalogue check: ``model_checks.py``)."""
 
 import jax
 import jax.numpy as jnp

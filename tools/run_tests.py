@@ -26,16 +26,22 @@ solve 21.3 -> 19.5 s CPU (two runs each; results bitwise equal); test_circulatio
 not used: XLA:CPU's LLVM pipeline no longer reads it). CPU time of
 test files on the loaded 2-core machine, XLA's defaults -> the classic generator:
 test_catalogue.py 433 -> 288 s, test_ep.py 203 -> 107 s; results equal to rounding
-(1e-16 relative on a two-compartment solve). No LLVM optimisation
-(``--xla_backend_optimization_level=0``) saved another 13-30 % but is not used: the
-circulation model's batch and single runs then differed by 8.5e-6 relative
-(test_circulation.py checks 1e-6). The programs differ from the ones users get by code
-generation only; set ``TWINJAX_TEST_DEFAULT_CODEGEN=1`` (or the flag in ``XLA_FLAGS``)
-to test with XLA's defaults. The flag is used only where the installed jaxlib accepts it
-(XLA aborts on a flag it does not know; checked once by a short subprocess). The files
-that check bitwise equality across batch shapes (``DEFAULT_CODEGEN_FILES``) always run
-with XLA's defaults: with the classic generator some patients' results differ by 1 ulp
-between chunk sizes (seen in a clean CI run: test_cohort.py, test_store.py).
+(1e-16 relative on a two-compartment solve). The programs are also compiled without
+LLVM's optimisation passes (``--xla_backend_optimization_level=0``; XLA's own HLO
+optimisations still run): CPU s of single files, classic generator -> also no LLVM
+optimisation, on the 2-core machine at load 2-6 (2026-11-30): test_time_varying.py
+95.7 -> 73.0, test_covariates.py 77.4 -> 46.8, test_variability.py 72.7 -> 35.5,
+test_ep.py ~61 -> 50.2, test_glucose.py ~47 -> 33.3; long simulations run slower
+(test_cipa_exposure.py ~31 -> 34), compiling dominates elsewhere. An earlier try of this
+flag failed test_circulation.py (batch and single runs 8.5e-6 apart, 1e-6 checked); with
+the circulation's present program it passes (68 + 3 CPU s). The programs differ from
+the ones users get by code generation only; set ``TWINJAX_TEST_DEFAULT_CODEGEN=1`` (or
+one of the flags in ``XLA_FLAGS``) to test with XLA's defaults. The flags are used only
+where the installed jaxlib accepts them (XLA aborts on a flag it does not know; checked
+once by a short subprocess). The files that check bitwise equality across batch shapes
+(``DEFAULT_CODEGEN_FILES``) always run with XLA's defaults: with the classic generator
+some patients' results differ by 1 ulp between chunk sizes (seen in a clean CI run:
+test_cohort.py, test_store.py).
 
 The test processes of one run share JAX's persistent compilation cache in a fresh
 temporary folder (``TWINJAX_TEST_CACHE_DIR``, read by tests/conftest.py; removed at the
@@ -132,6 +138,7 @@ KINDS = ("passed", "failed", "skipped", "errors", "deselected")
 FAST_COMPILE = (
     "--xla_cpu_use_fusion_emitters=false",
     "--xla_cpu_parallel_codegen_split_count=1",
+    "--xla_backend_optimization_level=0",
 )
 # Files that check results bitwise across batch shapes (chunk sizes, device counts,
 # processes): a property of the code XLA generates by default, which users run. The
