@@ -56,6 +56,15 @@ def build_parser():
     ap.add_argument("--ref-n", type=int, default=50, help="patients in the error subset")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--float32", action="store_true")
+    ap.add_argument(
+        "--ref-file",
+        type=Path,
+        default=None,
+        help="reference outputs (.npy): read if it exists, else computed and written there. "
+        "On a GPU the tight-tolerance Kvaerno5 reference on a few patients is launch-bound; "
+        "compute it first in a JAX_PLATFORMS=cpu process with --ref-only",
+    )
+    ap.add_argument("--ref-only", action="store_true", help="compute the reference and stop")
     ap.add_argument("--out", type=Path, default=C.RESULTS)
     return ap
 
@@ -103,8 +112,19 @@ def main(argv=None):
 
     con.rule("reference (Kvaerno5, rtol 1e-10)")
     t = time.perf_counter()
-    ref = outputs(run(tj.solvers.Diffrax("kvaerno5", rtol=REF_RTOL, atol=REF_ATOL), args.ref_n))
-    con.print(f"reference on {args.ref_n} patients: {time.perf_counter() - t:.1f} s")
+    if args.ref_file is not None and args.ref_file.exists():
+        ref = np.load(args.ref_file)
+        if ref.shape[1] != args.ref_n:
+            raise SystemExit(f"{args.ref_file}: {ref.shape[1]} patients, --ref-n is {args.ref_n}")
+        con.print(f"reference on {args.ref_n} patients read from {args.ref_file}")
+    else:
+        solver = tj.solvers.Diffrax("kvaerno5", rtol=REF_RTOL, atol=REF_ATOL)
+        ref = outputs(run(solver, args.ref_n))
+        con.print(f"reference on {args.ref_n} patients: {time.perf_counter() - t:.1f} s")
+        if args.ref_file is not None:
+            np.save(args.ref_file, ref)
+    if args.ref_only:
+        return None
 
     rows = []
 
