@@ -74,6 +74,14 @@ def build_parser():
         help="skip an in-memory (method, N) predicted to take longer per call",
     )
     ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="a budget for the run, from its start: skip an in-memory (method, N) whose "
+        "predicted calls would end past it (none by default; the GPU suite sets one so "
+        "that the JSON is written inside its time limit)",
+    )
+    ap.add_argument(
         "--stream-budget-s",
         type=float,
         default=420.0,
@@ -331,11 +339,20 @@ def main(argv=None):
                 ),
             )
             pred = None if name not in last else last[name][1] * n / last[name][0]
+            spent = time.perf_counter() - t_start
             if name in skipped:
                 row["skipped"] = skipped[name]
             elif pred is not None and pred > args.cell_budget_s:
                 row["skipped"] = skipped[name] = (
                     f"predicted {pred:.0f} s per call > cell budget {args.cell_budget_s:.0f} s"
+                )
+            elif args.budget_s is not None and (
+                spent >= args.budget_s or (pred is not None and spent + 2 * pred > args.budget_s)
+            ):
+                # two calls at least (the first compiles); not remembered in
+                # ``skipped``: a smaller row of another method may still fit
+                row["skipped"] = f"run budget of {args.budget_s:.0f} s: {spent:.0f} s spent" + (
+                    "" if pred is None else f", {2 * pred:.0f} s predicted"
                 )
             if "skipped" in row:
                 con.print(f"  [yellow]skip[/] {name} N={n}: {row['skipped']}")
