@@ -373,8 +373,9 @@ def test_several_outputs_in_a_specification():
 def test_foce_i_holds_the_typical_values_inside_their_bounds(tmp_path, monkeypatch):
     """`twinjax fit` hands the bounds of the estimated typical values to FOCE-I, which
     holds them inside by a transform (fit_population(bounds=): tests/test_iov_uncertainty.py
-    ::test_bounds_hold_a_typical_value_inside); a FOCE-I start on a bound is refused
-    naming the key, before fitting."""
+    ::test_bounds_hold_a_typical_value_inside), and to SAEM, which holds them in its M-step
+    (saem(bounds=): tests/test_saem.py); a FOCE-I or SAEM start on a bound is refused
+    naming the key, before fitting (MAP estimates no typical value: accepted)."""
     calls = []
 
     def fake_fit(*args, **kwargs):
@@ -388,4 +389,17 @@ def test_foce_i_holds_the_typical_values_inside_their_bounds(tmp_path, monkeypat
     on_bound = {**GOOD["parameters"], "KA": {"value": 0.05, "iiv": 0.3, "lower": 0.05}}
     with pytest.raises(SpecError, match=r"\[parameters.KA\].value: 0.05 is on a bound"):
         fit_spec_from_dict(_with(parameters=on_bound))
-    fit_spec_from_dict(_with(parameters=on_bound, fit={**GOOD["fit"], "method": "saem"}))
+    with pytest.raises(SpecError, match=r"\[parameters.KA\].value: 0.05 is on a bound"):
+        fit_spec_from_dict(_with(parameters=on_bound, fit={**GOOD["fit"], "method": "saem"}))
+    calls.clear()
+
+    def fake_saem(*args, **kwargs):
+        calls.append(kwargs)
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(tj.calibrate._saem, "saem", fake_saem)
+    spec = tmp_path / "saem.toml"
+    spec.write_text(EXAMPLE.read_text().replace('method = "foce-i"', 'method = "saem"'))
+    r = _cli(spec, "--out", tmp_path / "out_saem")
+    assert "stopped by the test" in r.output, r.output
+    assert calls[0]["bounds"] == {"KA": (0.05, 20.0), "CL": (0.1, 50.0), "V": (1.0, 500.0)}

@@ -212,6 +212,34 @@ def _simulate(n, seed):
     return pd.DataFrame(rows)
 
 
+def test_saem_holds_a_typical_value_inside_its_bounds(theo):
+    """saem(bounds=): KA held below its free estimate ends on its upper bound, named in
+    ``at_bounds`` and the message; the same fit with a bound far away is free (both
+    fits run one compiled program: the bounds are data). Bad bounds are refused before
+    compiling, naming the key."""
+    kw = dict(n_burn=60, n_em=40, n_chains=1, n_fim=0, n_is=0, seed=3)
+    err = ErrorModel("additive", add=1.0)
+    free = saem(ORAL, theo, _start(), err, bounds={"KA": (0.05, 50.0)}, **kw)
+    held = saem(ORAL, theo, _start(), err, bounds={"KA": (0.05, 1.2)}, **kw)
+    assert free.theta["KA"] > 1.3, free.theta
+    assert free.at_bounds == [] and "at a bound" not in free.message
+    assert held.theta["KA"] == pytest.approx(1.2, rel=1e-9), held.theta
+    assert held.at_bounds == ["KA"] and "at a bound: KA" in held.message
+    assert held.bounds == {"KA": (0.05, 1.2)}
+    # the other estimates stay finite and near the free fit's
+    for q in ("CL", "V"):
+        assert held.theta[q] == pytest.approx(free.theta[q], rel=0.15), (q, held.theta)
+    for bad, msg in (
+        ({"KA": (1.5, 3.0)}, "not strictly inside"),
+        ({"KA": (3.0, 1.5)}, "lower must be below upper"),
+        ({"EMAX": (0.0, 1.0)}, "unknown parameter"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            saem(ORAL, theo, _start(), err, bounds=bad, **kw)
+    with pytest.raises(ValueError, match=r"bounds\['V'\]: V is not estimated"):
+        saem(ORAL, theo, _start(), err, bounds={"V": (1.0, 90.0)}, estimate=("KA", "CL"), **kw)
+
+
 @pytest.mark.slow
 def test_saem_recovers_synthetic_population():
     """100 subjects, 7 samples each, combined error (the M-step's Newton branch),

@@ -88,6 +88,34 @@ def test_gls_m_step_is_the_least_squares_regression():
     np.testing.assert_allclose([mu3[1], beta3[2]], r3, rtol=1e-10)
 
 
+def test_gls_m_step_holds_a_typical_value_on_its_bound():
+    """saem(bounds=): a typical value whose regression value is beyond its bound is held
+    on the bound and its coefficients re-solved given it (the bound-constrained least
+    squares); unbounded components are what they are without bounds, bit for bit."""
+    rng = np.random.default_rng(1)
+    N, k = 40, 3
+    C = _design(rng, N, k, [(1, "x"), (2, "ind"), (1, "ind")])
+    s1 = rng.normal(size=(N, k)) + np.array([0.2, 1.0, 3.4])
+    inf = np.full(3, np.inf)
+    est = jnp.ones(k, bool)
+    mu0, b0 = jnp.zeros(k), jnp.zeros(3)
+    D = S._Design(jnp.asarray(C), jnp.asarray(-inf), jnp.asarray(inf))
+    mu, beta = S._gls(jnp.asarray(s1), jnp.eye(k), est, mu0, b0, D)
+    # mu[1] held below its free value; mu[0], mu[2] with bounds that are not active
+    mu_hi = np.array([np.inf, float(mu[1]) - 0.3, np.inf])
+    mu_lo = np.array([-np.inf, -np.inf, float(mu[2]) - 1.0])
+    Db = S._Design(
+        jnp.asarray(C), jnp.asarray(-inf), jnp.asarray(inf), jnp.asarray(mu_lo), jnp.asarray(mu_hi)
+    )
+    mu_b, beta_b = S._gls(jnp.asarray(s1), jnp.eye(k), est, mu0, b0, Db)
+    assert float(mu_b[1]) == mu_hi[1]
+    X1 = np.c_[C[:, 1, 0], C[:, 1, 2]]
+    ref = np.linalg.lstsq(X1, s1[:, 1] - mu_hi[1], rcond=None)[0]
+    np.testing.assert_allclose(np.asarray(beta_b)[[0, 2]], ref, rtol=1e-10)
+    # the other parameters' regressions do not involve mu[1] (diagonal Omega)
+    np.testing.assert_allclose([mu_b[0], mu_b[2], beta_b[1]], [mu[0], mu[2], beta[1]], rtol=1e-12)
+
+
 # ------------------------------------------------------------------ refusals
 def _frame(n=12, seed=0, wt_varies=False):
     """A small 1-cmt oral NONMEM frame (values are irrelevant: fits are refused)."""

@@ -20,8 +20,8 @@ value = 1.0                   # initial (foce-i) or typical (map) value
 iiv = 0.3                     # variance of eta (omit: no IIV)
 # iov = 0.05                  # variance of kappa between occasions (all methods; the
                               # data's occasion column: [fit] occasion, default "OCC")
-lower = 0.05                  # optional bounds: foce-i holds the estimate inside them
-upper = 20.0                  # (NONMEM's transform); saem/map check and flag them
+lower = 0.05                  # optional bounds: foce-i (NONMEM's transform) and saem
+upper = 20.0                  # (the M-step) hold the estimate inside; map checks them
 
 [error]
 kind = "additive"             # additive | proportional | combined | log
@@ -236,11 +236,12 @@ def fit_spec_from_dict(spec: Mapping, path=None, sha256: str = "", text: str = "
         if not lo <= v <= hi:
             probs.add(f"{where}.value", f"{v:g} is outside the bounds [{lo:g}, {hi:g}]")
             continue
-        if method == "foce-i" and not fixed and v in (lo, hi):
+        if method in ("foce-i", "saem") and not fixed and v in (lo, hi):
             probs.add(
                 f"{where}.value",
-                f"{v:g} is on a bound of [{lo:g}, {hi:g}]: FOCE-I holds an estimated typical "
-                "value strictly inside its bounds, so it must start inside them",
+                f"{v:g} is on a bound of [{lo:g}, {hi:g}]: {method.upper()} holds an "
+                "estimated typical value strictly inside its bounds, so it must start "
+                "inside them",
             )
             continue
         if model is not INVALID:

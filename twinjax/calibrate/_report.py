@@ -285,7 +285,10 @@ def run_fit(spec, dataset, *, data_sha256: str = "", data_source: str = "", prog
         else:
             from ._saem import saem
 
+            held = {k: b for k, b in spec.bounds.items() if k in spec.estimate}
             fitter, tag, extra = saem, "iteration", dict(spec.saem)
+            if held:
+                extra["bounds"] = held
             say("fit", f"SAEM: {len(spec.estimate)} typical values, Omega {spec.omega}")
 
         def line(s: str):

@@ -103,6 +103,8 @@ from ..solve._base import AbstractSolver
 from ._iov import check_iov
 from ._map import as_population, fit_individual
 from ._nlme import PopulationFitResult
+from ._nlme_outer import at_bound as near_bound
+from ._nlme_outer import check_bounds
 from ._residual import ErrorModel
 from ._saem_covariates import CoefficientDesign as _Design  # noqa: F401  (tests reach it)
 from ._saem_covariates import coefficient_design, prior_mean
@@ -197,6 +199,7 @@ def saem(
     iov: Mapping[str, float] | None = None,
     occasion_column: str = "OCC",
     iov_kernels: Sequence[int] = (1, 2),
+    bounds: Mapping[str, tuple[float, float]] | None = None,
     verbose: bool = False,
 ) -> SAEMResult:
     """Population fit by SAEM (Kuhn & Lavielle 2005), batched over subjects.
@@ -238,6 +241,16 @@ def saem(
             the etas and kappas jointly.
         iov_kernels: the kappa kernels' sweeps over the occasions per iteration
             (proposals from ``N(0, omega_iov^2)``, random walks).
+        bounds: ``{name: (lower, upper)}`` for estimated typical values (natural
+            scale, ``-inf`` / ``inf`` for none; checked as :func:`fit_population`
+            checks them: the initial value strictly inside). The M-step holds each
+            bounded typical value inside: the regression's value is clipped onto the
+            bound (the exact constrained M-step for a diagonal Omega without
+            estimated covariate coefficients; with them the other components are
+            re-solved given it; with a full Omega and none, the other typical values
+            are not adjusted, an approximation). An estimate that ends within 0.1 %
+            of a bound is named in ``message`` and ``at_bounds``; its SE is then not
+            meaningful.
 
     Returns:
         A :class:`SAEMResult`.
@@ -295,6 +308,7 @@ def saem(
             f"{no_iiv} have none: give them IIV in the population or leave them out of "
             f"estimate (IIV parameters: {list(pop0.iiv)})"
         )
+    theta_bounds = check_bounds(model, bounds, estimate, pop0.typical)
     est_cov = [c for c in pop0.covariates if c.estimate]
     # the estimated effects leave the fixed offsets: their factors are mu + C_i beta
     pop_fix = pop0
@@ -323,6 +337,14 @@ def saem(
     N, k = fd.n, len(pop.iiv)
     iiv = tuple(pop.iiv)
     D, coef_labels, coef_log, beta0 = coefficient_design(model, pop0, fd, iiv, estimate)
+    if theta_bounds:  # on the transformed scale of mu (the model's monotone transform)
+        mu_lo, mu_hi = np.full(len(iiv), -np.inf), np.full(len(iiv), np.inf)
+        for q, lo_q, hi_q in theta_bounds:
+            j = iiv.index(q)
+            with np.errstate(divide="ignore"):
+                mu_lo[j] = float(model.pack({q: jnp.asarray(lo_q)}, (q,))[0])
+                mu_hi[j] = float(model.pack({q: jnp.asarray(hi_q)}, (q,))[0])
+        D = _Design(D.C, D.lo, D.hi, jnp.asarray(mu_lo), jnp.asarray(mu_hi))
     nb = len(coef_labels)
     est_mask = np.asarray([q in estimate for q in iiv])
     est_idx = np.flatnonzero(est_mask)
@@ -460,6 +482,7 @@ def saem(
 
     theta_all = model.unpack(jnp.asarray(mu), iiv)
     theta = {q: float(theta_all[q]) for q in estimate}
+    at_bounds = [q for q, lo_q, hi_q in theta_bounds if near_bound(theta[q], lo_q, hi_q)]
     rows_t, cols_t = np.tril_indices(k) if not diagonal else (np.arange(k), np.arange(k))
 
     def natural(p):
@@ -584,7 +607,15 @@ def saem(
                 if at_bound
                 else ""
             )
+            + (
+                f"; estimate(s) at a bound: {', '.join(at_bounds)} (held in the M-step; "
+                "SE not meaningful)"
+                if at_bounds
+                else ""
+            )
         ),
+        bounds={q: (lo_q, hi_q) for q, lo_q, hi_q in theta_bounds},
+        at_bounds=at_bounds,
         errors=errs_fit,
         censoring=cmode,
         n_censored=n_cens,

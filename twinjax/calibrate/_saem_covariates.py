@@ -26,6 +26,10 @@ class CoefficientDesign(eqx.Module):
     C: jax.Array  # (N, k, n_beta)
     lo: jax.Array  # (n_beta,)
     hi: jax.Array  # (n_beta,)
+    #: bounds of the typical values ``mu`` on the transformed scale ``(k,)`` (``-inf``
+    #: / ``inf``: none; ``saem(bounds=)``)
+    mu_lo: jax.Array | None = None
+    mu_hi: jax.Array | None = None
 
 
 def prior_mean(mu, beta, D: CoefficientDesign, R: int):
@@ -52,8 +56,9 @@ def gls(s1, omega, est, mu_fixed, beta_prev, D: CoefficientDesign):
     ``X_i = [I_k, C_i]``, weight ``Omega^-1`` (the previous iteration's: for a diagonal
     Omega the regression splits into one ordinary least squares per parameter, and
     Omega drops out). Typical values not estimated stay at ``mu_fixed``; a coefficient
-    outside its bounds is clipped onto them and the other components re-solved given
-    it (exact for one active bound; with several, each is clipped once more)."""
+    or typical value outside its bounds is clipped onto them and the other components
+    re-solved given it (exact for one active bound; with several, each is clipped once
+    more)."""
     N, k, nb = D.C.shape
     dt = s1.dtype
     X = jnp.concatenate([jnp.broadcast_to(jnp.eye(k, dtype=dt)[None], (N, k, k)), D.C], -1)
@@ -67,9 +72,14 @@ def gls(s1, omega, est, mu_fixed, beta_prev, D: CoefficientDesign):
     # the clipped coefficients held on their bounds, the other components re-solved
     # (the bound-constrained least squares when one bound is active), clipped again
     clipped = beta != th[k:]
-    th = pinned_solve(A, b, jnp.concatenate([~est, clipped]), jnp.concatenate([mu_fixed, beta]))
-    beta = jnp.clip(th[k:], D.lo, D.hi)
-    return th[:k], beta
+    if D.mu_lo is None:
+        th = pinned_solve(A, b, jnp.concatenate([~est, clipped]), jnp.concatenate([mu_fixed, beta]))
+        return th[:k], jnp.clip(th[k:], D.lo, D.hi)
+    mu = jnp.clip(th[:k], D.mu_lo, D.mu_hi)
+    held = ~est | (mu != th[:k])
+    vals = jnp.concatenate([jnp.where(est, mu, mu_fixed), beta])
+    th = pinned_solve(A, b, jnp.concatenate([held, clipped]), vals)
+    return jnp.clip(th[:k], D.mu_lo, D.mu_hi), jnp.clip(th[k:], D.lo, D.hi)
 
 
 def coefficient_design(model, pop: Population, fd, iiv: tuple, estimate):

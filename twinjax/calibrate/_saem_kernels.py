@@ -201,6 +201,8 @@ def saem_step(P, S, est, mu_fixed, D: CoefficientDesign, data, c: Carry, it, key
     if D.C.shape[-1] == 0:
         s1 = c.s1 + g * (jnp.mean(z, axis=0) - c.s1)
         mu = jnp.where(est, s1, mu_fixed)
+        if D.mu_lo is not None:  # saem(bounds=): the constrained M-step of each mu_j
+            mu = jnp.clip(mu, D.mu_lo, D.mu_hi)
         om = s2 - jnp.outer(s1, mu) - jnp.outer(mu, s1) + jnp.outer(mu, mu)
     else:  # per-subject statistics s1_i and the regression on the covariate design
         N = D.C.shape[0]
