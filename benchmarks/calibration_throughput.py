@@ -195,10 +195,11 @@ def main(argv=None):
             load_average_at_end=list(os.getloadavg()),
             notes=a.notes,
             note=(
-                f"speedup_vs_scipy: twinjax with the subjects split over all {n_dev} CPU "
-                "cores (one JAX device per core, shard_map, each device fits its own "
-                "subjects) vs the SciPy loop in one process; speedup_vs_scipy_1device: "
-                "twinjax on one JAX CPU device (same process, same 2-core machine). Steady "
+                f"speedup_vs_scipy: twinjax with the subjects split over all {n_dev} "
+                f"{jax.default_backend().upper()} device(s) (on CPU one JAX device per core; "
+                "shard_map, each device fits its own subjects) vs the SciPy loop in one "
+                "process; speedup_vs_scipy_1device: twinjax on one JAX device (same "
+                f"process, same {os.cpu_count()}-core machine). Steady "
                 "(compiled) calls, best of the repeats; compile_s = first call - best "
                 "(trace + XLA compile). Objective diff: (obj(twinjax eta) - obj(scipy "
                 "eta)) / obj(scipy eta), both scored by the SciPy residuals; negative = "
