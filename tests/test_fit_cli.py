@@ -391,6 +391,10 @@ def test_foce_i_holds_the_typical_values_inside_their_bounds(tmp_path, monkeypat
         fit_spec_from_dict(_with(parameters=on_bound))
     with pytest.raises(SpecError, match=r"\[parameters.KA\].value: 0.05 is on a bound"):
         fit_spec_from_dict(_with(parameters=on_bound, fit={**GOOD["fit"], "method": "saem"}))
+    # one side given, the other the model's limit: a start on that limit is on a bound
+    tlag = {**GOOD["parameters"], "TLAG": {"value": 0.0, "iiv": 0.1, "upper": 2.0}}
+    with pytest.raises(SpecError, match=r"\[parameters.TLAG\].value: 0 is on a bound of \[0, 2\]"):
+        fit_spec_from_dict(_with(parameters=tlag, fit={**GOOD["fit"], "method": "saem"}))
     calls.clear()
 
     def fake_saem(*args, **kwargs):

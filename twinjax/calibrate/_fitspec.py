@@ -236,14 +236,6 @@ def fit_spec_from_dict(spec: Mapping, path=None, sha256: str = "", text: str = "
         if not lo <= v <= hi:
             probs.add(f"{where}.value", f"{v:g} is outside the bounds [{lo:g}, {hi:g}]")
             continue
-        if method in ("foce-i", "saem") and not fixed and v in (lo, hi):
-            probs.add(
-                f"{where}.value",
-                f"{v:g} is on a bound of [{lo:g}, {hi:g}]: {method.upper()} holds an "
-                "estimated typical value strictly inside its bounds, so it must start "
-                "inside them",
-            )
-            continue
         if model is not INVALID:
             from ..trial._spec import param_problem
 
@@ -262,6 +254,16 @@ def fit_spec_from_dict(spec: Mapping, path=None, sha256: str = "", text: str = "
                     f"bounds [{lo:g}, {hi:g}] reach outside the model's admissible range "
                     f"[{q.lower:g}, {q.upper:g}] {q.unit}",
                 )
+        # checked with an omitted side already the model's limit (a start at TLAG = 0
+        # with only `upper` given is on a bound too)
+        bounded = "lower" in p or "upper" in p
+        if method in ("foce-i", "saem") and bounded and not fixed and v in (lo, hi):
+            probs.add(
+                f"{where}.value",
+                f"{v:g} is on a bound of [{lo:g}, {hi:g}]: {method.upper()} needs an "
+                "estimated typical value to start strictly inside its bounds",
+            )
+            continue
         typical[pname] = v
         if "lower" in p or "upper" in p:
             bounds[pname] = (lo, hi)

@@ -47,8 +47,9 @@ itself following saemix and Monolix):
 2. **Stochastic approximation**: ``s <- s + gamma_k (S(z) - s)`` with ``gamma_k = 1``
    during the ``n_burn`` exploratory iterations and ``1 / (k - n_burn + 1)`` after
    (nlmixr2 ``nBurn = 200``, ``nEm = 300``).
-3. **Maximisation**: ``mu = s1`` (estimated components), ``Omega = s2 - s1 mu' - mu s1'
-   + mu mu'`` (diagonal part for ``omega="diagonal"``); residual variances: the
+3. **Maximisation**: ``mu = s1`` (estimated components; a typical value with bounds,
+   ``bounds=``, clipped onto them), ``Omega = s2 - s1 mu' - mu s1' + mu mu'`` (diagonal
+   part for ``omega="diagonal"``); residual variances: the
    current sample's optimum, stochastically averaged. During the first
    ``0.75 n_burn`` iterations simulated annealing keeps every variance at least
    ``0.95`` times its previous value (nlmixr2 ``coefSa``, ``perSa``).

@@ -57,8 +57,10 @@ def gls(s1, omega, est, mu_fixed, beta_prev, D: CoefficientDesign):
     Omega the regression splits into one ordinary least squares per parameter, and
     Omega drops out). Typical values not estimated stay at ``mu_fixed``; a coefficient
     or typical value outside its bounds is clipped onto them and the other components
-    re-solved given it (exact for one active bound; with several, each is clipped once
-    more)."""
+    re-solved given it, then clipped once more. This is the bound-constrained least
+    squares when the components held are exactly the active set (one bound active:
+    always); a component held in the first pass whose bound is no longer active once
+    another is held stays on its bound (no active-set release)."""
     N, k, nb = D.C.shape
     dt = s1.dtype
     X = jnp.concatenate([jnp.broadcast_to(jnp.eye(k, dtype=dt)[None], (N, k, k)), D.C], -1)
