@@ -1,6 +1,11 @@
 """The driver of ``solvers.Ensemble``'s step loop over one segment: the layout, the
 starting step, the saves at the segment's start, the loop (``_ensemble_loop.py``),
-compaction of the patients still running, and the status codes at the end."""
+compaction of the patients still running, and the status codes at the end.
+
+:func:`drive` is the step loop itself (its ``while_loop`` and compaction), shared by
+every batched integrator of ``solve/``: ``solvers.Ensemble``'s methods (bodies in
+``_ensemble_loop.py`` and ``_ensemble_lean.py``) and Rush-Larsen
+(``_rush_larsen.step_body``)."""
 
 from __future__ import annotations
 
