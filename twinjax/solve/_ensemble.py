@@ -40,7 +40,8 @@ Reverse mode is not supported (a ``while_loop``); use ``solvers.Diffrax`` for it
 
 This module holds the solver (its options, the method and layout choice, blocking,
 the solver interface); the loop is in ``_ensemble_run.py`` (the driver of a segment:
-start, compaction, end status), ``_ensemble_loop.py`` (the loop's condition and its
+start, compaction, end status; its ``drive`` is the loop, which Rush-Larsen of
+``_rush_larsen.py`` runs too), ``_ensemble_loop.py`` (the loop's condition and its
 general body), ``_ensemble_lean.py`` (the lean fixed-step body), ``_ensemble_step.py``
 (one step, its dense output, the starting step), ``_ensemble_saves.py`` (the saves
 written from the dense output) and ``_ensemble_layout.py`` (the rows and stacked

@@ -1,6 +1,11 @@
 """The driver of ``solvers.Ensemble``'s step loop over one segment: the layout, the
 starting step, the saves at the segment's start, the loop (``_ensemble_loop.py``),
-compaction of the patients still running, and the status codes at the end."""
+compaction of the patients still running, and the status codes at the end.
+
+:func:`drive` is the step loop itself (its ``while_loop`` and compaction), shared by
+every batched integrator of ``solve/``: ``solvers.Ensemble``'s methods (bodies in
+``_ensemble_loop.py`` and ``_ensemble_lean.py``) and Rush-Larsen
+(``_rush_larsen.step_body``)."""
 
 from __future__ import annotations
 
@@ -79,51 +84,18 @@ def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows):
     # the lean loop steps a patient that is not running by t1 - t = 0
     t_start = jnp.where(active0, t0, t1) if lean else t0
     carry = (t_start, y0, f0, h0, active0, status0, jnp.zeros((), jnp.int32), out, idx, None)
-    # Compaction: patients finish a segment after different numbers of steps, and
-    # a lock-step loop pays for all of them until the last one is done. Once no
-    # more than m are running, the running ones are gathered into a batch of m
-    # and finish there; results are per patient, so bitwise the same.
+    # compaction (see :func:`drive`)
     m = int(n * solver.compact) if solver.compact else 0
     batched = all(getattr(a, "ndim", 0) >= 1 and a.shape[0] == n for a in jax.tree.leaves(args))
     if m < COMPACT_MIN or not batched:
         m = 0
     loop = dict(adaptive=adaptive, lean=lean, inf=inf)
-    cond, body, gate0 = make_loop(solver, f, rows_out, t1, args, hi, ts, m, **loop)
-    carry = (*carry[:-1], gate0(t_start, idx))
-    carry = jax.lax.while_loop(cond, body, carry)
-    if m:
-        t, y, k, h, active, status, it, out, idx, _ = carry
-        # the running patients; the rest of the m slots repeat a finished one,
-        # which the loop leaves as it is
-        sel = jnp.nonzero(active, size=m, fill_value=jnp.argmin(active))[0]
-        sub = (
-            t[sel],
-            tmap(lambda a: a[..., sel], y),
-            tmap(lambda a: a[..., sel], k),
-            h[sel],
-            active[sel],
-            status[sel],
-            it,
-            out,
-        )
-        sub = sub + (None if idx is None else idx[sel],)
-        args_c = jax.tree.map(lambda a: a[sel], args)
-        ts_c = None if ts is None else (ts if ts.shape[0] == 1 else ts[sel])
-        hi_c = None if hi is None else hi[sel]
-        cond_c, body_c, gate0_c = make_loop(solver, f, sel, t1[sel], args_c, hi_c, ts_c, 0, **loop)
-        sub = sub + (gate0_c(sub[0], sub[8]),)
-        tc, yc, kc, hc, ac, sc, it, out, ic, _ = jax.lax.while_loop(cond_c, body_c, sub)
-        carry = (
-            t.at[sel].set(tc),
-            tmap(lambda a, b: a.at[..., sel].set(b), y, yc),
-            tmap(lambda a, b: a.at[..., sel].set(b), k, kc),
-            h.at[sel].set(hc),
-            active.at[sel].set(ac),
-            status.at[sel].set(sc),
-            it,
-            out,
-            None if idx is None else idx.at[sel].set(ic),
-        )
+
+    def make(sel, ts_s, hi_s, args_s, min_active):
+        t1_s = t1 if sel is rows_out else t1[sel]
+        return make_loop(solver, f, sel, t1_s, args_s, hi_s, ts_s, min_active, **loop)
+
+    carry = drive(make, carry, rows_out, ts, hi, args, m)
     y, h, active, status, out = stacked(carry[1]).T, carry[3], carry[4], carry[5], carry[7]
     # still running: out of steps, unless the last step tried was non-finite
     status = jnp.where(active & (status != Status.NONFINITE), Status.MAX_STEPS, status)
@@ -138,3 +110,58 @@ def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows):
         return out, y, status
     h_keep = jnp.where(t1 > t0, h, h_prev)  # a zero-length segment keeps the old step
     return out, y, status, h_keep
+
+
+def drive(make, carry, rows_out, ts, hi, args, m):
+    """The step loop, the one ``while_loop`` of every batched integrator of ``solve/``
+    (``solvers.Ensemble``'s methods, Rush-Larsen of ``_rush_larsen.py``).
+
+    ``carry``: ``(t, y, k, h, active, status, it, out, idx, gate)`` with ``gate``
+    still unset (``gate0`` sets it); ``make(rows, ts, hi, args, min_active)``: the
+    method's ``(cond, body, gate0)`` for the patients ``rows`` of ``out`` (their save
+    times ``ts``, save ends ``hi`` and arguments ``args``); ``m``: the compacted batch
+    (0: none).
+
+    Compaction: patients finish a segment after different numbers of steps, and a
+    lock-step loop pays for all of them until the last one is done. Once no more than
+    ``m`` are running, the running ones are gathered into a batch of ``m`` and finish
+    there; results are per patient, so bitwise the same.
+    """
+    cond, body, gate0 = make(rows_out, ts, hi, args, m)
+    carry = (*carry[:-1], gate0(carry[0], carry[8]))
+    carry = jax.lax.while_loop(cond, body, carry)
+    if not m:
+        return carry
+    t, y, k, h, active, status, it, out, idx, _ = carry
+    # the running patients; the rest of the m slots repeat a finished one,
+    # which the loop leaves as it is
+    sel = jnp.nonzero(active, size=m, fill_value=jnp.argmin(active))[0]
+    sub = (
+        t[sel],
+        tmap(lambda a: a[..., sel], y),
+        tmap(lambda a: a[..., sel], k),
+        h[sel],
+        active[sel],
+        status[sel],
+        it,
+        out,
+    )
+    sub = sub + (None if idx is None else idx[sel],)
+    args_c = jax.tree.map(lambda a: a[sel], args)
+    ts_c = None if ts is None else (ts if ts.shape[0] == 1 else ts[sel])
+    hi_c = None if hi is None else hi[sel]
+    cond_c, body_c, gate0_c = make(sel, ts_c, hi_c, args_c, 0)
+    sub = sub + (gate0_c(sub[0], sub[8]),)
+    tc, yc, kc, hc, ac, sc, it, out, ic, _ = jax.lax.while_loop(cond_c, body_c, sub)
+    return (
+        t.at[sel].set(tc),
+        tmap(lambda a, b: a.at[..., sel].set(b), y, yc),
+        tmap(lambda a, b: a.at[..., sel].set(b), k, kc),
+        h.at[sel].set(hc),
+        active.at[sel].set(ac),
+        status.at[sel].set(sc),
+        it,
+        out,
+        None if idx is None else idx.at[sel].set(ic),
+        None,
+    )

@@ -17,14 +17,17 @@ Anal 35:234-256, 2009; after Rush S, Larsen H. IEEE Trans Biomed Eng 25:389-392,
 The two stages run as a two-iteration ``fori_loop`` around one evaluation of the
 model, so the compiled loop holds one copy of the equations (compile time).
 
-The loop (:func:`integrate`) is batched structure-of-arrays: one ``while_loop`` over
-steps in which every cell has its own time and step; a cell is done at its end time
-``t_end``. The step of each cell is the model's proposal (``propose``) landing exactly
-on a discontinuity time ``t_disc`` (e.g. the end of a stimulus pulse) and on ``t_end``.
-An optional controller (:func:`error_controller`) proposes the next step from the one
-just taken. A per-step reduction hook folds every accepted step into accumulators
-(cardiac biomarkers, qNet) so that no trajectory need be stored; optional saves
-interpolate the state linearly at given times. Status codes follow
+The loop is the shared step loop of ``solve/`` (``_ensemble_run.drive``, the one
+``solvers.Ensemble`` runs): batched structure-of-arrays, one ``while_loop`` over steps
+in which every cell has its own time and step; :func:`step_body` is Rush-Larsen's body
+of it, :func:`integrate` its driver. A cell is done at its end time ``t_end``. The step
+of each cell is the model's proposal (``propose``) landing exactly on a discontinuity
+time ``t_disc`` (e.g. the end of a stimulus pulse) and on ``t_end``. An optional
+controller (:func:`error_controller`) proposes the next step from the one just taken.
+A per-step reduction hook folds every accepted step into accumulators (cardiac
+biomarkers, qNet) so that no trajectory need be stored; optional saves interpolate
+the state linearly at given times, written by the loop's save machinery
+(``_ensemble_saves.py``, behind its per-cell gate). Status codes follow
 :mod:`twinjax.solve._status`: a non-finite step stops that cell as ``NONFINITE``
 (its state stays at the last finite one); a cell still short of ``t_end`` after
 ``max_steps`` loop iterations is ``MAX_STEPS``.
@@ -35,12 +38,15 @@ arrays (two loop buffers instead of one per name).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from ._ensemble_run import drive
+from ._ensemble_saves import savers, write_saves
 from ._status import Status
 
 
@@ -163,83 +169,125 @@ def integrate(
     names = tuple(y)
     t0 = jnp.zeros_like(t_end)
     N = t_end.shape[0]
-    lin_names = linear.names if linear is not None else ()
-    imk = jnp.asarray([names.index(k) for k in lin_names], jnp.int32)
     acc0 = jnp.zeros((0, N), t_end.dtype) if acc0 is None else acc0
     if controller is not None and h0 is None:
         raise ValueError("integrate: a controller needs its first proposal h0")
     h0 = None if controller is None else h0  # no controller: no proposal carried
+    rows_out = jnp.arange(N)
+    inf = jnp.asarray(jnp.inf, t_end.dtype)
+    Y0 = pack(y, names)
+    out = idx = hi = ts2 = None
     if ts is not None:
         T = ts.shape[0]
-        out0 = {k: jnp.zeros((N, T), t_end.dtype).at[:, 0].set(y[k]) for k in names}
-        idx0 = jnp.ones((N,), jnp.int32)
-    else:
-        out0, idx0, T = None, None, 0
-    rows = jnp.arange(N)
+        ts2, hi = ts[None, :], jnp.full((N,), T, jnp.int32)
+        out = jnp.zeros((N, T, len(names)), t_end.dtype)
+        idx = jnp.zeros((N,), jnp.int32)
+        # the saves at the start (time 0) take the start state
+        out, idx = write_saves(
+            savers(rows_out, hi, ts2, inf), out, idx, t0, lambda tj: Y0[..., None]
+        )
+    spec = dict(
+        evaluate=evaluate,
+        names=names,
+        gates=gates,
+        controlled=controlled,
+        propose=propose,
+        t_disc=t_disc,
+        t_end=t_end,
+        reduce=reduce,
+        controller=controller,
+        linear=linear,
+    )
 
-    def cond(c):
-        t, _, _, _, it, status, _, _ = c
-        return jnp.any((t < t_end) & (status == 0)) & (it < max_steps)
+    def make(rows, ts_s, hi_s, args_s, min_active):
+        saves = None if ts_s is None else savers(rows, hi_s, ts_s, inf)
 
-    def body(c):
-        t, Y, A, h_err, it, status, out, idx = c
-        y = unpack(Y, names)
-        active = (t < t_end) & (status == 0)
-        x0 = jnp.stack([y[s] for s in lin_names], axis=-1) if linear is not None else None
+        def cond(c):
+            return jnp.any(c[4]) & (c[6] < max_steps)
 
-        def stage(k, s):
-            # k = 0: evaluate at (t, y), choose dt, half step to the midpoint;
-            # k = 1: evaluate at the midpoint, full step from y.
-            Yk, dt, D0, _, _, _ = s
-            first = k == 0
-            yk = unpack(Yk, names)
-            g, d, aux = evaluate(t + 0.5 * dt * k, yk)
-            D = pack(d, controlled)
-            dt = jnp.where(first, land(propose(t, y, d, h_err), t, t_disc, t_end, active), dt)
-            h = jnp.where(first, 0.5 * dt, dt)
-            D0 = jnp.where(first, D, D0)
-            if linear is None:
-                x, kept = None, jnp.zeros((0,), t.dtype)
-            else:
-                kept = linear.keep(yk)
-                x = jax.lax.cond(
-                    first, lambda kk: linear.half(0.5 * dt, kk, x0), lambda kk: x0, kept
-                )
-            Yn = pack(advance(y, gates, g, d, h, x, lin_names), names)
-            return Yn, dt, D0, D, aux, kept
+        def gate0(t, i):
+            return None if saves is None else saves[0](i)
 
-        z = jnp.zeros_like(t)
-        zD = jnp.zeros((len(controlled),) + t.shape, t.dtype)
-        kept0 = z if linear is not None else jnp.zeros((0,), t.dtype)
-        Y1, dt, D0, D1, aux, kept = jax.lax.fori_loop(0, 2, stage, (Y, z, zD, zD, z, kept0))
-        if linear is not None:
-            Y1 = Y1.at[imk].set(linear.full(dt, kept, x0).T)
-        if controller is not None:
-            h_err = controller(pack(y, controlled), D0, D1, dt, h_err)
-        last = dt >= t_end - t
-        finite = jnp.all(jnp.isfinite(Y1), axis=0)
-        bad = active & ~finite
-        ok = active & finite
-        Y_new = jnp.where(ok[None, :], Y1, Y)
-        t_new = jnp.where(ok, jnp.where(last, t_end, t + dt), t)
-        if reduce is not None:
-            A = reduce(A, ok, t, dt, Y, Y_new, D0, D1, aux)
-        status = jnp.where(bad, Status.NONFINITE, status).astype(jnp.int32)
-        if out is not None:
-            ic = jnp.minimum(idx, T - 1)
-            tsv = ts[ic]
-            need = ok & (idx < T) & (tsv <= t_new)
-            th = jnp.clip((tsv - t) / jnp.where(dt > 0, dt, 1.0), 0.0, 1.0)
-            y_new = unpack(Y_new, names)
-            out = {
-                k: v.at[rows, ic].set(jnp.where(need, y[k] + th * (y_new[k] - y[k]), v[rows, ic]))
-                for k, v in out.items()
-            }
-            idx = idx + need.astype(jnp.int32)
-        return t_new, Y_new, A, h_err, it + 1, status, out, idx
+        return cond, functools.partial(step_body, spec, saves, inf), gate0
 
     status0 = jnp.zeros((N,), jnp.int32)
-    carry = (t0, pack(y, names), acc0, h0, jnp.zeros((), jnp.int32), status0, out0, idx0)
-    t, Y, A, _, it, status, out, _ = jax.lax.while_loop(cond, body, carry)
-    status = jnp.where((t < t_end) & (status == 0), Status.MAX_STEPS, status).astype(jnp.int32)
-    return Outcome(t, unpack(Y, names), A, it, status, out)
+    active0 = t0 < t_end
+    it0 = jnp.zeros((), jnp.int32)
+    carry = (t0, Y0, acc0, h0, active0, status0, it0, out, idx, None)
+    t, Y, A, _, active, status, it, out, _, _ = drive(make, carry, rows_out, ts2, hi, None, 0)
+    status = jnp.where(active, Status.MAX_STEPS, status).astype(jnp.int32)
+    saved = None if out is None else {k: out[:, :, i] for i, k in enumerate(names)}
+    return Outcome(t, unpack(Y, names), A, it, status, saved)
+
+
+def step_body(spec, saves, inf, c):
+    """One Rush-Larsen step of every running cell, as a body of the shared step loop
+    (``_ensemble_run.drive``). ``c``: the loop's carry ``(t, Y, A, h_err, active,
+    status, it, out, idx, gate)``: the packed state, the reduction's accumulators in
+    the method's slot ``k``, the controller's proposal in ``h`` (None without one);
+    ``spec``: :func:`integrate`'s arguments; ``saves``: ``_ensemble_saves.savers``'s
+    pair (None without saves), written from the step's linear interpolation."""
+    evaluate, names, gates = spec["evaluate"], spec["names"], spec["gates"]
+    controlled, propose, linear = spec["controlled"], spec["propose"], spec["linear"]
+    t_disc, t_end = spec["t_disc"], spec["t_end"]
+    reduce, controller = spec["reduce"], spec["controller"]
+    lin_names = linear.names if linear is not None else ()
+    imk = jnp.asarray([names.index(k) for k in lin_names], jnp.int32)
+    t, Y, A, h_err, active, status, it, out, idx, gate = c
+    y = unpack(Y, names)
+    x0 = jnp.stack([y[s] for s in lin_names], axis=-1) if linear is not None else None
+
+    def stage(k, s):
+        # k = 0: evaluate at (t, y), choose dt, half step to the midpoint;
+        # k = 1: evaluate at the midpoint, full step from y.
+        Yk, dt, D0, _, _, _ = s
+        first = k == 0
+        yk = unpack(Yk, names)
+        g, d, aux = evaluate(t + 0.5 * dt * k, yk)
+        D = pack(d, controlled)
+        dt = jnp.where(first, land(propose(t, y, d, h_err), t, t_disc, t_end, active), dt)
+        h = jnp.where(first, 0.5 * dt, dt)
+        D0 = jnp.where(first, D, D0)
+        if linear is None:
+            x, kept = None, jnp.zeros((0,), t.dtype)
+        else:
+            kept = linear.keep(yk)
+            x = jax.lax.cond(first, lambda kk: linear.half(0.5 * dt, kk, x0), lambda kk: x0, kept)
+        Yn = pack(advance(y, gates, g, d, h, x, lin_names), names)
+        return Yn, dt, D0, D, aux, kept
+
+    z = jnp.zeros_like(t)
+    zD = jnp.zeros((len(controlled),) + t.shape, t.dtype)
+    kept0 = z if linear is not None else jnp.zeros((0,), t.dtype)
+    Y1, dt, D0, D1, aux, kept = jax.lax.fori_loop(0, 2, stage, (Y, z, zD, zD, z, kept0))
+    if linear is not None:
+        Y1 = Y1.at[imk].set(linear.full(dt, kept, x0).T)
+    if controller is not None:
+        h_err = controller(pack(y, controlled), D0, D1, dt, h_err)
+    last = dt >= t_end - t
+    finite = jnp.all(jnp.isfinite(Y1), axis=0)
+    bad = active & ~finite
+    ok = active & finite
+    Y_new = jnp.where(ok[None, :], Y1, Y)
+    t_new = jnp.where(ok, jnp.where(last, t_end, t + dt), t)
+    if reduce is not None:
+        A = reduce(A, ok, t, dt, Y, Y_new, D0, D1, aux)
+    status = jnp.where(bad, Status.NONFINITE, status).astype(jnp.int32)
+    if out is not None:
+        t_right = jnp.where(ok, t_new, -inf)
+
+        def saves_in_step(oi):
+            safe = jnp.where(dt > 0, dt, 1.0)
+
+            def values(tj):  # linear interpolation in the step, (S, N, K)
+                th = jnp.clip((tj - t[:, None]) / safe[:, None], 0.0, 1.0)
+                return Y[..., None] + th[None] * (Y_new - Y)[..., None]
+
+            o, i = write_saves(saves, *oi, t_right, values)
+            return o, i, saves[0](i)
+
+        out, idx, gate = jax.lax.cond(
+            jnp.any(gate <= t_right), saves_in_step, lambda oi: (*oi, gate), (out, idx)
+        )
+    still = ok & (t_new < t_end)
+    return t_new, Y_new, A, h_err, still, status, it + 1, out, idx, gate
