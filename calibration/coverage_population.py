@@ -53,7 +53,9 @@ would end after it. Results, rewritten after every replicate (so a stopped run l
 its numbers and figure): ``calibration/results/coverage_population_<method>.json``
 (summary and command), ``..._<method>.csv`` (every replicate's estimates, SEs, CIs) and
 ``..._<method>.png`` (coverage per parameter with the binomial 95 % band of a true 95 %
-coverage at this R; relative bias of M3 vs BLQ dropped).
+coverage at this R; relative bias of M3 vs BLQ dropped). A second stream of replicates
+can run beside the first with ``--tag _b --seed 5000`` (other seeds) and be merged into
+the main files with ``--merge _b``.
 """
 
 from __future__ import annotations
@@ -337,6 +339,41 @@ def figure(summary: dict, method: str, path: Path) -> None:
     plt.close(fig)
 
 
+def merge(method: str, tag: str) -> int:
+    """Append the replicates of ``coverage_population_<method><tag>`` to the main run's
+    files (``--merge``); their seeds must not overlap the main run's."""
+    main_stem = RESULTS / f"coverage_population_{method}"
+    other = RESULTS / f"coverage_population_{method}{tag}"
+    doc = json.loads(main_stem.with_suffix(".json").read_text())
+    doc_b = json.loads(other.with_suffix(".json").read_text())
+    seeds = {r["seed"] for r in doc["replicates"]}
+    clash = sorted(seeds & {r["seed"] for r in doc_b["replicates"]})
+    if clash:
+        raise SystemExit(f"--merge {tag}: seeds {clash[:5]} are in both runs")
+    table = pd.read_csv(main_stem.with_suffix(".csv"))
+    table_b = pd.read_csv(other.with_suffix(".csv"))
+    shift = len(doc["replicates"])
+    table_b["replicate"] = table_b["replicate"] + shift
+    reps_b = [dict(r, replicate=r["replicate"] + shift) for r in doc_b["replicates"]]
+    table = pd.concat([table, table_b], ignore_index=True)
+    table.to_csv(main_stem.with_suffix(".csv"), index=False)
+    summary = summarise(table)
+    doc["replicates"] += reps_b
+    doc["n_replicates_done"] = len(doc["replicates"])
+    doc["commands"] = doc.get("commands", [doc["command"]]) + [
+        f"(merged from {other.name}.json) " + c for c in doc_b.get("commands", [doc_b["command"]])
+    ]
+    doc["merged"] = doc.get("merged", []) + [other.name]
+    doc["summary"] = summary
+    doc["updated_utc"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    main_stem.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=float))
+    figure(summary, method, main_stem.with_suffix(".png"))
+    for suffix in (".json", ".csv", ".png"):
+        other.with_suffix(suffix).unlink(missing_ok=True)
+    print(f"merged {len(reps_b)} replicates of {other.name}: {doc['n_replicates_done']} in all")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--method", choices=("focei", "saem"), default="focei")
@@ -356,7 +393,17 @@ def main(argv=None) -> int:
         help="continue the replicates of an earlier run of the same --method/--tag/--seed",
     )
     ap.add_argument("--cache", default=None, help="JAX persistent compilation cache folder")
+    ap.add_argument(
+        "--merge",
+        default=None,
+        metavar="TAG",
+        help="append the replicates of the run with --tag TAG (other seeds: independent "
+        "replicates) to this --method's main files, renumbered after them, recompute the "
+        "summary and figure, and stop (no fitting)",
+    )
     a = ap.parse_args(argv)
+    if a.merge:
+        return merge(a.method, a.merge)
     if a.cache:
         tj.enable_compilation_cache(a.cache)
     saem_opts = dict(n_burn=a.saem_burn, n_em=a.saem_em, n_chains=a.saem_chains)
