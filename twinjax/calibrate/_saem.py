@@ -342,9 +342,9 @@ def saem(
         mu_lo, mu_hi = np.full(len(iiv), -np.inf), np.full(len(iiv), np.inf)
         for q, lo_q, hi_q in theta_bounds:
             j = iiv.index(q)
-            with np.errstate(divide="ignore"):
-                mu_lo[j] = float(model.pack({q: jnp.asarray(lo_q)}, (q,))[0])
-                mu_hi[j] = float(model.pack({q: jnp.asarray(hi_q)}, (q,))[0])
+            # the model's transform of the bounds (log 0 = -inf: no lower bound)
+            mu_lo[j] = float(model.pack({q: jnp.asarray(lo_q)}, (q,))[0])
+            mu_hi[j] = float(model.pack({q: jnp.asarray(hi_q)}, (q,))[0])
         D = _Design(D.C, D.lo, D.hi, jnp.asarray(mu_lo), jnp.asarray(mu_hi))
     nb = len(coef_labels)
     est_mask = np.asarray([q in estimate for q in iiv])
