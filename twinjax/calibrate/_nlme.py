@@ -121,6 +121,7 @@ def fit_population(
     iov: Mapping[str, float] | None = None,
     occasion_column: str = "OCC",
     bounds: Mapping[str, tuple[float, float]] | None = None,
+    laplacian: bool = False,
 ) -> PopulationFitResult:
     """Population fit by FOCE-I with the Laplace approximation.
 
@@ -265,7 +266,7 @@ def fit_population(
         state["n"] += 1
         eta = modes(phi)
         val, grad = ofv_and_grad(
-            spec, lay, base, factors, jnp.asarray(phi), eta, ev, ts, y, mask, occ
+            spec, lay, base, factors, jnp.asarray(phi), eta, ev, ts, y, mask, occ, laplacian
         )
         val, grad = float(val), np.asarray(grad)
         if not np.isfinite(val) or not np.all(np.isfinite(grad)):
@@ -283,7 +284,9 @@ def fit_population(
 
     def evaluate(p):
         e = modes(p)
-        v, g = ofv_and_grad(spec, lay, base, factors, jnp.asarray(p), e, ev, ts, y, mask, occ)
+        v, g = ofv_and_grad(
+            spec, lay, base, factors, jnp.asarray(p), e, ev, ts, y, mask, occ, laplacian
+        )
         return float(v), np.asarray(g)
 
     def hessian(p):

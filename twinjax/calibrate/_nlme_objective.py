@@ -53,6 +53,11 @@ def exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask, occ=None)
     theta, omega, sigma = unpack_outer(spec.model, lay, phi)
     tv = _typical(spec.model, lay, theta, base, factors, outer_coefs(lay, phi), occ)
     oinv, _ = prior_inverse(lay, phi, omega)
+    return _hessian(spec, tv, eta, ev, ts, y, mask, sigma, oinv)
+
+
+def _hessian(spec, tv, eta, ev, ts, y, mask, sigma, oinv):
+    """:func:`exact_hessian` at given typical values, SDs and Omega inverse."""
 
     def grad(e):
         return posterior_terms(spec, tv, e, ev, ts, y, mask, sigma, oinv)[1]
@@ -66,7 +71,9 @@ def exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask, occ=None)
     return 0.5 * (H + jnp.swapaxes(H, -1, -2))
 
 
-def ofv_terms(spec, lay, base, factors, phi, eta, ev, ts, y, mask, hess, occ=None):
+def ofv_terms(
+    spec, lay, base, factors, phi, eta, ev, ts, y, mask, hess, occ=None, laplacian=False
+):
     """Per-subject FOCE-I objective at ``phi`` with modes ``eta`` (N, k).
 
     ``hess``: the ``(N, k, k)`` exact Hessians of the individual objectives at ``eta``
@@ -94,18 +101,28 @@ def ofv_terms(spec, lay, base, factors, phi, eta, ev, ts, y, mask, hess, occ=Non
     )
     eta1 = eta_s - jnp.linalg.solve(Hs, jnp.where(ok[:, None], G, 0.0)[..., None])[..., 0]
     O1, _, H1, _, _, ok1 = posterior_terms(spec, tv, eta1, ev, ts, y, mask, sigma, oinv)
+    if laplacian:
+        # NONMEM's LAPLACIAN: the exact second derivatives of O_i in eta (the second
+        # derivatives of the predictions included) at the mode; where they are not
+        # positive definite (a mode not reached) the first-order curvature stands in
+        He = _hessian(spec, tv, eta1, ev, ts, y, mask, sigma, oinv)
+        pd = jnp.all(jnp.isfinite(jnp.linalg.cholesky(jax.lax.stop_gradient(He))), (-1, -2))
+        H1 = jnp.where(pd[:, None, None], He, H1)
     _, ld_h = jnp.linalg.slogdet(jnp.where(ok1[:, None, None], H1 / 2.0, eye))
     ofv_i = O1 + ld_o + ld_h
     return jnp.where(ok & ok1, ofv_i, jnp.inf)
 
 
 @eqx.filter_jit
-def ofv_and_grad(spec, lay, base, factors, phi, eta, ev, ts, y, mask, occ=None):
-    """The FOCE-I objective and its exact gradient in ``phi`` (forward mode)."""
+def ofv_and_grad(spec, lay, base, factors, phi, eta, ev, ts, y, mask, occ=None, laplacian=False):
+    """The FOCE-I objective (``laplacian``: the Laplace objective with the exact
+    curvature) and its exact gradient in ``phi`` (forward mode)."""
     hess = exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask, occ)
 
     def F(p):
-        return jnp.sum(ofv_terms(spec, lay, base, factors, p, eta, ev, ts, y, mask, hess, occ))
+        return jnp.sum(
+            ofv_terms(spec, lay, base, factors, p, eta, ev, ts, y, mask, hess, occ, laplacian)
+        )
 
     eye = jnp.eye(phi.shape[0], dtype=phi.dtype)
     vals, grads = jax.vmap(lambda v: jax.jvp(F, (phi,), (v,)))(eye)
