@@ -84,6 +84,7 @@ def objectives(ds, p: dict, n_samples: int, seed: int) -> dict:
         errors,
         estimate=tuple(cov.TYPICAL),
         censoring="m3",
+        laplacian=False,  # FOCE-I's curvature (the default with M3 is the exact one)
         max_outer=0,
         polish=False,
         covariance=False,

@@ -52,14 +52,18 @@ KINDS = ("sandwich", "R", "S")
 
 # ============================================================================ problem
 @eqx.filter_jit
-def _subject_terms_and_grads(spec, lay, base, factors, phi, eta, ev, ts, y, mask, occ=None):
+def _subject_terms_and_grads(
+    spec, lay, base, factors, phi, eta, ev, ts, y, mask, occ=None, laplacian=False
+):
     """Per-subject FOCE-I terms ``(N,)`` and their total gradients ``(N, P)`` in ``phi``
     (forward mode, one tangent per element of ``phi``); ``occ``: the ``(N, K)`` occasion
     start times of a fit with IOV (the kappas are among the modes ``eta``)."""
     hess = nlme.exact_hessian(spec, lay, base, factors, phi, eta, ev, ts, y, mask, occ)
 
     def F(p):
-        return nlme.ofv_terms(spec, lay, base, factors, p, eta, ev, ts, y, mask, hess, occ)
+        return nlme.ofv_terms(
+            spec, lay, base, factors, p, eta, ev, ts, y, mask, hess, occ, laplacian
+        )
 
     eye = jnp.eye(phi.shape[0], dtype=phi.dtype)
     vals, tangents = jax.vmap(lambda v: jax.jvp(F, (phi,), (v,)))(eye)
@@ -80,11 +84,15 @@ def _batched_modes(spec, lay, base, factors, phis, eta0, ev, ts, y, mask, max_it
 
 
 @eqx.filter_jit
-def _batched_terms_and_grads(spec, lay, base, factors, phis, etas, ev, ts, y, mask, occ=None):
+def _batched_terms_and_grads(
+    spec, lay, base, factors, phis, etas, ev, ts, y, mask, occ=None, laplacian=False
+):
     """``(B, N)`` per-subject terms and ``(B, N, P)`` gradients for ``B`` outer vectors."""
 
     def one(phi, eta):
-        return _subject_terms_and_grads(spec, lay, base, factors, phi, eta, ev, ts, y, mask, occ)
+        return _subject_terms_and_grads(
+            spec, lay, base, factors, phi, eta, ev, ts, y, mask, occ, laplacian
+        )
 
     return jax.vmap(one)(phis, etas)
 
@@ -118,6 +126,7 @@ class Problem:
     inner_max_iter: int = 200
     inner_tol: float = 1e-10
     occ: object = None
+    laplacian: bool = False
 
     @classmethod
     def from_fit(
@@ -240,6 +249,7 @@ class Problem:
             labels=labels,
             eta_hat=eta_hat,
             occ=jnp.asarray(fd.occasions.times) if iov else None,
+            laplacian=fit.laplacian,
         )
 
     @property
@@ -279,6 +289,7 @@ class Problem:
             eta,
             *self._args(),
             self.occ,
+            self.laplacian,
         )
         return np.asarray(v), np.asarray(g), eta
 
@@ -326,6 +337,7 @@ class Problem:
             eta,
             *self._args(),
             self.occ,
+            self.laplacian,
         )
         return np.asarray(v), np.asarray(g), eta
 

@@ -121,7 +121,7 @@ def fit_population(
     iov: Mapping[str, float] | None = None,
     occasion_column: str = "OCC",
     bounds: Mapping[str, tuple[float, float]] | None = None,
-    laplacian: bool = False,
+    laplacian: bool | None = None,
 ) -> PopulationFitResult:
     """Population fit by FOCE-I with the Laplace approximation.
 
@@ -161,6 +161,14 @@ def fit_population(
             problem and of the Laplace term; see :mod:`twinjax.calibrate._iov`.
         occasion_column: the data column numbering each record's occasion (with
             ``iov``; the data must then be a Dataset).
+        laplacian: the Laplace objective with the exact curvature: the log-determinant
+            term uses the exact second derivatives of each subject's objective in eta
+            (the second derivatives of the predictions included; NONMEM's
+            ``METHOD=COND LAPLACIAN``) instead of FOCE-I's first-order curvature.
+            Default (None): on when the fit has censored records (M3) or uses M4,
+            whose terms are not Gaussian in eta (NONMEM requires LAPLACIAN for M3);
+            there FOCE-I's curvature biases the typical values (see
+            ``docs/calibration.md``). About 3x the cost of an evaluation.
         bounds: ``{name: (lower, upper)}`` for estimated typical values (``-inf`` /
             ``inf`` for a side without bound): the typical value is held strictly
             inside them by its outer coordinate (``lower + e^z``, ``upper - e^z`` or
@@ -208,6 +216,7 @@ def fit_population(
     )
     N = fd.n
     cmode = fit_censoring(fd, censoring)
+    laplacian = cmode != "none" if laplacian is None else bool(laplacian)
     if iov_var:
         refuse_varying_iov(pop, iov_names, fd.varying)
     n_occ = fd.occasions.k if iov_var else 0
@@ -434,6 +443,7 @@ def fit_population(
         errors=errs_fit,
         censoring=cmode,
         n_censored=n_cens,
+        laplacian=laplacian,
         covariate_effects=cov_est,
         omega_iov=iov_fit,
         bounds={q: (lo, hi) for q, lo, hi in theta_bounds},

@@ -33,6 +33,8 @@ class PopulationFitResult:
         error: the fitted :class:`ErrorModel` (of the first output).
         errors: ``{output: ErrorModel}``, the fitted error model of every output.
         censoring: ``"none"``, ``"m3"`` or ``"m4"``; n_censored: censored records.
+        laplacian: the objective's log-determinant used the exact curvature
+            (``fit_population(laplacian=)``; :attr:`method` ``"Laplace"``).
         population: the fitted :class:`~twinjax.Population` (for simulation, VPCs).
         ofv: objective function value, ``-2 log L`` without ``n_obs log(2 pi)``
             (NONMEM's convention; censored records contribute ``-2 log P`` and no
@@ -90,15 +92,21 @@ class PopulationFitResult:
     errors: dict = dataclasses.field(default_factory=dict)
     censoring: str = "none"
     n_censored: int = 0
+    laplacian: bool = False
     covariate_effects: dict = dataclasses.field(default_factory=dict)
     omega_iov: dict = dataclasses.field(default_factory=dict)
     bounds: dict = dataclasses.field(default_factory=dict)
     at_bounds: list = dataclasses.field(default_factory=list)
 
+    @property
+    def method(self) -> str:
+        """``"FOCE-I"``, or ``"Laplace"`` for the exact curvature (``laplacian``)."""
+        return "Laplace" if self.laplacian else "FOCE-I"
+
     def summary(self) -> str:
         """A short text summary (estimates table and OFV)."""
         return (
-            f"FOCE-I fit: {self.n_subjects} subjects, {self.n_obs} observations"
+            f"{self.method} fit: {self.n_subjects} subjects, {self.n_obs} observations"
             + (f", {self.n_censored} censored ({self.censoring})" if self.n_censored else "")
             + "\n"
             f"OFV (NONMEM, no constant) = {self.ofv:.3f}; -2LL = {self.minus2ll:.3f}; "

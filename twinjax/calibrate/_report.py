@@ -518,6 +518,12 @@ def write_fit(run: FitRun, out, *, progress=None) -> pathlib.Path:
             f"<p>OFV (NONMEM convention, without n·log 2π) <b>{run.ofv:.3f}</b>; "
             f"−2LL {res.minus2ll:.3f}; AIC {res.aic:.3f}; BIC {res.bic:.3f}.</p>"
         )
+        if res.laplacian:
+            parts.append(
+                "<p>The fit has censored records, so the objective's curvature is the exact "
+                "second derivative in eta (the Laplace objective, NONMEM's METHOD=COND "
+                "LAPLACIAN), not FOCE-I's first-order one.</p>"
+            )
         parts.append(
             "<p>SE from the inverse of the finite-difference Hessian of the OFV (R matrix), "
             "natural scale by the delta method; OMEGA are variances of eta, SIGMA residual "
