@@ -12,7 +12,9 @@ key before any data are read or anything is compiled; the data are then checked
 name = "Theophylline, FOCE-I"
 model = "pk1_oral"            # a registered model (`twinjax models`)
 method = "foce-i"             # or "saem" ([saem] n_burn, n_em, n_chains, seed, n_is),
-                              # or "map" (individual fits, the parameters are the prior)
+                              # or "map" (individual fits, the parameters are the prior);
+                              # foce-i with censored records uses the exact Laplace
+                              # curvature (NONMEM's LAPLACIAN), named in the report
 data = "theophylline"         # optional: a shipped dataset when no DATA.csv is given
 
 [parameters.KA]
