@@ -18,21 +18,14 @@ from ._status import Status
 from ._tableaus import RosenbrockTableau
 
 
-def make_loop(solver, f, rows_out, t1, args, hi, ts, min_active, *, adaptive, lean, inf):
-    """``(cond, body, gate0)`` of the step loop over patients ``rows_out`` (their end
-    times ``t1``, arguments ``args``, save ends ``hi`` and save times ``ts``, None
-    without saves); the loop also stops once no more than ``min_active`` of them are
-    still running. ``lean``: the lean fixed-step body (``_ensemble_lean.py``), else the
+def make_loop(solver, f, rows_out, t1, args, hi, ts, *, adaptive, lean, inf):
+    """``(body, gate0)`` of the step loop (``_ensemble_run.drive``) over patients
+    ``rows_out`` (their end times ``t1``, arguments ``args``, save ends ``hi`` and
+    save times ``ts``, None without saves). ``lean``: the lean fixed-step body (``_ensemble_lean.py``), else the
     general one (:func:`step_body`, ``adaptive`` or not); ``gate0(t, idx)`` is the save
     gate at the start (None without saves): the lean loop's two scalars, or the
     general loop's next save time per patient."""
     saves = None if ts is None else savers(rows_out, hi, ts, inf)
-
-    def cond(c):
-        active, it = c[4], c[6]
-        if min_active > 0:  # (implies that some are running: one reduction)
-            return (jnp.sum(active, dtype=jnp.int32) > min_active) & (it < solver.max_steps)
-        return jnp.any(active) & (it < solver.max_steps)
 
     if lean:
         body = functools.partial(lean_body, solver, f, t1, args, saves, inf)
@@ -45,7 +38,7 @@ def make_loop(solver, f, rows_out, t1, args, hi, ts, min_active, *, adaptive, le
         # the general loop's save gate: each patient's next save time (inf: none)
         return None if saves is None else saves[0](idx)
 
-    return cond, body, gate0
+    return body, gate0
 
 
 def step_body(solver, f, t1, args, adaptive, saves, inf, c):

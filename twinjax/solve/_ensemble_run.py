@@ -91,14 +91,12 @@ def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows):
         m = 0
     loop = dict(adaptive=adaptive, lean=lean, inf=inf)
 
-    def make(sel, ts_s, hi_s, args_s, min_active):
+    def make(sel, ts_s, hi_s, args_s):
         t1_s = t1 if sel is rows_out else t1[sel]
-        return make_loop(solver, f, sel, t1_s, args_s, hi_s, ts_s, min_active, **loop)
+        return make_loop(solver, f, sel, t1_s, args_s, hi_s, ts_s, **loop)
 
-    carry = drive(make, carry, rows_out, ts, hi, args, m)
-    y, h, active, status, out = stacked(carry[1]).T, carry[3], carry[4], carry[5], carry[7]
-    # still running: out of steps, unless the last step tried was non-finite
-    status = jnp.where(active & (status != Status.NONFINITE), Status.MAX_STEPS, status)
+    carry = drive(make, carry, rows_out, ts, hi, args, m, solver.max_steps)
+    y, h, status, out = stacked(carry[1]).T, carry[3], carry[5], carry[7]
     if lean:
         # the lean loop does not look for non-finite steps: a patient that ran
         # and ends non-finite (its state, or its derivative there) failed
@@ -112,24 +110,53 @@ def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows):
     return out, y, status, h_keep
 
 
-def drive(make, carry, rows_out, ts, hi, args, m):
+def drive(make, carry, rows_out, ts, hi, args, m, max_steps):
     """The step loop, the one ``while_loop`` of every batched integrator of ``solve/``
     (``solvers.Ensemble``'s methods, Rush-Larsen of ``_rush_larsen.py``).
 
     ``carry``: ``(t, y, k, h, active, status, it, out, idx, gate)`` with ``gate``
-    still unset (``gate0`` sets it); ``make(rows, ts, hi, args, min_active)``: the
-    method's ``(cond, body, gate0)`` for the patients ``rows`` of ``out`` (their save
-    times ``ts``, save ends ``hi`` and arguments ``args``); ``m``: the compacted batch
-    (0: none).
+    still unset (``gate0`` sets it); ``make(rows, ts, hi, args)``: the method's
+    ``(body, gate0)`` for the patients ``rows`` of ``out`` (their save times ``ts``,
+    save ends ``hi`` and arguments ``args``); ``m``: the compacted batch (0: none);
+    ``max_steps``: loop iterations (accepted and rejected steps) before the patients
+    still running stop.
+
+    The loop runs while a patient is running and fewer than ``max_steps`` iterations
+    have run. At the end a patient still running is ``Status.MAX_STEPS``, unless the
+    last step it tried was non-finite (a body that retries such a step keeps the
+    patient running with ``Status.NONFINITE``): then it stays ``NONFINITE``, the cause.
 
     Compaction: patients finish a segment after different numbers of steps, and a
     lock-step loop pays for all of them until the last one is done. Once no more than
     ``m`` are running, the running ones are gathered into a batch of ``m`` and finish
     there; results are per patient, so bitwise the same.
     """
-    cond, body, gate0 = make(rows_out, ts, hi, args, m)
+    carry = _loop(make, carry, rows_out, ts, hi, args, m, max_steps)
+    active, status = carry[4], carry[5]
+    # still running: out of steps, unless the last step tried was non-finite
+    status = jnp.where(active & (status != Status.NONFINITE), Status.MAX_STEPS, status)
+    return (*carry[:5], status, *carry[6:])
+
+
+def _cond(min_active, max_steps):
+    """The loop's condition: some patient (more than ``min_active``) still running,
+    and fewer than ``max_steps`` iterations."""
+
+    def cond(c):
+        active, it = c[4], c[6]
+        if min_active > 0:  # (implies that some are running: one reduction)
+            return (jnp.sum(active, dtype=jnp.int32) > min_active) & (it < max_steps)
+        return jnp.any(active) & (it < max_steps)
+
+    return cond
+
+
+def _loop(make, carry, rows_out, ts, hi, args, m, max_steps):
+    """:func:`drive`'s loops (the whole batch, then the compacted one), without the
+    end status."""
+    body, gate0 = make(rows_out, ts, hi, args)
     carry = (*carry[:-1], gate0(carry[0], carry[8]))
-    carry = jax.lax.while_loop(cond, body, carry)
+    carry = jax.lax.while_loop(_cond(m, max_steps), body, carry)
     if not m:
         return carry
     t, y, k, h, active, status, it, out, idx, _ = carry
@@ -150,9 +177,9 @@ def drive(make, carry, rows_out, ts, hi, args, m):
     args_c = jax.tree.map(lambda a: a[sel], args)
     ts_c = None if ts is None else (ts if ts.shape[0] == 1 else ts[sel])
     hi_c = None if hi is None else hi[sel]
-    cond_c, body_c, gate0_c = make(sel, ts_c, hi_c, args_c, 0)
+    body_c, gate0_c = make(sel, ts_c, hi_c, args_c)
     sub = sub + (gate0_c(sub[0], sub[8]),)
-    tc, yc, kc, hc, ac, sc, it, out, ic, _ = jax.lax.while_loop(cond_c, body_c, sub)
+    tc, yc, kc, hc, ac, sc, it, out, ic, _ = jax.lax.while_loop(_cond(0, max_steps), body_c, sub)
     return (
         t.at[sel].set(tc),
         tmap(lambda a, b: a.at[..., sel].set(b), y, yc),
