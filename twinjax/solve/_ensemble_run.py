@@ -2,7 +2,8 @@
 starting step, the saves at the segment's start, the loop (``_ensemble_loop.py``),
 compaction of the patients still running, and the status codes at the end.
 
-:func:`drive` is the step loop itself (its ``while_loop`` and compaction), shared by
+:func:`drive` is the step loop itself (its ``while_loop``, condition, iteration limit,
+``MAX_STEPS`` code and compaction), shared by
 every batched integrator of ``solve/``: ``solvers.Ensemble``'s methods (bodies in
 ``_ensemble_loop.py`` and ``_ensemble_lean.py``) and Rush-Larsen
 (``_rush_larsen.step_body``)."""
@@ -21,7 +22,7 @@ from ._status import Status
 COMPACT_MIN = 16  # smallest compacted batch worth a second loop
 
 
-def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows):
+def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows, reduce=None):
     """Integrate the batch ``y0`` ``(N, S)`` from ``t0`` to ``t1`` (``(N,)`` each)
     with the :class:`~twinjax.solvers.Ensemble` ``solver`` (its method resolved).
 
@@ -32,10 +33,13 @@ def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows):
         h_prev: each patient's last proposed step (NaN: none), or None.
         skip: patients that failed before (not integrated; they report OK), or None.
         rows: the loop runs on a tuple of rows (``Ensemble._rows``), else stacked.
+        reduce: None, or a ``_reductions.StepReduction`` folded into accumulators at
+            every step (the general body, also for a fixed step on rows; its
+            accumulators ride in the carry's ``k`` slot beside the derivative).
 
     Returns:
         ``(out, y1, status)``, and each patient's step to carry on as a fourth item
-        when ``h_prev`` is given.
+        when ``h_prev`` is given; with ``reduce`` the accumulators ``(N, A)`` last.
     """
     # Internally state-major: ``Y[S, N]``, one contiguous row per state, so that
     # every stage is a handful of fused, vectorised loops over the patients.
@@ -47,7 +51,7 @@ def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows):
         y0 = tuple(y0[i] for i in range(S))
     adaptive = solver.tableau.b_err is not None
     # fixed step on rows: the lean loop (``_ensemble_lean.py``)
-    lean = not adaptive and isinstance(y0, tuple)
+    lean = not adaptive and isinstance(y0, tuple) and reduce is None
     f0 = f(t0, y0, args)
     if h_prev is None or not adaptive:
         h0 = initial_step(solver, f, t0, t1, y0, f0, args)
@@ -83,13 +87,16 @@ def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows):
     status0 = status0.astype(jnp.int32)
     # the lean loop steps a patient that is not running by t1 - t = 0
     t_start = jnp.where(active0, t0, t1) if lean else t0
-    carry = (t_start, y0, f0, h0, active0, status0, jnp.zeros((), jnp.int32), out, idx, None)
+    k0 = f0 if reduce is None else (f0, reduce.acc0.T)
+    carry = (t_start, y0, k0, h0, active0, status0, jnp.zeros((), jnp.int32), out, idx, None)
     # compaction (see :func:`drive`)
     m = int(n * solver.compact) if solver.compact else 0
     batched = all(getattr(a, "ndim", 0) >= 1 and a.shape[0] == n for a in jax.tree.leaves(args))
     if m < COMPACT_MIN or not batched:
         m = 0
     loop = dict(adaptive=adaptive, lean=lean, inf=inf)
+    if reduce is not None:
+        loop["reduce"] = reduce.update
 
     def make(sel, ts_s, hi_s, args_s):
         t1_s = t1 if sel is rows_out else t1[sel]
@@ -104,10 +111,11 @@ def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows):
         ok = all_finite(y_end, f(t_end, y_end, args))
         status = jnp.where(active0 & ~ok, Status.NONFINITE, status)
     status = status.astype(jnp.int32)
+    acc = () if reduce is None else (carry[2][1].T,)
     if h_prev is None:
-        return out, y, status
+        return (out, y, status, *acc)
     h_keep = jnp.where(t1 > t0, h, h_prev)  # a zero-length segment keeps the old step
-    return out, y, status, h_keep
+    return (out, y, status, h_keep, *acc)
 
 
 def drive(make, carry, rows_out, ts, hi, args, m, max_steps):
@@ -166,7 +174,7 @@ def _loop(make, carry, rows_out, ts, hi, args, m, max_steps):
     sub = (
         t[sel],
         tmap(lambda a: a[..., sel], y),
-        tmap(lambda a: a[..., sel], k),
+        jax.tree.map(lambda a: a[..., sel], k),  # (k, accumulators) with a reduction
         h[sel],
         active[sel],
         status[sel],
@@ -183,7 +191,7 @@ def _loop(make, carry, rows_out, ts, hi, args, m, max_steps):
     return (
         t.at[sel].set(tc),
         tmap(lambda a, b: a.at[..., sel].set(b), y, yc),
-        tmap(lambda a, b: a.at[..., sel].set(b), k, kc),
+        jax.tree.map(lambda a, b: a.at[..., sel].set(b), k, kc),
         h.at[sel].set(hc),
         active.at[sel].set(ac),
         status.at[sel].set(sc),
