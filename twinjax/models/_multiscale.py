@@ -23,14 +23,7 @@ import numpy as np
 
 from ..ode import Coupled, Link, Model
 from ..solve._periodic import first_failure, solve_fixed_point
-from .circulation import (
-    METRIC_UNITS,
-    Circulation,
-    beat_map,
-    blood_volume,
-    reduce_beat,
-    saved_beat_zeros,
-)
+from .circulation import METRIC_UNITS, Circulation, blood_volume, final_beat
 
 
 # ---------------------------------------------------------------------------------
@@ -38,9 +31,9 @@ from .circulation import (
 # ---------------------------------------------------------------------------------
 @eqx.filter_jit
 def _anderson_core(model, solver, p, Y0, tol, max_beats, memory, n_save):
-    # the saved beat of each patient in the same loop, once it stops (final: one
-    # integration in the program)
-    G, embed, x0 = beat_map(model, solver, p, Y0, n_save)
+    # each patient's last beat (its metrics: a per-step reduction, or saves) in the
+    # same loop, once it stops (final: one integration in the program)
+    G, embed, x0, zeros, finish = final_beat(model, solver, p, Y0, n_save)
     w = 1.0 / (1.0 + jnp.abs(x0))  # the scale of the convergence test (as the model's)
     fp = solve_fixed_point(
         G,
@@ -50,11 +43,11 @@ def _anderson_core(model, solver, p, Y0, tol, max_beats, memory, n_save):
         max_iter=max_beats,
         scale=w,
         memory=memory,
-        final=saved_beat_zeros(Y0, n_save),
+        final=zeros,
     )
     Y = embed(fp.x)
     status = first_failure(fp.status, fp.final_status)
-    _, metrics, _ = reduce_beat(model, p, Y, *fp.final, status)
+    _, metrics, _ = finish(Y, fp.final, status)
     return Y, fp.iterations, fp.converged, fp.residual, metrics, status
 
 
@@ -78,7 +71,7 @@ def steady_state_cohort(
     tol: float = 1e-4,
     max_beats: int = 60,
     memory: int = 4,
-    n_save: int = 201,
+    n_save: int | None = None,
     dtype=None,
     devices: int | None = None,
 ) -> dict:
@@ -94,7 +87,10 @@ def steady_state_cohort(
     ten beats from a nearby state. It is an affine combination of beat-map values,
     so the total blood volume (a linear invariant) is kept exactly. A patient has
     converged when the largest scaled beat-map residual ``|G(x) - x| / (1 + |x0|)``
-    is below ``tol``; then one more beat with ``n_save`` saves gives the metrics. The
+    is below ``tol``; then one more beat gives the metrics: by a per-step reduction
+    of its integration (``n_save`` None, the default, with a solver that has
+    ``step_reductions``, ``Ensemble``: the extremes of each step's cubic Hermite
+    interpolant, no saved beat), else from ``n_save`` (default 201) saves. The
     iteration is :func:`twinjax.solve._periodic.solve_fixed_point` (``"anderson"``).
 
     Arguments:
@@ -136,7 +132,7 @@ def steady_state_cohort(
     Y0 = stack_initial(model, p, y, nb, dtype)
     n_dev = len(jax.devices()) if devices is None else int(devices)
     core_args = (jnp.asarray(tol, dtype), jnp.asarray(max_beats, jnp.int32), int(memory),
-                 int(n_save))  # fmt: skip
+                 None if n_save is None else int(n_save))  # fmt: skip
     if n_dev > 1 and nb % n_dev == 0:
         from ..solve._devices import shard
 

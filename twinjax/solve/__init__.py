@@ -13,6 +13,8 @@ from ._controlled import run_controlled as run_controlled
 from ._controlled import simulate_controlled as simulate_controlled
 from ._engine import stack_state as stack_state
 from ._engine import vector_field as vector_field
+from ._reductions import StepReduction as StepReduction
+from ._reductions import hermite_extrema as hermite_extrema
 from ._result import Result as Result
 from ._simulate import simulate as simulate
 from ._status import Status as Status

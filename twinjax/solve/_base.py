@@ -21,9 +21,15 @@ class AbstractSolver(eqx.Module):
     gate does). False (the default, and ``Diffrax``: diffrax works through every save
     time it is given, those past the end clipped into the segment): a caller that
     marks "no save" by a time past the end should integrate without save times.
+
+    ``step_reductions``: whether :meth:`integrate` takes ``reduce=`` (a
+    :class:`~twinjax.solve.StepReduction` folded into per-patient accumulators at
+    every step, returned as a fourth result: metrics without a saved trajectory).
+    ``Ensemble`` yes; ``Diffrax`` no (a caller saves densely and reduces after).
     """
 
     skips_saves_past_end: ClassVar[bool] = False
+    step_reductions: ClassVar[bool] = False
 
     @abc.abstractmethod
     def integrate(

@@ -41,11 +41,12 @@ Reverse mode is not supported (a ``while_loop``); use ``solvers.Diffrax`` for it
 This module holds the solver (its options, the method and layout choice, blocking,
 the solver interface); the loop is in ``_ensemble_run.py`` (the driver of a segment:
 start, compaction, end status; its ``drive`` is the loop, which Rush-Larsen of
-``_rush_larsen.py`` runs too), ``_ensemble_loop.py`` (the loop's condition and its
-general body), ``_ensemble_lean.py`` (the lean fixed-step body), ``_ensemble_step.py``
-(one step, its dense output, the starting step), ``_ensemble_saves.py`` (the saves
-written from the dense output) and ``_ensemble_layout.py`` (the rows and stacked
-layouts).
+``_rush_larsen.py`` runs too, with its condition and end status),
+``_ensemble_loop.py`` (the general body, with an optional per-step reduction of
+``_reductions.py``), ``_ensemble_lean.py`` (the lean fixed-step body),
+``_ensemble_step.py`` (one step, its dense output, the starting step),
+``_ensemble_saves.py`` (the saves written from the dense output) and
+``_ensemble_layout.py`` (the rows and stacked layouts).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ import jax.numpy as jnp
 from ._base import AbstractSolver
 from ._ensemble_run import run
 from ._ensemble_step import step
+from ._reductions import StepReduction
 from ._status import Status
 from ._tableaus import ROSENBROCK, TABLEAUS, RosenbrockTableau, Tableau
 
@@ -112,6 +114,7 @@ class Ensemble(AbstractSolver):
     """
 
     skips_saves_past_end: ClassVar[bool] = True  # the save gate: saves only where due
+    step_reductions: ClassVar[bool] = True  # integrate(..., reduce=StepReduction)
     method: str = "auto"
     rtol: float = 1e-6
     atol: float = 1e-9
@@ -179,40 +182,47 @@ class Ensemble(AbstractSolver):
             return 1 << (b.bit_length() - 1)  # a power of two
         return CPU_BLOCK
 
-    def integrate(self, f, t0, t1, y0, ts, args, model, *, forward=False):
+    def integrate(self, f, t0, t1, y0, ts, args, model, *, forward=False, reduce=None):
+        """The solver interface's ``integrate``; ``reduce``: None, or a
+        :class:`~twinjax.solve.StepReduction` folded into accumulators at every step
+        (then a fourth result, the accumulators ``(N, A)``; a fixed step then runs
+        the general body, not the lean one)."""
         if self.method == "auto":
-            return self.for_model(model).integrate(f, t0, t1, y0, ts, args, model)
+            return self.for_model(model).integrate(f, t0, t1, y0, ts, args, model, reduce=reduce)
         del model, forward  # forward mode works through the loop as it is
         n = y0.shape[0]
         block = self.block_size(n, y0.shape[1])
         batched = all(getattr(a, "ndim", 0) >= 1 and a.shape[0] == n for a in jax.tree.leaves(args))
+        # the reduction's accumulators are per patient: blocked with the patients
+        red = () if reduce is None else (reduce.acc0,)
+
+        def reduction(red):
+            return None if reduce is None else StepReduction(red[0], reduce.update)
+
         if ts is None and block is not None and block < n and batched:
             from ._engine import blocked
 
-            def one(t0, t1, y0, args):
-                _, y1, status = self._run(f, t0, t1, y0, args, None)
-                return y1, status
+            def one(t0, t1, y0, args, red):
+                return self._run(f, t0, t1, y0, args, None, reduce=reduction(red))[1:]
 
-            y1, status = blocked(one, n, block, (t0, t1, y0, args))
-            return None, y1, status
+            return (None, *blocked(one, n, block, (t0, t1, y0, args, red)))
         if ts is None:
-            _, y1, status = self._run(f, t0, t1, y0, args, None)
-            return None, y1, status
+            return (None, *self._run(f, t0, t1, y0, args, None, reduce=reduce)[1:])
         n, S = y0.shape
         lo = jnp.sum(ts < t0[:, None], axis=-1).astype(jnp.int32)
         hi = jnp.sum(ts <= t1[:, None], axis=-1).astype(jnp.int32)
 
-        def saved(t0, t1, y0, args, lo, hi, ts):
+        def saved(t0, t1, y0, args, red, lo, hi, ts):
             out = jnp.zeros((t0.shape[0], ts.shape[-1], S), y0.dtype)
-            return self._run(f, t0, t1, y0, args, (ts, out, lo, hi))
+            return self._run(f, t0, t1, y0, args, (ts, out, lo, hi), reduce=reduction(red))
 
         if block is not None and block < n and batched:  # in blocks, as without saves
             from ._engine import blocked
 
             if ts.shape[0] == 1:  # shared save times: whole to every block
-                return blocked(saved, n, block, (t0, t1, y0, args, lo, hi), (ts,))
-            return blocked(saved, n, block, (t0, t1, y0, args, lo, hi, ts))
-        return saved(t0, t1, y0, args, lo, hi, ts)
+                return blocked(saved, n, block, (t0, t1, y0, args, red, lo, hi), (ts,))
+            return blocked(saved, n, block, (t0, t1, y0, args, red, lo, hi, ts))
+        return saved(t0, t1, y0, args, red, lo, hi, ts)
 
     def init_carry(self, n, dtype):
         # each patient's last step (none known yet), and whether it failed before
@@ -235,8 +245,8 @@ class Ensemble(AbstractSolver):
         out, y1, status, h = self._run(f, t0, t1, y0, args, (ts, out, lo, hi), h_prev, failed)
         return out, y1, status, (h, failed | (status != Status.OK))
 
-    def _run(self, f, t0, t1, y0, args, save, h_prev=None, skip=None):
+    def _run(self, f, t0, t1, y0, args, save, h_prev=None, skip=None, reduce=None):
         # Internally state-major: ``Y[S, N]``, one contiguous row per state, so that
         # every stage is a handful of fused, vectorised loops over the patients.
         rows = self._rows(y0.shape[1])
-        return run(self, f, t0, t1, y0, args, save, h_prev, skip, rows=rows)
+        return run(self, f, t0, t1, y0, args, save, h_prev, skip, rows=rows, reduce=reduce)

@@ -1,7 +1,8 @@
-"""The step loop of ``solvers.Ensemble``: its condition and its general body (every
-method: the adaptive ones with their error control, and a fixed step on the stacked
-layout), and :func:`make_loop`, which also hands the lean fixed-step loop
-(``_ensemble_lean.py``) its part."""
+"""The step loop of ``solvers.Ensemble``: its general body (every method: the adaptive
+ones with their error control, and a fixed step on the stacked layout or with a
+per-step reduction), and :func:`make_loop`, which also hands the lean fixed-step loop
+(``_ensemble_lean.py``) its part. The loop itself, its condition and end status are
+``_ensemble_run.drive``."""
 
 from __future__ import annotations
 
@@ -18,26 +19,20 @@ from ._status import Status
 from ._tableaus import RosenbrockTableau
 
 
-def make_loop(solver, f, rows_out, t1, args, hi, ts, min_active, *, adaptive, lean, inf):
-    """``(cond, body, gate0)`` of the step loop over patients ``rows_out`` (their end
-    times ``t1``, arguments ``args``, save ends ``hi`` and save times ``ts``, None
-    without saves); the loop also stops once no more than ``min_active`` of them are
-    still running. ``lean``: the lean fixed-step body (``_ensemble_lean.py``), else the
-    general one (:func:`step_body`, ``adaptive`` or not); ``gate0(t, idx)`` is the save
-    gate at the start (None without saves): the lean loop's two scalars, or the
+def make_loop(solver, f, rows_out, t1, args, hi, ts, *, adaptive, lean, inf, reduce=None):
+    """``(body, gate0)`` of the step loop (``_ensemble_run.drive``) over patients
+    ``rows_out`` (their end times ``t1``, arguments ``args``, save ends ``hi`` and
+    save times ``ts``, None without saves). ``lean``: the lean fixed-step body
+    (``_ensemble_lean.py``), else the general one (:func:`step_body`, ``adaptive`` or
+    not, with the per-step reduction ``reduce`` or None); ``gate0(t, idx)`` is the
+    save gate at the start (None without saves): the lean loop's two scalars, or the
     general loop's next save time per patient."""
     saves = None if ts is None else savers(rows_out, hi, ts, inf)
-
-    def cond(c):
-        active, it = c[4], c[6]
-        if min_active > 0:  # (implies that some are running: one reduction)
-            return (jnp.sum(active, dtype=jnp.int32) > min_active) & (it < solver.max_steps)
-        return jnp.any(active) & (it < solver.max_steps)
 
     if lean:
         body = functools.partial(lean_body, solver, f, t1, args, saves, inf)
     else:
-        body = functools.partial(step_body, solver, f, t1, args, adaptive, saves, inf)
+        body = functools.partial(step_body, solver, f, t1, args, adaptive, saves, inf, reduce)
 
     def gate0(t, idx):
         if lean:
@@ -45,16 +40,18 @@ def make_loop(solver, f, rows_out, t1, args, hi, ts, min_active, *, adaptive, le
         # the general loop's save gate: each patient's next save time (inf: none)
         return None if saves is None else saves[0](idx)
 
-    return cond, body, gate0
+    return body, gate0
 
 
-def step_body(solver, f, t1, args, adaptive, saves, inf, c):
+def step_body(solver, f, t1, args, adaptive, saves, inf, reduce, c):
     """One trial step of every running patient, accepted or rejected (the adaptive
     methods' error control) and its saves written from the step's dense output.
 
-    ``c``: the loop's carry ``(t, y, k, h, active, status, it, out, idx, gate)``;
-    ``saves``: ``(next_time, save_pass)`` of ``_ensemble_saves.savers`` (None without
-    saves).
+    ``c``: the loop's carry ``(t, y, k, h, active, status, it, out, idx, gate)``
+    (with a reduction ``k`` is the pair ``(k, accumulators)``); ``saves``:
+    ``(next_time, save_pass)`` of ``_ensemble_saves.savers`` (None without saves);
+    ``reduce``: the update of a ``_reductions.StepReduction`` (None: none), called
+    with every trial step after the selection of the accepted ones.
 
     The save gate: ``gate`` is each patient's next save time (``inf`` when none is
     left; always after its ``t``, the saves up to ``t`` being written). After the step
@@ -69,6 +66,8 @@ def step_body(solver, f, t1, args, adaptive, saves, inf, c):
     """
     tab = solver.tableau
     t, y, k, h, active, status, it, out, idx, gate = c
+    if reduce is not None:
+        k, acc = k
     h_eff = jnp.where(active, jnp.minimum(h, t1 - t), 0.0)
     last = h_eff >= t1 - t
     # what the dense output needs of the stages (DOPRI5's, Rodas5P's)
@@ -178,4 +177,6 @@ def step_body(solver, f, t1, args, adaptive, saves, inf, c):
     else:  # a fixed step cannot shrink: a non-finite step is a failure
         status = jnp.where(bad, Status.NONFINITE, status)
         still = active & ~bad & ~(accept & last)
+    if reduce is not None:
+        k_next = (k_next, reduce(acc, accept, t, h_eff, y, y_next, k, k_next))
     return (t_new, y_next, k_next, h_new, still, status, it + 1, out, idx, gate)

@@ -2,7 +2,8 @@
 starting step, the saves at the segment's start, the loop (``_ensemble_loop.py``),
 compaction of the patients still running, and the status codes at the end.
 
-:func:`drive` is the step loop itself (its ``while_loop`` and compaction), shared by
+:func:`drive` is the step loop itself (its ``while_loop``, condition, iteration limit,
+``MAX_STEPS`` code and compaction), shared by
 every batched integrator of ``solve/``: ``solvers.Ensemble``'s methods (bodies in
 ``_ensemble_loop.py`` and ``_ensemble_lean.py``) and Rush-Larsen
 (``_rush_larsen.step_body``)."""
@@ -21,7 +22,7 @@ from ._status import Status
 COMPACT_MIN = 16  # smallest compacted batch worth a second loop
 
 
-def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows):
+def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows, reduce=None):
     """Integrate the batch ``y0`` ``(N, S)`` from ``t0`` to ``t1`` (``(N,)`` each)
     with the :class:`~twinjax.solvers.Ensemble` ``solver`` (its method resolved).
 
@@ -32,10 +33,13 @@ def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows):
         h_prev: each patient's last proposed step (NaN: none), or None.
         skip: patients that failed before (not integrated; they report OK), or None.
         rows: the loop runs on a tuple of rows (``Ensemble._rows``), else stacked.
+        reduce: None, or a ``_reductions.StepReduction`` folded into accumulators at
+            every step (the general body, also for a fixed step on rows; its
+            accumulators ride in the carry's ``k`` slot beside the derivative).
 
     Returns:
         ``(out, y1, status)``, and each patient's step to carry on as a fourth item
-        when ``h_prev`` is given.
+        when ``h_prev`` is given; with ``reduce`` the accumulators ``(N, A)`` last.
     """
     # Internally state-major: ``Y[S, N]``, one contiguous row per state, so that
     # every stage is a handful of fused, vectorised loops over the patients.
@@ -47,7 +51,7 @@ def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows):
         y0 = tuple(y0[i] for i in range(S))
     adaptive = solver.tableau.b_err is not None
     # fixed step on rows: the lean loop (``_ensemble_lean.py``)
-    lean = not adaptive and isinstance(y0, tuple)
+    lean = not adaptive and isinstance(y0, tuple) and reduce is None
     f0 = f(t0, y0, args)
     if h_prev is None or not adaptive:
         h0 = initial_step(solver, f, t0, t1, y0, f0, args)
@@ -83,22 +87,23 @@ def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows):
     status0 = status0.astype(jnp.int32)
     # the lean loop steps a patient that is not running by t1 - t = 0
     t_start = jnp.where(active0, t0, t1) if lean else t0
-    carry = (t_start, y0, f0, h0, active0, status0, jnp.zeros((), jnp.int32), out, idx, None)
+    k0 = f0 if reduce is None else (f0, reduce.acc0.T)
+    carry = (t_start, y0, k0, h0, active0, status0, jnp.zeros((), jnp.int32), out, idx, None)
     # compaction (see :func:`drive`)
     m = int(n * solver.compact) if solver.compact else 0
     batched = all(getattr(a, "ndim", 0) >= 1 and a.shape[0] == n for a in jax.tree.leaves(args))
     if m < COMPACT_MIN or not batched:
         m = 0
     loop = dict(adaptive=adaptive, lean=lean, inf=inf)
+    if reduce is not None:
+        loop["reduce"] = reduce.update
 
-    def make(sel, ts_s, hi_s, args_s, min_active):
+    def make(sel, ts_s, hi_s, args_s):
         t1_s = t1 if sel is rows_out else t1[sel]
-        return make_loop(solver, f, sel, t1_s, args_s, hi_s, ts_s, min_active, **loop)
+        return make_loop(solver, f, sel, t1_s, args_s, hi_s, ts_s, **loop)
 
-    carry = drive(make, carry, rows_out, ts, hi, args, m)
-    y, h, active, status, out = stacked(carry[1]).T, carry[3], carry[4], carry[5], carry[7]
-    # still running: out of steps, unless the last step tried was non-finite
-    status = jnp.where(active & (status != Status.NONFINITE), Status.MAX_STEPS, status)
+    carry = drive(make, carry, rows_out, ts, hi, args, m, solver.max_steps)
+    y, h, status, out = stacked(carry[1]).T, carry[3], carry[5], carry[7]
     if lean:
         # the lean loop does not look for non-finite steps: a patient that ran
         # and ends non-finite (its state, or its derivative there) failed
@@ -106,30 +111,60 @@ def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows):
         ok = all_finite(y_end, f(t_end, y_end, args))
         status = jnp.where(active0 & ~ok, Status.NONFINITE, status)
     status = status.astype(jnp.int32)
+    acc = () if reduce is None else (carry[2][1].T,)
     if h_prev is None:
-        return out, y, status
+        return (out, y, status, *acc)
     h_keep = jnp.where(t1 > t0, h, h_prev)  # a zero-length segment keeps the old step
-    return out, y, status, h_keep
+    return (out, y, status, h_keep, *acc)
 
 
-def drive(make, carry, rows_out, ts, hi, args, m):
+def drive(make, carry, rows_out, ts, hi, args, m, max_steps):
     """The step loop, the one ``while_loop`` of every batched integrator of ``solve/``
     (``solvers.Ensemble``'s methods, Rush-Larsen of ``_rush_larsen.py``).
 
     ``carry``: ``(t, y, k, h, active, status, it, out, idx, gate)`` with ``gate``
-    still unset (``gate0`` sets it); ``make(rows, ts, hi, args, min_active)``: the
-    method's ``(cond, body, gate0)`` for the patients ``rows`` of ``out`` (their save
-    times ``ts``, save ends ``hi`` and arguments ``args``); ``m``: the compacted batch
-    (0: none).
+    still unset (``gate0`` sets it); ``make(rows, ts, hi, args)``: the method's
+    ``(body, gate0)`` for the patients ``rows`` of ``out`` (their save times ``ts``,
+    save ends ``hi`` and arguments ``args``); ``m``: the compacted batch (0: none);
+    ``max_steps``: loop iterations (accepted and rejected steps) before the patients
+    still running stop.
+
+    The loop runs while a patient is running and fewer than ``max_steps`` iterations
+    have run. At the end a patient still running is ``Status.MAX_STEPS``, unless the
+    last step it tried was non-finite (a body that retries such a step keeps the
+    patient running with ``Status.NONFINITE``): then it stays ``NONFINITE``, the cause.
 
     Compaction: patients finish a segment after different numbers of steps, and a
     lock-step loop pays for all of them until the last one is done. Once no more than
     ``m`` are running, the running ones are gathered into a batch of ``m`` and finish
     there; results are per patient, so bitwise the same.
     """
-    cond, body, gate0 = make(rows_out, ts, hi, args, m)
+    carry = _loop(make, carry, rows_out, ts, hi, args, m, max_steps)
+    active, status = carry[4], carry[5]
+    # still running: out of steps, unless the last step tried was non-finite
+    status = jnp.where(active & (status != Status.NONFINITE), Status.MAX_STEPS, status)
+    return (*carry[:5], status, *carry[6:])
+
+
+def _cond(min_active, max_steps):
+    """The loop's condition: some patient (more than ``min_active``) still running,
+    and fewer than ``max_steps`` iterations."""
+
+    def cond(c):
+        active, it = c[4], c[6]
+        if min_active > 0:  # (implies that some are running: one reduction)
+            return (jnp.sum(active, dtype=jnp.int32) > min_active) & (it < max_steps)
+        return jnp.any(active) & (it < max_steps)
+
+    return cond
+
+
+def _loop(make, carry, rows_out, ts, hi, args, m, max_steps):
+    """:func:`drive`'s loops (the whole batch, then the compacted one), without the
+    end status."""
+    body, gate0 = make(rows_out, ts, hi, args)
     carry = (*carry[:-1], gate0(carry[0], carry[8]))
-    carry = jax.lax.while_loop(cond, body, carry)
+    carry = jax.lax.while_loop(_cond(m, max_steps), body, carry)
     if not m:
         return carry
     t, y, k, h, active, status, it, out, idx, _ = carry
@@ -139,7 +174,7 @@ def drive(make, carry, rows_out, ts, hi, args, m):
     sub = (
         t[sel],
         tmap(lambda a: a[..., sel], y),
-        tmap(lambda a: a[..., sel], k),
+        jax.tree.map(lambda a: a[..., sel], k),  # (k, accumulators) with a reduction
         h[sel],
         active[sel],
         status[sel],
@@ -150,13 +185,13 @@ def drive(make, carry, rows_out, ts, hi, args, m):
     args_c = jax.tree.map(lambda a: a[sel], args)
     ts_c = None if ts is None else (ts if ts.shape[0] == 1 else ts[sel])
     hi_c = None if hi is None else hi[sel]
-    cond_c, body_c, gate0_c = make(sel, ts_c, hi_c, args_c, 0)
+    body_c, gate0_c = make(sel, ts_c, hi_c, args_c)
     sub = sub + (gate0_c(sub[0], sub[8]),)
-    tc, yc, kc, hc, ac, sc, it, out, ic, _ = jax.lax.while_loop(cond_c, body_c, sub)
+    tc, yc, kc, hc, ac, sc, it, out, ic, _ = jax.lax.while_loop(_cond(0, max_steps), body_c, sub)
     return (
         t.at[sel].set(tc),
         tmap(lambda a, b: a.at[..., sel].set(b), y, yc),
-        tmap(lambda a, b: a.at[..., sel].set(b), k, kc),
+        jax.tree.map(lambda a, b: a.at[..., sel].set(b), k, kc),
         h.at[sel].set(hc),
         active.at[sel].set(ac),
         status.at[sel].set(sc),

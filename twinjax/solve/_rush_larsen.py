@@ -199,23 +199,20 @@ def integrate(
         linear=linear,
     )
 
-    def make(rows, ts_s, hi_s, args_s, min_active):
+    def make(rows, ts_s, hi_s, args_s):
         saves = None if ts_s is None else savers(rows, hi_s, ts_s, inf)
-
-        def cond(c):
-            return jnp.any(c[4]) & (c[6] < max_steps)
 
         def gate0(t, i):
             return None if saves is None else saves[0](i)
 
-        return cond, functools.partial(step_body, spec, saves, inf), gate0
+        return functools.partial(step_body, spec, saves, inf), gate0
 
     status0 = jnp.zeros((N,), jnp.int32)
     active0 = t0 < t_end
     it0 = jnp.zeros((), jnp.int32)
     carry = (t0, Y0, acc0, h0, active0, status0, it0, out, idx, None)
-    t, Y, A, _, active, status, it, out, _, _ = drive(make, carry, rows_out, ts2, hi, None, 0)
-    status = jnp.where(active, Status.MAX_STEPS, status).astype(jnp.int32)
+    t, Y, A, _, _, status, it, out, _, _ = drive(make, carry, rows_out, ts2, hi, None, 0, max_steps)
+    status = status.astype(jnp.int32)
     saved = None if out is None else {k: out[:, :, i] for i, k in enumerate(names)}
     return Outcome(t, unpack(Y, names), A, it, status, saved)
 

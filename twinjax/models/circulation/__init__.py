@@ -93,9 +93,12 @@ from ._beats import METRICS as METRICS
 from ._beats import SteadyState as SteadyState
 from ._beats import beat_map as beat_map
 from ._beats import beat_metrics as beat_metrics
+from ._beats import beat_reduction as beat_reduction
+from ._beats import final_beat as final_beat
 from ._beats import pv_loop as pv_loop
 from ._beats import quasi_static as quasi_static
 from ._beats import reduce_beat as reduce_beat
+from ._beats import reduce_metrics as reduce_metrics
 from ._beats import saved_beat_zeros as saved_beat_zeros
 from ._beats import to_periodic_steady_state as to_periodic_steady_state
 from ._model import CHAMBERS as CHAMBERS

@@ -18,6 +18,7 @@ from ...solve._batch import batch_params, stack_initial, unbatch
 from ...solve._diffrax import Diffrax
 from ...solve._engine import vector_field
 from ...solve._periodic import first_failure, solve_fixed_point
+from ...solve._reductions import StepReduction, hermite_extrema
 from ._model import CHAMBERS, Circulation
 
 # ---------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ class SteadyState(eqx.Module):
             NaN for a patient whose status is not OK.
         beat: the densely saved last beat: ``{"t": ..., state and output names: ...}``
             with a trailing axis of ``n_save`` points (``t`` from the beat's start, s);
-            NaN for a patient whose status is not OK.
+            NaN for a patient whose status is not OK; ``{}`` with ``n_save=None``.
         status: :class:`~twinjax.Status` code per patient: ``OK``, an integrator's
             failure code, or ``NOT_CONVERGED`` (``max_beats`` used up; ``state`` is then
             the last beat's start, a start for another try).
@@ -149,7 +150,7 @@ def _dynamic_mask(model):
     return np.asarray([not s.cumulative for s in model.states])
 
 
-def beat_map(model, solver, p, Y0, n_save=None):
+def beat_map(model, solver, p, Y0, n_save=None, *, metrics=False):
     """The period map of :mod:`twinjax.solve._periodic` for the circulation:
     ``(G, embed, x0)``. ``G`` maps the non-cumulative states ``x`` at the start of a
     beat to those one beat later, integrated in the phase from 0 to 1 (0 to 0 for
@@ -165,6 +166,12 @@ def beat_map(model, solver, p, Y0, n_save=None):
     is in its final evaluation: the integrator writes no save for it (a saved beat is
     the same integration, its dense output read at the save times), and the program
     holds one integration instead of two.
+
+    With ``metrics`` (a solver with ``step_reductions``, no ``n_save``), ``G`` is the
+    map of ``solve_fixed_point(..., final=...)`` too, its third output ``(A, Z1)``:
+    the per-beat extremes of :func:`beat_reduction` folded in at every step of the
+    integration (``A`` ``(n, 4)``; every patient's, kept for those in their final
+    evaluation) and the end state, no saves.
     """
     g = _phase_field(model)
     n, S = Y0.shape
@@ -180,6 +187,18 @@ def beat_map(model, solver, p, Y0, n_save=None):
 
     def Z_of(x):
         return jnp.concatenate([embed(x), jnp.zeros((n, 1), dtype)], -1)
+
+    if metrics:
+
+        def G_metrics(x, active, final):
+            s1 = jnp.where(active | final, 1.0, 0.0).astype(dtype)
+            Z = Z_of(x)
+            _, Z1, st, A = solver.integrate(
+                g, zero, s1, Z, None, args, model, reduce=beat_reduction(model, Z)
+            )
+            return Z1[:, idx], st, (A, Z1)
+
+        return G_metrics, embed, Y0[:, idx]
 
     if n_save is None:
 
@@ -219,6 +238,72 @@ def beat_map(model, solver, p, Y0, n_save=None):
     return G_final_diffrax, embed, Y0[:, idx]
 
 
+def beat_reduction(model, Z) -> StepReduction:
+    """The per-step reduction of a beat's extremes for ``Ensemble.integrate(reduce=)``:
+    accumulators ``(max p_AR_SYS, min p_AR_SYS, max V_LV, min V_LV)`` (SBP, DBP, EDV,
+    ESV), starting at the beat's start state ``Z`` ``(n, S + 1)``, each step folding
+    in the extremes of its cubic Hermite interpolant (the step's ends and derivatives:
+    fourth order in the step, as the dense output that n_save saves read; between
+    saves n_save points miss a peak by up to its curvature times a
+    (1 / (n_save - 1))^2 / 8 of a beat)."""
+    names = model.state_names
+    i_p, i_v = names.index("p_AR_SYS"), names.index("V_LV")
+    acc0 = jnp.stack([Z[:, i_p], Z[:, i_p], Z[:, i_v], Z[:, i_v]], -1)
+
+    def update(A, ok, t, h, y, y_new, k, k_new):
+        del t
+        new = []
+        for r, i in enumerate((i_p, i_v)):
+            lo, hi = hermite_extrema(y[i], y_new[i], h * k[i], h * k_new[i])
+            new += [jnp.maximum(A[2 * r], hi), jnp.minimum(A[2 * r + 1], lo)]
+        return jnp.where(ok[None, :], jnp.stack(new), A)
+
+    return StepReduction(acc0, update)
+
+
+def reduce_metrics(model, p, Y, A, Z1, status):
+    """The beat from the steady state ``Y`` to ``Z1`` reduced from the accumulators
+    ``A`` of :func:`beat_reduction` (no saved beat): ``(state, metrics, {})``; NaN
+    metrics for a patient whose ``status`` is not OK."""
+    del p
+    names = model.state_names
+    T = Z1[:, -1]
+    MAP = Z1[:, names.index("int_p_AR_SYS")] / T
+    SV = Z1[:, names.index("int_Q_AV")]
+    one = jnp.ones((Z1.shape[0], 1), bool)
+    # _reduce's extremes of the (n, 2) pairs (max, min) are the accumulated ones
+    metrics = _reduce(A[:, 0:2], A[:, 2:4], one, MAP, SV, T)
+    bad = status != 0
+    metrics = {k: jnp.where(bad, jnp.nan, v) for k, v in metrics.items()}
+    return {k: Y[:, i] for i, k in enumerate(names)}, metrics, {}
+
+
+def final_beat(model, solver, p, Y0, n_save):
+    """What a periodic-steady-state search needs for its last beat: ``(G, embed, x0,
+    zeros, finish)``: the beat map with ``final`` (:func:`beat_map`), the ``final``
+    start and ``finish(Y, final, status) -> (state, metrics, dense)``. ``n_save``
+    None: the metrics from the per-step reduction (:func:`beat_reduction`) where the
+    solver has ``step_reductions``, else from 201 saves, and no dense beat (``{}``);
+    an int: the beat saved at ``n_save`` phases and reduced (:func:`reduce_beat`)."""
+    if n_save is None and solver.step_reductions:
+        G, embed, x0 = beat_map(model, solver, p, Y0, metrics=True)
+        n, S = Y0.shape
+        zeros = (jnp.zeros((n, 4), Y0.dtype), jnp.zeros((n, S + 1), Y0.dtype))
+
+        def finish(Y, final, status):
+            return reduce_metrics(model, p, Y, *final, status)
+
+        return G, embed, x0, zeros, finish
+    n_s = 201 if n_save is None else n_save
+    G, embed, x0 = beat_map(model, solver, p, Y0, n_s)
+
+    def finish_saved(Y, final, status):
+        state, metrics, dense = reduce_beat(model, p, Y, *final, status)
+        return state, metrics, (dense if n_save is not None else {})
+
+    return G, embed, x0, saved_beat_zeros(Y0, n_s), finish_saved
+
+
 def saved_beat_zeros(Y0, n_save):
     """Zeros shaped as the saved beat ``(Zs, Z1)`` of :func:`beat_map`'s ``G`` with
     ``n_save`` (the ``final`` start of ``solve_fixed_point``)."""
@@ -253,15 +338,14 @@ def reduce_beat(model, p, Y, Zs, Z1, status):
 @eqx.debug.assert_max_traces(max_traces=None)  # tests count traces: eqx.debug.get_num_traces
 def _pss_core(model, solver, p, Y0, tol, max_beats, batch, n_save):
     # the plain iteration and, per patient once it stops, one more beat saved densely
-    # (``final``: the same call of the beat map, one integration in the program)
-    G, embed, x0 = beat_map(model, solver, p, Y0, n_save)
-    zeros = saved_beat_zeros(Y0, n_save)
+    # or reduced per step (``final``: the same call of the beat map, one integration
+    # in the program)
+    G, embed, x0, zeros, finish = final_beat(model, solver, p, Y0, n_save)
     fp = solve_fixed_point(
         G, x0, method="plain", tol=tol, max_iter=max_beats, batch=batch, final=zeros
     )
-    Zs, Z1 = fp.final
     status = first_failure(fp.status, fp.final_status)
-    Y0s, metrics, dense = reduce_beat(model, p, embed(fp.x), Zs, Z1, status)
+    Y0s, metrics, dense = finish(embed(fp.x), fp.final, status)
     return Y0s, fp.iterations, fp.converged, fp.residual, metrics, dense, status
 
 
@@ -273,7 +357,7 @@ def to_periodic_steady_state(
     tol: float = 1e-3,
     max_beats: int = 200,
     batch: int = 1,
-    n_save: int = 201,
+    n_save: int | None = 201,
     y0: Mapping | None = None,
     dtype=None,
 ) -> SteadyState:
@@ -299,7 +383,11 @@ def to_periodic_steady_state(
         max_beats: give up after this many beats (``converged`` is then False and the
             status ``Status.NOT_CONVERGED``).
         batch: beats per convergence check (``beats`` is then a multiple of it).
-        n_save: saves over the reduced beat (extremes are taken over them).
+        n_save: saves over the reduced beat (extremes are taken over them, and
+            ``beat`` holds them); None: no saved beat (``beat`` is ``{}``), the
+            metrics from a per-step reduction of the integration where the solver
+            has one (``Ensemble``: the extremes of each step's cubic Hermite
+            interpolant, :func:`beat_reduction`), else from 201 saves.
         y0: initial state (default ``model.init(params)``), e.g. a previous steady state.
         dtype: floating dtype (default float64 with x64 on, else float32).
 
@@ -310,8 +398,8 @@ def to_periodic_steady_state(
     """
     if not isinstance(model, Circulation):
         raise TypeError(f"to_periodic_steady_state needs a Circulation, got {type(model)}")
-    if not (tol > 0 and max_beats >= 1 and batch >= 1 and n_save >= 3):
-        raise ValueError("need tol > 0, max_beats >= 1, batch >= 1 and n_save >= 3")
+    if not (tol > 0 and max_beats >= 1 and batch >= 1 and (n_save is None or n_save >= 3)):
+        raise ValueError("need tol > 0, max_beats >= 1, batch >= 1 and n_save >= 3 (or None)")
     dtype = dtype or default_float()
     solver = solver if solver is not None else Diffrax(rtol=1e-6, atol=1e-6)
     p, N, nb = batch_params(model, params, dtype)
@@ -320,7 +408,8 @@ def to_periodic_steady_state(
     # be compiled in: every new tolerance or beat limit would compile the search again)
     tol_a = jnp.asarray(tol, dtype)
     max_a = jnp.asarray(int(max_beats), jnp.int32)
-    out = _pss_core(model, solver, p, Y0, tol_a, max_a, int(batch), int(n_save))
+    n_save = None if n_save is None else int(n_save)
+    out = _pss_core(model, solver, p, Y0, tol_a, max_a, int(batch), n_save)
     Ys, beats, conv, ch, metrics, dense, status, p = unbatch((*out, p), N)
     return SteadyState(Ys, beats, conv, ch, metrics, dense, status, p)
 
@@ -337,6 +426,8 @@ def pv_loop(ss: SteadyState, chamber: str = "LV"):
     """
     if chamber not in CHAMBERS:
         raise ValueError(f"chamber must be one of {CHAMBERS}, got {chamber!r}")
+    if not ss.beat:
+        raise ValueError("no saved beat: run to_periodic_steady_state with n_save (not None)")
     return ss.beat[f"V_{chamber}"], ss.beat[f"p_{chamber}"]
 
 
