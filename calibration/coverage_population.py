@@ -381,7 +381,7 @@ def main(argv=None) -> int:
         "--method",
         choices=("focei", "saem", "laplace"),
         default="focei",
-        help="laplace: FOCE-I's fit with the exact Laplace curvature (fit_population(laplacian=True))",
+        help="laplace: fit_population(laplacian=True), the exact Laplace curvature",
     )
     ap.add_argument("--replicates", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1000, help="replicate r uses seed + r")
