@@ -71,9 +71,7 @@ def _hessian(spec, tv, eta, ev, ts, y, mask, sigma, oinv):
     return 0.5 * (H + jnp.swapaxes(H, -1, -2))
 
 
-def ofv_terms(
-    spec, lay, base, factors, phi, eta, ev, ts, y, mask, hess, occ=None, laplacian=False
-):
+def ofv_terms(spec, lay, base, factors, phi, eta, ev, ts, y, mask, hess, occ=None, laplacian=False):
     """Per-subject FOCE-I objective at ``phi`` with modes ``eta`` (N, k).
 
     ``hess``: the ``(N, k, k)`` exact Hessians of the individual objectives at ``eta``
