@@ -31,7 +31,8 @@ def lean_body(solver, f, t1, args, saves, inf, c):
     save no patient can have one in its step, so the step is the bare arithmetic;
     saves at a segment's end are looked up in its last step only.
 
-    ``c``: the loop's carry ``(t, y, k, h, active, status, it, out, idx, gate)``;
+    ``c``: the loop's carry ``(t, y, k, h, active, status, it, out, idx, gate)`` (its
+    ``k`` slot, ``(derivative, None)``, passes through);
     ``saves``: ``(next_time, save_pass)`` of ``_ensemble_saves.savers`` (None without
     saves).
     """

@@ -4,9 +4,10 @@ compaction of the patients still running, and the status codes at the end.
 
 :func:`drive` is the step loop itself (its ``while_loop``, condition, iteration limit,
 ``MAX_STEPS`` code and compaction), shared by
-every batched integrator of ``solve/``: ``solvers.Ensemble``'s methods (bodies in
-``_ensemble_loop.py`` and ``_ensemble_lean.py``) and Rush-Larsen
-(``_rush_larsen.step_body``)."""
+every batched integrator of ``solve/``: ``solvers.Ensemble``'s methods (the general
+body of ``_ensemble_loop.py`` with their method of ``_ensemble_method.py``, or the lean
+fixed-step body of ``_ensemble_lean.py``) and Rush-Larsen (the general body with its
+method, ``_rush_larsen.rush_larsen_method``)."""
 
 from __future__ import annotations
 
@@ -87,7 +88,8 @@ def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows, redu
     status0 = status0.astype(jnp.int32)
     # the lean loop steps a patient that is not running by t1 - t = 0
     t_start = jnp.where(active0, t0, t1) if lean else t0
-    k0 = f0 if reduce is None else (f0, reduce.acc0.T)
+    # the k slot: the derivative and the reduction's accumulators (None: none)
+    k0 = (f0, None if reduce is None else reduce.acc0.T)
     carry = (t_start, y0, k0, h0, active0, status0, jnp.zeros((), jnp.int32), out, idx, None)
     # compaction (see :func:`drive`)
     m = int(n * solver.compact) if solver.compact else 0
@@ -122,7 +124,8 @@ def drive(make, carry, rows_out, ts, hi, args, m, max_steps):
     """The step loop, the one ``while_loop`` of every batched integrator of ``solve/``
     (``solvers.Ensemble``'s methods, Rush-Larsen of ``_rush_larsen.py``).
 
-    ``carry``: ``(t, y, k, h, active, status, it, out, idx, gate)`` with ``gate``
+    ``carry``: ``(t, y, k, h, active, status, it, out, idx, gate)``, ``k`` the pair
+    ``(derivative, accumulators)`` (either None where a method carries none), ``gate``
     still unset (``gate0`` sets it); ``make(rows, ts, hi, args)``: the method's
     ``(body, gate0)`` for the patients ``rows`` of ``out`` (their save times ``ts``,
     save ends ``hi`` and arguments ``args``); ``m``: the compacted batch (0: none);
@@ -174,7 +177,7 @@ def _loop(make, carry, rows_out, ts, hi, args, m, max_steps):
     sub = (
         t[sel],
         tmap(lambda a: a[..., sel], y),
-        jax.tree.map(lambda a: a[..., sel], k),  # (k, accumulators) with a reduction
+        jax.tree.map(lambda a: a[..., sel], k),  # (k, accumulators)
         h[sel],
         active[sel],
         status[sel],

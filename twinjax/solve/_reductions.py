@@ -3,8 +3,12 @@ accumulators at every accepted step instead of saving a trajectory (the
 circulation's per-beat extremes), and the extrema of a step's cubic Hermite
 interpolant that such a reduction may use.
 
-Rush-Larsen (``_rush_larsen.integrate(reduce=...)``) has the same hook with its own
-arguments (the midpoint derivative and an auxiliary current)."""
+Both integrators of the step loop take a :class:`StepReduction` and fold it in the
+general body (``_ensemble_loop.step_body``), its accumulators in the carry's ``k``
+slot: ``solvers.Ensemble`` (``integrate(..., reduce=...)``) and Rush-Larsen
+(``_rush_larsen.integrate(reduce=...)``), whose ``update`` gets, in the places of the
+derivatives, those at the step's start and midpoint, and the midpoint's auxiliary
+array (a current) after them."""
 
 from __future__ import annotations
 

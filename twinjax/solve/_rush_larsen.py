@@ -18,14 +18,19 @@ The two stages run as a two-iteration ``fori_loop`` around one evaluation of the
 model, so the compiled loop holds one copy of the equations (compile time).
 
 The loop is the shared step loop of ``solve/`` (``_ensemble_run.drive``, the one
-``solvers.Ensemble`` runs): batched structure-of-arrays, one ``while_loop`` over steps
-in which every cell has its own time and step; :func:`step_body` is Rush-Larsen's body
-of it, :func:`integrate` its driver. A cell is done at its end time ``t_end``. The step
-of each cell is the model's proposal (``propose``) landing exactly on a discontinuity
-time ``t_disc`` (e.g. the end of a stimulus pulse) and on ``t_end``. An optional
+``solvers.Ensemble`` runs) with its general body (``_ensemble_loop.step_body``):
+batched structure-of-arrays, one ``while_loop`` over steps in which every cell has
+its own time and step. Rush-Larsen is a method of that body
+(:func:`rush_larsen_method`: the two-stage trial step, the accept rule "finite, else
+``NONFINITE``" that a fixed step of ``solvers.Ensemble`` has too, the controller, a
+linear dense output); :func:`integrate` is its entry point. A cell is done at its end
+time ``t_end``. The step of each cell is the model's proposal (``propose``) landing
+exactly on a discontinuity time ``t_disc`` (e.g. the end of a stimulus pulse) and on
+``t_end`` (``_loop_parts.land``, the loop's). An optional
 controller (:func:`error_controller`) proposes the next step from the one just taken.
-A per-step reduction hook folds every accepted step into accumulators (cardiac
-biomarkers, qNet) so that no trajectory need be stored; optional saves interpolate
+A per-step reduction (``_reductions.StepReduction``, the one ``solvers.Ensemble``
+takes) folds every accepted step into accumulators (cardiac biomarkers, qNet) so
+that no trajectory need be stored; optional saves interpolate
 the state linearly at given times, written by the loop's save machinery
 (``_ensemble_saves.py``, behind its per-cell gate). Status codes follow
 :mod:`twinjax.solve._status`: a non-finite step stops that cell as ``NONFINITE``
@@ -33,7 +38,8 @@ the state linearly at given times, written by the loop's save machinery
 ``max_steps`` loop iterations is ``MAX_STEPS``.
 
 The carry packs the state and the accumulators as two ``(S, N)`` and ``(A, N)``
-arrays (two loop buffers instead of one per name).
+arrays (two loop buffers instead of one per name); no derivative is carried (each
+step evaluates the model at its start).
 """
 
 from __future__ import annotations
@@ -45,9 +51,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ._ensemble_loop import step_body
 from ._ensemble_run import drive
 from ._ensemble_saves import savers, write_saves
-from ._status import Status
+from ._loop_parts import Method, Trial, finite_accept, finite_end, land
+from ._reductions import StepReduction
 
 
 class LinearBlock(NamedTuple):
@@ -91,14 +99,6 @@ def advance(y, gates: tuple, coeffs: dict, derivs: dict, h, linear_x=None, linea
     return out
 
 
-def land(dt, t, t_disc, t_end, active):
-    """Steps that land exactly on the discontinuity ``t_disc`` (when before it) and on
-    ``t_end`` (when they would pass it); 0 for a cell that is done."""
-    dt = jnp.where(t < t_disc, jnp.minimum(dt, t_disc - t), dt)
-    dt = jnp.where(dt >= t_end - t, t_end - t, dt)
-    return jnp.where(active, dt, 0.0)
-
-
 def error_controller(rtol: float, y, d0, d1, dt, h_err, mag):
     """The next step from the step just taken (a local error controller).
 
@@ -137,14 +137,15 @@ def integrate(
     propose: Callable,
     t_disc,
     max_steps: int,
-    acc0=None,
-    reduce: Callable | None = None,
+    reduce: StepReduction | None = None,
     controller: Callable | None = None,
     h0=None,
     linear: LinearBlock | None = None,
     ts=None,
 ) -> Outcome:
-    """Integrate every cell from ``t = 0`` to its ``t_end`` (``(N,)``).
+    """Integrate every cell from ``t = 0`` to its ``t_end`` (``(N,)``): the step loop
+    (``_ensemble_run.drive``) with the general body (``_ensemble_loop.step_body``) and
+    Rush-Larsen as its method (:func:`rush_larsen_method`).
 
     Arguments:
         evaluate: ``(t, y) -> (coeffs, derivs, aux)``: ``{gate: (inf, tau)}``,
@@ -157,8 +158,11 @@ def integrate(
         propose: ``(t, y, derivs, h_err) -> dt`` at the step start (before landing).
         t_disc: ``(N,)`` a discontinuity time to land on (e.g. a stimulus end).
         max_steps: loop iterations before the cells still running are ``MAX_STEPS``.
-        acc0, reduce: accumulators ``(A, N)`` and ``reduce(acc, ok, t, dt, Y, Y_new,
-            D0, D1, aux) -> acc`` (``Y``: packed states before and after the step).
+        reduce: a ``_reductions.StepReduction``: accumulators ``acc0`` ``(A, N)``
+            (state-major, as the loop carries them) and ``update(acc, ok, t, dt, Y,
+            Y_new, D0, D1, aux) -> acc``, the general body's reduction signature with
+            the derivatives ``D0``, ``D1`` and the midpoint's ``aux`` (``Y``: packed
+            states before and after the step).
         controller: ``(y_controlled, D0, D1, dt, h_err) -> h_err``; ``h0``: its
             first proposal ``(N,)`` (without a controller ``propose`` gets None).
         linear: a :class:`LinearBlock` (None: no linear block).
@@ -169,7 +173,7 @@ def integrate(
     names = tuple(y)
     t0 = jnp.zeros_like(t_end)
     N = t_end.shape[0]
-    acc0 = jnp.zeros((0, N), t_end.dtype) if acc0 is None else acc0
+    acc0 = jnp.zeros((0, N), t_end.dtype) if reduce is None else reduce.acc0
     if controller is not None and h0 is None:
         raise ValueError("integrate: a controller needs its first proposal h0")
     h0 = None if controller is None else h0  # no controller: no proposal carried
@@ -186,18 +190,10 @@ def integrate(
         out, idx = write_saves(
             savers(rows_out, hi, ts2, inf), out, idx, t0, lambda tj: Y0[..., None]
         )
-    spec = dict(
-        evaluate=evaluate,
-        names=names,
-        gates=gates,
-        controlled=controlled,
-        propose=propose,
-        t_disc=t_disc,
-        t_end=t_end,
-        reduce=reduce,
-        controller=controller,
-        linear=linear,
+    method = rush_larsen_method(
+        evaluate, names, gates, controlled, propose, t_disc, t_end, controller, linear
     )
+    update = None if reduce is None else reduce.update
 
     def make(rows, ts_s, hi_s, args_s):
         saves = None if ts_s is None else savers(rows, hi_s, ts_s, inf)
@@ -205,86 +201,88 @@ def integrate(
         def gate0(t, i):
             return None if saves is None else saves[0](i)
 
-        return functools.partial(step_body, spec, saves, inf), gate0
+        return functools.partial(step_body, method, t_end, saves, inf, update), gate0
 
     status0 = jnp.zeros((N,), jnp.int32)
     active0 = t0 < t_end
     it0 = jnp.zeros((), jnp.int32)
-    carry = (t0, Y0, acc0, h0, active0, status0, it0, out, idx, None)
-    t, Y, A, _, _, status, it, out, _, _ = drive(make, carry, rows_out, ts2, hi, None, 0, max_steps)
+    # the k slot: no carried derivative (each step evaluates its start), the accumulators
+    carry = (t0, Y0, (None, acc0), h0, active0, status0, it0, out, idx, None)
+    t, Y, (_, A), _, _, status, it, out, _, _ = drive(
+        make, carry, rows_out, ts2, hi, None, 0, max_steps
+    )
     status = status.astype(jnp.int32)
     saved = None if out is None else {k: out[:, :, i] for i, k in enumerate(names)}
     return Outcome(t, unpack(Y, names), A, it, status, saved)
 
 
-def step_body(spec, saves, inf, c):
-    """One Rush-Larsen step of every running cell, as a body of the shared step loop
-    (``_ensemble_run.drive``). ``c``: the loop's carry ``(t, Y, A, h_err, active,
-    status, it, out, idx, gate)``: the packed state, the reduction's accumulators in
-    the method's slot ``k``, the controller's proposal in ``h`` (None without one);
-    ``spec``: :func:`integrate`'s arguments; ``saves``: ``_ensemble_saves.savers``'s
-    pair (None without saves), written from the step's linear interpolation."""
-    evaluate, names, gates = spec["evaluate"], spec["names"], spec["gates"]
-    controlled, propose, linear = spec["controlled"], spec["propose"], spec["linear"]
-    t_disc, t_end = spec["t_disc"], spec["t_end"]
-    reduce, controller = spec["reduce"], spec["controller"]
+def rush_larsen_method(
+    evaluate, names, gates, controlled, propose, t_disc, t_end, controller, linear
+) -> Method:
+    """Rush-Larsen as a ``_loop_parts.Method`` of the general step body
+    (:func:`integrate`'s arguments). The carried state ``Y`` is packed ``(S, N)``,
+    the carried ``h`` the controller's proposal (None without one), no derivative is
+    carried. Its parts: no proposal before the trial (the step is chosen from the
+    first stage's evaluation, by ``propose`` and ``_loop_parts.land`` on ``t_disc``
+    and ``t_end``); the trial is the two stages around one evaluation of the model
+    (a two-iteration ``fori_loop``) and the linear block's full step; accept "finite,
+    else ``NONFINITE``"; the controller (if any) proposes the next step from the
+    derivatives at the start and the midpoint; the dense output is linear.
+    """
     lin_names = linear.names if linear is not None else ()
     imk = jnp.asarray([names.index(k) for k in lin_names], jnp.int32)
-    t, Y, A, h_err, active, status, it, out, idx, gate = c
-    y = unpack(Y, names)
-    x0 = jnp.stack([y[s] for s in lin_names], axis=-1) if linear is not None else None
 
-    def stage(k, s):
-        # k = 0: evaluate at (t, y), choose dt, half step to the midpoint;
-        # k = 1: evaluate at the midpoint, full step from y.
-        Yk, dt, D0, _, _, _ = s
-        first = k == 0
-        yk = unpack(Yk, names)
-        g, d, aux = evaluate(t + 0.5 * dt * k, yk)
-        D = pack(d, controlled)
-        dt = jnp.where(first, land(propose(t, y, d, h_err), t, t_disc, t_end, active), dt)
-        h = jnp.where(first, 0.5 * dt, dt)
-        D0 = jnp.where(first, D, D0)
-        if linear is None:
-            x, kept = None, jnp.zeros((0,), t.dtype)
-        else:
-            kept = linear.keep(yk)
-            x = jax.lax.cond(first, lambda kk: linear.half(0.5 * dt, kk, x0), lambda kk: x0, kept)
-        Yn = pack(advance(y, gates, g, d, h, x, lin_names), names)
-        return Yn, dt, D0, D, aux, kept
+    def trial(t, Y, k, h_err, active, it):
+        y = unpack(Y, names)
+        x0 = jnp.stack([y[s] for s in lin_names], axis=-1) if linear is not None else None
 
-    z = jnp.zeros_like(t)
-    zD = jnp.zeros((len(controlled),) + t.shape, t.dtype)
-    kept0 = z if linear is not None else jnp.zeros((0,), t.dtype)
-    Y1, dt, D0, D1, aux, kept = jax.lax.fori_loop(0, 2, stage, (Y, z, zD, zD, z, kept0))
-    if linear is not None:
-        Y1 = Y1.at[imk].set(linear.full(dt, kept, x0).T)
-    if controller is not None:
-        h_err = controller(pack(y, controlled), D0, D1, dt, h_err)
-    last = dt >= t_end - t
-    finite = jnp.all(jnp.isfinite(Y1), axis=0)
-    bad = active & ~finite
-    ok = active & finite
-    Y_new = jnp.where(ok[None, :], Y1, Y)
-    t_new = jnp.where(ok, jnp.where(last, t_end, t + dt), t)
-    if reduce is not None:
-        A = reduce(A, ok, t, dt, Y, Y_new, D0, D1, aux)
-    status = jnp.where(bad, Status.NONFINITE, status).astype(jnp.int32)
-    if out is not None:
-        t_right = jnp.where(ok, t_new, -inf)
+        def stage(j, s):
+            # j = 0: evaluate at (t, y), choose dt, half step to the midpoint;
+            # j = 1: evaluate at the midpoint, full step from y.
+            Yk, dt, D0, _, _, _ = s
+            first = j == 0
+            yk = unpack(Yk, names)
+            g, d, aux = evaluate(t + 0.5 * dt * j, yk)
+            D = pack(d, controlled)
+            dt = jnp.where(first, land(propose(t, y, d, h_err), t, t_end, active, t_disc), dt)
+            h = jnp.where(first, 0.5 * dt, dt)
+            D0 = jnp.where(first, D, D0)
+            if linear is None:
+                x, kept = None, jnp.zeros((0,), t.dtype)
+            else:
+                kept = linear.keep(yk)
+                x = jax.lax.cond(
+                    first, lambda kk: linear.half(0.5 * dt, kk, x0), lambda kk: x0, kept
+                )
+            Yn = pack(advance(y, gates, g, d, h, x, lin_names), names)
+            return Yn, dt, D0, D, aux, kept
 
-        def saves_in_step(oi):
-            safe = jnp.where(dt > 0, dt, 1.0)
+        z = jnp.zeros_like(t)
+        zD = jnp.zeros((len(controlled),) + t.shape, t.dtype)
+        kept0 = z if linear is not None else jnp.zeros((0,), t.dtype)
+        Y1, dt, D0, D1, aux, kept = jax.lax.fori_loop(0, 2, stage, (Y, z, zD, zD, z, kept0))
+        if linear is not None:
+            Y1 = Y1.at[imk].set(linear.full(dt, kept, x0).T)
+        # what the controller needs: the controlled states at the start
+        err = None if controller is None else pack(y, controlled)
+        last = dt >= t_end - t
+        finite = jnp.all(jnp.isfinite(Y1), axis=0)
+        return Trial(dt, last, Y1, None, finite, err, None, (D0, D1, aux))
 
-            def values(tj):  # linear interpolation in the step, (S, N, K)
-                th = jnp.clip((tj - t[:, None]) / safe[:, None], 0.0, 1.0)
-                return Y[..., None] + th[None] * (Y_new - Y)[..., None]
+    def control(tr, accept, active, h_err, yc):
+        if controller is None:
+            return h_err
+        D0, D1, _ = tr.red
+        return controller(yc, D0, D1, tr.h, h_err)
 
-            o, i = write_saves(saves, *oi, t_right, values)
-            return o, i, saves[0](i)
+    def dense(t, Y, k, tr):
+        dt = tr.h
+        safe = jnp.where(dt > 0, dt, 1.0)
 
-        out, idx, gate = jax.lax.cond(
-            jnp.any(gate <= t_right), saves_in_step, lambda oi: (*oi, gate), (out, idx)
-        )
-    still = ok & (t_new < t_end)
-    return t_new, Y_new, A, h_err, still, status, it + 1, out, idx, gate
+        def values(tj):  # linear interpolation in the step, (S, N, K)
+            th = jnp.clip((tj - t[:, None]) / safe[:, None], 0.0, 1.0)
+            return Y[..., None] + th[None] * (tr.y1 - Y)[..., None]
+
+        return values
+
+    return Method(lambda t, Y, k, h, active: h, trial, finite_accept, control, dense, finite_end())

@@ -47,6 +47,7 @@ import numpy as np
 
 from ...ode import Param, State
 from ...ode._param import real
+from ...solve._reductions import StepReduction
 from ...solve._rush_larsen import LinearBlock, integrate, pack, unpack
 from . import _biomarkers as bm
 from . import _herg as herg
@@ -348,8 +349,7 @@ def _beat(model, solver, p, y):
         propose=lambda t, y, d, h_err: _propose(solver, y, d),
         t_disc=p["stim_dur"],
         max_steps=solver.max_steps,
-        acc0=pack(acc0, anames),
-        reduce=reduce,
+        reduce=StepReduction(pack(acc0, anames), reduce),
         linear=markov,
     )
     bio = bm.finish(unpack(o.acc, anames), o.y["V"])

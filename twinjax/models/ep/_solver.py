@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...solve._batch import batch_params, initial_state, unbatch
+from ...solve._reductions import StepReduction
 from ...solve._rush_larsen import error_controller, integrate, pack, unpack
 from . import _biomarkers as bm
 from . import _shard
@@ -137,8 +138,7 @@ def beat(model, solver, p, y, ts):
         propose=propose,
         t_disc=p["stim_dur"],
         max_steps=solver.max_steps,
-        acc0=pack(acc0, anames),
-        reduce=reduce,
+        reduce=StepReduction(pack(acc0, anames), reduce),
         controller=controller if solver.rtol is not None else None,
         h0=jnp.full((N,), solver.dt_max, dtype),
         ts=ts,
