@@ -18,6 +18,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ..solve._compaction import compacted_while, while_running
 from ..solve._devices import per_device
 from ..solve._engine import blocked
 from ._data import as_obs
@@ -70,14 +71,9 @@ def _lm_core(spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_iter, tol, c
     state = (eta0, O, G, H, f, st, ok, conv, done, lam, niter)
     data = (tv, ev, ts, y, mask)
 
-    def make_loop(data, min_active):
-        tv, ev, ts, y, mask = data
-
-        def cond(c):
-            go = jnp.any(~c[8]) & (c[11] < max_iter)
-            if min_active > 0:
-                go = go & (jnp.sum(~c[8], dtype=jnp.int32) > min_active)
-            return go
+    def make_loop(rows, min_active):
+        tv, ev, ts, y, mask = data if rows is None else jax.tree.map(lambda a: a[rows], data)
+        cond = while_running(lambda c: ~c[8], lambda c: c[11], min_active, max_iter)
 
         def body(c):
             eta, O, G, H, f, st, ok, conv, done, lam, niter, it = c
@@ -106,7 +102,7 @@ def _lm_core(spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_iter, tol, c
             niter = niter + active.astype(jnp.int32)
             return (eta, O, G, H, f, st, ok, conv, done, lam, niter, it + 1)
 
-        return cond, body
+        return cond, body, lambda c: c
 
     # Compaction: subjects converge after different numbers of iterations (median 5,
     # max 13 on the 1,000-subject benchmark) and every iteration simulates the whole
@@ -118,16 +114,14 @@ def _lm_core(spec, tv, eta0, ev, ts, y, mask, sigma, omega_inv, max_iter, tol, c
     if m < LM_COMPACT_MIN:
         m = 0
     it = jnp.zeros((), jnp.int32)
-    cond, body = make_loop(data, m)
-    *state, it = jax.lax.while_loop(cond, body, (*state, it))
-    if m:
-        done = state[8]
-        sel = jnp.nonzero(~done, size=m, fill_value=jnp.argmax(done))[0]
-        sub = [a[sel] for a in state]
-        data_c = jax.tree.map(lambda a: a[sel], data)
-        cond_c, body_c = make_loop(data_c, 0)
-        *sub, it = jax.lax.while_loop(cond_c, body_c, (*sub, it))
-        state = [a.at[sel].set(b) for a, b in zip(state, sub)]
+    *state, it = compacted_while(
+        make_loop,
+        (*state, it),
+        m,
+        lambda c: ~c[8],
+        lambda c, rows: (*(a[rows] for a in c[:-1]), c[-1]),
+        lambda c, sub, rows: (*(a.at[rows].set(b) for a, b in zip(c[:-1], sub[:-1])), sub[-1]),
+    )
     eta, O, G, H, f, st, ok, conv, done, lam, niter = state
     ok = ok & jnp.isfinite(O)
     # at the iteration cap: a subject cycling within the solver's noise of its mode

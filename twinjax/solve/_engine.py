@@ -38,6 +38,9 @@ E_NOOP, E_BOLUS, E_START, E_STOP, E_RESET, E_SS, E_PARAM = 0, 1, 2, 3, 4, 5, 6
 def vector_field(model):
     """The batched vector field ``f(t, Y, (p, rates))`` on stacked states ``Y[..., S]``.
 
+    ``args`` may hold a third item ``(lo, hi)``: the model is then evaluated at ``t``
+    clipped to ``[lo, hi]`` (a segment's interior, for discontinuity times).
+
     ``rates``: the infusion rate into each state, ``(..., S)``, added to its
     derivative; or None when nothing is infused (decided at trace time: the event
     table has no infusions), so that the step loop does not add a column of zeros to
@@ -46,7 +49,9 @@ def vector_field(model):
     names = model.state_names
 
     def derivatives(t, y, args, shape):
-        p, rates = args
+        p, rates = args[:2]
+        if len(args) > 2:  # a segment's open interval (see ``_run``'s ``breaks``)
+            t = jnp.clip(t, *args[2])
         if rates is None:
             zero = jnp.zeros((), next(iter(y.values())).dtype) if y else 0.0
             d = model.rhs(t, y, p, {s: zero for s in names})
@@ -71,6 +76,12 @@ def vector_field(model):
 
     f.state_major = f_state_major
     return f
+
+
+def _next(a, b):
+    """The next float after ``a`` towards ``b``, differentiable as ``a``."""
+    a0, b0 = jax.lax.stop_gradient((a, b))
+    return a + (jnp.nextafter(a0, b0) - a0)
 
 
 def stack_state(model, y: dict, shape):
@@ -176,22 +187,28 @@ def blocked(fn, n, block, batched, shared=()):
     return jax.tree.map(lambda a: a.reshape((m,) + a.shape[2:])[:n], res)
 
 
-def run(model, solver, p, ev: EventTable, ts, y0=None, sched=None, pre=None):
+def run(model, solver, p, ev: EventTable, ts, y0=None, sched=None, pre=None, breaks=None):
     """Simulate a batch (in blocks when the solver asks for them); see ``_run``."""
     n = ev.kind.shape[0]
     block = solver.block_size(n, len(model.state_names))
     if block is None or block >= n:
-        return _run(model, solver, p, ev, ts, y0, sched, pre)
+        return _run(model, solver, p, ev, ts, y0, sched, pre, breaks)
 
-    def one(p, ev, y0, sched, ts, pre):
-        return _run(model, solver, p, ev, ts, y0, sched, pre)
+    # save times (with their pre-dose flags) and breaks: per patient, or (1, .) shared
+    per = {"ts": ts.shape[0] != 1, "breaks": breaks is not None and breaks.shape[0] != 1}
+    names = [k for k in ("ts", "pre", "breaks") if per[k if k != "pre" else "ts"]]
+    rest = [k for k in ("ts", "pre", "breaks") if k not in names]
+    given = {"ts": ts, "pre": pre, "breaks": breaks}
 
-    if ts.shape[0] == 1:  # shared save times
-        return blocked(one, n, block, (p, ev, y0, sched), (ts, pre))
-    return blocked(one, n, block, (p, ev, y0, sched, ts, pre))
+    def one(p, ev, y0, sched, *xs):
+        kw = dict(zip(names + rest, xs))
+        return _run(model, solver, p, ev, kw["ts"], y0, sched, kw["pre"], kw["breaks"])
+
+    batched = (p, ev, y0, sched, *(given[k] for k in names))
+    return blocked(one, n, block, batched, tuple(given[k] for k in rest))
 
 
-def _run(model, solver, p, ev: EventTable, ts, y0=None, sched=None, pre=None):
+def _run(model, solver, p, ev: EventTable, ts, y0=None, sched=None, pre=None, breaks=None):
     """Simulate a batch. ``p``: (N,) arrays; ``ev``: (N, K) table; ``ts``: (N, T), or
     (1, T) when every patient is saved at the same times (cheaper for solvers that
     look save times up inside their step loop).
@@ -202,7 +219,14 @@ def _run(model, solver, p, ev: EventTable, ts, y0=None, sched=None, pre=None):
     switches them at their change times, and dose records and steady states use their
     values at the record's time. ``pre``: boolean like ``ts``, True where a save at the
     time of events is taken before them (the left limit: an observation record placed
-    before a dose record at the same time). Returns ``(ys (N, T, S), status (N,))``.
+    before a dose record at the same time). ``breaks``: ``(N, J)`` or ``(1, J)``
+    discontinuity times of the model's right-hand side in ``t``, or None: each is the
+    end of a segment (no step crosses it, the solver restarts after it), and in every
+    segment the model is evaluated at ``t`` clipped to the segment's interior (from
+    the next float after its start to the float before its end), so that it sees the
+    value that holds inside the segment on both sides of a switch, whether written
+    with ``t < t_b`` or ``t <= t_b`` (diffrax's ``jump_ts`` does the same with
+    ``prevbefore`` and ``nextafter``). Returns ``(ys (N, T, S), status (N,))``.
     """
     n, T = ev.kind.shape[0], ts.shape[-1]
     S = len(model.state_names)
@@ -286,6 +310,12 @@ def _run(model, solver, p, ev: EventTable, ts, y0=None, sched=None, pre=None):
         e_kind_parts.append(jnp.full((n, U), E_PARAM))
         e_rec_parts.append(jnp.broadcast_to(jnp.arange(U), (n, U)))
         e_key_parts.append(jnp.full((n, U), -1))
+    if breaks is not None:  # discontinuity times: segment ends that change nothing
+        b = jnp.broadcast_to(breaks.astype(dtype), (n, breaks.shape[-1]))
+        e_time_parts.append(b)
+        e_kind_parts.append(jnp.full(b.shape, E_NOOP))
+        e_rec_parts.append(jnp.zeros(b.shape, jnp.int32))
+        e_key_parts.append(jnp.full(b.shape, -1))
     e_time = jnp.concatenate(e_time_parts, -1)
     e_kind = jnp.concatenate(e_kind_parts, -1)
     e_rec = jnp.concatenate(e_rec_parts, -1)
@@ -332,9 +362,10 @@ def _run(model, solver, p, ev: EventTable, ts, y0=None, sched=None, pre=None):
         )
         lo = jnp.sum(seg_of_save < j, axis=-1).astype(jnp.int32)
         hi = jnp.sum(seg_of_save <= j, axis=-1).astype(jnp.int32)
-        out, Y1, st, sc = solver.integrate_segment(
-            f, b0, b1, Y, ts, out, lo, hi, ({**p, **pv}, rates), model, sc
-        )
+        args = ({**p, **pv}, rates)
+        if breaks is not None:  # the segment's interior, where the model is evaluated
+            args = (*args, (_next(b0, b1), _next(b1, b0)))
+        out, Y1, st, sc = solver.integrate_segment(f, b0, b1, Y, ts, out, lo, hi, args, model, sc)
         status = jnp.maximum(status, st)
         return (Y1, active, out, status, sc, pv), None
 

@@ -40,21 +40,24 @@ def make_loop(solver, f, rows_out, t1, args, hi, ts, *, adaptive, lean, inf, red
     reduction ``reduce`` or None); ``gate0(t, idx)`` is the save gate at the start
     (None without saves): the lean loop's two scalars, or the general loop's next
     save time per patient."""
-    saves = None if ts is None else savers(rows_out, hi, ts, inf)
-
-    if lean:
-        body = functools.partial(lean_body, solver, f, t1, args, saves, inf)
-    else:
+    if not lean:
         method = ensemble_method(solver, f, t1, args, adaptive, ts is not None)
-        body = functools.partial(step_body, method, t1, saves, inf, reduce)
+        return general_loop(method, t1, rows_out, ts, hi, inf, reduce)
+    saves = None if ts is None else savers(rows_out, hi, ts, inf)
+    body = functools.partial(lean_body, solver, f, t1, args, saves, inf)
+    return body, lambda t, idx: lean_gate(t, idx, saves)
 
-    def gate0(t, idx):
-        if lean:
-            return lean_gate(t, idx, saves)
-        # the general loop's save gate: each patient's next save time (inf: none)
-        return None if saves is None else saves[0](idx)
 
-    return body, gate0
+def general_loop(method, t1, rows_out, ts, hi, inf, reduce=None):
+    """``(body, gate0)`` of the step loop with the general body (:func:`step_body`)
+    and ``method`` (a ``_loop_parts.Method``), for the patients ``rows_out`` (their end
+    times ``t1``, save times ``ts`` and save ends ``hi``; None without saves), with the
+    per-step reduction's update ``reduce`` (None: none). ``gate0(t, idx)``: the save
+    gate at the start, each patient's next save time (``inf``: none; None without
+    saves). Used by ``solvers.Ensemble`` (:func:`make_loop`) and Rush-Larsen."""
+    saves = None if ts is None else savers(rows_out, hi, ts, inf)
+    body = functools.partial(step_body, method, t1, saves, inf, reduce)
+    return body, lambda t, idx: None if saves is None else saves[0](idx)
 
 
 def step_body(method, t1, saves, inf, reduce, c):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ._compaction import compacted_while, while_running
 from ._ensemble_layout import all_finite, on_rows, stacked, state_major, tmap
 from ._ensemble_loop import make_loop
 from ._ensemble_saves import SAVES_PER_PASS, savers, write_saves
@@ -66,17 +67,11 @@ def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows, redu
         h0 = jax.lax.stop_gradient(h0)
     dtype = stacked(y0).dtype
     inf = jnp.asarray(jnp.inf, dtype)
-    K = SAVES_PER_PASS
-    ts = out = idx = hi = None
+    ts = hi = None
     if save is not None:
-        ts, out, idx, hi = save
+        ts, _, _, hi = save
 
     rows_out = jnp.arange(n)
-    if save is not None:
-        # saves at the segment's start take the state after its events
-        saves = savers(rows_out, hi, ts, inf)
-        y0_saves = jnp.broadcast_to(stacked(y0)[..., None], (S, n, K))
-        out, idx = write_saves(saves, out, idx, t0, lambda tj: y0_saves)
     # A start from a non-finite state or derivative is not integrated: NONFINITE.
     # A patient that failed before (skip) is not integrated and reports OK.
     start_ok = all_finite(y0, f0)
@@ -90,7 +85,7 @@ def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows, redu
     t_start = jnp.where(active0, t0, t1) if lean else t0
     # the k slot: the derivative and the reduction's accumulators (None: none)
     k0 = (f0, None if reduce is None else reduce.acc0.T)
-    carry = (t_start, y0, k0, h0, active0, status0, jnp.zeros((), jnp.int32), out, idx, None)
+    carry = start(t0, t_start, y0, k0, h0, active0, status0, save, inf)
     # compaction (see :func:`drive`)
     m = int(n * solver.compact) if solver.compact else 0
     batched = all(getattr(a, "ndim", 0) >= 1 and a.shape[0] == n for a in jax.tree.leaves(args))
@@ -120,6 +115,32 @@ def run(solver, f, t0, t1, y0, args, save, h_prev=None, skip=None, *, rows, redu
     return (out, y, status, h_keep, *acc)
 
 
+def start(t0, t_start, y0, k0, h0, active0, status0, save, inf):
+    """The step loop's carry at the start: ``(t, y, k, h, active, status, it, out,
+    idx, gate)``, the saves at ``t0`` written with the start state ``y0`` (``(S, N)``
+    stacked, or a tuple of ``S`` rows), the save gate left for :func:`drive` to set.
+
+    The one start of every batched integrator of ``solve/`` (:func:`run` for
+    ``solvers.Ensemble``, ``_rush_larsen.integrate``). ``t_start``: the loop's start
+    times (``t0``, or for the lean loop a patient's end when it does not run); ``k0``:
+    the pair ``(derivative, accumulators)`` (either None); ``h0``: the first step or
+    proposal (None: none carried); ``save``: None, or ``(ts, out, idx, hi)`` (save
+    times ``(N, T)`` or ``(1, T)``, the result ``(N, T, S)``, each patient's first save
+    index and its end); ``inf``: infinity in the time dtype.
+    """
+    out = idx = None
+    if save is not None:
+        ts, out, idx, hi = save
+        S = len(y0) if isinstance(y0, tuple) else y0.shape[0]
+        n = t0.shape[0]
+        # saves at the start take the start state (in a segment: after its events)
+        y0_saves = jnp.broadcast_to(stacked(y0)[..., None], (S, n, SAVES_PER_PASS))
+        saves = savers(jnp.arange(n), hi, ts, inf)
+        out, idx = write_saves(saves, out, idx, t0, lambda tj: y0_saves)
+    it0 = jnp.zeros((), jnp.int32)
+    return (t_start, y0, k0, h0, active0, status0, it0, out, idx, None)
+
+
 def drive(make, carry, rows_out, ts, hi, args, m, max_steps):
     """The step loop, the one ``while_loop`` of every batched integrator of ``solve/``
     (``solvers.Ensemble``'s methods, Rush-Larsen of ``_rush_larsen.py``).
@@ -137,10 +158,11 @@ def drive(make, carry, rows_out, ts, hi, args, m, max_steps):
     last step it tried was non-finite (a body that retries such a step keeps the
     patient running with ``Status.NONFINITE``): then it stays ``NONFINITE``, the cause.
 
-    Compaction: patients finish a segment after different numbers of steps, and a
-    lock-step loop pays for all of them until the last one is done. Once no more than
-    ``m`` are running, the running ones are gathered into a batch of ``m`` and finish
-    there; results are per patient, so bitwise the same.
+    Compaction (``_compaction.compacted_while``): patients finish a segment after
+    different numbers of steps, and a lock-step loop pays for all of them until the
+    last one is done. Once no more than ``m`` are running, the running ones are
+    gathered into a batch of ``m`` and finish there; results are per patient, so
+    bitwise the same.
     """
     carry = _loop(make, carry, rows_out, ts, hi, args, m, max_steps)
     active, status = carry[4], carry[5]
@@ -149,57 +171,50 @@ def drive(make, carry, rows_out, ts, hi, args, m, max_steps):
     return (*carry[:5], status, *carry[6:])
 
 
-def _cond(min_active, max_steps):
-    """The loop's condition: some patient (more than ``min_active``) still running,
-    and fewer than ``max_steps`` iterations."""
-
-    def cond(c):
-        active, it = c[4], c[6]
-        if min_active > 0:  # (implies that some are running: one reduction)
-            return (jnp.sum(active, dtype=jnp.int32) > min_active) & (it < max_steps)
-        return jnp.any(active) & (it < max_steps)
-
-    return cond
-
-
 def _loop(make, carry, rows_out, ts, hi, args, m, max_steps):
-    """:func:`drive`'s loops (the whole batch, then the compacted one), without the
-    end status."""
-    body, gate0 = make(rows_out, ts, hi, args)
-    carry = (*carry[:-1], gate0(carry[0], carry[8]))
-    carry = jax.lax.while_loop(_cond(m, max_steps), body, carry)
-    if not m:
-        return carry
-    t, y, k, h, active, status, it, out, idx, _ = carry
-    # the running patients; the rest of the m slots repeat a finished one,
-    # which the loop leaves as it is
-    sel = jnp.nonzero(active, size=m, fill_value=jnp.argmin(active))[0]
-    sub = (
-        t[sel],
-        tmap(lambda a: a[..., sel], y),
-        jax.tree.map(lambda a: a[..., sel], k),  # (k, accumulators)
-        h[sel],
-        active[sel],
-        status[sel],
-        it,
-        out,
-    )
-    sub = sub + (None if idx is None else idx[sel],)
-    args_c = jax.tree.map(lambda a: a[sel], args)
-    ts_c = None if ts is None else (ts if ts.shape[0] == 1 else ts[sel])
-    hi_c = None if hi is None else hi[sel]
-    body_c, gate0_c = make(sel, ts_c, hi_c, args_c)
-    sub = sub + (gate0_c(sub[0], sub[8]),)
-    tc, yc, kc, hc, ac, sc, it, out, ic, _ = jax.lax.while_loop(_cond(0, max_steps), body_c, sub)
-    return (
-        t.at[sel].set(tc),
-        tmap(lambda a, b: a.at[..., sel].set(b), y, yc),
-        jax.tree.map(lambda a, b: a.at[..., sel].set(b), k, kc),
-        h.at[sel].set(hc),
-        active.at[sel].set(ac),
-        status.at[sel].set(sc),
-        it,
-        out,
-        None if idx is None else idx.at[sel].set(ic),
-        None,
-    )
+    """:func:`drive`'s loops (the whole batch, then the compacted one, see
+    ``_compaction.compacted_while``), without the end status."""
+
+    def loop(sel, min_active):
+        if sel is None:
+            body, gate0 = make(rows_out, ts, hi, args)
+        else:
+            args_c = jax.tree.map(lambda a: a[sel], args)
+            ts_c = None if ts is None else (ts if ts.shape[0] == 1 else ts[sel])
+            hi_c = None if hi is None else hi[sel]
+            body, gate0 = make(sel, ts_c, hi_c, args_c)
+        cond = while_running(lambda c: c[4], lambda c: c[6], min_active, max_steps)
+        return cond, body, lambda c: (*c[:-1], gate0(c[0], c[8]))
+
+    def gather(c, sel):
+        t, y, k, h, active, status, it, out, idx, _ = c
+        return (
+            t[sel],
+            tmap(lambda a: a[..., sel], y),
+            jax.tree.map(lambda a: a[..., sel], k),  # (k, accumulators)
+            h[sel],
+            active[sel],
+            status[sel],
+            it,
+            out,
+            None if idx is None else idx[sel],
+            None,
+        )
+
+    def scatter(c, sub, sel):
+        t, y, k, h, active, status, it, out, idx, _ = c
+        tc, yc, kc, hc, ac, sc, it, out, ic, _ = sub
+        return (
+            t.at[sel].set(tc),
+            tmap(lambda a, b: a.at[..., sel].set(b), y, yc),
+            jax.tree.map(lambda a, b: a.at[..., sel].set(b), k, kc),
+            h.at[sel].set(hc),
+            active.at[sel].set(ac),
+            status.at[sel].set(sc),
+            it,
+            out,
+            None if idx is None else idx.at[sel].set(ic),
+            None,
+        )
+
+    return compacted_while(loop, carry, m, lambda c: c[4], gather, scatter)

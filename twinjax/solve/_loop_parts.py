@@ -53,7 +53,9 @@ def land(h, t, t_end, active, t_disc=None):
     none) and on ``t_end`` (when they would pass it); 0 for a patient not running."""
     if t_disc is not None:
         h = jnp.where(t < t_disc, jnp.minimum(h, t_disc - t), h)
-    return jnp.where(active, jnp.minimum(h, t_end - t), 0.0)
+    # (a step equal to the rest takes the rest: its derivative is that of t_end - t)
+    rest = t_end - t
+    return jnp.where(active, jnp.where(h < rest, h, rest), 0.0)
 
 
 def finite_accept(trial, active):

@@ -44,16 +44,14 @@ step evaluates the model at its start).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from ._ensemble_loop import step_body
-from ._ensemble_run import drive
-from ._ensemble_saves import savers, write_saves
+from ._ensemble_loop import general_loop
+from ._ensemble_run import drive, start
 from ._loop_parts import Method, Trial, finite_accept, finite_end, land
 from ._reductions import StepReduction
 
@@ -180,34 +178,23 @@ def integrate(
     rows_out = jnp.arange(N)
     inf = jnp.asarray(jnp.inf, t_end.dtype)
     Y0 = pack(y, names)
-    out = idx = hi = ts2 = None
+    save = ts2 = hi = None
     if ts is not None:
         T = ts.shape[0]
         ts2, hi = ts[None, :], jnp.full((N,), T, jnp.int32)
         out = jnp.zeros((N, T, len(names)), t_end.dtype)
-        idx = jnp.zeros((N,), jnp.int32)
-        # the saves at the start (time 0) take the start state
-        out, idx = write_saves(
-            savers(rows_out, hi, ts2, inf), out, idx, t0, lambda tj: Y0[..., None]
-        )
+        save = (ts2, out, jnp.zeros((N,), jnp.int32), hi)
     method = rush_larsen_method(
         evaluate, names, gates, controlled, propose, t_disc, t_end, controller, linear
     )
     update = None if reduce is None else reduce.update
 
     def make(rows, ts_s, hi_s, args_s):
-        saves = None if ts_s is None else savers(rows, hi_s, ts_s, inf)
-
-        def gate0(t, i):
-            return None if saves is None else saves[0](i)
-
-        return functools.partial(step_body, method, t_end, saves, inf, update), gate0
+        return general_loop(method, t_end, rows, ts_s, hi_s, inf, update)
 
     status0 = jnp.zeros((N,), jnp.int32)
-    active0 = t0 < t_end
-    it0 = jnp.zeros((), jnp.int32)
     # the k slot: no carried derivative (each step evaluates its start), the accumulators
-    carry = (t0, Y0, (None, acc0), h0, active0, status0, it0, out, idx, None)
+    carry = start(t0, t0, Y0, (None, acc0), h0, t0 < t_end, status0, save, inf)
     t, Y, (_, A), _, _, status, it, out, _, _ = drive(
         make, carry, rows_out, ts2, hi, None, 0, max_steps
     )

@@ -90,6 +90,34 @@ def prepare(model, params, regimen, times, dtype, check=True):
     return p, ev, ts, patient_rows(ts, nb), N, schedule(pw, nb, dtype)
 
 
+def check_breaks(breaks, n: int, dtype):
+    """Validated discontinuity times: ``(1, J)`` shared or ``(n, J)`` per patient, or
+    None (none given). Raises ``ValueError`` naming the first bad entry."""
+    if breaks is None:
+        return None
+    try:
+        b = jnp.asarray(breaks, dtype)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"breaks must be numbers, got {breaks!r}") from e
+    if b.ndim == 1:
+        b = b[None]
+    if b.ndim != 2 or b.shape[0] not in (1, n):
+        raise ValueError(
+            f"breaks has shape {tuple(np.shape(breaks))}; expected (J,) for every patient or "
+            f"({n}, J) for the {n} patient(s) given by the parameters, regimens and times"
+        )
+    if b.shape[-1] == 0:
+        return None
+    if _concrete(b):
+        a = np.asarray(b)
+        bad = ~np.isfinite(a) | (a < 0)
+        if bad.any():
+            i = tuple(int(x) for x in np.argwhere(bad)[0])
+            where = f"breaks[{i[1]}]" if a.shape[0] == 1 else f"breaks[{i[0]}, {i[1]}]"
+            raise ValueError(f"{where} is {a[i]}; breaks must be finite and >= 0")
+    return b
+
+
 def _pre_dose(pre_dose, ts):
     """Validated pre-dose save flags (a bool array shaped like ``ts``) or None."""
     if pre_dose is None:
@@ -118,8 +146,9 @@ def _pre_dose(pre_dose, ts):
 
 @eqx.filter_jit
 @eqx.debug.assert_max_traces(max_traces=None)  # tests count traces: eqx.debug.get_num_traces
-def simulate_core(model, solver, p, ev, ts2, y0=None, sched=None, pre=None):
-    """Simulate a batch; ``ts2``: ``(N, T)`` save times, or ``(1, T)`` shared by all.
+def simulate_core(model, solver, p, ev, ts2, y0=None, sched=None, pre=None, breaks=None):
+    """Simulate a batch; ``ts2``: ``(N, T)`` save times, or ``(1, T)`` shared by all;
+    ``breaks``: ``(N, J)`` or ``(1, J)`` discontinuity times, or None.
 
     The compiled entry point shared by :func:`simulate`, ``simulate_cohort`` and the
     calibration objectives: ``(states, outputs, status)``, a failed patient's states
@@ -127,7 +156,7 @@ def simulate_core(model, solver, p, ev, ts2, y0=None, sched=None, pre=None):
     """
     n = ev.kind.shape[0]
     if model.state_names:
-        ys, status = run(model, solver, p, ev, ts2, y0, sched, pre)
+        ys, status = run(model, solver, p, ev, ts2, y0, sched, pre, breaks)
     else:  # algebraic model (e.g. a direct-effect PD model): nothing to integrate
         ys = jnp.zeros((n, ts2.shape[-1], 0), ts2.dtype)
         status = jnp.zeros((n,), jnp.int32)
@@ -170,6 +199,7 @@ def simulate(
     check: bool = True,
     y0: Mapping | None = None,
     pre_dose=None,
+    breaks=None,
 ) -> Result:
     """Simulate a model for one patient or a batch.
 
@@ -195,6 +225,15 @@ def simulate(
             dose record at the same time in a NONMEM dataset sees the pre-dose value.
             By default every save includes the events at its time. At equal times the
             pre-dose saves come first.
+        breaks: discontinuity times of the model's right-hand side in ``t`` (a switch
+            written in ``rhs``, e.g. ``jnp.where(t < 6.0, a, b)``: a forcing that
+            starts or stops at a known time): ``(J,)`` for every patient or ``(N, J)``
+            per patient, >= 0 and finite, in any order. No step crosses a break: the
+            integration stops at it and restarts after it, and on each side the model
+            is evaluated with the value that holds there (at times clipped into the
+            open interval between breaks and events), so that an adaptive solver
+            neither steps over the switch nor rejects steps to resolve it. A break
+            changes no state (doses and infusions are events already).
 
     Returns:
         A :class:`Result` with a status code per patient. A failing patient never
@@ -204,7 +243,8 @@ def simulate(
 
     Raises:
         ValueError: before any compilation, for unknown parameters, values outside
-            their bounds, doses to unknown compartments, or malformed times.
+            their bounds, doses to unknown compartments, or malformed times or
+            breaks.
     """
     if times is None:
         raise ValueError("simulate needs save times, e.g. times=jnp.linspace(0, 24, 97)")
@@ -212,6 +252,7 @@ def simulate(
     solver = solver if solver is not None else Diffrax()
     p, ev, ts, ts2, N, sched = prepare(model, params, regimen, times, dtype, check)
     pre = _pre_dose(pre_dose, ts)
+    brk = check_breaks(breaks, ts2.shape[0], dtype)
     y0s = None
     if y0:
         unknown = [k for k in y0 if k not in model.state_names]
@@ -236,7 +277,7 @@ def simulate(
         if not shared and pre.shape[0] == 1:
             pre = jnp.broadcast_to(pre, ts2.shape)
     states, outputs, status = simulate_core(
-        model, solver, p, ev, ts[None] if shared else ts2, y0s, sched, pre
+        model, solver, p, ev, ts[None] if shared else ts2, y0s, sched, pre, brk
     )
     states, outputs, status, p = unbatch((states, outputs, status, p), N)
     return Result(ts, states, outputs, status, p)
