@@ -75,7 +75,7 @@ def _load_builtin():
 
 def _register_organ_models():
     """The organ models that virtual-trial specifications refer to by name."""
-    from ..ode import Link
+    from ..ode import Emax, Link
     from . import pk
 
     def pk_circulation():
@@ -83,7 +83,7 @@ def _register_organ_models():
 
         return QuasiStaticTwin(
             pk.one_compartment("first_order"),
-            [Link("pk.C", "circ.R_AR_SYS", "emax", {"Emax": -0.3, "EC50": 0.05}, name="drug")],
+            [Link("pk.C", "circ.R_AR_SYS", Emax(), {"Emax": -0.3, "EC50": 0.05}, name="drug")],
         )
 
     register(

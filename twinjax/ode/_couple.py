@@ -3,55 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
 from fractions import Fraction
 
 import equinox as eqx
-import jax.numpy as jnp
 
+from ._link_kinds import Direct, LinkKind, link_kind
 from ._model import TIME_UNITS, Model, dose_table
 from ._param import Param, State
-
-LINK_KINDS = ("direct", "linear", "emax", "sigmoid", "user")
-
-_EMAX = (
-    Param(
-        "Emax",
-        0.0,
-        "1",
-        -1.0,
-        math.inf,
-        "identity",
-        doc="maximal fractional change of the target (negative: inhibition)",
-    ),
-    Param(
-        "EC50",
-        1.0,
-        "conc",
-        0.0,
-        math.inf,
-        "log",
-        doc="source value giving half the maximal change",
-    ),
-)
-
-_LINK_PARAMS: dict[str, tuple[Param, ...]] = {
-    "direct": (),
-    "linear": (
-        Param(
-            "slope",
-            0.0,
-            "1/conc",
-            -math.inf,
-            math.inf,
-            "identity",
-            doc="fractional change of the target per unit of the source",
-        ),
-    ),
-    "emax": _EMAX,
-    "sigmoid": _EMAX + (Param("gamma", 1.0, "1", 0.0, 100.0, "log", doc="Hill coefficient"),),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,79 +20,64 @@ class Link:
     Arguments:
         source: ``"model.output"``, an output of a sub-model (e.g. ``"pk.C"``).
         target: ``"model.param"``, the parameter it modifies (e.g. ``"circ.R_sys"``).
-        kind: how the source value ``C`` modifies the target's base value ``P``:
+        kind: how the source value ``C`` modifies the target's base value ``P``: a
+            :class:`~twinjax.ode.LinkKind` (``twinjax.ode``), or its string name:
 
-            - ``"direct"``: ``P_eff = C`` (drives a PD model's concentration input);
-            - ``"linear"``: ``P_eff = P * (1 + slope * C)``;
-            - ``"emax"``: ``P_eff = P * (1 + Emax * C / (EC50 + C))``;
-            - ``"sigmoid"``: ``P_eff = P * (1 + Emax * C^g / (EC50^g + C^g))``;
-            - ``"user"``: ``P_eff = fn(C, P, q)`` with ``q`` the link's own parameters.
+            - ``Direct()``, ``"direct"``: ``P_eff = C`` (drives a PD model's
+              concentration input);
+            - ``Linear()``, ``"linear"``: ``P_eff = P * (1 + slope * C)``;
+            - ``Emax()``, ``"emax"``: ``P_eff = P * (1 + Emax * C / (EC50 + C))``;
+            - ``Sigmoid()``, ``"sigmoid"``: ``P_eff = P * (1 + Emax * C^g / (EC50^g + C^g))``;
+            - ``UserLink(fn)``, ``"user"`` with ``fn=``: ``P_eff = fn(C, P, q)`` with
+              ``q`` the link's own parameters;
+            - any other subclass of :class:`~twinjax.ode.LinkKind`.
+
+            A name is converted to its class once, at construction: ``link.kind`` is
+            always a ``LinkKind`` (``link.kind.name`` is the name).
         params: values (or full :class:`Param` entries) for the link's parameters;
             for ``"user"`` every parameter must be given as a :class:`Param`.
-        fn: the user function for ``kind="user"``.
+        fn: the user function for ``kind="user"`` (with ``UserLink(fn)`` it is not
+            needed; ``link.fn`` is the user kind's function, else ``None``).
         name: namespace of the link's parameters in the coupled model (default
             ``"link{i}"``).
+
+    Example:
+        ```python
+        Link("pk.C", "circ.R_AR_SYS", Emax(), {"Emax": -0.3, "EC50": 0.05})
+        ```
     """
 
     source: str
     target: str
-    kind: str = "direct"
+    kind: LinkKind | str = Direct()
     params: Mapping[str, float | Param] = dataclasses.field(default_factory=dict)
     fn: Callable | None = None
     name: str | None = None
 
     def __post_init__(self):
-        if self.kind not in LINK_KINDS:
-            raise ValueError(f"Link kind {self.kind!r} is not one of {LINK_KINDS}")
+        kind = link_kind(self.kind, self.fn)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "fn", getattr(kind, "fn", None))
         for attr in ("source", "target"):
             v = getattr(self, attr)
             if not isinstance(v, str) or v.count(".") < 1:
                 raise ValueError(f"Link {attr} must be 'model.name', got {v!r}")
-        if self.kind == "user" and self.fn is None:
-            raise ValueError("Link kind 'user' needs fn(C, P, q)")
         object.__setattr__(self, "params", dict(self.params))
         # hashability for use as static structure
         object.__setattr__(self, "_key", tuple(sorted(self.params.items(), key=lambda kv: kv[0])))
 
     def __hash__(self):
-        return hash((self.source, self.target, self.kind, self._key, self.fn, self.name))
+        return hash((self.source, self.target, self.kind, self._key, self.name))
 
     def param_table(self) -> tuple[Param, ...]:
-        if self.kind == "user":
-            out = []
-            for k, v in self.params.items():
-                if not isinstance(v, Param):
-                    raise ValueError(
-                        f"Link {self.source}->{self.target}: user link parameter {k!r} must be "
-                        "a Param (value, unit, bounds)"
-                    )
-                out.append(v.replace(name=k))
-            return tuple(out)
-        base = {q.name: q for q in _LINK_PARAMS[self.kind]}
-        unknown = [k for k in self.params if k not in base]
-        if unknown:
-            raise ValueError(
-                f"Link {self.source}->{self.target} ({self.kind}): unknown parameter(s) "
-                f"{unknown}; valid: {list(base)}"
-            )
-        out = []
-        for k, q in base.items():
-            v = self.params.get(k, q.value)
-            out.append(v.replace(name=k) if isinstance(v, Param) else q.replace(value=float(v)))
-        return tuple(out)
+        """The link's parameters (its kind's table with this link's values)."""
+        assert isinstance(self.kind, LinkKind)  # converted in __post_init__
+        return self.kind.param_table(self.params, self.source, self.target)
 
     def apply(self, c, base, q: Mapping):
-        if self.kind == "direct":
-            return c + 0.0 * base
-        if self.kind == "linear":
-            return base * (1.0 + q["slope"] * c)
-        if self.kind == "emax":
-            return base * (1.0 + q["Emax"] * c / (q["EC50"] + c))
-        if self.kind == "sigmoid":
-            cg = jnp.power(jnp.maximum(c, 0.0), q["gamma"])
-            return base * (1.0 + q["Emax"] * cg / (jnp.power(q["EC50"], q["gamma"]) + cg))
-        assert self.fn is not None  # kind "user": checked in __post_init__
-        return self.fn(c, base, q)
+        """The target's effective value (see :meth:`LinkKind.apply`)."""
+        assert isinstance(self.kind, LinkKind)  # converted in __post_init__
+        return self.kind.apply(c, base, q)
 
 
 def _time_units(models: Mapping[str, Model], time_unit: str | None):
