@@ -12,10 +12,6 @@ import numpy as np
 from ..ode._model import Model
 from ..solve._simulate import check_times
 
-#: Endpoint kinds with a derivative: the others (tmax, responder, safety,
-#: time_in_range) are piecewise constant in the parameters.
-SMOOTH_KINDS = ("value", "change", "cmax", "auc", "ctrough", "custom")
-
 
 def is_model(f) -> bool:
     return isinstance(f, Model)
@@ -78,15 +74,18 @@ def quantity_spec(model, times, output, endpoint, where: str, *, differentiable:
             )
         return output, ts, None, output
     from ..trial._check import SpecError
+    from ..trial._endpoint_kinds import SMOOTH_KINDS
     from ..trial._endpoints import Endpoint
 
     if isinstance(endpoint, Endpoint):
         problems = endpoint.problems(names, float(ts[-1]))
         if problems:
             raise SpecError(problems)
-        if differentiable and endpoint.kind not in SMOOTH_KINDS:
+        # the kinds without a derivative (tmax, responder, safety, time_in_range) are
+        # piecewise constant in the parameters
+        if differentiable and not endpoint.kind.smooth:
             raise ValueError(
-                f"{where}: endpoint {endpoint.name!r} of kind {endpoint.kind!r} is piecewise "
+                f"{where}: endpoint {endpoint.name!r} of kind {endpoint.kind.name!r} is piecewise "
                 "constant in the parameters (its derivative is zero almost everywhere); local "
                 f"sensitivities need one of {list(SMOOTH_KINDS)} (use sobol for the others)"
             )
@@ -107,45 +106,16 @@ def endpoint_values(endpoint, ts: np.ndarray, outputs: Mapping, xp=jnp):
     grid ``ts`` is concrete, so windows and interpolation weights are constants.
     A function ``fn(times, outputs)`` is called as it is.
     """
+    from ..trial._endpoint_kinds import Custom
     from ..trial._endpoints import Endpoint
 
     if not isinstance(endpoint, Endpoint):
         return endpoint(ts, outputs)
-    if endpoint.kind == "custom":
+    if isinstance(endpoint.kind, Custom):
         return endpoint.fn(ts, outputs)  # type: ignore[misc]
     if xp is np:  # the trial's own computation, every kind
         return np.asarray(endpoint.compute(ts, {k: np.asarray(v) for k, v in outputs.items()}))
-    y = outputs[endpoint.output]
-    lo, hi = endpoint.window if endpoint.window is not None else (ts[0], ts[-1])
-    w = np.nonzero((ts >= lo) & (ts <= hi))[0]
-
-    def at(s):
-        i = int(np.searchsorted(ts, s))
-        if i < len(ts) and ts[i] == s:
-            return y[:, i]
-        i = int(np.clip(i, 1, len(ts) - 1))
-        a = (s - ts[i - 1]) / (ts[i] - ts[i - 1])
-        return (1 - a) * y[:, i - 1] + a * y[:, i]
-
-    k = endpoint.kind
-    if k == "value":
-        return at(endpoint.time)
-    if k == "change":
-        base = at(endpoint.baseline_time)
-        ch = at(endpoint.time) - base
-        if endpoint.percent:
-            ch = 100.0 * ch / xp.where(base != 0, base, xp.nan)
-        return ch
-    yw = y[:, w]
-    if k == "cmax":
-        return yw.max(axis=1)
-    if k == "ctrough":
-        return yw.min(axis=1)
-    if k == "auc":
-        tw = ts[w]
-        dt = np.diff(tw)
-        return xp.sum(0.5 * (yw[:, 1:] + yw[:, :-1]) * dt[None, :], axis=1)
-    raise AssertionError(k)  # pragma: no cover - excluded by quantity_spec
+    return endpoint.kind.compute(endpoint, ts, outputs, xp)  # a smooth kind (quantity_spec)
 
 
 def model_outputs(result) -> dict:

@@ -7,44 +7,39 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ._check import INVALID, Problems, SpecError, boolean, describe, number, ok, string
-
-KINDS = (
-    "value",
-    "change",
-    "cmax",
-    "tmax",
-    "auc",
-    "ctrough",
-    "time_in_range",
-    "responder",
-    "safety",
-    "custom",
-)
-BINARY_KINDS = ("responder", "safety")
+from ._check import Problems, SpecError, boolean, describe, number, ok, string
+from ._endpoint_kinds import KINDS, EndpointKind, endpoint_kind, is_kind
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class Endpoint:
     """A per-patient endpoint.
 
     Arguments:
         name: column name in the endpoint table.
-        kind: one of
+        kind: an :class:`~twinjax.trial.EndpointKind` (a class of
+            ``twinjax.trial``, e.g. ``AUC()``; a subclass defines a new kind), or
+            its name (as in TOML files; stored as the class):
 
-            - ``"value"``: the output at ``time`` (linear interpolation on the save grid);
-            - ``"change"``: value at ``time`` minus value at ``baseline_time``
-              (``percent=True`` for percent change);
-            - ``"cmax"``, ``"tmax"``: maximum and time of maximum over ``window``;
-            - ``"auc"``: trapezoidal area under the output over ``window``;
-            - ``"ctrough"``: minimum over ``window`` (e.g. the last dosing interval);
-            - ``"time_in_range"``: fraction of ``window`` with ``low <= output <= high``;
-            - ``"responder"``: change (absolute or percent) beyond ``threshold`` in
-              ``direction`` (``"below"``: a decrease to at most ``threshold``);
-            - ``"safety"``: the output crosses ``threshold`` in ``direction`` at any
-              time in ``window`` (e.g. hypotension: MAP below 65 mmHg);
-            - ``"custom"``: ``fn(times, outputs) -> (N,)`` with ``outputs`` a dict of
-              ``(N, T)`` arrays (Python API only).
+            - ``Value()``, ``"value"``: the output at ``time`` (linear interpolation
+              on the save grid);
+            - ``Change()``, ``"change"``: value at ``time`` minus value at
+              ``baseline_time`` (``percent=True`` for percent change);
+            - ``Cmax()``, ``Tmax()``, ``"cmax"``, ``"tmax"``: maximum and time of
+              maximum over ``window``;
+            - ``AUC()``, ``"auc"``: trapezoidal area under the output over ``window``;
+            - ``Ctrough()``, ``"ctrough"``: minimum over ``window`` (e.g. the last
+              dosing interval);
+            - ``TimeInRange()``, ``"time_in_range"``: fraction of ``window`` with
+              ``low <= output <= high``;
+            - ``Responder()``, ``"responder"``: change (absolute or percent) beyond
+              ``threshold`` in ``direction`` (``"below"``: a decrease to at most
+              ``threshold``);
+            - ``Safety()``, ``"safety"``: the output crosses ``threshold`` in
+              ``direction`` at any time in ``window`` (e.g. hypotension: MAP below
+              65 mmHg);
+            - ``Custom()``, ``"custom"``: ``fn(times, outputs) -> (N,)`` with
+              ``outputs`` a dict of ``(N, T)`` arrays (Python API only).
         output: the model output (or state) it reads.
         time, baseline_time: times for ``value``/``change``/``responder``.
         window: ``(start, end)``; default the whole simulation.
@@ -53,28 +48,60 @@ class Endpoint:
     """
 
     name: str
-    kind: str
-    output: str | None = None
-    time: float | None = None
-    baseline_time: float = 0.0
-    window: tuple[float, float] | None = None
-    threshold: float | None = None
-    direction: str = "below"
-    percent: bool = False
-    low: float | None = None
-    high: float | None = None
-    fn: Callable | None = None
-    binary_custom: bool = False
+    kind: EndpointKind
+    output: str | None
+    time: float | None
+    baseline_time: float
+    window: tuple[float, float] | None
+    threshold: float | None
+    direction: str
+    percent: bool
+    low: float | None
+    high: float | None
+    fn: Callable | None
+    binary_custom: bool
 
-    def __post_init__(self):
+    def __init__(
+        self,
+        name: str,
+        kind: EndpointKind | type[EndpointKind] | str,
+        output: str | None = None,
+        time: float | None = None,
+        baseline_time: float = 0.0,
+        window: tuple[float, float] | None = None,
+        threshold: float | None = None,
+        direction: str = "below",
+        percent: bool = False,
+        low: float | None = None,
+        high: float | None = None,
+        fn: Callable | None = None,
+        binary_custom: bool = False,
+    ):
+        fields = dict(
+            name=name,
+            kind=kind,
+            output=output,
+            time=time,
+            baseline_time=baseline_time,
+            window=window,
+            threshold=threshold,
+            direction=direction,
+            percent=percent,
+            low=low,
+            high=high,
+            fn=fn,
+            binary_custom=binary_custom,
+        )
         probs = Problems()
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        check_endpoint_fields(fields, f"Endpoint({self.name!r})", probs)
+        check_endpoint_fields(fields, f"Endpoint({name!r})", probs)
         probs.check()
+        fields["kind"] = endpoint_kind(kind)  # a name as its class, once
+        for k, v in fields.items():
+            object.__setattr__(self, k, v)
 
     @property
     def binary(self) -> bool:
-        return self.kind in BINARY_KINDS or (self.kind == "custom" and self.binary_custom)
+        return self.kind.binary(self)
 
     def check(self, outputs: list[str], duration: float) -> None:
         """Raise ValueError if the endpoint names an unknown output or a time outside."""
@@ -86,7 +113,7 @@ class Endpoint:
         """Unknown output, times outside the trial ``[0, duration]``: every problem."""
         where = f"endpoint {self.name!r}"
         out = []
-        if self.kind != "custom" and self.output not in outputs:
+        if self.kind.needs_output and self.output not in outputs:
             out.append(
                 f"{where}: unknown output {self.output!r}; the model's outputs and states are "
                 f"{outputs}"
@@ -98,48 +125,7 @@ class Endpoint:
 
     def compute(self, times: np.ndarray, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Per-patient values ``(N,)`` from save ``times (T,)`` and ``outputs (N, T)``."""
-        if self.kind == "custom":
-            assert self.fn is not None  # checked in __post_init__
-            return np.asarray(self.fn(times, outputs))
-        assert self.output is not None  # checked in __post_init__
-        y = np.asarray(outputs[self.output])
-        t = np.asarray(times)
-        lo, hi = self.window if self.window is not None else (t[0], t[-1])
-        w = (t >= lo) & (t <= hi)
-        tw, yw = t[w], y[:, w]
-
-        def at(s):
-            i = np.searchsorted(t, s)
-            if i < len(t) and t[i] == s:
-                return y[:, i]
-            i = int(np.clip(i, 1, len(t) - 1))
-            a = (s - t[i - 1]) / (t[i] - t[i - 1])
-            return (1 - a) * y[:, i - 1] + a * y[:, i]
-
-        if self.kind == "value":
-            return at(self.time)
-        if self.kind in ("change", "responder"):
-            base = at(self.baseline_time)
-            ch = at(self.time) - base
-            if self.percent:
-                ch = 100.0 * ch / np.where(base != 0, base, np.nan)
-            if self.kind == "change":
-                return ch
-            return ch <= self.threshold if self.direction == "below" else ch >= self.threshold
-        if self.kind == "cmax":
-            return yw.max(axis=1)
-        if self.kind == "tmax":
-            return tw[np.argmax(yw, axis=1)]
-        if self.kind == "auc":
-            return np.trapezoid(yw, tw, axis=1)
-        if self.kind == "ctrough":
-            return yw.min(axis=1)
-        if self.kind == "time_in_range":
-            return np.mean((yw >= self.low) & (yw <= self.high), axis=1)
-        # safety
-        if self.direction == "below":
-            return np.any(yw < self.threshold, axis=1)
-        return np.any(yw > self.threshold, axis=1)
+        return np.asarray(self.kind.compute(self, times, outputs))
 
 
 def check_endpoint_fields(f: Mapping, where: str, probs: Problems) -> None:
@@ -149,27 +135,20 @@ def check_endpoint_fields(f: Mapping, where: str, probs: Problems) -> None:
     """
     name = string(f.get("name"), f"{where}.name", probs)
     label = f"endpoint {name!r}" if ok(name) else "endpoint"
-    kind = string(f.get("kind"), f"{where}.kind", probs)
-    if ok(kind) and kind not in KINDS:
-        probs.add(f"{where}.kind", f"{label}: kind {kind!r} unknown; allowed: {list(KINDS)}")
-        kind = INVALID
+    kind = _kind(f.get("kind"), where, label, probs)
     output = f.get("output")
     if output is not None:
         output = string(output, f"{where}.output", probs)
-    if kind == "custom":
-        if not callable(f.get("fn")):
-            probs.add(where, f"{label}: a custom endpoint needs fn(times, outputs)")
-        boolean(f.get("binary_custom", False), f"{where}.binary_custom", probs)
-    elif ok(kind) and output is None:
-        probs.add(where, f"{label}: kind {kind!r} needs an output")
+    if kind is not None and kind.needs_output and output is None:
+        probs.add(where, f"{label}: kind {kind.name!r} needs an output")
     vals = {}
     for k in ("time", "baseline_time", "threshold", "low", "high"):
         v = f.get(k, 0.0 if k == "baseline_time" else None)
         vals[k] = None if v is None else number(v, f"{where}.{k}", probs)
-    if kind in ("value", "change", "responder") and vals["time"] is None:
-        probs.add(where, f"{label}: kind {kind!r} needs a time")
-    if kind in ("responder", "safety") and vals["threshold"] is None:
-        probs.add(where, f"{label}: kind {kind!r} needs a threshold")
+    if kind is not None and kind.needs_time and vals["time"] is None:
+        probs.add(where, f"{label}: kind {kind.name!r} needs a time")
+    if kind is not None and kind.needs_threshold and vals["threshold"] is None:
+        probs.add(where, f"{label}: kind {kind.name!r} needs a threshold")
     direction = f.get("direction", "below")
     if direction not in ("below", "above"):
         probs.add(
@@ -177,11 +156,8 @@ def check_endpoint_fields(f: Mapping, where: str, probs: Problems) -> None:
             f"{label}: direction must be 'below' or 'above', got {describe(direction)}",
         )
     boolean(f.get("percent", False), f"{where}.percent", probs)
-    if kind == "time_in_range":
-        if vals["low"] is None or vals["high"] is None:
-            probs.add(where, f"{label}: time_in_range needs low and high")
-        elif ok(vals["low"], vals["high"]) and vals["low"] > vals["high"]:
-            probs.add(where, f"{label}: time_in_range needs low <= high")
+    if kind is not None:
+        kind.check_fields(f, vals, where, label, probs)
     window = f.get("window")
     if window is not None:
         ww = f"{where}.window"
@@ -193,3 +169,21 @@ def check_endpoint_fields(f: Mapping, where: str, probs: Problems) -> None:
             lo, hi = (number(t, ww, probs) for t in window)
             if ok(lo, hi) and not lo < hi:
                 probs.add(ww, f"{label}: window must be (start, end) with start < end")
+
+
+def _kind(raw, where: str, label: str, probs: Problems) -> EndpointKind | None:
+    """The endpoint's kind from an :class:`EndpointKind` (instance or subclass) or its
+    name (TOML); None, with the problem added, when it is neither."""
+    if is_kind(raw):
+        try:
+            return endpoint_kind(raw)
+        except TypeError as err:
+            probs.add(f"{where}.kind", f"{label}: {err}")
+            return None
+    name = string(raw, f"{where}.kind", probs)
+    if not ok(name):
+        return None
+    if name not in KINDS:
+        probs.add(f"{where}.kind", f"{label}: kind {name!r} unknown; allowed: {list(KINDS)}")
+        return None
+    return KINDS[name]()

@@ -5,6 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._endpoint_kinds import (
+    AUC,
+    Change,
+    Cmax,
+    Ctrough,
+    Custom,
+    Responder,
+    Safety,
+    TimeInRange,
+    Tmax,
+    Value,
+)
 from ._report_format import as_written, ci_level, esc, html_table, output_unit, unit_suffix
 
 
@@ -16,25 +28,27 @@ def describe_endpoint(trial, e) -> str:
     pct = " (percent)" if e.percent else ""
     ou = unit_suffix(output_unit(trial.model, e.output))
     k = e.kind
-    if k == "value":
+    if isinstance(k, Value):
         return f"{e.output} at {at(e.time)}"
-    if k == "change":
+    if isinstance(k, Change):
         return f"change{pct} in {e.output} from {at(e.baseline_time)} to {at(e.time)}"
-    if k == "responder":
+    if isinstance(k, Responder):
         thr = f"{as_written(e.threshold)}{' %' if e.percent else ou}"
         return (
             f"responder: change{pct} in {e.output} from {at(e.baseline_time)} to "
             f"{at(e.time)} {'at most' if e.direction == 'below' else 'at least'} {thr}"
         )
-    if k == "safety":
+    if isinstance(k, Safety):
         return f"event: {e.output} {rel} {as_written(e.threshold)}{ou} at any saved time{win}"
-    if k in ("cmax", "ctrough", "tmax", "auc"):
-        what = {"cmax": "maximum", "ctrough": "minimum", "tmax": "time of maximum", "auc": "AUC"}
-        return f"{what[k]} of {e.output}{win}"
-    if k == "time_in_range":
+    what = {Cmax: "maximum", Ctrough: "minimum", Tmax: "time of maximum", AUC: "AUC"}
+    if type(k) in what:
+        return f"{what[type(k)]} of {e.output}{win}"
+    if isinstance(k, TimeInRange):
         lo, hi = as_written(e.low), as_written(e.high)
         return f"fraction of time with {lo} <= {e.output} <= {hi}{ou}{win}"
-    return "custom endpoint"
+    if isinstance(k, Custom):
+        return "custom endpoint"
+    return f"{k.name} of {e.output}{win}"  # a kind defined outside twinjax
 
 
 def _model_name(model) -> str:

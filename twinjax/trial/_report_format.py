@@ -76,16 +76,7 @@ def endpoint_unit(trial, e) -> str | None:
     if e.binary:
         return PERCENT_PATIENTS
     tu = getattr(trial.model, "time_unit", None)
-    if e.kind == "tmax":
-        return tu
-    if e.kind == "time_in_range":
-        return "fraction of time"
-    if e.kind == "change" and e.percent:
-        return "%"
-    u = output_unit(trial.model, e.output)
-    if e.kind == "auc":
-        return None if u is None or tu is None else f"{u}·{tu}"
-    return u
+    return e.kind.unit(e, output_unit(trial.model, e.output), tu)
 
 
 def difference_unit(trial, e) -> str:

@@ -31,7 +31,8 @@ def check_sensitivity(
     a known endpoint (one with a derivative for local sensitivities), a known arm (default:
     the first arm that is not the control), known parameters and admissible ranges."""
     from ..ode._model import Model
-    from ..sensitivity._quantity import SMOOTH_KINDS, check_bounds
+    from ..sensitivity._quantity import check_bounds
+    from ._endpoint_kinds import SMOOTH_KINDS
 
     s = a.get("sensitivity")
     out["sensitivity"] = s
@@ -60,10 +61,10 @@ def check_sensitivity(
                 L["sens.endpoint"],
                 f"unknown endpoint {s.endpoint!r}; the trial's endpoints are {names}",
             )
-        elif s.local and ep.kind not in SMOOTH_KINDS:
+        elif s.local and not ep.kind.smooth:
             probs.add(
                 L["sens.endpoint"],
-                f"endpoint {s.endpoint!r} of kind {ep.kind!r} is piecewise constant in the "
+                f"endpoint {s.endpoint!r} of kind {ep.kind.name!r} is piecewise constant in the "
                 "parameters (its derivative is zero almost everywhere); local sensitivities "
                 f"need one of the kinds {list(SMOOTH_KINDS)}: choose another endpoint, or "
                 "set local = false and keep only the Sobol' analysis",

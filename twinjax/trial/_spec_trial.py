@@ -421,7 +421,7 @@ def _check_grid(out: dict, probs: Problems, L: Mapping[str, str], beat_outs) -> 
         k = round(duration / save_every)
         grid = np.linspace(0.0, k * save_every, k + 1)
         for i, e in enumerate(endpoints):
-            if e.kind == "custom":
+            if not e.kind.needs_output:  # custom: reads what its fn reads
                 continue
             w = L["endpoint"].format(i=i)
             if e.output in beat_outs:
@@ -443,7 +443,7 @@ def _check_grid(out: dict, probs: Problems, L: Mapping[str, str], beat_outs) -> 
             elif e.window is not None:
                 lo, hi = e.window
                 inside = int(np.sum((grid >= lo - 1e-9) & (grid <= hi + 1e-9)))
-                need = 2 if e.kind == "auc" else 1
+                need = e.kind.min_window_saves
                 if inside < need:
                     probs.add(
                         w,
@@ -455,8 +455,4 @@ def _check_grid(out: dict, probs: Problems, L: Mapping[str, str], beat_outs) -> 
 
 def _read_times(e) -> list[float]:
     """The single times an endpoint reads (value/change/responder)."""
-    if e.kind == "value":
-        return [e.time]
-    if e.kind in ("change", "responder"):
-        return [e.time, e.baseline_time]
-    return []
+    return e.kind.read_times(e)

@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from ._endpoint_kinds import Value
 from ._endpoints import Endpoint
 
 
@@ -33,7 +34,7 @@ def arm_table(arm_name, n, status, cohort, vals, var, seed, i, times, endpoints)
         tab[e.name] = e.compute(times, measured)
         bcol = baseline_column(e, endpoints)
         if bcol is not None:  # the baseline of a change endpoint, for the ANCOVA
-            base = dataclasses.replace(e, kind="value", time=e.baseline_time)
+            base = dataclasses.replace(e, kind=Value(), time=e.baseline_time)
             tab[bcol] = base.compute(times, measured)
     if var is not None and var.dropout is not None:
         drop = var.dropout_times(times, vals, n, seed, i)
@@ -42,10 +43,11 @@ def arm_table(arm_name, n, status, cohort, vals, var, seed, i, times, endpoints)
 
 
 def baseline_column(e: Endpoint, endpoints) -> str | None:
-    """The table column with the baseline of a ``change`` endpoint; None for other kinds
-    (or when an endpoint already has that name)."""
+    """The table column with the baseline of a ``change`` endpoint (a kind with a
+    ``baseline_covariate``); None for other kinds (or when an endpoint already has that
+    name)."""
     name = f"{e.name}_baseline"
-    if e.kind != "change" or any(o.name == name for o in endpoints):
+    if not e.kind.baseline_covariate or any(o.name == name for o in endpoints):
         return None
     return name
 
@@ -63,7 +65,7 @@ def apply_dropout(tab, drop, analysis, endpoints, times, measured) -> None:
     tab["dropout_time"] = np.where(dropped, drop, np.nan)
     t_end = float(times[-1])
     for e in endpoints:
-        if e.kind in ("value", "change", "responder"):
+        if e.kind.needs_time:  # value, change, responder
             last = max(e.time, e.baseline_time)
         elif e.window is not None:
             last = e.window[1]
@@ -74,12 +76,12 @@ def apply_dropout(tab, drop, analysis, endpoints, times, measured) -> None:
             continue
         col = tab[e.name].to_numpy(float).copy()
         col[lost] = np.nan
-        if analysis == "locf" and e.kind in ("value", "change", "responder"):
+        if analysis == "locf" and e.kind.needs_time:
             visits = sorted(
                 {o.time for o in endpoints if o.output == e.output and o.time is not None}
                 | {o.baseline_time for o in endpoints if o.output == e.output}
             )
-            lo = e.baseline_time if e.kind != "value" else -np.inf
+            lo = e.baseline_time if e.kind.reads_baseline else -np.inf
             for v in visits:
                 if not lo <= v < e.time:
                     continue
