@@ -194,18 +194,17 @@ def run(model, solver, p, ev: EventTable, ts, y0=None, sched=None, pre=None, bre
     if block is None or block >= n:
         return _run(model, solver, p, ev, ts, y0, sched, pre, breaks)
 
-    # save times (with their pre-dose flags) and breaks: per patient, or (1, .) shared
-    per = {"ts": ts.shape[0] != 1, "breaks": breaks is not None and breaks.shape[0] != 1}
-    names = [k for k in ("ts", "pre", "breaks") if per[k if k != "pre" else "ts"]]
-    rest = [k for k in ("ts", "pre", "breaks") if k not in names]
-    given = {"ts": ts, "pre": pre, "breaks": breaks}
+    # save times, pre-dose flags and breaks: split with the patients when given per
+    # patient, else ((1, .) or None) passed whole to every block
+    extra = {"ts": ts, "pre": pre, "breaks": breaks}
+    per = {k: a for k, a in extra.items() if a is not None and a.shape[0] != 1}
+    whole = {k: a for k, a in extra.items() if k not in per}
 
-    def one(p, ev, y0, sched, *xs):
-        kw = dict(zip(names + rest, xs))
-        return _run(model, solver, p, ev, kw["ts"], y0, sched, kw["pre"], kw["breaks"])
+    def one(p, ev, y0, sched, per, whole):
+        x = {**whole, **per}
+        return _run(model, solver, p, ev, x["ts"], y0, sched, x["pre"], x["breaks"])
 
-    batched = (p, ev, y0, sched, *(given[k] for k in names))
-    return blocked(one, n, block, batched, tuple(given[k] for k in rest))
+    return blocked(one, n, block, (p, ev, y0, sched, per), (whole,))
 
 
 def _run(model, solver, p, ev: EventTable, ts, y0=None, sched=None, pre=None, breaks=None):
